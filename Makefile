@@ -1,0 +1,58 @@
+# hybridkv: `make run` and `make test` work from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+DEPS_STAMP := $(VENV)/.deps-stamp
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: all venv build lint fmt test test-rust test-py run bench clean redis
+
+all: build
+
+venv: $(DEPS_STAMP)
+
+$(DEPS_STAMP): requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# Builds the Rust extension in release mode into the venv (editable Python sources).
+build: venv
+	$(BIN)/maturin develop --release --quiet
+
+lint: venv
+	$(BIN)/ruff check python tests benches kernels scripts
+	$(BIN)/ruff format --check python tests benches kernels scripts
+	$(BIN)/mypy
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+fmt: venv
+	$(BIN)/ruff format python tests benches kernels scripts
+	$(BIN)/ruff check --fix python tests benches kernels scripts
+	cargo fmt --all
+
+# The remote offload tier is tested against a real redis-server.
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+
+test-rust:
+	cargo test -p hybridkv-core --quiet
+
+test-py: build redis
+	$(BIN)/pytest -q
+
+test: build lint test-rust test-py
+
+run: build
+	$(BIN)/python benches/bench_block_pool.py
+
+bench: build
+	@for b in benches/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf target $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,25 @@
+"""hybridkv: the KV-cache manager for hybrid LLMs.
+
+Every KV-cache group keeps its natural page size in a pool of its own; bounded groups
+(state, sliding window, chunked local, cross attention) get fixed right-sized pools,
+and only groups that grow with the sequence share the rest.
+"""
+
+from __future__ import annotations
+
+from hybridkv import errors
+from hybridkv._core import __version__
+from hybridkv.block_pool import BlockPool, PoolRegistry
+from hybridkv.errors import HybridKVError
+from hybridkv.events import EventBatch, EventKind, PoolEvent
+
+__all__ = [
+    "BlockPool",
+    "EventBatch",
+    "EventKind",
+    "HybridKVError",
+    "PoolEvent",
+    "PoolRegistry",
+    "__version__",
+    "errors",
+]

@@ -1,0 +1,161 @@
+//! numpy at the boundary. int32 block ids and `(n, 2)` uint64 hashes are read without
+//! copying when they arrive in that exact form; any other integer array (or a list of
+//! ints) is converted once, with range checks. Floats, bools and wrong shapes raise
+//! `InvalidArgumentError` naming the argument.
+//!
+//! Hash layout: a 128-bit hash `h` is the row `[h & (2**64-1), h >> 64]` of a C-ordered
+//! `(n, 2)` uint64 array, i.e. its 16 little-endian bytes on a little-endian machine.
+
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use crate::errors::invalid_arg;
+
+fn numpy_asarray<'py>(py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    py.import("numpy")?.getattr("asarray")?.call1((obj,))
+}
+
+/// The dtype kind char (`i`, `u`, `f`, `b`, ...) and shape of an array-like.
+fn kind_and_shape(arr: &Bound<'_, PyAny>) -> PyResult<(char, Vec<usize>)> {
+    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
+    Ok((kind.chars().next().unwrap_or('?'), shape))
+}
+
+/// A 1-D vector of i64 from any integer array-like (empty input of any dtype is fine).
+pub fn int_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    let py = obj.py();
+    if let Ok(a) = obj.cast::<PyArray1<i64>>() {
+        return Ok(a.readonly().as_array().to_vec());
+    }
+    let arr = numpy_asarray(py, obj)
+        .map_err(|_| invalid_arg(format!("{what} must be an integer array")))?;
+    let (kind, shape) = kind_and_shape(&arr)?;
+    if shape.len() != 1 {
+        return Err(invalid_arg(format!(
+            "{what} must be 1-D, got shape {shape:?}"
+        )));
+    }
+    if shape[0] == 0 {
+        return Ok(Vec::new());
+    }
+    if kind != 'i' && kind != 'u' {
+        let dtype: String = arr.getattr("dtype")?.str()?.extract()?;
+        return Err(invalid_arg(format!(
+            "{what} must have an integer dtype, got {dtype}"
+        )));
+    }
+    if kind == 'u' {
+        // uint64 values above i64::MAX would wrap in astype: reject them by value.
+        let max: u64 = arr.call_method0("max")?.extract().unwrap_or(u64::MAX);
+        if max > i64::MAX as u64 {
+            return Err(invalid_arg(format!(
+                "{what} holds {max}, which is out of range"
+            )));
+        }
+    }
+    let converted = arr.call_method1("astype", ("int64",))?;
+    let a = converted.cast::<PyArray1<i64>>()?;
+    Ok(a.readonly().as_array().to_vec())
+}
+
+/// Block ids as i32, range-checked to the int32 space (the pool checks its own range).
+pub fn block_ids(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i32>> {
+    if let Ok(a) = obj.cast::<PyArray1<i32>>() {
+        return Ok(a.readonly().as_array().to_vec());
+    }
+    int_vec(obj, what)?
+        .into_iter()
+        .map(|v| {
+            i32::try_from(v)
+                .map_err(|_| invalid_arg(format!("{what}: block id {v} is out of the int32 range")))
+        })
+        .collect()
+}
+
+/// 128-bit hashes from an `(n, 2)` uint64 array (see the module docs for the layout).
+pub fn hashes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u128>> {
+    let py = obj.py();
+    if let Ok(a) = obj.cast::<PyArray2<u64>>() {
+        let ro = a.readonly();
+        let v = ro.as_array();
+        if v.ncols() != 2 {
+            return Err(invalid_arg(format!(
+                "{what} must have shape (n, 2), got {:?}",
+                ro.shape()
+            )));
+        }
+        return Ok(v.rows().into_iter().map(|r| join(r[0], r[1])).collect());
+    }
+    let arr = numpy_asarray(py, obj)
+        .map_err(|_| invalid_arg(format!("{what} must be a (n, 2) uint64 array")))?;
+    let (kind, shape) = kind_and_shape(&arr)?;
+    if shape.first() == Some(&0) && (shape.len() == 1 || shape == [0, 2]) {
+        return Ok(Vec::new());
+    }
+    if shape.len() != 2 || shape[1] != 2 {
+        return Err(invalid_arg(format!(
+            "{what} must have shape (n, 2), got {shape:?}"
+        )));
+    }
+    if kind != 'u' && kind != 'i' {
+        let dtype: String = arr.getattr("dtype")?.str()?.extract()?;
+        return Err(invalid_arg(format!("{what} must be uint64, got {dtype}")));
+    }
+    if kind == 'i' {
+        let min: i64 = arr.call_method0("min")?.extract()?;
+        if min < 0 {
+            return Err(invalid_arg(format!("{what} holds a negative value {min}")));
+        }
+    }
+    let converted = arr.call_method1("astype", ("uint64",))?;
+    let a = converted.cast::<PyArray2<u64>>()?;
+    let ro = a.readonly();
+    Ok(ro
+        .as_array()
+        .rows()
+        .into_iter()
+        .map(|r| join(r[0], r[1]))
+        .collect())
+}
+
+#[inline]
+pub fn join(lo: u64, hi: u64) -> u128 {
+    (lo as u128) | ((hi as u128) << 64)
+}
+
+#[inline]
+pub fn split(h: u128) -> [u64; 2] {
+    [h as u64, (h >> 64) as u64]
+}
+
+/// An `(n, 2)` uint64 array from hashes.
+pub fn hashes_to_py<'py>(
+    py: Python<'py>,
+    hs: impl ExactSizeIterator<Item = u128>,
+) -> Bound<'py, PyArray2<u64>> {
+    let n = hs.len();
+    let mut flat = Vec::with_capacity(n * 2);
+    for h in hs {
+        flat.extend_from_slice(&split(h));
+    }
+    // Shape (n, 2) from a flat vector of length 2n cannot fail.
+    let arr = ndarray_from_flat(flat, n);
+    PyArray2::from_owned_array(py, arr)
+}
+
+fn ndarray_from_flat(flat: Vec<u64>, n: usize) -> numpy::ndarray::Array2<u64> {
+    numpy::ndarray::Array2::from_shape_vec((n, 2), flat)
+        .unwrap_or_else(|_| numpy::ndarray::Array2::zeros((0, 2)))
+}
+
+/// A non-negative count from a Python int.
+pub fn count(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
+    let v: i64 = obj
+        .extract()
+        .map_err(|_| invalid_arg(format!("{what} must be an int")))?;
+    if v < 0 {
+        return Err(invalid_arg(format!("{what} must be non-negative, got {v}")));
+    }
+    Ok(v as usize)
+}
