@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 DEPS_STAMP := $(VENV)/.deps-stamp
+PY_PATHS := $(wildcard python tests benches scripts)
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
@@ -25,15 +26,15 @@ build: venv
 	$(BIN)/maturin develop --release --quiet
 
 lint: venv
-	$(BIN)/ruff check python tests benches kernels scripts
-	$(BIN)/ruff format --check python tests benches kernels scripts
+	$(BIN)/ruff check $(PY_PATHS)
+	$(BIN)/ruff format --check $(PY_PATHS)
 	$(BIN)/mypy
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 fmt: venv
-	$(BIN)/ruff format python tests benches kernels scripts
-	$(BIN)/ruff check --fix python tests benches kernels scripts
+	$(BIN)/ruff format $(PY_PATHS)
+	$(BIN)/ruff check --fix $(PY_PATHS)
 	cargo fmt --all
 
 # The remote offload tier is tested against a real redis-server.

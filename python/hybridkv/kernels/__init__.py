@@ -1,0 +1,1 @@
+"""Triton kernels (shipped in the wheel as hybridkv.kernels)."""
