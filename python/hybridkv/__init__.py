@@ -12,7 +12,7 @@ from hybridkv._core import __version__
 from hybridkv.block_pool import BlockPool, PoolRegistry
 from hybridkv.errors import HybridKVError
 from hybridkv.events import EventBatch, EventKind, PoolEvent
-from hybridkv.models import ModelSpec
+from hybridkv.models import ModelSpec, list_models, load_model
 from hybridkv.planner import GroupPlan, MemoryPlan, plan_memory, plan_with_blocks
 
 __all__ = [
@@ -27,6 +27,8 @@ __all__ = [
     "PoolRegistry",
     "__version__",
     "errors",
+    "list_models",
+    "load_model",
     "plan_memory",
     "plan_with_blocks",
     "specs",
