@@ -7,19 +7,29 @@ and only groups that grow with the sequence share the rest.
 
 from __future__ import annotations
 
-from hybridkv import errors
+from hybridkv import errors, specs
 from hybridkv._core import __version__
 from hybridkv.block_pool import BlockPool, PoolRegistry
 from hybridkv.errors import HybridKVError
 from hybridkv.events import EventBatch, EventKind, PoolEvent
+from hybridkv.models import ModelSpec, list_models, load_model
+from hybridkv.planner import GroupPlan, MemoryPlan, plan_memory, plan_with_blocks
 
 __all__ = [
     "BlockPool",
     "EventBatch",
     "EventKind",
+    "GroupPlan",
     "HybridKVError",
+    "MemoryPlan",
+    "ModelSpec",
     "PoolEvent",
     "PoolRegistry",
     "__version__",
     "errors",
+    "list_models",
+    "load_model",
+    "plan_memory",
+    "plan_with_blocks",
+    "specs",
 ]

@@ -12,11 +12,18 @@ class BlockPool(_core.BlockPool):
     """The pool of one KV-cache group: ``num_blocks`` blocks with local ids, id 0 null.
 
     ``allocate(n)`` pops the least recently freed blocks; ``free(ids)`` drops one
-    reference each and queues blocks that reach zero at the tail, in the order given;
-    ``touch(ids)`` takes a reference (pulling a free block out of the queue: a prefix
-    hit). A free block keeps its hash, and stays findable by ``lookup``, until it is
-    handed out again. Ids are int32 arrays; hashes are ``(n, 2)`` uint64 arrays (see
-    :mod:`hybridkv.hashes`). Every error leaves the pool unchanged.
+    reference each and queues blocks that reach zero at the tail, in the order they
+    reach zero; ``touch(ids)`` takes a reference (pulling a free block out of the
+    queue: a prefix hit). A free block keeps its hash, and stays findable by
+    ``lookup``, until it is handed out again. ``cache_blocks(ids, hashes)`` marks
+    in-use blocks as cached; ``evict(ids)`` drops their hashes; ``reset_prefix_cache()``
+    drops every hash and is refused while a block is in use.
+
+    Ids are int32 arrays (any integer array-like is converted); hashes are ``(n, 2)``
+    uint64 arrays, row ``[low 64 bits, high 64 bits]`` (see :mod:`hybridkv.hashes`).
+    Every error is a :class:`hybridkv.errors.HybridKVError` and leaves the pool
+    exactly as it was. ``record_events=False`` stops recording events (for pools
+    nobody drains).
     """
 
     def take_events(self) -> EventBatch:
@@ -33,8 +40,17 @@ class BlockPool(_core.BlockPool):
 
 
 class PoolRegistry(_core.PoolRegistry):
-    """One :class:`BlockPool`-like pool per group; every call names its group."""
+    """One block pool per KV-cache group; every call names its group first.
+
+    Block ids are local to their group's pool: an id is only ever applied to the pool
+    of the group the call names, so evicting or freeing in one group can never touch
+    another group's blocks, hashes or events.
+    """
 
     def take_events(self) -> EventBatch:
-        """Drain every pool's events, tagged with their group."""
+        """Drain every pool's events, tagged with their group (group order, then time)."""
         return EventBatch(*self.take_event_arrays())
+
+    def __repr__(self) -> str:
+        sizes = [self.num_blocks(g) for g in range(self.num_groups)]
+        return f"PoolRegistry(num_blocks_per_group={sizes})"

@@ -1,6 +1,7 @@
-//! numpy at the boundary. int32 block ids and `(n, 2)` uint64 hashes are read without
-//! copying when they arrive in that exact form; any other integer array (or a list of
-//! ints) is converted once, with range checks. Floats, bools and wrong shapes raise
+//! numpy at the boundary. A contiguous 1-D int32 id array and a C-ordered `(n, 2)`
+//! uint64 hash array are read in place (no Python objects touched per element); any
+//! other integer array-like (another integer dtype, a strided view, a list of ints) is
+//! converted once, with range checks. Floats, bools, objects and wrong shapes raise
 //! `InvalidArgumentError` naming the argument.
 //!
 //! Hash layout: a 128-bit hash `h` is the row `[h & (2**64-1), h >> 64]` of a C-ordered
@@ -22,14 +23,28 @@ fn kind_and_shape(arr: &Bound<'_, PyAny>) -> PyResult<(char, Vec<usize>)> {
     Ok((kind.chars().next().unwrap_or('?'), shape))
 }
 
+fn dtype_name(arr: &Bound<'_, PyAny>) -> String {
+    arr.getattr("dtype")
+        .and_then(|d| d.str())
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| "an unknown dtype".into())
+}
+
+fn borrow_error(what: &str) -> PyErr {
+    invalid_arg(format!(
+        "{what}: the array is being written elsewhere and cannot be read"
+    ))
+}
+
 /// A 1-D vector of i64 from any integer array-like (empty input of any dtype is fine).
 pub fn int_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
     let py = obj.py();
     if let Ok(a) = obj.cast::<PyArray1<i64>>() {
-        return Ok(a.readonly().as_array().to_vec());
+        let ro = a.try_readonly().map_err(|_| borrow_error(what))?;
+        return Ok(ro.as_array().to_vec());
     }
     let arr = numpy_asarray(py, obj)
-        .map_err(|_| invalid_arg(format!("{what} must be an integer array")))?;
+        .map_err(|_| invalid_arg(format!("{what} must be a 1-D integer array")))?;
     let (kind, shape) = kind_and_shape(&arr)?;
     if shape.len() != 1 {
         return Err(invalid_arg(format!(
@@ -40,9 +55,9 @@ pub fn int_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
         return Ok(Vec::new());
     }
     if kind != 'i' && kind != 'u' {
-        let dtype: String = arr.getattr("dtype")?.str()?.extract()?;
         return Err(invalid_arg(format!(
-            "{what} must have an integer dtype, got {dtype}"
+            "{what} must have an integer dtype, got {}",
+            dtype_name(&arr)
         )));
     }
     if kind == 'u' {
@@ -56,35 +71,68 @@ pub fn int_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
     }
     let converted = arr.call_method1("astype", ("int64",))?;
     let a = converted.cast::<PyArray1<i64>>()?;
-    Ok(a.readonly().as_array().to_vec())
+    let ro = a.try_readonly().map_err(|_| borrow_error(what))?;
+    Ok(ro.as_array().to_vec())
+}
+
+fn ids_from_i64(v: Vec<i64>, what: &str) -> PyResult<Vec<i32>> {
+    v.into_iter()
+        .map(|x| {
+            i32::try_from(x)
+                .map_err(|_| invalid_arg(format!("{what}: block id {x} is out of the int32 range")))
+        })
+        .collect()
 }
 
 /// Block ids as i32, range-checked to the int32 space (the pool checks its own range).
+/// An owned copy, for callers that keep the ids (the pool calls use `with_block_ids`).
+#[allow(dead_code)]
 pub fn block_ids(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i32>> {
     if let Ok(a) = obj.cast::<PyArray1<i32>>() {
-        return Ok(a.readonly().as_array().to_vec());
+        let ro = a.try_readonly().map_err(|_| borrow_error(what))?;
+        return Ok(ro.as_array().to_vec());
     }
-    int_vec(obj, what)?
-        .into_iter()
-        .map(|v| {
-            i32::try_from(v)
-                .map_err(|_| invalid_arg(format!("{what}: block id {v} is out of the int32 range")))
-        })
-        .collect()
+    ids_from_i64(int_vec(obj, what)?, what)
+}
+
+/// Run `f` on block ids: a contiguous int32 array is lent in place, anything else is
+/// converted first (see `block_ids`).
+pub fn with_block_ids<R>(
+    obj: &Bound<'_, PyAny>,
+    what: &str,
+    f: impl FnOnce(&[i32]) -> PyResult<R>,
+) -> PyResult<R> {
+    if let Ok(a) = obj.cast::<PyArray1<i32>>() {
+        let ro = a.try_readonly().map_err(|_| borrow_error(what))?;
+        return match ro.as_slice() {
+            Ok(s) => f(s),
+            Err(_) => f(&ro.as_array().to_vec()),
+        };
+    }
+    f(&ids_from_i64(int_vec(obj, what)?, what)?)
+}
+
+fn rows_to_hashes(flat: &[u64]) -> Vec<u128> {
+    flat.chunks_exact(2).map(|r| join(r[0], r[1])).collect()
 }
 
 /// 128-bit hashes from an `(n, 2)` uint64 array (see the module docs for the layout).
 pub fn hashes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u128>> {
     let py = obj.py();
     if let Ok(a) = obj.cast::<PyArray2<u64>>() {
-        let ro = a.readonly();
-        let v = ro.as_array();
-        if v.ncols() != 2 {
+        let ro = a.try_readonly().map_err(|_| borrow_error(what))?;
+        if ro.shape()[1] != 2 {
             return Err(invalid_arg(format!(
                 "{what} must have shape (n, 2), got {:?}",
                 ro.shape()
             )));
         }
+        if a.is_c_contiguous() {
+            if let Ok(s) = ro.as_slice() {
+                return Ok(rows_to_hashes(s));
+            }
+        }
+        let v = ro.as_array();
         return Ok(v.rows().into_iter().map(|r| join(r[0], r[1])).collect());
     }
     let arr = numpy_asarray(py, obj)
@@ -99,8 +147,10 @@ pub fn hashes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u128>> {
         )));
     }
     if kind != 'u' && kind != 'i' {
-        let dtype: String = arr.getattr("dtype")?.str()?.extract()?;
-        return Err(invalid_arg(format!("{what} must be uint64, got {dtype}")));
+        return Err(invalid_arg(format!(
+            "{what} must be uint64, got {}",
+            dtype_name(&arr)
+        )));
     }
     if kind == 'i' {
         let min: i64 = arr.call_method0("min")?.extract()?;
@@ -110,7 +160,7 @@ pub fn hashes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u128>> {
     }
     let converted = arr.call_method1("astype", ("uint64",))?;
     let a = converted.cast::<PyArray2<u64>>()?;
-    let ro = a.readonly();
+    let ro = a.try_readonly().map_err(|_| borrow_error(what))?;
     Ok(ro
         .as_array()
         .rows()
@@ -139,21 +189,37 @@ pub fn hashes_to_py<'py>(
     for h in hs {
         flat.extend_from_slice(&split(h));
     }
-    // Shape (n, 2) from a flat vector of length 2n cannot fail.
     let arr = ndarray_from_flat(flat, n);
     PyArray2::from_owned_array(py, arr)
 }
 
 fn ndarray_from_flat(flat: Vec<u64>, n: usize) -> numpy::ndarray::Array2<u64> {
+    // Shape (n, 2) from a flat vector of length 2n cannot fail; the fallback only
+    // keeps this free of a panic path.
     numpy::ndarray::Array2::from_shape_vec((n, 2), flat)
         .unwrap_or_else(|_| numpy::ndarray::Array2::zeros((0, 2)))
 }
 
+/// A Python integer (or numpy integer scalar) as i64; anything else is an
+/// `InvalidArgumentError` naming `what`.
+pub fn int_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<i64> {
+    if obj.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(invalid_arg(format!("{what} must be an int, got a bool")));
+    }
+    obj.extract().map_err(|_| {
+        let shown = obj
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| "?".into());
+        invalid_arg(format!(
+            "{what} must be an int in the int64 range, got {shown}"
+        ))
+    })
+}
+
 /// A non-negative count from a Python int.
 pub fn count(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
-    let v: i64 = obj
-        .extract()
-        .map_err(|_| invalid_arg(format!("{what} must be an int")))?;
+    let v = int_arg(obj, what)?;
     if v < 0 {
         return Err(invalid_arg(format!("{what} must be non-negative, got {v}")));
     }

@@ -1,12 +1,13 @@
 //! `hybridkv._core.BlockPool`: one group's pool. `hybridkv.BlockPool` subclasses it
 //! to add Python conveniences (event objects, repr).
 
-use hybridkv_core::{BlockPool, PoolEvent};
+use hybridkv_core::{BlockPool, Error, PoolEvent};
 use numpy::{IntoPyArray, PyArray1, PyArray2};
+use pyo3::exceptions::PyAssertionError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::arrays::{block_ids, count, hashes, hashes_to_py};
+use crate::arrays::{count, hashes, hashes_to_py, int_arg, with_block_ids};
 use crate::errors::{to_py, IntoPy};
 
 /// Event kind codes in `take_event_arrays` (and `hybridkv.events.EventKind`).
@@ -42,9 +43,16 @@ pub fn events_to_py<'py>(py: Python<'py>, events: &[PoolEvent]) -> EventArrays<'
     )
 }
 
-/// A full copy of a pool's state, for tests and debugging.
+/// A full copy of a pool's observable state, for tests and debugging: reference
+/// counts, the free queue in order, cached blocks, every hash-map entry (hashes
+/// ascending, each chain oldest first, so the block a lookup returns comes first),
+/// the counters, and the events not yet taken (left in place).
 pub fn snapshot<'py>(py: Python<'py>, p: &BlockPool) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
+    d.set_item("num_blocks", p.num_blocks())?;
+    d.set_item("num_free", p.num_free())?;
+    d.set_item("num_cached", p.num_cached())?;
+    d.set_item("num_in_use", p.num_in_use())?;
     d.set_item("ref_counts", p.ref_counts().to_vec().into_pyarray(py))?;
     d.set_item("free_queue", p.free_queue().into_pyarray(py))?;
     let cached = p.cached_blocks();
@@ -60,8 +68,7 @@ pub fn snapshot<'py>(py: Python<'py>, p: &BlockPool) -> PyResult<Bound<'py, PyDi
         "cached_hashes",
         hashes_to_py(py, cached.iter().map(|c| c.1)),
     )?;
-    let mut entries = p.hash_entries();
-    entries.sort_unstable();
+    let entries = p.hash_entries();
     d.set_item(
         "map_ids",
         entries
@@ -71,10 +78,17 @@ pub fn snapshot<'py>(py: Python<'py>, p: &BlockPool) -> PyResult<Bound<'py, PyDi
             .into_pyarray(py),
     )?;
     d.set_item("map_hashes", hashes_to_py(py, entries.iter().map(|c| c.0)))?;
+    let (k, b, h) = events_to_py(py, p.pending_events());
+    d.set_item("event_kinds", k)?;
+    d.set_item("event_blocks", b)?;
+    d.set_item("event_hashes", h)?;
     Ok(d)
 }
 
 /// The block pool of one KV-cache group (ids local to this pool, 0 = null block).
+///
+/// Calls are microseconds of work, so the GIL is kept: releasing and re-taking it
+/// would cost more than it lets other threads gain.
 #[pyclass(name = "BlockPool", module = "hybridkv._core", subclass)]
 pub struct PyBlockPool {
     pub inner: BlockPool,
@@ -83,11 +97,12 @@ pub struct PyBlockPool {
 #[pymethods]
 impl PyBlockPool {
     #[new]
-    fn new(num_blocks: &Bound<'_, PyAny>) -> PyResult<Self> {
+    #[pyo3(signature = (num_blocks, *, record_events = true))]
+    fn new(num_blocks: &Bound<'_, PyAny>, record_events: bool) -> PyResult<Self> {
         let n = count(num_blocks, "num_blocks")?;
-        Ok(PyBlockPool {
-            inner: BlockPool::new(n).py_err()?,
-        })
+        let mut inner = BlockPool::new(n).py_err()?;
+        inner.set_record_events(record_events);
+        Ok(PyBlockPool { inner })
     }
 
     #[getter]
@@ -110,6 +125,14 @@ impl PyBlockPool {
     fn usage(&self) -> f64 {
         self.inner.usage()
     }
+    #[getter]
+    fn record_events(&self) -> bool {
+        self.inner.record_events()
+    }
+    #[setter]
+    fn set_record_events(&mut self, on: bool) {
+        self.inner.set_record_events(on);
+    }
 
     fn allocate<'py>(
         &mut self,
@@ -117,26 +140,23 @@ impl PyBlockPool {
         n: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i32>>> {
         let n = count(n, "n")?;
-        let inner = &mut self.inner;
-        let ids = py.detach(|| inner.allocate(n)).py_err()?;
-        Ok(ids.into_pyarray(py))
+        Ok(self.inner.allocate(n).py_err()?.into_pyarray(py))
     }
 
-    fn free(&mut self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
-        let ids = block_ids(ids, "ids")?;
+    fn free(&mut self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
         let inner = &mut self.inner;
-        py.detach(|| inner.free(&ids)).py_err()
+        with_block_ids(ids, "ids", |ids| inner.free(ids).py_err())
     }
 
     fn touch(&mut self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
-        let ids = block_ids(ids, "ids")?;
-        self.inner.touch(&ids).py_err()
+        let inner = &mut self.inner;
+        with_block_ids(ids, "ids", |ids| inner.touch(ids).py_err())
     }
 
     fn cache_blocks(&mut self, ids: &Bound<'_, PyAny>, hashes_: &Bound<'_, PyAny>) -> PyResult<()> {
-        let ids = block_ids(ids, "ids")?;
         let hs = hashes(hashes_, "hashes")?;
-        self.inner.cache_blocks(&ids, &hs).py_err()
+        let inner = &mut self.inner;
+        with_block_ids(ids, "ids", |ids| inner.cache_blocks(ids, &hs).py_err())
     }
 
     fn lookup<'py>(
@@ -149,17 +169,18 @@ impl PyBlockPool {
     }
 
     fn evict(&mut self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
-        let ids = block_ids(ids, "ids")?;
-        self.inner.evict(&ids).py_err()
+        let inner = &mut self.inner;
+        with_block_ids(ids, "ids", |ids| inner.evict(ids).py_err())
     }
 
     fn reset_prefix_cache(&mut self) -> PyResult<()> {
         self.inner.reset_prefix_cache().py_err()
     }
 
-    fn ref_count(&self, id: i64) -> PyResult<u32> {
-        let id = i32::try_from(id).unwrap_or(-1);
-        self.inner.ref_count(id).map_err(to_py)
+    fn ref_count(&self, id: &Bound<'_, PyAny>) -> PyResult<u32> {
+        self.inner
+            .ref_count(block_id_arg(id, self.inner.num_blocks())?)
+            .py_err()
     }
 
     fn free_queue<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i32>> {
@@ -175,12 +196,23 @@ impl PyBlockPool {
     }
 
     fn check_invariants(&self) -> PyResult<()> {
-        self.inner
-            .check_invariants()
-            .map_err(|m| crate::errors::invalid_arg(format!("pool invariant violated: {m}")))
+        check_invariants(&self.inner)
     }
 
     fn __len__(&self) -> usize {
         self.inner.num_blocks()
     }
+}
+
+/// One block id from a Python int; out-of-int32 values are reported as out of range.
+pub fn block_id_arg(obj: &Bound<'_, PyAny>, num_blocks: usize) -> PyResult<i32> {
+    let v = int_arg(obj, "id")?;
+    i32::try_from(v).map_err(|_| to_py(Error::InvalidBlockId { id: v, num_blocks }))
+}
+
+/// `check_invariants` for Python: a violation is an `AssertionError` (a bug in the
+/// pool, not bad input).
+pub fn check_invariants(p: &BlockPool) -> PyResult<()> {
+    p.check_invariants()
+        .map_err(|m| PyAssertionError::new_err(format!("pool invariant violated: {m}")))
 }

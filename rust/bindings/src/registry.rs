@@ -1,20 +1,23 @@
 //! `hybridkv._core.PoolRegistry`: one pool per group; every id-taking call names it.
 
-use hybridkv_core::{PoolEvent, PoolRegistry};
+use hybridkv_core::{BlockPool, PoolEvent, PoolRegistry};
 use numpy::{IntoPyArray, PyArray1, PyArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::arrays::{block_ids, count, hashes};
-use crate::block_pool::{events_to_py, snapshot};
-use crate::errors::IntoPy;
+use crate::arrays::{count, hashes, int_arg, int_vec, with_block_ids};
+use crate::block_pool::{block_id_arg, check_invariants, events_to_py, snapshot};
+use crate::errors::{invalid_arg, IntoPy};
 
-fn group_index(g: i64, num_groups: usize) -> hybridkv_core::Result<usize> {
-    if g < 0 || g as usize >= num_groups {
+/// The group index `g` of a registry with `num_groups` groups (`UnknownGroupError`).
+fn group_index(g: &Bound<'_, PyAny>, num_groups: usize) -> PyResult<usize> {
+    let g = int_arg(g, "group")?;
+    if g < 0 || g as u64 >= num_groups as u64 {
         return Err(hybridkv_core::Error::UnknownGroup {
             group: g,
             num_groups,
-        });
+        })
+        .py_err();
     }
     Ok(g as usize)
 }
@@ -26,12 +29,12 @@ pub struct PyPoolRegistry {
 }
 
 impl PyPoolRegistry {
-    fn pool_mut(&mut self, g: i64) -> PyResult<&mut hybridkv_core::BlockPool> {
-        let g = group_index(g, self.inner.num_groups()).py_err()?;
+    fn pool_mut(&mut self, g: &Bound<'_, PyAny>) -> PyResult<&mut BlockPool> {
+        let g = group_index(g, self.inner.num_groups())?;
         self.inner.pool_mut(g).py_err()
     }
-    fn pool(&self, g: i64) -> PyResult<&hybridkv_core::BlockPool> {
-        let g = group_index(g, self.inner.num_groups()).py_err()?;
+    fn pool(&self, g: &Bound<'_, PyAny>) -> PyResult<&BlockPool> {
+        let g = group_index(g, self.inner.num_groups())?;
         self.inner.pool(g).py_err()
     }
 }
@@ -39,20 +42,23 @@ impl PyPoolRegistry {
 #[pymethods]
 impl PyPoolRegistry {
     #[new]
-    fn new(num_blocks_per_group: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let sizes = crate::arrays::int_vec(num_blocks_per_group, "num_blocks_per_group")?;
+    #[pyo3(signature = (num_blocks_per_group, *, record_events = true))]
+    fn new(num_blocks_per_group: &Bound<'_, PyAny>, record_events: bool) -> PyResult<Self> {
+        let sizes = int_vec(num_blocks_per_group, "num_blocks_per_group")?;
         let mut us = Vec::with_capacity(sizes.len());
         for (i, &s) in sizes.iter().enumerate() {
             if s < 0 {
-                return Err(crate::errors::invalid_arg(format!(
-                    "num_blocks_per_group[{i}] is negative ({s})"
+                return Err(invalid_arg(format!(
+                    "num_blocks_per_group[{i}] must be non-negative, got {s}"
                 )));
             }
             us.push(s as usize);
         }
-        Ok(PyPoolRegistry {
-            inner: PoolRegistry::new(&us).py_err()?,
-        })
+        let mut inner = PoolRegistry::new(&us).py_err()?;
+        for g in 0..inner.num_groups() {
+            inner.pool_mut(g).py_err()?.set_record_events(record_events);
+        }
+        Ok(PyPoolRegistry { inner })
     }
 
     #[getter]
@@ -60,61 +66,75 @@ impl PyPoolRegistry {
         self.inner.num_groups()
     }
 
-    fn num_blocks(&self, group: i64) -> PyResult<usize> {
+    fn num_blocks(&self, group: &Bound<'_, PyAny>) -> PyResult<usize> {
         Ok(self.pool(group)?.num_blocks())
     }
-    fn num_free(&self, group: i64) -> PyResult<usize> {
+    fn num_free(&self, group: &Bound<'_, PyAny>) -> PyResult<usize> {
         Ok(self.pool(group)?.num_free())
     }
-    fn num_cached(&self, group: i64) -> PyResult<usize> {
+    fn num_cached(&self, group: &Bound<'_, PyAny>) -> PyResult<usize> {
         Ok(self.pool(group)?.num_cached())
     }
-    fn num_in_use(&self, group: i64) -> PyResult<usize> {
+    fn num_in_use(&self, group: &Bound<'_, PyAny>) -> PyResult<usize> {
         Ok(self.pool(group)?.num_in_use())
     }
 
     fn allocate<'py>(
         &mut self,
         py: Python<'py>,
-        group: i64,
+        group: &Bound<'py, PyAny>,
         n: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i32>>> {
+        let pool = self.pool_mut(group)?;
         let n = count(n, "n")?;
-        Ok(self.pool_mut(group)?.allocate(n).py_err()?.into_pyarray(py))
+        Ok(pool.allocate(n).py_err()?.into_pyarray(py))
     }
-    fn free(&mut self, group: i64, ids: &Bound<'_, PyAny>) -> PyResult<()> {
-        let ids = block_ids(ids, "ids")?;
-        self.pool_mut(group)?.free(&ids).py_err()
+    fn free(&mut self, group: &Bound<'_, PyAny>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        let pool = self.pool_mut(group)?;
+        with_block_ids(ids, "ids", |ids| pool.free(ids).py_err())
     }
-    fn touch(&mut self, group: i64, ids: &Bound<'_, PyAny>) -> PyResult<()> {
-        let ids = block_ids(ids, "ids")?;
-        self.pool_mut(group)?.touch(&ids).py_err()
+    fn touch(&mut self, group: &Bound<'_, PyAny>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        let pool = self.pool_mut(group)?;
+        with_block_ids(ids, "ids", |ids| pool.touch(ids).py_err())
     }
     fn cache_blocks(
         &mut self,
-        group: i64,
+        group: &Bound<'_, PyAny>,
         ids: &Bound<'_, PyAny>,
         hashes_: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let ids = block_ids(ids, "ids")?;
+        let pool = self.pool_mut(group)?;
         let hs = hashes(hashes_, "hashes")?;
-        self.pool_mut(group)?.cache_blocks(&ids, &hs).py_err()
+        with_block_ids(ids, "ids", |ids| pool.cache_blocks(ids, &hs).py_err())
     }
     fn lookup<'py>(
         &self,
         py: Python<'py>,
-        group: i64,
+        group: &Bound<'py, PyAny>,
         hashes_: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i32>>> {
+        let pool = self.pool(group)?;
         let hs = hashes(hashes_, "hashes")?;
-        Ok(self.pool(group)?.lookup(&hs).into_pyarray(py))
+        Ok(pool.lookup(&hs).into_pyarray(py))
     }
-    fn evict(&mut self, group: i64, ids: &Bound<'_, PyAny>) -> PyResult<()> {
-        let ids = block_ids(ids, "ids")?;
-        self.pool_mut(group)?.evict(&ids).py_err()
+    fn evict(&mut self, group: &Bound<'_, PyAny>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        let pool = self.pool_mut(group)?;
+        with_block_ids(ids, "ids", |ids| pool.evict(ids).py_err())
     }
-    fn reset_prefix_cache(&mut self, group: i64) -> PyResult<()> {
+    fn reset_prefix_cache(&mut self, group: &Bound<'_, PyAny>) -> PyResult<()> {
         self.pool_mut(group)?.reset_prefix_cache().py_err()
+    }
+    fn ref_count(&self, group: &Bound<'_, PyAny>, id: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let pool = self.pool(group)?;
+        pool.ref_count(block_id_arg(id, pool.num_blocks())?)
+            .py_err()
+    }
+    fn free_queue<'py>(
+        &self,
+        py: Python<'py>,
+        group: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i32>>> {
+        Ok(self.pool(group)?.free_queue().into_pyarray(py))
     }
 
     /// Drained events of every pool: (groups, kinds, block ids, hashes).
@@ -135,7 +155,21 @@ impl PyPoolRegistry {
         (groups.into_pyarray(py), k, b, h)
     }
 
-    fn snapshot<'py>(&self, py: Python<'py>, group: i64) -> PyResult<Bound<'py, PyDict>> {
+    fn snapshot<'py>(
+        &self,
+        py: Python<'py>,
+        group: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         snapshot(py, self.pool(group)?)
+    }
+
+    /// Check every pool's invariants (`AssertionError` naming the group on a violation).
+    fn check_invariants(&self) -> PyResult<()> {
+        for (g, p) in self.inner.pools().iter().enumerate() {
+            check_invariants(p).map_err(|e| {
+                pyo3::exceptions::PyAssertionError::new_err(format!("group {g}: {e}"))
+            })?;
+        }
+        Ok(())
     }
 }

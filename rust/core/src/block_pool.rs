@@ -28,11 +28,23 @@ pub type BlockHash = u128;
 pub const NULL_BLOCK: BlockId = 0;
 
 const NIL: u32 = u32::MAX;
+/// Marks an uncached block already seen earlier in the batch `cache_blocks` validates
+/// (an uncached block's chain links are otherwise always `NIL`).
+const SEEN: u32 = u32::MAX - 1;
 
-/// Block hashes are already uniformly distributed, so the map key needs no mixing:
-/// folding the two halves is enough and much cheaper than SipHash.
+/// Map hasher for keys that are already hashes. One folded 64x64->128 multiply mixes
+/// every input bit into the high bits hashbrown uses for its control bytes, so even
+/// structured keys (small integers in tests) spread well; SipHash would cost ~10x more.
 #[derive(Default)]
 pub struct FoldHasher(u64);
+
+const FOLD_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+
+#[inline]
+fn fold_mix(x: u64) -> u64 {
+    let m = (x as u128).wrapping_mul(FOLD_MUL as u128);
+    (m as u64) ^ ((m >> 64) as u64)
+}
 
 impl Hasher for FoldHasher {
     fn finish(&self) -> u64 {
@@ -42,14 +54,23 @@ impl Hasher for FoldHasher {
         for chunk in bytes.chunks(8) {
             let mut buf = [0u8; 8];
             buf[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(buf);
+            self.0 = fold_mix(self.0 ^ u64::from_le_bytes(buf));
         }
     }
     fn write_u128(&mut self, v: u128) {
-        self.0 = (v as u64) ^ ((v >> 64) as u64).rotate_left(32);
+        self.0 = fold_mix(self.0 ^ (v as u64) ^ ((v >> 64) as u64).rotate_left(32));
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 ^= v;
+        self.0 = fold_mix(self.0 ^ v);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+    fn write_i32(&mut self, v: i32) {
+        self.write_u64(v as u32 as u64);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
     }
 }
 
@@ -70,18 +91,22 @@ pub enum PoolEvent {
 #[derive(Debug, Clone)]
 pub struct BlockPool {
     ref_cnt: Vec<u32>,
+    /// The block's hash; meaningful only where `has_hash` is set (otherwise scratch).
     hash: Vec<BlockHash>,
     has_hash: Vec<bool>,
     // Free-queue links (valid only while the block is free).
     prev: Vec<u32>,
     next: Vec<u32>,
-    // Next block with the same hash (a singly linked chain per map entry).
+    // Doubly linked chain of the blocks sharing one hash, oldest first, so appending
+    // and removing from the middle are O(1) however many copies a hash has.
+    hash_prev: Vec<u32>,
     hash_next: Vec<u32>,
     head: u32,
     tail: u32,
     num_free: usize,
     num_cached_free: usize,
-    cached: FastMap<BlockHash, u32>,
+    /// hash -> (first, last) block of its chain.
+    cached: FastMap<BlockHash, (u32, u32)>,
     events: Vec<PoolEvent>,
     record_events: bool,
 }
@@ -107,6 +132,7 @@ impl BlockPool {
             has_hash: vec![false; n],
             prev: vec![NIL; n],
             next: vec![NIL; n],
+            hash_prev: vec![NIL; n],
             hash_next: vec![NIL; n],
             head: NIL,
             tail: NIL,
@@ -122,12 +148,18 @@ impl BlockPool {
         Ok(pool)
     }
 
-    /// Turn event recording off (a pool nobody drains should not grow without bound).
+    /// Turn event recording on or off (a pool nobody drains should not grow without
+    /// bound). Turning it off drops the events not yet taken.
     pub fn set_record_events(&mut self, on: bool) {
         self.record_events = on;
         if !on {
             self.events.clear();
         }
+    }
+
+    /// Whether events are being recorded.
+    pub fn record_events(&self) -> bool {
+        self.record_events
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -168,7 +200,7 @@ impl BlockPool {
     /// Hand out `n` blocks from the head of the free queue (least recently freed first),
     /// each with reference count 1. A cached block handed out loses its hash.
     pub fn allocate(&mut self, n: usize) -> Result<Vec<BlockId>> {
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::new();
         self.allocate_into(n, &mut out)?;
         Ok(out)
     }
@@ -183,6 +215,8 @@ impl BlockPool {
         }
         out.reserve(n);
         for _ in 0..n {
+            // `n <= num_free` and the queue holds exactly `num_free` blocks, so the
+            // head is a real block here.
             let b = self.head;
             debug_assert_ne!(b, NIL);
             self.unlink(b);
@@ -194,9 +228,25 @@ impl BlockPool {
     }
 
     /// Drop one reference from each id (an id may repeat). Blocks reaching zero join
-    /// the tail of the free queue in the order given, keeping their hashes.
+    /// the tail of the free queue in the order they reach zero, keeping their hashes.
     pub fn free(&mut self, ids: &[BlockId]) -> Result<()> {
-        self.check_free(ids)?;
+        // Validate by decrementing tentatively (sequential semantics for repeated ids,
+        // no auxiliary map), then undo, then apply for real.
+        for (i, &id) in ids.iter().enumerate() {
+            let ok = match self.check_real(id) {
+                Err(e) => Err(e),
+                Ok(b) if self.ref_cnt[b as usize] == 0 => Err(Error::DoubleFree { id }),
+                Ok(b) => Ok(b),
+            };
+            match ok {
+                Ok(b) => self.ref_cnt[b as usize] -= 1,
+                Err(e) => {
+                    self.undo_decrements(&ids[..i]);
+                    return Err(e);
+                }
+            }
+        }
+        self.undo_decrements(ids);
         for &id in ids {
             let b = id as u32;
             let r = &mut self.ref_cnt[b as usize];
@@ -208,22 +258,26 @@ impl BlockPool {
         Ok(())
     }
 
-    /// Validate a `free` batch without changing anything.
+    /// Validate a `free` batch without changing anything: the error `free` would return.
     pub fn check_free(&self, ids: &[BlockId]) -> Result<()> {
-        for &id in ids {
+        let mut seen: Option<FastMap<u32, u32>> = None;
+        for (i, &id) in ids.iter().enumerate() {
             let b = self.check_real(id)?;
-            if self.ref_cnt[b as usize] == 0 {
+            let refs = self.ref_cnt[b as usize];
+            if refs == 0 {
                 return Err(Error::DoubleFree { id });
             }
-        }
-        // A repeated id must have as many references as it has occurrences. Only
-        // checked when the cheap pass can't rule it out (small batches are the norm).
-        if ids.len() > 1 {
-            let mut seen: FastMap<u64, u32> = FastMap::default();
-            for &id in ids {
-                let c = seen.entry(id as u64).or_insert(0);
+            // A repeated id needs as many references as occurrences; the map is only
+            // built once a batch has more than one id.
+            if i > 0 {
+                let map = seen.get_or_insert_with(|| {
+                    let mut m = FastMap::default();
+                    m.insert(ids[0] as u32, 1);
+                    m
+                });
+                let c = map.entry(b).or_insert(0);
                 *c += 1;
-                if *c > self.ref_cnt[id as usize] {
+                if *c > refs {
                     return Err(Error::DoubleFree { id });
                 }
             }
@@ -241,13 +295,15 @@ impl BlockPool {
             if self.ref_cnt[b as usize] == 0 {
                 self.unlink(b);
             }
+            // A u32 count cannot overflow in practice: it would take 2^32 references
+            // to one block, each held by a live request.
             self.ref_cnt[b as usize] += 1;
         }
         Ok(())
     }
 
     /// Mark in-use full blocks as cached under the given hashes (`Stored` events).
-    /// Re-caching a block under the hash it already has is a no-op.
+    /// Re-caching a block under the hash it already has is a no-op (no event).
     pub fn cache_blocks(&mut self, ids: &[BlockId], hashes: &[BlockHash]) -> Result<()> {
         if ids.len() != hashes.len() {
             return Err(Error::LengthMismatch {
@@ -256,22 +312,29 @@ impl BlockPool {
                 right: hashes.len(),
             });
         }
+        // Validate in order. An uncached block seen earlier in this batch is marked
+        // `SEEN` in its (otherwise NIL) chain link, with the tentative hash in its
+        // scratch hash slot, so a repeat with another hash is caught in O(1).
         for (i, (&id, &h)) in ids.iter().zip(hashes).enumerate() {
-            let b = self.check_real(id)? as usize;
-            if self.ref_cnt[b] == 0 {
-                return Err(Error::NotInUse { id });
-            }
-            if self.has_hash[b] && self.hash[b] != h {
-                return Err(Error::AlreadyCached { id });
-            }
-            // The same block twice in one batch with two different hashes.
-            if !self.has_hash[b]
-                && ids[..i]
-                    .iter()
-                    .zip(hashes)
-                    .any(|(&j, &g)| j == id && g != h)
-            {
-                return Err(Error::AlreadyCached { id });
+            let err = match self.check_real(id) {
+                Err(e) => Some(e),
+                Ok(b) => {
+                    let b = b as usize;
+                    if self.ref_cnt[b] == 0 {
+                        Some(Error::NotInUse { id })
+                    } else if self.has_hash[b] || self.hash_next[b] == SEEN {
+                        // Cached already, or tentatively earlier in this batch.
+                        (self.hash[b] != h).then_some(Error::AlreadyCached { id })
+                    } else {
+                        self.hash[b] = h;
+                        self.hash_next[b] = SEEN;
+                        None
+                    }
+                }
+            };
+            if let Some(e) = err {
+                self.clear_seen(&ids[..i]);
+                return Err(e);
             }
         }
         for (&id, &h) in ids.iter().zip(hashes) {
@@ -279,22 +342,8 @@ impl BlockPool {
             if self.has_hash[b as usize] {
                 continue;
             }
-            self.hash[b as usize] = h;
-            self.has_hash[b as usize] = true;
-            self.hash_next[b as usize] = NIL;
-            // Append to the end of the chain so the oldest copy is found first.
-            match self.cached.get(&h).copied() {
-                None => {
-                    self.cached.insert(h, b);
-                }
-                Some(first) => {
-                    let mut cur = first;
-                    while self.hash_next[cur as usize] != NIL {
-                        cur = self.hash_next[cur as usize];
-                    }
-                    self.hash_next[cur as usize] = b;
-                }
-            }
+            // Validated in use above, so `num_cached` (free and hashed) is unchanged.
+            self.link_hash(b, h);
             if self.record_events {
                 self.events.push(PoolEvent::Stored { block: id, hash: h });
             }
@@ -302,9 +351,9 @@ impl BlockPool {
         Ok(())
     }
 
-    /// The block caching `hash`, if any.
+    /// The block caching `hash` (the oldest, when several do), if any.
     pub fn lookup_one(&self, hash: BlockHash) -> Option<BlockId> {
-        self.cached.get(&hash).map(|&b| b as BlockId)
+        self.cached.get(&hash).map(|&(first, _)| first as BlockId)
     }
 
     /// One block id per hash, `-1` for a miss.
@@ -316,7 +365,8 @@ impl BlockPool {
     }
 
     /// Drop the hashes of the given blocks (`Removed` events). In-use blocks stay in
-    /// use; free blocks stay free but can no longer be hit. Uncached blocks are a no-op.
+    /// use; free blocks stay free (in place in the queue) but can no longer be hit.
+    /// Uncached blocks are a no-op.
     pub fn evict(&mut self, ids: &[BlockId]) -> Result<()> {
         for &id in ids {
             self.check_real(id)?;
@@ -335,6 +385,7 @@ impl BlockPool {
         }
         self.cached.clear();
         self.has_hash.iter_mut().for_each(|h| *h = false);
+        self.hash_prev.iter_mut().for_each(|n| *n = NIL);
         self.hash_next.iter_mut().for_each(|n| *n = NIL);
         self.num_cached_free = 0;
         if self.record_events {
@@ -348,11 +399,16 @@ impl BlockPool {
         std::mem::take(&mut self.events)
     }
 
+    /// The events recorded and not yet taken, oldest first (does not drain them).
+    pub fn pending_events(&self) -> &[PoolEvent] {
+        &self.events
+    }
+
     /// The free queue from head (next to be allocated) to tail.
     pub fn free_queue(&self) -> Vec<BlockId> {
         let mut out = Vec::with_capacity(self.num_free);
         let mut cur = self.head;
-        while cur != NIL {
+        while cur != NIL && out.len() <= self.num_free {
             out.push(cur as BlockId);
             cur = self.next[cur as usize];
         }
@@ -372,14 +428,24 @@ impl BlockPool {
             .collect()
     }
 
-    /// Every hash-map entry as `(hash, block)`, chains expanded.
+    /// Every hash-map entry as `(hash, block)`: chains expanded oldest first, hashes
+    /// in ascending order.
     pub fn hash_entries(&self) -> Vec<(BlockHash, BlockId)> {
-        let mut out = Vec::with_capacity(self.cached.len());
-        for (&h, &first) in &self.cached {
+        let mut keys: Vec<_> = self
+            .cached
+            .iter()
+            .map(|(&h, &(first, _))| (h, first))
+            .collect();
+        keys.sort_unstable();
+        let mut out = Vec::with_capacity(keys.len());
+        for (h, first) in keys {
             let mut cur = first;
-            while cur != NIL {
+            // Bounded so a corrupted (cyclic) chain cannot hang `check_invariants`.
+            let mut steps = 0;
+            while cur != NIL && steps < self.num_blocks() {
                 out.push((h, cur as BlockId));
                 cur = self.hash_next[cur as usize];
+                steps += 1;
             }
         }
         out
@@ -401,11 +467,19 @@ impl BlockPool {
             ));
         }
         let mut in_queue = vec![false; n];
+        let mut prev = NIL;
         for &b in &q {
             if b == 0 || in_queue[b as usize] {
                 return Err(format!("block {b} queued twice or null in queue"));
             }
+            if self.prev[b as usize] != prev {
+                return Err(format!("block {b}: broken back link in the free queue"));
+            }
             in_queue[b as usize] = true;
+            prev = b as u32;
+        }
+        if self.tail != prev {
+            return Err("free-queue tail is not its last block".into());
         }
         let mut cached_free = 0;
         for b in 1..n {
@@ -414,6 +488,12 @@ impl BlockPool {
                     "block {b}: ref {} but in_queue {}",
                     self.ref_cnt[b], in_queue[b]
                 ));
+            }
+            if !in_queue[b] && (self.prev[b] != NIL || self.next[b] != NIL) {
+                return Err(format!("block {b} is in use but keeps free-queue links"));
+            }
+            if !self.has_hash[b] && (self.hash_prev[b] != NIL || self.hash_next[b] != NIL) {
+                return Err(format!("uncached block {b} keeps hash-chain links"));
             }
             if in_queue[b] && self.has_hash[b] {
                 cached_free += 1;
@@ -424,6 +504,24 @@ impl BlockPool {
                 "num_cached {} but counted {cached_free}",
                 self.num_cached_free
             ));
+        }
+        for (&h, &(first, last)) in &self.cached {
+            if self.hash_prev[first as usize] != NIL || self.hash_next[last as usize] != NIL {
+                return Err(format!("chain of hash {h:#x} has a dangling end"));
+            }
+            let mut cur = first;
+            let mut steps = 0;
+            while self.hash_next[cur as usize] != NIL {
+                let nx = self.hash_next[cur as usize];
+                if self.hash_prev[nx as usize] != cur || steps > n {
+                    return Err(format!("chain of hash {h:#x} is broken at block {nx}"));
+                }
+                cur = nx;
+                steps += 1;
+            }
+            if cur != last {
+                return Err(format!("chain of hash {h:#x} does not end at its tail"));
+            }
         }
         let entries = self.hash_entries();
         let carried = self.has_hash.iter().filter(|&&h| h).count();
@@ -461,6 +559,23 @@ impl BlockPool {
         Ok(b)
     }
 
+    /// Re-add the references `free`'s validation took from `ids` (all valid ids).
+    fn undo_decrements(&mut self, ids: &[BlockId]) {
+        for &id in ids {
+            self.ref_cnt[id as usize] += 1;
+        }
+    }
+
+    /// Clear the `SEEN` marks `cache_blocks`' validation left on `ids` (all valid ids).
+    fn clear_seen(&mut self, ids: &[BlockId]) {
+        for &id in ids {
+            let b = id as usize;
+            if !self.has_hash[b] {
+                self.hash_next[b] = NIL;
+            }
+        }
+    }
+
     fn push_tail(&mut self, b: u32) {
         self.prev[b as usize] = self.tail;
         self.next[b as usize] = NIL;
@@ -496,6 +611,27 @@ impl BlockPool {
         }
     }
 
+    /// Give `b` the hash `h` and append it to the end of `h`'s chain, so the oldest
+    /// copy is the one lookups find.
+    fn link_hash(&mut self, b: u32, h: BlockHash) {
+        let bi = b as usize;
+        self.hash[bi] = h;
+        self.has_hash[bi] = true;
+        self.hash_next[bi] = NIL;
+        match self.cached.get_mut(&h) {
+            None => {
+                self.hash_prev[bi] = NIL;
+                self.cached.insert(h, (b, b));
+            }
+            Some(ends) => {
+                let last = ends.1;
+                self.hash_prev[bi] = last;
+                self.hash_next[last as usize] = b;
+                ends.1 = b;
+            }
+        }
+    }
+
     /// Remove `b` from the hash map (if cached) and record a `Removed` event.
     fn drop_hash(&mut self, b: u32) {
         let bi = b as usize;
@@ -503,24 +639,24 @@ impl BlockPool {
             return;
         }
         let h = self.hash[bi];
-        if let Some(&first) = self.cached.get(&h) {
-            if first == b {
-                let nx = self.hash_next[bi];
-                if nx == NIL {
-                    self.cached.remove(&h);
-                } else {
-                    self.cached.insert(h, nx);
-                }
-            } else {
-                let mut cur = first;
-                while self.hash_next[cur as usize] != NIL && self.hash_next[cur as usize] != b {
-                    cur = self.hash_next[cur as usize];
-                }
-                if self.hash_next[cur as usize] == b {
-                    self.hash_next[cur as usize] = self.hash_next[bi];
-                }
+        let (p, nx) = (self.hash_prev[bi], self.hash_next[bi]);
+        if p != NIL {
+            self.hash_next[p as usize] = nx;
+        }
+        if nx != NIL {
+            self.hash_prev[nx as usize] = p;
+        }
+        if p == NIL && nx == NIL {
+            self.cached.remove(&h);
+        } else if let Some(ends) = self.cached.get_mut(&h) {
+            if p == NIL {
+                ends.0 = nx;
+            }
+            if nx == NIL {
+                ends.1 = p;
             }
         }
+        self.hash_prev[bi] = NIL;
         self.hash_next[bi] = NIL;
         self.has_hash[bi] = false;
         // A zero-ref block is always linked in the free queue (allocation sets the
@@ -700,5 +836,199 @@ mod tests {
         assert_eq!(p.num_free(), 2);
         assert_eq!(p.num_cached(), 0);
         p.check_invariants().unwrap();
+    }
+    #[test]
+    fn repeated_ids_free_in_the_order_they_reach_zero() {
+        let mut p = BlockPool::new(5).unwrap();
+        let a = p.allocate(4).unwrap(); // 1 2 3 4
+        p.touch(&[1]).unwrap(); // block 1 now has two references
+        p.free(&[1, 2, 1, 3]).unwrap();
+        assert_eq!(p.free_queue(), vec![2, 1, 3]);
+        assert_eq!(p.ref_counts(), &[0, 0, 0, 0, 1]);
+        p.free(&a[3..]).unwrap();
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn failed_free_restores_every_reference() {
+        let mut p = BlockPool::new(6).unwrap();
+        p.allocate(4).unwrap();
+        p.touch(&[2]).unwrap();
+        let before = p.clone();
+        // Block 2 has two references: the third occurrence is the double free.
+        assert_eq!(p.free(&[1, 2, 3, 2, 2]), Err(Error::DoubleFree { id: 2 }));
+        assert_eq!(p.ref_counts(), before.ref_counts());
+        assert_eq!(p.free_queue(), before.free_queue());
+        // The first offending position decides the error.
+        assert!(matches!(
+            p.free(&[1, 1, 99]),
+            Err(Error::DoubleFree { id: 1 })
+        ));
+        assert!(matches!(
+            p.free(&[1, 99, 1, 1]),
+            Err(Error::InvalidBlockId { id: 99, .. })
+        ));
+        assert_eq!(p.ref_counts(), before.ref_counts());
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn check_free_agrees_with_free() {
+        let mut p = BlockPool::new(8).unwrap();
+        p.allocate(5).unwrap();
+        p.touch(&[3, 3]).unwrap();
+        p.free(&[5]).unwrap();
+        let batches: [&[BlockId]; 8] = [
+            &[1, 2],
+            &[3, 3, 3],
+            &[3, 3, 3, 3],
+            &[5],
+            &[0],
+            &[1, -3],
+            &[4, 1, 4],
+            &[],
+        ];
+        for ids in batches {
+            let checked = p.check_free(ids);
+            let mut q = p.clone();
+            assert_eq!(checked, q.free(ids), "batch {ids:?}");
+        }
+    }
+
+    #[test]
+    fn cache_batch_with_repeats() {
+        let mut p = BlockPool::new(6).unwrap();
+        let a = p.allocate(3).unwrap();
+        // Same block twice, same hash: one Stored event.
+        p.cache_blocks(&[a[0], a[1], a[0]], &[7, 8, 7]).unwrap();
+        assert_eq!(p.take_events().len(), 2);
+        // Same uncached block twice with two hashes: refused, nothing changes, and the
+        // validation leaves no trace behind.
+        let before = p.cached_blocks();
+        assert_eq!(
+            p.cache_blocks(&[a[2], a[2]], &[1, 2]),
+            Err(Error::AlreadyCached { id: a[2] })
+        );
+        assert_eq!(p.cache_blocks(&[a[2], 0], &[1, 2]), Err(Error::NullBlock));
+        assert_eq!(p.cached_blocks(), before);
+        assert!(p.take_events().is_empty());
+        p.check_invariants().unwrap();
+        p.cache_blocks(&[a[2]], &[2]).unwrap();
+        assert_eq!(p.block_hash(a[2]).unwrap(), Some(2));
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn hash_chain_removal_from_the_middle() {
+        let mut p = BlockPool::new(10).unwrap();
+        let a = p.allocate(6).unwrap();
+        p.cache_blocks(&a, &[5; 6]).unwrap();
+        p.evict(&[a[2], a[4]]).unwrap();
+        p.check_invariants().unwrap();
+        let chain: Vec<_> = p.hash_entries().into_iter().map(|e| e.1).collect();
+        assert_eq!(chain, vec![a[0], a[1], a[3], a[5]]);
+        // Re-cached blocks join at the end of the chain.
+        p.cache_blocks(&[a[2]], &[5]).unwrap();
+        p.evict(&[a[0], a[1]]).unwrap();
+        assert_eq!(p.lookup_one(5), Some(a[3]));
+        p.evict(&[a[3], a[5]]).unwrap();
+        assert_eq!(p.lookup_one(5), Some(a[2]));
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn touch_pulls_from_the_middle_of_the_queue() {
+        let mut p = BlockPool::new(6).unwrap();
+        p.touch(&[3]).unwrap();
+        assert_eq!(p.free_queue(), vec![1, 2, 4, 5]);
+        assert_eq!(p.num_in_use(), 1);
+        assert!(matches!(
+            p.touch(&[2, 6]),
+            Err(Error::InvalidBlockId { id: 6, .. })
+        ));
+        assert_eq!(p.touch(&[2, 0]), Err(Error::NullBlock));
+        assert_eq!(p.free_queue(), vec![1, 2, 4, 5]);
+        p.touch(&[5, 1, 3]).unwrap();
+        assert_eq!(p.free_queue(), vec![2, 4]);
+        assert_eq!(p.ref_count(3).unwrap(), 2);
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn allocation_evicts_cached_blocks_from_the_head() {
+        let mut p = BlockPool::new(5).unwrap();
+        let a = p.allocate(4).unwrap();
+        p.cache_blocks(&a, &[10, 11, 12, 13]).unwrap();
+        p.free(&[a[2], a[0], a[3], a[1]]).unwrap();
+        assert_eq!(p.num_cached(), 4);
+        p.take_events();
+        assert_eq!(p.allocate(2).unwrap(), vec![a[2], a[0]]);
+        assert_eq!(
+            p.take_events(),
+            vec![
+                PoolEvent::Removed {
+                    block: a[2],
+                    hash: 12
+                },
+                PoolEvent::Removed {
+                    block: a[0],
+                    hash: 10
+                },
+            ]
+        );
+        assert_eq!(p.lookup(&[10, 11, 12, 13]), vec![-1, a[1], -1, a[3]]);
+        assert_eq!(p.num_cached(), 2);
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn events_can_be_turned_off() {
+        let mut p = BlockPool::new(3).unwrap();
+        let a = p.allocate(1).unwrap();
+        p.cache_blocks(&a, &[1]).unwrap();
+        p.set_record_events(false);
+        assert!(p.pending_events().is_empty());
+        p.evict(&a).unwrap();
+        assert!(p.take_events().is_empty());
+    }
+
+    /// Deterministic random walk over every operation, checking the invariants after
+    /// each step and that failures change nothing.
+    #[test]
+    fn random_walk_keeps_invariants() {
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut rnd = move |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        let mut p = BlockPool::new(17).unwrap();
+        for step in 0..20_000 {
+            let before = p.clone();
+            let ids: Vec<BlockId> = (0..rnd(5)).map(|_| rnd(19) as BlockId - 1).collect();
+            let hs: Vec<BlockHash> = ids.iter().map(|_| rnd(6) as BlockHash).collect();
+            let res = match rnd(8) {
+                0 => p.allocate(rnd(6) as usize).map(|_| ()),
+                1 | 2 => p.free(&ids),
+                3 => p.touch(&ids),
+                4 => p.cache_blocks(&ids, &hs),
+                5 => p.evict(&ids),
+                6 => p.reset_prefix_cache(),
+                _ => {
+                    p.take_events();
+                    Ok(())
+                }
+            };
+            if let Err(e) = p.check_invariants() {
+                panic!("step {step}: {e}");
+            }
+            if res.is_err() {
+                assert_eq!(p.ref_counts(), before.ref_counts(), "step {step}");
+                assert_eq!(p.free_queue(), before.free_queue(), "step {step}");
+                assert_eq!(p.hash_entries(), before.hash_entries(), "step {step}");
+                assert_eq!(p.pending_events(), before.pending_events(), "step {step}");
+            }
+        }
     }
 }

@@ -1,0 +1,275 @@
+"""The ``hybridkv`` command: ``plan`` and ``models`` here, more from other modules.
+
+A module adds a subcommand with ``add_parser(subparsers)``: it creates its parser with
+``subparsers.add_parser(...)`` and sets ``func`` (``args -> int`` exit code) with
+``set_defaults``. Bad arguments print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from hybridkv.errors import HybridKVError
+from hybridkv.units import format_bytes, size_type
+
+#: Modules whose ``add_parser(subparsers)`` adds a subcommand, when they exist.
+SUBCOMMAND_MODULES = ("hybridkv.simulate",)
+
+
+class UsageError(Exception):
+    """A bad command line: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def _console() -> Any:
+    """A rich console; wide enough for the tables when stdout is not a terminal."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def kv_dtype_type(text: str) -> str | int:
+    """``--kv-dtype``: a dtype name (bf16, fp8, ...) or bytes per token per layer."""
+    from hybridkv.specs import DTYPE_BYTES
+
+    if text.isdigit():
+        value = int(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"kv dtype bytes per token must be > 0, got {text}")
+        return value
+    if text.lower() not in DTYPE_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"unknown kv dtype {text!r}: use bf16, fp16, fp8, fp32 or bytes per token"
+        )
+    return text.lower()
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type for integers >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# plan
+# ---------------------------------------------------------------------------
+
+
+def add_plan_parser(subparsers: Any) -> None:
+    """Register ``hybridkv plan``."""
+    p = subparsers.add_parser(
+        "plan",
+        help="plan KV-cache memory for a model: per-group pools and token capacity",
+        description="Plan KV-cache memory: one pool per KV-cache group at its natural page size.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a bundled model name (see `hybridkv models`)")
+    src.add_argument("--config", help="path to a Hugging Face config.json (or its folder)")
+    p.add_argument("--memory", type=size_type, required=True, help="KV-cache memory, e.g. 70GiB")
+    p.add_argument("--max-num-seqs", type=positive_int, default=256)
+    p.add_argument("--max-model-len", type=positive_int, default=32768)
+    p.add_argument("--max-num-batched-tokens", type=positive_int, default=8192)
+    p.add_argument("--block-size", type=positive_int, default=16)
+    p.add_argument(
+        "--kv-dtype", type=kv_dtype_type, default=None, help="bf16, fp8, ... or bytes per token"
+    )
+    p.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel ranks")
+    p.add_argument("--mamba-cache-mode", choices=("none", "align", "all"), default="align")
+    p.add_argument(
+        "--bounded-sizing",
+        choices=("tight", "per_request"),
+        default="tight",
+        help="sliding-window / chunked pools: tight whole-step bound or per-request worst case",
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=run_plan)
+
+
+def _layer_ranges(layers: Sequence[int]) -> str:
+    parts: list[str] = []
+    start = prev = layers[0]
+    for layer in [*layers[1:], None]:
+        if layer is not None and layer == prev + 1:
+            prev = layer
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if layer is not None:
+            start = prev = layer
+    text = ",".join(parts)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """``hybridkv plan``: print the plan as a table or JSON."""
+    from hybridkv.models import load_model
+    from hybridkv.planner import plan_memory
+
+    model = load_model(args.model or args.config, tp=args.tp, kv_dtype=args.kv_dtype)
+    plan = plan_memory(
+        model,
+        memory_bytes=args.memory,
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        block_size=args.block_size,
+        mamba_cache_mode=args.mamba_cache_mode,
+        bounded_sizing=args.bounded_sizing,
+    )
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(
+        title=f"hybridkv plan: {model.name} ({format_bytes(plan.memory_bytes)}, tp={model.tp})"
+    )
+    for col in ("group", "kind", "layers", "block", "page", "blocks", "bytes", "slot space"):
+        table.add_column(col, justify="left" if col in ("kind", "layers") else "right")
+    table.add_column("per request")
+    for g in plan.groups:
+        extra = ""
+        if g.window is not None:
+            extra = f"window {g.window}"
+        elif g.chunk_size is not None:
+            extra = f"chunk {g.chunk_size}"
+        elif g.max_encoder_len is not None:
+            extra = f"encoder {g.max_encoder_len}"
+        per_req = "grows" if g.grows else f"<= {g.max_blocks_per_request} blocks ({g.sizing})"
+        table.add_row(
+            str(g.index),
+            f"{g.kind} {extra}".strip(),
+            f"{len(g.layers)}: {_layer_ranges(g.layers)}",
+            str(g.block_size),
+            format_bytes(g.page_size_bytes),
+            f"{g.num_blocks:,}",
+            format_bytes(g.bytes),
+            f"{g.slot_address_space:,}",
+            per_req,
+        )
+    console = _console()
+    console.print(table)
+    base = plan.unified_baseline
+    physical = (
+        f"{plan.physical_token_limit:,.0f}" if plan.physical_token_limit is not None else "n/a"
+    )
+    baseline = (
+        f"{base.token_capacity:,} tokens (block {base.block_size}, {base.num_groups} groups)"
+        if base.token_capacity is not None
+        else f"impossible ({base.reason})"
+    )
+    lines = [
+        f"token capacity:   {plan.token_capacity:,} tokens (physical limit {physical})",
+        f"max concurrency:  {plan.max_concurrency:.2f} requests of {plan.max_model_len:,} tokens",
+        f"bounded pools:    {format_bytes(plan.bounded_bytes)}; unused {format_bytes(plan.unused_bytes)}",
+        f"unified baseline: {baseline}",
+    ]
+    if plan.encoder_only_layers:
+        lines.append(f"encoder-only layers (no cache): {len(plan.encoder_only_layers)}")
+    for line in lines:
+        console.print(line, highlight=False)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------
+
+
+def add_models_parser(subparsers: Any) -> None:
+    """Register ``hybridkv models``."""
+    p = subparsers.add_parser("models", help="list the bundled model configs")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=run_models)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """``hybridkv models``: the bundled models, their source and layer kinds."""
+    from hybridkv.models import list_models, load_model, model_source
+
+    rows: list[dict[str, Any]] = []
+    for name in list_models():
+        model = load_model(name)
+        rows.append(
+            {
+                "name": name,
+                "source": model_source(name).splitlines()[0],
+                "model_type": model.model_type,
+                "layers": model.kind_counts(),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title="bundled models")
+    for col in ("name", "hugging face id", "model_type", "cache layers"):
+        table.add_column(col)
+    for row in rows:
+        kinds = ", ".join(f"{n} {k}" for k, n in row["layers"].items())
+        table.add_row(row["name"], row["source"], row["model_type"], kinds)
+    _console().print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``hybridkv`` parser, with every available subcommand."""
+    parser = _Parser(prog="hybridkv", description="KV-cache manager for hybrid LLMs.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    add_plan_parser(subparsers)
+    add_models_parser(subparsers)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # that subcommand is not built yet
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hybridkv``; returns the exit code (2 for bad arguments)."""
+    try:
+        args = build_parser().parse_args(argv)
+        code = args.func(args)
+    except UsageError as exc:
+        print(str(exc).splitlines()[0] if str(exc) else "hybridkv: error", file=sys.stderr)
+        return 2
+    except HybridKVError as exc:
+        command = " ".join(["hybridkv", *([] if argv is None else list(argv)[:1])])
+        if argv is None and len(sys.argv) > 1:
+            command = f"hybridkv {sys.argv[1]}"
+        message = " ".join(str(exc).split())
+        print(f"{command}: error: {message}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help and friends
+        return exc.code if isinstance(exc.code, int) else 0
+    return int(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

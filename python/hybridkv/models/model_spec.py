@@ -1,0 +1,71 @@
+"""A model as the KV cache sees it: one spec per cache-holding (sub)layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from hybridkv.errors import InvalidArgumentError
+from hybridkv.specs import SPEC_TYPES, KVSpec
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's per-layer KV-cache specs, in layer order.
+
+    ``layer_specs`` has one entry per cache layer. A model whose blocks hold two caches
+    (Falcon-H1: attention and Mamba-2 side by side) lists both, and ``layer_names`` says
+    which is which (default ``"layers.{i}"``). Build one by hand from a list of specs, or
+    with :func:`hybridkv.models.load_model`. ``hidden_size``, ``vocab_size`` and
+    ``num_attention_heads`` are informative (cost models), taken from the config.
+    """
+
+    name: str
+    layer_specs: tuple[KVSpec, ...]
+    layer_names: tuple[str, ...] = ()
+    model_type: str = "custom"
+    source: str | None = None
+    tp: int = 1
+    hidden_size: int | None = None
+    vocab_size: int | None = None
+    num_attention_heads: int | None = None
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        specs = self.layer_specs
+        if isinstance(specs, (str, bytes)) or not isinstance(specs, Sequence):
+            raise InvalidArgumentError("layer_specs must be a sequence of specs")
+        specs = tuple(specs)
+        if not specs:
+            raise InvalidArgumentError(f"model {self.name!r} has no layers")
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, SPEC_TYPES):
+                raise InvalidArgumentError(
+                    f"layer {i} of {self.name!r} is not a spec: {type(spec).__name__}"
+                )
+        names = tuple(self.layer_names) or tuple(f"layers.{i}" for i in range(len(specs)))
+        if len(names) != len(specs):
+            raise InvalidArgumentError(
+                f"{len(names)} layer names for {len(specs)} layer specs in {self.name!r}"
+            )
+        if isinstance(self.tp, bool) or not isinstance(self.tp, int) or self.tp < 1:
+            raise InvalidArgumentError(f"tp must be a positive int, got {self.tp!r}")
+        object.__setattr__(self, "layer_specs", specs)
+        object.__setattr__(self, "layer_names", names)
+        object.__setattr__(self, "notes", tuple(self.notes))
+
+    @property
+    def num_layers(self) -> int:
+        """Number of cache layers (sublayers counted separately)."""
+        return len(self.layer_specs)
+
+    def layers_of_kind(self, kind: str) -> tuple[int, ...]:
+        """Indices of the layers whose spec has ``kind``."""
+        return tuple(i for i, s in enumerate(self.layer_specs) if s.kind == kind)
+
+    def kind_counts(self) -> dict[str, int]:
+        """How many layers of each kind, in first-seen order."""
+        counts: dict[str, int] = {}
+        for spec in self.layer_specs:
+            counts[spec.kind] = counts.get(spec.kind, 0) + 1
+        return counts

@@ -1,0 +1,50 @@
+"""Whisper-style encoder-decoder: encoder layers keep no cache; each decoder layer keeps
+a growing self-attention cache and a cross-attention cache over the encoder output
+(``max_source_positions`` frames)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hybridkv.errors import ModelConfigError
+from hybridkv.models.parsers.common import (
+    Parsed,
+    ParseOptions,
+    attention_kwargs,
+    model_dtype,
+    need_int,
+)
+from hybridkv.specs import CrossAttentionSpec, EncoderOnlySpec, FullAttentionSpec
+
+MODEL_TYPES = ("whisper",)
+
+
+def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
+    enc = need_int(config, "encoder_layers", model_type)
+    dec = need_int(config, "decoder_layers", model_type)
+    d_model = need_int(config, "d_model", model_type)
+    heads = need_int(config, "decoder_attention_heads", model_type)
+    if d_model % heads:
+        raise ModelConfigError(f"{model_type}: d_model {d_model} not divisible by {heads} heads")
+    kwargs = attention_kwargs(heads, d_model // heads, model_dtype(config), opts)
+    self_attn = FullAttentionSpec(**kwargs)
+    cross = CrossAttentionSpec(
+        max_encoder_len=need_int(config, "max_source_positions", model_type), **kwargs
+    )
+    specs: list[Any] = [EncoderOnlySpec()] * enc
+    names = [f"encoder.layers.{i}" for i in range(enc)]
+    for i in range(dec):
+        specs += [self_attn, cross]
+        names += [f"decoder.layers.{i}.self_attn", f"decoder.layers.{i}.encoder_attn"]
+    return Parsed(
+        layer_specs=tuple(specs),
+        layer_names=tuple(names),
+        hidden_size=d_model,
+        vocab_size=config.get("vocab_size"),
+        num_attention_heads=heads,
+        notes=(
+            f"decoder self-attention is bounded by max_target_positions="
+            f"{config.get('max_target_positions')}; plan with max_model_len at most that",
+        ),
+    )

@@ -1,0 +1,72 @@
+"""Zamba2: Mamba-2 in every layer; "hybrid" layers also run a shared attention block.
+
+The attention weights are shared but each invocation keeps its own KV cache. The
+attention works on ``2 * hidden_size`` features (hidden state + original embeddings),
+so its head size is ``attention_head_dim`` (default ``2 * hidden / heads``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hybridkv.errors import ModelConfigError
+from hybridkv.models.parsers.common import (
+    Parsed,
+    ParseOptions,
+    full_attention,
+    layer_list,
+    mamba2_state,
+    model_dtype,
+    need_int,
+    opt_int,
+    ssm_dtype,
+)
+
+MODEL_TYPES = ("zamba2",)
+
+
+def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
+    n = need_int(config, "num_hidden_layers", model_type)
+    kinds = layer_list(config, "layers_block_type", n, model_type)
+    if kinds is None:
+        ids = config.get("hybrid_layer_ids")
+        if not isinstance(ids, list):
+            raise ModelConfigError(f"{model_type}: needs layers_block_type or hybrid_layer_ids")
+        kinds = ["hybrid" if i in ids else "mamba" for i in range(n)]
+    dtype = model_dtype(config)
+    hidden = need_int(config, "hidden_size", model_type)
+    heads = need_int(config, "num_attention_heads", model_type)
+    kv_heads = opt_int(config, "num_key_value_heads", model_type, heads)
+    hd = opt_int(config, "attention_head_dim", model_type, 2 * hidden // heads)
+    attn = full_attention(kv_heads, hd, dtype, opts)
+    expand = opt_int(config, "mamba_expand", model_type, 2)
+    d_head = need_int(config, "mamba_headdim", model_type)
+    state = mamba2_state(
+        num_heads=opt_int(config, "n_mamba_heads", model_type, expand * hidden // d_head),
+        head_dim=d_head,
+        n_groups=opt_int(config, "mamba_ngroups", model_type, 1),
+        d_state=need_int(config, "mamba_d_state", model_type),
+        d_conv=need_int(config, "mamba_d_conv", model_type),
+        conv_dtype=dtype,
+        ssm_dtype=ssm_dtype(config, dtype),
+        tp=opts.tp,
+        intermediate=expand * hidden,
+    )
+    specs: list[Any] = []
+    names: list[str] = []
+    for i, kind in enumerate(kinds):
+        if kind == "hybrid":
+            specs.append(attn)
+            names.append(f"layers.{i}.shared_attn")
+        elif kind != "mamba":
+            raise ModelConfigError(f"{model_type}: unknown layer type {kind!r} at layer {i}")
+        specs.append(state)
+        names.append(f"layers.{i}.mamba")
+    return Parsed(
+        layer_specs=tuple(specs),
+        layer_names=tuple(names),
+        hidden_size=hidden,
+        vocab_size=config.get("vocab_size"),
+        num_attention_heads=heads,
+    )

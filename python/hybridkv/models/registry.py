@@ -1,0 +1,136 @@
+"""Loading models: bundled configs by name, or any HF ``config.json`` by path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hybridkv.errors import InvalidArgumentError, ModelConfigError
+from hybridkv.models.model_spec import ModelSpec
+from hybridkv.models.parsers import PARSERS, ParseOptions
+from hybridkv.specs import DTYPE_BYTES
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def supported_model_types() -> tuple[str, ...]:
+    """The HF ``model_type`` values a parser exists for."""
+    return tuple(sorted(PARSERS))
+
+
+def list_models() -> tuple[str, ...]:
+    """Names of the bundled model configs (usable as ``load_model(name)`` offline)."""
+    if not CONFIG_DIR.is_dir():
+        return ()
+    return tuple(sorted(p.name for p in CONFIG_DIR.iterdir() if (p / "config.json").is_file()))
+
+
+def model_source(name: str) -> str:
+    """The bundled model's source note (its Hugging Face id and how values were taken)."""
+    path = CONFIG_DIR / name / "SOURCE"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+
+
+def _check_options(tp: object, kv_dtype: object) -> ParseOptions:
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise InvalidArgumentError(f"tp must be a positive int, got {tp!r}")
+    if isinstance(kv_dtype, bool):
+        raise InvalidArgumentError(
+            f"kv_dtype must be a dtype name or bytes per token, got {kv_dtype!r}"
+        )
+    if isinstance(kv_dtype, int):
+        if kv_dtype <= 0:
+            raise InvalidArgumentError(f"kv_dtype bytes per token must be > 0, got {kv_dtype}")
+        return ParseOptions(tp=tp, kv_dtype=kv_dtype)
+    if isinstance(kv_dtype, str):
+        if kv_dtype.lower() not in DTYPE_BYTES:
+            known = ", ".join(sorted(DTYPE_BYTES))
+            raise InvalidArgumentError(f"unknown kv_dtype {kv_dtype!r}; known: {known}, or an int")
+        return ParseOptions(tp=tp, kv_dtype=kv_dtype.lower())
+    if kv_dtype is None:
+        return ParseOptions(tp=tp)
+    raise InvalidArgumentError(
+        f"kv_dtype must be a dtype name or bytes per token, got {kv_dtype!r}"
+    )
+
+
+def model_from_config(
+    config: Mapping[str, Any],
+    *,
+    name: str = "custom",
+    source: str | None = None,
+    tp: int = 1,
+    kv_dtype: str | int | None = None,
+) -> ModelSpec:
+    """Turn a parsed HF config into a :class:`ModelSpec` (one spec per cache layer)."""
+    opts = _check_options(tp, kv_dtype)
+    if not isinstance(config, Mapping):
+        raise ModelConfigError(f"a model config must be a JSON object, got {type(config).__name__}")
+    model_type = config.get("model_type")
+    parser = PARSERS.get(model_type) if isinstance(model_type, str) else None
+    if parser is None:
+        raise ModelConfigError(
+            f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
+        )
+    assert isinstance(model_type, str)
+    try:
+        parsed = parser(config, opts, model_type)
+    except InvalidArgumentError as exc:
+        raise ModelConfigError(f"{model_type}: {exc}") from exc
+    return ModelSpec(
+        name=name,
+        layer_specs=parsed.layer_specs,
+        layer_names=parsed.layer_names,
+        model_type=model_type,
+        source=source,
+        tp=tp,
+        hidden_size=parsed.hidden_size if isinstance(parsed.hidden_size, int) else None,
+        vocab_size=parsed.vocab_size if isinstance(parsed.vocab_size, int) else None,
+        num_attention_heads=(
+            parsed.num_attention_heads if isinstance(parsed.num_attention_heads, int) else None
+        ),
+        notes=parsed.notes,
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelConfigError(f"cannot read model config {str(path)!r}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelConfigError(f"model config {str(path)!r} is not valid JSON: {exc}") from None
+
+
+def load_model(
+    name_or_path: str | Path, *, tp: int = 1, kv_dtype: str | int | None = None
+) -> ModelSpec:
+    """A bundled model by name (see :func:`list_models`), or a ``config.json`` / its folder.
+
+    ``tp`` divides attention KV heads (replicated when ``tp`` exceeds them) and state
+    heads; ``kv_dtype`` is a dtype name for the attention/MLA cache or an int: a custom
+    KV dtype of that many bytes per token per layer (per rank).
+    """
+    if (
+        isinstance(name_or_path, str)
+        and (CONFIG_DIR / name_or_path.lower() / "config.json").is_file()
+    ):
+        name = name_or_path.lower()
+        config = _read_json(CONFIG_DIR / name / "config.json")
+        source = model_source(name).splitlines()[0] if model_source(name) else name
+        return model_from_config(config, name=name, source=source, tp=tp, kv_dtype=kv_dtype)
+    if not isinstance(name_or_path, (str, Path)):
+        raise InvalidArgumentError(f"name_or_path must be a str or Path, got {name_or_path!r}")
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ModelConfigError(
+            f"no bundled model or config file {str(name_or_path)!r}; bundled: "
+            f"{', '.join(list_models())}"
+        )
+    config = _read_json(path)
+    name = path.parent.name if path.name == "config.json" else path.stem
+    return model_from_config(config, name=name, source=str(path), tp=tp, kv_dtype=kv_dtype)

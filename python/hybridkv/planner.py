@@ -1,0 +1,718 @@
+"""The per-group memory planner: how many blocks each KV-cache group's pool gets.
+
+Layers with an identical spec form one group; each group owns one pool at its natural
+page size (all of its layers together). Bounded groups (state, sliding window, chunked
+local, cross attention) get fixed pools right-sized for ``max_num_seqs`` requests;
+the groups that grow with the sequence (full attention, MLA, state in mode ``all``)
+share the rest so that every one of them holds the same number of tokens.
+
+Sliding-window and chunked-local pools: the tight bound
+-------------------------------------------------------
+Notation: window ``W`` (a token at position ``p`` attends to ``p-W+1 .. p``) or chunk
+``C`` (``p`` attends to ``C*floor(p/C) .. p``), block size ``b``, ``S =
+max_num_seqs``, ``B = max_num_batched_tokens``, ``M = max_model_len``.
+
+Manager contract (what the bound assumes; the manager implements exactly this):
+
+1. Blocks are indexed by absolute position: block ``i`` of a request holds positions
+   ``i*b .. i*b+b-1``; blocks that left the window are freed and their table slots
+   set to the null block.
+2. One ``allocate_slots`` call per step. In that call the manager FIRST frees, for
+   every request it holds (in practice: those allocated in the previous call and in
+   this one), every window block lying wholly before the request's *first needed
+   position* ``s(c) = max(0, c - W + 1)`` (sliding window) or ``C*floor(c/C)``
+   (chunked local), where ``c`` is the request's computed-token count including the
+   previous step's tokens; only THEN does it allocate, for each scheduled request, the
+   blocks up to position ``c + n - 1`` for its ``n`` new (plus lookahead) tokens.
+   So during a step a request holds exactly the blocks that meet ``[s(c), c + n)``: the
+   ``W - 1`` tokens before its first new token (or the current chunk's earlier tokens)
+   plus its new tokens, and a request not scheduled holds ``[s(c), c)``.
+3. Prefix hits touch only blocks meeting ``[s(h), h)`` for the hit length ``h``.
+4. At most ``S`` requests hold blocks at once, the new (plus lookahead) tokens of one
+   call sum to at most ``B``, and ``c + n <= M``.
+
+Theorem. Let ``A = W + b - 2`` (sliding window) or ``A = C - 1 + b - gcd(C, b)``
+(chunked local), ``cap = cdiv(M, b)`` and ``f(n) = min(cdiv(A + n, b), cap)``. Then a
+request with ``n`` new tokens holds at most ``f(n)`` blocks, and the whole pool holds
+at most ``T = S*f(0) + k1 + k2`` blocks (plus the null block), where, when
+``f(0) < cap``, ``d = b*cdiv(A, b) - A + 1``, ``k1 = min(S, B // d)`` and
+``k2 = min((B - k1*d) // b, k1*(cap - f(0) - 1))`` (both 0 when ``f(0) = cap``).
+
+Proof. Per request: the held positions form the interval ``[s, c + n)`` of length
+``L = c + n - s``. An interval of length ``L >= 1`` whose start has offset ``q = s mod
+b`` inside its block meets ``cdiv(q + L, b)`` blocks. Sliding window: if ``c < W - 1``
+then ``s = 0``, ``q = 0`` and ``L = c + n < W - 1 + n``; otherwise ``L = W - 1 + n``
+and ``q <= b - 1``; so the count is at most ``cdiv(W - 1 + n + b - 1, b) =
+cdiv(A + n, b)``, and never more than the ``cap`` blocks below position ``M``. It is
+reached (so ``f`` is exact) by ``c = W + b - 2`` when ``c + n <= M``, and otherwise by
+``c = M - n``, which meets all ``cap`` blocks below ``M``. Chunked local: ``s`` is a
+multiple of ``C``, so ``q`` is a multiple of ``g = gcd(C, b)`` and at most ``b - g``,
+and ``L = (c - s) + n <= C - 1 + n``: at most ``cdiv(A + n, b)``, and at most ``cap``.
+(``f`` is exact for chunks when ``M >= C*b/g + B``; below that it is an upper bound.)
+Pool: at any instant the pool holds at most ``sum_r f(n_r)`` over at most ``S``
+requests with ``sum_r n_r <= B``. ``f`` starts at ``f(0)``; its first step up costs
+``d`` tokens (``cdiv(A + n, b)`` rises when ``A + n`` passes the next multiple of
+``b``), each later step costs exactly ``b``, and it stops at ``cap``. Every step is
+worth one block and ``d <= b``, so buying steps cheapest-first is optimal (an exchange
+argument: swapping a later step of cost ``b`` for an unused first step of cost
+``d <= b`` never lowers the count): first steps for ``k1`` requests, then ``k2``
+steps of cost ``b`` within the caps. Hence ``T`` is an upper bound, and the schedule
+that puts every request at its worst offset and spends the budget this way reaches
+it, so for sliding windows (``W >= 2``) it is exact. QED.
+
+The bound holds at every instant only if rule 2's order holds (free everything first,
+then allocate): a manager that frees request ``j``'s stale blocks after allocating for
+request ``i`` can transiently exceed it. ``bounded_sizing="per_request"`` gives every
+request its own worst case instead (the larger of the issue's formulas, sliding
+``cdiv(min(W - 1 + B, M), b) + 1`` / chunked ``cdiv(min(C + B, M), b)``, and ``f(B)``).
+
+A window or chunk of at least ``max_model_len`` never slides within a request: such a
+group is planned as growing (it is full attention in all but name).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hybridkv.errors import PlanError
+from hybridkv.models.model_spec import ModelSpec
+from hybridkv.specs import (
+    MAMBA_CACHE_MODES,
+    ChunkedLocalSpec,
+    CrossAttentionSpec,
+    EncoderOnlySpec,
+    KVSpec,
+    SlidingWindowSpec,
+    StateSpec,
+    cdiv,
+    spec_to_dict,
+)
+
+BOUNDED_SIZINGS = ("tight", "per_request")
+
+
+# ---------------------------------------------------------------------------
+# window bounds
+# ---------------------------------------------------------------------------
+
+
+def _window_offset(kind: str, span: int, block_size: int) -> int:
+    """``A`` of the module docstring: tokens before the new ones, plus worst offset."""
+    if kind == "sliding_window":
+        return span + block_size - 2
+    if kind == "chunked_local":
+        return span - 1 + block_size - math.gcd(span, block_size)
+    raise PlanError(f"no window bound for kind {kind!r}")
+
+
+def window_request_blocks(
+    kind: str, span: int, block_size: int, max_model_len: int, new_tokens: int
+) -> int:
+    """``f(n)``: most blocks one request holds in a step with ``new_tokens`` new tokens.
+
+    ``kind`` is ``"sliding_window"`` (``span`` = window) or ``"chunked_local"``
+    (``span`` = chunk size). See the module docstring for the proof.
+    """
+    a = _window_offset(kind, span, block_size)
+    return min(cdiv(a + new_tokens, block_size), cdiv(max_model_len, block_size))
+
+
+def window_pool_blocks(
+    kind: str,
+    span: int,
+    *,
+    block_size: int,
+    max_num_seqs: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    bounded_sizing: str = "tight",
+) -> int:
+    """Blocks (null block excluded) a sliding-window / chunked-local pool needs.
+
+    ``"tight"``: the exact worst case over all schedules (module docstring);
+    ``"per_request"``: ``max_num_seqs`` times one request's own worst case.
+    """
+    b, s, m, big_b = block_size, max_num_seqs, max_model_len, max_num_batched_tokens
+    if bounded_sizing == "per_request":
+        if kind == "sliding_window":
+            issue = cdiv(min(span - 1 + big_b, m), b) + 1
+        else:
+            issue = cdiv(min(span + big_b, m), b)
+        return s * max(issue, window_request_blocks(kind, span, b, m, big_b))
+    if bounded_sizing != "tight":
+        raise PlanError(f"bounded_sizing must be one of {BOUNDED_SIZINGS}, got {bounded_sizing!r}")
+    a = _window_offset(kind, span, b)
+    cap = cdiv(m, b)
+    f0 = min(cdiv(a, b), cap)
+    if f0 >= cap:
+        return s * cap
+    first_step = b * cdiv(a, b) - a + 1
+    k1 = min(s, big_b // first_step)
+    k2 = min((big_b - k1 * first_step) // b, k1 * (cap - f0 - 1))
+    return s * f0 + k1 + k2
+
+
+# ---------------------------------------------------------------------------
+# plan objects
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One KV-cache group and its pool.
+
+    ``page_size_bytes`` covers all of the group's layers; ``num_blocks`` includes the
+    null block 0; ``slot_address_space = num_blocks * block_size`` is the size any
+    buffer indexed by this group's slot mapping must have. ``max_blocks_per_request``
+    (bounded groups) is the most non-null blocks one request holds at once; block
+    tables are still ``cdiv(max_model_len, block_size)`` wide for window groups.
+    ``sizing`` says how ``num_blocks`` was chosen: ``"growing"``, ``"tight"``,
+    ``"per_request"``, ``"slots"`` (state, cross attention) or ``"explicit"``.
+    """
+
+    index: int
+    kind: str
+    layers: tuple[int, ...]
+    spec: KVSpec
+    block_size: int
+    page_size_bytes: int
+    num_blocks: int
+    bytes: int
+    slot_address_space: int
+    grows: bool
+    window: int | None = None
+    chunk_size: int | None = None
+    max_encoder_len: int | None = None
+    max_blocks_per_request: int | None = None
+    sizing: str = "growing"
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of one group."""
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "layers": list(self.layers),
+            "num_layers": self.num_layers,
+            "block_size": self.block_size,
+            "page_size_bytes": self.page_size_bytes,
+            "num_blocks": self.num_blocks,
+            "bytes": self.bytes,
+            "slot_address_space": self.slot_address_space,
+            "grows": self.grows,
+            "window": self.window,
+            "chunk_size": self.chunk_size,
+            "max_encoder_len": self.max_encoder_len,
+            "max_blocks_per_request": self.max_blocks_per_request,
+            "sizing": self.sizing,
+            "spec": spec_to_dict(self.spec),
+        }
+
+
+@dataclass(frozen=True)
+class UnifiedBaseline:
+    """What one shared pool with one unified page size would hold (today's engines).
+
+    Layers are split into ``num_groups`` groups of ``group_size`` layers (one group
+    per ``group_size`` layers of each spec); attention blocks grow to ``block_size``
+    tokens until their page covers the (padded) state page; one id space of
+    ``num_blocks`` blocks of ``page_size_bytes`` per layer slot; capacity is
+    ``num_blocks // num_groups * block_size``. ``token_capacity`` is ``None`` when the
+    page sizes don't divide (``reason`` says why).
+    """
+
+    token_capacity: int | None
+    block_size: int | None
+    page_size_bytes: int | None
+    num_groups: int
+    group_size: int
+    num_blocks: int | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "token_capacity": self.token_capacity,
+            "block_size": self.block_size,
+            "page_size_bytes": self.page_size_bytes,
+            "num_groups": self.num_groups,
+            "group_size": self.group_size,
+            "num_blocks": self.num_blocks,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """A model's KV-cache memory plan: one :class:`GroupPlan` per pool.
+
+    ``token_capacity``: tokens every growing group can hold at once (requests' tokens,
+    blocks rounded up). ``max_concurrency``: requests of ``max_model_len`` tokens that
+    fit at once, at most ``max_num_seqs`` (the bounded pools are sized for that many).
+    ``physical_token_limit``: ``(memory - bounded bytes - growing null blocks) /
+    growing bytes per token`` (``None`` without growing groups); ``token_capacity``
+    falls short of it by less than one block. With no growing group, capacity is
+    ``max_num_seqs * max_model_len``.
+    """
+
+    groups: tuple[GroupPlan, ...]
+    encoder_only_layers: tuple[int, ...]
+    token_capacity: int
+    max_concurrency: float
+    unused_bytes: int
+    memory_bytes: int
+    max_num_seqs: int
+    max_model_len: int
+    max_num_batched_tokens: int
+    block_size: int
+    mamba_cache_mode: str
+    bounded_sizing: str
+    bounded_bytes: int
+    growing_bytes_per_token: float
+    physical_token_limit: float | None
+    unified_baseline: UnifiedBaseline
+    model: ModelSpec
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all pools together."""
+        return sum(g.bytes for g in self.groups)
+
+    @property
+    def growing_groups(self) -> tuple[GroupPlan, ...]:
+        return tuple(g for g in self.groups if g.grows)
+
+    @property
+    def bounded_groups(self) -> tuple[GroupPlan, ...]:
+        return tuple(g for g in self.groups if not g.grows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``hybridkv plan --json`` shape."""
+        return {
+            "model": self.model.name,
+            "memory_bytes": self.memory_bytes,
+            "max_num_seqs": self.max_num_seqs,
+            "max_model_len": self.max_model_len,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "block_size": self.block_size,
+            "mamba_cache_mode": self.mamba_cache_mode,
+            "bounded_sizing": self.bounded_sizing,
+            "token_capacity": self.token_capacity,
+            "max_concurrency": self.max_concurrency,
+            "unused_bytes": self.unused_bytes,
+            "total_bytes": self.total_bytes,
+            "bounded_bytes": self.bounded_bytes,
+            "growing_bytes_per_token": self.growing_bytes_per_token,
+            "physical_token_limit": self.physical_token_limit,
+            "encoder_only_layers": list(self.encoder_only_layers),
+            "groups": [g.to_dict() for g in self.groups],
+            "unified_baseline": self.unified_baseline.to_dict(),
+        }
+
+
+# ---------------------------------------------------------------------------
+# planning
+# ---------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlanError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise PlanError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_common(
+    model: object,
+    block_size: object,
+    max_num_seqs: object,
+    max_model_len: object,
+    max_num_batched_tokens: object,
+    mamba_cache_mode: object,
+) -> None:
+    if not isinstance(model, ModelSpec):
+        raise PlanError(f"model must be a ModelSpec, got {type(model).__name__}")
+    _check_int("block_size", block_size)
+    _check_int("max_num_seqs", max_num_seqs)
+    _check_int("max_model_len", max_model_len)
+    _check_int("max_num_batched_tokens", max_num_batched_tokens)
+    if mamba_cache_mode not in MAMBA_CACHE_MODES:
+        raise PlanError(
+            f"mamba_cache_mode must be one of {MAMBA_CACHE_MODES}, got {mamba_cache_mode!r}"
+        )
+
+
+@dataclass(frozen=True)
+class _Group:
+    """A group before sizing: its spec, layers, and how it is planned."""
+
+    spec: KVSpec
+    layers: tuple[int, ...]
+    grows: bool
+    page_size_bytes: int
+    max_blocks_per_request: int | None
+
+
+def group_layers(model: ModelSpec) -> tuple[list[tuple[KVSpec, tuple[int, ...]]], tuple[int, ...]]:
+    """Layers with identical specs, in order of first appearance; and encoder-only layers."""
+    order: dict[KVSpec, list[int]] = {}
+    encoder_only: list[int] = []
+    for i, spec in enumerate(model.layer_specs):
+        if isinstance(spec, EncoderOnlySpec):
+            encoder_only.append(i)
+        else:
+            order.setdefault(spec, []).append(i)
+    return [(spec, tuple(layers)) for spec, layers in order.items()], tuple(encoder_only)
+
+
+def _groups(
+    model: ModelSpec,
+    block_size: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    mamba_cache_mode: str,
+) -> tuple[list[_Group], tuple[int, ...]]:
+    grouped, encoder_only = group_layers(model)
+    out: list[_Group] = []
+    for spec, layers in grouped:
+        page = len(layers) * spec.page_size_bytes(block_size)
+        per_req: int | None
+        if isinstance(spec, StateSpec):
+            per_req = spec.max_blocks_per_request(
+                block_size,
+                max_model_len=max_model_len,
+                max_num_batched_tokens=max_num_batched_tokens,
+                mamba_cache_mode=mamba_cache_mode,
+            )
+        else:
+            per_req = spec.max_blocks_per_request(
+                block_size,
+                max_model_len=max_model_len,
+                max_num_batched_tokens=max_num_batched_tokens,
+            )
+        grows = per_req is None
+        # A window or chunk that covers max_model_len never slides: it grows like full attention.
+        if isinstance(spec, SlidingWindowSpec) and spec.window >= max_model_len:
+            grows, per_req = True, None
+        if isinstance(spec, ChunkedLocalSpec) and spec.chunk_size >= max_model_len:
+            grows, per_req = True, None
+        out.append(_Group(spec, layers, grows, page, per_req))
+    return out, encoder_only
+
+
+def _bounded_blocks(
+    group: _Group,
+    *,
+    block_size: int,
+    max_num_seqs: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    bounded_sizing: str,
+) -> tuple[int, str]:
+    """Blocks (null excluded) of a bounded group's pool, and the sizing used."""
+    spec = group.spec
+    if isinstance(spec, SlidingWindowSpec | ChunkedLocalSpec):
+        span = spec.window if isinstance(spec, SlidingWindowSpec) else spec.chunk_size
+        n = window_pool_blocks(
+            spec.kind,
+            span,
+            block_size=block_size,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            max_num_batched_tokens=max_num_batched_tokens,
+            bounded_sizing=bounded_sizing,
+        )
+        return n, bounded_sizing
+    per_req = group.max_blocks_per_request
+    assert per_req is not None  # only growing groups have None
+    return max_num_seqs * per_req, "slots"
+
+
+def _group_plan(
+    index: int, group: _Group, block_size: int, num_blocks: int, sizing: str
+) -> GroupPlan:
+    spec = group.spec
+    return GroupPlan(
+        index=index,
+        kind=spec.kind,
+        layers=group.layers,
+        spec=spec,
+        block_size=block_size,
+        page_size_bytes=group.page_size_bytes,
+        num_blocks=num_blocks,
+        bytes=num_blocks * group.page_size_bytes,
+        slot_address_space=num_blocks * block_size,
+        grows=group.grows,
+        window=spec.window if isinstance(spec, SlidingWindowSpec) else None,
+        chunk_size=spec.chunk_size if isinstance(spec, ChunkedLocalSpec) else None,
+        max_encoder_len=spec.max_encoder_len if isinstance(spec, CrossAttentionSpec) else None,
+        max_blocks_per_request=None if group.grows else group.max_blocks_per_request,
+        sizing=sizing,
+    )
+
+
+def _describe(group: _Group) -> str:
+    return f"{group.spec.kind} group of {len(group.layers)} layers"
+
+
+def _finish(
+    model: ModelSpec,
+    groups: list[GroupPlan],
+    encoder_only: tuple[int, ...],
+    *,
+    memory_bytes: int,
+    max_num_seqs: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    block_size: int,
+    mamba_cache_mode: str,
+    bounded_sizing: str,
+) -> MemoryPlan:
+    growing = [g for g in groups if g.grows]
+    bounded_bytes = sum(g.bytes for g in groups if not g.grows)
+    growing_page = sum(g.page_size_bytes for g in growing)
+    if growing:
+        blocks = min(g.num_blocks for g in growing) - 1
+        token_capacity = blocks * block_size
+        concurrency = min(float(max_num_seqs), blocks / cdiv(max_model_len, block_size))
+        per_token = growing_page / block_size
+        room = memory_bytes - bounded_bytes - growing_page
+        physical: float | None = room / per_token
+    else:
+        token_capacity = max_num_seqs * max_model_len
+        concurrency = float(max_num_seqs)
+        per_token = 0.0
+        physical = None
+    total = sum(g.bytes for g in groups)
+    return MemoryPlan(
+        groups=tuple(groups),
+        encoder_only_layers=encoder_only,
+        token_capacity=token_capacity,
+        max_concurrency=concurrency,
+        unused_bytes=memory_bytes - total,
+        memory_bytes=memory_bytes,
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max_num_batched_tokens,
+        block_size=block_size,
+        mamba_cache_mode=mamba_cache_mode,
+        bounded_sizing=bounded_sizing,
+        bounded_bytes=bounded_bytes,
+        growing_bytes_per_token=per_token,
+        physical_token_limit=physical,
+        unified_baseline=unified_baseline(
+            model, memory_bytes=memory_bytes, block_size=block_size, max_model_len=max_model_len
+        ),
+        model=model,
+    )
+
+
+def plan_memory(
+    model: ModelSpec,
+    *,
+    memory_bytes: int,
+    max_num_seqs: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    block_size: int = 16,
+    mamba_cache_mode: str = "align",
+    bounded_sizing: str = "tight",
+) -> MemoryPlan:
+    """Plan ``memory_bytes`` of KV cache for ``model``: one pool per group.
+
+    Bounded pools first: sliding window / chunked local by ``bounded_sizing`` (the
+    tight bound of the module docstring by default), state ``max_num_seqs`` slots
+    (``mamba_cache_mode`` ``none``: 1 per request, ``align``: 2; ``all`` makes the
+    state group grow with a checkpoint per block), cross attention
+    ``max_num_seqs * cdiv(max_encoder_len, block_size)``, each plus the null block.
+    The growing groups then share the rest with equal block counts, so they hold the
+    same number of tokens. Raises :class:`PlanError` for bad sizes, when the bounded
+    pools don't fit, or when the growing groups can't hold one ``max_model_len``
+    request (saying by how many bytes).
+    """
+    _check_common(
+        model, block_size, max_num_seqs, max_model_len, max_num_batched_tokens, mamba_cache_mode
+    )
+    _check_int("memory_bytes", memory_bytes)
+    if bounded_sizing not in BOUNDED_SIZINGS:
+        raise PlanError(f"bounded_sizing must be one of {BOUNDED_SIZINGS}, got {bounded_sizing!r}")
+    pending, encoder_only = _groups(
+        model, block_size, max_model_len, max_num_batched_tokens, mamba_cache_mode
+    )
+    sizes: list[tuple[int, str] | None] = []
+    bounded_bytes = 0
+    for g in pending:
+        if g.grows:
+            sizes.append(None)
+            continue
+        n, sizing = _bounded_blocks(
+            g,
+            block_size=block_size,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            max_num_batched_tokens=max_num_batched_tokens,
+            bounded_sizing=bounded_sizing,
+        )
+        sizes.append((n + 1, sizing))
+        bounded_bytes += (n + 1) * g.page_size_bytes
+    if bounded_bytes > memory_bytes:
+        parts = ", ".join(
+            f"{_describe(g)}: {s[0] * g.page_size_bytes} B"
+            for g, s in zip(pending, sizes, strict=True)
+            if s is not None
+        )
+        raise PlanError(
+            f"bounded pools need {bounded_bytes} bytes ({parts}) but memory_bytes is "
+            f"{memory_bytes}: short by {bounded_bytes - memory_bytes} bytes"
+        )
+    growing_page = sum(g.page_size_bytes for g in pending if g.grows)
+    if growing_page:
+        rest = memory_bytes - bounded_bytes
+        blocks = rest // growing_page  # null block included
+        need = cdiv(max_model_len, block_size) + 1
+        if blocks < need:
+            raise PlanError(
+                f"growing groups get {max(blocks - 1, 0) * block_size} tokens after "
+                f"{bounded_bytes} bytes of bounded pools, but one request of max_model_len="
+                f"{max_model_len} needs {need - 1} blocks of {growing_page} bytes: short by "
+                f"{need * growing_page - rest} bytes"
+            )
+        sizes = [(blocks, "growing") if s is None else s for s in sizes]
+    plans = []
+    for i, (g, s) in enumerate(zip(pending, sizes, strict=True)):
+        assert s is not None
+        plans.append(_group_plan(i, g, block_size, s[0], s[1]))
+    return _finish(
+        model,
+        plans,
+        encoder_only,
+        memory_bytes=memory_bytes,
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max_num_batched_tokens,
+        block_size=block_size,
+        mamba_cache_mode=mamba_cache_mode,
+        bounded_sizing=bounded_sizing,
+    )
+
+
+def plan_with_blocks(
+    model: ModelSpec,
+    num_blocks: int | Sequence[int],
+    *,
+    block_size: int = 16,
+    max_num_seqs: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    mamba_cache_mode: str = "align",
+) -> MemoryPlan:
+    """A plan with each group's block count (null block included) given explicitly.
+
+    ``num_blocks`` is one int for every group or one per group (in group order). Pools
+    may be smaller than the bounds (tests of exhaustion use that); ``memory_bytes`` is
+    the pools' total and ``unused_bytes`` 0.
+    """
+    _check_common(
+        model, block_size, max_num_seqs, max_model_len, max_num_batched_tokens, mamba_cache_mode
+    )
+    pending, encoder_only = _groups(
+        model, block_size, max_model_len, max_num_batched_tokens, mamba_cache_mode
+    )
+    if isinstance(num_blocks, int) and not isinstance(num_blocks, bool):
+        counts = [num_blocks] * len(pending)
+    elif isinstance(num_blocks, Sequence) and not isinstance(num_blocks, str):
+        counts = list(num_blocks)
+        if len(counts) != len(pending):
+            raise PlanError(f"num_blocks has {len(counts)} entries for {len(pending)} groups")
+    else:
+        raise PlanError(f"num_blocks must be an int or a sequence of ints, got {num_blocks!r}")
+    for i, n in enumerate(counts):
+        _check_int(f"num_blocks[{i}]", n, minimum=2)
+    plans = [
+        _group_plan(i, g, block_size, n, "growing" if g.grows else "explicit")
+        for i, (g, n) in enumerate(zip(pending, counts, strict=True))
+    ]
+    return _finish(
+        model,
+        plans,
+        encoder_only,
+        memory_bytes=sum(p.bytes for p in plans),
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max_num_batched_tokens,
+        block_size=block_size,
+        mamba_cache_mode=mamba_cache_mode,
+        bounded_sizing="explicit",
+    )
+
+
+# ---------------------------------------------------------------------------
+# unified-page baseline
+# ---------------------------------------------------------------------------
+
+
+def unified_baseline(
+    model: ModelSpec, *, memory_bytes: int, block_size: int, max_model_len: int
+) -> UnifiedBaseline:
+    """The one-pool, one-page-size layout of today's engines, for comparison.
+
+    Layers are split into groups of ``group_size`` = the fewest layers any spec has
+    (each spec's layers into ``cdiv(count, group_size)`` groups). Attention blocks are
+    raised to the smallest multiple of ``block_size`` whose per-layer page covers the
+    largest state page, and state pages are padded up to it. Attention specs whose
+    pages differ must divide the largest (their blocks grow by the ratio), else the
+    layout is impossible (``token_capacity=None``). A model without attention uses
+    ``max_model_len``-token blocks (one per request). One pool of ``memory //
+    (page * group_size)`` blocks; capacity ``num_blocks // num_groups * block_size``.
+    """
+    grouped, _ = group_layers(model)
+    if not grouped:
+        return UnifiedBaseline(None, None, None, 0, 0, None, "model has no cache layers")
+    group_size = min(len(layers) for _, layers in grouped)
+    num_groups = sum(cdiv(len(layers), group_size) for _, layers in grouped)
+    token_specs = [s for s, _ in grouped if not isinstance(s, StateSpec)]
+    state_page = max((s.state_bytes for s, _ in grouped if isinstance(s, StateSpec)), default=0)
+    if not token_specs:
+        page = state_page
+        unified_bs = max_model_len
+    else:
+        smallest = min(s.bytes_per_token for s in token_specs)
+        # Raise the block size until the smallest attention page covers the state page.
+        mult = max(1, cdiv(state_page, block_size * smallest))
+        unified_bs = block_size * mult
+        pages = sorted({unified_bs * s.bytes_per_token for s in token_specs})
+        page = pages[-1]
+        odd = [p for p in pages if page % p]
+        if odd:
+            return UnifiedBaseline(
+                None,
+                None,
+                None,
+                num_groups,
+                group_size,
+                None,
+                f"page sizes {odd} do not divide the largest page {page}",
+            )
+    num_blocks = memory_bytes // (page * group_size)
+    capacity = num_blocks // num_groups * unified_bs
+    return UnifiedBaseline(capacity, unified_bs, page, num_groups, group_size, num_blocks)
+
+
+__all__ = [
+    "BOUNDED_SIZINGS",
+    "GroupPlan",
+    "MemoryPlan",
+    "UnifiedBaseline",
+    "group_layers",
+    "plan_memory",
+    "plan_with_blocks",
+    "unified_baseline",
+    "window_pool_blocks",
+    "window_request_blocks",
+]

@@ -1,0 +1,624 @@
+"""A continuous-batching scheduler over :class:`hybridkv.KVCacheManager`.
+
+Every step it fills a token budget (``max_num_batched_tokens``) and a sequence budget
+(``max_num_seqs``): running requests first (one token each in decode, a chunk of the
+remaining prompt in prefill), then waiting requests in policy order, whose prompts are
+shortened by the prefix cache (``get_computed_tokens``). Long prompts are prefilled in
+chunks (``long_prefill_token_threshold`` caps one request's chunk).
+
+Then ONE ``allocate_slots`` call covers the whole batch. The manager serves requests
+in batch order, all-or-nothing each, so the oldest (or highest-priority) running
+requests get memory first. If a running request does not fit, the scheduler preempts
+by recompute: the lowest-priority live requests (newest first under ``"fcfs"``; largest
+``priority`` value, then newest, under ``"priority"``) give their blocks back
+(``preempt``: cached hashes stay findable) until the failed requests' demand is
+covered, the failed request itself being the victim when nothing ranks below it. A
+victim scheduled in the same step is dropped from the step. A preempted request waits
+at the front of the queue (its rank under ``"priority"``) and, when readmitted, looks
+its prefix up again, so it re-hits whatever of its own blocks are still cached.
+Waiting requests that do not fit are simply put back.
+
+No Python loop runs over blocks: per step the Python work is a loop over the
+scheduled requests (a few attribute updates each), one ``get_computed_tokens`` call
+per admission round (usually one), one ``allocate_slots``, one ``append_tokens`` and
+one ``free``.
+
+``external`` is the hook for a tier below the device cache (issue 8's offload): on
+admission it is asked how many tokens beyond the device hit it can load; those tokens
+are allocated in the same ``allocate_slots`` call but cost no token budget, and the
+step output reports them (``num_external_tokens``) so a simulator can charge the
+transfer instead of compute.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from hybridkv.errors import (
+    DuplicateRequestError,
+    HybridKVError,
+    InvalidArgumentError,
+    UnknownRequestError,
+)
+
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+BoolArray = npt.NDArray[np.bool_]
+
+POLICIES = ("fcfs", "priority")
+
+
+class SchedulerError(HybridKVError):
+    """The scheduler cannot make progress (a request that can never fit the pools)."""
+
+
+class ExternalPrefixSource(Protocol):
+    """A cache tier below the device pools that can supply prefix tokens (offload)."""
+
+    def lookup(self, req_ids: I64, device_hit_tokens: I64) -> I64:
+        """Tokens each request can load beyond its device hit (0 where none)."""
+        ...
+
+
+class KVManager(Protocol):
+    """The part of :class:`hybridkv.KVCacheManager` the scheduler drives."""
+
+    def add_requests(self, req_ids: Any, token_ids: Any, offsets: Any = None) -> None: ...
+    def get_computed_tokens(self, req_ids: Any) -> Any: ...
+    def allocate_slots(self, req_ids: Any, num_new_tokens: Any) -> Any: ...
+    def append_tokens(self, req_ids: Any, token_ids: Any, offsets: Any) -> None: ...
+    def free(self, req_ids: Any) -> None: ...
+    def preempt(self, req_ids: Any) -> None: ...
+
+
+_WAITING, _RUNNING, _FINISHED = 0, 1, 2
+
+
+class _Req:
+    """Per-request bookkeeping (Python scalars only; blocks live in the manager)."""
+
+    __slots__ = (
+        "arrival",
+        "eos",
+        "known",
+        "lost",
+        "max_tokens",
+        "num_computed",
+        "num_preemptions",
+        "num_tokens",
+        "output",
+        "priority",
+        "prompt",
+        "prompt_len",
+        "req_id",
+        "seq",
+        "started",
+        "status",
+    )
+
+    def __init__(
+        self,
+        req_id: int,
+        prompt: I32,
+        max_tokens: int,
+        priority: int,
+        seq: int,
+        eos: int | None,
+        arrival: float,
+    ) -> None:
+        self.req_id = req_id
+        self.prompt = prompt
+        self.prompt_len = int(prompt.shape[0])
+        self.num_tokens = self.prompt_len
+        self.max_tokens = max_tokens
+        self.priority = priority
+        self.seq = seq
+        self.eos = eos
+        self.arrival = arrival
+        self.num_computed = 0
+        self.num_preemptions = 0
+        self.output: list[int] = []
+        self.status = _WAITING
+        self.known = False  # added to the manager yet
+        self.started = False  # kept in a step's output at least once
+        self.lost = 0  # tokens computed when last preempted
+
+    def rank(self) -> tuple[int, int]:
+        """Smaller runs first and is preempted last."""
+        return (self.priority, self.seq)
+
+
+@dataclass(frozen=True)
+class FinishedRequest:
+    """A request that produced all its tokens."""
+
+    req_id: int
+    output_token_ids: list[int]
+    prompt_len: int
+    num_preemptions: int
+    reason: str  # "length" or "stop"
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    """What one step computes. Row ``i`` of the arrays is one scheduled request, in the
+    order passed to ``allocate_slots``."""
+
+    step: int
+    req_ids: I64
+    #: Tokens computed this step (external tokens included, see ``num_external_tokens``).
+    num_new_tokens: I64
+    #: Tokens already computed (or cache-hit) before this step.
+    num_computed_before: I64
+    #: Tokens of ``num_new_tokens`` loaded from the external tier instead of computed.
+    num_external_tokens: I64
+    #: Whether the request yields a sampled token at the end of this step.
+    samples: BoolArray
+    #: Requests admitted for the first time, their prompt lengths and prefix hits.
+    new_req_ids: I64
+    new_prompt_lens: I64
+    new_hit_tokens: I64
+    #: Requests readmitted after a preemption and the tokens they re-hit.
+    resumed_req_ids: I64
+    resumed_hit_tokens: I64
+    #: Requests preempted while scheduling this step (none of them is in ``req_ids``).
+    preempted_req_ids: I64
+    num_running: int
+    num_waiting: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_scheduled_tokens(self) -> int:
+        """Budgeted tokens: computed ones, not external loads."""
+        return int(self.num_new_tokens.sum() - self.num_external_tokens.sum())
+
+    @property
+    def sample_req_ids(self) -> I64:
+        """The requests that sample a token this step, in row order."""
+        return self.req_ids[self.samples]
+
+
+def _i64(values: Iterable[int]) -> I64:
+    return np.fromiter(values, dtype=np.int64)
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class Scheduler:
+    """Continuous batching with chunked prefill, prefix hits and preemption by recompute.
+
+    ``add_request`` queues a request, ``schedule`` plans (and allocates) one step,
+    ``update_from_output`` takes that step's sampled tokens, appends them and retires
+    finished requests. ``max_model_len`` (optional) rejects requests whose prompt plus
+    ``max_tokens`` exceed it. ``block_size`` is the growing groups' block size, used only
+    to estimate how many victims a failed allocation needs (default: taken from
+    ``manager.plan``, else 16).
+    """
+
+    def __init__(
+        self,
+        manager: KVManager,
+        *,
+        max_num_batched_tokens: int,
+        max_num_seqs: int,
+        policy: str = "fcfs",
+        long_prefill_token_threshold: int | None = None,
+        max_model_len: int | None = None,
+        block_size: int | None = None,
+        external: ExternalPrefixSource | None = None,
+    ) -> None:
+        for name, v in (
+            ("max_num_batched_tokens", max_num_batched_tokens),
+            ("max_num_seqs", max_num_seqs),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidArgumentError(f"{name} must be a positive int, got {v!r}")
+        if policy not in POLICIES:
+            raise InvalidArgumentError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if long_prefill_token_threshold is not None and long_prefill_token_threshold < 1:
+            raise InvalidArgumentError("long_prefill_token_threshold must be >= 1")
+        if max_model_len is not None and max_model_len < 1:
+            raise InvalidArgumentError("max_model_len must be >= 1")
+        self.manager = manager
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.policy = policy
+        self.chunk_cap = long_prefill_token_threshold or max_num_batched_tokens
+        self.max_model_len = max_model_len
+        plan = getattr(manager, "plan", None)
+        if block_size is None and plan is not None:
+            sizes = [g.block_size for g in plan.groups if g.grows] or [16]
+            block_size = min(sizes)
+        self.block_size = int(block_size or 16)
+        self.external = external
+        self._reqs: dict[int, _Req] = {}
+        self._running: list[_Req] = []  # kept in rank order
+        self._waiting_fifo: deque[_Req] = deque()
+        self._waiting_heap: list[tuple[int, int, int]] = []
+        self._seq = 0
+        self._step = 0
+        self._last: SchedulerOutput | None = None
+        self.finished: list[FinishedRequest] = []
+        self.num_preemptions = 0
+        #: Tokens resumed requests had computed before preemption and did not re-hit.
+        self.recomputed_tokens = 0
+
+    # -- queue ----------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        req_id: int,
+        prompt_token_ids: npt.ArrayLike,
+        max_tokens: int,
+        *,
+        priority: int = 0,
+        eos_token_id: int | None = None,
+        arrival_time: float = 0.0,
+    ) -> None:
+        """Queue a request: ``max_tokens`` tokens are generated unless ``eos_token_id``
+        is sampled first. ``priority``: smaller runs first (policy ``"priority"``)."""
+        rid = int(req_id)
+        if rid in self._reqs:
+            raise DuplicateRequestError(f"request {rid} is already queued or running")
+        prompt = np.ascontiguousarray(prompt_token_ids, dtype=np.int32).reshape(-1)
+        if prompt.shape[0] < 1:
+            raise InvalidArgumentError(f"request {rid}: empty prompt")
+        if isinstance(max_tokens, bool) or int(max_tokens) < 1:
+            raise InvalidArgumentError(f"request {rid}: max_tokens must be >= 1")
+        total = prompt.shape[0] + int(max_tokens)
+        if self.max_model_len is not None and total > self.max_model_len:
+            raise InvalidArgumentError(
+                f"request {rid}: prompt {prompt.shape[0]} + max_tokens {max_tokens} = "
+                f"{total} exceeds max_model_len {self.max_model_len}"
+            )
+        r = _Req(rid, prompt, int(max_tokens), int(priority), self._seq, eos_token_id, arrival_time)
+        self._seq += 1
+        self._reqs[rid] = r
+        self._push_waiting(r, front=False)
+
+    def _push_waiting(self, r: _Req, *, front: bool) -> None:
+        r.status = _WAITING
+        if self.policy == "priority":
+            heapq.heappush(self._waiting_heap, (r.priority, r.seq, r.req_id))
+        elif front:
+            self._waiting_fifo.appendleft(r)
+        else:
+            self._waiting_fifo.append(r)
+
+    def _pop_waiting(self) -> _Req | None:
+        if self.policy == "priority":
+            if not self._waiting_heap:
+                return None
+            return self._reqs[heapq.heappop(self._waiting_heap)[2]]
+        return self._waiting_fifo.popleft() if self._waiting_fifo else None
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting_heap) + len(self._waiting_fifo)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    def has_unfinished(self) -> bool:
+        """Whether any request is waiting or running."""
+        return bool(self._reqs)
+
+    def running_ids(self) -> I64:
+        return _i64(r.req_id for r in self._running)
+
+    def num_output_tokens(self, req_id: int) -> int:
+        return len(self._get(req_id).output)
+
+    def _get(self, req_id: int) -> _Req:
+        r = self._reqs.get(int(req_id))
+        if r is None:
+            raise UnknownRequestError(f"request {req_id} is not queued or running")
+        return r
+
+    # -- one step -------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        """Plan one step and allocate its slots (one ``allocate_slots`` call)."""
+        if self._last is not None:
+            raise InvalidArgumentError("update_from_output() must follow every schedule()")
+        budget = self.max_num_batched_tokens
+        batch: list[_Req] = []
+        new_tokens: list[int] = []
+        computed: list[int] = []
+        external: list[int] = []
+        cap = self.chunk_cap
+        for r in self._running:
+            if budget == 0:
+                break
+            n = min(r.num_tokens - r.num_computed, budget, cap)
+            if n <= 0:
+                continue
+            batch.append(r)
+            new_tokens.append(n)
+            computed.append(r.num_computed)
+            external.append(0)
+            budget -= n
+
+        admitted: list[_Req] = []
+        admit_hits: list[int] = []
+        slots = self.max_num_seqs - len(self._running)
+        while budget > 0 and slots > 0:
+            cands = self._take_candidates(slots, budget)
+            if not cands:
+                break
+            ids = _i64(r.req_id for r in cands)
+            fresh = [r for r in cands if not r.known]
+            if fresh:
+                self.manager.add_requests(
+                    _i64(r.req_id for r in fresh), [self._tokens(r) for r in fresh], None
+                )
+                for r in fresh:
+                    r.known = True
+            hits = np.asarray(self.manager.get_computed_tokens(ids), dtype=np.int64)
+            ext = (
+                np.asarray(self.external.lookup(ids, hits), dtype=np.int64)
+                if self.external is not None
+                else np.zeros_like(hits)
+            )
+            leftovers: list[_Req] = []
+            for r, h, x in zip(cands, hits.tolist(), ext.tolist(), strict=True):
+                # At least the last token is computed: its logits give the next token.
+                x = max(0, min(x, r.num_tokens - 1 - h))
+                n = min(r.num_tokens - h - x, budget, cap)
+                if n <= 0 or slots <= 0:
+                    leftovers.append(r)
+                    continue
+                r.num_computed = h
+                batch.append(r)
+                new_tokens.append(n + x)
+                computed.append(h)
+                external.append(x)
+                admitted.append(r)
+                admit_hits.append(h + x)
+                budget -= n
+                slots -= 1
+            if leftovers:
+                # Their lookups touched hit blocks; give them back and requeue in order.
+                self.manager.preempt(_i64(r.req_id for r in leftovers))
+                for r in reversed(leftovers):
+                    r.num_computed = 0
+                    self._push_waiting(r, front=True)
+                break
+
+        ids = _i64(r.req_id for r in batch)
+        n_arr = np.asarray(new_tokens, dtype=np.int64)
+        ok = (
+            np.asarray(self.manager.allocate_slots(ids, n_arr), dtype=bool)
+            if batch
+            else np.zeros(0, dtype=bool)
+        )
+        preempted = self._handle_failures(batch, n_arr, ok, admitted)
+
+        keep = ok.copy()
+        if preempted:
+            gone = {r.req_id for r in preempted}
+            keep &= np.fromiter((r.req_id not in gone for r in batch), dtype=bool, count=len(batch))
+        kept_reqs = [r for r, k in zip(batch, keep.tolist(), strict=True) if k]
+        n_kept = n_arr[keep]
+        for r, n in zip(kept_reqs, n_kept.tolist(), strict=True):
+            r.num_computed += n
+        samples = np.fromiter(
+            (r.num_computed == r.num_tokens for r in kept_reqs), dtype=bool, count=len(kept_reqs)
+        )
+
+        new_ids: list[int] = []
+        new_lens: list[int] = []
+        new_hits: list[int] = []
+        res_ids: list[int] = []
+        res_hits: list[int] = []
+        adm_ok = {r.req_id for r in kept_reqs}
+        for r, h in zip(admitted, admit_hits, strict=True):
+            if r.req_id not in adm_ok:
+                continue
+            r.status = _RUNNING
+            self._running.append(r)
+            if r.started:
+                res_ids.append(r.req_id)
+                res_hits.append(h)
+                self.recomputed_tokens += max(0, r.lost - h)
+            else:
+                new_ids.append(r.req_id)
+                new_lens.append(r.prompt_len)
+                new_hits.append(h)
+        for r in kept_reqs:
+            r.started = True
+        if admitted:
+            self._running.sort(key=_Req.rank)
+
+        out = SchedulerOutput(
+            step=self._step,
+            req_ids=_i64(r.req_id for r in kept_reqs),
+            num_new_tokens=n_kept,
+            num_computed_before=np.asarray(computed, dtype=np.int64)[keep],
+            num_external_tokens=np.asarray(external, dtype=np.int64)[keep],
+            samples=samples,
+            new_req_ids=_i64(new_ids),
+            new_prompt_lens=_i64(new_lens),
+            new_hit_tokens=_i64(new_hits),
+            resumed_req_ids=_i64(res_ids),
+            resumed_hit_tokens=_i64(res_hits),
+            preempted_req_ids=_i64(r.req_id for r in preempted) if preempted else _EMPTY,
+            num_running=len(self._running),
+            num_waiting=self.num_waiting,
+        )
+        self._step += 1
+        self._last = out
+        return out
+
+    def _tokens(self, r: _Req) -> I32:
+        if not r.output:
+            return r.prompt
+        return np.concatenate([r.prompt, np.asarray(r.output, dtype=np.int32)])
+
+    def _take_candidates(self, slots: int, budget: int) -> list[_Req]:
+        """Waiting requests for one admission round: as many as would fit the budget
+        with no prefix hit, at least one (hits usually make room for another round)."""
+        out: list[_Req] = []
+        need = 0
+        while len(out) < slots:
+            r = self._pop_waiting()
+            if r is None:
+                break
+            out.append(r)
+            need += min(r.num_tokens, self.chunk_cap)
+            if need >= budget:
+                break
+        return out
+
+    def _handle_failures(
+        self, batch: list[_Req], n_arr: I64, ok: BoolArray, admitted: list[_Req]
+    ) -> list[_Req]:
+        """Requeue failed admissions; preempt for failed running requests."""
+        if bool(ok.all()):
+            return []
+        admitted_ids = {r.req_id for r in admitted}
+        failed_new: list[_Req] = []
+        failed_running: list[tuple[_Req, int]] = []
+        for r, n, good in zip(batch, n_arr.tolist(), ok.tolist(), strict=True):
+            if good:
+                continue
+            if r.req_id in admitted_ids:
+                failed_new.append(r)
+            else:
+                failed_running.append((r, n))
+        if failed_new:
+            self.manager.preempt(_i64(r.req_id for r in failed_new))
+            for r in reversed(failed_new):
+                r.num_computed = 0
+                self._push_waiting(r, front=True)
+            if not self._running and not bool(ok.any()):
+                # Nothing else holds memory: the head request can never fit.
+                head = failed_new[0]
+                raise SchedulerError(
+                    f"request {head.req_id} ({head.num_tokens} tokens) does not fit the "
+                    "KV-cache pools even when they are empty"
+                )
+        if not failed_running:
+            return []
+        # Victims, lowest priority first: admissions of this step, then the running tail.
+        succeeded_new = [r for r in admitted if r not in failed_new]
+        pool = sorted([*self._running, *succeeded_new], key=_Req.rank, reverse=True)
+        victims: list[_Req] = []
+        taken: set[int] = set()
+        bs = self.block_size
+        for r, n in failed_running:  # highest priority first (batch order)
+            if r.req_id in taken:
+                continue
+            need = -(-(r.num_computed + n) // bs) - (-(-r.num_computed // bs))
+            freed = 0
+            for v in pool:
+                if freed >= max(need, 1):
+                    break
+                if v.req_id in taken:
+                    continue
+                if v.rank() <= r.rank():
+                    break  # nothing ranks below r: preempt r itself
+                victims.append(v)
+                taken.add(v.req_id)
+                freed += -(-v.num_computed // bs)
+            if freed < max(need, 1) and r.req_id not in taken:
+                victims.append(r)
+                taken.add(r.req_id)
+        self._preempt(victims, admitted_now=succeeded_new)
+        return victims
+
+    def _preempt(self, victims: Sequence[_Req], *, admitted_now: Sequence[_Req] = ()) -> None:
+        if not victims:
+            return
+        self.manager.preempt(_i64(v.req_id for v in victims))
+        now = {r.req_id for r in admitted_now}
+        gone = {v.req_id for v in victims}
+        self._running = [r for r in self._running if r.req_id not in gone]
+        for v in reversed(victims):  # the highest-ranked victim ends up at the front
+            if v.req_id not in now:
+                v.lost = v.num_computed
+                v.num_preemptions += 1
+                self.num_preemptions += 1
+            v.num_computed = 0
+            self._push_waiting(v, front=True)
+
+    def preempt(self, req_ids: Iterable[int]) -> None:
+        """Preempt running requests by recompute now (engines: e.g. to make room)."""
+        if self._last is not None:
+            raise InvalidArgumentError("preempt() between schedule() and update_from_output()")
+        rs = [self._get(i) for i in req_ids]
+        for r in rs:
+            if r.status != _RUNNING:
+                raise InvalidArgumentError(f"request {r.req_id} is not running")
+        self._preempt(sorted(rs, key=_Req.rank, reverse=True))
+
+    def update_from_output(
+        self, sampled_token_ids: Mapping[int, int] | npt.ArrayLike
+    ) -> list[FinishedRequest]:
+        """Record the step's sampled tokens: a mapping ``req_id -> token`` or an array
+        aligned with ``output.sample_req_ids``. Returns the requests that finished."""
+        out = self._last
+        if out is None:
+            raise InvalidArgumentError("update_from_output() without a schedule()")
+        sample_ids = out.sample_req_ids
+        if isinstance(sampled_token_ids, Mapping):
+            try:
+                toks = [int(sampled_token_ids[i]) for i in sample_ids.tolist()]
+            except KeyError as e:
+                raise InvalidArgumentError(f"no sampled token for request {e}") from None
+        else:
+            arr = np.asarray(sampled_token_ids).reshape(-1)
+            if arr.shape[0] != sample_ids.shape[0]:
+                raise InvalidArgumentError(
+                    f"{arr.shape[0]} sampled tokens for {sample_ids.shape[0]} sampling requests"
+                )
+            toks = [int(t) for t in arr.tolist()]
+        self._last = None
+        done: list[FinishedRequest] = []
+        cont_ids: list[int] = []
+        cont_toks: list[int] = []
+        for rid, tok in zip(sample_ids.tolist(), toks, strict=True):
+            r = self._reqs[rid]
+            r.output.append(tok)
+            r.num_tokens += 1
+            if len(r.output) >= r.max_tokens or (r.eos is not None and tok == r.eos):
+                reason = "length" if len(r.output) >= r.max_tokens else "stop"
+                done.append(FinishedRequest(rid, r.output, r.prompt_len, r.num_preemptions, reason))
+            else:
+                cont_ids.append(rid)
+                cont_toks.append(tok)
+        if cont_ids:
+            n = len(cont_ids)
+            self.manager.append_tokens(
+                _i64(cont_ids),
+                np.asarray(cont_toks, dtype=np.int32),
+                np.arange(n + 1, dtype=np.int64),
+            )
+        if done:
+            gone = {f.req_id for f in done}
+            self.manager.free(_i64(f.req_id for f in done))
+            self._running = [r for r in self._running if r.req_id not in gone]
+            for f in done:
+                self._reqs.pop(f.req_id).status = _FINISHED
+            self.finished.extend(done)
+        return done
+
+
+__all__ = [
+    "POLICIES",
+    "ExternalPrefixSource",
+    "FinishedRequest",
+    "KVManager",
+    "Scheduler",
+    "SchedulerError",
+    "SchedulerOutput",
+]

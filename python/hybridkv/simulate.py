@@ -1,0 +1,739 @@
+"""Serving simulation: a trace through the scheduler and the real KV-cache manager, no GPU.
+
+``hybridkv simulate --model NAME --memory SIZE --trace NAME|PATH`` plans the memory,
+builds a :class:`hybridkv.KVCacheManager` and a :class:`hybridkv.scheduler.Scheduler`
+over it, and replays the trace as a discrete-event simulation: every step the
+scheduler plans a batch (real allocation, real prefix lookups, real preemptions) and
+the clock advances by that batch's modelled duration from the roofline
+:class:`hybridkv.cost_model.CostModel`. Requests arrive at their trace times (or,
+closed-loop, a think/tool delay after their parent finished); each sampled token is
+the trace's next output token, so later turns really hit the blocks earlier turns
+wrote. The wall-clock time of ``schedule()`` plus ``update_from_output()`` (the
+scheduler and every manager call it makes) is measured per step.
+
+Layouts
+-------
+``per-group`` is hybridkv's plan (:func:`hybridkv.planner.plan_memory`): one pool per
+KV-cache group at its natural page size, bounded pools right-sized, the growing groups
+sharing the rest.
+
+``unified`` is the planner's unified-page baseline (today's engines): one pool, one
+page size, attention blocks inflated to ``B_u`` tokens so their page covers a state
+page, and capacity divided by the number of (equal-sized) layer groups. It is run as
+the plan :func:`unified_plan` gives: every group keeps ``B_u``-token blocks (so the
+last block of every request wastes up to ``B_u - 1`` tokens, prefix hits and state
+checkpoints land only on ``B_u`` boundaries) and gets ``num_blocks // num_groups``
+blocks of the one pool (its share when the pool is divided by groups), so growing
+groups hold exactly the baseline's ``token_capacity``. Separate pools of those sizes
+behave as the divided pool does; block ids staying per pool does not change any
+count. Where the baseline is impossible (page sizes that don't divide) there is no
+unified run and the report says why.
+
+Offload hook: ``offload`` (see :class:`hybridkv.scheduler.ExternalPrefixSource`) is
+consulted on admission for tokens beyond the device hit; if it has
+``load_seconds(tokens) -> float`` the clock is charged that, and ``after_step(manager,
+output)`` is called after every step so it can store what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hybridkv.cost_model import GPUS, CostModel
+from hybridkv.errors import HybridKVError, InvalidArgumentError, PlanError
+from hybridkv.planner import MemoryPlan, plan_memory, plan_with_blocks
+from hybridkv.scheduler import POLICIES, ExternalPrefixSource, Scheduler
+from hybridkv.traces import GENERATORS, Trace, load_trace
+
+LAYOUTS = ("per-group", "unified")
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything a simulation run depends on (with the trace, its whole input)."""
+
+    model: str
+    memory_bytes: int
+    trace: str
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 8192
+    max_model_len: int | None = None
+    block_size: int = 16
+    mamba_cache_mode: str = "align"
+    policy: str = "fcfs"
+    gpu: str = "h100-sxm"
+    num_gpus: int = 1
+    seed: int | None = None
+    long_prefill_token_threshold: int | None = None
+
+
+def resolve_trace(name_or_path: str, seed: int | None = None) -> Trace:
+    """A bundled trace, or with ``seed`` a fresh generation of that bundled kind."""
+    if seed is not None:
+        gen = GENERATORS.get(name_or_path)
+        if gen is None:
+            raise InvalidArgumentError(
+                f"--seed regenerates a bundled trace kind ({', '.join(GENERATORS)}), "
+                f"not {name_or_path!r}"
+            )
+        return gen(seed=seed)
+    return load_trace(name_or_path)
+
+
+def default_max_model_len(trace: Trace, block_size: int) -> int:
+    """The trace's longest request (prompt + output), rounded up to a block."""
+    longest = int(trace.summary()["max_seq_len"])
+    return max(block_size, -(-longest // block_size) * block_size)
+
+
+def unified_plan(plan: MemoryPlan) -> MemoryPlan:
+    """The unified-page baseline of ``plan`` as a runnable plan (module docstring)."""
+    ub = plan.unified_baseline
+    if ub.token_capacity is None or ub.block_size is None or ub.num_blocks is None:
+        raise PlanError(f"the unified-page layout is impossible for this model: {ub.reason}")
+    share = ub.num_blocks // max(ub.num_groups, 1)
+    if share < 1:
+        raise PlanError("the unified-page layout gets no block per group at this memory")
+    return plan_with_blocks(
+        plan.model,
+        share + 1,  # + the null block: growing groups hold exactly the baseline capacity
+        block_size=ub.block_size,
+        max_num_seqs=plan.max_num_seqs,
+        max_model_len=plan.max_model_len,
+        max_num_batched_tokens=plan.max_num_batched_tokens,
+        mamba_cache_mode=plan.mamba_cache_mode,
+    )
+
+
+def make_plans(cfg: SimConfig, trace: Trace) -> dict[str, MemoryPlan | str]:
+    """Per layout: its plan, or why it cannot run."""
+    from hybridkv.models import load_model
+
+    model = load_model(cfg.model)
+    mml = cfg.max_model_len or default_max_model_len(trace, cfg.block_size)
+    plan = plan_memory(
+        model,
+        memory_bytes=cfg.memory_bytes,
+        max_num_seqs=cfg.max_num_seqs,
+        max_model_len=mml,
+        max_num_batched_tokens=cfg.max_num_batched_tokens,
+        block_size=cfg.block_size,
+        mamba_cache_mode=cfg.mamba_cache_mode,
+    )
+    out: dict[str, MemoryPlan | str] = {"per-group": plan}
+    try:
+        out["unified"] = unified_plan(plan)
+    except PlanError as e:
+        out["unified"] = str(e)
+    return out
+
+
+def _pool_used(manager: Any, plan: MemoryPlan) -> F64:
+    """Fraction of each pool's usable blocks in use (held by requests)."""
+    u = manager.usage()
+    row = np.zeros(len(plan.groups))
+    got = np.asarray(u, dtype=np.float64).reshape(-1)[: len(plan.groups)]
+    row[: got.shape[0]] = got
+    return row
+
+
+def _pct(x: F64, q: float) -> float:
+    return float(np.percentile(x, q)) if x.size else float("nan")
+
+
+def _dist(x: F64) -> dict[str, float]:
+    return {
+        "mean": float(x.mean()) if x.size else float("nan"),
+        "p50": _pct(x, 50),
+        "p99": _pct(x, 99),
+    }
+
+
+@dataclass
+class LayoutResult:
+    """One layout's run: the report and the per-step series (for plots)."""
+
+    report: dict[str, Any]
+    times: F64
+    usage: F64  # (steps, pools)
+    pool_labels: list[str]
+    hit_rate: F64
+
+
+def simulate_plan(
+    plan: MemoryPlan,
+    trace: Trace,
+    *,
+    layout: str,
+    cost: CostModel,
+    policy: str = "fcfs",
+    long_prefill_token_threshold: int | None = None,
+    offload: ExternalPrefixSource | None = None,
+    manager_factory: Callable[[MemoryPlan], Any] | None = None,
+    on_progress: Callable[[int, float], None] | None = None,
+) -> LayoutResult:
+    """Replay ``trace`` on ``plan`` (module docstring); returns the layout's result."""
+    if manager_factory is None:
+        from hybridkv.manager import KVCacheManager
+
+        manager = KVCacheManager(plan, enable_prefix_caching=True, hash_seed=0)
+    else:
+        manager = manager_factory(plan)
+    sched = Scheduler(
+        manager,
+        max_num_batched_tokens=plan.max_num_batched_tokens,
+        max_num_seqs=plan.max_num_seqs,
+        policy=policy,
+        long_prefill_token_threshold=long_prefill_token_threshold,
+        max_model_len=plan.max_model_len,
+        block_size=min([g.block_size for g in plan.groups if g.grows] or [plan.block_size]),
+        external=offload,
+    )
+    n = trace.num_requests
+    prompt_lens = trace.prompt_lens
+    out_lens = trace.output_lens
+    longest = int((prompt_lens + out_lens).max()) if n else 0
+    if longest > plan.max_model_len:
+        raise InvalidArgumentError(
+            f"trace {trace.name!r} has a request of {longest} tokens, above max_model_len "
+            f"{plan.max_model_len}"
+        )
+    children: dict[int, list[int]] = {}
+    for i, p in enumerate(trace.parent.tolist()):
+        if p >= 0:
+            children.setdefault(p, []).append(i)
+    pending: list[tuple[float, int]] = [
+        (float(trace.arrival[i]), i) for i in range(n) if trace.parent[i] < 0
+    ]
+    heapq.heapify(pending)
+    arrived = np.full(n, np.nan)
+    first_tok = np.full(n, np.nan)
+    finish = np.full(n, np.nan)
+    n_out = np.zeros(n, dtype=np.int64)
+    out_toks: dict[int, list[int]] = {}
+    load_seconds = getattr(offload, "load_seconds", None)
+    after_step = getattr(offload, "after_step", None)
+
+    t = 0.0
+    steps = 0
+    idle_steps = 0
+    busy_time = 0.0
+    conc_time = 0.0
+    peak_conc = 0
+    hit_tokens = prompt_tokens = 0
+    resumed_hits = preemptions = 0
+    ext_tokens = 0
+    overhead_ns: list[int] = []
+    times: list[float] = []
+    usage_rows: list[F64] = []
+    hit_series: list[float] = []
+    done_count = 0
+    while pending or sched.has_unfinished():
+        if not sched.has_unfinished() and pending[0][0] > t:
+            t = pending[0][0]  # idle: jump to the next arrival
+        while pending and pending[0][0] <= t:
+            _, i = heapq.heappop(pending)
+            arrived[i] = t
+            sched.add_request(
+                i,
+                trace.prompt_tokens(i),
+                int(out_lens[i]),
+                priority=int(trace.priority[i]),
+                arrival_time=t,
+            )
+            out_toks[i] = trace.output_tokens(i).tolist()
+        t0 = time.perf_counter_ns()
+        out = sched.schedule()
+        t1 = time.perf_counter_ns()
+        ids = out.req_ids
+        ext = out.num_external_tokens
+        c = cost.step(
+            out.num_new_tokens - ext, out.num_computed_before + ext, int(out.samples.sum())
+        )
+        dt = c.seconds
+        if load_seconds is not None and int(ext.sum()):
+            dt += float(load_seconds(int(ext.sum())))
+        sample_ids = out.sample_req_ids.tolist()
+        tokens = [out_toks[i][n_out[i]] for i in sample_ids]
+        t2 = time.perf_counter_ns()
+        done = sched.update_from_output(np.asarray(tokens, dtype=np.int32))
+        t3 = time.perf_counter_ns()
+        overhead_ns.append((t1 - t0) + (t3 - t2))
+        if after_step is not None:
+            after_step(manager, out)
+        steps += 1
+        if ids.size == 0:
+            idle_steps += 1
+            if idle_steps > 1000:
+                raise HybridKVError("simulation stalled: 1000 steps without scheduled work")
+            if not pending and not sched.has_unfinished():
+                break
+            if pending and sched.num_running == 0 and dt == 0.0:
+                t = max(t, pending[0][0])
+            continue
+        idle_steps = 0
+        t += dt
+        busy_time += dt
+        conc_time += dt * out.num_running
+        peak_conc = max(peak_conc, out.num_running)
+        hit_tokens += int(out.new_hit_tokens.sum())
+        prompt_tokens += int(out.new_prompt_lens.sum())
+        resumed_hits += int(out.resumed_hit_tokens.sum())
+        preemptions += int(out.preempted_req_ids.size)
+        ext_tokens += int(ext.sum())
+        if sample_ids:
+            sidx = np.asarray(sample_ids, dtype=np.int64)
+            firsts = sidx[n_out[sidx] == 0]
+            first_tok[firsts] = t
+            n_out[sidx] += 1
+        for f in done:
+            finish[f.req_id] = t
+            out_toks.pop(f.req_id, None)
+            done_count += 1
+            for ch in children.get(f.req_id, ()):
+                heapq.heappush(pending, (t + float(trace.arrival[ch]), ch))
+        times.append(t)
+        usage_rows.append(_pool_used(manager, plan))
+        hit_series.append(hit_tokens / prompt_tokens if prompt_tokens else 0.0)
+        if on_progress is not None and (done or steps % 64 == 0):
+            on_progress(done_count, t)
+    if on_progress is not None:
+        on_progress(done_count, t)
+    recomputed = sched.recomputed_tokens
+
+    finished = ~np.isnan(finish)
+    if not bool(finished.all()):
+        raise HybridKVError(f"{int((~finished).sum())} requests never finished")
+    bad = [f.req_id for f in sched.finished if len(f.output_token_ids) != out_lens[f.req_id]]
+    if bad:
+        raise HybridKVError(f"requests {bad[:5]} finished with the wrong output length")
+    ttft = first_tok - arrived
+    multi = out_lens > 1
+    tpot = (finish[multi] - first_tok[multi]) / (out_lens[multi] - 1)
+    makespan = t
+    oh = np.asarray(overhead_ns, dtype=np.float64) / 1e3
+    total_out = int(out_lens.sum())
+    total_in = int(prompt_lens.sum())
+    grows = [g for g in plan.groups if g.grows]
+    usage = np.vstack(usage_rows) if usage_rows else np.zeros((0, len(plan.groups)))
+    report: dict[str, Any] = {
+        "layout": layout,
+        "token_capacity": int(plan.token_capacity),
+        "block_size": int(grows[0].block_size if grows else plan.block_size),
+        "pools": [
+            {
+                "group": g.index,
+                "kind": g.kind,
+                "layers": len(g.layers),
+                "block_size": g.block_size,
+                "num_blocks": g.num_blocks,
+                "bytes": g.bytes,
+                "peak_usage": float(usage[:, g.index].max()) if usage.size else 0.0,
+            }
+            for g in plan.groups
+        ],
+        "requests": n,
+        "steps": steps,
+        "peak_concurrency": int(peak_conc),
+        "mean_concurrency": conc_time / busy_time if busy_time else 0.0,
+        "prompt_tokens": prompt_tokens,
+        "prefix_hit_tokens": hit_tokens,
+        "prefix_hit_rate": hit_tokens / prompt_tokens if prompt_tokens else 0.0,
+        "preemptions": preemptions,
+        "resumed_hit_tokens": resumed_hits,
+        "recomputed_tokens": recomputed,
+        "external_hit_tokens": ext_tokens,
+        "makespan_s": makespan,
+        "output_throughput_tok_s": total_out / makespan if makespan else 0.0,
+        "total_throughput_tok_s": (total_out + total_in) / makespan if makespan else 0.0,
+        "ttft_s": _dist(ttft),
+        "tpot_s": _dist(tpot),
+        "measured": {
+            "scheduler_overhead_us_per_step": _dist(oh),
+            "scheduler_overhead_s_total": float(oh.sum() / 1e6),
+        },
+    }
+    labels = [f"g{g.index} {g.kind}" for g in plan.groups]
+    return LayoutResult(report, np.asarray(times), usage, labels, np.asarray(hit_series))
+
+
+# -- orchestration, report, plot --------------------------------------------------------
+
+
+@dataclass
+class SimReport:
+    """Both layouts' results plus the run's inputs."""
+
+    config: SimConfig
+    trace: Trace
+    plans: dict[str, MemoryPlan | str]
+    results: dict[str, LayoutResult]
+    cost: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` shape. Wall-clock measurements sit under each layout's
+        ``measured`` key; everything else is a deterministic function of the inputs."""
+        cfg = self.config
+        plan = next(p for p in self.plans.values() if not isinstance(p, str))
+        d: dict[str, Any] = {
+            "model": cfg.model,
+            "memory_bytes": cfg.memory_bytes,
+            "trace": self.trace.summary(),
+            "max_num_seqs": cfg.max_num_seqs,
+            "max_num_batched_tokens": cfg.max_num_batched_tokens,
+            "max_model_len": plan.max_model_len,
+            "block_size": cfg.block_size,
+            "mamba_cache_mode": cfg.mamba_cache_mode,
+            "policy": cfg.policy,
+            "cost_model": self.cost,
+            "layouts": {k: v.report for k, v in self.results.items()},
+            "skipped": {k: v for k, v in self.plans.items() if isinstance(v, str)},
+        }
+        if "per-group" in self.results and "unified" in self.results:
+            a = self.results["per-group"].report
+            b = self.results["unified"].report
+            d["ratios"] = {
+                key: (a[key] / b[key] if b[key] else None)
+                for key in (
+                    "token_capacity",
+                    "peak_concurrency",
+                    "mean_concurrency",
+                    "prefix_hit_rate",
+                    "output_throughput_tok_s",
+                )
+            }
+        clean: dict[str, Any] = _finite(d)
+        return clean
+
+
+def _finite(x: Any) -> Any:
+    """JSON-safe: NaN and infinities become None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def run(
+    cfg: SimConfig,
+    layouts: Sequence[str] = LAYOUTS,
+    *,
+    progress: bool = False,
+    offload: ExternalPrefixSource | None = None,
+    manager_factory: Callable[[MemoryPlan], Any] | None = None,
+) -> SimReport:
+    """Plan, then simulate ``cfg`` on each of ``layouts`` (with a rich progress bar)."""
+    for lay in layouts:
+        if lay not in LAYOUTS:
+            raise InvalidArgumentError(f"layout must be one of {LAYOUTS}, got {lay!r}")
+    if cfg.policy not in POLICIES:
+        raise InvalidArgumentError(f"policy must be one of {POLICIES}, got {cfg.policy!r}")
+    trace = resolve_trace(cfg.trace, cfg.seed)
+    all_plans = make_plans(cfg, trace)
+    plans = {k: all_plans[k] for k in layouts}
+    first = all_plans["per-group"]
+    assert not isinstance(first, str)
+    cost = CostModel(first, gpu=cfg.gpu, num_gpus=cfg.num_gpus)
+    results: dict[str, LayoutResult] = {}
+    runnable = [(k, p) for k, p in plans.items() if not isinstance(p, str)]
+    if not runnable:
+        raise PlanError("; ".join(f"{k}: {v}" for k, v in plans.items()))
+
+    def go(bar: Callable[[str], Callable[[int, float], None] | None]) -> None:
+        for lay, plan in runnable:
+            results[lay] = simulate_plan(
+                plan,
+                trace,
+                layout=lay,
+                cost=cost,
+                policy=cfg.policy,
+                long_prefill_token_threshold=cfg.long_prefill_token_threshold,
+                offload=offload,
+                manager_factory=manager_factory,
+                on_progress=bar(lay),
+            )
+
+    if progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        cols = (
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("requests  t={task.fields[t]:7.1f}s modelled"),
+        )
+        with Progress(*cols, console=Console(stderr=True), transient=False) as prog:
+
+            def bar(lay: str) -> Callable[[int, float], None]:
+                task = prog.add_task(lay, total=trace.num_requests, t=0.0)
+                return lambda done, t: prog.update(task, completed=done, t=t)
+
+            go(bar)
+    else:
+        go(lambda lay: None)
+    return SimReport(cfg, trace, plans, results, cost.describe())
+
+
+def _fmt_num(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.2f}M"
+    if x >= 1e4:
+        return f"{x / 1e3:.1f}k"
+    if x == int(x):
+        return f"{int(x)}"
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+TABLE_ROWS: tuple[tuple[str, str, Callable[[dict[str, Any]], float]], ...] = (
+    ("token capacity", "tokens", lambda r: r["token_capacity"]),
+    ("block size (growing)", "tokens", lambda r: r["block_size"]),
+    ("peak concurrency", "requests", lambda r: r["peak_concurrency"]),
+    ("mean concurrency", "requests", lambda r: r["mean_concurrency"]),
+    ("prefix hit rate", "% prompt tokens", lambda r: 100.0 * r["prefix_hit_rate"]),
+    ("preemptions", "", lambda r: r["preemptions"]),
+    ("recomputed tokens", "", lambda r: r["recomputed_tokens"]),
+    ("output throughput", "tok/s (modelled)", lambda r: r["output_throughput_tok_s"]),
+    ("total throughput", "tok/s (modelled)", lambda r: r["total_throughput_tok_s"]),
+    ("makespan", "s (modelled)", lambda r: r["makespan_s"]),
+    ("TTFT p50", "s", lambda r: r["ttft_s"]["p50"]),
+    ("TTFT p99", "s", lambda r: r["ttft_s"]["p99"]),
+    ("TPOT p50", "ms", lambda r: 1e3 * r["tpot_s"]["p50"]),
+    ("TPOT p99", "ms", lambda r: 1e3 * r["tpot_s"]["p99"]),
+    ("steps", "", lambda r: r["steps"]),
+    (
+        "scheduler overhead",
+        "µs/step mean (measured)",
+        lambda r: r["measured"]["scheduler_overhead_us_per_step"]["mean"],
+    ),
+    (
+        "scheduler overhead p99",
+        "µs/step (measured)",
+        lambda r: r["measured"]["scheduler_overhead_us_per_step"]["p99"],
+    ),
+)
+
+
+def render_table(report: SimReport) -> Any:
+    """A rich table: one column per layout, plus per-group / unified ratios."""
+    from rich.table import Table
+
+    lays = list(report.results)
+    cfg = report.config
+    s = report.trace.summary()
+    title = (
+        f"hybridkv simulate: {cfg.model}, {cfg.memory_bytes / 2**30:.1f} GiB KV, trace "
+        f"{s['name']} ({s['requests']} requests), {report.cost['gpu']} x{cfg.num_gpus} roofline"
+    )
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("unit", style="dim")
+    for lay in lays:
+        table.add_column(lay, justify="right")
+    both = "per-group" in lays and "unified" in lays
+    if both:
+        table.add_column("per-group / unified", justify="right", style="bold")
+    for name, unit, get in TABLE_ROWS:
+        vals = [float(get(report.results[lay].report)) for lay in lays]
+        cells = [_fmt_num(v) if math.isfinite(v) else "-" for v in vals]
+        if both:
+            a, b = vals[lays.index("per-group")], vals[lays.index("unified")]
+            cells.append(f"{a / b:.2f}x" if b and math.isfinite(a / b) else "-")
+        table.add_row(name, unit, *cells)
+    return table
+
+
+def write_plot(report: SimReport, path: str | Path) -> None:
+    """PNG: KV usage per pool over modelled time, per layout, and cumulative hit rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lays = list(report.results)
+    fig, axes = plt.subplots(len(lays) + 1, 1, figsize=(10, 3.2 * (len(lays) + 1)), sharex=True)
+    for ax, lay in zip(axes, lays, strict=False):
+        res = report.results[lay]
+        for j, label in enumerate(res.pool_labels):
+            ax.plot(res.times, 100.0 * res.usage[:, j], label=label, linewidth=1)
+        ax.set_ylabel("pool in use (%)")
+        ax.set_ylim(0, 105)
+        ax.set_title(f"{lay}: KV usage per pool")
+        ax.legend(loc="lower right", fontsize="small")
+    ax = axes[-1]
+    for lay in lays:
+        res = report.results[lay]
+        ax.plot(res.times, 100.0 * res.hit_rate, label=lay)
+    ax.set_ylabel("cumulative prefix hit rate (%)")
+    ax.set_xlabel("modelled time (s)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "tib": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """``"24GiB"``, ``"1.5 GB"``, ``"512MiB"`` or plain bytes -> bytes (> 0)."""
+    s = str(text).strip().lower().replace(" ", "").replace("_", "")
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(num) :]
+    try:
+        value = float(num)
+    except ValueError:
+        value = float("nan")
+    if unit not in _UNITS or not math.isfinite(value) or value <= 0:
+        raise InvalidArgumentError(f"bad size {text!r}: use e.g. 24GiB, 80GB, 512MiB or bytes")
+    return int(value * _UNITS[unit])
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return v
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``hybridkv simulate`` on an argparse subparsers object."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "simulate",
+        help="replay a serving trace on per-group and unified-page layouts (no GPU)",
+        description=(
+            "Replay a serving trace through the scheduler and the KV-cache manager, with "
+            "step times from a roofline cost model. Without --layout both layouts run "
+            "and print side by side."
+        ),
+    )
+    p.add_argument("--model", required=True, help="bundled model name or config.json path")
+    p.add_argument("--memory", required=True, type=_size, help="KV-cache memory, e.g. 16GiB")
+    p.add_argument("--trace", required=True, help="bundled trace name or trace file path")
+    p.add_argument("--layout", choices=LAYOUTS, help="run one layout only")
+    p.add_argument("--max-num-seqs", type=_positive, default=64)
+    p.add_argument("--max-num-batched-tokens", type=_positive, default=8192)
+    p.add_argument("--max-model-len", type=_positive, help="default: the trace's longest request")
+    p.add_argument("--block-size", type=_positive, default=16)
+    p.add_argument("--mamba-cache-mode", choices=("none", "align", "all"), default="align")
+    p.add_argument("--policy", choices=POLICIES, default="fcfs")
+    p.add_argument(
+        "--long-prefill-token-threshold", type=_positive, help="cap one request's prefill chunk"
+    )
+    p.add_argument("--gpu", choices=sorted(GPUS), default="h100-sxm", help="roofline peaks")
+    p.add_argument("--num-gpus", type=_positive, default=1, help="aggregate peaks (ideal TP)")
+    p.add_argument(
+        "--seed", type=int, help="regenerate the named bundled trace kind with this seed"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="write a PNG of pool usage and hit rate")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=main, handler=main)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
+        model=args.model,
+        memory_bytes=args.memory,
+        trace=args.trace,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        block_size=args.block_size,
+        mamba_cache_mode=args.mamba_cache_mode,
+        policy=args.policy,
+        gpu=args.gpu,
+        num_gpus=args.num_gpus,
+        seed=args.seed,
+        long_prefill_token_threshold=args.long_prefill_token_threshold,
+    )
+
+
+def main(args: argparse.Namespace, offload: ExternalPrefixSource | None = None) -> int:
+    """Run ``hybridkv simulate``; HybridKVError propagates for the CLI to report."""
+    import json
+    import sys
+
+    from rich.console import Console
+
+    cfg = config_from_args(args)
+    if args.plot and not str(args.plot).lower().endswith(".png"):
+        raise InvalidArgumentError(f"--plot writes a PNG: {args.plot!r} does not end in .png")
+    layouts = (args.layout,) if args.layout else LAYOUTS
+    show = not args.no_progress and not args.json and sys.stderr.isatty()
+    report = run(cfg, layouts, progress=show, offload=offload)
+    if args.plot:
+        write_plot(report, args.plot)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    console = Console()
+    console.print(render_table(report))
+    for lay, why in report.to_dict()["skipped"].items():
+        console.print(f"[yellow]{lay} layout skipped:[/] {why}")
+    if args.plot:
+        console.print(f"plot written to {args.plot}")
+    return 0
+
+
+__all__ = [
+    "LAYOUTS",
+    "LayoutResult",
+    "SimConfig",
+    "SimReport",
+    "add_parser",
+    "config_from_args",
+    "default_max_model_len",
+    "main",
+    "make_plans",
+    "parse_size",
+    "render_table",
+    "resolve_trace",
+    "run",
+    "simulate_plan",
+    "unified_plan",
+    "write_plot",
+]

@@ -1,0 +1,389 @@
+"""What one layer keeps in the KV cache: one frozen spec per layer kind.
+
+A spec knows the bytes one layer needs per block (``page_size_bytes``), whether that
+memory grows with the sequence (``grows_with_sequence``) and, when it does not, the
+most blocks one request can hold at once (``max_blocks_per_request``). Sizes are plain
+integers: a custom KV dtype is given as bytes per token per layer
+(``custom_bytes_per_token``), so page sizes may be any integer and nothing here
+assumes powers of two or divisibility.
+
+Kinds: ``"full_attention"``, ``"mla"``, ``"sliding_window"``, ``"chunked_local"``,
+``"state"``, ``"cross_attention"``, ``"encoder_only"``. All specs are keyword-only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, TypeAlias
+
+from hybridkv.errors import InvalidArgumentError
+
+#: Bytes per element of the dtype names accepted by specs and ``--kv-dtype``.
+DTYPE_BYTES: dict[str, int] = {
+    "bf16": 2,
+    "bfloat16": 2,
+    "fp16": 2,
+    "float16": 2,
+    "half": 2,
+    "fp32": 4,
+    "float32": 4,
+    "float": 4,
+    "fp8": 1,
+    "fp8_e4m3": 1,
+    "fp8_e5m2": 1,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "int8": 1,
+    "uint8": 1,
+}
+
+MAMBA_CACHE_MODES = ("none", "align", "all")
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of ``dtype`` (a name from :data:`DTYPE_BYTES`)."""
+    try:
+        return DTYPE_BYTES[dtype.lower()]
+    except (KeyError, AttributeError):
+        known = ", ".join(sorted(DTYPE_BYTES))
+        raise InvalidArgumentError(f"unknown dtype {dtype!r}; known: {known}") from None
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division of non-negative ``a`` by positive ``b``."""
+    return -(-a // b)
+
+
+def _check_positive(name: str, value: object, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentError(f"{name} must be an int, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidArgumentError(f"{name} must be {bound}, got {value}")
+
+
+def _check_block_size(block_size: int) -> None:
+    _check_positive("block_size", block_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _AttentionFields:
+    """Fields shared by every attention-like spec (K and V per token per layer)."""
+
+    num_kv_heads: int
+    head_size: int
+    head_size_v: int | None = None
+    dtype: str = "bf16"
+    #: Extra bytes per token per layer, e.g. per-token quantisation scales.
+    scale_bytes_per_token: int = 0
+    #: A custom KV dtype: bytes per token per layer, overriding heads x dtype.
+    custom_bytes_per_token: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive("num_kv_heads", self.num_kv_heads)
+        _check_positive("head_size", self.head_size)
+        if self.head_size_v is not None:
+            _check_positive("head_size_v", self.head_size_v)
+        dtype_bytes(self.dtype)
+        _check_positive("scale_bytes_per_token", self.scale_bytes_per_token, allow_zero=True)
+        if self.custom_bytes_per_token is not None:
+            _check_positive("custom_bytes_per_token", self.custom_bytes_per_token)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes one token takes in one layer's cache (K and V, plus scales)."""
+        if self.custom_bytes_per_token is not None:
+            return self.custom_bytes_per_token
+        v = self.head_size if self.head_size_v is None else self.head_size_v
+        elems = self.num_kv_heads * (self.head_size + v)
+        return elems * dtype_bytes(self.dtype) + self.scale_bytes_per_token
+
+    def page_size_bytes(self, block_size: int) -> int:
+        """Bytes of one block of ``block_size`` tokens in one layer."""
+        _check_block_size(block_size)
+        return block_size * self.bytes_per_token
+
+
+@dataclass(frozen=True, kw_only=True)
+class FullAttentionSpec(_AttentionFields):
+    """Causal self-attention over the whole sequence: grows with it."""
+
+    kind: ClassVar[str] = "full_attention"
+
+    @property
+    def grows_with_sequence(self) -> bool:
+        return True
+
+    def max_blocks_per_request(
+        self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
+    ) -> int | None:
+        """``None``: unbounded, the request's length decides."""
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlidingWindowSpec(_AttentionFields):
+    """Attention over the last ``window`` positions (the token itself included)."""
+
+    window: int
+    kind: ClassVar[str] = "sliding_window"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive("window", self.window)
+
+    @property
+    def grows_with_sequence(self) -> bool:
+        return False
+
+    def max_blocks_per_request(
+        self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
+    ) -> int | None:
+        """Most blocks one request holds at once (see :mod:`hybridkv.planner`)."""
+        from hybridkv.planner import window_request_blocks
+
+        return window_request_blocks(
+            self.kind, self.window, block_size, max_model_len, max_num_batched_tokens
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChunkedLocalSpec(_AttentionFields):
+    """Attention within fixed chunks of ``chunk_size`` positions (Llama-4 local layers)."""
+
+    chunk_size: int
+    kind: ClassVar[str] = "chunked_local"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive("chunk_size", self.chunk_size)
+
+    @property
+    def grows_with_sequence(self) -> bool:
+        return False
+
+    def max_blocks_per_request(
+        self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
+    ) -> int | None:
+        """Most blocks one request holds at once (see :mod:`hybridkv.planner`)."""
+        from hybridkv.planner import window_request_blocks
+
+        return window_request_blocks(
+            self.kind, self.chunk_size, block_size, max_model_len, max_num_batched_tokens
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossAttentionSpec(_AttentionFields):
+    """Decoder attention over the encoder output: ``max_encoder_len`` positions, fixed."""
+
+    max_encoder_len: int
+    kind: ClassVar[str] = "cross_attention"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive("max_encoder_len", self.max_encoder_len)
+
+    @property
+    def grows_with_sequence(self) -> bool:
+        return False
+
+    def max_blocks_per_request(
+        self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
+    ) -> int | None:
+        """The encoder output's blocks: ``cdiv(max_encoder_len, block_size)``."""
+        _check_block_size(block_size)
+        return cdiv(self.max_encoder_len, block_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MLASpec:
+    """Multi-head latent attention: ONE latent vector per token (no separate K and V).
+
+    Bytes per token per layer are ``(kv_lora_rank + qk_rope_head_dim) * dtype`` plus
+    ``scale_bytes_per_token``, or ``custom_bytes_per_token`` (e.g. 656 for a packed fp8
+    latent with scales and a bf16 rope part).
+    """
+
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    dtype: str = "bf16"
+    scale_bytes_per_token: int = 0
+    custom_bytes_per_token: int | None = None
+    kind: ClassVar[str] = "mla"
+
+    def __post_init__(self) -> None:
+        _check_positive("kv_lora_rank", self.kv_lora_rank)
+        _check_positive("qk_rope_head_dim", self.qk_rope_head_dim, allow_zero=True)
+        dtype_bytes(self.dtype)
+        _check_positive("scale_bytes_per_token", self.scale_bytes_per_token, allow_zero=True)
+        if self.custom_bytes_per_token is not None:
+            _check_positive("custom_bytes_per_token", self.custom_bytes_per_token)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes one token's latent takes in one layer."""
+        if self.custom_bytes_per_token is not None:
+            return self.custom_bytes_per_token
+        elems = self.kv_lora_rank + self.qk_rope_head_dim
+        return elems * dtype_bytes(self.dtype) + self.scale_bytes_per_token
+
+    def page_size_bytes(self, block_size: int) -> int:
+        """Bytes of one block of ``block_size`` tokens in one layer."""
+        _check_block_size(block_size)
+        return block_size * self.bytes_per_token
+
+    @property
+    def grows_with_sequence(self) -> bool:
+        return True
+
+    def max_blocks_per_request(
+        self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
+    ) -> int | None:
+        """``None``: unbounded, the request's length decides."""
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateSpec:
+    """A fixed-size recurrent state per request (Mamba / Mamba-2 / gated delta net).
+
+    ``shapes`` and ``dtypes`` list the state tensors of one layer for one request, e.g.
+    Mamba-2 ``((conv_kernel - 1, conv_dim), (heads, head_dim, d_state))``. A "block" of a
+    state group is one such state (a slot); the planner decides how many a request
+    keeps (``mamba_cache_mode``). ``family`` is informative ("mamba2", "gdn", ...).
+    """
+
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+    family: str = "mamba2"
+    kind: ClassVar[str] = "state"
+
+    def __post_init__(self) -> None:
+        if not self.shapes:
+            raise InvalidArgumentError("a StateSpec needs at least one state tensor")
+        if len(self.shapes) != len(self.dtypes):
+            raise InvalidArgumentError(
+                f"StateSpec has {len(self.shapes)} shapes but {len(self.dtypes)} dtypes"
+            )
+        for shape in self.shapes:
+            if not isinstance(shape, tuple) or not shape:
+                raise InvalidArgumentError(f"state shape must be a non-empty tuple: {shape!r}")
+            for dim in shape:
+                _check_positive("state dimension", dim)
+        for dtype in self.dtypes:
+            dtype_bytes(dtype)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of one request's state in one layer."""
+        return sum(
+            math.prod(shape) * dtype_bytes(dtype)
+            for shape, dtype in zip(self.shapes, self.dtypes, strict=True)
+        )
+
+    @property
+    def bytes_per_token(self) -> int:
+        """0: a state does not scale with tokens (see ``state_bytes``)."""
+        return 0
+
+    def page_size_bytes(self, block_size: int) -> int:
+        """One state, whatever the block size."""
+        _check_block_size(block_size)
+        return self.state_bytes
+
+    @property
+    def grows_with_sequence(self) -> bool:
+        """False: one slot per request (``mamba_cache_mode="all"`` makes the planner grow it)."""
+        return False
+
+    def max_blocks_per_request(
+        self,
+        block_size: int,
+        *,
+        max_model_len: int,
+        max_num_batched_tokens: int,
+        mamba_cache_mode: str = "align",
+    ) -> int | None:
+        """1 in mode ``none``, 2 in ``align`` (running state + last checkpoint), else None."""
+        _check_block_size(block_size)
+        if mamba_cache_mode == "none":
+            return 1
+        if mamba_cache_mode == "align":
+            return 2
+        if mamba_cache_mode == "all":
+            return None
+        raise InvalidArgumentError(
+            f"mamba_cache_mode must be one of {MAMBA_CACHE_MODES}, got {mamba_cache_mode!r}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderOnlySpec:
+    """A layer that keeps no cache (bidirectional encoder layers)."""
+
+    kind: ClassVar[str] = "encoder_only"
+
+    @property
+    def bytes_per_token(self) -> int:
+        return 0
+
+    def page_size_bytes(self, block_size: int) -> int:
+        _check_block_size(block_size)
+        return 0
+
+    @property
+    def grows_with_sequence(self) -> bool:
+        return False
+
+    def max_blocks_per_request(
+        self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
+    ) -> int | None:
+        return 0
+
+
+KVSpec: TypeAlias = (
+    FullAttentionSpec
+    | SlidingWindowSpec
+    | ChunkedLocalSpec
+    | CrossAttentionSpec
+    | MLASpec
+    | StateSpec
+    | EncoderOnlySpec
+)
+
+ATTENTION_SPECS = (FullAttentionSpec, SlidingWindowSpec, ChunkedLocalSpec, CrossAttentionSpec)
+SPEC_TYPES = (*ATTENTION_SPECS, MLASpec, StateSpec, EncoderOnlySpec)
+KINDS = tuple(t.kind for t in SPEC_TYPES)
+
+
+def spec_to_dict(spec: KVSpec) -> dict[str, object]:
+    """A JSON-ready description of ``spec`` (its kind and fields)."""
+    out: dict[str, object] = {"kind": spec.kind}
+    for name in spec.__dataclass_fields__:
+        value = getattr(spec, name)
+        if isinstance(value, tuple):
+            value = [list(v) if isinstance(v, tuple) else v for v in value]
+        out[name] = value
+    return out
+
+
+__all__ = [
+    "ATTENTION_SPECS",
+    "DTYPE_BYTES",
+    "KINDS",
+    "MAMBA_CACHE_MODES",
+    "SPEC_TYPES",
+    "ChunkedLocalSpec",
+    "CrossAttentionSpec",
+    "EncoderOnlySpec",
+    "FullAttentionSpec",
+    "KVSpec",
+    "MLASpec",
+    "SlidingWindowSpec",
+    "StateSpec",
+    "cdiv",
+    "dtype_bytes",
+    "spec_to_dict",
+]

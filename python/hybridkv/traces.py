@@ -1,0 +1,468 @@
+"""Serving traces for the simulator: who arrives when, with which prompt, wanting how much.
+
+A trace is a table of requests whose prompts are concatenations of token *segments*.
+Segments are what make prefix sharing real: two requests that start with the same
+segments share those tokens exactly, so the prefix cache can hit. A segment is stored
+as ``(seed, length)`` and expanded by :func:`synth_tokens`, a counter-based generator
+(SplitMix64 of ``seed * 2**32 + position``) that is the same on every machine and numpy
+version, so a trace file stays a few kilobytes however many tokens it describes. A
+segment may instead carry literal token ids (``tokens`` in the file), for traces built
+from real prompts.
+
+Each request names one *output* segment: the tokens the simulated model "samples", in
+order. A later turn of the same conversation lists that segment in its prompt, so the
+blocks the earlier turn computed while decoding are hit again, as in a real chat.
+
+Arrivals are either absolute (``parent == -1``: ``arrival`` seconds from the start) or
+closed-loop (``arrival`` seconds after request ``parent`` finished: a user's think time
+or a tool's latency), which is how multi-turn chat and agent loops behave.
+
+File format (``.json`` or ``.json.gz``), every array one entry per request unless said::
+
+    {"format": "hybridkv-trace/1", "name": str, "description": str, "vocab_size": int,
+     "segments": {"seed": [int, ...], "length": [int, ...],        # one per segment
+                  "tokens": {"<segment index>": [int, ...], ...}},  # optional literals
+     "requests": {"arrival": [float], "parent": [int], "priority": [int],
+                  "output": [segment index], "prompt": [[segment index, ...], ...]}}
+
+The bundled traces (:func:`list_traces`) are written by ``scripts/make_traces.py`` from
+the generators below; a test checks the files match a fresh generation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hybridkv.errors import InvalidArgumentError
+
+TRACE_FORMAT = "hybridkv-trace/1"
+DEFAULT_VOCAB_SIZE = 32000
+_TRACE_DIR = Path(__file__).parent / "data" / "traces"
+
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+F64 = npt.NDArray[np.float64]
+
+
+class TraceError(InvalidArgumentError):
+    """A trace file or trace name that cannot be loaded (also an ``InvalidArgumentError``)."""
+
+
+def synth_tokens(seed: int, length: int, vocab_size: int = DEFAULT_VOCAB_SIZE) -> I32:
+    """``length`` deterministic token ids in ``[1, vocab_size)`` for segment ``seed``.
+
+    SplitMix64 over the counter ``seed * 2**32 + i``: no global RNG state, identical
+    output on every platform, and position ``i`` never depends on the length asked for.
+    """
+    if length < 0 or vocab_size < 2 or seed < 0:
+        raise InvalidArgumentError(
+            f"synth_tokens needs seed >= 0, length >= 0, vocab_size >= 2 "
+            f"(got {seed}, {length}, {vocab_size})"
+        )
+    x = (np.uint64(seed) << np.uint64(32)) + np.arange(length, dtype=np.uint64)
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (np.uint64(1) + x % np.uint64(vocab_size - 1)).astype(np.int32)
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """An immutable request table; see the module docstring for the meaning of each field."""
+
+    name: str
+    description: str
+    vocab_size: int
+    seg_seed: I64
+    seg_len: I64
+    arrival: F64
+    parent: I64
+    priority: I64
+    output_seg: I64
+    prompt_segs: I64
+    prompt_offsets: I64
+    seg_tokens: Mapping[int, I32] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.arrival.shape[0]
+        s = self.seg_seed.shape[0]
+        for name in ("parent", "priority", "output_seg"):
+            if getattr(self, name).shape != (n,):
+                raise TraceError(f"trace {self.name!r}: {name} must have {n} entries")
+        if self.seg_len.shape != (s,):
+            raise TraceError(f"trace {self.name!r}: segment seeds and lengths differ in count")
+        if self.prompt_offsets.shape != (n + 1,) or self.prompt_offsets[0] != 0:
+            raise TraceError(
+                f"trace {self.name!r}: prompt offsets must have {n + 1} entries from 0"
+            )
+        if np.any(np.diff(self.prompt_offsets) < 1):
+            raise TraceError(f"trace {self.name!r}: every prompt needs at least one segment")
+        if self.prompt_offsets[-1] != self.prompt_segs.shape[0]:
+            raise TraceError(f"trace {self.name!r}: prompt offsets do not cover the segment list")
+        segs = np.concatenate([self.prompt_segs, self.output_seg])
+        if segs.size and (segs.min() < 0 or segs.max() >= s):
+            raise TraceError(f"trace {self.name!r}: a request names a segment outside 0..{s - 1}")
+        if np.any(self.seg_len < 0) or np.any(self.seg_seed < 0):
+            raise TraceError(f"trace {self.name!r}: negative segment seed or length")
+        if np.any(self.seg_len[self.output_seg] < 1):
+            raise TraceError(f"trace {self.name!r}: every request must ask for >= 1 output token")
+        if np.any(self.parent >= np.arange(n)) or np.any(self.parent < -1):
+            raise TraceError(f"trace {self.name!r}: a parent must be an earlier request or -1")
+        if np.any(~np.isfinite(self.arrival)) or np.any(self.arrival < 0):
+            raise TraceError(f"trace {self.name!r}: arrivals must be finite and >= 0")
+        for idx, toks in self.seg_tokens.items():
+            if toks.shape != (int(self.seg_len[idx]),):
+                raise TraceError(f"trace {self.name!r}: literal segment {idx} has the wrong length")
+            if toks.size and (toks.min() < 0 or toks.max() >= self.vocab_size):
+                raise TraceError(f"trace {self.name!r}: literal segment {idx} leaves the vocab")
+
+    @property
+    def num_requests(self) -> int:
+        return int(self.arrival.shape[0])
+
+    @property
+    def prompt_lens(self) -> I64:
+        """Prompt length of every request (segment lengths summed, vectorised)."""
+        per_seg = self.seg_len[self.prompt_segs]
+        cum = np.concatenate([[0], np.cumsum(per_seg)])
+        lens: I64 = (cum[self.prompt_offsets[1:]] - cum[self.prompt_offsets[:-1]]).astype(np.int64)
+        return lens
+
+    @property
+    def output_lens(self) -> I64:
+        return self.seg_len[self.output_seg].astype(np.int64)
+
+    def segment(self, index: int) -> I32:
+        """The token ids of segment ``index``."""
+        lit = self.seg_tokens.get(index)
+        if lit is not None:
+            return lit
+        return synth_tokens(int(self.seg_seed[index]), int(self.seg_len[index]), self.vocab_size)
+
+    def prompt_tokens(self, i: int) -> I32:
+        """Request ``i``'s prompt token ids."""
+        lo, hi = int(self.prompt_offsets[i]), int(self.prompt_offsets[i + 1])
+        return np.concatenate([self.segment(int(s)) for s in self.prompt_segs[lo:hi]])
+
+    def output_tokens(self, i: int) -> I32:
+        """The token ids request ``i`` generates, in order."""
+        return self.segment(int(self.output_seg[i]))
+
+    def summary(self) -> dict[str, Any]:
+        """Sizes and sharing of the trace, for reports."""
+        p = self.prompt_lens
+        o = self.output_lens
+        return {
+            "name": self.name,
+            "requests": self.num_requests,
+            "prompt_tokens": int(p.sum()),
+            "output_tokens": int(o.sum()),
+            "mean_prompt_len": float(p.mean()) if p.size else 0.0,
+            "max_prompt_len": int(p.max()) if p.size else 0,
+            "mean_output_len": float(o.mean()) if o.size else 0.0,
+            "max_seq_len": int((p + o).max()) if p.size else 0,
+            "closed_loop_requests": int((self.parent >= 0).sum()),
+        }
+
+    # -- files ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        lo, hi = self.prompt_offsets[:-1], self.prompt_offsets[1:]
+        segs = self.prompt_segs.tolist()
+        return {
+            "format": TRACE_FORMAT,
+            "name": self.name,
+            "description": self.description,
+            "vocab_size": self.vocab_size,
+            "segments": {
+                "seed": self.seg_seed.tolist(),
+                "length": self.seg_len.tolist(),
+                "tokens": {str(k): v.tolist() for k, v in sorted(self.seg_tokens.items())},
+            },
+            "requests": {
+                "arrival": [round(float(a), 6) for a in self.arrival],
+                "parent": self.parent.tolist(),
+                "priority": self.priority.tolist(),
+                "output": self.output_seg.tolist(),
+                "prompt": [segs[a:b] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)],
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "<dict>") -> Trace:
+        """Parse the file format; any problem raises :class:`TraceError` naming ``source``."""
+        try:
+            if d.get("format") != TRACE_FORMAT:
+                raise TraceError(f"{source}: not a {TRACE_FORMAT} trace")
+            seg = d["segments"]
+            req = d["requests"]
+            prompts = req["prompt"]
+            lens = [len(p) for p in prompts]
+            n = len(prompts)
+            return cls(
+                name=str(d.get("name", Path(source).name)),
+                description=str(d.get("description", "")),
+                vocab_size=int(d.get("vocab_size", DEFAULT_VOCAB_SIZE)),
+                seg_seed=np.asarray(seg["seed"], dtype=np.int64).reshape(-1),
+                seg_len=np.asarray(seg["length"], dtype=np.int64).reshape(-1),
+                arrival=np.asarray(req["arrival"], dtype=np.float64).reshape(-1),
+                parent=np.asarray(req.get("parent", [-1] * n), dtype=np.int64).reshape(-1),
+                priority=np.asarray(req.get("priority", [0] * n), dtype=np.int64).reshape(-1),
+                output_seg=np.asarray(req["output"], dtype=np.int64).reshape(-1),
+                prompt_segs=np.asarray([s for p in prompts for s in p], dtype=np.int64),
+                prompt_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+                seg_tokens={
+                    int(k): np.asarray(v, dtype=np.int32)
+                    for k, v in dict(seg.get("tokens", {})).items()
+                },
+            )
+        except TraceError:
+            raise
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise TraceError(f"{source}: malformed trace ({type(e).__name__}: {e})") from None
+
+    def save(self, path: str | Path) -> None:
+        """Write the trace as JSON (gzip-compressed, reproducibly, when the name ends .gz)."""
+        text = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+        p = Path(path)
+        if p.name.endswith(".gz"):
+            # mtime=0 and no file name: the same trace always gives the same bytes.
+            with open(p, "wb") as raw, gzip.GzipFile("", "wb", 9, raw, mtime=0) as f:
+                f.write(text)
+        else:
+            p.write_bytes(text)
+
+
+def list_traces() -> list[str]:
+    """Names of the bundled traces."""
+    return sorted(p.name.removesuffix(".json.gz") for p in _TRACE_DIR.glob("*.json.gz"))
+
+
+def load_trace(name_or_path: str | Path) -> Trace:
+    """A bundled trace by name (see :func:`list_traces`) or a trace file by path."""
+    s = str(name_or_path)
+    bundled = _TRACE_DIR / f"{s}.json.gz"
+    path = bundled if "/" not in s and bundled.exists() else Path(s)
+    if not path.is_file():
+        raise TraceError(
+            f"no trace {s!r}: not a file, and the bundled traces are {', '.join(list_traces())}"
+        )
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        data = json.loads(raw)
+    except (OSError, ValueError, EOFError) as e:
+        raise TraceError(f"{path}: cannot read trace ({e})") from None
+    if not isinstance(data, dict):
+        raise TraceError(f"{path}: a trace file holds one JSON object")
+    return Trace.from_dict(data, source=str(path))
+
+
+# -- generators ----------------------------------------------------------------------------
+
+
+class TraceBuilder:
+    """Collects segments and requests; the generators below use it, tests may too."""
+
+    def __init__(self, name: str, description: str, *, seed: int, vocab_size: int) -> None:
+        self.name = name
+        self.description = description
+        self.vocab_size = vocab_size
+        # Segment seeds are seed-scoped so segments of different traces never collide.
+        self._seed_base = (seed & 0xFFFF) << 20
+        self._seg_len: list[int] = []
+        self._arrival: list[float] = []
+        self._parent: list[int] = []
+        self._priority: list[int] = []
+        self._output: list[int] = []
+        self._prompt: list[list[int]] = []
+
+    def segment(self, length: int) -> int:
+        """A fresh segment of ``length`` synthetic tokens; returns its index."""
+        self._seg_len.append(max(0, int(length)))
+        return len(self._seg_len) - 1
+
+    def request(
+        self,
+        prompt: Sequence[int],
+        output_len: int,
+        *,
+        arrival: float,
+        parent: int = -1,
+        priority: int = 0,
+    ) -> tuple[int, int]:
+        """Add a request; returns ``(request index, output segment index)``."""
+        out = self.segment(max(1, output_len))
+        self._prompt.append(list(prompt))
+        self._output.append(out)
+        self._arrival.append(float(arrival))
+        self._parent.append(parent)
+        self._priority.append(priority)
+        return len(self._output) - 1, out
+
+    def build(self) -> Trace:
+        n_seg = len(self._seg_len)
+        lens = [len(p) for p in self._prompt]
+        return Trace(
+            name=self.name,
+            description=self.description,
+            vocab_size=self.vocab_size,
+            seg_seed=self._seed_base + np.arange(n_seg, dtype=np.int64),
+            seg_len=np.asarray(self._seg_len, dtype=np.int64),
+            arrival=np.asarray([round(a, 6) for a in self._arrival], dtype=np.float64),
+            parent=np.asarray(self._parent, dtype=np.int64),
+            priority=np.asarray(self._priority, dtype=np.int64),
+            output_seg=np.asarray(self._output, dtype=np.int64),
+            prompt_segs=np.asarray([s for p in self._prompt for s in p], dtype=np.int64),
+            prompt_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+        )
+
+
+def _rng(seed: int) -> np.random.Generator:
+    # Only the generators use numpy's RNG; the bundled files are the reference, and a
+    # test regenerates them, so a stream change in numpy would be caught, not silent.
+    return np.random.default_rng(seed)
+
+
+def make_chat(
+    *,
+    seed: int = 1,
+    conversations: int = 48,
+    system_prompts: int = 4,
+    rate: float = 4.0,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+) -> Trace:
+    """Multi-turn chat: each conversation opens with one of a few shared system prompts and
+    runs 2-6 turns; every turn's prompt is the whole history (earlier user messages and
+    the model's own earlier answers) plus a new message, sent 1-10 s after the previous
+    answer finished. Conversations start as a Poisson process at ``rate`` per second."""
+    rng = _rng(seed)
+    b = TraceBuilder(
+        "chat",
+        "multi-turn chat over shared system prompts (closed-loop turns)",
+        seed=seed,
+        vocab_size=vocab_size,
+    )
+    systems = [b.segment(int(rng.integers(500, 2000))) for _ in range(system_prompts)]
+    t = 0.0
+    for _ in range(conversations):
+        t += float(rng.exponential(1.0 / rate))
+        history = [systems[int(rng.integers(system_prompts))]]
+        parent = -1
+        for turn in range(int(rng.integers(2, 7))):
+            history.append(b.segment(int(rng.integers(20, 400))))
+            arrival = t if turn == 0 else float(rng.uniform(1.0, 10.0))
+            idx, out = b.request(
+                history, int(rng.integers(40, 400)), arrival=arrival, parent=parent
+            )
+            history = [*history, out]
+            parent = idx
+    return b.build()
+
+
+def make_docqa(
+    *,
+    seed: int = 2,
+    documents: int = 4,
+    questions: int = 120,
+    rate: float = 3.0,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+) -> Trace:
+    """Long-document QA: a few long documents (6k-14k tokens) behind one instruction
+    preamble; independent questions arrive as a Poisson process at ``rate`` per second,
+    each about one document (skewed: the first document is asked about most), and a
+    third of them get one follow-up question 2-15 s after the answer."""
+    rng = _rng(seed)
+    b = TraceBuilder(
+        "docqa",
+        "long-document QA over a few shared documents, some follow-ups",
+        seed=seed,
+        vocab_size=vocab_size,
+    )
+    preamble = b.segment(120)
+    docs = [b.segment(int(rng.integers(6000, 14000))) for _ in range(documents)]
+    weights = 1.0 / np.arange(1, documents + 1)
+    weights /= weights.sum()
+    t = 0.0
+    for _ in range(questions):
+        t += float(rng.exponential(1.0 / rate))
+        doc = docs[int(rng.choice(documents, p=weights))]
+        prompt = [preamble, doc, b.segment(int(rng.integers(15, 120)))]
+        idx, out = b.request(prompt, int(rng.integers(30, 300)), arrival=t)
+        if rng.random() < 1.0 / 3.0:
+            follow = [*prompt, out, b.segment(int(rng.integers(10, 80)))]
+            b.request(
+                follow,
+                int(rng.integers(30, 200)),
+                arrival=float(rng.uniform(2.0, 15.0)),
+                parent=idx,
+            )
+    return b.build()
+
+
+def make_agentic(
+    *,
+    seed: int = 3,
+    sessions: int = 24,
+    agents: int = 2,
+    rate: float = 1.5,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+) -> Trace:
+    """Agent loops: each session runs under one of a few long shared prefixes (system
+    prompt plus tool definitions, 4k-8k tokens), states a task, then alternates model
+    turns (a short tool call) with tool results (100-1500 tokens) appended to the
+    context, 3-9 tool calls and a final answer. The next turn arrives 0.1-2 s (tool
+    latency) after the previous one finished; sessions start at ``rate`` per second."""
+    rng = _rng(seed)
+    b = TraceBuilder(
+        "agentic",
+        "agent sessions with long shared tool prefixes and tool-call turns",
+        seed=seed,
+        vocab_size=vocab_size,
+    )
+    prefixes = [b.segment(int(rng.integers(4000, 8000))) for _ in range(agents)]
+    t = 0.0
+    for _ in range(sessions):
+        t += float(rng.exponential(1.0 / rate))
+        ctx = [prefixes[int(rng.integers(agents))], b.segment(int(rng.integers(100, 800)))]
+        calls = int(rng.integers(3, 10))
+        parent = -1
+        for turn in range(calls + 1):
+            final = turn == calls
+            out_len = int(rng.integers(200, 600)) if final else int(rng.integers(30, 200))
+            arrival = t if turn == 0 else float(rng.uniform(0.1, 2.0))
+            idx, out = b.request(ctx, out_len, arrival=arrival, parent=parent)
+            ctx = [*ctx, out, b.segment(int(rng.integers(100, 1500)))]
+            parent = idx
+    return b.build()
+
+
+GENERATORS: dict[str, Callable[..., Trace]] = {
+    "chat": make_chat,
+    "docqa": make_docqa,
+    "agentic": make_agentic,
+}
+
+__all__ = [
+    "GENERATORS",
+    "TRACE_FORMAT",
+    "Trace",
+    "TraceBuilder",
+    "TraceError",
+    "list_traces",
+    "load_trace",
+    "make_agentic",
+    "make_chat",
+    "make_docqa",
+    "synth_tokens",
+]
