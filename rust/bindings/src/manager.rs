@@ -3,7 +3,9 @@
 //! wraps it with the plan conversion and Python-level conveniences.
 
 use hybridkv_core::prefix_hash::{hash_token_blocks as core_hash_blocks, ExtraKeys, MediaItem};
-use hybridkv_core::{GroupConfig, GroupKind, KvEvent, MambaMode, Manager, ManagerConfig, NewRequest};
+use hybridkv_core::{
+    GroupConfig, GroupKind, KvEvent, MambaMode, Manager, ManagerConfig, NewRequest,
+};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -15,9 +17,11 @@ use crate::errors::{invalid_arg, py_error, IntoPy};
 /// and range-checked: a value outside int32 is an invalid token).
 fn token_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i32>> {
     if let Ok(a) = obj.cast::<PyArray1<i32>>() {
-        return Ok(a.readonly().as_slice().map(|s| s.to_vec()).unwrap_or_else(|_| {
-            a.readonly().as_array().to_vec()
-        }));
+        return Ok(a
+            .readonly()
+            .as_slice()
+            .map(|s| s.to_vec())
+            .unwrap_or_else(|_| a.readonly().as_array().to_vec()));
     }
     let v = int_vec(obj, what)?;
     let mut out = Vec::with_capacity(v.len());
@@ -108,12 +112,18 @@ fn media_lists(
     for i in 0..n {
         let (a, b) = (offs[i], offs[i + 1]);
         if a < 0 || b < a || b as usize > m {
-            return Err(invalid_arg(format!("mm_offsets[{i}..{}] = {a}..{b} is invalid", i + 1)));
+            return Err(invalid_arg(format!(
+                "mm_offsets[{i}..{}] = {a}..{b} is invalid",
+                i + 1
+            )));
         }
         let mut items = Vec::with_capacity((b - a) as usize);
         for j in a as usize..b as usize {
             if lens[j] < 0 || lens[j] > u32::MAX as i64 {
-                return Err(invalid_arg(format!("mm_lens[{j}] = {} is invalid", lens[j])));
+                return Err(invalid_arg(format!(
+                    "mm_lens[{j}] = {} is invalid",
+                    lens[j]
+                )));
             }
             items.push(MediaItem {
                 hash: hs[j],
@@ -238,7 +248,9 @@ impl PyManager {
         for (i, ((&id, salt), items)) in ids.iter().zip(salts).zip(media).enumerate() {
             let enc = encs.as_ref().map_or(0, |e| e[i]);
             if enc < 0 {
-                return Err(invalid_arg(format!("encoder_lens[{i}] = {enc} is negative")));
+                return Err(invalid_arg(format!(
+                    "encoder_lens[{i}] = {enc} is negative"
+                )));
             }
             let lora = loras.as_ref().map(|l| l[i]).filter(|&l| l >= 0);
             new.push(NewRequest {
@@ -252,7 +264,8 @@ impl PyManager {
             });
         }
         let inner = &mut self.inner;
-        py.detach(|| inner.add_requests(new, &tokens, &offs)).py_err()
+        py.detach(|| inner.add_requests(new, &tokens, &offs))
+            .py_err()
     }
 
     fn append_tokens(
@@ -266,7 +279,8 @@ impl PyManager {
         let tokens = token_vec(token_ids, "token_ids")?;
         let offs = int_vec(offsets, "offsets")?;
         let inner = &mut self.inner;
-        py.detach(|| inner.append_tokens(&ids, &tokens, &offs)).py_err()
+        py.detach(|| inner.append_tokens(&ids, &tokens, &offs))
+            .py_err()
     }
 
     fn get_computed_tokens<'py>(
@@ -354,7 +368,11 @@ impl PyManager {
         req_ids: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let ids = id_vec(req_ids)?;
-        Ok(self.inner.num_computed_tokens(&ids).py_err()?.into_pyarray(py))
+        Ok(self
+            .inner
+            .num_computed_tokens(&ids)
+            .py_err()?
+            .into_pyarray(py))
     }
 
     fn num_tokens<'py>(
@@ -400,7 +418,13 @@ impl PyManager {
 
     fn ref_counts<'py>(&self, py: Python<'py>, group: i64) -> PyResult<Bound<'py, PyArray1<u32>>> {
         let g = group_arg(group, self.inner.num_groups())?;
-        Ok(self.inner.pool(g).py_err()?.ref_counts().to_vec().into_pyarray(py))
+        Ok(self
+            .inner
+            .pool(g)
+            .py_err()?
+            .ref_counts()
+            .to_vec()
+            .into_pyarray(py))
     }
 
     fn free_queue<'py>(&self, py: Python<'py>, group: i64) -> PyResult<Bound<'py, PyArray1<i32>>> {
@@ -409,6 +433,7 @@ impl PyManager {
     }
 
     /// Cached `(block, hash)` pairs of one pool as `(ids, (n, 2) hashes)`.
+    #[allow(clippy::type_complexity)]
     fn cached_blocks<'py>(
         &self,
         py: Python<'py>,
@@ -417,7 +442,10 @@ impl PyManager {
         let g = group_arg(group, self.inner.num_groups())?;
         let c = self.inner.pool(g).py_err()?.cached_blocks();
         let ids: Vec<i32> = c.iter().map(|x| x.0).collect();
-        Ok((ids.into_pyarray(py), hashes_to_py(py, c.iter().map(|x| x.1))))
+        Ok((
+            ids.into_pyarray(py),
+            hashes_to_py(py, c.iter().map(|x| x.1)),
+        ))
     }
 
     fn stats_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -548,7 +576,9 @@ pub fn hash_token_blocks<'py>(
     mm_lens: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<u64>>> {
     if block_size <= 0 {
-        return Err(invalid_arg(format!("block_size must be positive, got {block_size}")));
+        return Err(invalid_arg(format!(
+            "block_size must be positive, got {block_size}"
+        )));
     }
     let tokens = token_vec(token_ids, "token_ids")?;
     if let Some(pos) = tokens.iter().position(|&t| t < 0) {

@@ -241,7 +241,11 @@ impl Manager {
             if d < 0 || (d == 0 && !empty_ok) {
                 return Err(Error::InvalidArgument(format!(
                     "offsets must increase{}: offsets[{}] = {} then {}",
-                    if empty_ok { "" } else { " strictly (every prompt needs a token)" },
+                    if empty_ok {
+                        ""
+                    } else {
+                        " strictly (every prompt needs a token)"
+                    },
                     i,
                     offsets[i],
                     offsets[i + 1]
@@ -391,8 +395,9 @@ impl Manager {
                 if r.phase == Phase::Running {
                     return Err(Error::RequestState {
                         req_id: r.id,
-                        msg: "is running; a prefix lookup needs a waiting request (preempt it first)"
-                            .into(),
+                        msg:
+                            "is running; a prefix lookup needs a waiting request (preempt it first)"
+                                .into(),
                     });
                 }
             }
@@ -685,6 +690,7 @@ impl Manager {
         }
     }
 
+    #[allow(clippy::needless_range_loop)] // `g` indexes groups, pools, tables and `need`
     fn allocate_one(&mut self, r: &mut Request, n: usize, la: usize) -> bool {
         let c = r.num_computed;
         self.release_unneeded(r, c);
@@ -707,9 +713,9 @@ impl Manager {
             let bs = cfg.block_size;
             let len = r.tables[g].len();
             need[g] = match cfg.kind {
-                GroupKind::Full | GroupKind::SlidingWindow { .. } | GroupKind::ChunkedLocal { .. } => {
-                    cdiv(e + la, bs).saturating_sub(len)
-                }
+                GroupKind::Full
+                | GroupKind::SlidingWindow { .. }
+                | GroupKind::ChunkedLocal { .. } => cdiv(e + la, bs).saturating_sub(len),
                 GroupKind::State => match self.mode {
                     MambaMode::All => cdiv(e, bs).saturating_sub(len),
                     MambaMode::None | MambaMode::Align => {
@@ -785,8 +791,7 @@ impl Manager {
             let mut run_start = usize::MAX;
             for k in from..to {
                 let b = r.tables[g][k];
-                let fresh = b != NULL_BLOCK
-                    && matches!(self.pools[g].block_hash(b), Ok(None));
+                let fresh = b != NULL_BLOCK && matches!(self.pools[g].block_hash(b), Ok(None));
                 if fresh {
                     let h = r.hashes[self.size_of[g]][k];
                     // In use (held by this request) and unhashed: cannot fail.
@@ -940,9 +945,12 @@ impl Manager {
         })?;
         let root = self.root;
         let buf = &mut self.buf;
-        let r = self.reqs.get_mut(slot).ok_or_else(|| Error::UnknownRequest {
-            req_id: id.to_string(),
-        })?;
+        let r = self
+            .reqs
+            .get_mut(slot)
+            .ok_or_else(|| Error::UnknownRequest {
+                req_id: id.to_string(),
+            })?;
         let n = r.tokens.len();
         r.ensure_hashes(s, bs, n, root, buf);
         Ok(r.hashes[s].clone())
@@ -1004,3 +1012,7 @@ impl Manager {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "manager_tests.rs"]
+mod tests;

@@ -265,7 +265,10 @@ mod tests {
                 len: 4,
             }],
         };
-        assert_eq!(hash_token_blocks(&toks, 4, 0, None, &extra), GOLD_EXTRA.to_vec());
+        assert_eq!(
+            hash_token_blocks(&toks, 4, 0, None, &extra),
+            GOLD_EXTRA.to_vec()
+        );
         assert_eq!(hash_token_blocks(&toks, 4, 1, None, &none)[0], GOLD_SEED1);
     }
 
