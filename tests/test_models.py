@@ -93,6 +93,8 @@ def test_bundle_is_complete_and_sourced() -> None:
         assert "/" in source.splitlines()[0], name  # a Hugging Face id
         model = load_model(name)
         assert model.name == name and model.source == source.splitlines()[0]
+        by_id = load_model(source.splitlines()[0])
+        assert by_id.name == name and by_id.layer_specs == model.layer_specs
 
 
 def test_qwen3_next() -> None:
