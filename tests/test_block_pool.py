@@ -292,6 +292,9 @@ BAD: list[tuple[str, Callable[[BlockPool], object], type[Exception], str]] = [
     ("unknown id evict", lambda p: p.evict(ids(1, 99)), errors.InvalidBlockIdError, "99"),
     ("n larger than free", lambda p: p.allocate(6), errors.OutOfBlocksError, "only 5 are free"),
     ("negative n", lambda p: p.allocate(-2), errors.InvalidArgumentError, "-2"),
+    # Validated before any buffer is sized from n (no capacity-overflow panic or abort).
+    ("huge n", lambda p: p.allocate(2**62), errors.OutOfBlocksError, str(2**62)),
+    ("n beyond int64", lambda p: p.allocate(2**64), errors.InvalidArgumentError, "int64"),
     ("float n", lambda p: p.allocate(2.0), errors.InvalidArgumentError, "n must be an int"),
     ("float ids", lambda p: p.free(np.array([1.0])), errors.InvalidArgumentError, "float64"),
     ("bool ids", lambda p: p.touch(np.array([True])), errors.InvalidArgumentError, "bool"),

@@ -21,15 +21,16 @@ class ModelSpec:
     """
 
     name: str
-    layer_specs: tuple[KVSpec, ...]
-    layer_names: tuple[str, ...] = ()
+    #: Stored as a tuple (a list is accepted and converted).
+    layer_specs: Sequence[KVSpec]
+    layer_names: Sequence[str] = ()
     model_type: str = "custom"
     source: str | None = None
     tp: int = 1
     hidden_size: int | None = None
     vocab_size: int | None = None
     num_attention_heads: int | None = None
-    notes: tuple[str, ...] = field(default=(), compare=False)
+    notes: Sequence[str] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         specs = self.layer_specs

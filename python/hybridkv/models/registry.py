@@ -33,6 +33,19 @@ def model_source(name: str) -> str:
     return path.read_text(encoding="utf-8").strip() if path.is_file() else ""
 
 
+def _bundled_name(name: str) -> str | None:
+    """The bundled model called ``name``, or whose Hugging Face id is ``name``."""
+    key = name.strip().lower()
+    bundled = list_models()
+    if key in bundled:
+        return key
+    for candidate in bundled:
+        source = model_source(candidate)
+        if source and source.splitlines()[0].lower() == key:
+            return candidate
+    return None
+
+
 def _check_options(tp: object, kv_dtype: object) -> ParseOptions:
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise InvalidArgumentError(f"tp must be a positive int, got {tp!r}")
@@ -107,17 +120,16 @@ def _read_json(path: Path) -> Any:
 def load_model(
     name_or_path: str | Path, *, tp: int = 1, kv_dtype: str | int | None = None
 ) -> ModelSpec:
-    """A bundled model by name (see :func:`list_models`), or a ``config.json`` / its folder.
+    """A bundled model by name or Hugging Face id (see :func:`list_models`), or a
+    ``config.json`` / its folder.
 
     ``tp`` divides attention KV heads (replicated when ``tp`` exceeds them) and state
     heads; ``kv_dtype`` is a dtype name for the attention/MLA cache or an int: a custom
     KV dtype of that many bytes per token per layer (per rank).
     """
-    if (
-        isinstance(name_or_path, str)
-        and (CONFIG_DIR / name_or_path.lower() / "config.json").is_file()
-    ):
-        name = name_or_path.lower()
+    bundled = _bundled_name(name_or_path) if isinstance(name_or_path, str) else None
+    if bundled is not None:
+        name = bundled
         config = _read_json(CONFIG_DIR / name / "config.json")
         source = model_source(name).splitlines()[0] if model_source(name) else name
         return model_from_config(config, name=name, source=source, tp=tp, kv_dtype=kv_dtype)

@@ -179,25 +179,27 @@ pub fn split(h: u128) -> [u64; 2] {
     [h as u64, (h >> 64) as u64]
 }
 
+/// An int32 numpy array holding `ids` (one allocation owned by numpy: cheaper than
+/// handing numpy a Rust `Vec`, which needs a keeper object per array).
+pub fn ids_to_py<'py>(py: Python<'py>, ids: &[i32]) -> Bound<'py, PyArray1<i32>> {
+    PyArray1::from_slice(py, ids)
+}
+
 /// An `(n, 2)` uint64 array from hashes.
 pub fn hashes_to_py<'py>(
     py: Python<'py>,
     hs: impl ExactSizeIterator<Item = u128>,
 ) -> Bound<'py, PyArray2<u64>> {
     let n = hs.len();
-    let mut flat = Vec::with_capacity(n * 2);
-    for h in hs {
-        flat.extend_from_slice(&split(h));
+    let arr = PyArray2::<u64>::zeros(py, [n, 2], false);
+    // SAFETY: `arr` was created just above and no other reference to it exists, so
+    // nothing else can read or borrow it while it is filled.
+    if let Ok(out) = unsafe { arr.as_slice_mut() } {
+        for (row, h) in out.chunks_exact_mut(2).zip(hs) {
+            row.copy_from_slice(&split(h));
+        }
     }
-    let arr = ndarray_from_flat(flat, n);
-    PyArray2::from_owned_array(py, arr)
-}
-
-fn ndarray_from_flat(flat: Vec<u64>, n: usize) -> numpy::ndarray::Array2<u64> {
-    // Shape (n, 2) from a flat vector of length 2n cannot fail; the fallback only
-    // keeps this free of a panic path.
-    numpy::ndarray::Array2::from_shape_vec((n, 2), flat)
-        .unwrap_or_else(|_| numpy::ndarray::Array2::zeros((0, 2)))
+    arr
 }
 
 /// A Python integer (or numpy integer scalar) as i64; anything else is an

@@ -7,7 +7,7 @@ use pyo3::exceptions::PyAssertionError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::arrays::{count, hashes, hashes_to_py, int_arg, with_block_ids};
+use crate::arrays::{count, hashes, hashes_to_py, ids_to_py, int_arg, with_block_ids};
 use crate::errors::{to_py, IntoPy};
 
 /// Event kind codes in `take_event_arrays` (and `hybridkv.events.EventKind`).
@@ -140,7 +140,7 @@ impl PyBlockPool {
         n: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i32>>> {
         let n = count(n, "n")?;
-        Ok(self.inner.allocate(n).py_err()?.into_pyarray(py))
+        Ok(ids_to_py(py, &self.inner.allocate(n).py_err()?))
     }
 
     fn free(&mut self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -165,7 +165,7 @@ impl PyBlockPool {
         hashes_: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i32>>> {
         let hs = hashes(hashes_, "hashes")?;
-        Ok(self.inner.lookup(&hs).into_pyarray(py))
+        Ok(ids_to_py(py, &self.inner.lookup(&hs)))
     }
 
     fn evict(&mut self, ids: &Bound<'_, PyAny>) -> PyResult<()> {

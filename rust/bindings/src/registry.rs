@@ -5,7 +5,7 @@ use numpy::{IntoPyArray, PyArray1, PyArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::arrays::{count, hashes, int_arg, int_vec, with_block_ids};
+use crate::arrays::{count, hashes, ids_to_py, int_arg, int_vec, with_block_ids};
 use crate::block_pool::{block_id_arg, check_invariants, events_to_py, snapshot};
 use crate::errors::{invalid_arg, IntoPy};
 
@@ -87,7 +87,7 @@ impl PyPoolRegistry {
     ) -> PyResult<Bound<'py, PyArray1<i32>>> {
         let pool = self.pool_mut(group)?;
         let n = count(n, "n")?;
-        Ok(pool.allocate(n).py_err()?.into_pyarray(py))
+        Ok(ids_to_py(py, &pool.allocate(n).py_err()?))
     }
     fn free(&mut self, group: &Bound<'_, PyAny>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
         let pool = self.pool_mut(group)?;
@@ -115,7 +115,7 @@ impl PyPoolRegistry {
     ) -> PyResult<Bound<'py, PyArray1<i32>>> {
         let pool = self.pool(group)?;
         let hs = hashes(hashes_, "hashes")?;
-        Ok(pool.lookup(&hs).into_pyarray(py))
+        Ok(ids_to_py(py, &pool.lookup(&hs)))
     }
     fn evict(&mut self, group: &Bound<'_, PyAny>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
         let pool = self.pool_mut(group)?;
