@@ -27,7 +27,8 @@ fn add(m: &mut Manager, id: i64, tokens: &[i32]) {
         id,
         ..Default::default()
     }];
-    m.add_requests(new, tokens, &[0, tokens.len() as i64]).unwrap();
+    m.add_requests(new, tokens, &[0, tokens.len() as i64])
+        .unwrap();
 }
 
 fn table(m: &Manager, g: usize, id: i64) -> Vec<i32> {
@@ -41,10 +42,16 @@ fn window_blocks_are_released_as_decoding_advances() {
     let toks: Vec<i32> = (1..=40).collect();
     add(&mut m, 1, &toks[..8]);
     m.get_computed_tokens(&[1]).unwrap();
-    assert_eq!(m.allocate_slots(&[1], &[8], &[0], true).unwrap(), vec![true]);
+    assert_eq!(
+        m.allocate_slots(&[1], &[8], &[0], true).unwrap(),
+        vec![true]
+    );
     for i in 8..40 {
         m.append_tokens(&[1], &toks[i..i + 1], &[0, 1]).unwrap();
-        assert_eq!(m.allocate_slots(&[1], &[1], &[0], true).unwrap(), vec![true]);
+        assert_eq!(
+            m.allocate_slots(&[1], &[1], &[0], true).unwrap(),
+            vec![true]
+        );
         m.check_invariants().unwrap();
         let t = table(&m, 1, 1);
         // Before this step `i` tokens were computed: tokens from i - 5 are needed.
@@ -106,7 +113,10 @@ fn chunk_boundary_needs_no_earlier_blocks() {
 
 #[test]
 fn state_align_checkpoints_on_block_boundaries_only() {
-    let mut m = mgr(&[(GroupKind::Full, 64), (GroupKind::State, 8)], MambaMode::Align);
+    let mut m = mgr(
+        &[(GroupKind::Full, 64), (GroupKind::State, 8)],
+        MambaMode::Align,
+    );
     let toks: Vec<i32> = (1..=13).collect();
     add(&mut m, 1, &toks);
     m.get_computed_tokens(&[1]).unwrap();
@@ -128,7 +138,10 @@ fn state_align_checkpoints_on_block_boundaries_only() {
 
 #[test]
 fn failed_request_changes_nothing() {
-    let mut m = mgr(&[(GroupKind::Full, 4), (GroupKind::State, 2)], MambaMode::Align);
+    let mut m = mgr(
+        &[(GroupKind::Full, 4), (GroupKind::State, 2)],
+        MambaMode::Align,
+    );
     let toks: Vec<i32> = (1..=8).collect();
     add(&mut m, 1, &toks);
     add(&mut m, 2, &toks);
