@@ -64,6 +64,10 @@ class ModelConfigError(HybridKVError):
     """A model config that cannot be turned into KV-cache specs."""
 
 
+class OffloadConfigError(HybridKVError):
+    """An offload spec or tier setting that cannot be used (bad size, path, URL or policy)."""
+
+
 __all__ = [
     "BlockStateError",
     "DoubleFreeError",
@@ -73,6 +77,7 @@ __all__ = [
     "InvalidBlockIdError",
     "InvalidTokenError",
     "ModelConfigError",
+    "OffloadConfigError",
     "OutOfBlocksError",
     "PlanError",
     "PoolInUseError",

@@ -1,0 +1,176 @@
+"""Offload keys: (model fingerprint, group, block hash) at the group's own block size.
+
+A block's bytes depend on the model (weights, layer specs, dtypes, the tensor-parallel
+rank's slice of heads), on the group and its block size, and on the tokens it covers.
+The block hash covers the tokens (chained, so it covers the whole prefix); the
+fingerprint covers everything else. Two models, two TP ranks or two block sizes never
+share a key. A state group's "block" is the checkpoint taken at a prefix position, keyed
+by the group's prefix hash there, so it needs nothing special.
+
+The fingerprint is a 16-byte BLAKE2b digest of a canonical JSON description (sorted
+keys, no whitespace), never Python's ``hash``: it is stable across processes, machines
+and ``PYTHONHASHSEED``, which is what lets a restarted server find its old blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from hybridkv.errors import InvalidArgumentError
+
+#: Version of the offload key derivation and of the stored block format. Bumping it
+#: makes every old block a miss (old files are recognised as foreign and removed).
+FORMAT_VERSION = 1
+
+FINGERPRINT_BYTES = 16
+
+
+class BlockKey(NamedTuple):
+    """Where one block lives in every tier: ``(fingerprint, group, block_hash)``.
+
+    ``fingerprint`` is the 16-byte model digest, ``group`` the KV-cache group index and
+    ``block_hash`` the 128-bit chained hash at that group's block size. A tuple so that
+    hashing and comparing keys costs what a tuple costs.
+    """
+
+    fingerprint: bytes
+    group: int
+    block_hash: int
+
+    def label(self) -> str:
+        """A stable printable name: ``<fingerprint hex>:<group>:<hash hex>``."""
+        return f"{self.fingerprint.hex()}:{self.group}:{self.block_hash:032x}"
+
+
+def block_keys(
+    fingerprint: bytes, group: int, hashes: npt.ArrayLike | Iterable[int]
+) -> list[BlockKey]:
+    """Keys for one group's hashes, given as an ``(n, 2)`` uint64 array or 128-bit ints."""
+    _check_fingerprint(fingerprint)
+    if isinstance(hashes, np.ndarray):
+        arr = np.asarray(hashes)
+        if arr.ndim != 2 or arr.shape[1] != 2:
+            raise InvalidArgumentError(
+                f"block hashes must be an (n, 2) uint64 array, got shape {arr.shape}"
+            )
+        rows = arr.astype(np.uint64, copy=False).tolist()
+        return [BlockKey(fingerprint, group, int(lo) | (int(hi) << 64)) for lo, hi in rows]
+    out = []
+    for h in hashes:  # type: ignore[union-attr]
+        value = int(h)  # type: ignore[arg-type]
+        if not 0 <= value < 1 << 128:
+            raise InvalidArgumentError(f"block hash {value} is not a 128-bit unsigned value")
+        out.append(BlockKey(fingerprint, group, value))
+    return out
+
+
+def _check_fingerprint(fingerprint: bytes) -> None:
+    if not isinstance(fingerprint, bytes) or len(fingerprint) != FINGERPRINT_BYTES:
+        raise InvalidArgumentError(
+            f"a model fingerprint is {FINGERPRINT_BYTES} bytes, got {fingerprint!r}"
+        )
+
+
+def model_fingerprint(
+    source: Any,
+    *,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The 16-byte digest that namespaces a model's offloaded blocks.
+
+    ``source`` is a ``MemoryPlan`` (preferred: it carries each group's layers, spec and
+    block size), a ``ModelSpec``, or a plain description dict (anything JSON-like).
+    Only what changes a block's bytes goes in: the model name, every group's kind,
+    layers, spec and block size, the TP rank and size, the format version, and
+    ``extra`` (e.g. a weights revision). The pool sizes and memory budget stay out, so a
+    server restarted with another budget still finds its blocks.
+    """
+    if tp_size < 1 or not 0 <= tp_rank < tp_size:
+        raise InvalidArgumentError(f"tp_rank {tp_rank} is not in range for tp_size {tp_size}")
+    description = {
+        "format_version": FORMAT_VERSION,
+        "source": describe_source(source),
+        "tp_rank": int(tp_rank),
+        "tp_size": int(tp_size),
+        "extra": _canonical(dict(extra) if extra is not None else {}),
+    }
+    text = json.dumps(description, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.blake2b(text.encode(), digest_size=FINGERPRINT_BYTES).digest()
+
+
+def describe_source(source: Any) -> Any:
+    """The canonical, JSON-ready description of a plan, model spec or dict."""
+    groups = getattr(source, "groups", None)
+    if groups is not None and hasattr(source, "model"):
+        # A MemoryPlan: the model plus, per group, what fixes the page layout.
+        return {
+            "plan": {
+                "model": describe_source(source.model),
+                "groups": [
+                    {
+                        "index": int(g.index),
+                        "kind": str(g.kind),
+                        "layers": [int(x) for x in g.layers],
+                        "block_size": int(g.block_size),
+                        "page_size_bytes": int(g.page_size_bytes),
+                        "spec": _canonical(g.spec),
+                    }
+                    for g in groups
+                ],
+            }
+        }
+    if hasattr(source, "layer_specs") and hasattr(source, "name"):
+        return {"model": _canonical(source)}
+    if isinstance(source, Mapping):
+        return {"description": _canonical(source)}
+    raise InvalidArgumentError(
+        "a model fingerprint needs a MemoryPlan, a ModelSpec or a description dict, "
+        f"got {type(source).__name__}"
+    )
+
+
+def _canonical(value: Any) -> Any:
+    """Turn specs and containers into JSON values whose text never varies between runs."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidArgumentError(f"cannot fingerprint the float {value}")
+        return value
+    if isinstance(value, enum.Enum):
+        return _canonical(value.value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return _canonical(float(value))
+    if isinstance(value, np.dtype):
+        return {"dtype": value.str}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Fields excluded from equality (notes, caches) don't change what a block holds.
+        fields = {
+            f.name: _canonical(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.compare
+        }
+        return {"__type__": type(value).__name__, **fields}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        return [_canonical(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return {"bytes": bytes(value).hex()}
+    module = type(value).__module__
+    if module.startswith("torch") and type(value).__name__ == "dtype":
+        return {"dtype": str(value)}
+    # Anything else could print an address or a set order: refuse rather than guess.
+    raise InvalidArgumentError(f"cannot fingerprint a value of type {type(value).__name__}")
