@@ -11,10 +11,10 @@ must add up.
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from hybridkv import KVCacheManager, ManagerConfig, ManagerGroup
 from hybridkv.planner import window_request_blocks
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from reference_manager import RefGroup, RefManager
 
 # (groups, mamba mode): full + sliding window + state at different block sizes, chunked
@@ -135,8 +135,7 @@ class ManagerMachine(RuleBasedStateMachine):
         rids = sorted(self.ref.reqs)
         chosen = data.draw(st.lists(st.sampled_from(rids), min_size=1, unique=True))
         toks = [
-            data.draw(st.lists(st.integers(0, 5), max_size=3), label=f"t[{rid}]")
-            for rid in chosen
+            data.draw(st.lists(st.integers(0, 5), max_size=3), label=f"t[{rid}]") for rid in chosen
         ]
         keep = [
             (rid, t)
