@@ -12,8 +12,10 @@ from hybridkv._core import __version__
 from hybridkv.block_pool import BlockPool, PoolRegistry
 from hybridkv.errors import HybridKVError
 from hybridkv.events import EventBatch, EventKind, PoolEvent
+from hybridkv.manager import KVCacheManager, ManagerConfig, ManagerGroup, ManagerStats
 from hybridkv.models import ModelSpec, list_models, load_model
 from hybridkv.planner import GroupPlan, MemoryPlan, plan_memory, plan_with_blocks
+from hybridkv.prefix_hash import hash_token_blocks
 
 __all__ = [
     "BlockPool",
@@ -21,12 +23,17 @@ __all__ = [
     "EventKind",
     "GroupPlan",
     "HybridKVError",
+    "KVCacheManager",
+    "ManagerConfig",
+    "ManagerGroup",
+    "ManagerStats",
     "MemoryPlan",
     "ModelSpec",
     "PoolEvent",
     "PoolRegistry",
     "__version__",
     "errors",
+    "hash_token_blocks",
     "list_models",
     "load_model",
     "plan_memory",

@@ -52,6 +52,10 @@ class InvalidTokenError(HybridKVError):
     """A token id out of range."""
 
 
+class RequestStateError(HybridKVError):
+    """A request in the wrong phase for the call (a prefix lookup while it is running)."""
+
+
 class PlanError(HybridKVError):
     """A memory plan that cannot be made: what does not fit, and by how much."""
 
@@ -77,6 +81,7 @@ __all__ = [
     "OutOfBlocksError",
     "PlanError",
     "PoolInUseError",
+    "RequestStateError",
     "UnknownGroupError",
     "UnknownRequestError",
 ]

@@ -21,6 +21,7 @@ fn class_name(e: &Error) -> &'static str {
         Error::UnknownRequest { .. } => "UnknownRequestError",
         Error::DuplicateRequest { .. } => "DuplicateRequestError",
         Error::InvalidToken { .. } => "InvalidTokenError",
+        Error::RequestState { .. } => "RequestStateError",
     }
 }
 

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 mod arrays;
 mod block_pool;
 mod errors;
+mod manager;
 mod registry;
 
 #[pymodule]
@@ -14,5 +15,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<block_pool::PyBlockPool>()?;
     m.add_class::<registry::PyPoolRegistry>()?;
+    m.add_class::<manager::PyManager>()?;
+    m.add_function(wrap_pyfunction!(manager::hash_token_blocks, m)?)?;
     Ok(())
 }

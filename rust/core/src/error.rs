@@ -39,6 +39,8 @@ pub enum Error {
     DuplicateRequest { req_id: String },
     /// A token id outside `0..vocab` (or negative).
     InvalidToken { token: i64, position: usize },
+    /// A request in the wrong phase for the operation (e.g. a prefix lookup while running).
+    RequestState { req_id: i64, msg: String },
 }
 
 impl fmt::Display for Error {
@@ -85,6 +87,7 @@ impl fmt::Display for Error {
             Error::InvalidToken { token, position } => {
                 write!(f, "token id {token} at position {position} is out of range")
             }
+            Error::RequestState { req_id, msg } => write!(f, "request {req_id}: {msg}"),
         }
     }
 }

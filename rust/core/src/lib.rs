@@ -3,11 +3,27 @@
 //! - [`block_pool`]: the pool of one KV-cache group (free/LRU queue, ref counts, hashes).
 //! - [`registry`]: one pool per group, addressed by group index.
 //! - [`error`]: the one error type every operation returns.
+//! - [`prefix_hash`]: deterministic chained 128-bit block hashes (layout documented there).
+//! - [`group_policy`]: per-kind rules (full, sliding window, chunked local, state, cross).
+//! - [`request`]: per-request state and block tables.
+//! - [`manager`]: the KV-cache manager (prefix hits, batched allocation, outputs).
+//! - [`stats`], [`kv_events`]: its counters and KV events.
 
 pub mod block_pool;
 pub mod error;
+pub mod group_policy;
+pub mod kv_events;
+pub mod manager;
+pub mod prefix_hash;
 pub mod registry;
+pub mod request;
+pub mod stats;
 
 pub use block_pool::{BlockHash, BlockId, BlockPool, PoolEvent, NULL_BLOCK};
 pub use error::{Error, Result};
+pub use group_policy::{GroupConfig, GroupKind, MambaMode};
+pub use kv_events::KvEvent;
+pub use manager::{Manager, ManagerConfig, NewRequest};
+pub use prefix_hash::{ExtraKeys, MediaItem};
 pub use registry::PoolRegistry;
+pub use stats::Stats;

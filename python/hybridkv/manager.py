@@ -1,0 +1,450 @@
+"""The KV-cache manager a serving engine's scheduler calls every step.
+
+:class:`KVCacheManager` owns one block pool per group of a
+:class:`~hybridkv.planner.MemoryPlan` and keeps, per request, one positional block
+table per group. All state and loops are in Rust (``hybridkv._core``); every method
+takes and returns numpy arrays for a whole batch, and releases the GIL while it works.
+
+Per step a scheduler calls ``get_computed_tokens`` for the requests it admits (prefix
+hits), then ONE ``allocate_slots`` for everything it schedules, exports
+``block_table``/``slot_mapping`` for the model runner, and after the step
+``append_tokens`` (sampled tokens) and ``free`` (finished requests). See
+``rust/core/src/manager.rs`` for the exact rules (what each group kind needs for a
+hit, when window blocks are released) and ``rust/core/src/prefix_hash.rs`` for the
+block-hash algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from hybridkv import _core
+from hybridkv.errors import InvalidArgumentError
+from hybridkv.kv_events import KVEvent, events_from_tuples
+from hybridkv.prefix_hash import MediaItem, media_arrays, salt_bytes
+
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+
+#: Kinds the manager gives a pool (encoder-only layers have no KV cache).
+MANAGED_KINDS = (
+    "full_attention",
+    "mla",
+    "sliding_window",
+    "chunked_local",
+    "state",
+    "cross_attention",
+)
+
+
+class GroupLike(Protocol):
+    """What the manager reads from a group (a ``GroupPlan`` or :class:`ManagerGroup`)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def num_blocks(self) -> int: ...
+    @property
+    def window(self) -> int | None: ...
+    @property
+    def chunk_size(self) -> int | None: ...
+    @property
+    def max_encoder_len(self) -> int | None: ...
+
+
+class PlanLike(Protocol):
+    """What the manager reads from a plan (a ``MemoryPlan`` or :class:`ManagerConfig`)."""
+
+    @property
+    def groups(self) -> Sequence[GroupLike]: ...
+    @property
+    def mamba_cache_mode(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ManagerGroup:
+    """A group given by hand (tests, benchmarks): the fields the manager needs."""
+
+    kind: str
+    block_size: int
+    num_blocks: int
+    window: int | None = None
+    chunk_size: int | None = None
+    max_encoder_len: int | None = None
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    """A plan given by hand: groups plus the state-checkpoint mode."""
+
+    groups: tuple[ManagerGroup, ...]
+    mamba_cache_mode: str = "align"
+
+
+@dataclass(frozen=True)
+class ManagerStats:
+    """Cumulative counters (see :meth:`KVCacheManager.stats`).
+
+    ``hit_rate`` is ``hit_tokens / query_tokens``; ``group_hit_tokens[g]`` is what group
+    ``g`` alone could have served; ``disagreements`` counts lookups where some group
+    could serve more than the agreed hit. ``usage[g]`` is the fraction of pool ``g``'s
+    non-null blocks in use, ``num_free``/``num_cached``/``num_in_use`` its block counts.
+    Times are seconds spent in hashing, prefix lookup and allocation.
+    """
+
+    queries: int
+    query_tokens: int
+    hit_tokens: int
+    group_hit_tokens: tuple[int, ...]
+    disagreements: int
+    alloc_requests: int
+    alloc_failures: int
+    preemptions: int
+    usage: tuple[float, ...]
+    num_blocks: tuple[int, ...]
+    num_free: tuple[int, ...]
+    num_cached: tuple[int, ...]
+    num_in_use: tuple[int, ...]
+    hash_seconds: float
+    lookup_seconds: float
+    alloc_seconds: float
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
+
+
+def _group_tuple(i: int, g: GroupLike) -> tuple[str, int, int, int]:
+    kind = str(g.kind)
+    if kind not in MANAGED_KINDS:
+        raise InvalidArgumentError(
+            f"group {i}: kind {kind!r} has no pool (expected one of {', '.join(MANAGED_KINDS)})"
+        )
+    param = {
+        "sliding_window": g.window,
+        "chunked_local": g.chunk_size,
+        "cross_attention": g.max_encoder_len,
+    }.get(kind, 0)
+    if param is None:
+        what = {"sliding_window": "window", "chunked_local": "chunk_size"}.get(
+            kind, "max_encoder_len"
+        )
+        raise InvalidArgumentError(f"group {i}: a {kind} group needs {what}")
+    return kind, int(g.block_size), int(g.num_blocks), int(param)
+
+
+def _ids(req_ids: npt.ArrayLike) -> I64:
+    a = np.asarray(req_ids)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    if a.dtype == np.int64:
+        return a
+    if a.size and a.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"request ids must be integers, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
+def _ragged(
+    token_ids: npt.ArrayLike | Sequence[npt.ArrayLike], offsets: npt.ArrayLike | None
+) -> tuple[npt.ArrayLike, I64]:
+    """Flat tokens + offsets from either form the API accepts."""
+    if offsets is not None:
+        flat_in: npt.ArrayLike = token_ids  # type: ignore[assignment]
+        return flat_in, np.asarray(offsets, dtype=np.int64)
+    if isinstance(token_ids, np.ndarray):
+        raise InvalidArgumentError("a flat token array needs offsets (length n + 1)")
+    if not isinstance(token_ids, Sequence):
+        raise InvalidArgumentError(
+            "token_ids must be a flat array with offsets or a list of arrays"
+        )
+    parts = [np.asarray(t).reshape(-1) for t in token_ids]
+    for p in parts:
+        if p.size and p.dtype.kind not in "iu":
+            raise InvalidArgumentError(f"token ids must be integers, got dtype {p.dtype}")
+    lens = np.fromiter((p.shape[0] for p in parts), dtype=np.int64, count=len(parts))
+    offs = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offs[1:])
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    if flat.dtype != np.int32:
+        big = flat.size and (int(flat.min()) < -(2**31) or int(flat.max()) >= 2**31)
+        flat = flat.astype(np.int64) if big else flat.astype(np.int32)
+    return flat, offs
+
+
+def _per_request(value: npt.ArrayLike | None, n: int, what: str) -> I64:
+    if value is None:
+        return np.zeros(n, dtype=np.int64)
+    a = np.asarray(value)
+    if a.ndim == 0:
+        a = np.full(n, a)
+    if a.size and a.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"{what} must be integers, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
+class KVCacheManager:
+    """Per-request block tables across a hybrid model's KV-cache groups.
+
+    ``plan`` is a :class:`~hybridkv.planner.MemoryPlan` (or anything with ``groups``,
+    each with ``kind``/``block_size``/``num_blocks``/``window``/``chunk_size``/
+    ``max_encoder_len``, and ``mamba_cache_mode``). Block hashes are seeded by
+    ``hash_seed`` (never by ``PYTHONHASHSEED``). Token ids must be non-negative and
+    below ``vocab_size`` when given. KV events are recorded only with
+    ``enable_kv_events=True``; drain them with :meth:`take_events` every step.
+
+    Request ids are integers. Every method validates its whole input first: bad input
+    raises a :class:`~hybridkv.errors.HybridKVError` subclass and changes nothing.
+    """
+
+    def __init__(
+        self,
+        plan: PlanLike,
+        *,
+        enable_prefix_caching: bool = True,
+        hash_seed: int = 0,
+        vocab_size: int | None = None,
+        enable_kv_events: bool = False,
+    ) -> None:
+        groups = [_group_tuple(i, g) for i, g in enumerate(plan.groups)]
+        if not 0 <= int(hash_seed) < 1 << 64:
+            raise InvalidArgumentError(f"hash_seed must be a 64-bit unsigned int, got {hash_seed}")
+        if vocab_size is not None and int(vocab_size) <= 0:
+            raise InvalidArgumentError(f"vocab_size must be positive, got {vocab_size}")
+        self.plan = plan
+        self.group_kinds: tuple[str, ...] = tuple(g[0] for g in groups)
+        self.block_sizes: tuple[int, ...] = tuple(g[1] for g in groups)
+        self.mamba_cache_mode = str(plan.mamba_cache_mode)
+        self.enable_prefix_caching = bool(enable_prefix_caching)
+        self.hash_seed = int(hash_seed)
+        self._core = _core.KVCacheManager(
+            groups,
+            self.mamba_cache_mode,
+            self.enable_prefix_caching,
+            self.hash_seed,
+            None if vocab_size is None else int(vocab_size),
+            bool(enable_kv_events),
+        )
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_kinds)
+
+    @property
+    def num_requests(self) -> int:
+        return int(self._core.num_requests)
+
+    def __contains__(self, req_id: int) -> bool:
+        return bool(self._core.__contains__(int(req_id)))
+
+    def request_ids(self) -> I64:
+        """Ids of every request the manager holds, sorted."""
+        return self._core.request_ids()
+
+    # -- requests -------------------------------------------------------------------
+
+    def add_requests(
+        self,
+        req_ids: npt.ArrayLike,
+        token_ids: npt.ArrayLike | Sequence[npt.ArrayLike],
+        offsets: npt.ArrayLike | None = None,
+        *,
+        lora_ids: Sequence[int | None] | None = None,
+        cache_salts: Sequence[str | bytes | None] | None = None,
+        mm_features: Sequence[Sequence[MediaItem] | None] | None = None,
+        encoder_lens: npt.ArrayLike | None = None,
+    ) -> None:
+        """Add requests with their prompts.
+
+        ``token_ids`` is one flat int32 array with ``offsets`` (length ``n + 1``, request
+        ``i`` is ``token_ids[offsets[i]:offsets[i+1]]``) or a list of 1-D arrays with
+        ``offsets=None``. Extra hash keys per request: ``lora_ids`` (None = no LoRA),
+        ``cache_salts`` (enter the first block's hash), ``mm_features`` (multimodal items
+        ``(content hash, start, length)`` entering the hashes of the blocks they
+        overlap). ``encoder_lens`` sizes cross-attention tables.
+        """
+        ids = _ids(req_ids)
+        n = ids.shape[0]
+        flat, offs = _ragged(token_ids, offsets)
+        loras = None
+        if lora_ids is not None:
+            if len(lora_ids) != n:
+                raise InvalidArgumentError(f"lora_ids has {len(lora_ids)} entries for {n} requests")
+            if any(x is not None and int(x) < 0 for x in lora_ids):
+                raise InvalidArgumentError("LoRA ids must be non-negative (None for no LoRA)")
+            loras = np.fromiter((-1 if x is None else int(x) for x in lora_ids), np.int64, n)
+        salts = None
+        if cache_salts is not None:
+            if len(cache_salts) != n:
+                raise InvalidArgumentError(
+                    f"cache_salts has {len(cache_salts)} entries for {n} requests"
+                )
+            salts = [salt_bytes(s) for s in cache_salts]
+        mm: tuple[Any, Any, Any, Any] = (None, None, None, None)
+        if mm_features is not None:
+            if len(mm_features) != n:
+                raise InvalidArgumentError(
+                    f"mm_features has {len(mm_features)} entries for {n} requests"
+                )
+            items = [list(m or ()) for m in mm_features]
+            mm_offs = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum([len(m) for m in items], out=mm_offs[1:])
+            hs, starts, lens = media_arrays([x for m in items for x in m])
+            mm = (mm_offs, hs, starts, lens)
+        enc = None if encoder_lens is None else _per_request(encoder_lens, n, "encoder_lens")
+        self._core.add_requests(ids, flat, offs, loras, salts, mm[0], mm[1], mm[2], mm[3], enc)
+
+    def append_tokens(
+        self,
+        req_ids: npt.ArrayLike,
+        token_ids: npt.ArrayLike | Sequence[npt.ArrayLike],
+        offsets: npt.ArrayLike | None = None,
+    ) -> None:
+        """Append generated tokens (same ragged forms as :meth:`add_requests`)."""
+        flat, offs = _ragged(token_ids, offsets)
+        self._core.append_tokens(_ids(req_ids), flat, offs)
+
+    def free(self, req_ids: npt.ArrayLike) -> None:
+        """Drop finished requests; their blocks go back (cached ones stay findable)."""
+        self._core.free(_ids(req_ids))
+
+    def preempt(self, req_ids: npt.ArrayLike) -> None:
+        """Release the requests' blocks and make them wait again; their tokens and
+        hashes stay, so :meth:`get_computed_tokens` re-hits their cached prefix."""
+        self._core.preempt(_ids(req_ids))
+
+    # -- per step -------------------------------------------------------------------
+
+    def get_computed_tokens(self, req_ids: npt.ArrayLike) -> I64:
+        """The longest prefix every group can serve from the cache, per request.
+
+        The request takes a reference on the hit blocks and its computed count becomes
+        the hit. At most ``num_tokens - 1``: the last token is always computed. The
+        requests must be waiting (added or preempted), not running.
+        """
+        return self._core.get_computed_tokens(_ids(req_ids))
+
+    def allocate_slots(
+        self,
+        req_ids: npt.ArrayLike,
+        num_new_tokens: npt.ArrayLike,
+        num_lookahead_tokens: npt.ArrayLike | None = None,
+        *,
+        new_step: bool = True,
+    ) -> npt.NDArray[np.bool_]:
+        """Allocate this step's blocks for every scheduled request: ONE call per step.
+
+        Request ``i`` computes ``num_new_tokens[i]`` known tokens this step (plus
+        ``num_lookahead_tokens`` speculative slots). Per request all-or-nothing across
+        groups: ``False`` means nothing changed for it. Success advances its computed
+        count and caches the blocks the step completes. With ``new_step=True`` the call
+        first releases window blocks that requests' finished tokens no longer need;
+        pass ``False`` for a second call within the same step.
+        """
+        ids = _ids(req_ids)
+        n = ids.shape[0]
+        return self._core.allocate_slots(
+            ids,
+            _per_request(num_new_tokens, n, "num_new_tokens"),
+            _per_request(num_lookahead_tokens, n, "num_lookahead_tokens"),
+            new_step,
+        )
+
+    def block_table(
+        self, group: int, req_ids: npt.ArrayLike, max_blocks: int | None = None
+    ) -> npt.NDArray[np.int32]:
+        """``(n, width)`` int32 block ids of ``group`` (0 = null block), row ``i`` for
+        ``req_ids[i]``; entry ``k`` covers tokens ``[k * bs, (k + 1) * bs)``. ``width``
+        is the longest table, or ``max_blocks`` when given."""
+        return self._core.block_table(group, _ids(req_ids), max_blocks)
+
+    def slot_mapping(self, group: int, req_ids: npt.ArrayLike, positions: npt.ArrayLike) -> I64:
+        """Slots ``block * block_size + position % block_size`` in ``group``'s address
+        space for parallel arrays of request ids and token positions (-1 where the
+        entry is the null block)."""
+        return self._core.slot_mapping(group, _ids(req_ids), np.asarray(positions, np.int64))
+
+    def num_computed_tokens(self, req_ids: npt.ArrayLike) -> I64:
+        return self._core.num_computed_tokens(_ids(req_ids))
+
+    def num_tokens(self, req_ids: npt.ArrayLike) -> I64:
+        """Known tokens (prompt + appended) per request."""
+        return self._core.num_tokens(_ids(req_ids))
+
+    def block_hashes(self, group: int, req_id: int) -> npt.NDArray[np.uint64]:
+        """The request's full-block hashes at ``group``'s block size, ``(n, 2)`` uint64."""
+        return self._core.block_hashes(group, int(req_id))
+
+    # -- cache, events, stats -------------------------------------------------------
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached block hash. Refused (``False``) while blocks are in use."""
+        return bool(self._core.reset_prefix_cache())
+
+    def take_events(self) -> list[KVEvent]:
+        """Drain the KV events recorded since the last call (oldest first)."""
+        return events_from_tuples(self._core.take_event_tuples())
+
+    def usage(self) -> npt.NDArray[np.float64]:
+        """Per pool: fraction of the non-null blocks in use."""
+        counts = self._core.pool_counts()
+        return np.array(
+            [(u / (n - 1)) if n > 1 else 0.0 for n, _f, _c, u in counts], dtype=np.float64
+        )
+
+    def stats(self) -> ManagerStats:
+        d = self._core.stats_dict()
+        counts = self._core.pool_counts()
+        return ManagerStats(
+            queries=d["queries"],
+            query_tokens=d["query_tokens"],
+            hit_tokens=d["hit_tokens"],
+            group_hit_tokens=tuple(d["group_hit_tokens"]),
+            disagreements=d["disagreements"],
+            alloc_requests=d["alloc_requests"],
+            alloc_failures=d["alloc_failures"],
+            preemptions=d["preemptions"],
+            usage=tuple(float(x) for x in self.usage()),
+            num_blocks=tuple(c[0] for c in counts),
+            num_free=tuple(c[1] for c in counts),
+            num_cached=tuple(c[2] for c in counts),
+            num_in_use=tuple(c[3] for c in counts),
+            hash_seconds=d["ns_hash"] * 1e-9,
+            lookup_seconds=d["ns_lookup"] * 1e-9,
+            alloc_seconds=d["ns_alloc"] * 1e-9,
+        )
+
+    # -- introspection (tests, debugging) -------------------------------------------
+
+    def ref_counts(self, group: int) -> npt.NDArray[np.uint32]:
+        """Reference count of every block of ``group``'s pool (index = block id)."""
+        return self._core.ref_counts(group)
+
+    def free_queue(self, group: int) -> I32:
+        """``group``'s free queue, next to be allocated first."""
+        return self._core.free_queue(group)
+
+    def cached_blocks(self, group: int) -> tuple[I32, npt.NDArray[np.uint64]]:
+        """``(block ids, (n, 2) hashes)`` of every block carrying a hash in ``group``."""
+        return self._core.cached_blocks(group)
+
+    def check_invariants(self) -> None:
+        """Raise if any pool's reference counts differ from what the tables hold."""
+        self._core.check_invariants()
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(
+            f"{k}/{bs}" for k, bs in zip(self.group_kinds, self.block_sizes, strict=True)
+        )
+        return f"KVCacheManager(groups=[{kinds}], requests={self.num_requests})"
+
+
+__all__ = ["KVCacheManager", "ManagerConfig", "ManagerGroup", "ManagerStats"]

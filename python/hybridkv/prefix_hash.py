@@ -1,0 +1,98 @@
+"""Deterministic chained 128-bit block hashes, the keys of prefix caching and offload.
+
+``hash_token_blocks`` gives the same hashes :class:`hybridkv.KVCacheManager` uses for a
+group with that block size. The algorithm (MurmurHash3 x64-128 over a documented byte
+layout, chained through the parent hash, rooted in ``seed``) lives in
+``rust/core/src/prefix_hash.rs``; it never depends on Python's ``hash`` or
+``PYTHONHASHSEED``, so keys survive restarts and match across machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from hybridkv import _core
+from hybridkv.errors import InvalidArgumentError
+
+#: One multimodal item: (content hash as a 128-bit int, first token position, length).
+MediaItem = tuple[int, int, int]
+
+_MASK64 = (1 << 64) - 1
+
+
+def media_arrays(
+    items: Sequence[MediaItem],
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``(hashes (m, 2) uint64, starts int64, lengths int64)`` from media items."""
+    hs = np.zeros((len(items), 2), dtype=np.uint64)
+    starts = np.zeros(len(items), dtype=np.int64)
+    lens = np.zeros(len(items), dtype=np.int64)
+    for i, item in enumerate(items):
+        try:
+            h, s, n = (int(x) for x in item)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(
+                f"multimodal item {item!r} must be (hash, start, length)"
+            ) from None
+        if not 0 <= h < 1 << 128:
+            raise InvalidArgumentError(f"multimodal hash {h} is not a 128-bit unsigned value")
+        if s < 0 or n < 0:
+            raise InvalidArgumentError(f"multimodal item {item!r} has a negative start or length")
+        hs[i] = (h & _MASK64, h >> 64)
+        starts[i] = s
+        lens[i] = n
+    return hs, starts, lens
+
+
+def salt_bytes(salt: str | bytes | None) -> bytes | None:
+    """A cache salt as bytes (str is UTF-8 encoded)."""
+    if salt is None or isinstance(salt, bytes):
+        return salt
+    if isinstance(salt, str):
+        return salt.encode()
+    raise InvalidArgumentError(f"cache salt must be str, bytes or None, got {type(salt).__name__}")
+
+
+def hash_token_blocks(
+    token_ids: npt.ArrayLike,
+    block_size: int,
+    *,
+    seed: int = 0,
+    parent: int | None = None,
+    lora_id: int | None = None,
+    cache_salt: str | bytes | None = None,
+    mm_features: Sequence[MediaItem] | None = None,
+) -> npt.NDArray[np.uint64]:
+    """Chained hashes of every full block of ``token_ids`` as ``(n, 2)`` uint64 rows
+    ``[low 64 bits, high 64 bits]``.
+
+    ``parent`` continues a chain (the hash of the block before ``token_ids[0]``; the
+    first block of a sequence starts from the root of ``seed``). ``lora_id`` enters every
+    block, ``cache_salt`` only the sequence's first block (so pass it only with
+    ``parent=None``), and each multimodal item ``(hash, start, length)`` (positions
+    relative to ``token_ids[0]``) the blocks it overlaps.
+    """
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise InvalidArgumentError(f"block_size must be a positive int, got {block_size!r}")
+    if not 0 <= seed < 1 << 64:
+        raise InvalidArgumentError(f"seed must be a 64-bit unsigned int, got {seed}")
+    if parent is not None and not 0 <= parent < 1 << 128:
+        raise InvalidArgumentError(f"parent must be a 128-bit unsigned int, got {parent}")
+    mm = media_arrays(mm_features) if mm_features else (None, None, None)
+    return _core.hash_token_blocks(
+        token_ids,
+        block_size,
+        seed,
+        parent,
+        lora_id,
+        salt_bytes(cache_salt),
+        mm[0],
+        mm[1],
+        mm[2],
+    )
+
+
+__all__ = ["MediaItem", "hash_token_blocks", "media_arrays", "salt_bytes"]

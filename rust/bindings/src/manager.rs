@@ -1,0 +1,608 @@
+//! `hybridkv._core.KVCacheManager` and `hash_token_blocks`: argument conversion, error
+//! mapping and GIL release over `hybridkv_core::Manager`. `hybridkv.KVCacheManager`
+//! wraps it with the plan conversion and Python-level conveniences.
+
+use hybridkv_core::prefix_hash::{hash_token_blocks as core_hash_blocks, ExtraKeys, MediaItem};
+use hybridkv_core::{
+    GroupConfig, GroupKind, KvEvent, MambaMode, Manager, ManagerConfig, NewRequest,
+};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use crate::arrays::{hashes, hashes_to_py, int_vec};
+use crate::errors::{invalid_arg, py_error, IntoPy};
+
+/// Token ids as i32 (zero-copy read for int32 arrays; other integer dtypes are converted
+/// and range-checked: a value outside int32 is an invalid token).
+fn token_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i32>> {
+    if let Ok(a) = obj.cast::<PyArray1<i32>>() {
+        return Ok(a
+            .readonly()
+            .as_slice()
+            .map(|s| s.to_vec())
+            .unwrap_or_else(|_| a.readonly().as_array().to_vec()));
+    }
+    let v = int_vec(obj, what)?;
+    let mut out = Vec::with_capacity(v.len());
+    for (pos, &t) in v.iter().enumerate() {
+        match i32::try_from(t) {
+            Ok(x) => out.push(x),
+            Err(_) => {
+                return Err(py_error(
+                    obj.py(),
+                    "InvalidTokenError",
+                    format!("token id {t} at position {pos} is out of range"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Request ids (int64 array-likes; a plain int is a batch of one).
+fn id_vec(obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
+    if let Ok(v) = obj.extract::<i64>() {
+        if !obj.hasattr("shape")? || obj.getattr("shape")?.len()? == 0 {
+            return Ok(vec![v]);
+        }
+    }
+    int_vec(obj, "req_ids")
+}
+
+fn group_arg(g: i64, n: usize) -> PyResult<usize> {
+    if g < 0 || g as usize >= n {
+        return Err(hybridkv_core::Error::UnknownGroup {
+            group: g,
+            num_groups: n,
+        })
+        .py_err();
+    }
+    Ok(g as usize)
+}
+
+fn opt_i64_vec(obj: Option<&Bound<'_, PyAny>>, what: &str, n: usize) -> PyResult<Option<Vec<i64>>> {
+    match obj {
+        None => Ok(None),
+        Some(o) if o.is_none() => Ok(None),
+        Some(o) => {
+            let v = int_vec(o, what)?;
+            if v.len() != n {
+                return Err(invalid_arg(format!(
+                    "{what} has {} entries for {n} requests",
+                    v.len()
+                )));
+            }
+            Ok(Some(v))
+        }
+    }
+}
+
+/// Media items of each request from flat arrays: `mm_offsets` (n + 1) into
+/// `mm_hashes` (m, 2), `mm_starts` (m), `mm_lens` (m).
+fn media_lists(
+    n: usize,
+    offsets: Option<&Bound<'_, PyAny>>,
+    hs: Option<&Bound<'_, PyAny>>,
+    starts: Option<&Bound<'_, PyAny>>,
+    lens: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Vec<Vec<MediaItem>>> {
+    let Some(offsets) = offsets.filter(|o| !o.is_none()) else {
+        return Ok(vec![Vec::new(); n]);
+    };
+    let offs = int_vec(offsets, "mm_offsets")?;
+    let (Some(hs), Some(starts), Some(lens)) = (hs, starts, lens) else {
+        return Err(invalid_arg(
+            "mm_offsets needs mm_hashes, mm_starts and mm_lens",
+        ));
+    };
+    let hs = hashes(hs, "mm_hashes")?;
+    let starts = int_vec(starts, "mm_starts")?;
+    let lens = int_vec(lens, "mm_lens")?;
+    let m = hs.len();
+    if offs.len() != n + 1 || starts.len() != m || lens.len() != m {
+        return Err(invalid_arg(format!(
+            "multimodal arrays disagree: {} offsets for {n} requests, {m} hashes, {} starts, {} lengths",
+            offs.len(),
+            starts.len(),
+            lens.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let (a, b) = (offs[i], offs[i + 1]);
+        if a < 0 || b < a || b as usize > m {
+            return Err(invalid_arg(format!(
+                "mm_offsets[{i}..{}] = {a}..{b} is invalid",
+                i + 1
+            )));
+        }
+        let mut items = Vec::with_capacity((b - a) as usize);
+        for j in a as usize..b as usize {
+            if lens[j] < 0 || lens[j] > u32::MAX as i64 {
+                return Err(invalid_arg(format!(
+                    "mm_lens[{j}] = {} is invalid",
+                    lens[j]
+                )));
+            }
+            items.push(MediaItem {
+                hash: hs[j],
+                start: starts[j],
+                len: lens[j] as u32,
+            });
+        }
+        out.push(items);
+    }
+    Ok(out)
+}
+
+fn salt_list(obj: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Vec<Option<Vec<u8>>>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(vec![None; n]);
+    };
+    let items: Vec<Bound<'_, PyAny>> = obj
+        .try_iter()
+        .map_err(|_| invalid_arg("cache_salts must be a sequence of bytes or None"))?
+        .collect::<PyResult<_>>()?;
+    if items.len() != n {
+        return Err(invalid_arg(format!(
+            "cache_salts has {} entries for {n} requests",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .map(|o| {
+            if o.is_none() {
+                Ok(None)
+            } else if let Ok(b) = o.cast::<PyBytes>() {
+                Ok(Some(b.as_bytes().to_vec()))
+            } else {
+                Err(invalid_arg("cache_salts entries must be bytes or None"))
+            }
+        })
+        .collect()
+}
+
+/// The KV-cache manager core (see `hybridkv.KVCacheManager` for the documented API).
+#[pyclass(name = "KVCacheManager", module = "hybridkv._core")]
+pub struct PyManager {
+    inner: Manager,
+}
+
+#[pymethods]
+impl PyManager {
+    /// `groups`: one `(kind, block_size, num_blocks, param)` per group, where `param` is
+    /// the window, chunk size or max encoder length (0 where the kind has none).
+    #[new]
+    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events))]
+    fn new(
+        groups: Vec<(String, i64, i64, i64)>,
+        mamba_cache_mode: &str,
+        enable_caching: bool,
+        hash_seed: u64,
+        vocab_size: Option<u64>,
+        record_events: bool,
+    ) -> PyResult<Self> {
+        let mut cfgs = Vec::with_capacity(groups.len());
+        for (i, (kind, bs, nb, param)) in groups.iter().enumerate() {
+            if *bs <= 0 || *nb <= 0 || *param < 0 {
+                return Err(invalid_arg(format!(
+                    "group {i}: block_size {bs} and num_blocks {nb} must be positive, parameter {param} non-negative"
+                )));
+            }
+            cfgs.push(GroupConfig {
+                kind: GroupKind::from_name(kind, *param as usize).py_err()?,
+                block_size: *bs as usize,
+                num_blocks: *nb as usize,
+            });
+        }
+        let cfg = ManagerConfig {
+            groups: cfgs,
+            mamba_mode: MambaMode::parse(mamba_cache_mode).py_err()?,
+            enable_caching,
+            hash_seed,
+            vocab_size,
+            record_events,
+        };
+        Ok(PyManager {
+            inner: Manager::new(cfg).py_err()?,
+        })
+    }
+
+    #[getter]
+    fn num_groups(&self) -> usize {
+        self.inner.num_groups()
+    }
+    #[getter]
+    fn num_requests(&self) -> usize {
+        self.inner.num_requests()
+    }
+
+    #[pyo3(signature = (req_ids, token_ids, offsets, lora_ids=None, cache_salts=None,
+        mm_offsets=None, mm_hashes=None, mm_starts=None, mm_lens=None, encoder_lens=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_requests(
+        &mut self,
+        py: Python<'_>,
+        req_ids: &Bound<'_, PyAny>,
+        token_ids: &Bound<'_, PyAny>,
+        offsets: &Bound<'_, PyAny>,
+        lora_ids: Option<&Bound<'_, PyAny>>,
+        cache_salts: Option<&Bound<'_, PyAny>>,
+        mm_offsets: Option<&Bound<'_, PyAny>>,
+        mm_hashes: Option<&Bound<'_, PyAny>>,
+        mm_starts: Option<&Bound<'_, PyAny>>,
+        mm_lens: Option<&Bound<'_, PyAny>>,
+        encoder_lens: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let ids = id_vec(req_ids)?;
+        let n = ids.len();
+        let tokens = token_vec(token_ids, "token_ids")?;
+        let offs = int_vec(offsets, "offsets")?;
+        let loras = opt_i64_vec(lora_ids, "lora_ids", n)?;
+        let encs = opt_i64_vec(encoder_lens, "encoder_lens", n)?;
+        let salts = salt_list(cache_salts, n)?;
+        let media = media_lists(n, mm_offsets, mm_hashes, mm_starts, mm_lens)?;
+        let mut new = Vec::with_capacity(n);
+        for (i, ((&id, salt), items)) in ids.iter().zip(salts).zip(media).enumerate() {
+            let enc = encs.as_ref().map_or(0, |e| e[i]);
+            if enc < 0 {
+                return Err(invalid_arg(format!(
+                    "encoder_lens[{i}] = {enc} is negative"
+                )));
+            }
+            let lora = loras.as_ref().map(|l| l[i]).filter(|&l| l >= 0);
+            new.push(NewRequest {
+                id,
+                extra: ExtraKeys {
+                    lora_id: lora,
+                    cache_salt: salt,
+                    media: items,
+                },
+                encoder_len: enc as usize,
+            });
+        }
+        let inner = &mut self.inner;
+        py.detach(|| inner.add_requests(new, &tokens, &offs))
+            .py_err()
+    }
+
+    fn append_tokens(
+        &mut self,
+        py: Python<'_>,
+        req_ids: &Bound<'_, PyAny>,
+        token_ids: &Bound<'_, PyAny>,
+        offsets: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let ids = id_vec(req_ids)?;
+        let tokens = token_vec(token_ids, "token_ids")?;
+        let offs = int_vec(offsets, "offsets")?;
+        let inner = &mut self.inner;
+        py.detach(|| inner.append_tokens(&ids, &tokens, &offs))
+            .py_err()
+    }
+
+    fn get_computed_tokens<'py>(
+        &mut self,
+        py: Python<'py>,
+        req_ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let ids = id_vec(req_ids)?;
+        let inner = &mut self.inner;
+        let out = py.detach(|| inner.get_computed_tokens(&ids)).py_err()?;
+        Ok(out.into_pyarray(py))
+    }
+
+    #[pyo3(signature = (req_ids, num_new_tokens, num_lookahead_tokens, new_step=true))]
+    fn allocate_slots<'py>(
+        &mut self,
+        py: Python<'py>,
+        req_ids: &Bound<'py, PyAny>,
+        num_new_tokens: &Bound<'py, PyAny>,
+        num_lookahead_tokens: &Bound<'py, PyAny>,
+        new_step: bool,
+    ) -> PyResult<Bound<'py, PyArray1<bool>>> {
+        let ids = id_vec(req_ids)?;
+        let n = int_vec(num_new_tokens, "num_new_tokens")?;
+        let la = int_vec(num_lookahead_tokens, "num_lookahead_tokens")?;
+        let inner = &mut self.inner;
+        let out = py
+            .detach(|| inner.allocate_slots(&ids, &n, &la, new_step))
+            .py_err()?;
+        Ok(out.into_pyarray(py))
+    }
+
+    fn free(&mut self, py: Python<'_>, req_ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ids = id_vec(req_ids)?;
+        let inner = &mut self.inner;
+        py.detach(|| inner.free(&ids)).py_err()
+    }
+
+    fn preempt(&mut self, py: Python<'_>, req_ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ids = id_vec(req_ids)?;
+        let inner = &mut self.inner;
+        py.detach(|| inner.preempt(&ids)).py_err()
+    }
+
+    #[pyo3(signature = (group, req_ids, max_blocks=None))]
+    fn block_table<'py>(
+        &self,
+        py: Python<'py>,
+        group: i64,
+        req_ids: &Bound<'py, PyAny>,
+        max_blocks: Option<i64>,
+    ) -> PyResult<Bound<'py, PyArray2<i32>>> {
+        let g = group_arg(group, self.inner.num_groups())?;
+        let ids = id_vec(req_ids)?;
+        let width = match max_blocks {
+            None => None,
+            Some(w) if w >= 0 => Some(w as usize),
+            Some(w) => return Err(invalid_arg(format!("max_blocks must be >= 0, got {w}"))),
+        };
+        let inner = &self.inner;
+        let (flat, w) = py.detach(|| inner.block_table(g, &ids, width)).py_err()?;
+        let arr = numpy::ndarray::Array2::from_shape_vec((ids.len(), w), flat)
+            .map_err(|e| invalid_arg(format!("block table shape: {e}")))?;
+        Ok(PyArray2::from_owned_array(py, arr))
+    }
+
+    fn slot_mapping<'py>(
+        &self,
+        py: Python<'py>,
+        group: i64,
+        req_ids: &Bound<'py, PyAny>,
+        positions: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let g = group_arg(group, self.inner.num_groups())?;
+        let ids = int_vec(req_ids, "req_ids")?;
+        let pos = int_vec(positions, "positions")?;
+        let inner = &self.inner;
+        let out = py.detach(|| inner.slot_mapping(g, &ids, &pos)).py_err()?;
+        Ok(out.into_pyarray(py))
+    }
+
+    fn num_computed_tokens<'py>(
+        &self,
+        py: Python<'py>,
+        req_ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let ids = id_vec(req_ids)?;
+        Ok(self
+            .inner
+            .num_computed_tokens(&ids)
+            .py_err()?
+            .into_pyarray(py))
+    }
+
+    fn num_tokens<'py>(
+        &self,
+        py: Python<'py>,
+        req_ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let ids = id_vec(req_ids)?;
+        Ok(self.inner.num_tokens(&ids).py_err()?.into_pyarray(py))
+    }
+
+    fn block_hashes<'py>(
+        &mut self,
+        py: Python<'py>,
+        group: i64,
+        req_id: i64,
+    ) -> PyResult<Bound<'py, PyArray2<u64>>> {
+        let g = group_arg(group, self.inner.num_groups())?;
+        let hs = self.inner.block_hashes(g, req_id).py_err()?;
+        Ok(hashes_to_py(py, hs.into_iter()))
+    }
+
+    fn reset_prefix_cache(&mut self) -> bool {
+        self.inner.reset_prefix_cache()
+    }
+
+    fn request_ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        self.inner.request_ids().into_pyarray(py)
+    }
+
+    fn __contains__(&self, req_id: i64) -> bool {
+        self.inner.contains(req_id)
+    }
+
+    /// Per pool: `(num_blocks, num_free, num_cached, num_in_use)`.
+    fn pool_counts(&self) -> Vec<(usize, usize, usize, usize)> {
+        self.inner
+            .pools()
+            .iter()
+            .map(|p| (p.num_blocks(), p.num_free(), p.num_cached(), p.num_in_use()))
+            .collect()
+    }
+
+    fn ref_counts<'py>(&self, py: Python<'py>, group: i64) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        let g = group_arg(group, self.inner.num_groups())?;
+        Ok(self
+            .inner
+            .pool(g)
+            .py_err()?
+            .ref_counts()
+            .to_vec()
+            .into_pyarray(py))
+    }
+
+    fn free_queue<'py>(&self, py: Python<'py>, group: i64) -> PyResult<Bound<'py, PyArray1<i32>>> {
+        let g = group_arg(group, self.inner.num_groups())?;
+        Ok(self.inner.pool(g).py_err()?.free_queue().into_pyarray(py))
+    }
+
+    /// Cached `(block, hash)` pairs of one pool as `(ids, (n, 2) hashes)`.
+    #[allow(clippy::type_complexity)]
+    fn cached_blocks<'py>(
+        &self,
+        py: Python<'py>,
+        group: i64,
+    ) -> PyResult<(Bound<'py, PyArray1<i32>>, Bound<'py, PyArray2<u64>>)> {
+        let g = group_arg(group, self.inner.num_groups())?;
+        let c = self.inner.pool(g).py_err()?.cached_blocks();
+        let ids: Vec<i32> = c.iter().map(|x| x.0).collect();
+        Ok((
+            ids.into_pyarray(py),
+            hashes_to_py(py, c.iter().map(|x| x.1)),
+        ))
+    }
+
+    fn stats_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("queries", s.queries)?;
+        d.set_item("query_tokens", s.query_tokens)?;
+        d.set_item("hit_tokens", s.hit_tokens)?;
+        d.set_item("group_hit_tokens", s.group_hit_tokens.clone())?;
+        d.set_item("disagreements", s.disagreements)?;
+        d.set_item("alloc_requests", s.alloc_requests)?;
+        d.set_item("alloc_failures", s.alloc_failures)?;
+        d.set_item("preemptions", s.preemptions)?;
+        d.set_item("ns_hash", s.ns_hash)?;
+        d.set_item("ns_lookup", s.ns_lookup)?;
+        d.set_item("ns_alloc", s.ns_alloc)?;
+        Ok(d)
+    }
+
+    /// Drained events as tuples `(kind, group, hashes, parent, token_ids, block_size,
+    /// lora_id, req_id, hit, group_hits)`; kind 0 stored, 1 removed, 2 cleared,
+    /// 3 disagreement (fields a kind does not use are None).
+    fn take_event_tuples<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        let none = py.None();
+        for ev in self.inner.take_events() {
+            let t = match ev {
+                KvEvent::Stored {
+                    group,
+                    hashes,
+                    parent,
+                    tokens,
+                    block_size,
+                    lora_id,
+                } => PyTuple::new(
+                    py,
+                    [
+                        0u8.into_pyobject(py)?.into_any(),
+                        group.into_pyobject(py)?.into_any(),
+                        hashes.into_pyobject(py)?.into_any(),
+                        parent.into_pyobject(py)?.into_any(),
+                        tokens.into_pyobject(py)?.into_any(),
+                        block_size.into_pyobject(py)?.into_any(),
+                        lora_id.into_pyobject(py)?.into_any(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                    ],
+                )?,
+                KvEvent::Removed { group, hashes } => PyTuple::new(
+                    py,
+                    [
+                        1u8.into_pyobject(py)?.into_any(),
+                        group.into_pyobject(py)?.into_any(),
+                        hashes.into_pyobject(py)?.into_any(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                    ],
+                )?,
+                KvEvent::AllCleared { group } => PyTuple::new(
+                    py,
+                    [
+                        2u8.into_pyobject(py)?.into_any(),
+                        group.into_pyobject(py)?.into_any(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                    ],
+                )?,
+                KvEvent::Disagreement {
+                    req_id,
+                    hit,
+                    group_hits,
+                } => PyTuple::new(
+                    py,
+                    [
+                        3u8.into_pyobject(py)?.into_any(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        none.bind(py).clone(),
+                        req_id.into_pyobject(py)?.into_any(),
+                        hit.into_pyobject(py)?.into_any(),
+                        group_hits.into_pyobject(py)?.into_any(),
+                    ],
+                )?,
+            };
+            out.append(t)?;
+        }
+        Ok(out)
+    }
+
+    fn check_invariants(&self) -> PyResult<()> {
+        self.inner
+            .check_invariants()
+            .map_err(|m| invalid_arg(format!("manager invariant violated: {m}")))
+    }
+}
+
+/// Chained block hashes of `token_ids` at `block_size` as an `(n, 2)` uint64 array
+/// (see `hybridkv_core::prefix_hash` for the algorithm and byte layout).
+#[pyfunction]
+#[pyo3(signature = (token_ids, block_size, seed=0, parent=None, lora_id=None, cache_salt=None,
+    mm_hashes=None, mm_starts=None, mm_lens=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn hash_token_blocks<'py>(
+    py: Python<'py>,
+    token_ids: &Bound<'py, PyAny>,
+    block_size: i64,
+    seed: u64,
+    parent: Option<u128>,
+    lora_id: Option<i64>,
+    cache_salt: Option<&Bound<'py, PyBytes>>,
+    mm_hashes: Option<&Bound<'py, PyAny>>,
+    mm_starts: Option<&Bound<'py, PyAny>>,
+    mm_lens: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<u64>>> {
+    if block_size <= 0 {
+        return Err(invalid_arg(format!(
+            "block_size must be positive, got {block_size}"
+        )));
+    }
+    let tokens = token_vec(token_ids, "token_ids")?;
+    if let Some(pos) = tokens.iter().position(|&t| t < 0) {
+        return Err(py_error(
+            py,
+            "InvalidTokenError",
+            format!("token id {} at position {pos} is out of range", tokens[pos]),
+        ));
+    }
+    let media = match mm_hashes {
+        None => Vec::new(),
+        Some(h) => {
+            let offs = vec![0i64, hashes(h, "mm_hashes")?.len() as i64].into_pyarray(py);
+            media_lists(1, Some(offs.as_any()), Some(h), mm_starts, mm_lens)?
+                .pop()
+                .unwrap_or_default()
+        }
+    };
+    let extra = ExtraKeys {
+        lora_id,
+        cache_salt: cache_salt.map(|b| b.as_bytes().to_vec()),
+        media,
+    };
+    let bs = block_size as usize;
+    let hs = py.detach(|| core_hash_blocks(&tokens, bs, seed, parent, &extra));
+    Ok(hashes_to_py(py, hs.into_iter()))
+}

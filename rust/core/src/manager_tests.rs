@@ -1,0 +1,156 @@
+//! Unit tests of the manager's window release, state checkpoints and hit agreement.
+
+use super::*;
+use crate::group_policy::{GroupConfig, GroupKind, MambaMode};
+
+fn mgr(groups: &[(GroupKind, usize)], mode: MambaMode) -> Manager {
+    Manager::new(ManagerConfig {
+        groups: groups
+            .iter()
+            .map(|&(kind, num_blocks)| GroupConfig {
+                kind,
+                block_size: 4,
+                num_blocks,
+            })
+            .collect(),
+        mamba_mode: mode,
+        enable_caching: true,
+        hash_seed: 0,
+        vocab_size: None,
+        record_events: false,
+    })
+    .unwrap()
+}
+
+fn add(m: &mut Manager, id: i64, tokens: &[i32]) {
+    let new = vec![NewRequest {
+        id,
+        ..Default::default()
+    }];
+    m.add_requests(new, tokens, &[0, tokens.len() as i64])
+        .unwrap();
+}
+
+fn table(m: &Manager, g: usize, id: i64) -> Vec<i32> {
+    m.block_table(g, &[id], None).unwrap().0
+}
+
+#[test]
+fn window_blocks_are_released_as_decoding_advances() {
+    let swa = GroupKind::SlidingWindow { window: 6 };
+    let mut m = mgr(&[(GroupKind::Full, 64), (swa, 64)], MambaMode::Align);
+    let toks: Vec<i32> = (1..=40).collect();
+    add(&mut m, 1, &toks[..8]);
+    m.get_computed_tokens(&[1]).unwrap();
+    assert_eq!(
+        m.allocate_slots(&[1], &[8], &[0], true).unwrap(),
+        vec![true]
+    );
+    for i in 8..40 {
+        m.append_tokens(&[1], &toks[i..i + 1], &[0, 1]).unwrap();
+        assert_eq!(
+            m.allocate_slots(&[1], &[1], &[0], true).unwrap(),
+            vec![true]
+        );
+        m.check_invariants().unwrap();
+        let t = table(&m, 1, 1);
+        // Before this step `i` tokens were computed: tokens from i - 5 are needed.
+        let first = (i + 1).saturating_sub(6) / 4;
+        assert!(t[..first].iter().all(|&b| b == 0), "step {i}: {t:?}");
+        assert!(t[first..].iter().all(|&b| b != 0), "step {i}: {t:?}");
+        // Never more than cdiv(W - 1 + n, b) + 1 live blocks.
+        assert!(t.iter().filter(|&&b| b != 0).count() <= (5 + 1usize).div_ceil(4) + 1);
+        // The full group keeps everything.
+        assert!(table(&m, 0, 1).iter().all(|&b| b != 0));
+    }
+}
+
+#[test]
+fn unscheduled_requests_release_at_the_next_step_only() {
+    let swa = GroupKind::SlidingWindow { window: 4 };
+    let mut m = mgr(&[(swa, 64)], MambaMode::Align);
+    let toks: Vec<i32> = (1..=32).collect();
+    add(&mut m, 1, &toks);
+    add(&mut m, 2, &toks[..4]);
+    m.get_computed_tokens(&[1, 2]).unwrap();
+    assert!(m.allocate_slots(&[1], &[16], &[0], true).unwrap()[0]);
+    // Same step (retry call): request 1's window must not shrink yet.
+    assert!(m.allocate_slots(&[2], &[4], &[0], false).unwrap()[0]);
+    assert_eq!(table(&m, 0, 1).iter().filter(|&&b| b != 0).count(), 4);
+    // A new step: request 1's finished 16 tokens need only tokens 13.. -> block 3.
+    assert!(m.allocate_slots(&[2], &[0], &[0], true).unwrap()[0]);
+    assert_eq!(table(&m, 0, 1), vec![0, 0, 0, table(&m, 0, 1)[3]]);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn chunked_local_keeps_only_the_current_chunk() {
+    let ch = GroupKind::ChunkedLocal { chunk: 8 };
+    let mut m = mgr(&[(GroupKind::Full, 64), (ch, 64)], MambaMode::Align);
+    let toks: Vec<i32> = (1..=20).collect();
+    add(&mut m, 1, &toks);
+    m.get_computed_tokens(&[1]).unwrap();
+    assert!(m.allocate_slots(&[1], &[17], &[0], true).unwrap()[0]);
+    assert!(m.allocate_slots(&[1], &[1], &[0], true).unwrap()[0]);
+    // Computed 17 before the step: its chunk starts at 16 -> blocks 0..4 released.
+    let t = table(&m, 1, 1);
+    assert_eq!(&t[..4], &[0, 0, 0, 0]);
+    assert!(t[4] != 0);
+}
+
+#[test]
+fn chunk_boundary_needs_no_earlier_blocks() {
+    // A model made only of chunked-local layers needs nothing before a chunk boundary
+    // (tokens after it never attend across), so such a position counts as served.
+    let ch = GroupKind::ChunkedLocal { chunk: 8 };
+    let mut m = mgr(&[(ch, 64)], MambaMode::Align);
+    let toks: Vec<i32> = (1..=20).collect();
+    add(&mut m, 1, &toks);
+    assert_eq!(m.get_computed_tokens(&[1]).unwrap(), vec![16]);
+    assert_eq!(table(&m, 0, 1), vec![0, 0, 0, 0]);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn state_align_checkpoints_on_block_boundaries_only() {
+    let mut m = mgr(
+        &[(GroupKind::Full, 64), (GroupKind::State, 8)],
+        MambaMode::Align,
+    );
+    let toks: Vec<i32> = (1..=13).collect();
+    add(&mut m, 1, &toks);
+    m.get_computed_tokens(&[1]).unwrap();
+    assert!(m.allocate_slots(&[1], &[8], &[0], true).unwrap()[0]);
+    assert!(m.allocate_slots(&[1], &[5], &[0], true).unwrap()[0]);
+    // Checkpoint after 8 tokens cached; the state after 13 is not.
+    assert_eq!(m.pool(1).unwrap().num_in_use(), 2);
+    m.free(&[1]).unwrap();
+    assert_eq!(m.pool(1).unwrap().num_cached(), 1);
+    let mut again: Vec<i32> = toks[..12].to_vec();
+    again.push(99);
+    add(&mut m, 2, &again);
+    // The full group could serve 12 tokens, the state group only 8: take 8.
+    assert_eq!(m.get_computed_tokens(&[2]).unwrap(), vec![8]);
+    assert_eq!(m.stats().disagreements, 1);
+    assert_eq!(m.stats().group_hit_tokens, vec![12, 8]);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn failed_request_changes_nothing() {
+    let mut m = mgr(
+        &[(GroupKind::Full, 4), (GroupKind::State, 2)],
+        MambaMode::Align,
+    );
+    let toks: Vec<i32> = (1..=8).collect();
+    add(&mut m, 1, &toks);
+    add(&mut m, 2, &toks);
+    m.get_computed_tokens(&[1, 2]).unwrap();
+    assert_eq!(
+        m.allocate_slots(&[1, 2], &[4, 4], &[0, 0], true).unwrap(),
+        vec![true, false]
+    );
+    assert!(table(&m, 0, 2).is_empty());
+    assert_eq!(m.num_computed_tokens(&[2]).unwrap(), vec![0]);
+    m.check_invariants().unwrap();
+}

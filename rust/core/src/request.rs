@@ -1,0 +1,227 @@
+//! Per-request state: tokens, computed count, block hashes per distinct block size and
+//! one positional block table per group.
+
+use crate::block_pool::{BlockHash, BlockId, FastMap};
+use crate::prefix_hash::{hash_blocks_into, ExtraKeys};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Request ids are caller-chosen integers, often small and consecutive: mix them so the
+/// hash map's control bytes see well-spread high bits.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_i64(&mut self, v: i64) {
+        let x = (v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 29);
+    }
+}
+
+pub type IdMap<V> = HashMap<i64, V, BuildHasherDefault<IdHasher>>;
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Added or preempted: holds no blocks, computed count 0.
+    Waiting,
+    /// `get_computed_tokens` ran: holds the hit blocks (if any), not allocated yet.
+    Queried,
+    /// At least one `allocate_slots` succeeded since it last waited.
+    Running,
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: i64,
+    pub tokens: Vec<i32>,
+    pub num_computed: usize,
+    pub phase: Phase,
+    pub extra: ExtraKeys,
+    /// Encoder tokens (cross-attention groups allocate blocks for them).
+    pub encoder_len: usize,
+    /// Full-block hashes per distinct block size, computed incrementally.
+    pub hashes: Vec<Vec<BlockHash>>,
+    /// One positional table per group (0 = null block).
+    pub tables: Vec<Vec<BlockId>>,
+    /// Per group: entries below this index are all null (released or never needed).
+    pub first_live: Vec<usize>,
+    /// Per group: entries below this index are cached or were skipped for caching.
+    pub num_cached: Vec<usize>,
+    /// Queued for the release of blocks that left its window at the next step.
+    pub dirty: bool,
+}
+
+impl Request {
+    pub fn new(
+        id: i64,
+        tokens: Vec<i32>,
+        extra: ExtraKeys,
+        encoder_len: usize,
+        num_sizes: usize,
+        num_groups: usize,
+    ) -> Self {
+        Request {
+            id,
+            tokens,
+            num_computed: 0,
+            phase: Phase::Waiting,
+            extra,
+            encoder_len,
+            hashes: vec![Vec::new(); num_sizes],
+            tables: vec![Vec::new(); num_groups],
+            first_live: vec![0; num_groups],
+            num_cached: vec![0; num_groups],
+            dirty: false,
+        }
+    }
+
+    /// Hash the full blocks (at `block_size`, slot `size_idx`) of the first
+    /// `upto_tokens` tokens that are not hashed yet.
+    pub fn ensure_hashes(
+        &mut self,
+        size_idx: usize,
+        block_size: usize,
+        upto_tokens: usize,
+        root: BlockHash,
+        buf: &mut Vec<u8>,
+    ) {
+        let upto = upto_tokens.min(self.tokens.len()) / block_size;
+        let hs = &mut self.hashes[size_idx];
+        let have = hs.len();
+        if upto <= have {
+            return;
+        }
+        let parent = hs.last().copied().unwrap_or(root);
+        hash_blocks_into(
+            &self.tokens[..upto * block_size],
+            block_size,
+            have,
+            parent,
+            &self.extra,
+            buf,
+            hs,
+        );
+    }
+
+    /// Whether the request holds any block in any group.
+    pub fn holds_blocks(&self) -> bool {
+        self.tables.iter().any(|t| !t.is_empty())
+    }
+}
+
+/// The live requests, in a slab addressed through an id map.
+#[derive(Debug, Default)]
+pub struct Requests {
+    slots: Vec<Option<Request>>,
+    free_slots: Vec<u32>,
+    index: IdMap<u32>,
+    /// Per-slot stamp used to spot duplicate ids in a batch without allocating.
+    stamp: Vec<u64>,
+    epoch: u64,
+}
+
+impl Requests {
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+    pub fn contains(&self, id: i64) -> bool {
+        self.index.contains_key(&id)
+    }
+    pub fn slot_of(&self, id: i64) -> Option<u32> {
+        self.index.get(&id).copied()
+    }
+    pub fn insert(&mut self, r: Request) {
+        let id = r.id;
+        let s = match self.free_slots.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(r);
+                s
+            }
+            None => {
+                self.slots.push(Some(r));
+                self.stamp.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(id, s);
+    }
+    pub fn remove(&mut self, id: i64) -> Option<Request> {
+        let s = self.index.remove(&id)?;
+        self.free_slots.push(s);
+        self.slots[s as usize].take()
+    }
+    pub fn get(&self, slot: u32) -> Option<&Request> {
+        self.slots.get(slot as usize).and_then(|r| r.as_ref())
+    }
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut Request> {
+        self.slots.get_mut(slot as usize).and_then(|r| r.as_mut())
+    }
+    /// Move a request out of its slot (put it back with `put`).
+    pub fn take(&mut self, slot: u32) -> Option<Request> {
+        self.slots.get_mut(slot as usize)?.take()
+    }
+    pub fn put(&mut self, slot: u32, r: Request) {
+        if let Some(x) = self.slots.get_mut(slot as usize) {
+            *x = Some(r);
+        }
+    }
+    pub fn by_id(&self, id: i64) -> Option<&Request> {
+        self.slot_of(id).and_then(|s| self.get(s))
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Request> {
+        self.slots.iter().filter_map(|r| r.as_ref())
+    }
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Request> {
+        self.slots.iter_mut().filter_map(|r| r.as_mut())
+    }
+
+    /// Slots of `ids`, or the first unknown / repeated id.
+    pub fn resolve(&mut self, ids: &[i64]) -> std::result::Result<Vec<u32>, Resolve> {
+        self.epoch += 1;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let s = match self.index.get(&id) {
+                Some(&s) => s,
+                None => return Err(Resolve::Unknown(id)),
+            };
+            if self.stamp[s as usize] == self.epoch {
+                return Err(Resolve::Duplicate(id));
+            }
+            self.stamp[s as usize] = self.epoch;
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+/// Why a batch of ids did not resolve.
+#[derive(Debug, Clone, Copy)]
+pub enum Resolve {
+    Unknown(i64),
+    Duplicate(i64),
+}
+
+/// Repeated ids within a batch of new ids (for `add_requests`).
+pub fn first_repeat(ids: &[i64]) -> Option<i64> {
+    let mut seen: FastMap<u64, ()> = FastMap::default();
+    seen.reserve(ids.len());
+    for &id in ids {
+        let key = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        if seen.insert(key, ()).is_some() {
+            return Some(id);
+        }
+    }
+    None
+}

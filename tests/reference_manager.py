@@ -1,0 +1,332 @@
+"""A plain-Python reference of KVCacheManager, written for clarity, not speed.
+
+It follows the documented rules directly: block keys are the token contents
+themselves (not hashes), the longest prefix hit is found by trying every position
+from the cap downwards, and the LRU free queue is an ordered dict. Block ids come out
+identical to the Rust manager's because both follow the same documented order of
+allocation (free-queue head first), release (ascending window entries; whole requests
+tail first, group by group) and caching.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+Key = tuple[object, ...]
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class RefPool:
+    def __init__(self, num_blocks: int) -> None:
+        self.num_blocks = num_blocks
+        self.ref = [0] * num_blocks
+        self.key: list[Key | None] = [None] * num_blocks
+        self.queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(1, num_blocks))
+        self.cached: dict[Key, list[int]] = {}
+
+    @property
+    def num_free(self) -> int:
+        return len(self.queue)
+
+    def _drop(self, b: int) -> None:
+        k = self.key[b]
+        if k is None:
+            return
+        chain = self.cached[k]
+        chain.remove(b)
+        if not chain:
+            del self.cached[k]
+        self.key[b] = None
+
+    def allocate(self, n: int) -> list[int]:
+        assert n <= len(self.queue)
+        out = []
+        for _ in range(n):
+            b, _ = self.queue.popitem(last=False)
+            self.ref[b] = 1
+            self._drop(b)
+            out.append(b)
+        return out
+
+    def free(self, b: int) -> None:
+        assert self.ref[b] > 0
+        self.ref[b] -= 1
+        if self.ref[b] == 0:
+            self.queue[b] = None
+
+    def touch(self, b: int) -> None:
+        if self.ref[b] == 0:
+            del self.queue[b]
+        self.ref[b] += 1
+
+    def cache(self, b: int, k: Key) -> None:
+        if self.key[b] is not None:
+            assert self.key[b] == k
+            return
+        self.key[b] = k
+        self.cached.setdefault(k, []).append(b)
+
+    def lookup(self, k: Key) -> int | None:
+        chain = self.cached.get(k)
+        return chain[0] if chain else None
+
+    def reset(self) -> None:
+        self.cached.clear()
+        self.key = [None] * self.num_blocks
+
+
+@dataclass(frozen=True)
+class RefGroup:
+    kind: str
+    block_size: int
+    num_blocks: int
+    window: int | None = None
+    chunk_size: int | None = None
+    max_encoder_len: int | None = None
+
+    def first_needed(self, c: int) -> int:
+        if self.kind == "sliding_window":
+            assert self.window is not None
+            return max(0, c - self.window + 1)
+        if self.kind == "chunked_local":
+            assert self.chunk_size is not None
+            return c // self.chunk_size * self.chunk_size
+        return 0
+
+
+@dataclass
+class RefRequest:
+    rid: int
+    tokens: list[int]
+    extra: Key = ()
+    encoder_len: int = 0
+    computed: int = 0
+    phase: str = "waiting"  # waiting | queried | running
+    tables: list[list[int]] = field(default_factory=list)
+    num_cached: list[int] = field(default_factory=list)
+    dirty: bool = False
+
+
+class RefManager:
+    def __init__(
+        self, groups: Sequence[RefGroup], mode: str = "align", caching: bool = True
+    ) -> None:
+        self.groups = list(groups)
+        self.mode = mode
+        self.caching = caching
+        self.pools = [RefPool(g.num_blocks) for g in groups]
+        self.reqs: dict[int, RefRequest] = {}
+        self.dirty: list[int] = []
+        self.queries = 0
+        self.hit_tokens = 0
+        self.disagreements = 0
+        self.group_hits = [0] * len(groups)
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def key(self, r: RefRequest, g: int, k: int) -> Key:
+        """Block ``k``'s identity at group ``g``'s block size: everything the chained hash
+        covers (all tokens up to the block's end and the request's extra keys)."""
+        bs = self.groups[g].block_size
+        return (bs, tuple(r.tokens[: (k + 1) * bs]), r.extra)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def add(self, rid: int, tokens: Sequence[int], extra: Key = (), encoder_len: int = 0) -> None:
+        assert rid not in self.reqs and tokens
+        n = len(self.groups)
+        self.reqs[rid] = RefRequest(
+            rid, list(tokens), extra, encoder_len, tables=[[] for _ in range(n)], num_cached=[0] * n
+        )
+
+    def append(self, rid: int, tokens: Sequence[int]) -> None:
+        self.reqs[rid].tokens.extend(tokens)
+
+    def _release_all(self, r: RefRequest) -> None:
+        for g, table in enumerate(r.tables):
+            for b in reversed(table):
+                if b:
+                    self.pools[g].free(b)
+            table.clear()
+            r.num_cached[g] = 0
+
+    def free(self, rids: Sequence[int]) -> None:
+        for rid in rids:
+            self._release_all(self.reqs[rid])
+            del self.reqs[rid]
+
+    def preempt(self, rids: Sequence[int]) -> None:
+        for rid in rids:
+            r = self.reqs[rid]
+            self._release_all(r)
+            r.computed = 0
+            r.phase = "waiting"
+
+    # -- hits ---------------------------------------------------------------------------
+
+    def servable(self, r: RefRequest, g: int, h: int) -> bool:
+        grp = self.groups[g]
+        bs = grp.block_size
+        if grp.kind == "cross_attention" or h == 0:
+            return True
+        if h % bs:
+            return False
+        pool = self.pools[g]
+        if grp.kind == "state":
+            return self.mode != "none" and pool.lookup(self.key(r, g, h // bs - 1)) is not None
+        lo = grp.first_needed(h) // bs
+        return all(pool.lookup(self.key(r, g, k)) is not None for k in range(lo, h // bs))
+
+    def lookup(self, rids: Sequence[int]) -> list[int]:
+        out = []
+        for rid in rids:
+            r = self.reqs[rid]
+            assert r.phase != "running"
+            self._release_all(r)
+            self.queries += 1
+            h = 0
+            if self.caching and len(r.tokens) > 1:
+                cap = len(r.tokens) - 1
+                own = [
+                    next(x for x in range(cap, -1, -1) if self.servable(r, g, x))
+                    for g in range(len(self.groups))
+                ]
+                h = next(
+                    x
+                    for x in range(cap, -1, -1)
+                    if all(self.servable(r, g, x) for g in range(len(self.groups)))
+                )
+                for g, o in enumerate(own):
+                    self.group_hits[g] += o
+                if any(o != h for o in own):
+                    self.disagreements += 1
+            self.hit_tokens += h
+            if h:
+                for g, grp in enumerate(self.groups):
+                    bs = grp.block_size
+                    k = h // bs
+                    if grp.kind == "cross_attention":
+                        continue
+                    lo = k - 1 if grp.kind == "state" else grp.first_needed(h) // bs
+                    table = [0] * lo
+                    for j in range(lo, k):
+                        b = self.pools[g].lookup(self.key(r, g, j))
+                        assert b is not None
+                        table.append(b)
+                    for b in table[lo:]:
+                        self.pools[g].touch(b)
+                    r.tables[g] = table
+                    r.num_cached[g] = k
+            r.computed = h
+            r.phase = "queried"
+            out.append(h)
+        return out
+
+    # -- allocation ---------------------------------------------------------------------
+
+    def first_live(self, g: int, c: int) -> int:
+        grp = self.groups[g]
+        if grp.kind in ("sliding_window", "chunked_local"):
+            return grp.first_needed(c) // grp.block_size
+        if grp.kind == "state" and self.mode != "all":
+            return max(0, cdiv(c, grp.block_size) - 1)
+        return 0
+
+    def _release_unneeded(self, r: RefRequest) -> None:
+        for g in range(len(self.groups)):
+            table = r.tables[g]
+            for k in range(min(self.first_live(g, r.computed), len(table))):
+                if table[k]:
+                    self.pools[g].free(table[k])
+                    table[k] = 0
+
+    def allocate(
+        self,
+        rids: Sequence[int],
+        num_new: Sequence[int],
+        lookahead: Sequence[int] | None = None,
+        new_step: bool = True,
+    ) -> list[bool]:
+        la_all = list(lookahead) if lookahead is not None else [0] * len(rids)
+        if new_step:
+            for rid in self.dirty:
+                if rid in self.reqs:
+                    self.reqs[rid].dirty = False
+                    self._release_unneeded(self.reqs[rid])
+            self.dirty = []
+        out = []
+        for rid, n, la in zip(rids, num_new, la_all, strict=True):
+            out.append(self._allocate_one(self.reqs[rid], n, la))
+        return out
+
+    def _need(self, r: RefRequest, g: int, n: int, la: int) -> int:
+        grp = self.groups[g]
+        bs = grp.block_size
+        e = r.computed + n
+        length = len(r.tables[g])
+        if grp.kind == "state":
+            if self.mode == "all":
+                return max(0, cdiv(e, bs) - length)
+            return int(cdiv(e, bs) > 0 and length < cdiv(e, bs))
+        if grp.kind == "cross_attention":
+            return cdiv(r.encoder_len, bs) if length == 0 and n > 0 else 0
+        return max(0, cdiv(e + la, bs) - length)
+
+    def _allocate_one(self, r: RefRequest, n: int, la: int) -> bool:
+        assert r.computed + n <= len(r.tokens)
+        self._release_unneeded(r)
+        if n == 0 and la == 0:
+            return True
+        need = [self._need(r, g, n, la) for g in range(len(self.groups))]
+        if any(need[g] > self.pools[g].num_free for g in range(len(self.groups))):
+            return False
+        c, e = r.computed, r.computed + n
+        for g, grp in enumerate(self.groups):
+            if not need[g]:
+                continue
+            if grp.kind == "state" and self.mode != "all":
+                w = cdiv(e, grp.block_size) - 1
+                r.tables[g] = r.tables[g][:w] + [0] * (w - len(r.tables[g]))
+            r.tables[g].extend(self.pools[g].allocate(need[g]))
+        r.computed = e
+        r.phase = "running"
+        trims = any(
+            grp.kind in ("sliding_window", "chunked_local")
+            or (grp.kind == "state" and self.mode != "all")
+            for grp in self.groups
+        )
+        if trims and n > 0 and not r.dirty:
+            r.dirty = True
+            self.dirty.append(r.rid)
+        if self.caching and n > 0:
+            self._cache(r, c, e)
+        return True
+
+    def _cache(self, r: RefRequest, c: int, e: int) -> None:
+        for g, grp in enumerate(self.groups):
+            bs = grp.block_size
+            if grp.kind == "cross_attention" or (grp.kind == "state" and self.mode == "none"):
+                continue
+            if grp.kind == "state" and self.mode == "align":
+                if e % bs or e // bs <= c // bs:
+                    continue
+                ks = [e // bs - 1]
+            else:
+                ks = list(range(r.num_cached[g], e // bs))
+            for k in ks:
+                b = r.tables[g][k]
+                if b:
+                    self.pools[g].cache(b, self.key(r, g, k))
+            r.num_cached[g] = max(r.num_cached[g], e // bs)
+
+    def reset_prefix_cache(self) -> bool:
+        if any(any(p.ref[1:]) for p in self.pools):
+            return False
+        for p in self.pools:
+            p.reset()
+        return True

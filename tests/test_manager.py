@@ -1,0 +1,397 @@
+"""KVCacheManager through the Python API: tables, hits, windows, state, bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hybridkv import (
+    KVCacheManager,
+    ManagerConfig,
+    ManagerGroup,
+    errors,
+    hash_token_blocks,
+    plan_with_blocks,
+)
+from hybridkv.kv_events import BlockRemoved, BlockStored, PrefixDisagreement
+from hybridkv.models import ModelSpec
+from hybridkv.specs import FullAttentionSpec, SlidingWindowSpec, StateSpec
+
+BS = 4
+
+
+def cfg(
+    full: int = 64, swa: int = 32, state: int = 16, window: int = 8, mode: str = "align"
+) -> ManagerConfig:
+    return ManagerConfig(
+        (
+            ManagerGroup("full_attention", BS, full),
+            ManagerGroup("sliding_window", BS, swa, window=window),
+            ManagerGroup("state", BS, state),
+        ),
+        mode,
+    )
+
+
+def toks(*xs: int) -> np.ndarray:
+    return np.array(xs, dtype=np.int32)
+
+
+def seq(n: int, start: int = 1) -> np.ndarray:
+    return np.arange(start, start + n, dtype=np.int32)
+
+
+def snapshot(m: KVCacheManager) -> dict[str, Any]:
+    ids = m.request_ids()
+    return {
+        "ids": ids.tolist(),
+        "tables": [m.block_table(g, ids).tolist() for g in range(m.num_groups)],
+        "computed": m.num_computed_tokens(ids).tolist(),
+        "ntok": m.num_tokens(ids).tolist(),
+        "refs": [m.ref_counts(g).tolist() for g in range(m.num_groups)],
+        "queues": [m.free_queue(g).tolist() for g in range(m.num_groups)],
+        "cached": [m.cached_blocks(g)[0].tolist() for g in range(m.num_groups)],
+    }
+
+
+def run_prefill(m: KVCacheManager, rid: int, chunks: list[int]) -> int:
+    h = int(m.get_computed_tokens([rid])[0])
+    for c in chunks:
+        assert m.allocate_slots([rid], [c]).tolist() == [True]
+    m.check_invariants()
+    return h
+
+
+# --- planner integration -----------------------------------------------------------
+
+
+def test_built_from_a_memory_plan() -> None:
+    attn = {"num_kv_heads": 2, "head_size": 8}
+    model = ModelSpec(
+        name="t",
+        layer_specs=(
+            FullAttentionSpec(**attn),
+            SlidingWindowSpec(window=8, **attn),
+            StateSpec(shapes=((2, 3),), dtypes=("fp32",)),
+        ),
+    )
+    plan = plan_with_blocks(
+        model,
+        [40, 20, 10],
+        block_size=BS,
+        max_num_seqs=4,
+        max_model_len=64,
+        max_num_batched_tokens=32,
+    )
+    m = KVCacheManager(plan)
+    assert m.group_kinds == ("full_attention", "sliding_window", "state")
+    assert m.stats().num_blocks == (40, 20, 10)
+    m.add_requests([7], [seq(10)])
+    assert m.get_computed_tokens([7]).tolist() == [0]
+    assert m.allocate_slots([7], [10]).tolist() == [True]
+    assert m.block_table(0, [7]).shape == (1, 3)
+    m.check_invariants()
+
+
+# --- allocation and tables -----------------------------------------------------------
+
+
+def test_full_swa_state_tables_and_window_release() -> None:
+    m = KVCacheManager(cfg())
+    m.add_requests([1], [seq(12)])
+    run_prefill(m, 1, [8, 4])
+    full = m.block_table(0, [1])[0].tolist()
+    assert full == [1, 2, 3]
+    # After the 8-token chunk the SWA group needs tokens from 8 - 8 + 1 = 1: nothing left
+    # the window yet when the second chunk was allocated.
+    assert m.block_table(1, [1])[0].tolist() == [1, 2, 3]
+    # State: one running block at the entry of the step's last token; the previous
+    # checkpoint (after 8 tokens, entry 1) is held until the next step releases it.
+    st = m.block_table(2, [1])[0].tolist()
+    assert st[2] != 0 and st[0] == 0
+    for i in range(9):
+        m.append_tokens([1], [toks(100 + i)])
+        assert m.allocate_slots([1], [1]).tolist() == [True]
+        m.check_invariants()
+        c = 12 + i + 1
+        table = m.block_table(1, [1])[0]
+        first_needed = max(0, (c - 1) - 8 + 1)  # computed before this step: c - 1
+        assert (table[: first_needed // BS] == 0).all()
+        assert (table[first_needed // BS :] != 0).all()
+        # State: at most two live entries (the state read and the state written).
+        assert np.count_nonzero(m.block_table(2, [1])[0]) <= 2
+    assert m.num_computed_tokens([1]).tolist() == [21]
+
+
+def test_slot_mapping_and_null_positions() -> None:
+    m = KVCacheManager(cfg())
+    m.add_requests([1, 2], [seq(6), seq(9, 50)])
+    m.get_computed_tokens([1, 2])
+    assert m.allocate_slots([1, 2], [6, 9]).tolist() == [True, True]
+    t1 = m.block_table(0, [1])[0]
+    sm = m.slot_mapping(0, [1, 1, 2], [0, 5, 8])
+    t2 = m.block_table(0, [2])[0]
+    assert sm.tolist() == [t1[0] * BS, t1[1] * BS + 1, t2[2] * BS]
+    assert sm.dtype == np.int64
+    with pytest.raises(errors.InvalidArgumentError):
+        m.slot_mapping(0, [1], [8])  # beyond the allocated blocks
+    with pytest.raises(errors.InvalidArgumentError):
+        m.slot_mapping(0, [1, 1], [0])
+    with pytest.raises(errors.UnknownGroupError):
+        m.slot_mapping(3, [1], [0])
+    # Fixed width tables.
+    assert m.block_table(0, [1, 2], max_blocks=5).shape == (2, 5)
+    with pytest.raises(errors.InvalidArgumentError):
+        m.block_table(0, [1, 2], max_blocks=2)
+
+
+def test_all_or_nothing_per_request() -> None:
+    # Full pool of 6 usable blocks; the SWA pool is tiny so the second request fails
+    # on the SWA group alone and must leave nothing allocated anywhere.
+    m = KVCacheManager(cfg(full=7, swa=4, state=8))
+    m.add_requests([1, 2], [seq(8), seq(8, 30)])
+    m.get_computed_tokens([1, 2])
+    before = snapshot(m)
+    ok = m.allocate_slots([1, 2], [8, 8]).tolist()
+    assert ok == [True, False]
+    after = snapshot(m)
+    i2 = after["ids"].index(2)
+    assert all(after["tables"][g][i2] == [0] * len(after["tables"][g][i2]) for g in range(3))
+    assert after["computed"][i2] == 0
+    assert before["computed"] == [0, 0]
+    st = m.stats()
+    assert (st.alloc_requests, st.alloc_failures) == (2, 1)
+    m.check_invariants()
+
+
+def test_lookahead_slots_allocated_but_not_computed() -> None:
+    m = KVCacheManager(cfg())
+    m.add_requests([1], [seq(4)])
+    m.get_computed_tokens([1])
+    assert m.allocate_slots([1], [4], [5]).tolist() == [True]
+    assert m.block_table(0, [1]).shape == (1, 3)  # cdiv(4 + 5, 4)
+    assert m.num_computed_tokens([1]).tolist() == [4]
+
+
+# --- prefix hits -----------------------------------------------------------------------
+
+
+def test_hit_needs_every_group_and_leaves_one_token() -> None:
+    m = KVCacheManager(cfg(), enable_kv_events=True)
+    p = seq(16)
+    m.add_requests([1], [p])
+    run_prefill(m, 1, [8, 8])  # state checkpoints at 8 and 16
+    m.free([1])
+    m.add_requests([2, 3], [p, np.concatenate([p, toks(99)])])
+    hits = m.get_computed_tokens([2, 3]).tolist()
+    # Request 2 is the same prompt: capped at 15 -> the state checkpoint at 8 is the
+    # longest position all groups serve. Request 3 may use the whole 16.
+    assert hits == [8, 16]
+    m.check_invariants()
+    st = m.stats()
+    assert st.queries == 3
+    assert st.hit_tokens == 24
+    ev = m.take_events()
+    assert any(isinstance(e, PrefixDisagreement) and e.req_id == 2 for e in ev)
+    # Hit blocks are referenced by both requests in the full group.
+    t2, t3 = m.block_table(0, [2, 3])
+    assert t2[:2].tolist() == t3[:2].tolist()
+    assert m.ref_counts(0)[t2[0]] == 2
+
+
+def test_swa_hit_needs_only_the_window() -> None:
+    m = KVCacheManager(cfg(window=5))
+    p = seq(24)
+    m.add_requests([1], [p])
+    run_prefill(m, 1, [8, 8, 8])
+    m.free([1])
+    # Evict the SWA group's early blocks by filling its pool from another request;
+    # the full group keeps everything cached.
+    m.add_requests([9], [seq(40, 500)])
+    m.get_computed_tokens([9])
+    for _ in range(10):
+        assert m.allocate_slots([9], [4]).tolist() == [True]
+    m.free([9])
+    q = np.concatenate([p, toks(7, 7)])
+    m.add_requests([2], [q])
+    h = int(m.get_computed_tokens([2])[0])
+    assert h == 24
+    t = m.block_table(1, [2])[0].tolist()
+    # Window 5 before position 24: tokens 20..23, i.e. block 5 only.
+    assert t[:5] == [0] * 5 and t[5] != 0
+    m.check_invariants()
+
+
+def test_preempt_then_rehit() -> None:
+    m = KVCacheManager(cfg())
+    p = seq(17)
+    m.add_requests([1], [p])
+    run_prefill(m, 1, [8, 8, 1])
+    m.append_tokens([1], [toks(5)])
+    m.preempt([1])
+    assert m.num_computed_tokens([1]).tolist() == [0]
+    assert m.stats().num_in_use == (0, 0, 0)
+    assert m.get_computed_tokens([1]).tolist() == [16]
+    m.check_invariants()
+    with pytest.raises(errors.RequestStateError):
+        m.allocate_slots([1], [2])
+        m.get_computed_tokens([1])
+
+
+def test_prefix_caching_off_never_hits() -> None:
+    m = KVCacheManager(cfg(), enable_prefix_caching=False)
+    m.add_requests([1], [seq(16)])
+    run_prefill(m, 1, [8, 8])
+    m.free([1])
+    m.add_requests([2], [seq(17)])
+    assert m.get_computed_tokens([2]).tolist() == [0]
+    assert m.cached_blocks(0)[0].size == 0
+
+
+def test_mode_none_means_no_hit_with_a_state_group() -> None:
+    m = KVCacheManager(cfg(mode="none"))
+    m.add_requests([1], [seq(16)])
+    run_prefill(m, 1, [8, 8])
+    m.free([1])
+    m.add_requests([2], [seq(17)])
+    assert m.get_computed_tokens([2]).tolist() == [0]
+    assert m.stats().group_hit_tokens[0] == 16
+
+
+def test_block_hashes_match_free_function_and_seed() -> None:
+    m = KVCacheManager(cfg(), hash_seed=123)
+    p = seq(10)
+    m.add_requests([1], [p], lora_ids=[3], cache_salts=["s"], mm_features=[[(77, 2, 3)]])
+    got = m.block_hashes(0, 1)
+    want = hash_token_blocks(p, BS, seed=123, lora_id=3, cache_salt=b"s", mm_features=[(77, 2, 3)])
+    assert got.shape == (2, 2) and np.array_equal(got, want)
+    assert not np.array_equal(want, hash_token_blocks(p, BS, seed=123))
+    # Continuing from a parent equals the tail of the chain.
+    tail = hash_token_blocks(p[BS:], BS, seed=123, parent=int(want[0, 0]) | int(want[0, 1]) << 64)
+    assert not np.array_equal(tail[0], want[1])  # extra keys differ (no LoRA here)
+    plain = hash_token_blocks(p, BS, seed=123)
+    tail = hash_token_blocks(p[BS:], BS, parent=int(plain[0, 0]) | int(plain[0, 1]) << 64)
+    assert np.array_equal(tail[0], plain[1])
+
+
+def test_extra_keys_separate_caches() -> None:
+    m = KVCacheManager(cfg())
+    p = seq(16)
+    m.add_requests([1], [p], lora_ids=[1])
+    run_prefill(m, 1, [8, 8])
+    m.free([1])
+    q = np.concatenate([p, toks(3)])
+    m.add_requests([2, 3, 4], [q, q, q], lora_ids=[1, None, 1], cache_salts=[None, None, "x"])
+    assert m.get_computed_tokens([2, 3, 4]).tolist() == [16, 0, 0]
+
+
+def test_events_stored_and_removed() -> None:
+    m = KVCacheManager(cfg(full=4, swa=8, state=8), enable_kv_events=True)
+    m.add_requests([1], [seq(8)])
+    run_prefill(m, 1, [8])
+    ev = m.take_events()
+    stored = [e for e in ev if isinstance(e, BlockStored) and e.group == 0]
+    assert len(stored) == 1
+    assert stored[0].token_ids == list(range(1, 9))
+    assert stored[0].parent_block_hash is None and stored[0].block_size == BS
+    assert len(stored[0].block_hashes) == 2
+    m.free([1])
+    m.add_requests([2], [seq(12, 100)])
+    m.get_computed_tokens([2])
+    assert m.allocate_slots([2], [12]).tolist() == [True]
+    ev = m.take_events()
+    removed = [e for e in ev if isinstance(e, BlockRemoved) and e.group == 0]
+    assert sum(len(e.block_hashes) for e in removed) >= 1
+    assert m.take_events() == []
+
+
+def test_reset_prefix_cache_only_when_idle() -> None:
+    m = KVCacheManager(cfg())
+    m.add_requests([1], [seq(9)])
+    run_prefill(m, 1, [9])
+    assert m.reset_prefix_cache() is False
+    m.free([1])
+    assert m.reset_prefix_cache() is True
+    m.add_requests([2], [seq(9)])
+    assert m.get_computed_tokens([2]).tolist() == [0]
+
+
+def test_cross_attention_blocks_for_encoder() -> None:
+    c = ManagerConfig(
+        (
+            ManagerGroup("full_attention", BS, 32),
+            ManagerGroup("cross_attention", BS, 16, max_encoder_len=12),
+        ),
+        "none",
+    )
+    m = KVCacheManager(c)
+    m.add_requests([1], [seq(3)], encoder_lens=[10])
+    m.get_computed_tokens([1])
+    assert m.allocate_slots([1], [3]).tolist() == [True]
+    assert np.count_nonzero(m.block_table(1, [1])) == 3
+    assert m.allocate_slots([1], [0]).tolist() == [True]
+    with pytest.raises(errors.InvalidArgumentError):
+        m.add_requests([2], [seq(3)], encoder_lens=[13])
+    with pytest.raises(errors.InvalidArgumentError):
+        KVCacheManager(cfg()).add_requests([2], [seq(3)], encoder_lens=[1])
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+def test_bad_input_raises_named_errors_and_changes_nothing() -> None:
+    m = KVCacheManager(cfg(), vocab_size=1000)
+    m.add_requests([1, 2], [seq(9), seq(5)])
+    m.get_computed_tokens([1])
+    assert m.allocate_slots([1], [9]).tolist() == [True]
+    base = snapshot(m)
+    cases: list[tuple[type[Exception], Any]] = [
+        (errors.DuplicateRequestError, lambda: m.add_requests([1], [seq(3)])),
+        (errors.DuplicateRequestError, lambda: m.add_requests([5, 5], [seq(3), seq(3)])),
+        (errors.InvalidTokenError, lambda: m.add_requests([5], [toks(1, -1)])),
+        (errors.InvalidTokenError, lambda: m.add_requests([5], [toks(1, 1000)])),
+        (errors.InvalidTokenError, lambda: m.add_requests([5], [np.array([2**40])])),
+        (errors.InvalidArgumentError, lambda: m.add_requests([5], [np.array([1.5])])),
+        (errors.InvalidArgumentError, lambda: m.add_requests([5], [toks()])),
+        (errors.InvalidArgumentError, lambda: m.add_requests([5, 6], seq(4), [0, 4])),
+        (errors.InvalidArgumentError, lambda: m.add_requests([5], seq(4), [0, 3])),
+        (errors.InvalidArgumentError, lambda: m.add_requests([5], [seq(3)], lora_ids=[1, 2])),
+        (errors.InvalidArgumentError, lambda: m.add_requests(np.array([1.0]), [seq(3)])),
+        (errors.UnknownRequestError, lambda: m.allocate_slots([3], [1])),
+        (errors.DuplicateRequestError, lambda: m.allocate_slots([1, 1], [0, 0])),
+        (errors.InvalidArgumentError, lambda: m.allocate_slots([1], [1, 2])),
+        (errors.InvalidArgumentError, lambda: m.allocate_slots([1], [-1])),
+        (errors.InvalidArgumentError, lambda: m.allocate_slots([1], [1])),  # unknown token
+        (errors.InvalidArgumentError, lambda: m.allocate_slots([1, 2], [0, 6])),
+        (errors.UnknownRequestError, lambda: m.free([1, 3])),
+        (errors.UnknownRequestError, lambda: m.preempt([3])),
+        (errors.RequestStateError, lambda: m.get_computed_tokens([2, 1])),
+        (errors.UnknownRequestError, lambda: m.append_tokens([3], [toks(1)])),
+        (errors.InvalidTokenError, lambda: m.append_tokens([1], [toks(-5)])),
+        (errors.UnknownGroupError, lambda: m.block_table(3, [1])),
+        (errors.UnknownRequestError, lambda: m.block_table(0, [4])),
+        (errors.UnknownRequestError, lambda: m.block_hashes(0, 4)),
+    ]
+    for exc, call in cases:
+        with pytest.raises(exc):
+            call()
+        assert snapshot(m) == base, exc
+    m.free([1])
+    with pytest.raises(errors.UnknownRequestError):
+        m.allocate_slots([1], [1])
+
+
+def test_bad_configs() -> None:
+    with pytest.raises(errors.InvalidArgumentError):
+        KVCacheManager(ManagerConfig((ManagerGroup("sliding_window", 4, 8),)))
+    with pytest.raises(errors.InvalidArgumentError):
+        KVCacheManager(ManagerConfig((ManagerGroup("encoder_only", 4, 8),)))
+    with pytest.raises(errors.InvalidArgumentError):
+        KVCacheManager(ManagerConfig((ManagerGroup("full_attention", 0, 8),)))
+    with pytest.raises(errors.InvalidArgumentError):
+        KVCacheManager(cfg(mode="sometimes"))
+    with pytest.raises(errors.InvalidArgumentError):
+        KVCacheManager(ManagerConfig(()))
+    with pytest.raises(errors.InvalidArgumentError):
+        KVCacheManager(cfg(), hash_seed=-1)
