@@ -78,7 +78,7 @@ def test_bundle_is_complete_and_sourced() -> None:
         "qwen3.5-35b-a3b",
         "nemotron-nano-9b-v2",
         "jamba-1.5-mini",
-        "falcon-h1-1.5b",
+        "falcon-h1-7b",
         "zamba2-2.7b",
         "granite-4.0-h-small",
         "gemma-3-27b-it",
@@ -210,8 +210,8 @@ def test_jamba() -> None:
 
 
 def test_falcon_h1_has_two_caches_per_layer() -> None:
-    c = cfg("falcon-h1-1.5b")
-    m = load_model("falcon-h1-1.5b")
+    c = cfg("falcon-h1-7b")
+    m = load_model("falcon-h1-7b")
     n = c["num_hidden_layers"]
     assert len(m.layers_of_kind("full_attention")) == len(m.layers_of_kind("state")) == n
     assert m.layer_names[:2] == ("layers.0.self_attn", "layers.0.mamba")

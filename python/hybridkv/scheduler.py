@@ -12,8 +12,10 @@ requests get memory first. If a running request does not fit, the scheduler pree
 by recompute: the lowest-priority live requests (newest first under ``"fcfs"``; largest
 ``priority`` value, then newest, under ``"priority"``) give their blocks back
 (``preempt``: cached hashes stay findable) until the failed requests' demand is
-covered, the failed request itself being the victim when nothing ranks below it. A
-victim scheduled in the same step is dropped from the step. A preempted request waits
+covered, the failed request itself being the victim when nothing ranks below it. The
+failed request skips this step and retries in the next. A victim that was allocated in
+this step still runs it (its new blocks are already cached under their hashes, so they
+must be computed) and is preempted when the step ends. A preempted request waits
 at the front of the queue (its rank under ``"priority"``) and, when readmitted, looks
 its prefix up again, so it re-hits whatever of its own blocks are still cached.
 Waiting requests that do not fit are simply put back.
@@ -168,7 +170,8 @@ class SchedulerOutput:
     #: Requests readmitted after a preemption and the tokens they re-hit.
     resumed_req_ids: I64
     resumed_hit_tokens: I64
-    #: Requests preempted while scheduling this step (none of them is in ``req_ids``).
+    #: Requests preempted by this step: those not in ``req_ids`` at once, those in it
+    #: (they were allocated before the failure was known) when the step ends.
     preempted_req_ids: I64
     num_running: int
     num_waiting: int
@@ -200,7 +203,11 @@ class Scheduler:
     finished requests. ``max_model_len`` (optional) rejects requests whose prompt plus
     ``max_tokens`` exceed it. ``block_size`` is the growing groups' block size, used only
     to estimate how many victims a failed allocation needs (default: taken from
-    ``manager.plan``, else 16).
+    ``manager.plan``, else 16). ``align_block_size``: prefill chunks are cut to end on
+    a multiple of it where one lies inside the chunk (the last few prompt tokens then
+    run in the next step), so that a state group in ``mamba_cache_mode="align"`` records
+    a checkpoint a later request (or this one, resumed) can hit; by default the state
+    group's block size when ``manager.plan`` is in align mode, else no alignment.
     """
 
     def __init__(
@@ -214,6 +221,7 @@ class Scheduler:
         max_model_len: int | None = None,
         block_size: int | None = None,
         external: ExternalPrefixSource | None = None,
+        align_block_size: int | None = None,
     ) -> None:
         for name, v in (
             ("max_num_batched_tokens", max_num_batched_tokens),
@@ -239,6 +247,12 @@ class Scheduler:
             block_size = min(sizes)
         self.block_size = int(block_size or 16)
         self.external = external
+        if align_block_size is None and plan is not None:
+            states = [g.block_size for g in plan.groups if g.kind == "state" and not g.grows]
+            if states and plan.mamba_cache_mode == "align":
+                align_block_size = states[0]
+        #: Prefill chunks end on multiples of this (0: no alignment).
+        self.align = int(align_block_size or 0)
         self._reqs: dict[int, _Req] = {}
         self._running: list[_Req] = []  # kept in rank order
         self._waiting_fifo: deque[_Req] = deque()
@@ -250,6 +264,10 @@ class Scheduler:
         self.num_preemptions = 0
         #: Tokens resumed requests had computed before preemption and did not re-hit.
         self.recomputed_tokens = 0
+        self._deferred: list[_Req] = []  # victims that run this step, preempted after it
+        # Admissions per step: prefix lookups pin their hit blocks before allocation,
+        # so after admissions fail for memory fewer are tried (then doubling back).
+        self._admit_cap = max_num_seqs
 
     # -- queue ----------------------------------------------------------------------------
 
@@ -342,6 +360,8 @@ class Scheduler:
             n = min(r.num_tokens - r.num_computed, budget, cap)
             if n <= 0:
                 continue
+            if n > 1 and self.align:
+                n = self._aligned(r.num_computed, n)
             batch.append(r)
             new_tokens.append(n)
             computed.append(r.num_computed)
@@ -350,7 +370,7 @@ class Scheduler:
 
         admitted: list[_Req] = []
         admit_hits: list[int] = []
-        slots = self.max_num_seqs - len(self._running)
+        slots = min(self.max_num_seqs - len(self._running), self._admit_cap)
         while budget > 0 and slots > 0:
             cands = self._take_candidates(slots, budget)
             if not cands:
@@ -377,6 +397,8 @@ class Scheduler:
                 if n <= 0 or slots <= 0:
                     leftovers.append(r)
                     continue
+                if n > 1 and self.align:
+                    n = self._aligned(h + x, n)
                 r.num_computed = h
                 batch.append(r)
                 new_tokens.append(n + x)
@@ -403,10 +425,7 @@ class Scheduler:
         )
         preempted = self._handle_failures(batch, n_arr, ok, admitted)
 
-        keep = ok.copy()
-        if preempted:
-            gone = {r.req_id for r in preempted}
-            keep &= np.fromiter((r.req_id not in gone for r in batch), dtype=bool, count=len(batch))
+        keep = ok
         kept_reqs = [r for r, k in zip(batch, keep.tolist(), strict=True) if k]
         n_kept = n_arr[keep]
         for r, n in zip(kept_reqs, n_kept.tolist(), strict=True):
@@ -459,6 +478,12 @@ class Scheduler:
         self._last = out
         return out
 
+    def _aligned(self, c: int, n: int) -> int:
+        """Prefill chunk ``[c, c + n)`` cut back to end on a block boundary when one lies
+        inside it, so the state group records a checkpoint there (mode ``align``)."""
+        end = (c + n) // self.align * self.align
+        return end - c if end > c else n
+
     def _tokens(self, r: _Req) -> I32:
         if not r.output:
             return r.prompt
@@ -484,6 +509,7 @@ class Scheduler:
     ) -> list[_Req]:
         """Requeue failed admissions; preempt for failed running requests."""
         if bool(ok.all()):
+            self._admit_cap = min(self.max_num_seqs, 2 * self._admit_cap)
             return []
         admitted_ids = {r.req_id for r in admitted}
         failed_new: list[_Req] = []
@@ -500,8 +526,10 @@ class Scheduler:
             for r in reversed(failed_new):
                 r.num_computed = 0
                 self._push_waiting(r, front=True)
-            if not self._running and not bool(ok.any()):
-                # Nothing else holds memory: the head request can never fit.
+            lone = len(admitted) == 1
+            self._admit_cap = max(1, len(admitted) - len(failed_new))
+            if lone and not self._running and not bool(ok.any()):
+                # Alone, with nothing else holding memory: it can never fit.
                 head = failed_new[0]
                 raise SchedulerError(
                     f"request {head.req_id} ({head.num_tokens} tokens) does not fit the "
@@ -509,8 +537,10 @@ class Scheduler:
                 )
         if not failed_running:
             return []
-        # Victims, lowest priority first: admissions of this step, then the running tail.
-        succeeded_new = [r for r in admitted if r not in failed_new]
+        # Victims, lowest priority first, among running requests and this step's
+        # successful admissions.
+        failed_ids = {r.req_id for r in failed_new}
+        succeeded_new = [r for r in admitted if r.req_id not in failed_ids]
         pool = sorted([*self._running, *succeeded_new], key=_Req.rank, reverse=True)
         victims: list[_Req] = []
         taken: set[int] = set()
@@ -533,21 +563,24 @@ class Scheduler:
             if freed < max(need, 1) and r.req_id not in taken:
                 victims.append(r)
                 taken.add(r.req_id)
-        self._preempt(victims, admitted_now=succeeded_new)
+        # A victim allocated in this step keeps its step: the blocks just allocated for
+        # it are already cached under their hashes, so they must really be computed.
+        # It is preempted when the step ends (update_from_output); the others now.
+        in_step = {r.req_id for r, good in zip(batch, ok.tolist(), strict=True) if good}
+        self._preempt([v for v in victims if v.req_id not in in_step])
+        self._deferred = [v for v in victims if v.req_id in in_step]
         return victims
 
-    def _preempt(self, victims: Sequence[_Req], *, admitted_now: Sequence[_Req] = ()) -> None:
+    def _preempt(self, victims: Sequence[_Req]) -> None:
         if not victims:
             return
         self.manager.preempt(_i64(v.req_id for v in victims))
-        now = {r.req_id for r in admitted_now}
         gone = {v.req_id for v in victims}
         self._running = [r for r in self._running if r.req_id not in gone]
         for v in reversed(victims):  # the highest-ranked victim ends up at the front
-            if v.req_id not in now:
-                v.lost = v.num_computed
-                v.num_preemptions += 1
-                self.num_preemptions += 1
+            v.lost = v.num_computed
+            v.num_preemptions += 1
+            self.num_preemptions += 1
             v.num_computed = 0
             self._push_waiting(v, front=True)
 
@@ -610,6 +643,10 @@ class Scheduler:
             for f in done:
                 self._reqs.pop(f.req_id).status = _FINISHED
             self.finished.extend(done)
+        if self._deferred:
+            victims = [v for v in self._deferred if v.status == _RUNNING]
+            self._deferred = []
+            self._preempt(victims)
         return done
 
 

@@ -337,9 +337,9 @@ def _rng(seed: int) -> np.random.Generator:
 def make_chat(
     *,
     seed: int = 1,
-    conversations: int = 48,
+    conversations: int = 200,
     system_prompts: int = 4,
-    rate: float = 4.0,
+    rate: float = 10.0,
     vocab_size: int = DEFAULT_VOCAB_SIZE,
 ) -> Trace:
     """Multi-turn chat: each conversation opens with one of a few shared system prompts and
@@ -373,9 +373,9 @@ def make_chat(
 def make_docqa(
     *,
     seed: int = 2,
-    documents: int = 4,
-    questions: int = 120,
-    rate: float = 3.0,
+    documents: int = 6,
+    questions: int = 300,
+    rate: float = 12.0,
     vocab_size: int = DEFAULT_VOCAB_SIZE,
 ) -> Trace:
     """Long-document QA: a few long documents (6k-14k tokens) behind one instruction
@@ -413,9 +413,9 @@ def make_docqa(
 def make_agentic(
     *,
     seed: int = 3,
-    sessions: int = 24,
+    sessions: int = 80,
     agents: int = 2,
-    rate: float = 1.5,
+    rate: float = 8.0,
     vocab_size: int = DEFAULT_VOCAB_SIZE,
 ) -> Trace:
     """Agent loops: each session runs under one of a few long shared prefixes (system

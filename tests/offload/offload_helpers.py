@@ -112,3 +112,95 @@ class RedisServer:
         import redis
 
         return redis.Redis.from_url(self.url, socket_timeout=2.0)
+
+
+# ------------------------------------------------------------------ manager-level helpers
+
+
+def hybrid_plan(num_blocks: tuple[int, int, int] = (400, 40, 40)):  # type: ignore[no-untyped-def]
+    """Full attention at block size 16, sliding window at 528 and a state group
+    checkpointing every 528 tokens: three page sizes, none a multiple of another."""
+    import dataclasses
+
+    from hybridkv.models import ModelSpec
+    from hybridkv.planner import plan_with_blocks
+    from hybridkv.specs import FullAttentionSpec, SlidingWindowSpec, StateSpec
+
+    full = FullAttentionSpec(num_kv_heads=1, head_size=8)
+    swa = SlidingWindowSpec(num_kv_heads=1, head_size=4, window=1000)
+    state = StateSpec(shapes=((3, 5), (2, 4, 3)), dtypes=("fp32", "bf16"))
+    model = ModelSpec(name="offload-toy", layer_specs=(full, swa, state, full))
+    plan = plan_with_blocks(
+        model,
+        list(num_blocks),
+        block_size=16,
+        max_num_seqs=8,
+        max_model_len=8192,
+        max_num_batched_tokens=4096,
+    )
+
+    def at(g, bs):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(
+            g,
+            block_size=bs,
+            page_size_bytes=g.spec.page_size_bytes(bs) * len(g.layers),
+            slot_address_space=g.num_blocks * bs,
+        )
+
+    groups = tuple(at(g, 528) if g.kind != "full_attention" else g for g in plan.groups)
+    return dataclasses.replace(plan, groups=groups)
+
+
+def model_step(manager, pages, fingerprint: bytes, rid: int, start: int, end: int) -> None:  # type: ignore[no-untyped-def]
+    """Play the model for tokens ``[start, end)`` of ``rid``: every completed block's
+    page (and a state that ends on a checkpoint boundary) gets the bytes a model would
+    compute, a function of the block's key; a mid-block state gets filler."""
+    from hybridkv.offload import block_keys
+    from hybridkv.offload.pages import synthetic_page
+
+    for g, grp in enumerate(manager.plan.groups):
+        bs = grp.block_size
+        table = manager.block_table(g, [rid])[0]
+        hashes = manager.block_hashes(g, rid)
+        if grp.kind == "state":
+            w = -(-end // bs) - 1
+            if end % bs == 0:
+                key = block_keys(fingerprint, g, hashes[w : w + 1])[0]
+                page = synthetic_page(key, grp.page_size_bytes)
+                pages.arrays[g][table[w]] = np.frombuffer(page, np.uint8)
+            else:
+                pages.arrays[g][table[w]] = 0xEE
+            continue
+        for k in range(start // bs, end // bs):
+            if table[k] != 0:
+                key = block_keys(fingerprint, g, hashes[k : k + 1])[0]
+                page = synthetic_page(key, grp.page_size_bytes)
+                pages.arrays[g][table[k]] = np.frombuffer(page, np.uint8)
+
+
+def check_loaded(manager, pages, fingerprint: bytes, rid: int, hit: int, end: int) -> int:  # type: ignore[no-untyped-def]
+    """Assert every page loaded for ``rid``'s hit is byte-exact; return pages checked."""
+    from hybridkv.offload import block_keys
+    from hybridkv.offload.pages import synthetic_page
+
+    checked = 0
+    for g, grp in enumerate(manager.plan.groups):
+        bs = grp.block_size
+        table = manager.block_table(g, [rid])[0]
+        hashes = manager.block_hashes(g, rid)
+        if grp.kind == "state":
+            if hit == 0:
+                continue
+            key = block_keys(fingerprint, g, hashes[hit // bs - 1 : hit // bs])[0]
+            got = bytes(pages.arrays[g][table[-(-end // bs) - 1]])
+            assert got == synthetic_page(key, grp.page_size_bytes), f"state page of {rid}"
+            checked += 1
+            continue
+        for k in range(hit // bs):
+            if table[k] == 0:
+                continue
+            key = block_keys(fingerprint, g, hashes[k : k + 1])[0]
+            got = bytes(pages.arrays[g][table[k]])
+            assert got == synthetic_page(key, grp.page_size_bytes), f"group {g} block {k}"
+            checked += 1
+    return checked

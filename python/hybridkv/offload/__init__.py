@@ -20,9 +20,11 @@ from hybridkv.offload.config import (
     parse_offload_spec,
     parse_size,
 )
+from hybridkv.offload.connector import ExternalLookup, OffloadConnector
 from hybridkv.offload.cpu_tier import CpuTier
 from hybridkv.offload.disk_tier import DiskTier
 from hybridkv.offload.keys import FORMAT_VERSION, BlockKey, block_keys, model_fingerprint
+from hybridkv.offload.pages import HostPages, PageIO, SyntheticPages
 from hybridkv.offload.redis_tier import RedisTier
 from hybridkv.offload.stack import TierStack
 from hybridkv.offload.tier import ByteLRU, Tier, TierStats
@@ -36,10 +38,15 @@ __all__ = [
     "CpuTierConfig",
     "DiskTier",
     "DiskTierConfig",
+    "ExternalLookup",
+    "HostPages",
     "OffloadConfig",
+    "OffloadConnector",
+    "PageIO",
     "RedisTier",
     "RedisTierConfig",
     "StoreWorker",
+    "SyntheticPages",
     "Tier",
     "TierConfig",
     "TierStack",

@@ -6,7 +6,9 @@ models never collide and no directory grows past a few thousand entries per shar
 Writes are atomic: the block goes to ``tmp/<pid>-<random>.tmp`` in the same namespace,
 is fsynced, then renamed over its final name, and the shard directories a batch touched
 are fsynced once. A writer killed at any point leaves either the old state or the
-complete new file, plus perhaps a temporary file that the next open removes. Every read
+complete new file, plus perhaps a temporary file that the next open removes. A batch's
+files are written and read by ``io_threads`` threads, so fsync waits overlap (on this
+VM one 64 KiB write+fsync takes ~1-4 ms; four threads give ~3x). Every read
 checks the header (format, fingerprint, group, hash, length) and the CRC; a file that
 fails is removed and counted, and the read is a miss.
 
@@ -19,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from hybridkv.errors import OffloadConfigError
 from hybridkv.offload import block_format
@@ -29,6 +33,8 @@ from hybridkv.offload.keys import FORMAT_VERSION, BlockKey
 from hybridkv.offload.tier import ByteLRU, Payload, Tier, as_bytes_view
 
 _HEX = frozenset("0123456789abcdef")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -55,8 +61,11 @@ class DiskTier(Tier):
         fingerprint: bytes,
         *,
         fsync: bool = True,
+        io_threads: int = 4,
     ) -> None:
         super().__init__(budget_bytes)
+        self.io_threads = max(1, int(io_threads))
+        self._pool: ThreadPoolExecutor | None = None
         self.root = Path(path)
         self.fingerprint = fingerprint
         self.fsync = fsync
@@ -84,7 +93,8 @@ class DiskTier(Tier):
         except FileNotFoundError:
             pass
         except OSError:
-            self.stats.errors += 1
+            with self._lock:
+                self.stats.errors += 1
 
     def _rebuild_index(self) -> None:
         for tmp in self._tmp.iterdir():
@@ -151,25 +161,41 @@ class DiskTier(Tier):
                 self.stats.errors += 1
             return None
 
+    def _map(self, fn: Callable[[_T], _R], args: Sequence[_T]) -> list[_R]:
+        """``fn`` over ``args`` on the I/O threads (file I/O releases the GIL)."""
+        if self.io_threads <= 1 or len(args) <= 1:
+            return [fn(a) for a in args]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="hkv-disk")
+            pool = self._pool
+        return list(pool.map(fn, args))
+
+    def _read_and_refresh(self, key: BlockKey) -> memoryview | None:
+        payload = self._read(key)
+        if payload is not None:
+            # Recency survives a restart through the modification time.
+            with contextlib.suppress(OSError):
+                os.utime(self.path_of(key))
+        return payload
+
     def get(self, keys: Sequence[BlockKey]) -> list[memoryview | None]:
+        with self._lock:
+            known = [k for k in dict.fromkeys(keys) if k in self._lru]
+        found = dict(zip(known, self._map(self._read_and_refresh, known), strict=True))
         out: list[memoryview | None] = []
-        for key in keys:
-            with self._lock:
-                known = key in self._lru
-            payload = self._read(key) if known else None
-            with self._lock:
+        with self._lock:
+            for key in keys:
+                payload = found.get(key)
                 if payload is None:
-                    if known:
+                    if key in found:
                         self._lru.remove(key)
                     out.append(None)
                     continue
                 self._lru.touch(key)
                 self.stats.hits += 1
                 self.stats.loaded_bytes += payload.nbytes
-            # Recency survives a restart through the modification time.
-            with contextlib.suppress(OSError):
-                os.utime(self.path_of(key))
-            out.append(payload)
+                out.append(payload)
         return out
 
     def _write(self, key: BlockKey, view: memoryview) -> bool:
@@ -196,34 +222,38 @@ class DiskTier(Tier):
     def put(
         self, items: Sequence[tuple[BlockKey, Payload]], *, want_evicted: bool = False
     ) -> list[tuple[BlockKey, memoryview]]:
-        evicted: list[tuple[BlockKey, memoryview]] = []
-        touched_dirs: set[Path] = set()
-        for key, data in items:
-            view = as_bytes_view(data)
-            with self._lock:
-                if self._lru.touch(key):
+        todo: dict[BlockKey, memoryview] = {}
+        with self._lock:
+            for key, data in items:
+                view = as_bytes_view(data)
+                if key in todo or self._lru.touch(key):
                     continue
                 if not self._lru.fits(view.nbytes):
                     self.stats.rejected += 1
                     continue
-            if not self._write(key, view):
-                continue
-            touched_dirs.add(self.path_of(key).parent)
-            with self._lock:
-                victims = self._lru.victims_for(view.nbytes)
+                todo[key] = view
+        written = self._map(lambda kv: self._write(*kv), list(todo.items()))
+        victims: list[BlockKey] = []
+        with self._lock:
+            for (key, view), ok in zip(todo.items(), written, strict=True):
+                if not ok:
+                    continue
+                victims.extend(v for v, _ in self._lru.victims_for(view.nbytes))
                 self._lru.add(key, view.nbytes)
                 self.stats.stored += 1
                 self.stats.stored_bytes += view.nbytes
-                self.stats.evicted += len(victims)
-            for victim, _ in victims:
-                if want_evicted:
-                    payload = self._read(victim)
-                    if payload is not None:
-                        evicted.append((victim, payload))
-                self._remove_file(self.path_of(victim))
+            victims = [v for v in victims if v not in self._lru]
+            self.stats.evicted += len(victims)
+        evicted: list[tuple[BlockKey, memoryview]] = []
+        if want_evicted and victims:
+            for victim, payload in zip(victims, self._map(self._read, victims), strict=True):
+                if payload is not None:
+                    evicted.append((victim, payload))
+        for victim in victims:
+            self._remove_file(self.path_of(victim))
         if self.fsync:
-            for d in touched_dirs:
-                self._fsync_dir(d)
+            dirs = {self.path_of(k).parent for k, ok in zip(todo, written, strict=True) if ok}
+            self._map(self._fsync_dir, sorted(dirs))
         return evicted
 
     def _fsync_dir(self, path: Path) -> None:
@@ -246,9 +276,12 @@ class DiskTier(Tier):
                 self._remove_file(self.path_of(key))
 
     def close(self) -> None:
-        # The files are the state; only the in-memory index goes.
+        # The files are the state; only the in-memory index and the threads go.
         with self._lock:
             self._lru = ByteLRU(self._lru.budget_bytes)
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def describe(self) -> str:
         return f"disk({self.root}, {self.budget_bytes} B)"

@@ -1,0 +1,418 @@
+"""Mamba-2 kernels over per-request state slots: causal conv1d and the SSD recurrence.
+
+Per head ``h`` with state ``H [head_dim, d_state]``, per token::
+
+    dt  = softplus(dt_raw + dt_bias)          (when DT_SOFTPLUS)
+    H   = exp(dt * A) * H + dt * x B^T
+    y   = H C + D * x
+
+``B`` and ``C`` are shared by the ``num_heads / n_groups`` heads of a group.
+
+Each request names a source slot (its initial state; negative = start from zeros)
+and a destination slot (where its final state goes; negative = keep nothing). They
+may be equal. A destination slot must not be another request's source in the same
+launch.
+"""
+
+# Triton reads a kernel parameter's annotation as a type specialization, so the
+# parameters stay unannotated and the jit decorator is untyped.
+# mypy: disable-error-code="no-untyped-def,untyped-decorator,misc"
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from hybridkv.kernels.common import cast_out, softplus
+
+
+@triton.jit
+def conv1d_update_kernel(
+    x_ptr,
+    conv_state_ptr,
+    weight_ptr,
+    bias_ptr,
+    out_ptr,
+    src_ptr,
+    dst_ptr,
+    conv_dim,
+    stride_xt,
+    stride_ot,
+    stride_sn,
+    stride_sk,
+    stride_wc,
+    KERNEL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Decode: one new input per request; ``out = silu(w · [state, x] + b)``, shift state."""
+    req = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < conv_dim
+    src = tl.load(src_ptr + req).to(tl.int64)
+    dst = tl.load(dst_ptr + req).to(tl.int64)
+    x = tl.load(x_ptr + req.to(tl.int64) * stride_xt + c, mask=c_ok, other=0.0).to(tl.float32)
+    acc = tl.zeros([BLOCK_C], tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    acc += x * tl.load(weight_ptr + c * stride_wc + (KERNEL - 1), mask=c_ok).to(tl.float32)
+    # The window is [state[0], ..., state[K-2], x]; the new state drops state[0].
+    for k in tl.static_range(KERNEL - 1):
+        if src >= 0:
+            sk = tl.load(conv_state_ptr + src * stride_sn + k * stride_sk + c, mask=c_ok)
+            sk = sk.to(tl.float32)
+        else:
+            sk = tl.zeros([BLOCK_C], tl.float32)
+        acc += sk * tl.load(weight_ptr + c * stride_wc + k, mask=c_ok).to(tl.float32)
+        # Two ifs: k is a compile-time constant, dst a runtime value.
+        if k > 0:  # noqa: SIM102
+            if dst >= 0:
+                tl.store(
+                    conv_state_ptr + dst * stride_sn + (k - 1) * stride_sk + c,
+                    cast_out(sk, conv_state_ptr.dtype.element_ty, INTERPRET),
+                    mask=c_ok,
+                )
+    if dst >= 0:
+        tl.store(
+            conv_state_ptr + dst * stride_sn + (KERNEL - 2) * stride_sk + c,
+            cast_out(x, conv_state_ptr.dtype.element_ty, INTERPRET),
+            mask=c_ok,
+        )
+    if SILU:
+        acc = acc / (1.0 + tl.exp(-acc))
+    tl.store(
+        out_ptr + req.to(tl.int64) * stride_ot + c,
+        cast_out(acc, out_ptr.dtype.element_ty, INTERPRET),
+        mask=c_ok,
+    )
+
+
+@triton.jit
+def conv1d_varlen_kernel(
+    x_ptr,
+    conv_state_ptr,
+    weight_ptr,
+    bias_ptr,
+    out_ptr,
+    query_start_loc_ptr,
+    src_ptr,
+    conv_dim,
+    stride_xt,
+    stride_ot,
+    stride_sn,
+    stride_sk,
+    stride_wc,
+    KERNEL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Prefill: causal conv over each request's new tokens, the slot's inputs before them.
+
+    Reads states only; :func:`conv1d_state_kernel` writes the new ones afterwards.
+    """
+    req = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    start = tl.load(query_start_loc_ptr + req)
+    length = tl.load(query_start_loc_ptr + req + 1) - start
+    if tl.program_id(1) * BLOCK_T < length:
+        src = tl.load(src_ptr + req).to(tl.int64)
+        t_ok = t < length
+        c_ok = c < conv_dim
+        acc = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        for k in tl.static_range(KERNEL):
+            w = tl.load(weight_ptr + c * stride_wc + k, mask=c_ok, other=0.0).to(tl.float32)
+            idx = t - (KERNEL - 1) + k  # input position relative to the first new token
+            in_seq = t_ok & (idx >= 0)
+            xs = tl.load(
+                x_ptr + (start + idx).to(tl.int64)[:, None] * stride_xt + c[None, :],
+                mask=in_seq[:, None] & c_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            # (src is broadcast before '&': the interpreter mishandles bool & scalar.)
+            in_state = t_ok & (idx < 0) & ((idx * 0 + src) >= 0)
+            ss = tl.load(
+                conv_state_ptr
+                + src * stride_sn
+                + (KERNEL - 1 + idx)[:, None] * stride_sk
+                + c[None, :],
+                mask=in_state[:, None] & c_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            acc += (xs + ss) * w[None, :]
+        if SILU:
+            acc = acc / (1.0 + tl.exp(-acc))
+        tl.store(
+            out_ptr + (start + t).to(tl.int64)[:, None] * stride_ot + c[None, :],
+            cast_out(acc, out_ptr.dtype.element_ty, INTERPRET),
+            mask=t_ok[:, None] & c_ok[None, :],
+        )
+
+
+@triton.jit
+def conv1d_state_kernel(
+    x_ptr,
+    conv_state_ptr,
+    query_start_loc_ptr,
+    src_ptr,
+    dst_ptr,
+    conv_dim,
+    stride_xt,
+    stride_sn,
+    stride_sk,
+    KERNEL: tl.constexpr,
+    KM1_P2: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """After prefill: the destination slot gets the last ``KERNEL - 1`` inputs.
+
+    Inputs older than the new tokens come from the source slot; all are loaded before
+    any store, so the source and destination may be the same slot.
+    """
+    req = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < conv_dim
+    start = tl.load(query_start_loc_ptr + req)
+    length = tl.load(query_start_loc_ptr + req + 1) - start
+    src = tl.load(src_ptr + req).to(tl.int64)
+    dst = tl.load(dst_ptr + req).to(tl.int64)
+    if dst >= 0:
+        j = tl.arange(0, KM1_P2)
+        j_ok = j < KERNEL - 1
+        idx = length - (KERNEL - 1) + j  # position relative to the first new token
+        xs = tl.load(
+            x_ptr + (start + idx).to(tl.int64)[:, None] * stride_xt + c[None, :],
+            mask=(j_ok & (idx >= 0))[:, None] & c_ok[None, :],
+            other=0.0,
+        )
+        ss = tl.load(
+            conv_state_ptr + src * stride_sn + (KERNEL - 1 + idx)[:, None] * stride_sk + c[None, :],
+            mask=(j_ok & (idx < 0) & ((idx * 0 + src) >= 0))[:, None] & c_ok[None, :],
+            other=0.0,
+        )
+        new = xs.to(tl.float32) + ss.to(tl.float32)
+        tl.store(
+            conv_state_ptr + dst * stride_sn + j[:, None] * stride_sk + c[None, :],
+            cast_out(new, conv_state_ptr.dtype.element_ty, INTERPRET),
+            mask=j_ok[:, None] & c_ok[None, :],
+        )
+
+
+@triton.jit
+def selective_state_update_kernel(
+    x_ptr,
+    dt_ptr,
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    d_ptr,
+    dt_bias_ptr,
+    state_ptr,
+    out_ptr,
+    src_ptr,
+    dst_ptr,
+    head_dim,
+    d_state,
+    stride_xt,
+    stride_xh,
+    stride_dtt,
+    stride_bt,
+    stride_bg,
+    stride_ct,
+    stride_cg,
+    stride_ot,
+    stride_oh,
+    stride_sn,
+    stride_sh,
+    stride_sp,
+    HEADS_PER_GROUP: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr,
+    DT_SOFTPLUS: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    N_P2: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Decode: one token per request, one program per (request, head, head_dim tile)."""
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, N_P2)
+    p_ok = p < head_dim
+    n_ok = n < d_state
+    src = tl.load(src_ptr + req).to(tl.int64)
+    dst = tl.load(dst_ptr + req).to(tl.int64)
+    grp = head // HEADS_PER_GROUP
+    t64 = req.to(tl.int64)
+
+    x = tl.load(x_ptr + t64 * stride_xt + head * stride_xh + p, mask=p_ok, other=0.0)
+    x = x.to(tl.float32)
+    dt = tl.load(dt_ptr + t64 * stride_dtt + head).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += tl.load(dt_bias_ptr + head).to(tl.float32)
+    if DT_SOFTPLUS:
+        dt = softplus(dt)
+    a = tl.load(a_ptr + head).to(tl.float32)
+    bv = tl.load(b_ptr + t64 * stride_bt + grp * stride_bg + n, mask=n_ok, other=0.0)
+    cv = tl.load(c_ptr + t64 * stride_ct + grp * stride_cg + n, mask=n_ok, other=0.0)
+    mask2 = p_ok[:, None] & n_ok[None, :]
+    s_off = head * stride_sh + p[:, None] * stride_sp + n[None, :]
+    if src >= 0:
+        h = tl.load(state_ptr + src * stride_sn + s_off, mask=mask2, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_P, N_P2], tl.float32)
+    h = h * tl.exp(dt * a) + (dt * x)[:, None] * bv.to(tl.float32)[None, :]
+    y = tl.sum(h * cv.to(tl.float32)[None, :], 1)
+    if HAS_D:
+        y += x * tl.load(d_ptr + head).to(tl.float32)
+    if dst >= 0:
+        tl.store(
+            state_ptr + dst * stride_sn + s_off,
+            cast_out(h, state_ptr.dtype.element_ty, INTERPRET),
+            mask=mask2,
+        )
+    tl.store(
+        out_ptr + t64 * stride_ot + head * stride_oh + p,
+        cast_out(y, out_ptr.dtype.element_ty, INTERPRET),
+        mask=p_ok,
+    )
+
+
+@triton.jit
+def ssd_chunk_scan_kernel(
+    x_ptr,
+    dt_ptr,
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    d_ptr,
+    dt_bias_ptr,
+    state_ptr,
+    out_ptr,
+    query_start_loc_ptr,
+    src_ptr,
+    dst_ptr,
+    head_dim,
+    d_state,
+    stride_xt,
+    stride_xh,
+    stride_dtt,
+    stride_bt,
+    stride_bg,
+    stride_ct,
+    stride_cg,
+    stride_ot,
+    stride_oh,
+    stride_sn,
+    stride_sh,
+    stride_sp,
+    HEADS_PER_GROUP: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr,
+    DT_SOFTPLUS: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    N_P2: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Prefill: the chunked (SSD) form of the recurrence over each request's new tokens.
+
+    Within a chunk of ``CHUNK`` tokens, with ``cs`` the running sum of ``dt * A``::
+
+        y_t   = exp(cs_t) C_t H0  +  sum_{s<=t} exp(cs_t - cs_s) (C_t · B_s) dt_s x_s
+        H_end = exp(cs_T) H0      +  sum_s exp(cs_T - cs_s) dt_s x_s B_s^T
+
+    so each chunk is three small matrix products plus the carried state ``H0``. Tokens
+    past the request's end get ``dt = 0`` (decay 1, no input), leaving the state as is.
+    """
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, N_P2)
+    tt = tl.arange(0, CHUNK)
+    p_ok = p < head_dim
+    n_ok = n < d_state
+    start = tl.load(query_start_loc_ptr + req)
+    length = tl.load(query_start_loc_ptr + req + 1) - start
+    src = tl.load(src_ptr + req).to(tl.int64)
+    dst = tl.load(dst_ptr + req).to(tl.int64)
+    grp = head // HEADS_PER_GROUP
+    a = tl.load(a_ptr + head).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt_bias = tl.load(dt_bias_ptr + head).to(tl.float32)
+    if HAS_D:
+        dskip = tl.load(d_ptr + head).to(tl.float32)
+
+    mask2 = p_ok[:, None] & n_ok[None, :]
+    s_off = head * stride_sh + p[:, None] * stride_sp + n[None, :]
+    if src >= 0:
+        h = tl.load(state_ptr + src * stride_sn + s_off, mask=mask2, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_P, N_P2], tl.float32)
+    causal = tt[:, None] >= tt[None, :]
+
+    for c0 in range(0, length, CHUNK):
+        t = c0 + tt
+        t_ok = t < length
+        row = (start + t).to(tl.int64)
+        dt = tl.load(dt_ptr + row * stride_dtt + head, mask=t_ok, other=0.0).to(tl.float32)
+        if HAS_DT_BIAS:
+            dt += dt_bias
+        if DT_SOFTPLUS:
+            dt = softplus(dt)
+        dt = tl.where(t_ok, dt, 0.0)
+        cs = tl.cumsum(dt * a, 0)
+        x = tl.load(
+            x_ptr + row[:, None] * stride_xt + head * stride_xh + p[None, :],
+            mask=t_ok[:, None] & p_ok[None, :],
+            other=0.0,
+        )
+        bm = tl.load(
+            b_ptr + row[:, None] * stride_bt + grp * stride_bg + n[None, :],
+            mask=t_ok[:, None] & n_ok[None, :],
+            other=0.0,
+        )
+        cm = tl.load(
+            c_ptr + row[:, None] * stride_ct + grp * stride_cg + n[None, :],
+            mask=t_ok[:, None] & n_ok[None, :],
+            other=0.0,
+        )
+        xf = x.to(tl.float32)
+        if DOT_F32:
+            x = xf
+            bm = bm.to(tl.float32)
+            cm = cm.to(tl.float32)
+        # Intra-chunk: masked decay-weighted (C B^T), then times dt-scaled inputs.
+        cb = tl.dot(cm, tl.trans(bm), input_precision="ieee")
+        decay = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))
+        mix = cb * decay * dt[None, :]
+        y = tl.dot(mix.to(x.dtype), x, input_precision="ieee")
+        # Inter-chunk: the carried state seen through each token's C, decayed.
+        y += tl.dot(cm.to(tl.float32), tl.trans(h), input_precision="ieee") * tl.exp(cs)[:, None]
+        if HAS_D:
+            y += xf * dskip
+        tl.store(
+            out_ptr + row[:, None] * stride_ot + head * stride_oh + p[None, :],
+            cast_out(y, out_ptr.dtype.element_ty, INTERPRET),
+            mask=t_ok[:, None] & p_ok[None, :],
+        )
+        cs_end = tl.sum(tl.where(tt == CHUNK - 1, cs, 0.0), 0)
+        w = tl.exp(cs_end - cs) * dt
+        h = h * tl.exp(cs_end) + tl.dot(
+            tl.trans(xf * w[:, None]), bm.to(tl.float32), input_precision="ieee"
+        )
+    if dst >= 0:
+        tl.store(
+            state_ptr + dst * stride_sn + s_off,
+            cast_out(h, state_ptr.dtype.element_ty, INTERPRET),
+            mask=mask2,
+        )

@@ -1,0 +1,500 @@
+"""The offload connector: a tier stack bound to one :class:`hybridkv.KVCacheManager`.
+
+Store path (:meth:`OffloadConnector.store`): after a step, every block that is full and
+cached and not yet offloaded is snapshotted out of the engine's KV memory (a
+:class:`~hybridkv.offload.pages.PageIO`) and queued for the background store worker;
+the step waits for neither disk nor network. Each group is stored at its own block size
+under ``(fingerprint, group, block hash)``; a state group's blocks are its checkpoints,
+keyed by the prefix hash at their position. No chunk size is shared across groups.
+
+Load path: :meth:`lookup_external` says, per request and per group, how many prompt
+tokens that group could serve from the device cache plus the tiers, and the position
+every group can serve (the request's hit: the minimum over groups, lowered further to a
+position where every group's rule holds); disagreements between groups are counted and
+reported. The payloads for that hit are read at lookup time and held, so a block evicted
+from a tier in between cannot leave a hole. The scheduler then allocates the external
+tokens in its one ``allocate_slots`` call (fresh blocks, so the block tables stay the
+single truth), and :meth:`load_scheduled` writes the held payloads into those blocks.
+An engine calls it between ``schedule()`` and the forward pass, and :meth:`store`
+after the forward pass; :meth:`on_step` does both (the simulator's hook).
+
+What each group needs to serve position ``P`` (tokens ``[0, P)`` computed):
+full attention / MLA: every block below ``P``; sliding window: the blocks covering the
+last ``window - 1`` tokens before ``P``; chunked local: the blocks of ``P``'s chunk before
+``P``; state: the checkpoint at exactly ``P``. Blocks below the device hit are on the
+device already. Encoder-only and cross-attention groups don't depend on the prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hybridkv.errors import InvalidArgumentError
+from hybridkv.offload.config import OffloadConfig
+from hybridkv.offload.keys import BlockKey, block_keys, model_fingerprint
+from hybridkv.offload.pages import PageIO
+from hybridkv.offload.stack import TierStack
+from hybridkv.offload.tier import Payload
+from hybridkv.offload.worker import StoreWorker
+
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+
+_PREFIX_KINDS = ("full_attention", "mla")
+_SKIP_KINDS = ("encoder_only", "cross_attention")
+
+
+@dataclass(frozen=True)
+class ExternalLookup:
+    """The answer of :meth:`OffloadConnector.lookup_external` (row ``i``: request ``i``)."""
+
+    req_ids: I64
+    #: ``(n, num_groups)``: the longest prefix each group alone could serve (device +
+    #: tiers); -1 for groups that do not depend on the prefix.
+    group_tokens: I64
+    #: Tokens already on the device (the manager's hit).
+    device_tokens: I64
+    #: The position every group can serve (>= ``device_tokens``).
+    hit_tokens: I64
+    #: Requests whose groups disagreed (their maxima differ).
+    disagreements: int
+
+    @property
+    def external_tokens(self) -> I64:
+        """Tokens to load beyond the device hit."""
+        out: I64 = self.hit_tokens - self.device_tokens
+        return out
+
+
+@dataclass
+class _Pending:
+    start: int  # the device hit the lookup was made against
+    hit: int
+    # per group: (block index in the request's table, key, payload)
+    loads: dict[int, list[tuple[int, BlockKey, Payload]]] = field(default_factory=dict)
+
+
+@dataclass
+class ConnectorStats:
+    """Counters since the connector was made."""
+
+    lookups: int = 0
+    lookup_device_tokens: int = 0
+    lookup_hit_tokens: int = 0
+    external_tokens_loaded: int = 0
+    loaded_blocks: int = 0
+    loaded_bytes: int = 0
+    disagreements: int = 0
+    fetch_shortfalls: int = 0
+    stored_blocks: int = 0
+    stored_bytes: int = 0
+    dropped_store_blocks: int = 0
+    per_tier_blocks: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items()}
+
+
+class OffloadConnector:
+    """Per-group offload for one manager: :meth:`store`, :meth:`lookup_external`,
+    :meth:`load_scheduled`; also the scheduler's ``external`` hook (:meth:`lookup`) and
+    the simulator's (``on_step``, ``load_seconds``)."""
+
+    def __init__(
+        self,
+        manager: Any,
+        tiers: OffloadConfig | TierStack,
+        pages: PageIO,
+        *,
+        fingerprint: bytes | None = None,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        extra: Mapping[str, Any] | None = None,
+        redis_client: Any = None,
+        background: bool = True,
+        load_bytes_per_second: float | None = None,
+        max_tracked_keys: int = 1 << 20,
+    ) -> None:
+        plan = getattr(manager, "plan", None)
+        if plan is None:
+            raise InvalidArgumentError("the offload connector needs a manager with a .plan")
+        self.manager = manager
+        self.plan = plan
+        self.pages = pages
+        self.fingerprint = fingerprint or model_fingerprint(
+            plan, tp_rank=tp_rank, tp_size=tp_size, extra=extra
+        )
+        if isinstance(tiers, TierStack):
+            self.stack = tiers
+            max_pending = 1 << 30
+        else:
+            self.stack = TierStack.from_config(tiers, self.fingerprint, redis_client=redis_client)
+            max_pending = tiers.max_pending_bytes
+        self.worker = StoreWorker(self.stack, max_pending_bytes=max_pending) if background else None
+        self.groups = list(plan.groups)
+        self.kinds = [str(g.kind) for g in self.groups]
+        self.block_sizes = [int(g.block_size) for g in self.groups]
+        prefix_sizes = [b for b, k in zip(self.block_sizes, self.kinds, strict=True)
+                        if k not in _SKIP_KINDS]  # fmt: skip
+        # Hits land where every group has a block boundary (with the usual plans: the
+        # state checkpoint interval, a multiple of the attention block size).
+        self.granularity = math.lcm(*prefix_sizes) if prefix_sizes else 1
+        self.mamba_mode = str(getattr(plan, "mamba_cache_mode", "align"))
+        self.load_bytes_per_second = load_bytes_per_second
+        self.stats = ConnectorStats(per_tier_blocks=[0] * len(self.stack.tiers))
+        self._pending: dict[int, _Pending] = {}
+        self._stored_upto: dict[tuple[int, int], int] = {}
+        self._offloaded: OrderedDict[BlockKey, None] = OrderedDict()
+        self._max_tracked = max_tracked_keys
+        self._steps = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    def _hashes(self, group: int, req_id: int) -> npt.NDArray[np.uint64]:
+        out: npt.NDArray[np.uint64] = np.asarray(
+            self.manager.block_hashes(group, int(req_id)), dtype=np.uint64
+        ).reshape(-1, 2)
+        return out
+
+    def _checkpoint_only(self, g: int) -> bool:
+        """A state group that keeps only the running state plus checkpoints: a load
+        needs just the checkpoint at the hit (``all`` mode caches every boundary)."""
+        return self.kinds[g] == "state" and self.mamba_mode != "all"
+
+    def _group_reach(self, g: int, dev: int, limit: int, present: npt.NDArray[np.bool_]) -> int:
+        """The furthest position group ``g`` alone could serve from ``dev``."""
+        bs = self.block_sizes[g]
+        if self._checkpoint_only(g):
+            ks = np.flatnonzero(present)
+            pos = (ks + 1) * bs
+            pos = pos[(pos > dev) & (pos <= limit)]
+            return int(pos.max()) if pos.size else dev
+        k0 = dev // bs
+        missing = np.flatnonzero(~present[k0:])
+        end = k0 + (int(missing[0]) if missing.size else present.shape[0] - k0)
+        return max(dev, min(end * bs, limit // bs * bs))
+
+    def _servable(
+        self, g: int, pos: int, dev: int, reach: int, present: npt.NDArray[np.bool_]
+    ) -> bool:
+        bs = self.block_sizes[g]
+        if pos == dev:
+            return True
+        if pos % bs:
+            return False
+        if self._checkpoint_only(g):
+            k = pos // bs - 1
+            return 0 <= k < present.shape[0] and bool(present[k])
+        return pos <= reach
+
+    def _needed(self, g: int, dev: int, hit: int) -> list[int]:
+        """Table entries of group ``g`` a load from ``dev`` to ``hit`` must fill: every
+        block the manager will allocate and cache for those tokens, or for a
+        checkpoint-only state group the checkpoint at ``hit``."""
+        bs = self.block_sizes[g]
+        if hit <= dev:
+            return []
+        if self._checkpoint_only(g):
+            return [hit // bs - 1]
+        return list(range(dev // bs, hit // bs))
+
+    # ------------------------------------------------------------------ load path
+
+    def lookup_external(
+        self, req_ids: npt.ArrayLike, device_hit_tokens: npt.ArrayLike | None = None
+    ) -> ExternalLookup:
+        """Per request and group, how far the device plus the tiers reach; the hit.
+
+        ``group_tokens[i, g]``: the longest prefix group ``g`` alone could serve (-1 for
+        groups that don't depend on the prefix). ``hit_tokens[i]``: the longest prefix
+        every group can serve, at most ``num_tokens - 1`` (the last token is computed).
+        Groups reaching different lengths count as a disagreement. The payloads of each
+        hit are fetched now and held for :meth:`load_scheduled`; a block that vanished
+        since the index said it was there lowers the hit (``fetch_shortfalls``).
+        """
+        ids = np.asarray(req_ids, dtype=np.int64).reshape(-1)
+        n, num_groups = ids.shape[0], len(self.groups)
+        device = (
+            np.zeros(n, dtype=np.int64)
+            if device_hit_tokens is None
+            else np.asarray(device_hit_tokens, dtype=np.int64).reshape(-1)
+        )
+        if device.shape[0] != n:
+            raise InvalidArgumentError("device_hit_tokens must have one entry per request")
+        lengths = np.asarray(self.manager.num_tokens(ids), dtype=np.int64).reshape(-1)
+        active = [g for g in range(num_groups) if self.kinds[g] not in _SKIP_KINDS]
+        # One locate over every block of every request and group.
+        keys: list[BlockKey] = []
+        spans: list[dict[int, tuple[int, int]]] = []
+        for rid in ids.tolist():
+            row = {}
+            for g in active:
+                start = len(keys)
+                keys.extend(block_keys(self.fingerprint, g, self._hashes(g, rid)))
+                row[g] = (start, len(keys))
+            spans.append(row)
+        located = np.asarray(self.stack.locate(keys) if keys else [], dtype=np.int64)
+        group_tokens = np.full((n, num_groups), -1, dtype=np.int64)
+        hits = device.copy()
+        disagreements = 0
+        for r, rid in enumerate(ids.tolist()):
+            dev, limit = int(device[r]), max(0, int(lengths[r]) - 1)
+            present = {g: located[s:e] >= 0 for g, (s, e) in spans[r].items()}
+            for attempt in range(num_groups * 4 + 4):
+                reach = {g: self._group_reach(g, dev, limit, present[g]) for g in active}
+                if attempt == 0:
+                    for g in active:
+                        group_tokens[r, g] = reach[g]
+                    if len(set(reach.values())) > 1:
+                        disagreements += 1
+                hit = self._common_hit(dev, reach, present)
+                missing = self._fetch(int(rid), dev, hit, spans[r], keys)
+                if not missing:
+                    break
+                self.stats.fetch_shortfalls += 1
+                for g, k in missing:
+                    present[g][k] = False
+            else:  # pragma: no cover - each round removes at least one block
+                hit = dev
+                self._pending.pop(int(rid), None)
+            hits[r] = hit
+        self.stats.lookups += n
+        self.stats.lookup_device_tokens += int(device.sum())
+        self.stats.lookup_hit_tokens += int(hits.sum())
+        self.stats.disagreements += disagreements
+        return ExternalLookup(ids, group_tokens, device, hits, disagreements)
+
+    def _common_hit(
+        self, dev: int, reach: dict[int, int], present: dict[int, npt.NDArray[np.bool_]]
+    ) -> int:
+        top = min(reach.values(), default=dev)
+        gran = self.granularity
+        for pos in range(top // gran * gran, dev, -gran):
+            if all(self._servable(g, pos, dev, reach[g], present[g]) for g in reach):
+                return pos
+        return dev
+
+    def _fetch(
+        self,
+        rid: int,
+        dev: int,
+        hit: int,
+        spans: dict[int, tuple[int, int]],
+        keys: list[BlockKey],
+    ) -> list[tuple[int, int]]:
+        """Read and hold the payloads of ``rid``'s hit; the (group, entry) pairs that
+        could not be read (empty when the hit is held)."""
+        self._pending.pop(rid, None)
+        if hit <= dev:
+            return []
+        want = [
+            (g, k, keys[s + k]) for g, (s, _e) in spans.items() for k in self._needed(g, dev, hit)
+        ]
+        got = self.stack.get([key for _, _, key in want])
+        missing = [(g, k) for (g, k, _), p in zip(want, got, strict=True) if p is None]
+        if missing:
+            return missing
+        pending = _Pending(dev, hit)
+        for (g, k, key), payload in zip(want, got, strict=True):
+            assert payload is not None
+            pending.loads.setdefault(g, []).append((k, key, payload))
+        self._pending[rid] = pending
+        return []
+
+    def lookup(self, req_ids: I64, device_hit_tokens: I64) -> I64:
+        """The scheduler's ``external`` hook: tokens to load beyond the device hit."""
+        return self.lookup_external(req_ids, device_hit_tokens).external_tokens
+
+    def load_scheduled(
+        self,
+        req_ids: npt.ArrayLike,
+        computed_before: npt.ArrayLike,
+        num_new_tokens: npt.ArrayLike,
+        external: npt.ArrayLike,
+    ) -> int:
+        """Write held payloads into the blocks the step allocated for external tokens.
+
+        Per request (a scheduler output's rows): ``computed_before`` is the device hit,
+        ``num_new_tokens`` what ``allocate_slots`` allocated (external included) and
+        ``external`` the tokens to load. Attention pages go to their own table entries;
+        a checkpoint-only state group's checkpoint goes to the step's running-state
+        entry (``cdiv(end, bs) - 1``), which the model then advances from the hit.
+        Returns the number of blocks written. Held lookups of requests that were not
+        scheduled are dropped.
+        """
+        written = 0
+        rows = zip(
+            np.asarray(req_ids, dtype=np.int64).reshape(-1).tolist(),
+            np.asarray(computed_before, dtype=np.int64).reshape(-1).tolist(),
+            np.asarray(num_new_tokens, dtype=np.int64).reshape(-1).tolist(),
+            np.asarray(external, dtype=np.int64).reshape(-1).tolist(),
+            strict=True,
+        )
+        try:
+            for rid, start, new, ext in rows:
+                if ext <= 0:
+                    continue
+                pending = self._pending.get(rid)
+                if pending is None or pending.start != start or pending.hit != start + ext:
+                    raise InvalidArgumentError(
+                        f"request {rid}: no held lookup for {ext} external tokens from {start}"
+                    )
+                end = start + new
+                for g, loads in pending.loads.items():
+                    bs = self.block_sizes[g]
+                    table = np.asarray(self.manager.block_table(g, np.array([rid])))[0]
+                    if self._checkpoint_only(g):
+                        entries = [-(-end // bs) - 1] * len(loads)
+                    else:
+                        entries = [k for k, _, _ in loads]
+                    if max(entries) >= table.shape[0]:
+                        raise InvalidArgumentError(
+                            f"request {rid}: group {g} has no table entry for a loaded page"
+                        )
+                    block_ids = table[np.asarray(entries, dtype=np.int64)].astype(np.int32)
+                    if (block_ids == 0).any():
+                        raise InvalidArgumentError(
+                            f"request {rid}: group {g} has no block allocated for a loaded page"
+                        )
+                    load_keys = [k for _, k, _ in loads]
+                    self.pages.write(g, block_ids, load_keys, [p for _, _, p in loads])
+                    for key in load_keys:
+                        self._offloaded[key] = None
+                    written += len(loads)
+                    self.stats.loaded_bytes += len(loads) * int(self.groups[g].page_size_bytes)
+                self.stats.external_tokens_loaded += ext
+        finally:
+            self._pending.clear()
+        self.stats.loaded_blocks += written
+        return written
+
+    # ------------------------------------------------------------------ store path
+
+    def store(self, req_ids: npt.ArrayLike) -> int:
+        """Queue every computed, cached block of these requests not offloaded yet.
+
+        A block qualifies when its tokens are all computed (entry ``k`` with
+        ``(k + 1) * bs <= num_computed``; for a state group that entry holds the
+        checkpoint after exactly ``(k + 1) * bs`` tokens) and the table still holds it.
+        Snapshots are taken now; the tier writes run on the worker thread. Returns the
+        number of blocks queued.
+        """
+        ids = np.asarray(req_ids, dtype=np.int64).reshape(-1)
+        ids = ids[[int(r) in self.manager for r in ids.tolist()]]  # finished ones are gone
+        if ids.size == 0:
+            return 0
+        items: list[tuple[BlockKey, Payload]] = []
+        real_bytes = 0
+        computed = np.asarray(self.manager.num_computed_tokens(ids), dtype=np.int64)
+        for g in range(len(self.groups)):
+            if self.kinds[g] in _SKIP_KINDS:
+                continue
+            bs = self.block_sizes[g]
+            table = np.asarray(self.manager.block_table(g, ids))
+            for r, rid in enumerate(ids.tolist()):
+                done = self._stored_upto.get((rid, g), 0)
+                upto = min(int(computed[r]) // bs, table.shape[1])
+                if upto <= done:
+                    continue
+                hashes = self._hashes(g, rid)
+                upto = min(upto, hashes.shape[0])
+                self._stored_upto[(rid, g)] = max(done, upto)
+                if upto <= done:
+                    continue
+                block_ids = table[r, done:upto].astype(np.int32)
+                keys = block_keys(self.fingerprint, g, hashes[done:upto])
+                fresh = [
+                    j
+                    for j, (b, k) in enumerate(zip(block_ids.tolist(), keys, strict=True))
+                    if b != 0 and k not in self._offloaded
+                ]
+                if not fresh:
+                    continue
+                sel_keys = [keys[j] for j in fresh]
+                pages = self.pages.read(g, block_ids[fresh], sel_keys)
+                items.extend(zip(sel_keys, pages, strict=True))
+                real_bytes += len(fresh) * int(self.groups[g].page_size_bytes)
+                for k in sel_keys:
+                    self._offloaded[k] = None
+        while len(self._offloaded) > self._max_tracked:
+            self._offloaded.popitem(last=False)
+        if not items:
+            return 0
+        if self.worker is None:
+            self.stack.put(items)
+        elif not self.worker.submit(items):
+            self.stats.dropped_store_blocks += len(items)
+            for k, _ in items:
+                self._offloaded.pop(k, None)
+            return 0
+        self.stats.stored_blocks += len(items)
+        self.stats.stored_bytes += real_bytes
+        return len(items)
+
+    def forget(self, req_ids: npt.ArrayLike) -> None:
+        """Drop the bookkeeping of finished requests."""
+        for rid in np.asarray(req_ids, dtype=np.int64).reshape(-1).tolist():
+            for g in range(len(self.groups)):
+                self._stored_upto.pop((rid, g), None)
+            self._pending.pop(rid, None)
+
+    # ------------------------------------------------------------------ hooks, stats
+
+    def on_step(self, manager: Any, output: Any) -> None:
+        """Per-step hook where an engine runs its forward pass (after ``schedule()``,
+        before ``update_from_output()``, which frees finished requests): load the
+        step's external tokens, then queue what the step completed for storing."""
+        self.load_scheduled(
+            output.req_ids,
+            output.num_computed_before,
+            output.num_new_tokens,
+            output.num_external_tokens,
+        )
+        self.store(output.req_ids)
+        self._steps += 1
+        if self._steps % 1024 == 0:  # finished requests have left the manager: prune
+            gone = {rid for rid, _ in self._stored_upto if rid not in self.manager}
+            self.forget(np.fromiter(gone, dtype=np.int64, count=len(gone)))
+
+    def load_seconds(self, tokens: int) -> float:
+        """Modelled time to load ``tokens`` external tokens (the simulator's hook).
+
+        Attention bytes per token plus one state checkpoint per ``granularity`` tokens,
+        over ``load_bytes_per_second`` (0 s when it is not set).
+        """
+        if not self.load_bytes_per_second:
+            return 0.0
+        per_token = 0.0
+        for g in self.groups:
+            if g.kind in _SKIP_KINDS:
+                continue
+            span = self.granularity if g.kind == "state" else int(g.block_size)
+            per_token += int(g.page_size_bytes) / span
+        return float(tokens * per_token / self.load_bytes_per_second)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for queued stores (tests, shutdown)."""
+        return True if self.worker is None else self.worker.flush(timeout)
+
+    def close(self) -> None:
+        """Store what is queued, stop the worker, close the tiers."""
+        if self.worker is not None:
+            self.worker.close()
+        self.stack.close()
+
+    def report(self) -> dict[str, Any]:
+        """Connector counters, the worker's and every tier's."""
+        stack = self.stack.stats()
+        out = self.stats.as_dict()
+        out["per_tier_blocks"] = [t["served"] for t in stack["tiers"]]
+        out["tiers"] = stack["tiers"]
+        out["worker"] = self.worker.stats() if self.worker is not None else None
+        out["fingerprint"] = self.fingerprint.hex()
+        return out

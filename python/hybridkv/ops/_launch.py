@@ -1,0 +1,94 @@
+"""Argument checks and tile-size helpers shared by the launchers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from hybridkv.errors import InvalidArgumentError
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def interpreted(kernel: object) -> bool:
+    """Whether ``kernel`` runs under Triton's CPU interpreter (``TRITON_INTERPRET=1``).
+
+    The choice is made when triton decorates the kernel, so the kernel object is the
+    truth, not the environment now.
+    """
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise :class:`InvalidArgumentError` with ``message`` unless ``ok``."""
+    if not ok:
+        raise InvalidArgumentError(message)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (and >= 1)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def check_tensor(
+    name: str,
+    t: object,
+    *,
+    ndim: int,
+    dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
+    contiguous_last: bool = True,
+) -> torch.Tensor:
+    """Check rank, dtype and a unit-stride last dimension; return ``t`` typed."""
+    require(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    assert isinstance(t, torch.Tensor)
+    require(t.dim() == ndim, f"{name} must have {ndim} dims, got shape {tuple(t.shape)}")
+    require(t.dtype in dtypes, f"{name} has dtype {t.dtype}, expected one of {list(dtypes)}")
+    if contiguous_last and t.numel() > 0:
+        require(t.stride(-1) == 1, f"{name} needs a contiguous last dimension")
+    return t
+
+
+def check_shape(name: str, t: torch.Tensor, shape: Sequence[int]) -> None:
+    """Check that ``t`` has exactly ``shape``."""
+    require(
+        tuple(t.shape) == tuple(shape),
+        f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}",
+    )
+
+
+def check_device(kernel: object, *tensors: torch.Tensor) -> None:
+    """All tensors on one device, and CPU tensors only under the interpreter."""
+    devices = {t.device for t in tensors}
+    require(len(devices) == 1, f"tensors are on several devices: {sorted(map(str, devices))}")
+    device = next(iter(devices))
+    if device.type == "cpu":
+        require(
+            interpreted(kernel),
+            "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before "
+            "hybridkv.kernels (and triton) are imported",
+        )
+
+
+def check_slots(name: str, slots: torch.Tensor, n: int, num_slots: int) -> None:
+    """Per-request slot ids: shape ``(n,)``, each ``< num_slots`` (negative = none)."""
+    check_tensor(name, slots, ndim=1, dtypes=INDEX_DTYPES)
+    check_shape(name, slots, (n,))
+    if n:
+        hi = int(slots.max())
+        require(hi < num_slots, f"{name} holds slot {hi}, but the pool has {num_slots} slots")
+
+
+def query_lengths(query_start_loc: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Check ``query_start_loc`` (non-decreasing, from 0 to ``num_tokens``); lengths."""
+    check_tensor("query_start_loc", query_start_loc, ndim=1, dtypes=INDEX_DTYPES)
+    require(query_start_loc.numel() >= 1, "query_start_loc needs at least one entry")
+    lens = query_start_loc[1:] - query_start_loc[:-1]
+    require(int(query_start_loc[0]) == 0, "query_start_loc must start at 0")
+    require(
+        int(query_start_loc[-1]) == num_tokens,
+        f"query_start_loc ends at {int(query_start_loc[-1])}, but there are {num_tokens} tokens",
+    )
+    require(bool((lens >= 0).all()), "query_start_loc must be non-decreasing")
+    return lens

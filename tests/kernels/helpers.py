@@ -1,0 +1,49 @@
+"""Shared pieces of the kernel tests: tolerances, slot assignment, comparisons."""
+
+from __future__ import annotations
+
+import torch
+from hybridkv.ops.tolerances import tolerance
+from hypothesis import strategies as st
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+dtypes = st.sampled_from(DTYPES)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
+    """Hold ``actual`` to the tolerance of its dtype (``hybridkv.ops.tolerances``)."""
+    atol, rtol = tolerance(actual.dtype)
+    assert actual.dtype == expected.dtype, what
+    assert not torch.isnan(actual).any(), f"{what}: NaN in kernel output"
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+@st.composite
+def slot_pairs(draw: st.DrawFn, n: int, num_slots: int) -> tuple[list[int], list[int]]:
+    """Per request a source slot (or -1: fresh) and a destination slot (or -1: drop).
+
+    Destinations may equal their own source but never another request's source, as
+    the kernels require; ids come from a shuffled pool so they are non-contiguous.
+    """
+    perm = draw(st.permutations(list(range(num_slots))))
+    src, dst = [], []
+    for r in range(n):
+        s = perm[r] if draw(st.booleans()) or r == 0 else -1
+        choice = draw(st.sampled_from(["same", "other", "drop"]))
+        if choice == "same" and s >= 0:
+            d = s
+        elif choice == "drop":
+            d = -1
+        else:
+            d = perm[n + r]
+        src.append(s)
+        dst.append(d)
+    return src, dst
+
+
+def offsets(lengths: list[int]) -> torch.Tensor:
+    """``query_start_loc`` for ragged ``lengths`` (int32)."""
+    out = [0]
+    for n in lengths:
+        out.append(out[-1] + n)
+    return torch.tensor(out, dtype=torch.int32)

@@ -1,0 +1,236 @@
+"""Mamba-2 kernels (conv1d decode/prefill, selective_state_update, SSD scan) vs references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import DTYPES, assert_close, dtypes, offsets, slot_pairs
+from hybridkv import ops
+from hybridkv.errors import InvalidArgumentError
+from hybridkv.ops import reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+NUM_SLOTS = 8
+
+
+def _conv_inputs(
+    lengths: list[int], conv_dim: int, width: int, dtype: torch.dtype, seed: int
+) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(sum(lengths), conv_dim, generator=g).to(dtype)
+    state = torch.randn(NUM_SLOTS, width - 1, conv_dim, generator=g).to(dtype)
+    weight = torch.randn(conv_dim, width, generator=g).to(dtype)
+    bias = torch.randn(conv_dim, generator=g).to(dtype)
+    return x, state, weight, bias
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(1, 3),
+    conv_dim=st.integers(1, 40),
+    width=st.integers(2, 4),
+    dtype=dtypes,
+    has_bias=st.booleans(),
+    activation=st.sampled_from([None, "silu"]),
+)
+def test_conv1d_prefill_matches_reference(
+    data: st.DataObject,
+    n: int,
+    conv_dim: int,
+    width: int,
+    dtype: torch.dtype,
+    has_bias: bool,
+    activation: str | None,
+) -> None:
+    lengths = data.draw(st.lists(st.integers(0, 12), min_size=n, max_size=n))
+    src, dst = data.draw(slot_pairs(n, NUM_SLOTS))
+    x, state, weight, bias = _conv_inputs(lengths, conv_dim, width, dtype, sum(lengths))
+    b = bias if has_bias else None
+    qsl = offsets(lengths)
+    s_k, s_r = state.clone(), state.clone()
+    src_t, dst_t = torch.tensor(src), torch.tensor(dst)
+    out = ops.causal_conv1d_prefill(x, s_k, weight, b, qsl, src_t, dst_t, activation=activation)
+    ref = reference.causal_conv1d(x, s_r, weight, b, qsl, src_t, dst_t, activation=activation)
+    assert_close(out, ref, "conv out")
+    assert torch.equal(s_k, s_r), "conv state"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(1, 4),
+    conv_dim=st.integers(1, 40),
+    width=st.integers(2, 4),
+    dtype=dtypes,
+)
+def test_conv1d_update_matches_reference(
+    data: st.DataObject, n: int, conv_dim: int, width: int, dtype: torch.dtype
+) -> None:
+    src, dst = data.draw(slot_pairs(n, NUM_SLOTS))
+    x, state, weight, bias = _conv_inputs([1] * n, conv_dim, width, dtype, n * conv_dim)
+    s_k, s_r = state.clone(), state.clone()
+    src_t, dst_t = torch.tensor(src), torch.tensor(dst)
+    out = ops.causal_conv1d_update(x, s_k, weight, bias, src_t, dst_t)
+    ref = reference.causal_conv1d_update(x, s_r, weight, bias, src_t, dst_t)
+    assert_close(out, ref, "conv update out")
+    assert torch.equal(s_k, s_r), "conv update state"
+
+
+def test_conv1d_prefill_then_update_equals_one_long_prefill() -> None:
+    # Splitting a sequence across steps through the state slot changes nothing.
+    x, state, weight, bias = _conv_inputs([9], 24, 4, torch.float32, 0)
+    whole = ops.causal_conv1d_prefill(
+        x, state.clone(), weight, bias, offsets([9]), torch.tensor([-1]), torch.tensor([0])
+    )
+    st_ = state.clone()
+    first = ops.causal_conv1d_prefill(
+        x[:2], st_, weight, bias, offsets([2]), torch.tensor([-1]), torch.tensor([3])
+    )
+    rest = [first]
+    for i in range(2, 9):
+        rest.append(ops.causal_conv1d_update(x[i : i + 1], st_, weight, bias, torch.tensor([3])))
+    assert_close(torch.cat(rest), whole, "split vs whole")
+
+
+def _ssm_inputs(
+    t: int, heads: int, head_dim: int, groups: int, d_state: int, dtype: torch.dtype, seed: int
+) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    return {
+        "state": r(NUM_SLOTS, heads, head_dim, d_state),
+        "x": r(t, heads, head_dim).to(dtype),
+        "dt": r(t, heads).to(dtype),
+        "A": -torch.rand(heads, generator=g) * 2 - 0.1,
+        "B": r(t, groups, d_state).to(dtype),
+        "C": r(t, groups, d_state).to(dtype),
+        "D": r(heads),
+        "dt_bias": r(heads),
+    }
+
+
+_ARGS = ("x", "dt", "A", "B", "C")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(1, 3),
+    groups=st.integers(1, 2),
+    heads_per_group=st.integers(1, 2),
+    head_dim=st.integers(1, 20),
+    d_state=st.integers(1, 20),
+    chunk=st.sampled_from([1, 2, 4, 8, 16]),
+    dtype=dtypes,
+    has_d=st.booleans(),
+    has_bias=st.booleans(),
+    softplus=st.booleans(),
+)
+def test_ssd_prefill_matches_recurrence(
+    data: st.DataObject,
+    n: int,
+    groups: int,
+    heads_per_group: int,
+    head_dim: int,
+    d_state: int,
+    chunk: int,
+    dtype: torch.dtype,
+    has_d: bool,
+    has_bias: bool,
+    softplus: bool,
+) -> None:
+    lengths = data.draw(st.lists(st.integers(0, 21), min_size=n, max_size=n))
+    src, dst = data.draw(slot_pairs(n, NUM_SLOTS))
+    heads = groups * heads_per_group
+    a = _ssm_inputs(sum(lengths), heads, head_dim, groups, d_state, dtype, sum(lengths))
+    if not softplus:
+        a["dt"] = a["dt"].abs()  # a raw dt must be positive
+    d = a["D"] if has_d else None
+    bias = a["dt_bias"].abs() if has_bias else None
+    qsl = offsets(lengths)
+    src_t, dst_t = torch.tensor(src), torch.tensor(dst)
+    s_k, s_r = a["state"].clone(), a["state"].clone()
+    args = [a[k] for k in _ARGS]
+    out = ops.ssd_prefill(s_k, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus, chunk=chunk)
+    ref = reference.mamba2_ssm(s_r, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus)
+    assert_close(out, ref, "ssd y")
+    assert_close(s_k, s_r, "ssd state")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(1, 4),
+    groups=st.integers(1, 2),
+    heads_per_group=st.integers(1, 3),
+    head_dim=st.integers(1, 40),
+    d_state=st.integers(1, 20),
+    dtype=dtypes,
+)
+def test_selective_state_update_matches_reference(
+    data: st.DataObject,
+    n: int,
+    groups: int,
+    heads_per_group: int,
+    head_dim: int,
+    d_state: int,
+    dtype: torch.dtype,
+) -> None:
+    src, dst = data.draw(slot_pairs(n, NUM_SLOTS))
+    heads = groups * heads_per_group
+    a = _ssm_inputs(n, heads, head_dim, groups, d_state, dtype, n * head_dim)
+    src_t, dst_t = torch.tensor(src), torch.tensor(dst)
+    s_k, s_r = a["state"].clone(), a["state"].clone()
+    args = [a[k] for k in _ARGS]
+    out = ops.selective_state_update(s_k, *args, a["D"], a["dt_bias"], src_t, dst_t)
+    ref = reference.selective_state_update(s_r, *args, a["D"], a["dt_bias"], src_t, dst_t)
+    assert_close(out, ref, "ssu y")
+    assert_close(s_k, s_r, "ssu state")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ssd_prefill_then_decode_equals_recurrence(dtype: torch.dtype) -> None:
+    # Production-like head (64 x 128 state) through prefill then two decode steps.
+    a = _ssm_inputs(12, 2, 64, 1, 128, dtype, 1)
+    s_k, s_r = a["state"].clone(), a["state"].clone()
+    ref = reference.mamba2_ssm(
+        s_r, *[a[k] for k in _ARGS], a["D"], a["dt_bias"], offsets([12]), torch.tensor([5])
+    )
+    pre = [a[k][:10] if a[k].shape[0] == 12 else a[k] for k in _ARGS]
+    outs = [ops.ssd_prefill(s_k, *pre, a["D"], a["dt_bias"], offsets([10]), torch.tensor([5]))]
+    for i in (10, 11):
+        step = [a[k][i : i + 1] if a[k].shape[0] == 12 else a[k] for k in _ARGS]
+        outs.append(ops.selective_state_update(s_k, *step, a["D"], a["dt_bias"], torch.tensor([5])))
+    assert_close(torch.cat(outs), ref, "prefill+decode y")
+    assert_close(s_k, s_r, "prefill+decode state")
+
+
+def test_ssm_rejects_bad_slot_and_keeps_state() -> None:
+    a = _ssm_inputs(2, 2, 4, 1, 4, torch.float32, 2)
+    before = a["state"].clone()
+    with pytest.raises(InvalidArgumentError, match="pool has 8 slots"):
+        ops.selective_state_update(
+            a["state"], *[a[k] for k in _ARGS], None, None, torch.tensor([0, 8])
+        )
+    assert torch.equal(a["state"], before)
+
+
+def test_ssm_rejects_heads_not_divisible_by_groups() -> None:
+    a = _ssm_inputs(2, 3, 4, 2, 4, torch.float32, 2)
+    with pytest.raises(InvalidArgumentError, match="n_groups"):
+        ops.ssd_prefill(
+            a["state"], *[a[k] for k in _ARGS], None, None, offsets([2]), torch.tensor([0])
+        )
+
+
+def test_conv_rejects_bad_activation_and_state_shape() -> None:
+    x, state, weight, bias = _conv_inputs([1], 8, 4, torch.float32, 3)
+    with pytest.raises(InvalidArgumentError, match="activation"):
+        ops.causal_conv1d_update(x, state, weight, bias, torch.tensor([0]), activation="gelu")
+    with pytest.raises(InvalidArgumentError, match="conv_state"):
+        ops.causal_conv1d_update(x, state[:, :2], weight, bias, torch.tensor([0]))

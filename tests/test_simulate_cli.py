@@ -1,0 +1,59 @@
+"""``hybridkv simulate`` command line: bad arguments give one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hybridkv.cli import main
+
+BASE = ["simulate", "--model", "qwen3-next-80b-a3b", "--memory", "8GiB", "--trace", "chat"]
+
+
+def _replace(flag: str, value: str) -> list[str]:
+    args = list(BASE)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["simulate", "--model", "qwen3-next-80b-a3b", "--memory", "8GiB"], "--trace"),
+        (_replace("--memory", "lots"), "invalid size"),
+        (_replace("--memory", "0"), "size"),
+        (_replace("--model", "no-such-model"), "no-such-model"),
+        (_replace("--trace", "no-such-trace"), "no-such-trace"),
+        ([*BASE, "--layout", "paged"], "--layout"),
+        ([*BASE, "--max-num-seqs", "0"], "--max-num-seqs"),
+        ([*BASE, "--max-num-batched-tokens", "x"], "--max-num-batched-tokens"),
+        ([*BASE, "--gpu", "tpu-v9"], "--gpu"),
+        ([*BASE, "--plot", "out.svg"], ".png"),
+        ([*BASE, "--seed", "3", "--trace", "/tmp/x.json"], "--seed"),
+        (_replace("--memory", "1MiB"), "short by"),  # the bounded pools do not fit
+        ([*BASE, "--max-model-len", "64"], "max_model_len"),  # trace requests are longer
+    ],
+)
+def test_bad_arguments_one_line_exit_2(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("hybridkv simulate: error:") or err.startswith("hybridkv: error:")
+    assert needle in err
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_entry_point_reports_without_traceback() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hybridkv.cli", *_replace("--memory", "12 parsecs")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "Traceback" not in proc.stderr
