@@ -110,6 +110,7 @@ class RefRequest:
     tables: list[list[int]] = field(default_factory=list)
     num_cached: list[int] = field(default_factory=list)
     dirty: bool = False
+    boundary: int = 0
 
 
 class RefManager:
@@ -189,6 +190,7 @@ class RefManager:
             assert r.phase != "running"
             self._release_all(r)
             self.queries += 1
+            r.boundary = 0
             h = 0
             if self.caching and len(r.tokens) > 1:
                 cap = len(r.tokens) - 1
@@ -203,6 +205,7 @@ class RefManager:
                 )
                 for g, o in enumerate(own):
                     self.group_hits[g] += o
+                r.boundary = max(own) if max(own) > h else 0
                 if any(o != h for o in own):
                     self.disagreements += 1
             self.hit_tokens += h

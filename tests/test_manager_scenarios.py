@@ -198,3 +198,19 @@ def test_state_checkpoint_must_exist_at_the_hit() -> None:
     st = m.stats()
     assert st.group_hit_tokens[FULL] == 12 and st.group_hit_tokens[STATE] == 0
     assert st.disagreements == 1
+
+
+def test_shared_prefix_boundary_points_where_the_state_lags() -> None:
+    m = manager()
+    p = list(range(1, 15))
+    prefill(m, 1, p, chunk=14)  # no state checkpoint anywhere
+    m.free([1])
+    m.add_requests([2], [np.array(p, dtype=np.int32)])
+    assert m.get_computed_tokens([2]).tolist() == [0]
+    assert m.shared_prefix_boundary([2]).tolist() == [12]
+    # Ending a chunk there caches the state checkpoint: the next request hits it.
+    assert m.allocate_slots([2], [12]).tolist() == [True]
+    assert m.allocate_slots([2], [2]).tolist() == [True]
+    m.add_requests([3], [np.array(p, dtype=np.int32)])
+    assert m.get_computed_tokens([3]).tolist() == [12]
+    assert m.shared_prefix_boundary([3]).tolist() == [0]

@@ -11,7 +11,8 @@ must add up.
 from __future__ import annotations
 
 import numpy as np
-from hybridkv import KVCacheManager, ManagerConfig, ManagerGroup
+import pytest
+from hybridkv import KVCacheManager, ManagerConfig, ManagerGroup, errors
 from hybridkv.planner import window_request_blocks
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -50,7 +51,16 @@ CONFIGS: list[tuple[tuple[RefGroup, ...], str]] = [
         ),
         "none",
     ),
+    (
+        (
+            RefGroup("full_attention", 4, 40),
+            RefGroup("cross_attention", 4, 14, max_encoder_len=12),
+        ),
+        "none",
+    ),
 ]
+# Extra hash keys a request may carry: none, a LoRA adapter, a cache salt.
+EXTRAS: list[tuple[int | None, str | None]] = [(None, None), (1, None), (None, "s")]
 PREFIXES = [list(range(1, 30)), [7] * 12 + list(range(40, 60)), [3, 1, 4, 1, 5, 9, 2, 6] * 3]
 MAX_LEN = 64
 
@@ -70,7 +80,9 @@ class ManagerMachine(RuleBasedStateMachine):
         self.ref = RefManager(groups, mode, caching or cfg % 2 == 0)
         plan = ManagerConfig(
             tuple(
-                ManagerGroup(g.kind, g.block_size, g.num_blocks, g.window, g.chunk_size)
+                ManagerGroup(
+                    g.kind, g.block_size, g.num_blocks, g.window, g.chunk_size, g.max_encoder_len
+                )
                 for g in groups
             ),
             mode,
@@ -83,15 +95,26 @@ class ManagerMachine(RuleBasedStateMachine):
         prefix=st.integers(0, len(PREFIXES)),
         cut=st.integers(0, 32),
         suffix=st.lists(st.integers(0, 5), max_size=12),
+        extra=st.sampled_from([0, 0, 0, 1, 2]),
+        enc=st.integers(0, 12),
     )
-    def add(self, prefix: int, cut: int, suffix: list[int]) -> None:
+    def add(self, prefix: int, cut: int, suffix: list[int], extra: int, enc: int) -> None:
         toks = (PREFIXES[prefix][:cut] if prefix < len(PREFIXES) else []) + suffix
         if not toks or len(toks) > MAX_LEN // 2:
             return
         rid = self.next_id
         self.next_id += 1
-        self.m.add_requests([rid], [np.array(toks, dtype=np.int32)])
-        self.ref.add(rid, toks, extra=())
+        lora, salt = EXTRAS[extra]
+        has_cross = any(g.kind == "cross_attention" for g in self.groups)
+        enc = enc if has_cross else 0
+        self.m.add_requests(
+            [rid],
+            [np.array(toks, dtype=np.int32)],
+            lora_ids=[lora],
+            cache_salts=[salt],
+            encoder_lens=[enc],
+        )
+        self.ref.add(rid, toks, extra=(lora, salt), encoder_len=enc)
         self.start[rid] = 0
 
     @precondition(lambda self: any(r.phase != "running" for r in self.ref.reqs.values()))
@@ -101,6 +124,9 @@ class ManagerMachine(RuleBasedStateMachine):
         rids = data.draw(st.lists(st.sampled_from(waiting), min_size=1, unique=True))
         got = self.m.get_computed_tokens(rids).tolist()
         assert got == self.ref.lookup(rids)
+        assert self.m.shared_prefix_boundary(rids).tolist() == [
+            self.ref.reqs[r].boundary for r in rids
+        ]
         for rid, h in zip(rids, got, strict=True):
             self.start[rid] = h
 
@@ -167,6 +193,26 @@ class ManagerMachine(RuleBasedStateMachine):
         self.ref.free(rids)
         for rid in rids:
             self.start.pop(rid, None)
+
+    @precondition(lambda self: bool(self.ref.reqs))
+    @rule(data=st.data(), which=st.integers(0, 4))
+    def bad_call(self, data: st.DataObject, which: int) -> None:
+        """Bad input raises a named error; the invariants then confirm nothing changed."""
+        rid = data.draw(st.sampled_from(sorted(self.ref.reqs)))
+        r = self.ref.reqs[rid]
+        calls = [
+            (errors.UnknownRequestError, lambda: self.m.allocate_slots([self.next_id + 5], [1])),
+            (errors.DuplicateRequestError, lambda: self.m.free([rid, rid])),
+            (
+                errors.InvalidArgumentError,
+                lambda: self.m.allocate_slots([rid], [len(r.tokens) - r.computed + 1]),
+            ),
+            (errors.DuplicateRequestError, lambda: self.m.add_requests([rid], [[1, 2]])),
+            (errors.InvalidTokenError, lambda: self.m.append_tokens([rid], [[3, -1]])),
+        ]
+        exc, call = calls[which]
+        with pytest.raises(exc):
+            call()
 
     @rule()
     def reset_cache(self) -> None:

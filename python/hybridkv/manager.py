@@ -383,6 +383,16 @@ class KVCacheManager:
         """Known tokens (prompt + appended) per request."""
         return self._core.num_tokens(_ids(req_ids))
 
+    def shared_prefix_boundary(self, req_ids: npt.ArrayLike) -> I64:
+        """Per request, from its last :meth:`get_computed_tokens`: the longest prefix some
+        single group could serve when that is longer than the agreed hit, else 0.
+
+        In align mode a state group only checkpoints where a step ends, so a scheduler
+        that ends a prefill chunk exactly at this position (and at block boundaries)
+        lets the next request sharing the prefix hit all of it.
+        """
+        return self._core.shared_prefix_boundary(_ids(req_ids))
+
     def block_hashes(self, group: int, req_id: int) -> npt.NDArray[np.uint64]:
         """The request's full-block hashes at ``group``'s block size, ``(n, 2)`` uint64."""
         return self._core.block_hashes(group, int(req_id))

@@ -394,6 +394,19 @@ impl PyManager {
             .into_pyarray(py))
     }
 
+    fn shared_prefix_boundary<'py>(
+        &self,
+        py: Python<'py>,
+        req_ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let ids = id_vec(req_ids)?;
+        Ok(self
+            .inner
+            .shared_prefix_boundary(&ids)
+            .py_err()?
+            .into_pyarray(py))
+    }
+
     fn num_tokens<'py>(
         &self,
         py: Python<'py>,

@@ -460,6 +460,8 @@ impl Manager {
             self.stats.group_hit_tokens[g] += o as u64;
         }
         self.stats.hit_tokens += h as u64;
+        let longest = own.iter().copied().max().unwrap_or(0);
+        r.prefix_boundary = if longest > h { longest } else { 0 };
         if own.iter().any(|&o| o != h) {
             self.stats.disagreements += 1;
             if self.record_events {
@@ -952,6 +954,17 @@ impl Manager {
     pub fn num_computed_tokens(&self, ids: &[i64]) -> Result<Vec<i64>> {
         ids.iter()
             .map(|&id| self.request(id).map(|r| r.num_computed as i64))
+            .collect()
+    }
+
+    /// Per request, from its last prefix lookup: the longest prefix some single group
+    /// could serve when it is longer than the agreed hit (else 0). A scheduler that
+    /// ends a prefill chunk exactly there lets the lagging group (a state group in
+    /// align mode, a sliding window) cache that position, so later requests sharing the
+    /// prefix hit all of it.
+    pub fn shared_prefix_boundary(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        ids.iter()
+            .map(|&id| self.request(id).map(|r| r.prefix_boundary as i64))
             .collect()
     }
 

@@ -58,6 +58,10 @@ pub struct Request {
     pub num_cached: Vec<usize>,
     /// Queued for the release of blocks that left its window at the next step.
     pub dirty: bool,
+    /// After a lookup where some group could serve more than the agreed hit: the
+    /// longest single-group hit (a prefill chunk ending there lets the lagging group
+    /// cache it for the next request); 0 otherwise.
+    pub prefix_boundary: usize,
 }
 
 impl Request {
@@ -81,6 +85,7 @@ impl Request {
             first_live: vec![0; num_groups],
             num_cached: vec![0; num_groups],
             dirty: false,
+            prefix_boundary: 0,
         }
     }
 
