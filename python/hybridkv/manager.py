@@ -366,6 +366,10 @@ class KVCacheManager:
         is the longest table, or ``max_blocks`` when given."""
         return self._core.block_table(group, _ids(req_ids), max_blocks)
 
+    def block_tables(self, req_ids: npt.ArrayLike) -> list[npt.NDArray[np.int32]]:
+        """:meth:`block_table` of every group (in group order) for one request order."""
+        return self._core.block_tables(_ids(req_ids))
+
     def slot_mapping(self, group: int, req_ids: npt.ArrayLike, positions: npt.ArrayLike) -> I64:
         """Slots ``block * block_size + position % block_size`` in ``group``'s address
         space for parallel arrays of request ids and token positions (-1 where the

@@ -347,6 +347,25 @@ impl PyManager {
         Ok(PyArray2::from_owned_array(py, arr))
     }
 
+    /// `block_table` of every group at once, in group order.
+    fn block_tables<'py>(
+        &self,
+        py: Python<'py>,
+        req_ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<Bound<'py, PyArray2<i32>>>> {
+        let ids = id_vec(req_ids)?;
+        let inner = &self.inner;
+        let tables = py.detach(|| inner.block_tables(&ids)).py_err()?;
+        tables
+            .into_iter()
+            .map(|(flat, w)| {
+                let arr = numpy::ndarray::Array2::from_shape_vec((ids.len(), w), flat)
+                    .map_err(|e| invalid_arg(format!("block table shape: {e}")))?;
+                Ok(PyArray2::from_owned_array(py, arr))
+            })
+            .collect()
+    }
+
     fn slot_mapping<'py>(
         &self,
         py: Python<'py>,

@@ -789,9 +789,15 @@ impl Manager {
                 _ => (r.num_cached[g], e / bs),
             };
             let mut run_start = usize::MAX;
+            let check = cfg.kind == GroupKind::State && self.mode == MambaMode::Align;
             for k in from..to {
                 let b = r.tables[g][k];
-                let fresh = b != NULL_BLOCK && matches!(self.pools[g].block_hash(b), Ok(None));
+                // Entries from `num_cached` on were allocated by this request and never
+                // cached (only this function caches, and it advances `num_cached`); an
+                // align-mode state entry may be a checkpoint taken from a hit.
+                let fresh =
+                    b != NULL_BLOCK && (!check || matches!(self.pools[g].block_hash(b), Ok(None)));
+                debug_assert!(!fresh || self.pools[g].block_hash(b) == Ok(None));
                 if fresh {
                     let h = r.hashes[self.size_of[g]][k];
                     // In use (held by this request) and unhashed: cannot fail.
@@ -867,6 +873,11 @@ impl Manager {
         for &id in ids {
             rows.push(&self.request(id)?.tables[group]);
         }
+        Self::pack_rows(&rows, width)
+    }
+
+    /// Rows of a block table packed row-major with zero padding.
+    fn pack_rows(rows: &[&[BlockId]], width: Option<usize>) -> Result<(Vec<i32>, usize)> {
         let longest = rows.iter().map(|t| t.len()).max().unwrap_or(0);
         let w = match width {
             None => longest,
@@ -877,11 +888,26 @@ impl Manager {
                 )))
             }
         };
-        let mut out = vec![NULL_BLOCK; ids.len() * w];
-        for (i, t) in rows.iter().enumerate() {
-            out[i * w..i * w + t.len()].copy_from_slice(t);
+        let mut out = Vec::with_capacity(rows.len() * w);
+        for t in rows {
+            out.extend_from_slice(t);
+            out.resize(out.len() + (w - t.len()), NULL_BLOCK);
         }
         Ok((out, w))
+    }
+
+    /// Block tables of every group for `ids` (one id resolution for all groups).
+    pub fn block_tables(&self, ids: &[i64]) -> Result<Vec<(Vec<i32>, usize)>> {
+        let mut reqs: Vec<&Request> = Vec::with_capacity(ids.len());
+        for &id in ids {
+            reqs.push(self.request(id)?);
+        }
+        (0..self.groups.len())
+            .map(|g| {
+                let rows: Vec<&[BlockId]> = reqs.iter().map(|r| r.tables[g].as_slice()).collect();
+                Self::pack_rows(&rows, None)
+            })
+            .collect()
     }
 
     /// The slot (`block * block_size + offset`) of each `(ids[i], positions[i])` in

@@ -109,9 +109,7 @@ pub fn hash_one_block(
     buf.clear();
     buf.extend_from_slice(&parent.to_le_bytes());
     buf.extend_from_slice(&(block.len() as u32).to_le_bytes());
-    for &t in block {
-        buf.extend_from_slice(&t.to_le_bytes());
-    }
+    push_tokens_le(buf, block);
     if let Some(lora) = extra.lora_id {
         buf.push(TAG_LORA);
         buf.extend_from_slice(&lora.to_le_bytes());
@@ -136,6 +134,25 @@ pub fn hash_one_block(
         }
     }
     murmur3_x64_128(buf, 0)
+}
+
+/// Append the tokens as little-endian i32 bytes.
+#[inline]
+fn push_tokens_le(buf: &mut Vec<u8>, tokens: &[i32]) {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: an i32 slice is valid to read as 4x as many bytes (u8 has alignment 1,
+        // every bit pattern is a valid u8), and on a little-endian target those bytes
+        // are exactly each token's `to_le_bytes()`.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(tokens.as_ptr().cast::<u8>(), std::mem::size_of_val(tokens))
+        };
+        buf.extend_from_slice(bytes);
+    }
+    #[cfg(not(target_endian = "little"))]
+    for &t in tokens {
+        buf.extend_from_slice(&t.to_le_bytes());
+    }
 }
 
 /// Chained hashes of every full block of `tokens` (convenience for callers outside the
