@@ -723,7 +723,7 @@ def serve(
     ``arrivals`` (request id -> step) holds requests back until that step, so later
     ones can hit prefixes cached by earlier ones.
     """
-    from hybridkv import KVCacheManager  # type: ignore[attr-defined]
+    from hybridkv import KVCacheManager
     from hybridkv.scheduler import Scheduler
 
     manager = KVCacheManager(plan)
