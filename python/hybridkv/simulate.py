@@ -261,6 +261,7 @@ def simulate_plan(
     out_toks: dict[int, list[int]] = {}
     load_seconds = getattr(offload, "load_seconds", None)
     after_step = getattr(offload, "after_step", None)
+    on_step = getattr(offload, "on_step", None)
 
     t = 0.0
     steps = 0
@@ -301,6 +302,8 @@ def simulate_plan(
         dt = c.seconds
         if load_seconds is not None and int(ext.sum()):
             dt += float(load_seconds(int(ext.sum())))
+        if on_step is not None:  # where an engine's forward pass runs: load, then store
+            on_step(manager, out)
         sample_ids = out.sample_req_ids.tolist()
         tokens = [out_toks[i][n_out[i]] for i in sample_ids]
         t2 = time.perf_counter_ns()
@@ -401,6 +404,9 @@ def simulate_plan(
             "scheduler_overhead_s_total": float(oh.sum() / 1e6),
         },
     }
+    offload_report = getattr(offload, "report", None)
+    if offload_report is not None:
+        report["offload"] = offload_report()
     labels = [f"g{g.index} {g.kind}" for g in plan.groups]
     return LayoutResult(report, np.asarray(times), usage, labels, np.asarray(hit_series))
 
@@ -664,6 +670,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, help="regenerate the named bundled trace kind with this seed"
     )
+    p.add_argument(
+        "--offload",
+        metavar="SPEC",
+        help="offload tiers, e.g. cpu:8GiB,disk:/path:100GiB,redis://127.0.0.1:6379 "
+        "(optionally ,write-back); reports external hits per tier",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a PNG of pool usage and hit rate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -702,7 +714,24 @@ def main(args: argparse.Namespace, offload: ExternalPrefixSource | None = None) 
         raise InvalidArgumentError(f"--plot writes a PNG: {args.plot!r} does not end in .png")
     layouts = (args.layout,) if args.layout else LAYOUTS
     show = not args.no_progress and not args.json and sys.stderr.isatty()
-    report = run(cfg, layouts, progress=show, offload=offload)
+    sim_offload = None
+    if offload is None and getattr(args, "offload", None):
+        from hybridkv.offload import parse_offload_spec
+        from hybridkv.offload.sim import SimOffload
+
+        sim_offload = SimOffload(parse_offload_spec(args.offload))
+        offload = sim_offload
+    try:
+        report = run(
+            cfg,
+            layouts,
+            progress=show,
+            offload=offload,
+            manager_factory=None if sim_offload is None else sim_offload.manager_factory,
+        )
+    finally:
+        if sim_offload is not None:
+            sim_offload.close()
     if args.plot:
         write_plot(report, args.plot)
     if args.json:
@@ -710,6 +739,10 @@ def main(args: argparse.Namespace, offload: ExternalPrefixSource | None = None) 
         return 0
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(render_table(report))
+    if sim_offload is not None:
+        from hybridkv.offload.sim import render_offload
+
+        console.print(render_offload({k: v.report["offload"] for k, v in report.results.items()}))
     for lay, why in report.to_dict()["skipped"].items():
         console.print(f"[yellow]{lay} layout skipped:[/] {why}")
     if args.plot:

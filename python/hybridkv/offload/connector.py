@@ -79,6 +79,7 @@ class _Pending:
     hit: int
     # per group: (block index in the request's table, key, payload)
     loads: dict[int, list[tuple[int, BlockKey, Payload]]] = field(default_factory=dict)
+    nbytes: int = 0
 
 
 @dataclass
@@ -121,6 +122,7 @@ class OffloadConnector:
         background: bool = True,
         load_bytes_per_second: float | None = None,
         max_tracked_keys: int = 1 << 20,
+        max_held_bytes: int = 1 << 30,
     ) -> None:
         plan = getattr(manager, "plan", None)
         if plan is None:
@@ -149,7 +151,11 @@ class OffloadConnector:
         self.mamba_mode = str(getattr(plan, "mamba_cache_mode", "align"))
         self.load_bytes_per_second = load_bytes_per_second
         self.stats = ConnectorStats(per_tier_blocks=[0] * len(self.stack.tiers))
+        # Held lookups: a request that waits (not scheduled this step) keeps its fetched
+        # payloads, so the next step's lookup of it costs nothing (bounded in bytes).
         self._pending: dict[int, _Pending] = {}
+        self._held_bytes = 0
+        self._max_held = max_held_bytes
         self._stored_upto: dict[tuple[int, int], int] = {}
         self._offloaded: OrderedDict[BlockKey, None] = OrderedDict()
         self._max_tracked = max_tracked_keys
@@ -230,21 +236,31 @@ class OffloadConnector:
             raise InvalidArgumentError("device_hit_tokens must have one entry per request")
         lengths = np.asarray(self.manager.num_tokens(ids), dtype=np.int64).reshape(-1)
         active = [g for g in range(num_groups) if self.kinds[g] not in _SKIP_KINDS]
-        # One locate over every block of every request and group.
-        keys: list[BlockKey] = []
-        spans: list[dict[int, tuple[int, int]]] = []
+        group_tokens = np.full((n, num_groups), -1, dtype=np.int64)
+        hits = device.copy()
+        # Payloads held from an earlier step's lookup of the same request are reused
+        # (a waiting request is looked up again every step it is not scheduled).
+        reuse: dict[int, dict[BlockKey, Payload]] = {}
         for rid in ids.tolist():
+            held = self._pending.get(rid)
+            if held is not None:
+                reuse[rid] = {k: p for loads in held.loads.values() for _, k, p in loads}
+            self._drop_pending(rid)
+        fresh = list(range(n))
+        # One locate over every block of every request and group still to look up.
+        keys: list[BlockKey] = []
+        spans: dict[int, dict[int, tuple[int, int]]] = {}
+        for r in fresh:
             row = {}
             for g in active:
                 start = len(keys)
-                keys.extend(block_keys(self.fingerprint, g, self._hashes(g, rid)))
+                keys.extend(block_keys(self.fingerprint, g, self._hashes(g, int(ids[r]))))
                 row[g] = (start, len(keys))
-            spans.append(row)
+            spans[r] = row
         located = np.asarray(self.stack.locate(keys) if keys else [], dtype=np.int64)
-        group_tokens = np.full((n, num_groups), -1, dtype=np.int64)
-        hits = device.copy()
         disagreements = 0
-        for r, rid in enumerate(ids.tolist()):
+        for r in fresh:
+            rid = int(ids[r])
             dev, limit = int(device[r]), max(0, int(lengths[r]) - 1)
             present = {g: located[s:e] >= 0 for g, (s, e) in spans[r].items()}
             for attempt in range(num_groups * 4 + 4):
@@ -255,7 +271,7 @@ class OffloadConnector:
                     if len(set(reach.values())) > 1:
                         disagreements += 1
                 hit = self._common_hit(dev, reach, present)
-                missing = self._fetch(int(rid), dev, hit, spans[r], keys)
+                missing = self._fetch(rid, dev, hit, spans[r], keys, reuse.get(rid, {}))
                 if not missing:
                     break
                 self.stats.fetch_shortfalls += 1
@@ -263,7 +279,7 @@ class OffloadConnector:
                     present[g][k] = False
             else:  # pragma: no cover - each round removes at least one block
                 hit = dev
-                self._pending.pop(int(rid), None)
+                self._drop_pending(rid)
             hits[r] = hit
         self.stats.lookups += n
         self.stats.lookup_device_tokens += int(device.sum())
@@ -288,16 +304,19 @@ class OffloadConnector:
         hit: int,
         spans: dict[int, tuple[int, int]],
         keys: list[BlockKey],
+        held: dict[BlockKey, Payload],
     ) -> list[tuple[int, int]]:
         """Read and hold the payloads of ``rid``'s hit; the (group, entry) pairs that
         could not be read (empty when the hit is held)."""
-        self._pending.pop(rid, None)
+        self._drop_pending(rid)
         if hit <= dev:
             return []
         want = [
             (g, k, keys[s + k]) for g, (s, _e) in spans.items() for k in self._needed(g, dev, hit)
         ]
-        got = self.stack.get([key for _, _, key in want])
+        todo = [key for _, _, key in want if key not in held]
+        fetched = dict(zip(todo, self.stack.get(todo), strict=True))
+        got = [held[key] if key in held else fetched[key] for _, _, key in want]
         missing = [(g, k) for (g, k, _), p in zip(want, got, strict=True) if p is None]
         if missing:
             return missing
@@ -305,8 +324,20 @@ class OffloadConnector:
         for (g, k, key), payload in zip(want, got, strict=True):
             assert payload is not None
             pending.loads.setdefault(g, []).append((k, key, payload))
+            pending.nbytes += memoryview(payload).nbytes
         self._pending[rid] = pending
+        self._held_bytes += pending.nbytes
+        while self._held_bytes > self._max_held and len(self._pending) > 1:
+            oldest = next(iter(self._pending))
+            if oldest == rid:
+                break
+            self._drop_pending(oldest)
         return []
+
+    def _drop_pending(self, rid: int) -> None:
+        held = self._pending.pop(rid, None)
+        if held is not None:
+            self._held_bytes -= held.nbytes
 
     def lookup(self, req_ids: I64, device_hit_tokens: I64) -> I64:
         """The scheduler's ``external`` hook: tokens to load beyond the device hit."""
@@ -326,8 +357,8 @@ class OffloadConnector:
         ``external`` the tokens to load. Attention pages go to their own table entries;
         a checkpoint-only state group's checkpoint goes to the step's running-state
         entry (``cdiv(end, bs) - 1``), which the model then advances from the hit.
-        Returns the number of blocks written. Held lookups of requests that were not
-        scheduled are dropped.
+        Returns the number of blocks written. Requests that were looked up but not
+        scheduled keep what they hold for their next lookup (up to ``max_held_bytes``).
         """
         written = 0
         rows = zip(
@@ -342,6 +373,7 @@ class OffloadConnector:
                 if ext <= 0:
                     continue
                 pending = self._pending.get(rid)
+                self._drop_pending(rid)
                 if pending is None or pending.start != start or pending.hit != start + ext:
                     raise InvalidArgumentError(
                         f"request {rid}: no held lookup for {ext} external tokens from {start}"
@@ -371,7 +403,9 @@ class OffloadConnector:
                     self.stats.loaded_bytes += len(loads) * int(self.groups[g].page_size_bytes)
                 self.stats.external_tokens_loaded += ext
         finally:
-            self._pending.clear()
+            # Requests scheduled without external tokens don't need what they held.
+            for rid in np.asarray(req_ids, dtype=np.int64).reshape(-1).tolist():
+                self._drop_pending(rid)
         self.stats.loaded_blocks += written
         return written
 
@@ -443,7 +477,7 @@ class OffloadConnector:
         for rid in np.asarray(req_ids, dtype=np.int64).reshape(-1).tolist():
             for g in range(len(self.groups)):
                 self._stored_upto.pop((rid, g), None)
-            self._pending.pop(rid, None)
+            self._drop_pending(rid)
 
     # ------------------------------------------------------------------ hooks, stats
 
@@ -461,6 +495,7 @@ class OffloadConnector:
         self._steps += 1
         if self._steps % 1024 == 0:  # finished requests have left the manager: prune
             gone = {rid for rid, _ in self._stored_upto if rid not in self.manager}
+            gone |= {rid for rid in self._pending if rid not in self.manager}
             self.forget(np.fromiter(gone, dtype=np.int64, count=len(gone)))
 
     def load_seconds(self, tokens: int) -> float:

@@ -1,0 +1,1 @@
+"""Test helpers that need the ``kernels`` extra (torch + triton): the tiny hybrid model."""

@@ -1,0 +1,792 @@
+"""A tiny random-weight hybrid LM with a dense path and a paged, cached path.
+
+Six layers (default order: full attention, sliding window, Mamba-2, sliding window,
+gated delta net, full attention), vocabulary 256, hidden size 64. Every layer is a
+pre-norm residual block ``x + mixer(rms(x))`` followed by a gated MLP.
+
+- :meth:`TinyHybridLM.dense_logits` runs a whole sequence with no cache in plain
+  PyTorch (masks over the full score matrix, token-by-token recurrences), written
+  independently of :mod:`hybridkv.ops` so it can referee them.
+- :class:`CachedRunner` runs one scheduler step over hybridkv's paged caches: the K/V
+  of attention layers live in their group's pool (``[num_blocks, block_size, kv_heads,
+  head_dim]``), the conv and recurrent states of the Mamba-2 / gated-delta layers in
+  their state group's pool (one slot per block id), all read and written through the
+  Triton kernels at the block tables and slot mappings the manager gives.
+- :func:`serve` drives :class:`~hybridkv.scheduler.Scheduler` +
+  :class:`~hybridkv.KVCacheManager` + :class:`CachedRunner` to greedy completion.
+
+State group convention (the manager's): table entry ``k`` of a state group holds the
+state after ``min((k + 1) * block_size, t)`` tokens, so a step computing tokens
+``[c, c + n)`` reads entry ``cdiv(c, bs) - 1`` (nothing when ``c == 0``) and writes
+entry ``cdiv(c + n, bs) - 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hybridkv import ops
+from hybridkv.models.model_spec import ModelSpec
+from hybridkv.specs import FullAttentionSpec, KVSpec, SlidingWindowSpec, StateSpec
+
+FULL, SLIDING, MAMBA2, GDN = "full_attention", "sliding_window", "mamba2", "gated_delta"
+LAYER_KINDS = (FULL, SLIDING, MAMBA2, GDN)
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Shapes of the tiny hybrid model (defaults: the issue's 6-layer model)."""
+
+    vocab_size: int = 256
+    hidden: int = 64
+    layers: tuple[str, ...] = (FULL, SLIDING, MAMBA2, SLIDING, GDN, FULL)
+    window: int = 8
+    # attention (GQA 2:1, RoPE)
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    rope_theta: float = 10000.0
+    # Mamba-2
+    mamba_heads: int = 8
+    mamba_head_dim: int = 16
+    mamba_groups: int = 2
+    d_state: int = 16
+    d_conv: int = 4
+    # gated delta net
+    gdn_k_heads: int = 2
+    gdn_v_heads: int = 4
+    gdn_k_dim: int = 16
+    gdn_v_dim: int = 16
+    mlp_hidden: int = 128
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for kind in self.layers:
+            if kind not in LAYER_KINDS:
+                raise ValueError(f"unknown layer kind {kind!r}; known: {LAYER_KINDS}")
+
+    @property
+    def mamba_inner(self) -> int:
+        return self.mamba_heads * self.mamba_head_dim
+
+    @property
+    def mamba_conv_dim(self) -> int:
+        return self.mamba_inner + 2 * self.mamba_groups * self.d_state
+
+    @property
+    def gdn_conv_dim(self) -> int:
+        return 2 * self.gdn_k_heads * self.gdn_k_dim + self.gdn_v_heads * self.gdn_v_dim
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def _cut(x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """Split the last dimension of ``x`` into consecutive pieces of ``sizes``."""
+    out, start = [], 0
+    for n in sizes:
+        out.append(x[..., start : start + n])
+        start += n
+    return out
+
+
+def _rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate-half RoPE on ``x [tokens, heads, dim]`` at integer positions ``pos``."""
+    half = x.shape[-1] // 2
+    inv = theta ** (-torch.arange(half, dtype=torch.float64) / half)
+    ang = pos.to(torch.float64)[:, None] * inv[None, :]
+    cos = ang.cos().to(x.dtype)[:, None, :]
+    sin = ang.sin().to(x.dtype)[:, None, :]
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class TinyHybridLM:
+    """Random weights (seeded, deterministic) and the two forward paths' shared math.
+
+    Weights are plain tensors in ``self.w`` keyed ``"{layer}.{name}"``; the model is
+    never trained, so no ``nn.Module`` machinery is needed.
+    """
+
+    def __init__(
+        self, config: TinyConfig | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float32
+    ) -> None:
+        self.cfg = config or TinyConfig()
+        self.dtype = dtype
+        g = torch.Generator().manual_seed(seed)
+        c = self.cfg
+        w: dict[str, torch.Tensor] = {}
+
+        def lin(name: str, fan_in: int, fan_out: int, gain: float = 1.0) -> None:
+            w[name] = torch.randn(fan_out, fan_in, generator=g) * (gain / math.sqrt(fan_in))
+
+        def uniform(name: str, n: int, lo: float, hi: float) -> None:
+            w[name] = lo + (hi - lo) * torch.rand(n, generator=g)
+
+        w["embed"] = torch.randn(c.vocab_size, c.hidden, generator=g)
+        for i, kind in enumerate(c.layers):
+            p = f"{i}."
+            w[p + "norm"] = 1.0 + 0.1 * torch.randn(c.hidden, generator=g)
+            w[p + "mlp_norm"] = 1.0 + 0.1 * torch.randn(c.hidden, generator=g)
+            lin(p + "mlp_up", c.hidden, 2 * c.mlp_hidden)
+            lin(p + "mlp_down", c.mlp_hidden, c.hidden, 0.5)
+            if kind in (FULL, SLIDING):
+                lin(p + "q", c.hidden, c.num_heads * c.head_dim)
+                lin(p + "k", c.hidden, c.num_kv_heads * c.head_dim)
+                lin(p + "v", c.hidden, c.num_kv_heads * c.head_dim)
+                lin(p + "o", c.num_heads * c.head_dim, c.hidden, 0.5)
+            elif kind == MAMBA2:
+                lin(p + "in", c.hidden, c.mamba_inner + c.mamba_conv_dim + c.mamba_heads)
+                w[p + "conv_w"] = torch.randn(c.mamba_conv_dim, c.d_conv, generator=g) * 0.5
+                w[p + "conv_b"] = torch.randn(c.mamba_conv_dim, generator=g) * 0.1
+                uniform(p + "A", c.mamba_heads, -4.0, -1.0)
+                dt = torch.empty(c.mamba_heads).uniform_(0.05, 0.3, generator=g)
+                w[p + "dt_bias"] = dt + torch.log(-torch.expm1(-dt))  # softplus^-1
+                w[p + "D"] = torch.randn(c.mamba_heads, generator=g)
+                w[p + "gnorm"] = 1.0 + 0.1 * torch.randn(c.mamba_inner, generator=g)
+                lin(p + "out", c.mamba_inner, c.hidden, 0.5)
+            else:
+                kd, vd = c.gdn_k_heads * c.gdn_k_dim, c.gdn_v_heads * c.gdn_v_dim
+                lin(p + "qkv", c.hidden, 2 * kd + vd)
+                lin(p + "z", c.hidden, vd)
+                lin(p + "a", c.hidden, c.gdn_v_heads)
+                lin(p + "b", c.hidden, c.gdn_v_heads)
+                w[p + "conv_w"] = torch.randn(c.gdn_conv_dim, c.d_conv, generator=g) * 0.5
+                w[p + "A_log"] = torch.log(torch.empty(c.gdn_v_heads).uniform_(1, 4, generator=g))
+                w[p + "dt_bias"] = torch.randn(c.gdn_v_heads, generator=g) * 0.5
+                w[p + "gnorm"] = 1.0 + 0.1 * torch.randn(c.gdn_v_dim, generator=g)
+                lin(p + "out", vd, c.hidden, 0.5)
+        w["final_norm"] = 1.0 + 0.1 * torch.randn(c.hidden, generator=g)
+        lin("lm_head", c.hidden, c.vocab_size, 4.0)
+        self.w = {k: v.to(dtype) for k, v in w.items()}
+
+    # -- what the KV cache sees ----------------------------------------------------------
+
+    def layer_specs(self) -> list[KVSpec]:
+        """One KV-cache spec per layer (states: conv then recurrent, both fp32 here)."""
+        c = self.cfg
+        dt = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+        specs: list[KVSpec] = []
+        for kind in c.layers:
+            if kind == FULL:
+                specs.append(
+                    FullAttentionSpec(num_kv_heads=c.num_kv_heads, head_size=c.head_dim, dtype=dt)
+                )
+            elif kind == SLIDING:
+                specs.append(
+                    SlidingWindowSpec(
+                        num_kv_heads=c.num_kv_heads, head_size=c.head_dim, dtype=dt, window=c.window
+                    )
+                )
+            elif kind == MAMBA2:
+                shapes = (
+                    (c.d_conv - 1, c.mamba_conv_dim),
+                    (c.mamba_heads, c.mamba_head_dim, c.d_state),
+                )
+                specs.append(StateSpec(shapes=shapes, dtypes=(dt, "fp32"), family="mamba2"))
+            else:
+                shapes = (
+                    (c.d_conv - 1, c.gdn_conv_dim),
+                    (c.gdn_v_heads, c.gdn_v_dim, c.gdn_k_dim),
+                )
+                specs.append(StateSpec(shapes=shapes, dtypes=(dt, "fp32"), family="gdn"))
+        return specs
+
+    def model_spec(self) -> ModelSpec:
+        """The :class:`~hybridkv.models.model_spec.ModelSpec` the planner takes."""
+        return ModelSpec(
+            name="tiny-hybrid",
+            layer_specs=self.layer_specs(),
+            hidden_size=self.cfg.hidden,
+            vocab_size=self.cfg.vocab_size,
+            num_attention_heads=self.cfg.num_heads,
+        )
+
+    # -- shared pieces -------------------------------------------------------------------
+
+    def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        h = _rms(x, self.w[f"{i}.mlp_norm"], self.cfg.eps) @ self.w[f"{i}.mlp_up"].T
+        gate, up = h.chunk(2, dim=-1)
+        return (F.silu(gate) * up) @ self.w[f"{i}.mlp_down"].T
+
+    def _qkv(
+        self, i: int, x: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c, w = self.cfg, self.w
+        q = (x @ w[f"{i}.q"].T).view(-1, c.num_heads, c.head_dim)
+        k = (x @ w[f"{i}.k"].T).view(-1, c.num_kv_heads, c.head_dim)
+        v = (x @ w[f"{i}.v"].T).view(-1, c.num_kv_heads, c.head_dim)
+        return _rope(q, pos, c.rope_theta), _rope(k, pos, c.rope_theta), v
+
+    def _mamba_in(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = self.cfg
+        zxbcdt = x @ self.w[f"{i}.in"].T
+        z, xbc, dt = _cut(zxbcdt, [c.mamba_inner, c.mamba_conv_dim, c.mamba_heads])
+        return z, xbc, dt
+
+    def _mamba_split(self, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = self.cfg
+        gn = c.mamba_groups * c.d_state
+        xs, b, cc = _cut(xbc, [c.mamba_inner, gn, gn])
+        t = xbc.shape[0]
+        return (
+            xs.reshape(t, c.mamba_heads, c.mamba_head_dim),
+            b.reshape(t, c.mamba_groups, c.d_state),
+            cc.reshape(t, c.mamba_groups, c.d_state),
+        )
+
+    def _mamba_out(self, i: int, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y = y.reshape(y.shape[0], -1)
+        return _rms(y * F.silu(z), self.w[f"{i}.gnorm"], self.cfg.eps) @ self.w[f"{i}.out"].T
+
+    def _gdn_in(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        w = self.w
+        return (
+            x @ w[f"{i}.qkv"].T,
+            x @ w[f"{i}.z"].T,
+            x @ w[f"{i}.a"].T,
+            x @ w[f"{i}.b"].T,
+        )
+
+    def _gdn_split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = self.cfg
+        kd = c.gdn_k_heads * c.gdn_k_dim
+        q, k, v = _cut(qkv, [kd, kd, c.gdn_v_heads * c.gdn_v_dim])
+        t = qkv.shape[0]
+        return (
+            q.reshape(t, c.gdn_k_heads, c.gdn_k_dim),
+            k.reshape(t, c.gdn_k_heads, c.gdn_k_dim),
+            v.reshape(t, c.gdn_v_heads, c.gdn_v_dim),
+        )
+
+    def _gdn_out(self, i: int, o: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        zz = z.reshape(o.shape)
+        o = _rms(o, self.w[f"{i}.gnorm"], c.eps) * F.silu(zz)
+        return o.reshape(o.shape[0], -1) @ self.w[f"{i}.out"].T
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return _rms(x, self.w["final_norm"], self.cfg.eps) @ self.w["lm_head"].T
+
+    # -- dense reference path ------------------------------------------------------------
+
+    def dense_logits(self, token_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Logits ``[len, vocab]`` (fp32) for every position of one whole sequence."""
+        c, w = self.cfg, self.w
+        ids = torch.as_tensor(token_ids, dtype=torch.long)
+        n = ids.shape[0]
+        pos = torch.arange(n)
+        x = w["embed"][ids]
+        for i, kind in enumerate(c.layers):
+            h = _rms(x, w[f"{i}.norm"], c.eps)
+            if kind in (FULL, SLIDING):
+                q, k, v = self._qkv(i, h, pos)
+                rep = c.num_heads // c.num_kv_heads
+                k = k.repeat_interleave(rep, dim=1).float()
+                v = v.repeat_interleave(rep, dim=1).float()
+                mask = pos[None, :] <= pos[:, None]
+                if kind == SLIDING:
+                    mask &= pos[None, :] > pos[:, None] - c.window
+                s = torch.einsum("qhd,khd->hqk", q.float(), k) / math.sqrt(c.head_dim)
+                p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
+                o = torch.einsum("hqk,khd->qhd", p, v).to(x.dtype)
+                x = x + o.reshape(n, -1) @ w[f"{i}.o"].T
+            elif kind == MAMBA2:
+                x = x + self._dense_mamba(i, h)
+            else:
+                x = x + self._dense_gdn(i, h)
+            x = x + self._mlp(i, x)
+        return self._head(x).float()
+
+    def _dense_conv(self, i: int, xbc: torch.Tensor, bias: bool) -> torch.Tensor:
+        weight = self.w[f"{i}.conv_w"]
+        b = self.w[f"{i}.conv_b"] if bias else None
+        y = F.conv1d(
+            xbc.T[None].float(),
+            weight.float()[:, None, :],
+            None if b is None else b.float(),
+            padding=weight.shape[1] - 1,
+            groups=weight.shape[0],
+        )[0, :, : xbc.shape[0]]
+        return F.silu(y).T.to(xbc.dtype)
+
+    def _dense_mamba(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        c, w = self.cfg, self.w
+        z, xbc, dt = self._mamba_in(i, h)
+        xs, b, cc = self._mamba_split(self._dense_conv(i, xbc, bias=True))
+        rep = c.mamba_heads // c.mamba_groups
+        state = torch.zeros(c.mamba_heads, c.mamba_head_dim, c.d_state)
+        a = w[f"{i}.A"].float()
+        ys = []
+        for t in range(h.shape[0]):
+            d = F.softplus(dt[t].float() + w[f"{i}.dt_bias"].float())  # [heads]
+            bt = b[t].float().repeat_interleave(rep, 0)  # [heads, d_state]
+            ct = cc[t].float().repeat_interleave(rep, 0)
+            xt = xs[t].float()  # [heads, head_dim]
+            state = state * torch.exp(d * a)[:, None, None] + torch.einsum(
+                "h,hp,hn->hpn", d, xt, bt
+            )
+            ys.append(torch.einsum("hpn,hn->hp", state, ct) + w[f"{i}.D"].float()[:, None] * xt)
+        y = torch.stack(ys).to(h.dtype)
+        return self._mamba_out(i, y, z)
+
+    def _dense_gdn(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        c, w = self.cfg, self.w
+        qkv, z, a, b = self._gdn_in(i, h)
+        q, k, v = self._gdn_split(self._dense_conv(i, qkv, bias=False))
+        rep = c.gdn_v_heads // c.gdn_k_heads
+        s = torch.zeros(c.gdn_v_heads, c.gdn_v_dim, c.gdn_k_dim)
+        eye = torch.eye(c.gdn_k_dim)
+        decay_rate = torch.exp(w[f"{i}.A_log"].float())
+        outs = []
+        for t in range(h.shape[0]):
+            qt = q[t].float() / torch.sqrt((q[t].float() ** 2).sum(-1, keepdim=True) + 1e-6)
+            kt = k[t].float() / torch.sqrt((k[t].float() ** 2).sum(-1, keepdim=True) + 1e-6)
+            qt = qt.repeat_interleave(rep, 0) / math.sqrt(c.gdn_k_dim)
+            kt = kt.repeat_interleave(rep, 0)
+            alpha = torch.exp(-decay_rate * F.softplus(a[t].float() + w[f"{i}.dt_bias"].float()))
+            beta = torch.sigmoid(b[t].float())
+            proj = eye - beta[:, None, None] * torch.einsum("hi,hj->hij", kt, kt)
+            s = alpha[:, None, None] * (s @ proj) + beta[:, None, None] * torch.einsum(
+                "hv,hk->hvk", v[t].float(), kt
+            )
+            outs.append(torch.einsum("hvk,hk->hv", s, qt))
+        o = torch.stack(outs).to(h.dtype)
+        return self._gdn_out(i, o, z)
+
+    def dense_generate(self, prompt: Sequence[int], max_tokens: int) -> list[int]:
+        """Greedy continuation of ``prompt`` by re-running the dense path every token."""
+        seq = list(prompt)
+        out: list[int] = []
+        for _ in range(max_tokens):
+            nxt = int(self.dense_logits(seq)[-1].argmax())
+            out.append(nxt)
+            seq.append(nxt)
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# cached path
+# ---------------------------------------------------------------------------------------
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass
+class StepTrace:
+    """What :class:`CachedRunner` saw in one step (for the proof's assertions)."""
+
+    step: int
+    num_tokens: int
+    prefill_rows: int
+    decode_rows: int
+    #: Requests whose step continued a partly computed prompt (chunked prefill).
+    chunked_prefill_rows: int
+    #: Null entries below the live range of sliding-window tables (released blocks).
+    window_nulls: int
+    #: State reads from a checkpoint another request or an earlier life wrote.
+    state_reads: int
+
+
+class CachedRunner:
+    """Runs scheduler steps of a :class:`TinyHybridLM` over hybridkv's paged caches.
+
+    ``plan`` is the :class:`~hybridkv.planner.MemoryPlan` the manager was built from:
+    each layer's cache tensors are sized by its group's pool (``num_blocks``), and
+    block 0 (the null block) is filled with NaN so that any read of it would show.
+    """
+
+    def __init__(self, model: TinyHybridLM, plan: Any) -> None:
+        self.model = model
+        self.plan = plan
+        c = model.cfg
+        self.group_of: dict[int, int] = {}
+        for g in plan.groups:
+            for layer in g.layers:
+                self.group_of[int(layer)] = int(g.index)
+        self.block_size = {int(g.index): int(g.block_size) for g in plan.groups}
+        self.caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, kind in enumerate(c.layers):
+            g = plan.groups[self.group_of[i]]
+            nb = int(g.num_blocks)
+            if kind in (FULL, SLIDING):
+                shape: tuple[tuple[int, ...], tuple[int, ...]] = (
+                    (nb, int(g.block_size), c.num_kv_heads, c.head_dim),
+                ) * 2
+            elif kind == MAMBA2:
+                shape = (
+                    (nb, c.d_conv - 1, c.mamba_conv_dim),
+                    (nb, c.mamba_heads, c.mamba_head_dim, c.d_state),
+                )
+            else:
+                shape = (
+                    (nb, c.d_conv - 1, c.gdn_conv_dim),
+                    (nb, c.gdn_v_heads, c.gdn_v_dim, c.gdn_k_dim),
+                )
+            dtypes = (model.dtype, model.dtype if kind in (FULL, SLIDING) else torch.float32)
+            self.caches[i] = (
+                torch.full(shape[0], float("nan"), dtype=dtypes[0]),
+                torch.full(shape[1], float("nan"), dtype=dtypes[1]),
+            )
+        self.traces: list[StepTrace] = []
+
+    def execute(
+        self,
+        manager: Any,
+        req_ids: Sequence[int],
+        num_computed: Sequence[int],
+        num_new: Sequence[int],
+        tokens: Mapping[int, Sequence[int]],
+        sample_rows: Sequence[bool],
+    ) -> dict[int, torch.Tensor]:
+        """Compute one step; returns the last-token logits of every sampling request."""
+        c = self.model.cfg
+        w = self.model.w
+        n = len(req_ids)
+        if n == 0:
+            return {}
+        ids = np.asarray(req_ids, dtype=np.int64)
+        comp = [int(x) for x in num_computed]
+        new = [int(x) for x in num_new]
+        flat_tokens: list[int] = []
+        positions: list[int] = []
+        req_of_row: list[int] = []
+        for r, (rid, c0, cnt) in enumerate(zip(ids.tolist(), comp, new, strict=True)):
+            flat_tokens.extend(int(t) for t in tokens[rid][c0 : c0 + cnt])
+            positions.extend(range(c0, c0 + cnt))
+            req_of_row.extend([r] * cnt)
+        qsl_list = [0]
+        for cnt in new:
+            qsl_list.append(qsl_list[-1] + cnt)
+        qsl = torch.tensor(qsl_list, dtype=torch.int32)
+        seq_lens = torch.tensor([a + b for a, b in zip(comp, new, strict=True)], dtype=torch.int32)
+        pos = torch.tensor(positions, dtype=torch.long)
+        row_ids = np.asarray([req_ids[r] for r in req_of_row], dtype=np.int64)
+
+        tables: dict[int, torch.Tensor] = {}
+        slots: dict[int, torch.Tensor] = {}
+        src: dict[int, torch.Tensor] = {}
+        dst: dict[int, torch.Tensor] = {}
+        window_nulls = 0
+        state_reads = 0
+        for g in self.plan.groups:
+            gi = int(g.index)
+            bs = int(g.block_size)
+            table = np.asarray(manager.block_table(gi, ids), dtype=np.int32)
+            if g.kind == "state":
+                s_src, s_dst = [], []
+                for r in range(n):
+                    read = _cdiv(comp[r], bs) - 1
+                    write = _cdiv(comp[r] + new[r], bs) - 1
+                    s_src.append(int(table[r, read]) if read >= 0 else -1)
+                    s_dst.append(int(table[r, write]))
+                    if read >= 0 and s_src[-1] <= 0:
+                        raise AssertionError(f"request {req_ids[r]}: no state at entry {read}")
+                    if s_dst[-1] <= 0:
+                        raise AssertionError(f"request {req_ids[r]}: no state slot to write")
+                    state_reads += int(read >= 0 and s_src[-1] != s_dst[-1])
+                src[gi] = torch.tensor(s_src, dtype=torch.int64)
+                dst[gi] = torch.tensor(s_dst, dtype=torch.int64)
+            else:
+                tables[gi] = torch.from_numpy(np.ascontiguousarray(table))
+                sm = np.asarray(manager.slot_mapping(gi, row_ids, np.asarray(positions)))
+                if (sm < 0).any():
+                    raise AssertionError(f"group {gi}: a token of this step maps to no slot")
+                slots[gi] = torch.from_numpy(sm.astype(np.int64))
+                if g.kind == "sliding_window":
+                    for r in range(n):
+                        live = (comp[r] + 1 - int(g.window)) // bs if comp[r] else 0
+                        window_nulls += int((table[r, : max(live, 0)] == 0).sum())
+
+        decode = [r for r in range(n) if new[r] == 1 and comp[r] > 0]
+        prefill = [r for r in range(n) if r not in set(decode)]
+        self.traces.append(
+            StepTrace(
+                step=len(self.traces),
+                num_tokens=len(flat_tokens),
+                prefill_rows=len(prefill),
+                decode_rows=len(decode),
+                chunked_prefill_rows=sum(1 for r in prefill if not sample_rows[r]),
+                window_nulls=window_nulls,
+                state_reads=state_reads,
+            )
+        )
+
+        x = w["embed"][torch.tensor(flat_tokens, dtype=torch.long)]
+        for i, kind in enumerate(c.layers):
+            gi = self.group_of[i]
+            h = _rms(x, w[f"{i}.norm"], c.eps)
+            if kind in (FULL, SLIDING):
+                q, k, v = self.model._qkv(i, h, pos)
+                kc, vc = self.caches[i]
+                ops.write_kv(k.contiguous(), v.contiguous(), kc, vc, slots[gi])
+                o = ops.paged_attention(
+                    q.contiguous(),
+                    kc,
+                    vc,
+                    tables[gi],
+                    seq_lens,
+                    qsl,
+                    sliding_window=c.window if kind == SLIDING else None,
+                )
+                x = x + o.reshape(o.shape[0], -1) @ w[f"{i}.o"].T
+            elif kind == MAMBA2:
+                x = x + self._mamba(i, h, qsl, src[gi], dst[gi], prefill, decode)
+            else:
+                x = x + self._gdn(i, h, qsl, src[gi], dst[gi], prefill, decode)
+            x = x + self.model._mlp(i, x)
+
+        last = [qsl_list[r + 1] - 1 for r in range(n) if sample_rows[r]]
+        logits = self.model._head(x[last]).float() if last else torch.zeros(0)
+        rids = [int(ids[r]) for r in range(n) if sample_rows[r]]
+        return {rid: logits[j] for j, rid in enumerate(rids)}
+
+    @staticmethod
+    def _subsets(qsl: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token indices of requests ``rows`` and their own ``query_start_loc``."""
+        idx: list[int] = []
+        sub = [0]
+        for r in rows:
+            a, b = int(qsl[r]), int(qsl[r + 1])
+            idx.extend(range(a, b))
+            sub.append(sub[-1] + b - a)
+        return torch.tensor(idx, dtype=torch.long), torch.tensor(sub, dtype=torch.int32)
+
+    def _conv(
+        self,
+        i: int,
+        xbc: torch.Tensor,
+        bias: torch.Tensor | None,
+        qsl: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        prefill: list[int],
+        decode: list[int],
+    ) -> torch.Tensor:
+        conv_state = self.caches[i][0]
+        weight = self.model.w[f"{i}.conv_w"]
+        out = torch.empty_like(xbc)
+        if prefill:
+            idx, sub = self._subsets(qsl, prefill)
+            out[idx] = ops.causal_conv1d_prefill(
+                xbc[idx].contiguous(), conv_state, weight, bias, sub, src[prefill], dst[prefill]
+            )
+        if decode:
+            idx, _ = self._subsets(qsl, decode)
+            out[idx] = ops.causal_conv1d_update(
+                xbc[idx].contiguous(), conv_state, weight, bias, src[decode], dst[decode]
+            )
+        return out
+
+    def _mamba(
+        self,
+        i: int,
+        h: torch.Tensor,
+        qsl: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        prefill: list[int],
+        decode: list[int],
+    ) -> torch.Tensor:
+        w = self.model.w
+        z, xbc, dt = self.model._mamba_in(i, h)
+        xbc = self._conv(i, xbc, w[f"{i}.conv_b"], qsl, src, dst, prefill, decode)
+        xs, b, cc = self.model._mamba_split(xbc)
+        ssm = self.caches[i][1]
+        params = (w[f"{i}.A"].float(), w[f"{i}.D"].float(), w[f"{i}.dt_bias"].float())
+        y = torch.empty_like(xs)
+        if prefill:
+            idx, sub = self._subsets(qsl, prefill)
+            y[idx] = ops.ssd_prefill(
+                ssm,
+                xs[idx].contiguous(),
+                dt[idx].contiguous(),
+                params[0],
+                b[idx].contiguous(),
+                cc[idx].contiguous(),
+                params[1],
+                params[2],
+                sub,
+                src[prefill],
+                dst[prefill],
+            )
+        if decode:
+            idx, _ = self._subsets(qsl, decode)
+            y[idx] = ops.selective_state_update(
+                ssm,
+                xs[idx].contiguous(),
+                dt[idx].contiguous(),
+                params[0],
+                b[idx].contiguous(),
+                cc[idx].contiguous(),
+                params[1],
+                params[2],
+                src[decode],
+                dst[decode],
+            )
+        return self.model._mamba_out(i, y, z)
+
+    def _gdn(
+        self,
+        i: int,
+        h: torch.Tensor,
+        qsl: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        prefill: list[int],
+        decode: list[int],
+    ) -> torch.Tensor:
+        w = self.model.w
+        qkv, z, a, b = self.model._gdn_in(i, h)
+        qkv = self._conv(i, qkv, None, qsl, src, dst, prefill, decode)
+        q, k, v = self.model._gdn_split(qkv)
+        state = self.caches[i][1]
+        a_log, dt_bias = w[f"{i}.A_log"].float(), w[f"{i}.dt_bias"].float()
+        o = torch.empty_like(v)
+        if prefill:
+            idx, sub = self._subsets(qsl, prefill)
+            o[idx] = ops.gated_delta_rule(
+                state,
+                q[idx].contiguous(),
+                k[idx].contiguous(),
+                v[idx].contiguous(),
+                a[idx].contiguous(),
+                b[idx].contiguous(),
+                a_log,
+                dt_bias,
+                sub,
+                src[prefill],
+                dst[prefill],
+            )
+        if decode:
+            idx, _ = self._subsets(qsl, decode)
+            o[idx] = ops.gated_delta_decode(
+                state,
+                q[idx].contiguous(),
+                k[idx].contiguous(),
+                v[idx].contiguous(),
+                a[idx].contiguous(),
+                b[idx].contiguous(),
+                a_log,
+                dt_bias,
+                src[decode],
+                dst[decode],
+            )
+        return self.model._gdn_out(i, o, z)
+
+
+# ---------------------------------------------------------------------------------------
+# driving it all
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServeResult:
+    """Outputs of :func:`serve` and what happened on the way."""
+
+    outputs: dict[int, list[int]]
+    #: Per request, the logits each sampled token was taken from (fp32, in order).
+    logits: dict[int, list[torch.Tensor]]
+    steps: int
+    #: Prefix-hit tokens at first admission and at resumption after preemption.
+    hit_tokens: int
+    resumed_hit_tokens: int
+    preemptions: int
+    traces: list[StepTrace] = field(default_factory=list)
+    manager_stats: Any = None
+
+
+def serve(
+    model: TinyHybridLM,
+    prompts: Mapping[int, Sequence[int]],
+    max_tokens: int | Mapping[int, int],
+    *,
+    plan: Any,
+    max_num_batched_tokens: int,
+    max_num_seqs: int,
+    long_prefill_token_threshold: int | None = None,
+    arrivals: Mapping[int, int] | None = None,
+    max_steps: int = 10_000,
+) -> ServeResult:
+    """Greedy generation for ``prompts`` through Scheduler + KVCacheManager + kernels.
+
+    ``arrivals`` (request id -> step) holds requests back until that step, so later
+    ones can hit prefixes cached by earlier ones.
+    """
+    from hybridkv import KVCacheManager
+    from hybridkv.scheduler import Scheduler
+
+    manager = KVCacheManager(plan)
+    sched = Scheduler(
+        manager,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
+        long_prefill_token_threshold=long_prefill_token_threshold,
+    )
+    runner = CachedRunner(model, plan)
+    tokens: dict[int, list[int]] = {rid: list(p) for rid, p in prompts.items()}
+    outputs: dict[int, list[int]] = {rid: [] for rid in prompts}
+    logits: dict[int, list[torch.Tensor]] = {rid: [] for rid in prompts}
+    pending = sorted(prompts, key=lambda r: ((arrivals or {}).get(r, 0), r))
+    hits = resumed_hits = 0
+    step = 0
+    while pending or sched.has_unfinished():
+        if step >= max_steps:
+            raise RuntimeError(f"no completion after {max_steps} steps")
+        while pending and (arrivals or {}).get(pending[0], 0) <= step:
+            rid = pending.pop(0)
+            mt = max_tokens if isinstance(max_tokens, int) else max_tokens[rid]
+            sched.add_request(rid, np.asarray(prompts[rid], dtype=np.int32), mt)
+        out = sched.schedule()
+        hits += int(out.new_hit_tokens.sum())
+        resumed_hits += int(out.resumed_hit_tokens.sum())
+        got = runner.execute(
+            manager,
+            out.req_ids.tolist(),
+            out.num_computed_before.tolist(),
+            out.num_new_tokens.tolist(),
+            tokens,
+            out.samples.tolist(),
+        )
+        sampled = {rid: int(lg.argmax()) for rid, lg in got.items()}
+        for rid, lg in got.items():
+            logits[rid].append(lg)
+            outputs[rid].append(sampled[rid])
+            tokens[rid].append(sampled[rid])
+        sched.update_from_output(sampled)
+        step += 1
+    return ServeResult(
+        outputs=outputs,
+        logits=logits,
+        steps=step,
+        hit_tokens=hits,
+        resumed_hit_tokens=resumed_hits,
+        preemptions=sched.num_preemptions,
+        traces=runner.traces,
+        manager_stats=manager.stats(),
+    )
+
+
+__all__ = [
+    "FULL",
+    "GDN",
+    "LAYER_KINDS",
+    "MAMBA2",
+    "SLIDING",
+    "CachedRunner",
+    "ServeResult",
+    "StepTrace",
+    "TinyConfig",
+    "TinyHybridLM",
+    "serve",
+]
