@@ -278,8 +278,8 @@ class KVCacheManager:
         if lora_ids is not None:
             if len(lora_ids) != n:
                 raise InvalidArgumentError(f"lora_ids has {len(lora_ids)} entries for {n} requests")
-            if any(x is not None and int(x) < 0 for x in lora_ids):
-                raise InvalidArgumentError("LoRA ids must be non-negative (None for no LoRA)")
+            if any(x is not None and not 0 <= int(x) < 1 << 63 for x in lora_ids):
+                raise InvalidArgumentError("LoRA ids must be non-negative int64 (None for no LoRA)")
             loras = np.fromiter((-1 if x is None else int(x) for x in lora_ids), np.int64, n)
         salts = None
         if cache_salts is not None:

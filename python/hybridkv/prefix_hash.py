@@ -81,6 +81,8 @@ def hash_token_blocks(
         raise InvalidArgumentError(f"seed must be a 64-bit unsigned int, got {seed}")
     if parent is not None and not 0 <= parent < 1 << 128:
         raise InvalidArgumentError(f"parent must be a 128-bit unsigned int, got {parent}")
+    if lora_id is not None and not 0 <= lora_id < 1 << 63:
+        raise InvalidArgumentError(f"lora_id must be a non-negative int64, got {lora_id}")
     mm = media_arrays(mm_features) if mm_features else (None, None, None)
     return _core.hash_token_blocks(
         token_ids,

@@ -125,7 +125,7 @@ pub fn hash_one_block(
         let b = (index * block.len()) as i64;
         let e = b + block.len() as i64;
         for m in &extra.media {
-            if m.len > 0 && m.start < e && m.start + m.len as i64 > b {
+            if m.len > 0 && m.start < e && m.start.saturating_add(m.len as i64) > b {
                 buf.push(TAG_MEDIA);
                 buf.extend_from_slice(&m.hash.to_le_bytes());
                 buf.extend_from_slice(&(m.start - b).to_le_bytes());
