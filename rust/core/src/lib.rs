@@ -6,7 +6,8 @@
 //! - [`prefix_hash`]: deterministic chained 128-bit block hashes (layout documented there).
 //! - [`group_policy`]: per-kind rules (full, sliding window, chunked local, state, cross).
 //! - [`request`]: per-request state and block tables.
-//! - [`manager`]: the KV-cache manager (prefix hits, batched allocation, outputs).
+//! - [`manager`]: the KV-cache manager (`manager/prefix_hit.rs`, `manager/allocation.rs`,
+//!   `manager/tables.rs` hold its prefix hits, batched allocation and outputs).
 //! - [`stats`], [`kv_events`]: its counters and KV events.
 
 pub mod block_pool;

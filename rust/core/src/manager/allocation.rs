@@ -1,0 +1,282 @@
+//! `allocate_slots`: releasing blocks finished tokens no longer need, the per-request
+//! all-or-nothing allocation across groups, and caching the blocks a step completes.
+
+use std::time::Instant;
+
+use super::{unresolved, Manager};
+use crate::block_pool::NULL_BLOCK;
+use crate::error::{Error, Result};
+use crate::group_policy::{cdiv, GroupKind, MambaMode};
+use crate::kv_events::KvEvent;
+use crate::request::{Phase, Request};
+
+impl Manager {
+    // --- allocation ----------------------------------------------------------------
+
+    /// One call per scheduler step. `num_new[i]` tokens of request `ids[i]` are computed
+    /// this step (they must be known: `computed + num_new <= num_tokens`), plus
+    /// `lookahead[i]` speculative slots. Returns per request whether it fitted.
+    pub fn allocate_slots(
+        &mut self,
+        ids: &[i64],
+        num_new: &[i64],
+        lookahead: &[i64],
+        new_step: bool,
+    ) -> Result<Vec<bool>> {
+        if num_new.len() != ids.len() {
+            return Err(Error::LengthMismatch {
+                what: "num_new_tokens vs request ids",
+                left: num_new.len(),
+                right: ids.len(),
+            });
+        }
+        if lookahead.len() != ids.len() {
+            return Err(Error::LengthMismatch {
+                what: "num_lookahead_tokens vs request ids",
+                left: lookahead.len(),
+                right: ids.len(),
+            });
+        }
+        let slots = self.reqs.resolve(ids).map_err(unresolved)?;
+        for (i, &s) in slots.iter().enumerate() {
+            if num_new[i] < 0 {
+                return Err(Error::NegativeCount {
+                    what: "num_new_tokens",
+                    value: num_new[i],
+                });
+            }
+            if lookahead[i] < 0 {
+                return Err(Error::NegativeCount {
+                    what: "num_lookahead_tokens",
+                    value: lookahead[i],
+                });
+            }
+            if let Some(r) = self.reqs.get(s) {
+                if r.num_computed as i64 + num_new[i] > r.tokens.len() as i64 {
+                    return Err(Error::InvalidArgument(format!(
+                        "request {}: {} computed + {} new tokens exceeds its {} known tokens",
+                        r.id,
+                        r.num_computed,
+                        num_new[i],
+                        r.tokens.len()
+                    )));
+                }
+            }
+        }
+        let t0 = Instant::now();
+        let ns_hash0 = self.stats.ns_hash;
+        if new_step {
+            self.release_finished_windows();
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for (i, &s) in slots.iter().enumerate() {
+            let Some(mut r) = self.reqs.take(s) else {
+                out.push(false);
+                continue;
+            };
+            let ok = self.allocate_one(&mut r, num_new[i] as usize, lookahead[i] as usize);
+            self.reqs.put(s, r);
+            self.stats.alloc_requests += 1;
+            if !ok {
+                self.stats.alloc_failures += 1;
+            }
+            out.push(ok);
+        }
+        let spent = t0.elapsed().as_nanos() as u64;
+        self.stats.ns_alloc += spent.saturating_sub(self.stats.ns_hash - ns_hash0);
+        Ok(out)
+    }
+
+    /// Release, for every request that advanced in an earlier call, the blocks its
+    /// computed tokens no longer need.
+    fn release_finished_windows(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            let Some(s) = self.reqs.slot_of(id) else {
+                continue;
+            };
+            let Some(mut r) = self.reqs.take(s) else {
+                continue;
+            };
+            r.dirty = false;
+            let c = r.num_computed;
+            self.release_unneeded(&mut r, c);
+            self.reqs.put(s, r);
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// Turn the entries `r`'s first `c` tokens no longer need into null blocks.
+    fn release_unneeded(&mut self, r: &mut Request, c: usize) {
+        if !self.trims {
+            return;
+        }
+        for g in 0..self.groups.len() {
+            let target = self.groups[g]
+                .first_live_block(c, self.mode)
+                .min(r.tables[g].len());
+            let start = r.first_live[g];
+            if target <= start {
+                continue;
+            }
+            let pool = &mut self.pools[g];
+            let table = &mut r.tables[g];
+            for b in &mut table[start..target] {
+                if *b != NULL_BLOCK {
+                    // The request holds one reference on each non-null entry.
+                    let _ = pool.free(&[*b]);
+                    *b = NULL_BLOCK;
+                }
+            }
+            r.first_live[g] = target;
+        }
+    }
+
+    #[allow(clippy::needless_range_loop)] // `g` indexes groups, pools, tables and `need`
+    fn allocate_one(&mut self, r: &mut Request, n: usize, la: usize) -> bool {
+        let c = r.num_computed;
+        self.release_unneeded(r, c);
+        if n == 0 && la == 0 {
+            return true;
+        }
+        let e = c + n;
+        let ng = self.groups.len();
+        // Blocks each group needs; nothing changes until all of them fit.
+        let mut need = [0usize; 8];
+        let mut need_vec;
+        let need: &mut [usize] = if ng <= 8 {
+            &mut need[..ng]
+        } else {
+            need_vec = vec![0usize; ng];
+            &mut need_vec
+        };
+        for g in 0..ng {
+            let cfg = self.groups[g];
+            let bs = cfg.block_size;
+            let len = r.tables[g].len();
+            need[g] = match cfg.kind {
+                GroupKind::Full
+                | GroupKind::SlidingWindow { .. }
+                | GroupKind::ChunkedLocal { .. } => cdiv(e + la, bs).saturating_sub(len),
+                GroupKind::State => match self.mode {
+                    MambaMode::All => cdiv(e, bs).saturating_sub(len),
+                    MambaMode::None | MambaMode::Align => {
+                        let w = cdiv(e, bs);
+                        usize::from(w > 0 && len < w)
+                    }
+                },
+                GroupKind::CrossAttention { .. } => {
+                    if len == 0 && n > 0 {
+                        cdiv(r.encoder_len, bs)
+                    } else {
+                        0
+                    }
+                }
+            };
+            if need[g] > self.pools[g].num_free() {
+                return false;
+            }
+        }
+        for g in 0..ng {
+            if need[g] == 0 {
+                continue;
+            }
+            let table = &mut r.tables[g];
+            if self.groups[g].kind == GroupKind::State && self.mode != MambaMode::All {
+                // The new running state goes to the entry of the step's last token.
+                let w = cdiv(e, self.groups[g].block_size) - 1;
+                table.resize(w, NULL_BLOCK);
+            }
+            // Checked above: the pool has `need[g]` free blocks.
+            let _ = self.pools[g].allocate_into(need[g], table);
+        }
+        if self.record_events {
+            self.drain_pool_events();
+        }
+        r.num_computed = e;
+        r.phase = Phase::Running;
+        if self.trims && n > 0 && !r.dirty {
+            r.dirty = true;
+            self.dirty.push(r.id);
+        }
+        if self.caching && n > 0 {
+            self.cache_full_blocks(r, c, e);
+        }
+        true
+    }
+
+    /// Cache the blocks that the tokens `[c, e)` of this step complete.
+    fn cache_full_blocks(&mut self, r: &mut Request, c: usize, e: usize) {
+        let t0 = Instant::now();
+        for s in 0..self.sizes.len() {
+            if e / self.sizes[s] > r.hashes[s].len() {
+                r.ensure_hashes(s, self.sizes[s], e, self.root, &mut self.buf);
+            }
+        }
+        self.stats.ns_hash += t0.elapsed().as_nanos() as u64;
+        for g in 0..self.groups.len() {
+            let cfg = self.groups[g];
+            if !cfg.caches(self.mode) {
+                continue;
+            }
+            let bs = cfg.block_size;
+            let (from, to) = match cfg.kind {
+                GroupKind::State if self.mode == MambaMode::Align => {
+                    // A checkpoint only where this step ends on a block boundary.
+                    if e % bs != 0 || e / bs <= c / bs {
+                        continue;
+                    }
+                    (e / bs - 1, e / bs)
+                }
+                _ => (r.num_cached[g], e / bs),
+            };
+            let mut run_start = usize::MAX;
+            let check = cfg.kind == GroupKind::State && self.mode == MambaMode::Align;
+            for k in from..to {
+                let b = r.tables[g][k];
+                // Entries from `num_cached` on were allocated by this request and never
+                // cached (only this function caches, and it advances `num_cached`); an
+                // align-mode state entry may be a checkpoint taken from a hit.
+                let fresh =
+                    b != NULL_BLOCK && (!check || matches!(self.pools[g].block_hash(b), Ok(None)));
+                debug_assert!(!fresh || self.pools[g].block_hash(b) == Ok(None));
+                if fresh {
+                    let h = r.hashes[self.size_of[g]][k];
+                    // In use (held by this request) and unhashed: cannot fail.
+                    let _ = self.pools[g].cache_blocks(&[b], &[h]);
+                    if run_start == usize::MAX {
+                        run_start = k;
+                    }
+                }
+                if self.record_events && run_start != usize::MAX && (!fresh || k + 1 == to) {
+                    let end = if fresh { k + 1 } else { k };
+                    self.push_stored(r, g, run_start, end);
+                    run_start = usize::MAX;
+                }
+            }
+            if to > r.num_cached[g] {
+                r.num_cached[g] = to;
+            }
+        }
+        if self.record_events {
+            // The rich `Stored` events were recorded above; drop the pool's copies.
+            for p in &mut self.pools {
+                let _ = p.take_events();
+            }
+        }
+    }
+
+    fn push_stored(&mut self, r: &Request, g: usize, k0: usize, k1: usize) {
+        let bs = self.groups[g].block_size;
+        let hs = &r.hashes[self.size_of[g]];
+        self.events.push(KvEvent::Stored {
+            group: g,
+            hashes: hs[k0..k1].to_vec(),
+            parent: if k0 == 0 { None } else { Some(hs[k0 - 1]) },
+            tokens: r.tokens[k0 * bs..k1 * bs].to_vec(),
+            block_size: bs,
+            lora_id: r.extra.lora_id,
+        });
+    }
+}

@@ -1,0 +1,212 @@
+//! Prefix hits: each group's longest servable prefix, the fixed point where all agree,
+//! and taking the hit blocks.
+
+use std::time::Instant;
+
+use super::{unresolved, Manager, UNKNOWN};
+use crate::block_pool::NULL_BLOCK;
+use crate::error::{Error, Result};
+use crate::group_policy::{GroupKind, MambaMode};
+use crate::kv_events::KvEvent;
+use crate::request::{Phase, Request};
+
+impl Manager {
+    // --- prefix hits ---------------------------------------------------------------
+
+    /// For each request: the longest prefix every group can serve from the cache. The
+    /// request takes a reference on those blocks and its computed count becomes the hit.
+    /// A request must not be running (preempt it first); a repeated query replaces the
+    /// previous hit.
+    pub fn get_computed_tokens(&mut self, ids: &[i64]) -> Result<Vec<i64>> {
+        let slots = self.reqs.resolve(ids).map_err(unresolved)?;
+        for &s in &slots {
+            if let Some(r) = self.reqs.get(s) {
+                if r.phase == Phase::Running {
+                    return Err(Error::RequestState {
+                        req_id: r.id,
+                        msg:
+                            "is running; a prefix lookup needs a waiting request (preempt it first)"
+                                .into(),
+                    });
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(slots.len());
+        for &s in &slots {
+            let Some(mut r) = self.reqs.take(s) else {
+                continue;
+            };
+            if r.holds_blocks() {
+                self.release_all(&mut r);
+            }
+            let h = self.find_and_take_hit(&mut r);
+            r.num_computed = h;
+            r.phase = Phase::Queried;
+            out.push(h as i64);
+            self.reqs.put(s, r);
+        }
+        Ok(out)
+    }
+
+    fn find_and_take_hit(&mut self, r: &mut Request) -> usize {
+        let n = r.tokens.len();
+        self.stats.queries += 1;
+        self.stats.query_tokens += n as u64;
+        if !self.caching || n <= 1 {
+            return 0;
+        }
+        let cap = n - 1;
+        let t0 = Instant::now();
+        for s in 0..self.sizes.len() {
+            r.ensure_hashes(s, self.sizes[s], cap, self.root, &mut self.buf);
+        }
+        let t1 = Instant::now();
+        self.stats.ns_hash += (t1 - t0).as_nanos() as u64;
+        for g in 0..self.groups.len() {
+            let m = &mut self.memo[g];
+            m.clear();
+            m.resize(cap / self.groups[g].block_size, UNKNOWN);
+        }
+        let ng = self.groups.len();
+        let mut own = vec![0usize; ng];
+        for i in 0..ng {
+            let g = self.hit_order[i];
+            own[g] = self.serve(g, r, cap);
+        }
+        let mut h = own.iter().copied().min().unwrap_or(0);
+        loop {
+            let mut nh = h;
+            for i in 0..ng {
+                let g = self.hit_order[i];
+                nh = self.serve(g, r, nh);
+            }
+            if nh == h {
+                break;
+            }
+            h = nh;
+        }
+        for (g, &o) in own.iter().enumerate() {
+            self.stats.group_hit_tokens[g] += o as u64;
+        }
+        self.stats.hit_tokens += h as u64;
+        let longest = own.iter().copied().max().unwrap_or(0);
+        r.prefix_boundary = if longest > h { longest } else { 0 };
+        if own.iter().any(|&o| o != h) {
+            self.stats.disagreements += 1;
+            if self.record_events {
+                self.events.push(KvEvent::Disagreement {
+                    req_id: r.id,
+                    hit: h,
+                    group_hits: own,
+                });
+            }
+        }
+        if h > 0 {
+            self.take_hit_blocks(r, h);
+        }
+        self.stats.ns_lookup += t1.elapsed().as_nanos() as u64;
+        h
+    }
+
+    /// The memoised lookup of block `k` of group `g` (-1 when not cached).
+    #[inline]
+    fn look(&mut self, g: usize, r: &Request, k: usize) -> i32 {
+        let v = self.memo[g][k];
+        if v != UNKNOWN {
+            return v;
+        }
+        let h = r.hashes[self.size_of[g]][k];
+        let b = self.pools[g].lookup_one(h).unwrap_or(-1);
+        self.memo[g][k] = b;
+        b
+    }
+
+    /// The longest prefix `h <= limit` group `g` alone can serve for `r`.
+    fn serve(&mut self, g: usize, r: &Request, limit: usize) -> usize {
+        let cfg = self.groups[g];
+        let bs = cfg.block_size;
+        let kmax = limit / bs;
+        match cfg.kind {
+            GroupKind::Full => {
+                let mut k = 0;
+                while k < kmax && self.look(g, r, k) >= 0 {
+                    k += 1;
+                }
+                k * bs
+            }
+            GroupKind::SlidingWindow { .. } | GroupKind::ChunkedLocal { .. } => {
+                let mut k = kmax;
+                'candidates: while k > 0 {
+                    let lo = cfg.first_needed_token(k * bs) / bs;
+                    let mut j = k;
+                    while j > lo {
+                        j -= 1;
+                        if self.look(g, r, j) < 0 {
+                            // Every candidate whose window holds block j fails too.
+                            k = j;
+                            continue 'candidates;
+                        }
+                    }
+                    return k * bs;
+                }
+                0
+            }
+            GroupKind::State => {
+                if self.mode == MambaMode::None {
+                    return 0;
+                }
+                let mut k = kmax;
+                while k > 0 {
+                    if self.look(g, r, k - 1) >= 0 {
+                        return k * bs;
+                    }
+                    k -= 1;
+                }
+                0
+            }
+            GroupKind::CrossAttention { .. } => limit,
+        }
+    }
+
+    /// Fill `r`'s tables with the cached blocks serving a hit of `h` tokens and take a
+    /// reference on each.
+    fn take_hit_blocks(&mut self, r: &mut Request, h: usize) {
+        for g in 0..self.groups.len() {
+            let cfg = self.groups[g];
+            let bs = cfg.block_size;
+            let k = h / bs;
+            let lo = match cfg.kind {
+                GroupKind::Full => 0,
+                GroupKind::SlidingWindow { .. } | GroupKind::ChunkedLocal { .. } => {
+                    cfg.first_needed_token(h) / bs
+                }
+                GroupKind::State => k.saturating_sub(1),
+                GroupKind::CrossAttention { .. } => continue,
+            };
+            let mut table = std::mem::take(&mut r.tables[g]);
+            table.clear();
+            table.resize(lo, NULL_BLOCK);
+            for j in lo..k {
+                let b = self.look(g, r, j);
+                table.push(b);
+            }
+            // The fixed point only stops at positions every group serves, so each
+            // looked-up block exists (>= 1); touch validates ids anyway.
+            let _ = self.pools[g].touch(&table[lo..]);
+            r.tables[g] = table;
+            r.first_live[g] = lo;
+            r.num_cached[g] = k;
+        }
+    }
+
+    /// Per request, from its last prefix lookup: the longest prefix some single group
+    /// could serve when it is longer than the agreed hit (else 0). A scheduler that
+    /// ends a prefill chunk exactly there lets the lagging group (a state group in
+    /// align mode, a sliding window) cache that position, so later requests sharing the
+    /// prefix hit all of it.
+    pub fn shared_prefix_boundary(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        ids.iter()
+            .map(|&id| self.request(id).map(|r| r.prefix_boundary as i64))
+            .collect()
+    }
+}

@@ -1,0 +1,133 @@
+//! Outputs for the model runner and offload: block tables, slot mappings, counts and
+//! block hashes.
+
+use super::Manager;
+use crate::block_pool::{BlockHash, BlockId, NULL_BLOCK};
+use crate::error::{Error, Result};
+use crate::request::Request;
+
+impl Manager {
+    // --- outputs -------------------------------------------------------------------
+
+    /// Block tables of `group` for `ids`, row-major `(ids.len(), width)`, zero padded.
+    /// `width = None` uses the longest table; a table longer than a given width fails.
+    pub fn block_table(
+        &self,
+        group: usize,
+        ids: &[i64],
+        width: Option<usize>,
+    ) -> Result<(Vec<i32>, usize)> {
+        self.check_group(group)?;
+        let mut rows: Vec<&[BlockId]> = Vec::with_capacity(ids.len());
+        for &id in ids {
+            rows.push(&self.request(id)?.tables[group]);
+        }
+        Self::pack_rows(&rows, width)
+    }
+
+    /// Rows of a block table packed row-major with zero padding.
+    fn pack_rows(rows: &[&[BlockId]], width: Option<usize>) -> Result<(Vec<i32>, usize)> {
+        let longest = rows.iter().map(|t| t.len()).max().unwrap_or(0);
+        let w = match width {
+            None => longest,
+            Some(w) if w >= longest => w,
+            Some(w) => {
+                return Err(Error::InvalidArgument(format!(
+                    "max_blocks {w} is smaller than the longest block table ({longest})"
+                )))
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len() * w);
+        for t in rows {
+            out.extend_from_slice(t);
+            out.resize(out.len() + (w - t.len()), NULL_BLOCK);
+        }
+        Ok((out, w))
+    }
+
+    /// Block tables of every group for `ids` (one id resolution for all groups).
+    pub fn block_tables(&self, ids: &[i64]) -> Result<Vec<(Vec<i32>, usize)>> {
+        let mut reqs: Vec<&Request> = Vec::with_capacity(ids.len());
+        for &id in ids {
+            reqs.push(self.request(id)?);
+        }
+        (0..self.groups.len())
+            .map(|g| {
+                let rows: Vec<&[BlockId]> = reqs.iter().map(|r| r.tables[g].as_slice()).collect();
+                Self::pack_rows(&rows, None)
+            })
+            .collect()
+    }
+
+    /// The slot (`block * block_size + offset`) of each `(ids[i], positions[i])` in
+    /// `group`'s address space; -1 where the entry is the null block.
+    pub fn slot_mapping(&self, group: usize, ids: &[i64], positions: &[i64]) -> Result<Vec<i64>> {
+        self.check_group(group)?;
+        if ids.len() != positions.len() {
+            return Err(Error::LengthMismatch {
+                what: "slot_mapping request ids vs positions",
+                left: ids.len(),
+                right: positions.len(),
+            });
+        }
+        let bs = self.groups[group].block_size as i64;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut last: Option<(i64, &[BlockId])> = None;
+        for (&id, &p) in ids.iter().zip(positions) {
+            let table = match last {
+                Some((lid, t)) if lid == id => t,
+                _ => {
+                    let t: &[BlockId] = &self.request(id)?.tables[group];
+                    last = Some((id, t));
+                    t
+                }
+            };
+            if p < 0 || (p / bs) as usize >= table.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "position {p} of request {id} is outside its {} allocated blocks in group {group}",
+                    table.len()
+                )));
+            }
+            let b = table[(p / bs) as usize];
+            out.push(if b == NULL_BLOCK {
+                -1
+            } else {
+                b as i64 * bs + p % bs
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn num_computed_tokens(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        ids.iter()
+            .map(|&id| self.request(id).map(|r| r.num_computed as i64))
+            .collect()
+    }
+
+    pub fn num_tokens(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        ids.iter()
+            .map(|&id| self.request(id).map(|r| r.tokens.len() as i64))
+            .collect()
+    }
+
+    /// The request's full-block hashes at `group`'s block size (all known tokens).
+    pub fn block_hashes(&mut self, group: usize, id: i64) -> Result<Vec<BlockHash>> {
+        self.check_group(group)?;
+        let s = self.size_of[group];
+        let bs = self.sizes[s];
+        let slot = self.reqs.slot_of(id).ok_or_else(|| Error::UnknownRequest {
+            req_id: id.to_string(),
+        })?;
+        let root = self.root;
+        let buf = &mut self.buf;
+        let r = self
+            .reqs
+            .get_mut(slot)
+            .ok_or_else(|| Error::UnknownRequest {
+                req_id: id.to_string(),
+            })?;
+        let n = r.tokens.len();
+        r.ensure_hashes(s, bs, n, root, buf);
+        Ok(r.hashes[s].clone())
+    }
+}
