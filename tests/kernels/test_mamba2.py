@@ -234,3 +234,23 @@ def test_conv_rejects_bad_activation_and_state_shape() -> None:
         ops.causal_conv1d_update(x, state, weight, bias, torch.tensor([0]), activation="gelu")
     with pytest.raises(InvalidArgumentError, match="conv_state"):
         ops.causal_conv1d_update(x, state[:, :2], weight, bias, torch.tensor([0]))
+
+
+def test_prefill_launchers_reject_bad_query_start_loc() -> None:
+    x, state, weight, bias = _conv_inputs([3], 8, 4, torch.float32, 4)
+    before = state.clone()
+    with pytest.raises(InvalidArgumentError, match="ends at 2"):
+        ops.causal_conv1d_prefill(x, state, weight, bias, offsets([2]), torch.tensor([0]))
+    with pytest.raises(InvalidArgumentError, match="query_start_loc must have 1 dims"):
+        ops.causal_conv1d_prefill(x, state, weight, bias, offsets([3])[None], torch.tensor([0]))
+    assert torch.equal(state, before)
+    a = _ssm_inputs(3, 2, 4, 1, 4, torch.float32, 5)
+    with pytest.raises(InvalidArgumentError, match="non-decreasing"):
+        ops.ssd_prefill(
+            a["state"],
+            *[a[k] for k in _ARGS],
+            None,
+            None,
+            torch.tensor([0, 4, 3], dtype=torch.int32),
+            torch.tensor([0, 1]),
+        )

@@ -192,9 +192,9 @@ def _args() -> tuple[torch.Tensor, ...]:
 
 
 def test_paged_attention_accepts_the_valid_call() -> None:
-    out = ops.paged_attention(*_args())
-    ref = reference.paged_attention(*_args()[:0], *_args())
-    assert out.shape == ref.shape
+    # The baseline the rejection cases below each break in one place.
+    args = _args()
+    assert_close(ops.paged_attention(*args), reference.paged_attention(*args), "valid call")
 
 
 @pytest.mark.parametrize(
@@ -219,3 +219,8 @@ def test_paged_attention_rejects_bad_input(index: int, bad: torch.Tensor, match:
 def test_paged_attention_rejects_window_and_chunk_together() -> None:
     with pytest.raises(InvalidArgumentError, match="not both"):
         ops.paged_attention(*_args(), sliding_window=4, chunk_size=4)
+
+
+def test_paged_attention_rejects_short_max_query_len() -> None:
+    with pytest.raises(InvalidArgumentError, match="max_query_len 1 is shorter"):
+        ops.paged_attention(*_args(), max_query_len=1)

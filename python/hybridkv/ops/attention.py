@@ -45,6 +45,8 @@ def paged_attention(
     multiple of the cache's ``num_kv_heads`` (GQA). At most one of ``sliding_window``
     (a query sees itself and the ``window - 1`` tokens before it) and ``chunk_size``
     (a query sees earlier tokens of its own chunk) is given; neither means full causal.
+    ``max_query_len`` (the longest ``q_len``; computed when omitted, which reads
+    ``query_start_loc`` back to the host) sizes the launch grid and must not be short.
     Returns ``out`` (allocated like ``q`` when not given).
     """
     check_tensor("q", q, ndim=3)
@@ -92,8 +94,13 @@ def paged_attention(
         out,
     )
     q_lens = query_lengths(query_start_loc, num_tokens)
-    if max_query_len is None:
-        max_query_len = int(q_lens.max()) if num_reqs else 0
+    if max_query_len is None or check_indices:
+        longest = int(q_lens.max()) if num_reqs else 0
+        require(
+            max_query_len is None or max_query_len >= longest,
+            f"max_query_len {max_query_len} is shorter than a query of {longest} tokens",
+        )
+        max_query_len = longest if max_query_len is None else max_query_len
     if check_indices and num_reqs:
         require(bool((seq_lens >= q_lens).all()), "a request has more queries than context")
         need = int(seq_lens.max())

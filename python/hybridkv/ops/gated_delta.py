@@ -66,11 +66,11 @@ def gated_delta_rule(
     check_shape("dt_bias", dt_bias, (hv,))
     check_shape("state", state, (state.shape[0], hv, dv, dk))
     require(hk > 0 and hv % hk == 0, f"num_v_heads {hv} is not a multiple of num_k_heads {hk}")
+    query_lengths(query_start_loc, t)
     n = query_start_loc.shape[0] - 1
     dst = src_slots if dst_slots is None else dst_slots
     check_slots("src_slots", src_slots, n, state.shape[0])
     check_slots("dst_slots", dst, n, state.shape[0])
-    query_lengths(query_start_loc, t)
     out = torch.empty_like(v)
     check_device(
         gated_delta_kernel,

@@ -73,7 +73,8 @@ def causal_conv1d_update(
     Request ``r`` reads slot ``src_slots[r]`` (negative: zeros) and leaves its shifted
     state in ``dst_slots[r]`` (default: the same slot; negative: not kept).
     """
-    n = x.shape[0] if x.dim() == 2 else -1
+    check_tensor("x", x, ndim=2)
+    n = x.shape[0]
     conv_dim, kernel, dst = _conv_common(x, conv_state, weight, bias, src_slots, dst_slots, n)
     out = torch.empty_like(x)
     tensors = [x, conv_state, weight, src_slots, dst, out]
@@ -124,9 +125,9 @@ def causal_conv1d_prefill(
     go to ``dst_slots[r]`` (default: the same slot; negative: not kept).
     """
     check_tensor("x", x, ndim=2)
-    n = query_start_loc.shape[0] - 1 if query_start_loc.dim() == 1 else -1
-    conv_dim, kernel, dst = _conv_common(x, conv_state, weight, bias, src_slots, dst_slots, n)
     lens = query_lengths(query_start_loc, x.shape[0])
+    n = query_start_loc.shape[0] - 1
+    conv_dim, kernel, dst = _conv_common(x, conv_state, weight, bias, src_slots, dst_slots, n)
     out = torch.empty_like(x)
     tensors = [x, conv_state, weight, query_start_loc, src_slots, dst, out]
     check_device(conv1d_varlen_kernel, *(tensors + ([bias] if bias is not None else [])))
@@ -314,11 +315,11 @@ def ssd_prefill(
     of two >= 16 on a GPU) is the scan's tile length.
     """
     t, heads, head_dim, groups, d_state = _ssm_common(state, x, dt, A, B, C, D, dt_bias)
-    n = query_start_loc.shape[0] - 1 if query_start_loc.dim() == 1 else -1
+    query_lengths(query_start_loc, t)
+    n = query_start_loc.shape[0] - 1
     dst = src_slots if dst_slots is None else dst_slots
     check_slots("src_slots", src_slots, n, state.shape[0])
     check_slots("dst_slots", dst, n, state.shape[0])
-    query_lengths(query_start_loc, t)
     require(chunk >= 1 and chunk == next_pow2(chunk), f"chunk must be a power of two: {chunk}")
     out = torch.empty_like(x)
     check_device(
