@@ -146,6 +146,30 @@ def test_slot_mapping_and_null_positions() -> None:
         m.block_table(0, [1, 2], max_blocks=2)
 
 
+def test_block_table_into_a_persistent_buffer() -> None:
+    m = KVCacheManager(cfg())
+    m.add_requests([1, 2], [seq(6), seq(13, 50)])
+    m.get_computed_tokens([1, 2])
+    assert m.allocate_slots([1, 2], [6, 13]).all()
+    out = np.full((4, 6), 77, dtype=np.int32)
+    view = m.block_table_into(0, [2, 1], out)
+    want = m.block_table(0, [2, 1], max_blocks=6)
+    assert np.array_equal(view, want) and np.array_equal(out[:2], want)
+    assert (out[2:] == 77).all()
+    before = out.copy()
+    for bad in (
+        np.zeros((1, 6), np.int32),  # too few rows
+        np.zeros((4, 3), np.int32),  # narrower than a table
+        np.zeros((4, 6), np.int64),  # wrong dtype
+        np.zeros((6, 4), np.int32).T,  # not C-contiguous
+    ):
+        with pytest.raises(errors.InvalidArgumentError):
+            m.block_table_into(0, [2, 1], bad)
+    with pytest.raises(errors.UnknownRequestError):
+        m.block_table_into(0, [2, 9], out)
+    assert np.array_equal(out, before)
+
+
 def test_all_or_nothing_per_request() -> None:
     # Full pool of 6 usable blocks; the SWA pool is tiny so the second request fails
     # on the SWA group alone and must leave nothing allocated anywhere.

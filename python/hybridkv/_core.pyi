@@ -112,6 +112,9 @@ class KVCacheManager:
     def block_table(
         self, group: int, req_ids: IdsLike, max_blocks: int | None = None
     ) -> npt.NDArray[np.int32]: ...
+    def block_table_into(
+        self, group: int, req_ids: IdsLike, out: npt.NDArray[np.int32]
+    ) -> None: ...
     def block_tables(self, req_ids: IdsLike) -> list[npt.NDArray[np.int32]]: ...
     def slot_mapping(
         self, group: int, req_ids: IdsLike, positions: IdsLike

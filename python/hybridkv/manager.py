@@ -366,6 +366,17 @@ class KVCacheManager:
         is the longest table, or ``max_blocks`` when given."""
         return self._core.block_table(group, _ids(req_ids), max_blocks)
 
+    def block_table_into(
+        self, group: int, req_ids: npt.ArrayLike, out: npt.NDArray[np.int32]
+    ) -> npt.NDArray[np.int32]:
+        """Write ``group``'s tables for ``req_ids`` into the first rows of ``out`` (a
+        persistent C-contiguous int32 ``(rows, max_blocks)`` buffer, e.g. sized
+        ``(max_num_seqs, cdiv(max_model_len, block_size))``), zero padding each row, so a
+        step allocates nothing. Returns the filled view ``out[:len(req_ids)]``."""
+        ids = _ids(req_ids)
+        self._core.block_table_into(group, ids, out)
+        return out[: ids.shape[0]]
+
     def block_tables(self, req_ids: npt.ArrayLike) -> list[npt.NDArray[np.int32]]:
         """:meth:`block_table` of every group (in group order) for one request order."""
         return self._core.block_tables(_ids(req_ids))

@@ -6,7 +6,7 @@ use hybridkv_core::prefix_hash::{hash_token_blocks as core_hash_blocks, ExtraKey
 use hybridkv_core::{
     GroupConfig, GroupKind, KvEvent, MambaMode, Manager, ManagerConfig, NewRequest,
 };
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
@@ -345,6 +345,42 @@ impl PyManager {
         let arr = numpy::ndarray::Array2::from_shape_vec((ids.len(), w), flat)
             .map_err(|e| invalid_arg(format!("block table shape: {e}")))?;
         Ok(PyArray2::from_owned_array(py, arr))
+    }
+
+    /// Write `group`'s tables for `req_ids` into the first rows of `out`, a C-contiguous
+    /// int32 `(rows, width)` array (rows >= len(req_ids)), zero padding every row.
+    fn block_table_into(
+        &self,
+        py: Python<'_>,
+        group: i64,
+        req_ids: &Bound<'_, PyAny>,
+        out: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let g = group_arg(group, self.inner.num_groups())?;
+        let ids = id_vec(req_ids)?;
+        let arr = out
+            .cast::<PyArray2<i32>>()
+            .map_err(|_| invalid_arg("out must be a 2-D int32 numpy array"))?;
+        let mut rw = arr
+            .try_readwrite()
+            .map_err(|_| invalid_arg("out is not writeable (or already borrowed)"))?;
+        if !rw.is_c_contiguous() {
+            return Err(invalid_arg("out must be C-contiguous"));
+        }
+        let width = rw.shape()[1];
+        let rows = rw.shape()[0];
+        if rows < ids.len() {
+            return Err(invalid_arg(format!(
+                "out has {rows} rows for {} requests",
+                ids.len()
+            )));
+        }
+        let slice = rw
+            .as_slice_mut()
+            .map_err(|_| invalid_arg("out must be C-contiguous"))?;
+        let inner = &self.inner;
+        py.detach(|| inner.block_table_into(g, &ids, slice, width))
+            .py_err()
     }
 
     /// `block_table` of every group at once, in group order.

@@ -46,6 +46,44 @@ impl Manager {
     }
 
     /// Block tables of every group for `ids` (one id resolution for all groups).
+    /// Write `group`'s block tables for `ids` into the rows of `out` (row-major, `width`
+    /// entries per row, at least `ids.len()` rows), zero padding each row: a caller's
+    /// persistent buffer, so a step allocates nothing. Fails (writing nothing) if a
+    /// table is longer than `width` or `out` is too small.
+    pub fn block_table_into(
+        &self,
+        group: usize,
+        ids: &[i64],
+        out: &mut [i32],
+        width: usize,
+    ) -> Result<()> {
+        self.check_group(group)?;
+        if out.len() < ids.len() * width {
+            return Err(Error::InvalidArgument(format!(
+                "out holds {} entries, {} rows of {width} need {}",
+                out.len(),
+                ids.len(),
+                ids.len() * width
+            )));
+        }
+        let mut rows: Vec<&[BlockId]> = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let t = &self.request(id)?.tables[group];
+            if t.len() > width {
+                return Err(Error::InvalidArgument(format!(
+                    "request {id}'s block table ({} blocks) is wider than out ({width})",
+                    t.len()
+                )));
+            }
+            rows.push(t);
+        }
+        for (row, t) in out.chunks_exact_mut(width.max(1)).zip(&rows) {
+            row[..t.len()].copy_from_slice(t);
+            row[t.len()..].fill(NULL_BLOCK);
+        }
+        Ok(())
+    }
+
     pub fn block_tables(&self, ids: &[i64]) -> Result<Vec<(Vec<i32>, usize)>> {
         let mut reqs: Vec<&Request> = Vec::with_capacity(ids.len());
         for &id in ids {
