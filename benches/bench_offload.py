@@ -181,7 +181,7 @@ def throughput(total: int, console: Console) -> list[list[str]]:
                 rows.append([
                     name, f"{page >> 10} KiB", f"{n:,}", f"{nbytes / 2**20:,.0f}",
                     "-" if store is None else f"{nbytes / store / 1e9:.2f}",
-                    f"{nbytes / load / 1e9:.2f}", f"{served}/{n}",
+                    f"{nbytes / load / 1e9:.2f}" if load == load else "-", f"{served}/{n}",
                 ])  # fmt: skip
 
             cpu = CpuTier(nbytes + page)
@@ -189,6 +189,18 @@ def throughput(total: int, console: Console) -> list[list[str]]:
             check()
             row("cpu" + (" (pinned)" if cpu.pin_memory else ""), s, ld, served)
             cpu.close()
+            # Steady state: a full tier evicting as it stores (freed memory is reused,
+            # where filling a fresh tier pays a page fault per new page of RAM).
+            half = len(blocks) // 2
+            full = CpuTier(half * page)
+            for i in range(0, half, BATCH):
+                full.put(blocks[i : i + BATCH])
+            t0 = time.perf_counter()
+            for i in range(half, len(blocks), BATCH):
+                full.put(blocks[i : i + BATCH])
+            s = (time.perf_counter() - t0) * len(blocks) / (len(blocks) - half)
+            row("cpu, full (evicting)", s, float("nan"), len(full.lru_keys()))
+            full.close()
 
             with tempfile.TemporaryDirectory(prefix="hkv-bench-disk-", dir="/var/tmp") as d:
                 disk = DiskTier(d, nbytes + page, FP, fsync=True)
