@@ -601,11 +601,18 @@ class Scheduler:
                 )
         if not failed_running:
             return []
+        failed_ids = {r.req_id for r in failed_new}
+        succeeded_new = [r for r in admitted if r.req_id not in failed_ids]
+        if len(self._running) == 1 and not succeeded_new:
+            # The only request holding memory cannot grow: it never fits.
+            only = failed_running[0][0]
+            raise SchedulerError(
+                f"request {only.req_id} ({only.num_tokens} tokens) does not fit the "
+                "KV-cache pools even when they are empty"
+            )
         self._hold_admissions = True
         # Victims, lowest priority first, among running requests and this step's
         # successful admissions.
-        failed_ids = {r.req_id for r in failed_new}
-        succeeded_new = [r for r in admitted if r.req_id not in failed_ids]
         pool = sorted([*self._running, *succeeded_new], key=_Req.rank, reverse=True)
         victims: list[_Req] = []
         taken: set[int] = set()
