@@ -386,6 +386,8 @@ class Scheduler:
             # victim's re-hit would take back exactly the blocks they wait for).
             slots = 0
         # Free blocks per growing pool left once the running requests have grown.
+        if not self.num_waiting:
+            slots = 0
         room = self._room(batch, new_tokens) if slots > 0 and budget > 0 else None
         full = False
         while budget > 0 and slots > 0 and not full:
