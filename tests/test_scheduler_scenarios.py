@@ -10,7 +10,7 @@ from hybridkv.manager import KVCacheManager
 from hybridkv.models import ModelSpec
 from hybridkv.planner import plan_with_blocks
 from hybridkv.scheduler import Scheduler, SchedulerError
-from hybridkv.specs import FullAttentionSpec
+from hybridkv.specs import FullAttentionSpec, StateSpec
 
 BS = 4
 
@@ -164,3 +164,46 @@ def test_request_that_never_fits_is_reported() -> None:
         for _ in range(10):
             out = s.schedule()
             s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+
+
+def _hybrid_sched(cut: bool) -> Scheduler:
+    full = FullAttentionSpec(num_kv_heads=1, head_size=8)
+    state = StateSpec(shapes=((2, 8),), dtypes=("fp32",))
+    plan = plan_with_blocks(
+        ModelSpec("h", (full, state)),
+        64,
+        block_size=BS,
+        max_num_seqs=4,
+        max_model_len=64,
+        max_num_batched_tokens=64,
+    )
+    return Scheduler(
+        KVCacheManager(plan),
+        max_num_batched_tokens=64,
+        max_num_seqs=4,
+        max_model_len=64,
+        cut_at_shared_prefix=cut,
+    )
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_align_mode_checkpoints_chunk_ends_and_shared_prefix_cut(cut: bool) -> None:
+    s = _hybrid_sched(cut)
+    assert s.align == BS
+    shared = np.arange(1, 19, dtype=np.int32)  # 18 shared tokens: boundary at 16
+    hits = []
+    chunks = []
+    for i in range(3):
+        s.add_request(i, np.concatenate([shared, np.full(7, 40 + i, dtype=np.int32)]), 1)
+        while s.has_unfinished():
+            out = s.schedule()
+            hits += out.new_hit_tokens.tolist()
+            chunks.append(out.num_new_tokens.tolist())
+            s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    # Request 0 (25 tokens): one chunk cut at the last block boundary, then the tail.
+    assert chunks[:2] == [[24], [1]]
+    # Its state checkpoints sit at 24 only: request 1 shares 16 tokens' blocks but no
+    # checkpoint there. With the cut, request 1's first chunk ends at 16, so request 2
+    # hits the shared prefix.
+    assert hits[0] == 0 and hits[1] == 0
+    assert hits[2] == (16 if cut else 0)
