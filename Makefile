@@ -49,8 +49,16 @@ test-py: build redis
 
 test: build lint test-rust test-py
 
+# The bundled default: Qwen3-Next-80B-A3B (12 full-attention + 36 gated-delta-net
+# layers) with 16 GiB of KV cache, planned, then serving the bundled agentic trace on
+# both layouts (per-group pools vs the unified-page baseline), H100 SXM roofline.
+RUN_MODEL ?= qwen3-next-80b-a3b
+RUN_MEMORY ?= 16GiB
+RUN_TRACE ?= agentic
+RUN_LIMITS ?= --max-num-seqs 64 --max-model-len 32768 --max-num-batched-tokens 8192
 run: build
-	$(BIN)/python benches/bench_block_pool.py
+	$(BIN)/hybridkv plan --model $(RUN_MODEL) --memory $(RUN_MEMORY) $(RUN_LIMITS)
+	$(BIN)/hybridkv simulate --model $(RUN_MODEL) --memory $(RUN_MEMORY) --trace $(RUN_TRACE) $(RUN_LIMITS)
 
 bench: build
 	@for b in benches/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

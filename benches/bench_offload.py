@@ -14,12 +14,21 @@ Index: what the Python ``OrderedDict`` LRU costs per block (add with eviction, t
 to compare with the per-block I/O above: it is why the tiers' bookkeeping stays in
 Python.
 
-Run: ``python benches/bench_offload.py [--total-mib N]``.
+Cross-restart hit rate: the bundled agentic trace is served by the simulator on a
+hybrid model (``qwen3-next-80b-a3b``, 16 GiB of KV, per-group layout) with
+``cpu:8GiB,disk:DIR:100GiB``; then a fresh manager and connector (a restarted server:
+empty device cache and RAM tier, same disk directory) serve it again. "Re-served prefix
+tokens" are, per request, the longest prefix a hit can cover: its prompt less the last
+token, rounded down to the hit granularity (the state checkpoint interval). The rate is
+the restarted server's hits (device plus offload) over those tokens.
+
+Run: ``python benches/bench_offload.py [--total-mib N] [--skip-restart]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -30,9 +39,21 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from hybridkv.offload import BlockKey, ByteLRU, CpuTier, DiskTier, RedisTier, model_fingerprint
+from hybridkv.cost_model import CostModel
+from hybridkv.offload import (
+    BlockKey,
+    ByteLRU,
+    CpuTier,
+    DiskTier,
+    OffloadConfig,
+    RedisTier,
+    model_fingerprint,
+    parse_offload_spec,
+)
+from hybridkv.offload.sim import SimOffload
 from hybridkv.offload.tier import Payload, Tier
 from rich.console import Console
 from rich.table import Table
@@ -160,7 +181,7 @@ def throughput(total: int, console: Console) -> list[list[str]]:
                 rows.append([
                     name, f"{page >> 10} KiB", f"{n:,}", f"{nbytes / 2**20:,.0f}",
                     "-" if store is None else f"{nbytes / store / 1e9:.2f}",
-                    f"{nbytes / load / 1e9:.2f}", f"{served}/{n}",
+                    f"{nbytes / load / 1e9:.2f}" if load == load else "-", f"{served}/{n}",
                 ])  # fmt: skip
 
             cpu = CpuTier(nbytes + page)
@@ -168,6 +189,18 @@ def throughput(total: int, console: Console) -> list[list[str]]:
             check()
             row("cpu" + (" (pinned)" if cpu.pin_memory else ""), s, ld, served)
             cpu.close()
+            # Steady state: a full tier evicting as it stores (freed memory is reused,
+            # where filling a fresh tier pays a page fault per new page of RAM).
+            half = len(blocks) // 2
+            full = CpuTier(half * page)
+            for i in range(0, half, BATCH):
+                full.put(blocks[i : i + BATCH])
+            t0 = time.perf_counter()
+            for i in range(half, len(blocks), BATCH):
+                full.put(blocks[i : i + BATCH])
+            s = (time.perf_counter() - t0) * len(blocks) / (len(blocks) - half)
+            row("cpu, full (evicting)", s, float("nan"), len(full.lru_keys()))
+            full.close()
 
             with tempfile.TemporaryDirectory(prefix="hkv-bench-disk-", dir="/var/tmp") as d:
                 disk = DiskTier(d, nbytes + page, FP, fsync=True)
@@ -209,25 +242,87 @@ def index_cost(n: int = 200_000) -> tuple[float, float]:
     return 1e9 * t_add / n, 1e9 * t_touch / len(live)
 
 
+class RecordingOffload(SimOffload):
+    """SimOffload that records every request's first-admission hit."""
+
+    def __init__(self, config: OffloadConfig) -> None:
+        super().__init__(config)
+        self.hits: dict[int, int] = {}
+
+    def on_step(self, manager: Any, output: Any) -> None:
+        super().on_step(manager, output)
+        for rid, hit in zip(output.new_req_ids.tolist(), output.new_hit_tokens.tolist(),
+                            strict=True):  # fmt: skip
+            self.hits[int(rid)] = int(hit)
+
+
+def restart_hit_rate(console: Console) -> None:
+    from hybridkv.simulate import SimConfig, make_plans, resolve_trace, simulate_plan
+
+    cfg = SimConfig(model="qwen3-next-80b-a3b", memory_bytes=16 << 30, trace="agentic")
+    trace = resolve_trace(cfg.trace)
+    plan = make_plans(cfg, trace)["per-group"]
+    assert not isinstance(plan, str)
+    cost = CostModel(plan, gpu=cfg.gpu)
+    lens = trace.prompt_lens.astype(np.int64)
+    table = Table(
+        title=f"cross-restart hits: {cfg.model}, trace {trace.name}, per-group layout, "
+        "cpu:8GiB,disk:DIR:100GiB"
+    )
+    for col in ("run", "prompt tok", "re-servable tok", "hit tok", "external tok",
+                "re-served", "wall s"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "run" else "right")
+    with tempfile.TemporaryDirectory(prefix="hkv-bench-restart-", dir="/var/tmp") as d:
+        spec = f"cpu:8GiB,disk:{d}:100GiB"
+        for run in ("first server", "restarted server"):
+            sim = RecordingOffload(parse_offload_spec(spec))
+            t0 = time.perf_counter()
+            res = simulate_plan(plan, trace, layout="per-group", cost=cost, offload=sim,
+                                manager_factory=sim.manager_factory)  # fmt: skip
+            wall = time.perf_counter() - t0
+            rep = sim.close()[-1]
+            gran = sim_granularity(plan)
+            reservable = int(((lens - 1) // gran * gran).sum())
+            hit = sum(sim.hits.values())
+            table.add_row(
+                run, f"{int(lens.sum()):,}", f"{reservable:,}",
+                f"{hit:,}", f"{res.report['external_hit_tokens']:,}",
+                f"{hit / reservable:.2%}", f"{wall:.1f}",
+            )  # fmt: skip
+            if rep["load_mismatches"]:
+                raise SystemExit(f"{rep['load_mismatches']} loaded pages were wrong")
+    console.print(table)
+
+
+def sim_granularity(plan: Any) -> int:
+    """Positions a hit can end on: every group's block boundary."""
+    return math.lcm(*(int(g.block_size) for g in plan.groups if g.kind != "cross_attention"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--total-mib", type=int, default=256, help="bytes per tier and page size")
+    ap.add_argument("--skip-restart", action="store_true", help="throughput only")
+    ap.add_argument("--skip-throughput", action="store_true", help="restart hit rate only")
     args = ap.parse_args()
     console = Console(width=120)
     console.print(f"machine: {machine_name()}")
 
-    table = Table(title="offload tier throughput (one thread, batches of 16 blocks)")
-    for col in ("tier", "page", "blocks", "MiB", "store GB/s", "load GB/s", "served"):
-        table.add_column(col, justify="left" if col == "tier" else "right")
-    for r in throughput(args.total_mib << 20, console):
-        table.add_row(*r)
-    console.print(table)
+    if not args.skip_throughput:
+        table = Table(title="offload tier throughput (one thread, batches of 16 blocks)")
+        for col in ("tier", "page", "blocks", "MiB", "store GB/s", "load GB/s", "served"):
+            table.add_column(col, justify="left" if col == "tier" else "right")
+        for r in throughput(args.total_mib << 20, console):
+            table.add_row(*r)
+        console.print(table)
 
-    add_ns, touch_ns = index_cost()
-    console.print(
-        f"LRU index (Python OrderedDict): {add_ns:.0f} ns per add with eviction, "
-        f"{touch_ns:.0f} ns per touch"
-    )
+        add_ns, touch_ns = index_cost()
+        console.print(
+            f"LRU index (Python OrderedDict): {add_ns:.0f} ns per add with eviction, "
+            f"{touch_ns:.0f} ns per touch"
+        )
+    if not args.skip_restart:
+        restart_hit_rate(console)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ PUBLISHED_PARAMS: dict[str, Params] = {
     "qwen3.5-35b-a3b": Params(35e9, 3e9, 256, 8),
     "qwen3.5-4b": Params(4e9, 4e9),
     "deepseek-v3": Params(671e9, 37e9, 256, 8),
-    "falcon-h1-1.5b": Params(1.55e9, 1.55e9),
+    "falcon-h1-7b": Params(7.6e9, 7.6e9),
     "gemma-3-27b-it": Params(27e9, 27e9),
     "gpt-oss-20b": Params(21e9, 3.6e9, 32, 4),
     "granite-4.0-h-small": Params(32e9, 9e9, 72, 10),

@@ -98,6 +98,28 @@ def _launch_all() -> None:
         v = torch.zeros(t, 4, 128, dtype=dtype)
         g = torch.zeros(t, 4, dtype=dtype)
         ops.gated_delta_rule(torch.zeros(4, 4, 128, 128), qk, qk, v, g, g, a[:4], a[:4], qsl, slots)
+    # Mid-step checkpoints (mamba_cache_mode "all").
+    ck = {
+        "checkpoint_slots": torch.tensor([[3], [-1]]),
+        "checkpoint_first": torch.tensor([1, 1]),
+        "checkpoint_every": 16,
+    }
+    x = torch.zeros(t, 320, dtype=torch.bfloat16)
+    w = torch.zeros(320, 4, dtype=torch.bfloat16)
+    ops.causal_conv1d_prefill(
+        x, torch.zeros(4, 3, 320, dtype=torch.bfloat16), w, None, qsl, slots, **ck
+    )
+    xs = torch.zeros(t, 8, 64, dtype=torch.bfloat16)
+    dt = torch.zeros(t, 8, dtype=torch.bfloat16)
+    bc = torch.zeros(t, 1, 128, dtype=torch.bfloat16)
+    a = torch.zeros(8)
+    ops.ssd_prefill(torch.zeros(4, 8, 64, 128), xs, dt, a, bc, bc, a, a, qsl, slots, **ck)
+    qk = torch.zeros(t, 2, 128, dtype=torch.bfloat16)
+    v = torch.zeros(t, 4, 128, dtype=torch.bfloat16)
+    g = torch.zeros(t, 4, dtype=torch.bfloat16)
+    ops.gated_delta_rule(
+        torch.zeros(4, 4, 128, 128), qk, qk, v, g, g, a[:4], a[:4], qsl, slots, **ck
+    )
 
 
 def main(arch: int) -> int:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DTYPES, assert_close, dtypes, offsets, slot_pairs
 from hybridkv import ops
 from hybridkv.errors import InvalidArgumentError
 from hybridkv.ops import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_helpers import DTYPES, assert_close, checkpoint_args, dtypes, offsets, slot_pairs
 
-NUM_SLOTS = 8
+NUM_SLOTS = 16  # room for per-request checkpoint slots
 
 
 def _inputs(
@@ -66,10 +66,11 @@ def test_gated_delta_prefill_matches_reference(
         a["k"] = (a["k"].float() / (dk**0.5 + 1)).to(dtype)
     qsl = offsets(lengths)
     src_t, dst_t = torch.tensor(src), torch.tensor(dst)
+    ck = data.draw(checkpoint_args(src, dst, NUM_SLOTS))
     s_k, s_r = a["state"].clone(), a["state"].clone()
     args = [a[k] for k in _ARGS]
-    out = ops.gated_delta_rule(s_k, *args, qsl, src_t, dst_t, use_l2norm=l2norm)
-    ref = reference.gated_delta_rule(s_r, *args, qsl, src_t, dst_t, use_l2norm=l2norm)
+    out = ops.gated_delta_rule(s_k, *args, qsl, src_t, dst_t, use_l2norm=l2norm, **ck)
+    ref = reference.gated_delta_rule(s_r, *args, qsl, src_t, dst_t, use_l2norm=l2norm, **ck)
     assert_close(out, ref, "gdn o")
     assert_close(s_k, s_r, "gdn state")
 

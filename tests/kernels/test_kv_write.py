@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DTYPES, dtypes
 from hybridkv import ops
 from hybridkv.errors import InvalidArgumentError
 from hybridkv.ops import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_helpers import DTYPES, dtypes
 
 
 @settings(max_examples=25, deadline=None)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DTYPES, assert_close, dtypes, offsets, slot_pairs
 from hybridkv import ops
 from hybridkv.errors import InvalidArgumentError
 from hybridkv.ops import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_helpers import DTYPES, assert_close, checkpoint_args, dtypes, offsets, slot_pairs
 
-NUM_SLOTS = 8
+NUM_SLOTS = 16  # room for per-request checkpoint slots
 
 
 def _conv_inputs(
@@ -49,10 +49,13 @@ def test_conv1d_prefill_matches_reference(
     x, state, weight, bias = _conv_inputs(lengths, conv_dim, width, dtype, sum(lengths))
     b = bias if has_bias else None
     qsl = offsets(lengths)
+    ck = data.draw(checkpoint_args(src, dst, NUM_SLOTS))
     s_k, s_r = state.clone(), state.clone()
     src_t, dst_t = torch.tensor(src), torch.tensor(dst)
-    out = ops.causal_conv1d_prefill(x, s_k, weight, b, qsl, src_t, dst_t, activation=activation)
-    ref = reference.causal_conv1d(x, s_r, weight, b, qsl, src_t, dst_t, activation=activation)
+    out = ops.causal_conv1d_prefill(
+        x, s_k, weight, b, qsl, src_t, dst_t, activation=activation, **ck
+    )
+    ref = reference.causal_conv1d(x, s_r, weight, b, qsl, src_t, dst_t, activation=activation, **ck)
     assert_close(out, ref, "conv out")
     assert torch.equal(s_k, s_r), "conv state"
 
@@ -154,10 +157,13 @@ def test_ssd_prefill_matches_recurrence(
     bias = a["dt_bias"].abs() if has_bias else None
     qsl = offsets(lengths)
     src_t, dst_t = torch.tensor(src), torch.tensor(dst)
+    ck = data.draw(checkpoint_args(src, dst, NUM_SLOTS))
     s_k, s_r = a["state"].clone(), a["state"].clone()
     args = [a[k] for k in _ARGS]
-    out = ops.ssd_prefill(s_k, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus, chunk=chunk)
-    ref = reference.mamba2_ssm(s_r, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus)
+    out = ops.ssd_prefill(
+        s_k, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus, chunk=chunk, **ck
+    )
+    ref = reference.mamba2_ssm(s_r, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus, **ck)
     assert_close(out, ref, "ssd y")
     assert_close(s_k, s_r, "ssd state")
 
@@ -213,9 +219,9 @@ def test_ssd_prefill_then_decode_equals_recurrence(dtype: torch.dtype) -> None:
 def test_ssm_rejects_bad_slot_and_keeps_state() -> None:
     a = _ssm_inputs(2, 2, 4, 1, 4, torch.float32, 2)
     before = a["state"].clone()
-    with pytest.raises(InvalidArgumentError, match="pool has 8 slots"):
+    with pytest.raises(InvalidArgumentError, match=f"pool has {NUM_SLOTS} slots"):
         ops.selective_state_update(
-            a["state"], *[a[k] for k in _ARGS], None, None, torch.tensor([0, 8])
+            a["state"], *[a[k] for k in _ARGS], None, None, torch.tensor([0, NUM_SLOTS])
         )
     assert torch.equal(a["state"], before)
 
@@ -254,3 +260,33 @@ def test_prefill_launchers_reject_bad_query_start_loc() -> None:
             torch.tensor([0, 4, 3], dtype=torch.int32),
             torch.tensor([0, 1]),
         )
+
+
+@pytest.mark.parametrize("every", [4, 16])
+def test_checkpoints_equal_the_state_of_a_shorter_prefill(every: int) -> None:
+    # Checkpoint j holds exactly what a prefill stopping after those tokens leaves.
+    n_tok, first = 37, 3
+    a = _ssm_inputs(n_tok, 4, 16, 2, 16, torch.float32, 6)
+    x, state, weight, bias = _conv_inputs([n_tok], 48, 4, torch.float32, 7)
+    cols = (n_tok - first) // every + 1
+    ck = {
+        "checkpoint_slots": torch.arange(2, 2 + cols).view(1, cols),
+        "checkpoint_first": torch.tensor([first]),
+        "checkpoint_every": every,
+    }
+    src, dst = torch.tensor([0]), torch.tensor([1])
+    s_ssm, s_conv = a["state"].clone(), state.clone()
+    ops.ssd_prefill(
+        s_ssm, *[a[k] for k in _ARGS], a["D"], a["dt_bias"], offsets([n_tok]), src, dst, **ck
+    )
+    ops.causal_conv1d_prefill(x, s_conv, weight, bias, offsets([n_tok]), src, dst, **ck)
+    for j in range(cols):
+        m = first + j * every
+        p_ssm, p_conv = a["state"].clone(), state.clone()
+        rows = [a[k][:m] if a[k].shape[0] == n_tok else a[k] for k in _ARGS]
+        ops.ssd_prefill(p_ssm, *rows, a["D"], a["dt_bias"], offsets([m]), src, dst)
+        ops.causal_conv1d_prefill(x[:m], p_conv, weight, bias, offsets([m]), src, dst)
+        assert_close(s_ssm[2 + j], p_ssm[1], f"ssm checkpoint {j}")
+        assert torch.equal(s_conv[2 + j], p_conv[1]), f"conv checkpoint {j}"
+    untouched = 2 + cols
+    assert torch.equal(s_ssm[untouched:], a["state"][untouched:])

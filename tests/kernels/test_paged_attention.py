@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from helpers import DTYPES, assert_close, dtypes, offsets
 from hybridkv import ops
 from hybridkv.errors import InvalidArgumentError
 from hybridkv.ops import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_helpers import DTYPES, assert_close, dtypes, offsets
 
 
 def _build(

@@ -11,7 +11,9 @@ Per value head, with state ``S [head_v_dim, head_k_dim]`` and per token::
 Each row of ``S`` evolves on its own (``(S k)_i`` only needs row ``i``), so programs
 split the value dimension. Value head ``h`` reads key head ``h // (HV / HK)``.
 A request reads its source slot (negative = zeros) and writes its destination slot
-(negative = keep nothing); a destination must not be another request's source.
+(negative = keep nothing); a destination must not be another request's source. With
+``HAS_CKPT`` the state after ``ckpt_first[r] + j * ckpt_every`` new tokens (strictly
+inside the step) also goes to slot ``ckpt_slots[r, j]`` (negative: skipped).
 """
 
 # Triton reads a kernel parameter's annotation as a type specialization, so the
@@ -40,6 +42,11 @@ def gated_delta_kernel(
     query_start_loc_ptr,
     src_ptr,
     dst_ptr,
+    ckpt_slots_ptr,
+    ckpt_first_ptr,
+    ckpt_every,
+    ckpt_cols,
+    stride_ckpt,
     scale,
     head_k_dim,
     head_v_dim,
@@ -58,6 +65,7 @@ def gated_delta_kernel(
     stride_sv,
     V_PER_K: tl.constexpr,
     L2NORM: tl.constexpr,
+    HAS_CKPT: tl.constexpr,
     BLOCK_V: tl.constexpr,
     DK_P2: tl.constexpr,
     INTERPRET: tl.constexpr,
@@ -82,6 +90,9 @@ def gated_delta_kernel(
         s = tl.load(state_ptr + src * stride_sn + s_off, mask=mask2, other=0.0).to(tl.float32)
     else:
         s = tl.zeros([BLOCK_V, DK_P2], tl.float32)
+    first = 0
+    if HAS_CKPT:
+        first = tl.load(ckpt_first_ptr + req)
 
     for i in range(length):
         t = (start + i).to(tl.int64)
@@ -107,6 +118,18 @@ def gated_delta_kernel(
             cast_out(o, out_ptr.dtype.element_ty, INTERPRET),
             mask=v_ok,
         )
+        if HAS_CKPT:
+            done = i + 1
+            j = (done - first) // ckpt_every
+            hit = (done >= first) & (done < length) & ((done - first) % ckpt_every == 0)
+            if hit & (j < ckpt_cols):
+                slot = tl.load(ckpt_slots_ptr + req.to(tl.int64) * stride_ckpt + j).to(tl.int64)
+                if slot >= 0:
+                    tl.store(
+                        state_ptr + slot * stride_sn + s_off,
+                        cast_out(s, state_ptr.dtype.element_ty, INTERPRET),
+                        mask=mask2,
+                    )
     if dst >= 0:
         tl.store(
             state_ptr + dst * stride_sn + s_off,

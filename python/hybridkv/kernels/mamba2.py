@@ -163,6 +163,7 @@ def conv1d_state_kernel(
     query_start_loc_ptr,
     src_ptr,
     dst_ptr,
+    ends_ptr,
     conv_dim,
     stride_xt,
     stride_sn,
@@ -170,18 +171,23 @@ def conv1d_state_kernel(
     KERNEL: tl.constexpr,
     KM1_P2: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    HAS_ENDS: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     """After prefill: the destination slot gets the last ``KERNEL - 1`` inputs.
 
-    Inputs older than the new tokens come from the source slot; all are loaded before
-    any store, so the source and destination may be the same slot.
+    With ``HAS_ENDS`` the state is the one after the first ``ends[r]`` new tokens
+    (a checkpoint inside the step) instead of after all of them. Inputs older than the
+    new tokens come from the source slot; all are loaded before any store, so the
+    source and destination may be the same slot.
     """
     req = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < conv_dim
     start = tl.load(query_start_loc_ptr + req)
     length = tl.load(query_start_loc_ptr + req + 1) - start
+    if HAS_ENDS:
+        length = tl.load(ends_ptr + req)
     src = tl.load(src_ptr + req).to(tl.int64)
     dst = tl.load(dst_ptr + req).to(tl.int64)
     if dst >= 0:
@@ -300,6 +306,11 @@ def ssd_chunk_scan_kernel(
     query_start_loc_ptr,
     src_ptr,
     dst_ptr,
+    ckpt_slots_ptr,
+    ckpt_first_ptr,
+    ckpt_every,
+    ckpt_cols,
+    stride_ckpt,
     head_dim,
     d_state,
     stride_xt,
@@ -318,6 +329,7 @@ def ssd_chunk_scan_kernel(
     HAS_D: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr,
+    HAS_CKPT: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK_P: tl.constexpr,
     N_P2: tl.constexpr,
@@ -332,7 +344,12 @@ def ssd_chunk_scan_kernel(
         H_end = exp(cs_T) H0      +  sum_s exp(cs_T - cs_s) dt_s x_s B_s^T
 
     so each chunk is three small matrix products plus the carried state ``H0``. Tokens
-    past the request's end get ``dt = 0`` (decay 1, no input), leaving the state as is.
+    outside the request get ``dt = 0`` (decay 1, no input), leaving the state as is.
+
+    With ``HAS_CKPT`` the state after ``ckpt_first[r] + j * ckpt_every`` new tokens
+    (each strictly inside the step) also goes to slot ``ckpt_slots[r, j]`` (negative:
+    skipped). The chunk grid is shifted so chunks end on those points, which needs
+    ``CHUNK`` to divide ``ckpt_every``.
     """
     req = tl.program_id(0)
     head = tl.program_id(1)
@@ -359,10 +376,14 @@ def ssd_chunk_scan_kernel(
     else:
         h = tl.zeros([BLOCK_P, N_P2], tl.float32)
     causal = tt[:, None] >= tt[None, :]
+    shift = 0
+    if HAS_CKPT:
+        first = tl.load(ckpt_first_ptr + req)
+        shift = (CHUNK - first % CHUNK) % CHUNK
 
-    for c0 in range(0, length, CHUNK):
+    for c0 in range(-shift, length, CHUNK):
         t = c0 + tt
-        t_ok = t < length
+        t_ok = (t >= 0) & (t < length)
         row = (start + t).to(tl.int64)
         dt = tl.load(dt_ptr + row * stride_dtt + head, mask=t_ok, other=0.0).to(tl.float32)
         if HAS_DT_BIAS:
@@ -410,6 +431,18 @@ def ssd_chunk_scan_kernel(
         h = h * tl.exp(cs_end) + tl.dot(
             tl.trans(xf * w[:, None]), bm.to(tl.float32), input_precision="ieee"
         )
+        if HAS_CKPT:
+            end = c0 + CHUNK  # new tokens consumed so far
+            j = (end - first) // ckpt_every
+            hit = (end >= first) & (end < length) & ((end - first) % ckpt_every == 0)
+            if hit & (j < ckpt_cols):
+                slot = tl.load(ckpt_slots_ptr + req.to(tl.int64) * stride_ckpt + j).to(tl.int64)
+                if slot >= 0:
+                    tl.store(
+                        state_ptr + slot * stride_sn + s_off,
+                        cast_out(h, state_ptr.dtype.element_ty, INTERPRET),
+                        mask=mask2,
+                    )
     if dst >= 0:
         tl.store(
             state_ptr + dst * stride_sn + s_off,

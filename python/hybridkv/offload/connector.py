@@ -431,8 +431,18 @@ class OffloadConnector:
             if self.kinds[g] in _SKIP_KINDS:
                 continue
             bs = self.block_sizes[g]
-            table = np.asarray(self.manager.block_table(g, ids))
-            for r, rid in enumerate(ids.tolist()):
+            # Only requests that completed a block since the last store (most decode
+            # steps complete none) have their tables exported.
+            todo = [
+                r
+                for r, rid in enumerate(ids.tolist())
+                if int(computed[r]) // bs > self._stored_upto.get((rid, g), 0)
+            ]
+            if not todo:
+                continue
+            table = np.asarray(self.manager.block_table(g, ids[todo]))
+            for row, r in enumerate(todo):
+                rid = int(ids[r])
                 done = self._stored_upto.get((rid, g), 0)
                 upto = min(int(computed[r]) // bs, table.shape[1])
                 if upto <= done:
@@ -442,7 +452,7 @@ class OffloadConnector:
                 self._stored_upto[(rid, g)] = max(done, upto)
                 if upto <= done:
                     continue
-                block_ids = table[r, done:upto].astype(np.int32)
+                block_ids = table[row, done:upto].astype(np.int32)
                 keys = block_keys(self.fingerprint, g, hashes[done:upto])
                 fresh = [
                     j

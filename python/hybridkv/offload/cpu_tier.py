@@ -8,6 +8,8 @@ size, whatever the number of groups: all groups share one budget and one LRU.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,7 +20,13 @@ from hybridkv.offload.tier import ByteLRU, Payload, Tier, as_bytes_view
 
 
 def cuda_available() -> bool:
-    """True when torch is installed and sees a CUDA device (torch imported lazily)."""
+    """True when torch is installed and sees a CUDA device.
+
+    Importing torch takes seconds, so it is imported only when it already is or when an
+    NVIDIA device node exists; a CPU-only host never pays for it.
+    """
+    if "torch" not in sys.modules and not os.path.exists("/dev/nvidiactl"):
+        return False
     try:
         import torch
     except ImportError:

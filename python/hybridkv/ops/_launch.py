@@ -92,3 +92,37 @@ def query_lengths(query_start_loc: torch.Tensor, num_tokens: int) -> torch.Tenso
     )
     require(bool((lens >= 0).all()), "query_start_loc must be non-decreasing")
     return lens
+
+
+def check_checkpoints(
+    slots: torch.Tensor | None,
+    first: torch.Tensor | None,
+    every: int | None,
+    n: int,
+    num_slots: int,
+) -> bool:
+    """Validate the optional mid-step state checkpoints of a prefill launcher.
+
+    ``slots`` ``[n, m]`` (negative: skip), ``first`` ``[n]`` (>= 1 new tokens before
+    checkpoint 0) and ``every`` (tokens between checkpoints) come all together or not at
+    all. Returns whether they are given.
+    """
+    given = [slots is not None, first is not None, every is not None]
+    if not any(given):
+        return False
+    require(all(given), "checkpoint_slots, checkpoint_first and checkpoint_every go together")
+    assert slots is not None and first is not None and every is not None
+    check_tensor("checkpoint_slots", slots, ndim=2, dtypes=INDEX_DTYPES)
+    require(slots.shape[0] == n, f"checkpoint_slots has {slots.shape[0]} rows for {n} requests")
+    check_tensor("checkpoint_first", first, ndim=1, dtypes=INDEX_DTYPES)
+    check_shape("checkpoint_first", first, (n,))
+    require(
+        isinstance(every, int) and not isinstance(every, bool) and every >= 1,
+        f"checkpoint_every must be a positive int, got {every!r}",
+    )
+    if n:
+        require(int(first.min()) >= 1, "checkpoint_first must be >= 1")
+    if slots.numel():
+        hi = int(slots.max())
+        require(hi < num_slots, f"checkpoint_slots holds slot {hi}, but the pool has {num_slots}")
+    return True

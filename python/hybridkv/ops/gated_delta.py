@@ -9,6 +9,7 @@ import torch
 from hybridkv.kernels.gated_delta import gated_delta_kernel
 from hybridkv.ops._launch import (
     INDEX_DTYPES,
+    check_checkpoints,
     check_device,
     check_shape,
     check_slots,
@@ -35,6 +36,9 @@ def gated_delta_rule(
     *,
     scale: float | None = None,
     use_l2norm: bool = True,
+    checkpoint_slots: torch.Tensor | None = None,
+    checkpoint_first: torch.Tensor | None = None,
+    checkpoint_every: int | None = None,
 ) -> torch.Tensor:
     """Run the gated delta rule over each request's new tokens; returns ``o``.
 
@@ -45,7 +49,8 @@ def gated_delta_rule(
     ``query_start_loc[r]:query_start_loc[r+1]`` (one row each for decode), starts from
     slot ``src_slots[r]`` (negative: zeros) and leaves its state in ``dst_slots[r]``
     (default: the same slot; negative: not kept). ``scale`` defaults to
-    ``head_k_dim ** -0.5``.
+    ``head_k_dim ** -0.5``. Optional mid-step checkpoints as in
+    :func:`hybridkv.ops.causal_conv1d_prefill`.
     """
     check_tensor("state", state, ndim=4)
     check_tensor("q", q, ndim=3)
@@ -71,6 +76,9 @@ def gated_delta_rule(
     dst = src_slots if dst_slots is None else dst_slots
     check_slots("src_slots", src_slots, n, state.shape[0])
     check_slots("dst_slots", dst, n, state.shape[0])
+    has_ckpt = check_checkpoints(
+        checkpoint_slots, checkpoint_first, checkpoint_every, n, state.shape[0]
+    )
     out = torch.empty_like(v)
     check_device(
         gated_delta_kernel,
@@ -86,6 +94,7 @@ def gated_delta_rule(
         src_slots,
         dst,
         out,
+        *[t for t in (checkpoint_slots, checkpoint_first) if t is not None],
     )
     if n <= 0:
         return out
@@ -104,6 +113,11 @@ def gated_delta_rule(
         query_start_loc,
         src_slots,
         dst,
+        checkpoint_slots if has_ckpt else dst,
+        checkpoint_first if has_ckpt else dst,
+        int(checkpoint_every or 1),
+        checkpoint_slots.shape[1] if checkpoint_slots is not None else 0,
+        checkpoint_slots.stride(0) if checkpoint_slots is not None else 0,
         float(scale if scale is not None else dk**-0.5),
         dk,
         dv,
@@ -122,6 +136,7 @@ def gated_delta_rule(
         state.stride(2),
         V_PER_K=hv // hk,
         L2NORM=use_l2norm,
+        HAS_CKPT=has_ckpt,
         BLOCK_V=block_v,
         DK_P2=next_pow2(dk),
         INTERPRET=interpreted(gated_delta_kernel),

@@ -14,6 +14,7 @@ from hybridkv.kernels.mamba2 import (
     ssd_chunk_scan_kernel,
 )
 from hybridkv.ops._launch import (
+    check_checkpoints,
     check_device,
     check_shape,
     check_slots,
@@ -23,6 +24,10 @@ from hybridkv.ops._launch import (
     query_lengths,
     require,
 )
+
+
+def _optional(*tensors: torch.Tensor | None) -> list[torch.Tensor]:
+    return [t for t in tensors if t is not None]
 
 
 def _activation(activation: str | None) -> bool:
@@ -116,21 +121,32 @@ def causal_conv1d_prefill(
     *,
     activation: str | None = "silu",
     max_query_len: int | None = None,
+    checkpoint_slots: torch.Tensor | None = None,
+    checkpoint_first: torch.Tensor | None = None,
+    checkpoint_every: int | None = None,
 ) -> torch.Tensor:
     """Causal conv over each request's new tokens, continuing from its state slot.
 
     ``x``: ``[num_tokens, conv_dim]``, request ``r`` owning rows
     ``query_start_loc[r]:query_start_loc[r+1]``; the inputs before them come from slot
     ``src_slots[r]`` (negative: zeros, a fresh sequence). The last ``width - 1`` inputs
-    go to ``dst_slots[r]`` (default: the same slot; negative: not kept).
+    go to ``dst_slots[r]`` (default: the same slot; negative: not kept). Optional
+    checkpoints (``mamba_cache_mode="all"``): the state after ``checkpoint_first[r] +
+    j * checkpoint_every`` new tokens, when strictly inside the step, also goes to
+    ``checkpoint_slots[r, j]`` (negative: skipped); those slots must be no request's
+    source.
     """
     check_tensor("x", x, ndim=2)
     lens = query_lengths(query_start_loc, x.shape[0])
     n = query_start_loc.shape[0] - 1
     conv_dim, kernel, dst = _conv_common(x, conv_state, weight, bias, src_slots, dst_slots, n)
+    has_ckpt = check_checkpoints(
+        checkpoint_slots, checkpoint_first, checkpoint_every, n, conv_state.shape[0]
+    )
     out = torch.empty_like(x)
     tensors = [x, conv_state, weight, query_start_loc, src_slots, dst, out]
-    check_device(conv1d_varlen_kernel, *(tensors + ([bias] if bias is not None else [])))
+    tensors += _optional(bias, checkpoint_slots, checkpoint_first)
+    check_device(conv1d_varlen_kernel, *tensors)
     if n == 0:
         return out
     if max_query_len is None:
@@ -160,22 +176,36 @@ def causal_conv1d_prefill(
         BLOCK_C=block_c,
         INTERPRET=interp,
     )
-    # A second launch, so that no program overwrites a state another one still reads.
-    conv1d_state_kernel[(n, math.ceil(conv_dim / block_c))](
-        x,
-        conv_state,
-        query_start_loc,
-        src_slots,
-        dst,
-        conv_dim,
-        x.stride(0),
-        conv_state.stride(0),
-        conv_state.stride(1),
-        KERNEL=kernel,
-        KM1_P2=next_pow2(kernel - 1),
-        BLOCK_C=block_c,
-        INTERPRET=interp,
-    )
+    # Later launches, so that no program overwrites a state another one still reads:
+    # checkpoints first (their slots are nobody's source), the final states last.
+    launches: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    if has_ckpt:
+        assert checkpoint_slots is not None and checkpoint_first is not None
+        assert checkpoint_every is not None
+        for j in range(checkpoint_slots.shape[1]):
+            ends = checkpoint_first + j * checkpoint_every
+            inside = ends < lens.to(ends.dtype)
+            slots_j = torch.where(inside, checkpoint_slots[:, j], -1).contiguous()
+            launches.append((slots_j, ends.contiguous()))
+    launches.append((dst, None))
+    for dst_j, ends_j in launches:
+        conv1d_state_kernel[(n, math.ceil(conv_dim / block_c))](
+            x,
+            conv_state,
+            query_start_loc,
+            src_slots,
+            dst_j,
+            ends_j if ends_j is not None else dst_j,
+            conv_dim,
+            x.stride(0),
+            conv_state.stride(0),
+            conv_state.stride(1),
+            KERNEL=kernel,
+            KM1_P2=next_pow2(kernel - 1),
+            BLOCK_C=block_c,
+            HAS_ENDS=ends_j is not None,
+            INTERPRET=interp,
+        )
     return out
 
 
@@ -213,10 +243,6 @@ def _ssm_common(
         check_tensor("dt_bias", dt_bias, ndim=1)
         check_shape("dt_bias", dt_bias, (heads,))
     return t, heads, head_dim, groups, d_state
-
-
-def _optional(*tensors: torch.Tensor | None) -> list[torch.Tensor]:
-    return [t for t in tensors if t is not None]
 
 
 def selective_state_update(
@@ -305,6 +331,9 @@ def ssd_prefill(
     *,
     dt_softplus: bool = True,
     chunk: int = 16,
+    checkpoint_slots: torch.Tensor | None = None,
+    checkpoint_first: torch.Tensor | None = None,
+    checkpoint_every: int | None = None,
 ) -> torch.Tensor:
     """Mamba-2 SSM over each request's new tokens (chunked SSD scan); returns ``y``.
 
@@ -312,7 +341,9 @@ def ssd_prefill(
     owning rows ``query_start_loc[r]:query_start_loc[r+1]``. Request ``r`` starts from
     slot ``src_slots[r]`` (negative: zeros) and leaves its final state in
     ``dst_slots[r]`` (default: the same slot; negative: not kept). ``chunk`` (a power
-    of two >= 16 on a GPU) is the scan's tile length.
+    of two >= 16 on a GPU) is the scan's tile length. Optional checkpoints as in
+    :func:`causal_conv1d_prefill` (the tile shrinks to divide ``checkpoint_every``; on
+    a GPU that must be a multiple of 16).
     """
     t, heads, head_dim, groups, d_state = _ssm_common(state, x, dt, A, B, C, D, dt_bias)
     query_lengths(query_start_loc, t)
@@ -321,15 +352,25 @@ def ssd_prefill(
     check_slots("src_slots", src_slots, n, state.shape[0])
     check_slots("dst_slots", dst, n, state.shape[0])
     require(chunk >= 1 and chunk == next_pow2(chunk), f"chunk must be a power of two: {chunk}")
+    has_ckpt = check_checkpoints(
+        checkpoint_slots, checkpoint_first, checkpoint_every, n, state.shape[0]
+    )
     out = torch.empty_like(x)
     check_device(
         ssd_chunk_scan_kernel,
-        *([state, x, dt, A, B, C, query_start_loc, src_slots, dst, out, *_optional(D, dt_bias)]),
+        *[state, x, dt, A, B, C, query_start_loc, src_slots, dst, out],
+        *_optional(D, dt_bias, checkpoint_slots, checkpoint_first),
     )
     if n == 0:
         return out
     interp = interpreted(ssd_chunk_scan_kernel)
     floor = 1 if interp else 16  # tl.dot tiles need >= 16 on a GPU
+    chunk = max(floor, chunk)
+    if has_ckpt:
+        assert checkpoint_every is not None
+        # Chunks must end on every checkpoint: the largest power of two dividing it.
+        chunk = min(chunk, checkpoint_every & -checkpoint_every)
+        require(chunk >= floor, "checkpoint_every must be a multiple of 16 on a GPU")
     block_p = max(floor, min(64, next_pow2(head_dim)))
     grid = (n, heads, math.ceil(head_dim / block_p))
     ssd_chunk_scan_kernel[grid](
@@ -345,6 +386,11 @@ def ssd_prefill(
         query_start_loc,
         src_slots,
         dst,
+        checkpoint_slots if has_ckpt else dst,
+        checkpoint_first if has_ckpt else dst,
+        int(checkpoint_every or 1),
+        checkpoint_slots.shape[1] if checkpoint_slots is not None else 0,
+        checkpoint_slots.stride(0) if checkpoint_slots is not None else 0,
         head_dim,
         d_state,
         x.stride(0),
@@ -363,7 +409,8 @@ def ssd_prefill(
         HAS_D=D is not None,
         HAS_DT_BIAS=dt_bias is not None,
         DT_SOFTPLUS=dt_softplus,
-        CHUNK=max(floor, chunk),
+        HAS_CKPT=has_ckpt,
+        CHUNK=chunk,
         BLOCK_P=block_p,
         N_P2=max(floor, next_pow2(d_state)),
         DOT_F32=interp or x.dtype == torch.float32,

@@ -17,6 +17,24 @@ def _slot(slots: torch.Tensor, r: int) -> int:
     return int(slots[r])
 
 
+def _checkpoint_slot(
+    slots: torch.Tensor | None,
+    first: torch.Tensor | None,
+    every: int | None,
+    r: int,
+    m: int,
+    n: int,
+) -> int:
+    """The slot for the state after ``m`` of request ``r``'s ``n`` new tokens (or -1)."""
+    if slots is None or first is None or every is None:
+        return -1
+    f = int(first[r])
+    if m >= n or m < f or (m - f) % every:
+        return -1
+    j = (m - f) // every
+    return int(slots[r, j]) if j < slots.shape[1] else -1
+
+
 def write_kv(
     key: torch.Tensor,
     value: torch.Tensor,
@@ -97,6 +115,9 @@ def causal_conv1d(
     dst_slots: torch.Tensor | None = None,
     *,
     activation: str | None = "silu",
+    checkpoint_slots: torch.Tensor | None = None,
+    checkpoint_first: torch.Tensor | None = None,
+    checkpoint_every: int | None = None,
 ) -> torch.Tensor:
     """Reference for both conv launchers (decode is one token per request)."""
     dst_slots = src_slots if dst_slots is None else dst_slots
@@ -116,6 +137,11 @@ def causal_conv1d(
             if bias is not None:
                 y = y + bias.float()
             out[t0 + i] = (F.silu(y) if activation == "silu" else y).to(out.dtype)
+            ck = _checkpoint_slot(
+                checkpoint_slots, checkpoint_first, checkpoint_every, r, i + 1, t1 - t0
+            )
+            if ck >= 0:
+                conv_state[ck] = seq[i + 1 : i + width].to(conv_state.dtype)
         if dst >= 0:
             conv_state[dst] = seq[seq.shape[0] - (width - 1) :].to(conv_state.dtype)
     return out
@@ -152,6 +178,9 @@ def mamba2_ssm(
     dst_slots: torch.Tensor | None = None,
     *,
     dt_softplus: bool = True,
+    checkpoint_slots: torch.Tensor | None = None,
+    checkpoint_first: torch.Tensor | None = None,
+    checkpoint_every: int | None = None,
 ) -> torch.Tensor:
     """Reference for the SSD scan and the decode step: the recurrence token by token."""
     dst_slots = src_slots if dst_slots is None else dst_slots
@@ -182,6 +211,11 @@ def mamba2_ssm(
             if D is not None:
                 y = y + D.float()[:, None] * xt
             out[t] = y.to(out.dtype)
+            ck = _checkpoint_slot(
+                checkpoint_slots, checkpoint_first, checkpoint_every, r, t - t0 + 1, t1 - t0
+            )
+            if ck >= 0:
+                state[ck] = h.to(state.dtype)
         if dst >= 0:
             state[dst] = h.to(state.dtype)
     return out
@@ -223,6 +257,9 @@ def gated_delta_rule(
     *,
     scale: float | None = None,
     use_l2norm: bool = True,
+    checkpoint_slots: torch.Tensor | None = None,
+    checkpoint_first: torch.Tensor | None = None,
+    checkpoint_every: int | None = None,
 ) -> torch.Tensor:
     """Reference for :func:`hybridkv.ops.gated_delta_rule`, written as the matrix update
     ``S = alpha S (I - beta k k^T) + beta v k^T`` (the kernel uses the rank-1 form)."""
@@ -252,6 +289,11 @@ def gated_delta_rule(
                 v[t].float()[:, :, None] * kt[:, None, :]
             )
             out[t] = torch.einsum("hvk,hk->hv", s, qt).to(out.dtype)
+            ck = _checkpoint_slot(
+                checkpoint_slots, checkpoint_first, checkpoint_every, r, t - t0 + 1, t1 - t0
+            )
+            if ck >= 0:
+                state[ck] = s.to(state.dtype)
         if dst >= 0:
             state[dst] = s.to(state.dtype)
     return out

@@ -41,6 +41,30 @@ def slot_pairs(draw: st.DrawFn, n: int, num_slots: int) -> tuple[list[int], list
     return src, dst
 
 
+@st.composite
+def checkpoint_args(
+    draw: st.DrawFn, src: list[int], dst: list[int], num_slots: int
+) -> dict[str, object]:
+    """Mid-step checkpoint keyword arguments (or none), into slots no request reads or
+    finally writes, one distinct slot per (request, checkpoint)."""
+    if not draw(st.booleans()):
+        return {}
+    n = len(src)
+    free = [s for s in range(num_slots) if s not in set(src) | set(dst)]
+    cols = draw(st.integers(1, 3))
+    every = draw(st.integers(1, 6))
+    picked = draw(st.permutations(free))[: n * cols]
+    slots = [
+        [picked[r * cols + j] if draw(st.booleans()) else -1 for j in range(cols)] for r in range(n)
+    ]
+    first = [draw(st.integers(1, 8)) for _ in range(n)]
+    return {
+        "checkpoint_slots": torch.tensor(slots, dtype=torch.int64),
+        "checkpoint_first": torch.tensor(first, dtype=torch.int64),
+        "checkpoint_every": every,
+    }
+
+
 def offsets(lengths: list[int]) -> torch.Tensor:
     """``query_start_loc`` for ragged ``lengths`` (int32)."""
     out = [0]

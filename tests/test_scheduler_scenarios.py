@@ -1,0 +1,209 @@
+"""Scheduler scenarios on the real manager: prefix hits, chunking, preemption order,
+priorities, stop tokens, and bad input (named errors, state unchanged)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hybridkv.errors import DuplicateRequestError, InvalidArgumentError, UnknownRequestError
+from hybridkv.manager import KVCacheManager
+from hybridkv.models import ModelSpec
+from hybridkv.planner import plan_with_blocks
+from hybridkv.scheduler import Scheduler, SchedulerError
+from hybridkv.specs import FullAttentionSpec, StateSpec
+
+BS = 4
+
+
+def _sched(
+    blocks: int, *, budget: int = 64, seqs: int = 8, policy: str = "fcfs", **kw: object
+) -> Scheduler:
+    model = ModelSpec("m", (FullAttentionSpec(num_kv_heads=1, head_size=8),))
+    plan = plan_with_blocks(
+        model,
+        blocks,
+        block_size=BS,
+        max_num_seqs=seqs,
+        max_model_len=64,
+        max_num_batched_tokens=budget,
+    )
+    return Scheduler(
+        KVCacheManager(plan),
+        max_num_batched_tokens=budget,
+        max_num_seqs=seqs,
+        policy=policy,
+        max_model_len=64,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _finish_all(s: Scheduler, limit: int = 1000) -> list[int]:
+    order: list[int] = []
+    for _ in range(limit):
+        if not s.has_unfinished():
+            return order
+        out = s.schedule()
+        done = s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+        order += [f.req_id for f in done]
+    raise AssertionError("did not finish")
+
+
+def test_prefix_hit_shortens_prefill_and_chunking_respects_budgets() -> None:
+    s = _sched(64, budget=10, long_prefill_token_threshold=6)
+    prompt = np.arange(1, 30, dtype=np.int32)
+    s.add_request(0, prompt, 2)
+    chunks = []
+    while s.has_unfinished():
+        out = s.schedule()
+        chunks += out.num_new_tokens.tolist()
+        s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    assert chunks[:5] == [6, 6, 6, 6, 5] and chunks[5:] == [1]  # 29 prompt tokens, then decode
+    s.add_request(1, prompt, 1)
+    out = s.schedule()
+    # Every full block of the shared prompt is hit; the last token is always computed.
+    assert out.new_hit_tokens.tolist() == [28] and out.num_new_tokens.tolist() == [1]
+    s.update_from_output([3])
+
+
+def test_fcfs_preempts_newest_and_it_rehits() -> None:
+    # 9 usable blocks = 36 tokens; three requests of 12 prompt + 8 output tokens.
+    s = _sched(10, budget=64, seqs=3)
+    for i in range(3):
+        s.add_request(i, np.arange(100 * i + 1, 100 * i + 13, dtype=np.int32), 8)
+    preempted: list[int] = []
+    rehits: dict[int, int] = {}
+    while s.has_unfinished():
+        out = s.schedule()
+        preempted += out.preempted_req_ids.tolist()
+        rehits.update(
+            zip(out.resumed_req_ids.tolist(), out.resumed_hit_tokens.tolist(), strict=True)
+        )
+        assert out.num_scheduled_tokens <= 64
+        s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    assert preempted and set(preempted) <= {1, 2} and preempted[0] == 2
+    assert all(h > 0 for h in rehits.values())
+    assert s.num_preemptions == len(preempted)
+    assert sorted(f.req_id for f in s.finished) == [0, 1, 2]
+    assert all(len(f.output_token_ids) == 8 for f in s.finished)
+
+
+def test_priority_policy_preempts_lowest_priority_first() -> None:
+    s = _sched(10, budget=64, seqs=3, policy="priority")
+    prios = {0: 2, 1: 0, 2: 1}  # request 0 arrives first but matters least
+    for i, p in prios.items():
+        s.add_request(i, np.arange(100 * i + 1, 100 * i + 13, dtype=np.int32), 8, priority=p)
+    first = s.schedule()
+    assert first.req_ids.tolist() == [1, 2, 0]  # rank order
+    s.update_from_output(np.full(first.sample_req_ids.shape[0], 3))
+    preempted: list[int] = []
+    while s.has_unfinished():
+        out = s.schedule()
+        preempted += out.preempted_req_ids.tolist()
+        s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    assert preempted and preempted[0] == 0
+
+
+def test_eos_stops_early_and_mapping_form() -> None:
+    s = _sched(32)
+    s.add_request(7, [5, 6, 7], 10, eos_token_id=9)
+    out = s.schedule()
+    s.update_from_output({7: 4})
+    out = s.schedule()
+    assert out.num_new_tokens.tolist() == [1] and out.num_computed_before.tolist() == [3]
+    done = s.update_from_output({7: 9})
+    assert [(f.req_id, f.output_token_ids, f.reason) for f in done] == [(7, [4, 9], "stop")]
+    assert not s.has_unfinished()
+    assert s.manager.num_requests == 0  # type: ignore[attr-defined]
+
+
+def test_bad_input_raises_named_errors_and_changes_nothing() -> None:
+    s = _sched(32)
+    s.add_request(1, [1, 2, 3], 2)
+    with pytest.raises(DuplicateRequestError):
+        s.add_request(1, [1], 1)
+    with pytest.raises(InvalidArgumentError):
+        s.add_request(2, [], 1)
+    with pytest.raises(InvalidArgumentError):
+        s.add_request(2, [1], 0)
+    with pytest.raises(InvalidArgumentError, match="max_model_len"):
+        s.add_request(2, np.ones(60, dtype=np.int32), 10)
+    with pytest.raises(InvalidArgumentError):
+        s.update_from_output([1])  # no schedule() yet
+    with pytest.raises(UnknownRequestError):
+        s.preempt([99])
+    with pytest.raises(InvalidArgumentError, match="not running"):
+        s.preempt([1])
+    out = s.schedule()
+    with pytest.raises(InvalidArgumentError):
+        s.schedule()  # update_from_output() first
+    with pytest.raises(InvalidArgumentError):
+        s.update_from_output([1, 2])  # one sampling request
+    with pytest.raises(InvalidArgumentError):
+        s.update_from_output({5: 1})
+    with pytest.raises(InvalidArgumentError):
+        s.preempt([1])  # mid-step
+    assert out.req_ids.tolist() == [1]
+    s.update_from_output([4])
+    assert s.num_output_tokens(1) == 1
+    assert _finish_all(s) == [1]
+    for bad in (
+        {"max_num_batched_tokens": 0},
+        {"max_num_seqs": True},
+        {"policy": "lifo"},
+        {"long_prefill_token_threshold": 0},
+    ):
+        kw = {"max_num_batched_tokens": 8, "max_num_seqs": 2, **bad}
+        with pytest.raises(InvalidArgumentError):
+            Scheduler(s.manager, **kw)  # type: ignore[arg-type]
+
+
+def test_request_that_never_fits_is_reported() -> None:
+    s = _sched(4)  # 3 usable blocks: 12 tokens
+    s.add_request(0, np.arange(1, 30, dtype=np.int32), 1)
+    with pytest.raises(SchedulerError, match="does not fit"):
+        for _ in range(10):
+            out = s.schedule()
+            s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+
+
+def _hybrid_sched(cut: bool) -> Scheduler:
+    full = FullAttentionSpec(num_kv_heads=1, head_size=8)
+    state = StateSpec(shapes=((2, 8),), dtypes=("fp32",))
+    plan = plan_with_blocks(
+        ModelSpec("h", (full, state)),
+        64,
+        block_size=BS,
+        max_num_seqs=4,
+        max_model_len=64,
+        max_num_batched_tokens=64,
+    )
+    return Scheduler(
+        KVCacheManager(plan),
+        max_num_batched_tokens=64,
+        max_num_seqs=4,
+        max_model_len=64,
+        cut_at_shared_prefix=cut,
+    )
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_align_mode_checkpoints_chunk_ends_and_shared_prefix_cut(cut: bool) -> None:
+    s = _hybrid_sched(cut)
+    assert s.align == BS
+    shared = np.arange(1, 19, dtype=np.int32)  # 18 shared tokens: boundary at 16
+    hits = []
+    chunks = []
+    for i in range(3):
+        s.add_request(i, np.concatenate([shared, np.full(7, 40 + i, dtype=np.int32)]), 1)
+        while s.has_unfinished():
+            out = s.schedule()
+            hits += out.new_hit_tokens.tolist()
+            chunks.append(out.num_new_tokens.tolist())
+            s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    # Request 0 (25 tokens): one chunk cut at the last block boundary, then the tail.
+    assert chunks[:2] == [[24], [1]]
+    # Its state checkpoints sit at 24 only: request 1 shares 16 tokens' blocks but no
+    # checkpoint there. With the cut, request 1's first chunk ends at 16, so request 2
+    # hits the shared prefix.
+    assert hits[0] == 0 and hits[1] == 0
+    assert hits[2] == (16 if cut else 0)

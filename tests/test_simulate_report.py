@@ -1,0 +1,155 @@
+"""``hybridkv simulate`` end to end: determinism, the report's shape, both layouts, the
+plot, and the offload hook."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hybridkv.cli import main
+from hybridkv.cost_model import CostModel
+from hybridkv.errors import InvalidArgumentError
+from hybridkv.models import load_model
+from hybridkv.planner import plan_memory
+from hybridkv.simulate import (
+    SimConfig,
+    run,
+    simulate_plan,
+    unified_plan,
+    with_state_checkpoints,
+)
+from hybridkv.traces import make_agentic
+
+ARGS = ["simulate", "--model", "qwen3-next-80b-a3b", "--memory", "16GiB", "--json"]
+
+
+def _json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert main(argv) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def _strip_measured(report: dict[str, Any]) -> dict[str, Any]:
+    for lay in report["layouts"].values():
+        assert lay.pop("measured")["scheduler_overhead_us_per_step"]["mean"] > 0
+    return report
+
+
+def test_same_seed_same_report(capsys: pytest.CaptureFixture[str]) -> None:
+    a = _strip_measured(_json([*ARGS, "--trace", "docqa", "--seed", "5"], capsys))
+    b = _strip_measured(_json([*ARGS, "--trace", "docqa", "--seed", "5"], capsys))
+    assert a == b
+    c = _strip_measured(_json([*ARGS, "--trace", "docqa", "--seed", "6"], capsys))
+    assert c["layouts"] != a["layouts"]
+
+
+def test_report_shape_and_layout_facts(capsys: pytest.CaptureFixture[str]) -> None:
+    r = _json([*ARGS, "--trace", "agentic"], capsys)
+    pg, un = r["layouts"]["per-group"], r["layouts"]["unified"]
+    model = load_model("qwen3-next-80b-a3b")
+    plan = plan_memory(
+        model,
+        memory_bytes=16 * 2**30,
+        max_num_seqs=64,
+        max_model_len=r["max_model_len"],
+        max_num_batched_tokens=8192,
+    )
+    assert pg["token_capacity"] == plan.token_capacity
+    assert un["token_capacity"] == plan.unified_baseline.token_capacity
+    assert un["block_size"] == plan.unified_baseline.block_size
+    for lay in (pg, un):
+        assert lay["requests"] == r["trace"]["requests"]
+        assert 1 <= lay["peak_concurrency"] <= 64
+        assert 0 < lay["mean_concurrency"] <= lay["peak_concurrency"]
+        assert 0.0 <= lay["prefix_hit_rate"] < 1.0
+        assert lay["output_throughput_tok_s"] > 0
+        assert lay["ttft_s"]["p50"] <= lay["ttft_s"]["p99"]
+        assert lay["tpot_s"]["p50"] <= lay["tpot_s"]["p99"]
+        assert all(0.0 <= p["peak_usage"] <= 1.0 for p in lay["pools"])
+    assert r["ratios"]["token_capacity"] == pytest.approx(
+        pg["token_capacity"] / un["token_capacity"]
+    )
+    one = _json([*ARGS, "--trace", "agentic", "--layout", "unified"], capsys)
+    assert set(one["layouts"]) == {"unified"} and "ratios" not in one
+    assert _strip_measured(one)["layouts"]["unified"] == _strip_measured(r)["layouts"]["unified"]
+
+
+def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "run.png"
+    argv = [*ARGS[:-1], "--trace", "chat", "--seed", "2", "--plot", str(png)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for needle in ("token capacity", "prefix hit rate", "per-group / unified", "µs/step"):
+        assert needle in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unified_plan_and_state_checkpoints() -> None:
+    model = load_model("qwen3-next-80b-a3b")
+    plan = plan_memory(
+        model,
+        memory_bytes=16 * 2**30,
+        max_num_seqs=64,
+        max_model_len=20480,
+        max_num_batched_tokens=8192,
+    )
+    ub = plan.unified_baseline
+    assert ub.num_blocks is not None
+    u = unified_plan(plan)
+    assert u.token_capacity == ub.token_capacity
+    assert {g.block_size for g in u.groups} == {ub.block_size}
+    assert all(g.num_blocks == ub.num_blocks // ub.num_groups + 1 for g in u.groups)
+    s = with_state_checkpoints(plan, 256)
+    assert [g.block_size for g in s.groups if g.kind == "state"] == [256]
+    assert [g.bytes for g in s.groups] == [g.bytes for g in plan.groups]
+    assert s.token_capacity == plan.token_capacity
+    with pytest.raises(InvalidArgumentError, match="multiple"):
+        with_state_checkpoints(plan, 100)
+
+
+class _Tier:
+    """An external tier that has every prompt's first half (tests the offload hook)."""
+
+    def __init__(self) -> None:
+        self.loaded = 0
+        self.steps = 0
+
+    def lookup(self, req_ids: np.ndarray, device_hit_tokens: np.ndarray) -> np.ndarray:
+        return np.full(req_ids.shape[0], 64, dtype=np.int64)
+
+    def load_seconds(self, tokens: int) -> float:
+        self.loaded += tokens
+        return tokens * 1e-6
+
+    def after_step(self, manager: object, output: object) -> None:
+        self.steps += 1
+
+
+def test_offload_hook_is_consulted_and_charged() -> None:
+    trace = make_agentic(seed=9, sessions=6)
+    model = load_model("qwen3-next-80b-a3b")
+    plan = plan_memory(
+        model,
+        memory_bytes=16 * 2**30,
+        max_num_seqs=16,
+        max_model_len=20480,
+        max_num_batched_tokens=4096,
+    )
+    cost = CostModel(plan)
+    base = simulate_plan(plan, trace, layout="per-group", cost=cost).report
+    tier = _Tier()
+    res = simulate_plan(plan, trace, layout="per-group", cost=cost, offload=tier).report
+    assert res["external_hit_tokens"] == tier.loaded > 0
+    assert tier.steps == res["steps"]
+    assert base["external_hit_tokens"] == 0
+    assert res["requests"] == base["requests"]
+
+
+def test_run_rejects_unknown_layout_and_policy() -> None:
+    with pytest.raises(InvalidArgumentError, match="layout"):
+        run(SimConfig("qwen3-next-80b-a3b", 16 * 2**30, "chat"), ["paged"])
+    with pytest.raises(InvalidArgumentError, match="policy"):
+        run(SimConfig("qwen3-next-80b-a3b", 16 * 2**30, "chat", policy="lifo"))
