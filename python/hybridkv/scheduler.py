@@ -18,7 +18,20 @@ this step still runs it (its new blocks are already cached under their hashes, s
 must be computed) and is preempted when the step ends. A preempted request waits
 at the front of the queue (its rank under ``"priority"``) and, when readmitted, looks
 its prefix up again, so it re-hits whatever of its own blocks are still cached.
-Waiting requests that do not fit are simply put back.
+
+Admission control: a prefix lookup pins its hit blocks before the step's single
+allocation, so a careless admission could take exactly the blocks a running request
+needs (and a resumed victim would take back what it just gave up: a livelock). So
+the scheduler reads the pools' free counts (``manager.usage()``), subtracts what the
+running requests will grow by this step, and admits waiting requests in strict queue
+order only while their chunk fits what is left (shrinking the chunk to fit, and
+stopping at the first request that cannot get even one token, so large requests are
+not starved). After a running request failed to allocate, the next step admits
+nothing, so it gets the blocks its victims freed. A request that cannot fit the pools
+even when they are empty raises :class:`SchedulerError`.
+
+In ``mamba_cache_mode="align"`` a state group only checkpoints where a step ends on a
+block boundary, so prefill chunks are cut to end on one (see ``align_block_size``).
 
 No Python loop runs over blocks: per step the Python work is a loop over the
 scheduled requests (a few attribute updates each), one ``get_computed_tokens`` call
