@@ -160,6 +160,7 @@ class OffloadConnector:
         self._offloaded: OrderedDict[BlockKey, None] = OrderedDict()
         self._max_tracked = max_tracked_keys
         self._steps = 0
+        self._key_cache: dict[tuple[int, int], list[BlockKey]] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -168,6 +169,18 @@ class OffloadConnector:
             self.manager.block_hashes(group, int(req_id)), dtype=np.uint64
         ).reshape(-1, 2)
         return out
+
+    def _keys(self, group: int, req_id: int) -> list[BlockKey]:
+        """The request's block keys in ``group`` (cached: a waiting request is looked up
+        every step, and its hashes only ever grow)."""
+        cached = self._key_cache.get((req_id, group))
+        hashes = self._hashes(group, req_id)
+        if cached is None or len(cached) > hashes.shape[0]:
+            cached = []
+        if len(cached) < hashes.shape[0]:
+            cached = cached + block_keys(self.fingerprint, group, hashes[len(cached) :])
+            self._key_cache[(req_id, group)] = cached
+        return cached
 
     def _checkpoint_only(self, g: int) -> bool:
         """A state group that keeps only the running state plus checkpoints: a load
@@ -254,7 +267,7 @@ class OffloadConnector:
             row = {}
             for g in active:
                 start = len(keys)
-                keys.extend(block_keys(self.fingerprint, g, self._hashes(g, int(ids[r]))))
+                keys.extend(self._keys(g, int(ids[r])))
                 row[g] = (start, len(keys))
             spans[r] = row
         located = np.asarray(self.stack.locate(keys) if keys else [], dtype=np.int64)
@@ -487,6 +500,7 @@ class OffloadConnector:
         for rid in np.asarray(req_ids, dtype=np.int64).reshape(-1).tolist():
             for g in range(len(self.groups)):
                 self._stored_upto.pop((rid, g), None)
+                self._key_cache.pop((rid, g), None)
             self._drop_pending(rid)
 
     # ------------------------------------------------------------------ hooks, stats
@@ -505,6 +519,7 @@ class OffloadConnector:
         self._steps += 1
         if self._steps % 1024 == 0:  # finished requests have left the manager: prune
             gone = {rid for rid, _ in self._stored_upto if rid not in self.manager}
+            gone |= {rid for rid, _ in self._key_cache if rid not in self.manager}
             gone |= {rid for rid in self._pending if rid not in self.manager}
             self.forget(np.fromiter(gone, dtype=np.int64, count=len(gone)))
 

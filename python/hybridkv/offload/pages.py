@@ -16,6 +16,7 @@ writes a loaded page into a freshly allocated block. :class:`PageIO` is that int
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
@@ -85,14 +86,22 @@ class HostPages:
             arr[int(b)] = view
 
 
+@functools.lru_cache(maxsize=64)
+def _chunk_index(nbytes: int) -> npt.NDArray[np.uint8]:
+    """Byte ``i`` -> ``(i // 64) % 256`` (cached: a simulation has a few page sizes)."""
+    out = (np.arange(nbytes, dtype=np.int64) // 64 % 256).astype(np.uint8)
+    out.setflags(write=False)
+    return out
+
+
 def synthetic_page(key: BlockKey, nbytes: int) -> bytes:
     """Deterministic bytes for ``key``: its 64-byte BLAKE2b digest tiled, each 64-byte
     chunk XORed with its index, so every chunk depends on the key and on its position."""
     seed = key.fingerprint + key.group.to_bytes(4, "little") + key.block_hash.to_bytes(16, "little")
-    digest = np.frombuffer(hashlib.blake2b(seed, digest_size=64).digest(), dtype=np.uint8)
-    tiled = np.resize(digest, nbytes)
-    chunk = (np.arange(nbytes, dtype=np.int64) // 64 % 256).astype(np.uint8)
-    return (tiled ^ chunk).tobytes()
+    digest = hashlib.blake2b(seed, digest_size=64).digest()
+    reps = -(-nbytes // 64)
+    tiled = np.frombuffer(digest * reps, dtype=np.uint8, count=nbytes)
+    return (tiled ^ _chunk_index(nbytes)).tobytes()
 
 
 class SyntheticPages:

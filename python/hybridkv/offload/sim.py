@@ -6,7 +6,10 @@ its fingerprint and namespaces, differ). The simulator has no KV memory, so page
 :class:`~hybridkv.offload.pages.SyntheticPages`: real, checkable bytes at ``1/scale`` of
 each group's page size, with every tier budget scaled by the same factor, so each tier
 holds and evicts what it would at full size. Disk writes skip fsync here (a simulation
-needs no power-loss durability; writes stay atomic). A disk directory or Redis server
+needs no power-loss durability; writes stay atomic). Stores run inline rather than on
+the worker thread: in simulated time a store is off the critical path either way, and
+inline stores keep the report deterministic (a worker racing the simulated clock would
+make hits depend on the host's speed). A disk directory or Redis server
 kept from an earlier run gives cross-restart hits, as a restarted server would.
 
 Load time is modelled: bytes over a per-tier bandwidth (defaults below: PCIe host
@@ -50,7 +53,9 @@ class SimOffload:
         self._finish()
         manager = KVCacheManager(plan, enable_prefix_caching=True, hash_seed=self.hash_seed)
         pages = SyntheticPages.for_budget(plan)
-        self.connector = OffloadConnector(manager, pages.scaled_config(self.config), pages)
+        self.connector = OffloadConnector(
+            manager, pages.scaled_config(self.config), pages, background=False
+        )
         return manager
 
     def _finish(self) -> None:
