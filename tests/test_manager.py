@@ -208,6 +208,7 @@ def test_new_block_ids_rebuild_the_tables_incrementally() -> None:
             ).all()
     # Nothing new: empty deltas.
     start, offs, ids = m.new_block_ids(0, [1, 2])
+    assert start.tolist() == (-(-m.num_computed_tokens([1, 2]) // BS)).tolist()
     assert offs.tolist() == [0, 0, 0] and ids.size == 0
     with pytest.raises(errors.UnknownRequestError):
         m.new_block_ids(0, [1, 7])
