@@ -81,7 +81,7 @@ def test_fcfs_preempts_newest_and_it_rehits() -> None:
         assert out.num_scheduled_tokens <= 64
         s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
     assert preempted and set(preempted) <= {1, 2} and preempted[0] == 2
-    assert all(h > 0 for h in rehits.values())
+    assert rehits[2] > 0  # resumed while its blocks were still cached
     assert s.num_preemptions == len(preempted)
     assert sorted(f.req_id for f in s.finished) == [0, 1, 2]
     assert all(len(f.output_token_ids) == 8 for f in s.finished)

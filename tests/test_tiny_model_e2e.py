@@ -8,7 +8,9 @@ enough to force preemption. Every generated token must equal the dense path's gr
 token and every sampled logit row must match the dense logits within the fp32
 tolerance of ``hybridkv.ops.tolerances``; the run must really have chunked prefills,
 prefix hits served by state checkpoints, released sliding-window blocks and a
-preemption with a resumed re-hit.
+preemption with a resumed re-hit. Both state-checkpoint modes run: ``align``
+(checkpoints where a step ends) and ``all`` (a checkpoint at every block boundary, the
+kernels writing the ones inside a step).
 """
 
 from __future__ import annotations
@@ -18,16 +20,25 @@ import os
 # The kernels run on CPU tensors: Triton's interpreter must be chosen before they load.
 os.environ["TRITON_INTERPRET"] = "1"
 
+import pytest
 import torch
 from hybridkv.ops.tolerances import tolerance
 from hybridkv.planner import plan_with_blocks
 from hybridkv.testing.tiny_model import TinyHybridLM, serve
 
-MAX_TOKENS = 10
+MAX_TOKENS = 8
 BLOCK_SIZE = 4
 # Blocks per pool (null block included), by group kind: the full-attention pool holds
-# 13 blocks of 4 tokens, less than the 4 requests' ~30 tokens each need at once.
-POOL_BLOCKS = {"full_attention": 14, "sliding_window": 24, "state": 12}
+# 13 blocks of 4 tokens, less than the 4 requests' ~30 tokens each need at once. In
+# mode "all" a state group keeps a checkpoint per block, like full attention.
+POOL_BLOCKS = {
+    "align": {"full_attention": 14, "sliding_window": 24, "state": 12},
+    "all": {"full_attention": 14, "sliding_window": 24, "state": 48},
+}
+# Prefill chunk cap: in "align" the scheduler cuts chunks to end on block boundaries;
+# in "all" chunks of 6 put the shared prefix's end (16) inside a step, so the hits on
+# it start from a checkpoint written mid-step.
+CHUNK_CAP = {"align": 8, "all": 6}
 
 
 def _prompts() -> dict[int, list[int]]:
@@ -64,7 +75,8 @@ def test_dense_path_is_causal() -> None:
     assert not torch.equal(model.dense_logits(seq[1:])[-1], whole[-1])
 
 
-def test_cached_generation_matches_dense_greedy() -> None:
+@pytest.mark.parametrize("mode", ["align", "all"])
+def test_cached_generation_matches_dense_greedy(mode: str) -> None:
     model = TinyHybridLM(seed=0)
     spec = model.model_spec()
     probe = plan_with_blocks(
@@ -72,12 +84,12 @@ def test_cached_generation_matches_dense_greedy() -> None:
     )
     plan = plan_with_blocks(
         spec,
-        [POOL_BLOCKS[g.kind] for g in probe.groups],
+        [POOL_BLOCKS[mode][g.kind] for g in probe.groups],
         block_size=BLOCK_SIZE,
         max_num_seqs=4,
         max_model_len=64,
         max_num_batched_tokens=32,
-        mamba_cache_mode="align",
+        mamba_cache_mode=mode,
     )
     prompts = _prompts()
     res = serve(
@@ -87,7 +99,7 @@ def test_cached_generation_matches_dense_greedy() -> None:
         plan=plan,
         max_num_batched_tokens=32,
         max_num_seqs=4,
-        long_prefill_token_threshold=8,
+        long_prefill_token_threshold=CHUNK_CAP[mode],
         arrivals={0: 0, 1: 2, 2: 3, 3: 4},
     )
 
@@ -102,6 +114,9 @@ def test_cached_generation_matches_dense_greedy() -> None:
     assert any(t.window_nulls for t in res.traces), "no sliding-window block released"
     assert any(t.state_reads for t in res.traces), "no state read from an earlier step"
     assert any(t.decode_rows for t in res.traces)
+    if mode == "all":
+        assert res.checkpoint_writes > 0, "no checkpoint written inside a step"
+        assert res.checkpoint_reads > 0, "no hit started from a mid-step checkpoint"
 
     atol, rtol = tolerance(torch.float32)
     for rid, prompt in prompts.items():

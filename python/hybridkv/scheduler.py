@@ -398,8 +398,9 @@ class Scheduler:
             slots = 0
         room = self._room(batch, new_tokens) if slots > 0 and budget > 0 else None
         full = False
+        per_round = slots  # lowered to 1 when other candidates' pins crowd out the head
         while budget > 0 and slots > 0 and not full:
-            cands = self._take_candidates(slots, budget)
+            cands = self._take_candidates(min(slots, per_round), budget)
             if not cands:
                 break
             ids = _i64(r.req_id for r in cands)
@@ -433,6 +434,7 @@ class Scheduler:
                 room = room + (now - self._free_at_start)
                 self._free_at_start = now
             leftovers: list[_Req] = []
+            head_blocked = False
             for r, h, x, b in zip(cands, hits.tolist(), ext.tolist(), bounds, strict=True):
                 # At least the last token is computed: its logits give the next token.
                 x = max(0, min(x, r.num_tokens - 1 - h))
@@ -457,6 +459,7 @@ class Scheduler:
                             fit = self._aligned(h + x, fit)
                         if fit < 1:
                             full = True
+                            head_blocked = not leftovers and r is cands[0]
                             leftovers.append(r)
                             continue
                         n = min(n, fit)
@@ -477,6 +480,22 @@ class Scheduler:
                 for r in reversed(leftovers):
                     r.num_computed = 0
                     self._push_waiting(r, front=True)
+                if head_blocked and len(cands) > 1 and per_round > 1:
+                    # The pins of the candidates behind it may be what crowded the
+                    # head out: look it up again alone.
+                    per_round = 1
+                    full = False
+                    assert room is not None
+                    now = self._free_blocks()
+                    room = room + (now - self._free_at_start)
+                    self._free_at_start = now
+                    continue
+                if head_blocked and not batch and not self._running:
+                    head = cands[0]
+                    raise SchedulerError(
+                        f"request {head.req_id} ({head.num_tokens} tokens) does not fit the "
+                        "KV-cache pools even when they are empty"
+                    )
                 break
 
         ids = _i64(r.req_id for r in batch)

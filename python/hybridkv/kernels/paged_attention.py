@@ -87,17 +87,16 @@ def paged_attention_kernel(
 
         first_pos = ctx + tile * BLOCK_M
         last_pos = ctx + tl.minimum((tile + 1) * BLOCK_M, q_len) - 1
-        lo = 0
-        if MODE == 1:
-            lo = tl.maximum(first_pos - window + 1, 0)
-        elif MODE == 2:
-            lo = (first_pos // chunk_size) * chunk_size
+        # The first key each row may see; the walk starts at the tile's earliest one.
         if MODE == 1:
             row_lo = pos - window + 1
+            lo = tl.maximum(first_pos - window + 1, 0)
         elif MODE == 2:
             row_lo = (pos // chunk_size) * chunk_size
+            lo = (first_pos // chunk_size) * chunk_size
         else:
             row_lo = tl.zeros_like(pos)
+            lo = 0
 
         m_i = tl.full([BLOCK_M * GROUP_P2], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M * GROUP_P2], tl.float32)

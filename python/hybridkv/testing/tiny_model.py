@@ -439,6 +439,11 @@ class CachedRunner:
                 torch.full(shape[1], float("nan"), dtype=dtypes[1]),
             )
         self.traces: list[StepTrace] = []
+        #: States written at block boundaries inside a step (mode ``all``), and states
+        #: later read from such a slot (a prefix hit or resume starting there).
+        self.checkpoint_writes = 0
+        self.checkpoint_reads = 0
+        self._inner: set[tuple[int, int]] = set()
 
     def execute(
         self,
@@ -477,6 +482,7 @@ class CachedRunner:
         slots: dict[int, torch.Tensor] = {}
         src: dict[int, torch.Tensor] = {}
         dst: dict[int, torch.Tensor] = {}
+        ckpt: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         window_nulls = 0
         state_reads = 0
         for g in self.plan.groups:
@@ -497,6 +503,11 @@ class CachedRunner:
                     state_reads += int(read >= 0 and s_src[-1] != s_dst[-1])
                 src[gi] = torch.tensor(s_src, dtype=torch.int64)
                 dst[gi] = torch.tensor(s_dst, dtype=torch.int64)
+                ckpt[gi] = self._checkpoints(table, comp, new, bs)
+                # Which states came from a boundary inside an earlier step (mode "all").
+                self.checkpoint_reads += sum((gi, x) in self._inner for x in s_src)
+                self._inner -= {(gi, x) for x in s_dst}
+                self._inner |= {(gi, int(x)) for x in ckpt[gi][0].flatten().tolist() if x > 0}
             else:
                 tables[gi] = torch.from_numpy(np.ascontiguousarray(table))
                 sm = np.asarray(manager.slot_mapping(gi, row_ids, np.asarray(positions)))
@@ -541,15 +552,41 @@ class CachedRunner:
                 )
                 x = x + o.reshape(o.shape[0], -1) @ w[f"{i}.o"].T
             elif kind == MAMBA2:
-                x = x + self._mamba(i, h, qsl, src[gi], dst[gi], prefill, decode)
+                x = x + self._mamba(i, h, qsl, src[gi], dst[gi], ckpt[gi], prefill, decode)
             else:
-                x = x + self._gdn(i, h, qsl, src[gi], dst[gi], prefill, decode)
+                x = x + self._gdn(i, h, qsl, src[gi], dst[gi], ckpt[gi], prefill, decode)
             x = x + self.model._mlp(i, x)
 
         last = [qsl_list[r + 1] - 1 for r in range(n) if sample_rows[r]]
         logits = self.model._head(x[last]).float() if last else torch.zeros(0)
         rids = [int(ids[r]) for r in range(n) if sample_rows[r]]
         return {rid: logits[j] for j, rid in enumerate(rids)}
+
+    def _checkpoints(
+        self, table: np.ndarray[Any, Any], comp: list[int], new: list[int], bs: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Block boundaries strictly inside each request's step whose table entry holds
+        a block (mode ``all``; in ``align`` those entries are null) get the state there."""
+        rows: list[list[int]] = []
+        firsts: list[int] = []
+        for r, (c0, cnt) in enumerate(zip(comp, new, strict=True)):
+            b0 = (c0 // bs + 1) * bs
+            slots = [int(table[r, b // bs - 1]) for b in range(b0, c0 + cnt, bs)]
+            rows.append([x if x > 0 else -1 for x in slots])
+            firsts.append(b0 - c0)
+        self.checkpoint_writes += sum(x > 0 for row in rows for x in row)
+        width = max([len(x) for x in rows] + [1])
+        padded = [x + [-1] * (width - len(x)) for x in rows]
+        return torch.tensor(padded, dtype=torch.int64), torch.tensor(firsts), bs
+
+    @staticmethod
+    def _ckpt_args(ckpt: tuple[torch.Tensor, torch.Tensor, int], rows: list[int]) -> dict[str, Any]:
+        slots, first, every = ckpt
+        return {
+            "checkpoint_slots": slots[rows].contiguous(),
+            "checkpoint_first": first[rows].contiguous(),
+            "checkpoint_every": every,
+        }
 
     @staticmethod
     def _subsets(qsl: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -570,6 +607,7 @@ class CachedRunner:
         qsl: torch.Tensor,
         src: torch.Tensor,
         dst: torch.Tensor,
+        ckpt: tuple[torch.Tensor, torch.Tensor, int],
         prefill: list[int],
         decode: list[int],
     ) -> torch.Tensor:
@@ -579,7 +617,14 @@ class CachedRunner:
         if prefill:
             idx, sub = self._subsets(qsl, prefill)
             out[idx] = ops.causal_conv1d_prefill(
-                xbc[idx].contiguous(), conv_state, weight, bias, sub, src[prefill], dst[prefill]
+                xbc[idx].contiguous(),
+                conv_state,
+                weight,
+                bias,
+                sub,
+                src[prefill],
+                dst[prefill],
+                **self._ckpt_args(ckpt, prefill),
             )
         if decode:
             idx, _ = self._subsets(qsl, decode)
@@ -595,12 +640,13 @@ class CachedRunner:
         qsl: torch.Tensor,
         src: torch.Tensor,
         dst: torch.Tensor,
+        ckpt: tuple[torch.Tensor, torch.Tensor, int],
         prefill: list[int],
         decode: list[int],
     ) -> torch.Tensor:
         w = self.model.w
         z, xbc, dt = self.model._mamba_in(i, h)
-        xbc = self._conv(i, xbc, w[f"{i}.conv_b"], qsl, src, dst, prefill, decode)
+        xbc = self._conv(i, xbc, w[f"{i}.conv_b"], qsl, src, dst, ckpt, prefill, decode)
         xs, b, cc = self.model._mamba_split(xbc)
         ssm = self.caches[i][1]
         params = (w[f"{i}.A"].float(), w[f"{i}.D"].float(), w[f"{i}.dt_bias"].float())
@@ -619,6 +665,7 @@ class CachedRunner:
                 sub,
                 src[prefill],
                 dst[prefill],
+                **self._ckpt_args(ckpt, prefill),
             )
         if decode:
             idx, _ = self._subsets(qsl, decode)
@@ -643,12 +690,13 @@ class CachedRunner:
         qsl: torch.Tensor,
         src: torch.Tensor,
         dst: torch.Tensor,
+        ckpt: tuple[torch.Tensor, torch.Tensor, int],
         prefill: list[int],
         decode: list[int],
     ) -> torch.Tensor:
         w = self.model.w
         qkv, z, a, b = self.model._gdn_in(i, h)
-        qkv = self._conv(i, qkv, None, qsl, src, dst, prefill, decode)
+        qkv = self._conv(i, qkv, None, qsl, src, dst, ckpt, prefill, decode)
         q, k, v = self.model._gdn_split(qkv)
         state = self.caches[i][1]
         a_log, dt_bias = w[f"{i}.A_log"].float(), w[f"{i}.dt_bias"].float()
@@ -667,6 +715,7 @@ class CachedRunner:
                 sub,
                 src[prefill],
                 dst[prefill],
+                **self._ckpt_args(ckpt, prefill),
             )
         if decode:
             idx, _ = self._subsets(qsl, decode)
@@ -704,6 +753,9 @@ class ServeResult:
     preemptions: int
     traces: list[StepTrace] = field(default_factory=list)
     manager_stats: Any = None
+    #: States written at block boundaries inside a step (mode ``all``) and read back.
+    checkpoint_writes: int = 0
+    checkpoint_reads: int = 0
 
 
 def serve(
@@ -774,6 +826,8 @@ def serve(
         preemptions=sched.num_preemptions,
         traces=runner.traces,
         manager_stats=manager.stats(),
+        checkpoint_writes=runner.checkpoint_writes,
+        checkpoint_reads=runner.checkpoint_reads,
     )
 
 
