@@ -170,6 +170,50 @@ def test_block_table_into_a_persistent_buffer() -> None:
     assert np.array_equal(out, before)
 
 
+def test_new_block_ids_rebuild_the_tables_incrementally() -> None:
+    m = KVCacheManager(cfg())
+    m.add_requests([1, 2], [seq(6), seq(13, 50)])
+    m.get_computed_tokens([1, 2])
+    persistent = {g: np.zeros((2, 16), np.int32) for g in range(3)}
+    row = {1: 0, 2: 1}
+
+    def apply() -> None:
+        for g in range(3):
+            start, offs, ids = m.new_block_ids(g, [1, 2])
+            for i, rid in enumerate((1, 2)):
+                new = ids[offs[i] : offs[i + 1]]
+                persistent[g][row[rid], start[i] : start[i] + len(new)] = new
+
+    def check() -> None:
+        for g in range(3):
+            full = m.block_table(g, [1, 2], max_blocks=16)
+            live = full != 0
+            # Every live entry matches; released (null) entries may be stale.
+            assert (persistent[g][live] == full[live]).all()
+
+    assert m.allocate_slots([1, 2], [6, 13]).all()
+    apply()
+    check()
+    for step in range(10):
+        m.append_tokens([1, 2], [toks(3), toks(4)])
+        assert m.allocate_slots([1, 2], [1, 1]).all()
+        apply()
+        check()
+        if step == 4:
+            m.preempt([2])
+            persistent[0][1] = persistent[1][1] = persistent[2][1] = 0
+            m.get_computed_tokens([2])
+            assert m.allocate_slots(
+                [2], [int(m.num_tokens([2])[0] - m.num_computed_tokens([2])[0]) - 1]
+            ).all()
+    # Nothing new: empty deltas.
+    start, offs, ids = m.new_block_ids(0, [1, 2])
+    assert start.tolist() == (-(-m.num_computed_tokens([1, 2]) // BS)).tolist()
+    assert offs.tolist() == [0, 0, 0] and ids.size == 0
+    with pytest.raises(errors.UnknownRequestError):
+        m.new_block_ids(0, [1, 7])
+
+
 def test_all_or_nothing_per_request() -> None:
     # Full pool of 6 usable blocks; the SWA pool is tiny so the second request fails
     # on the SWA group alone and must leave nothing allocated anywhere.

@@ -377,6 +377,20 @@ class KVCacheManager:
         self._core.block_table_into(group, ids, out)
         return out[: ids.shape[0]]
 
+    def new_block_ids(
+        self, group: int, req_ids: npt.ArrayLike
+    ) -> tuple[I64, I64, npt.NDArray[np.int32]]:
+        """Incremental table export for a model runner that keeps persistent tables.
+
+        Returns ``(start, offsets, block_ids)``: request ``i``'s table entries appended
+        since the previous call for it and ``group`` are
+        ``block_ids[offsets[i]:offsets[i+1]]``, to be written at columns ``start[i]``
+        onwards. A table rebuilt by a prefix lookup, or emptied by preemption, starts
+        again at column 0. Entries later released to the null block (left a window)
+        are not re-sent: a runner never reads a request's table outside its window.
+        """
+        return self._core.new_block_ids(group, _ids(req_ids))
+
     def block_tables(self, req_ids: npt.ArrayLike) -> list[npt.NDArray[np.int32]]:
         """:meth:`block_table` of every group (in group order) for one request order."""
         return self._core.block_tables(_ids(req_ids))

@@ -383,6 +383,30 @@ impl PyManager {
             .py_err()
     }
 
+    /// Entries appended to `group`'s tables since the previous call, per request:
+    /// `(start columns (n,), offsets (n + 1,), block ids)`.
+    #[allow(clippy::type_complexity)]
+    fn new_block_ids<'py>(
+        &mut self,
+        py: Python<'py>,
+        group: i64,
+        req_ids: &Bound<'py, PyAny>,
+    ) -> PyResult<(
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i32>>,
+    )> {
+        let g = group_arg(group, self.inner.num_groups())?;
+        let ids = id_vec(req_ids)?;
+        let inner = &mut self.inner;
+        let (starts, offs, blocks) = py.detach(|| inner.new_block_ids(g, &ids)).py_err()?;
+        Ok((
+            starts.into_pyarray(py),
+            offs.into_pyarray(py),
+            blocks.into_pyarray(py),
+        ))
+    }
+
     /// `block_table` of every group at once, in group order.
     fn block_tables<'py>(
         &self,

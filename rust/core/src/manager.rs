@@ -378,6 +378,7 @@ impl Manager {
             table.clear();
             r.first_live[g] = 0;
             r.num_cached[g] = 0;
+            r.exported[g] = 0;
         }
         if self.record_events {
             self.drain_pool_events();

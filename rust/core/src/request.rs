@@ -62,6 +62,8 @@ pub struct Request {
     /// longest single-group hit (a prefill chunk ending there lets the lagging group
     /// cache it for the next request); 0 otherwise.
     pub prefix_boundary: usize,
+    /// Per group: table entries already handed out by `new_block_ids`.
+    pub exported: Vec<usize>,
 }
 
 impl Request {
@@ -84,6 +86,7 @@ impl Request {
             tables: vec![Vec::new(); num_groups],
             first_live: vec![0; num_groups],
             num_cached: vec![0; num_groups],
+            exported: vec![0; num_groups],
             dirty: false,
             prefix_boundary: 0,
         }

@@ -84,6 +84,42 @@ impl Manager {
         Ok(())
     }
 
+    /// The entries of `group`'s tables appended since the previous call for each
+    /// request: per request its first new column, and the new ids (flat, with offsets).
+    /// A table rebuilt by a prefix lookup or emptied by preemption starts again at
+    /// column 0. Entries later released to the null block are not re-sent (a model
+    /// runner keeping a persistent table never reads outside a request's window).
+    pub fn new_block_ids(
+        &mut self,
+        group: usize,
+        ids: &[i64],
+    ) -> Result<(Vec<i64>, Vec<i64>, Vec<i32>)> {
+        self.check_group(group)?;
+        let slots: Vec<u32> = ids
+            .iter()
+            .map(|&id| {
+                self.reqs.slot_of(id).ok_or_else(|| Error::UnknownRequest {
+                    req_id: id.to_string(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut starts = Vec::with_capacity(ids.len());
+        let mut offsets = Vec::with_capacity(ids.len() + 1);
+        let mut out = Vec::new();
+        offsets.push(0i64);
+        for &s in &slots {
+            if let Some(r) = self.reqs.get_mut(s) {
+                let t = &r.tables[group];
+                let from = r.exported[group].min(t.len());
+                starts.push(from as i64);
+                out.extend_from_slice(&t[from..]);
+                r.exported[group] = t.len();
+            }
+            offsets.push(out.len() as i64);
+        }
+        Ok((starts, offsets, out))
+    }
+
     pub fn block_tables(&self, ids: &[i64]) -> Result<Vec<(Vec<i32>, usize)>> {
         let mut reqs: Vec<&Request> = Vec::with_capacity(ids.len());
         for &id in ids {
