@@ -20,9 +20,13 @@ sharing the rest. In ``mamba_cache_mode="align"`` its state groups checkpoint ev
 block is one whole state at any interval, so this costs no memory, but at the 16-token
 attention block size decoding would move every request's running state to a fresh
 block every 16 tokens and churn the small state pool, evicting the end-of-turn
-checkpoints that later turns need (measured on the bundled traces: hit rates fall from
-about 0.5-0.9 to 0.01-0.56). Separate pools let the state group pick its own interval;
-the unified layout is stuck with its one block size.
+checkpoints that later turns need (measured at 16 GiB, per-group hit rate at a
+256-token vs a 16-token interval: agentic 0.655 vs 0.399, chat 0.475 vs 0.009, docqa
+0.953 vs 0.558). Separate pools let the state group pick its own interval; the
+unified layout is stuck with its one block size. The state pool itself is sized by
+the planner for ``max_num_seqs`` running states with no spare slots, so at full
+concurrency cached checkpoints survive only briefly; on the chat trace that leaves
+per-group's hit rate below unified's (whose divided pool has spare state blocks).
 
 ``unified`` is the planner's unified-page baseline (today's engines): one pool, one
 page size, attention blocks inflated to ``B_u`` tokens so their page covers a state
