@@ -117,7 +117,7 @@ class RedisServer:
 # ------------------------------------------------------------------ manager-level helpers
 
 
-def hybrid_plan(num_blocks: tuple[int, int, int] = (400, 40, 40)):  # type: ignore[no-untyped-def]
+def hybrid_plan(num_blocks: tuple[int, int, int] = (400, 40, 40), mode: str = "align"):  # type: ignore[no-untyped-def]
     """Full attention at block size 16, sliding window at 528 and a state group
     checkpointing every 528 tokens: three page sizes, none a multiple of another."""
     import dataclasses
@@ -137,6 +137,7 @@ def hybrid_plan(num_blocks: tuple[int, int, int] = (400, 40, 40)):  # type: igno
         max_num_seqs=8,
         max_model_len=8192,
         max_num_batched_tokens=4096,
+        mamba_cache_mode=mode,
     )
 
     def at(g, bs):  # type: ignore[no-untyped-def]
@@ -162,6 +163,15 @@ def model_step(manager, pages, fingerprint: bytes, rid: int, start: int, end: in
         bs = grp.block_size
         table = manager.block_table(g, [rid])[0]
         hashes = manager.block_hashes(g, rid)
+        if grp.kind == "state" and manager.mamba_cache_mode == "all":
+            # Every boundary entry is a checkpoint; a mid-block end is the running state.
+            for k in range(start // bs, end // bs):
+                key = block_keys(fingerprint, g, hashes[k : k + 1])[0]
+                page = synthetic_page(key, grp.page_size_bytes)
+                pages.arrays[g][table[k]] = np.frombuffer(page, np.uint8)
+            if end % bs:
+                pages.arrays[g][table[end // bs]] = 0xEE
+            continue
         if grp.kind == "state":
             w = -(-end // bs) - 1
             if end % bs == 0:
@@ -188,7 +198,7 @@ def check_loaded(manager, pages, fingerprint: bytes, rid: int, hit: int, end: in
         bs = grp.block_size
         table = manager.block_table(g, [rid])[0]
         hashes = manager.block_hashes(g, rid)
-        if grp.kind == "state":
+        if grp.kind == "state" and manager.mamba_cache_mode != "all":
             if hit == 0:
                 continue
             key = block_keys(fingerprint, g, hashes[hit // bs - 1 : hit // bs])[0]

@@ -122,6 +122,21 @@ def test_restart_in_a_new_process(tmp_path: Path) -> None:
     assert got == {"hit": 1056, "written": 66 + 2 + 1, "checked": 66 + 2 + 1}
 
 
+def test_state_all_mode_loads_every_checkpoint(tmp_path: Path) -> None:
+    """``mamba_cache_mode="all"``: the manager caches a checkpoint at every boundary,
+    so a load fills every checkpoint entry up to the hit, each into its own block."""
+    plan = hybrid_plan((400, 40, 40), mode="all")
+    cfg = parse_offload_spec(f"disk:{tmp_path}:64MiB")
+    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    serve_once(first, 1, PROMPT, [2000])
+    assert first.stats.stored_blocks == 125 + 3 + 3  # checkpoints at 528, 1056, 1584
+    first.close()
+    again = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    hit, written = load_into_fresh(again, 2, PROMPT)
+    assert hit == 1584 and written == 99 + 3 + 3
+    again.close()
+
+
 def test_other_model_or_rank_gets_no_hits(tmp_path: Path) -> None:
     plan = hybrid_plan()
     cfg = parse_offload_spec(f"disk:{tmp_path}:64MiB")
