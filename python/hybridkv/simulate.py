@@ -762,7 +762,7 @@ def main(args: argparse.Namespace, offload: ExternalPrefixSource | None = None) 
     if sim_offload is not None:
         from hybridkv.offload.sim import render_offload
 
-        console.print(render_offload({k: v.report["offload"] for k, v in report.results.items()}))
+        console.print(render_offload({k: v.report for k, v in report.results.items()}))
     for lay, why in report.to_dict()["skipped"].items():
         console.print(f"[yellow]{lay} layout skipped:[/] {why}")
     if args.plot:

@@ -116,14 +116,16 @@ class SimOffload:
         return self.reports
 
 
-def render_offload(reports: dict[str, dict[str, Any]]) -> Any:
-    """A rich table of external hits per layout and tier."""
+def render_offload(layouts: dict[str, dict[str, Any]]) -> Any:
+    """A rich table of external hits per layout and tier (``layouts``: each layout's
+    simulation report, with its ``offload`` section)."""
     from rich.table import Table
 
     table = Table(title="offload: external hits by tier")
     for col in ("layout", "tier", "blocks stored", "blocks served", "share", "budget", "used"):
         table.add_column(col, justify="left" if col in ("layout", "tier") else "right")
-    for lay, rep in reports.items():
+    for lay, layout in layouts.items():
+        rep = layout["offload"]
         scale = int(rep.get("scale", 1))
         for t, served in zip(rep["tiers"], rep["per_tier_blocks"], strict=True):
             budget = t["budget_bytes"]
@@ -136,13 +138,16 @@ def render_offload(reports: dict[str, dict[str, Any]]) -> Any:
                 "-" if budget is None else format_size(budget * scale),
                 format_size(t["used_bytes"] * scale),
             )
+        prompt = int(layout.get("prompt_tokens", 0))
+        ext = int(layout.get("external_hit_tokens", rep["external_tokens_loaded"]))
+        rate = f"{ext / prompt:.1%} of prompt" if prompt else "-"
         table.add_row(
             lay,
             "[bold]all[/]",
             f"{rep['stored_blocks']:,}",
             f"{rep['loaded_blocks']:,}",
-            f"{rep['external_tokens_loaded']:,} tok",
-            f"{rep['disagreements']} disagree",
-            f"{rep['load_mismatches']} bad loads",
+            f"{ext:,} tok",
+            rate,
+            f"{rep['disagreements']} disagree, {rep['load_mismatches']} bad loads",
         )
     return table
