@@ -259,23 +259,31 @@ class OffloadConnector:
             if held is not None:
                 reuse[rid] = {k: p for loads in held.loads.values() for _, k, p in loads}
             self._drop_pending(rid)
-        fresh = list(range(n))
-        # One locate over every block of every request and group still to look up.
+        # One locate over the blocks of every request and group beyond the device hit
+        # (what lies below it is on the device already).
         keys: list[BlockKey] = []
-        spans: dict[int, dict[int, tuple[int, int]]] = {}
-        for r in fresh:
-            row = {}
+        group_keys: list[dict[int, list[BlockKey]]] = []
+        spans: list[dict[int, tuple[int, int, int]]] = []
+        for r in range(n):
+            row, gk = {}, {}
             for g in active:
+                gk[g] = self._keys(g, int(ids[r]))
+                first = min(int(device[r]) // self.block_sizes[g], len(gk[g]))
                 start = len(keys)
-                keys.extend(self._keys(g, int(ids[r])))
-                row[g] = (start, len(keys))
-            spans[r] = row
+                keys.extend(gk[g][first:])
+                row[g] = (first, start, len(keys))
+            spans.append(row)
+            group_keys.append(gk)
         located = np.asarray(self.stack.locate(keys) if keys else [], dtype=np.int64)
         disagreements = 0
-        for r in fresh:
+        for r in range(n):
             rid = int(ids[r])
             dev, limit = int(device[r]), max(0, int(lengths[r]) - 1)
-            present = {g: located[s:e] >= 0 for g, (s, e) in spans[r].items()}
+            present = {}
+            for g, (first, s0, e0) in spans[r].items():
+                arr = np.zeros(first + e0 - s0, dtype=np.bool_)
+                arr[first:] = located[s0:e0] >= 0
+                present[g] = arr
             for attempt in range(num_groups * 4 + 4):
                 reach = {g: self._group_reach(g, dev, limit, present[g]) for g in active}
                 if attempt == 0:
@@ -284,13 +292,13 @@ class OffloadConnector:
                     if len(set(reach.values())) > 1:
                         disagreements += 1
                 hit = self._common_hit(dev, reach, present)
-                missing = self._fetch(rid, dev, hit, spans[r], keys, reuse.get(rid, {}))
+                missing = self._fetch(rid, dev, hit, group_keys[r], reuse.get(rid, {}))
                 if not missing:
                     break
                 self.stats.fetch_shortfalls += 1
                 for g, k in missing:
                     present[g][k] = False
-            else:  # pragma: no cover - each round removes at least one block
+            else:  # pragma: no cover - blocks kept vanishing: no external hit this time
                 hit = dev
                 self._drop_pending(rid)
             hits[r] = hit
@@ -315,8 +323,7 @@ class OffloadConnector:
         rid: int,
         dev: int,
         hit: int,
-        spans: dict[int, tuple[int, int]],
-        keys: list[BlockKey],
+        keys: dict[int, list[BlockKey]],
         held: dict[BlockKey, Payload],
     ) -> list[tuple[int, int]]:
         """Read and hold the payloads of ``rid``'s hit; the (group, entry) pairs that
@@ -324,9 +331,7 @@ class OffloadConnector:
         self._drop_pending(rid)
         if hit <= dev:
             return []
-        want = [
-            (g, k, keys[s + k]) for g, (s, _e) in spans.items() for k in self._needed(g, dev, hit)
-        ]
+        want = [(g, k, gk[k]) for g, gk in keys.items() for k in self._needed(g, dev, hit)]
         todo = [key for _, _, key in want if key not in held]
         fetched = dict(zip(todo, self.stack.get(todo), strict=True))
         got = [held[key] if key in held else fetched[key] for _, _, key in want]
