@@ -16,8 +16,9 @@ Python.
 
 Cross-restart hit rate: the bundled agentic trace is served by the simulator on a
 hybrid model (``qwen3-next-80b-a3b``, 16 GiB of KV, per-group layout) with
-``cpu:8GiB,disk:DIR:100GiB``; then a fresh manager and connector (a restarted server:
-empty device cache and RAM tier, same disk directory) serve it again. "Re-served prefix
+``cpu:8GiB,disk:DIR:100GiB`` (and again with ``cpu:8GiB,redis://...``); then a fresh
+manager and connector (a restarted server: empty device cache and RAM tier, same disk
+directory or Redis server) serve it again. "Re-served prefix
 tokens" are, per request, the longest prefix a hit can cover: its prompt less the last
 token, rounded down to the hit granularity (the state checkpoint interval). The rate is
 the restarted server's hits (device plus offload) over those tokens.
@@ -265,32 +266,35 @@ def restart_hit_rate(console: Console) -> None:
     assert not isinstance(plan, str)
     cost = CostModel(plan, gpu=cfg.gpu)
     lens = trace.prompt_lens.astype(np.int64)
-    table = Table(
-        title=f"cross-restart hits: {cfg.model}, trace {trace.name}, per-group layout, "
-        "cpu:8GiB,disk:DIR:100GiB"
-    )
-    for col in ("run", "prompt tok", "re-servable tok", "hit tok", "external tok",
+    table = Table(title=f"cross-restart hits: {cfg.model}, trace {trace.name}, per-group layout")
+    for col in ("tiers", "run", "prompt tok", "re-servable tok", "hit tok", "external tok",
                 "re-served", "wall s"):  # fmt: skip
-        table.add_column(col, justify="left" if col == "run" else "right")
-    with tempfile.TemporaryDirectory(prefix="hkv-bench-restart-", dir="/var/tmp") as d:
-        spec = f"cpu:8GiB,disk:{d}:100GiB"
-        for run in ("first server", "restarted server"):
-            sim = RecordingOffload(parse_offload_spec(spec))
-            t0 = time.perf_counter()
-            res = simulate_plan(plan, trace, layout="per-group", cost=cost, offload=sim,
-                                manager_factory=sim.manager_factory)  # fmt: skip
-            wall = time.perf_counter() - t0
-            rep = sim.close()[-1]
-            gran = sim_granularity(plan)
-            reservable = int(((lens - 1) // gran * gran).sum())
-            hit = sum(sim.hits.values())
-            table.add_row(
-                run, f"{int(lens.sum()):,}", f"{reservable:,}",
-                f"{hit:,}", f"{res.report['external_hit_tokens']:,}",
-                f"{hit / reservable:.2%}", f"{wall:.1f}",
-            )  # fmt: skip
-            if rep["load_mismatches"]:
-                raise SystemExit(f"{rep['load_mismatches']} loaded pages were wrong")
+        table.add_column(col, justify="left" if col in ("tiers", "run") else "right")
+    gran = sim_granularity(plan)
+    reservable = int(((lens - 1) // gran * gran).sum())
+    with (
+        tempfile.TemporaryDirectory(prefix="hkv-bench-restart-", dir="/var/tmp") as d,
+        redis_server() as url,
+    ):
+        setups = [("cpu:8GiB,disk:DIR:100GiB", f"cpu:8GiB,disk:{d}:100GiB")]
+        if url is not None:
+            setups.append(("cpu:8GiB,redis", f"cpu:8GiB,{url}"))
+        for label, spec in setups:
+            for run in ("first server", "restarted server"):
+                sim = RecordingOffload(parse_offload_spec(spec))
+                t0 = time.perf_counter()
+                res = simulate_plan(plan, trace, layout="per-group", cost=cost, offload=sim,
+                                    manager_factory=sim.manager_factory)  # fmt: skip
+                wall = time.perf_counter() - t0
+                rep = sim.close()[-1]
+                hit = sum(sim.hits.values())
+                table.add_row(
+                    label, run, f"{int(lens.sum()):,}", f"{reservable:,}",
+                    f"{hit:,}", f"{res.report['external_hit_tokens']:,}",
+                    f"{hit / reservable:.2%}", f"{wall:.1f}",
+                )  # fmt: skip
+                if rep["load_mismatches"]:
+                    raise SystemExit(f"{rep['load_mismatches']} loaded pages were wrong")
     console.print(table)
 
 
