@@ -160,3 +160,22 @@ def test_block_format_roundtrip_and_every_mismatch() -> None:
         bad[pos] ^= 0x5A
         with pytest.raises(CorruptBlockError):
             decode(key, bad)
+
+
+def test_real_plans_fingerprint_what_changes_bytes_only() -> None:
+    from hybridkv.models import load_model
+    from hybridkv.planner import plan_memory
+
+    kw = {"max_num_seqs": 64, "max_model_len": 8192, "max_num_batched_tokens": 4096}
+    model = load_model("qwen3-next-80b-a3b")
+    base = model_fingerprint(plan_memory(model, memory_bytes=16 << 30, **kw))
+    # Another memory budget: other pool sizes, same pages: same keys after a restart.
+    assert model_fingerprint(plan_memory(model, memory_bytes=24 << 30, **kw)) == base
+    # Other bytes per block: TP shard, KV dtype, block size, or the bare model spec.
+    tp2 = load_model("qwen3-next-80b-a3b", tp=2)
+    fp8 = load_model("qwen3-next-80b-a3b", kv_dtype="fp8")
+    assert model_fingerprint(plan_memory(tp2, memory_bytes=16 << 30, **kw)) != base
+    assert model_fingerprint(plan_memory(fp8, memory_bytes=16 << 30, **kw)) != base
+    assert model_fingerprint(plan_memory(model, memory_bytes=16 << 30, block_size=32, **kw)) != base
+    assert model_fingerprint(model) != base
+    assert model_fingerprint(model) == model_fingerprint(load_model("qwen3-next-80b-a3b"))
