@@ -191,6 +191,7 @@ class GroupPlan:
 
     @property
     def num_layers(self) -> int:
+        """Number of layers sharing this group's pool."""
         return len(self.layers)
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,6 +237,7 @@ class UnifiedBaseline:
     reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of the baseline (``unified_baseline`` in ``plan --json``)."""
         return {
             "token_capacity": self.token_capacity,
             "block_size": self.block_size,
@@ -285,10 +287,12 @@ class MemoryPlan:
 
     @property
     def growing_groups(self) -> tuple[GroupPlan, ...]:
+        """Groups that share the memory left after the bounded pools."""
         return tuple(g for g in self.groups if g.grows)
 
     @property
     def bounded_groups(self) -> tuple[GroupPlan, ...]:
+        """Groups with fixed, right-sized pools."""
         return tuple(g for g in self.groups if not g.grows)
 
     def to_dict(self) -> dict[str, Any]:
@@ -328,6 +332,17 @@ def _check_int(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """The checked engine limits both planners share."""
+
+    block_size: int
+    max_num_seqs: int
+    max_model_len: int
+    max_num_batched_tokens: int
+    mamba_cache_mode: str
+
+
 def _check_common(
     model: object,
     block_size: object,
@@ -335,17 +350,20 @@ def _check_common(
     max_model_len: object,
     max_num_batched_tokens: object,
     mamba_cache_mode: object,
-) -> None:
+) -> _Limits:
     if not isinstance(model, ModelSpec):
         raise PlanError(f"model must be a ModelSpec, got {type(model).__name__}")
-    _check_int("block_size", block_size)
-    _check_int("max_num_seqs", max_num_seqs)
-    _check_int("max_model_len", max_model_len)
-    _check_int("max_num_batched_tokens", max_num_batched_tokens)
-    if mamba_cache_mode not in MAMBA_CACHE_MODES:
+    sizes = (
+        _check_int("block_size", block_size),
+        _check_int("max_num_seqs", max_num_seqs),
+        _check_int("max_model_len", max_model_len),
+        _check_int("max_num_batched_tokens", max_num_batched_tokens),
+    )
+    if not isinstance(mamba_cache_mode, str) or mamba_cache_mode not in MAMBA_CACHE_MODES:
         raise PlanError(
             f"mamba_cache_mode must be one of {MAMBA_CACHE_MODES}, got {mamba_cache_mode!r}"
         )
+    return _Limits(*sizes, mamba_cache_mode=mamba_cache_mode)
 
 
 @dataclass(frozen=True)
@@ -371,67 +389,49 @@ def group_layers(model: ModelSpec) -> tuple[list[tuple[KVSpec, tuple[int, ...]]]
     return [(spec, tuple(layers)) for spec, layers in order.items()], tuple(encoder_only)
 
 
-def _groups(
-    model: ModelSpec,
-    block_size: int,
-    max_model_len: int,
-    max_num_batched_tokens: int,
-    mamba_cache_mode: str,
-) -> tuple[list[_Group], tuple[int, ...]]:
+def _groups(model: ModelSpec, limits: _Limits) -> tuple[list[_Group], tuple[int, ...]]:
     grouped, encoder_only = group_layers(model)
+    b, m = limits.block_size, limits.max_model_len
     out: list[_Group] = []
     for spec, layers in grouped:
-        page = len(layers) * spec.page_size_bytes(block_size)
+        page = len(layers) * spec.page_size_bytes(b)
         per_req: int | None
         if isinstance(spec, StateSpec):
             per_req = spec.max_blocks_per_request(
-                block_size,
-                max_model_len=max_model_len,
-                max_num_batched_tokens=max_num_batched_tokens,
-                mamba_cache_mode=mamba_cache_mode,
+                b,
+                max_model_len=m,
+                max_num_batched_tokens=limits.max_num_batched_tokens,
+                mamba_cache_mode=limits.mamba_cache_mode,
             )
+        elif isinstance(spec, SlidingWindowSpec | ChunkedLocalSpec) and spec.span >= m:
+            # A window or chunk that covers max_model_len never slides: it grows like
+            # full attention.
+            per_req = None
         else:
             per_req = spec.max_blocks_per_request(
-                block_size,
-                max_model_len=max_model_len,
-                max_num_batched_tokens=max_num_batched_tokens,
+                b, max_model_len=m, max_num_batched_tokens=limits.max_num_batched_tokens
             )
-        grows = per_req is None
-        # A window or chunk that covers max_model_len never slides: it grows like full attention.
-        if isinstance(spec, SlidingWindowSpec) and spec.window >= max_model_len:
-            grows, per_req = True, None
-        if isinstance(spec, ChunkedLocalSpec) and spec.chunk_size >= max_model_len:
-            grows, per_req = True, None
-        out.append(_Group(spec, layers, grows, page, per_req))
+        out.append(_Group(spec, layers, per_req is None, page, per_req))
     return out, encoder_only
 
 
-def _bounded_blocks(
-    group: _Group,
-    *,
-    block_size: int,
-    max_num_seqs: int,
-    max_model_len: int,
-    max_num_batched_tokens: int,
-    bounded_sizing: str,
-) -> tuple[int, str]:
+def _bounded_blocks(group: _Group, limits: _Limits, bounded_sizing: str) -> tuple[int, str]:
     """Blocks (null excluded) of a bounded group's pool, and the sizing used."""
     spec = group.spec
     if isinstance(spec, SlidingWindowSpec | ChunkedLocalSpec):
-        span = spec.window if isinstance(spec, SlidingWindowSpec) else spec.chunk_size
         n = window_pool_blocks(
             spec.kind,
-            span,
-            block_size=block_size,
-            max_num_seqs=max_num_seqs,
-            max_model_len=max_model_len,
-            max_num_batched_tokens=max_num_batched_tokens,
+            spec.span,
+            block_size=limits.block_size,
+            max_num_seqs=limits.max_num_seqs,
+            max_model_len=limits.max_model_len,
+            max_num_batched_tokens=limits.max_num_batched_tokens,
             bounded_sizing=bounded_sizing,
         )
         return n, bounded_sizing
     per_req = group.max_blocks_per_request
     assert per_req is not None  # only growing groups have None
-    return max_num_seqs * per_req, "slots"
+    return limits.max_num_seqs * per_req, "slots"
 
 
 def _group_plan(
@@ -465,15 +465,14 @@ def _finish(
     model: ModelSpec,
     groups: list[GroupPlan],
     encoder_only: tuple[int, ...],
+    limits: _Limits,
     *,
     memory_bytes: int,
-    max_num_seqs: int,
-    max_model_len: int,
-    max_num_batched_tokens: int,
-    block_size: int,
-    mamba_cache_mode: str,
     bounded_sizing: str,
 ) -> MemoryPlan:
+    block_size = limits.block_size
+    max_num_seqs = limits.max_num_seqs
+    max_model_len = limits.max_model_len
     growing = [g for g in groups if g.grows]
     bounded_bytes = sum(g.bytes for g in groups if not g.grows)
     growing_page = sum(g.page_size_bytes for g in growing)
@@ -499,9 +498,9 @@ def _finish(
         memory_bytes=memory_bytes,
         max_num_seqs=max_num_seqs,
         max_model_len=max_model_len,
-        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_batched_tokens=limits.max_num_batched_tokens,
         block_size=block_size,
-        mamba_cache_mode=mamba_cache_mode,
+        mamba_cache_mode=limits.mamba_cache_mode,
         bounded_sizing=bounded_sizing,
         bounded_bytes=bounded_bytes,
         growing_bytes_per_token=per_token,
@@ -536,29 +535,20 @@ def plan_memory(
     pools don't fit, or when the growing groups can't hold one ``max_model_len``
     request (saying by how many bytes).
     """
-    _check_common(
+    limits = _check_common(
         model, block_size, max_num_seqs, max_model_len, max_num_batched_tokens, mamba_cache_mode
     )
     _check_int("memory_bytes", memory_bytes)
     if bounded_sizing not in BOUNDED_SIZINGS:
         raise PlanError(f"bounded_sizing must be one of {BOUNDED_SIZINGS}, got {bounded_sizing!r}")
-    pending, encoder_only = _groups(
-        model, block_size, max_model_len, max_num_batched_tokens, mamba_cache_mode
-    )
+    pending, encoder_only = _groups(model, limits)
     sizes: list[tuple[int, str] | None] = []
     bounded_bytes = 0
     for g in pending:
         if g.grows:
             sizes.append(None)
             continue
-        n, sizing = _bounded_blocks(
-            g,
-            block_size=block_size,
-            max_num_seqs=max_num_seqs,
-            max_model_len=max_model_len,
-            max_num_batched_tokens=max_num_batched_tokens,
-            bounded_sizing=bounded_sizing,
-        )
+        n, sizing = _bounded_blocks(g, limits, bounded_sizing)
         sizes.append((n + 1, sizing))
         bounded_bytes += (n + 1) * g.page_size_bytes
     if bounded_bytes > memory_bytes:
@@ -589,16 +579,7 @@ def plan_memory(
         assert s is not None
         plans.append(_group_plan(i, g, block_size, s[0], s[1]))
     return _finish(
-        model,
-        plans,
-        encoder_only,
-        memory_bytes=memory_bytes,
-        max_num_seqs=max_num_seqs,
-        max_model_len=max_model_len,
-        max_num_batched_tokens=max_num_batched_tokens,
-        block_size=block_size,
-        mamba_cache_mode=mamba_cache_mode,
-        bounded_sizing=bounded_sizing,
+        model, plans, encoder_only, limits, memory_bytes=memory_bytes, bounded_sizing=bounded_sizing
     )
 
 
@@ -618,12 +599,10 @@ def plan_with_blocks(
     may be smaller than the bounds (tests of exhaustion use that); ``memory_bytes`` is
     the pools' total and ``unused_bytes`` 0.
     """
-    _check_common(
+    limits = _check_common(
         model, block_size, max_num_seqs, max_model_len, max_num_batched_tokens, mamba_cache_mode
     )
-    pending, encoder_only = _groups(
-        model, block_size, max_model_len, max_num_batched_tokens, mamba_cache_mode
-    )
+    pending, encoder_only = _groups(model, limits)
     if isinstance(num_blocks, int) and not isinstance(num_blocks, bool):
         counts = [num_blocks] * len(pending)
     elif isinstance(num_blocks, Sequence) and not isinstance(num_blocks, str):
@@ -642,12 +621,8 @@ def plan_with_blocks(
         model,
         plans,
         encoder_only,
+        limits,
         memory_bytes=sum(p.bytes for p in plans),
-        max_num_seqs=max_num_seqs,
-        max_model_len=max_model_len,
-        max_num_batched_tokens=max_num_batched_tokens,
-        block_size=block_size,
-        mamba_cache_mode=mamba_cache_mode,
         bounded_sizing="explicit",
     )
 

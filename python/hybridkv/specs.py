@@ -67,8 +67,53 @@ def _check_block_size(block_size: int) -> None:
     _check_positive("block_size", block_size)
 
 
+def _check_kv_bytes(dtype: str, scale_bytes_per_token: int, custom: int | None) -> None:
+    """Validate the bytes-per-token fields attention and MLA specs share."""
+    dtype_bytes(dtype)
+    _check_positive("scale_bytes_per_token", scale_bytes_per_token, allow_zero=True)
+    if custom is not None:
+        _check_positive("custom_bytes_per_token", custom)
+
+
+class _TokenPages:
+    """Mixin of specs whose block holds ``block_size`` tokens of ``bytes_per_token`` each."""
+
+    @property
+    def bytes_per_token(self) -> int:
+        raise NotImplementedError
+
+    def page_size_bytes(self, block_size: int) -> int:
+        """Bytes of one block of ``block_size`` tokens in one layer."""
+        _check_block_size(block_size)
+        return block_size * self.bytes_per_token
+
+
+class _Growing:
+    """Mixin of specs whose memory grows with the sequence (no per-request bound)."""
+
+    @property
+    def grows_with_sequence(self) -> bool:
+        """True: the request's length decides how many blocks it holds."""
+        return True
+
+    def max_blocks_per_request(
+        self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
+    ) -> int | None:
+        """``None``: unbounded, the request's length decides."""
+        return None
+
+
+class _Bounded:
+    """Mixin of specs whose memory per request is bounded (a fixed-size pool)."""
+
+    @property
+    def grows_with_sequence(self) -> bool:
+        """False: a request holds at most ``max_blocks_per_request`` blocks."""
+        return False
+
+
 @dataclass(frozen=True, kw_only=True)
-class _AttentionFields:
+class _AttentionFields(_TokenPages):
     """Fields shared by every attention-like spec (K and V per token per layer)."""
 
     num_kv_heads: int
@@ -85,10 +130,7 @@ class _AttentionFields:
         _check_positive("head_size", self.head_size)
         if self.head_size_v is not None:
             _check_positive("head_size_v", self.head_size_v)
-        dtype_bytes(self.dtype)
-        _check_positive("scale_bytes_per_token", self.scale_bytes_per_token, allow_zero=True)
-        if self.custom_bytes_per_token is not None:
-            _check_positive("custom_bytes_per_token", self.custom_bytes_per_token)
+        _check_kv_bytes(self.dtype, self.scale_bytes_per_token, self.custom_bytes_per_token)
 
     @property
     def bytes_per_token(self) -> int:
@@ -99,31 +141,37 @@ class _AttentionFields:
         elems = self.num_kv_heads * (self.head_size + v)
         return elems * dtype_bytes(self.dtype) + self.scale_bytes_per_token
 
-    def page_size_bytes(self, block_size: int) -> int:
-        """Bytes of one block of ``block_size`` tokens in one layer."""
-        _check_block_size(block_size)
-        return block_size * self.bytes_per_token
-
 
 @dataclass(frozen=True, kw_only=True)
-class FullAttentionSpec(_AttentionFields):
+class FullAttentionSpec(_Growing, _AttentionFields):
     """Causal self-attention over the whole sequence: grows with it."""
 
     kind: ClassVar[str] = "full_attention"
 
+
+class _Windowed(_Bounded):
+    """Mixin of attention that sees only the last ``span`` positions (window or chunk)."""
+
+    kind: ClassVar[str]
+
     @property
-    def grows_with_sequence(self) -> bool:
-        return True
+    def span(self) -> int:
+        """The window (sliding window) or chunk size (chunked local) in positions."""
+        raise NotImplementedError
 
     def max_blocks_per_request(
         self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
     ) -> int | None:
-        """``None``: unbounded, the request's length decides."""
-        return None
+        """Most blocks one request holds at once (see :mod:`hybridkv.planner`)."""
+        from hybridkv.planner import window_request_blocks
+
+        return window_request_blocks(
+            self.kind, self.span, block_size, max_model_len, max_num_batched_tokens
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
-class SlidingWindowSpec(_AttentionFields):
+class SlidingWindowSpec(_Windowed, _AttentionFields):
     """Attention over the last ``window`` positions (the token itself included)."""
 
     window: int
@@ -134,22 +182,13 @@ class SlidingWindowSpec(_AttentionFields):
         _check_positive("window", self.window)
 
     @property
-    def grows_with_sequence(self) -> bool:
-        return False
-
-    def max_blocks_per_request(
-        self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
-    ) -> int | None:
-        """Most blocks one request holds at once (see :mod:`hybridkv.planner`)."""
-        from hybridkv.planner import window_request_blocks
-
-        return window_request_blocks(
-            self.kind, self.window, block_size, max_model_len, max_num_batched_tokens
-        )
+    def span(self) -> int:
+        """``window``."""
+        return self.window
 
 
 @dataclass(frozen=True, kw_only=True)
-class ChunkedLocalSpec(_AttentionFields):
+class ChunkedLocalSpec(_Windowed, _AttentionFields):
     """Attention within fixed chunks of ``chunk_size`` positions (Llama-4 local layers)."""
 
     chunk_size: int
@@ -160,22 +199,13 @@ class ChunkedLocalSpec(_AttentionFields):
         _check_positive("chunk_size", self.chunk_size)
 
     @property
-    def grows_with_sequence(self) -> bool:
-        return False
-
-    def max_blocks_per_request(
-        self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
-    ) -> int | None:
-        """Most blocks one request holds at once (see :mod:`hybridkv.planner`)."""
-        from hybridkv.planner import window_request_blocks
-
-        return window_request_blocks(
-            self.kind, self.chunk_size, block_size, max_model_len, max_num_batched_tokens
-        )
+    def span(self) -> int:
+        """``chunk_size``."""
+        return self.chunk_size
 
 
 @dataclass(frozen=True, kw_only=True)
-class CrossAttentionSpec(_AttentionFields):
+class CrossAttentionSpec(_Bounded, _AttentionFields):
     """Decoder attention over the encoder output: ``max_encoder_len`` positions, fixed."""
 
     max_encoder_len: int
@@ -184,10 +214,6 @@ class CrossAttentionSpec(_AttentionFields):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive("max_encoder_len", self.max_encoder_len)
-
-    @property
-    def grows_with_sequence(self) -> bool:
-        return False
 
     def max_blocks_per_request(
         self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
@@ -198,7 +224,7 @@ class CrossAttentionSpec(_AttentionFields):
 
 
 @dataclass(frozen=True, kw_only=True)
-class MLASpec:
+class MLASpec(_Growing, _TokenPages):
     """Multi-head latent attention: ONE latent vector per token (no separate K and V).
 
     Bytes per token per layer are ``(kv_lora_rank + qk_rope_head_dim) * dtype`` plus
@@ -216,10 +242,7 @@ class MLASpec:
     def __post_init__(self) -> None:
         _check_positive("kv_lora_rank", self.kv_lora_rank)
         _check_positive("qk_rope_head_dim", self.qk_rope_head_dim, allow_zero=True)
-        dtype_bytes(self.dtype)
-        _check_positive("scale_bytes_per_token", self.scale_bytes_per_token, allow_zero=True)
-        if self.custom_bytes_per_token is not None:
-            _check_positive("custom_bytes_per_token", self.custom_bytes_per_token)
+        _check_kv_bytes(self.dtype, self.scale_bytes_per_token, self.custom_bytes_per_token)
 
     @property
     def bytes_per_token(self) -> int:
@@ -229,30 +252,17 @@ class MLASpec:
         elems = self.kv_lora_rank + self.qk_rope_head_dim
         return elems * dtype_bytes(self.dtype) + self.scale_bytes_per_token
 
-    def page_size_bytes(self, block_size: int) -> int:
-        """Bytes of one block of ``block_size`` tokens in one layer."""
-        _check_block_size(block_size)
-        return block_size * self.bytes_per_token
-
-    @property
-    def grows_with_sequence(self) -> bool:
-        return True
-
-    def max_blocks_per_request(
-        self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
-    ) -> int | None:
-        """``None``: unbounded, the request's length decides."""
-        return None
-
 
 @dataclass(frozen=True, kw_only=True)
-class StateSpec:
+class StateSpec(_Bounded):
     """A fixed-size recurrent state per request (Mamba / Mamba-2 / gated delta net).
 
     ``shapes`` and ``dtypes`` list the state tensors of one layer for one request, e.g.
     Mamba-2 ``((conv_kernel - 1, conv_dim), (heads, head_dim, d_state))``. A "block" of a
     state group is one such state (a slot); the planner decides how many a request
     keeps (``mamba_cache_mode``). ``family`` is informative ("mamba2", "gdn", ...).
+    ``grows_with_sequence`` is False: one slot per request; ``mamba_cache_mode="all"``
+    (a checkpoint per block) makes the planner grow the group instead.
     """
 
     shapes: tuple[tuple[int, ...], ...]
@@ -293,11 +303,6 @@ class StateSpec:
         _check_block_size(block_size)
         return self.state_bytes
 
-    @property
-    def grows_with_sequence(self) -> bool:
-        """False: one slot per request (``mamba_cache_mode="all"`` makes the planner grow it)."""
-        return False
-
     def max_blocks_per_request(
         self,
         block_size: int,
@@ -320,26 +325,25 @@ class StateSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EncoderOnlySpec:
+class EncoderOnlySpec(_Bounded):
     """A layer that keeps no cache (bidirectional encoder layers)."""
 
     kind: ClassVar[str] = "encoder_only"
 
     @property
     def bytes_per_token(self) -> int:
+        """0: nothing is cached."""
         return 0
 
     def page_size_bytes(self, block_size: int) -> int:
+        """0: nothing is cached, whatever the block size."""
         _check_block_size(block_size)
         return 0
-
-    @property
-    def grows_with_sequence(self) -> bool:
-        return False
 
     def max_blocks_per_request(
         self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
     ) -> int | None:
+        """0: the layer holds no blocks."""
         return 0
 
 
