@@ -71,6 +71,12 @@ def check_device(kernel: object, *tensors: torch.Tensor) -> None:
         )
 
 
+def kv_cache_strides(key_cache: torch.Tensor, value_cache: torch.Tensor) -> tuple[int, ...]:
+    """Block, slot and head strides of a paged K cache, then of its V cache (the
+    order the KV write and paged attention kernels take them in)."""
+    return (*key_cache.stride()[:3], *value_cache.stride()[:3])
+
+
 def check_slots(name: str, slots: torch.Tensor, n: int, num_slots: int) -> None:
     """Per-request slot ids: shape ``(n,)``, each ``< num_slots`` (negative = none)."""
     check_tensor(name, slots, ndim=1, dtypes=INDEX_DTYPES)
@@ -78,6 +84,22 @@ def check_slots(name: str, slots: torch.Tensor, n: int, num_slots: int) -> None:
     if n:
         hi = int(slots.max())
         require(hi < num_slots, f"{name} holds slot {hi}, but the pool has {num_slots} slots")
+
+
+def optional(*tensors: torch.Tensor | None) -> list[torch.Tensor]:
+    """The tensors that are given (not ``None``), e.g. to pass to :func:`check_device`."""
+    return [t for t in tensors if t is not None]
+
+
+def check_slot_pair(
+    src_slots: torch.Tensor, dst_slots: torch.Tensor | None, n: int, num_slots: int
+) -> torch.Tensor:
+    """Check the per-request source and destination state slots; return the destination
+    slots (``dst_slots``, or ``src_slots`` when it is ``None``: update in place)."""
+    dst = src_slots if dst_slots is None else dst_slots
+    check_slots("src_slots", src_slots, n, num_slots)
+    check_slots("dst_slots", dst, n, num_slots)
+    return dst
 
 
 def query_lengths(query_start_loc: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -126,3 +148,17 @@ def check_checkpoints(
         hi = int(slots.max())
         require(hi < num_slots, f"checkpoint_slots holds slot {hi}, but the pool has {num_slots}")
     return True
+
+
+def checkpoint_kernel_args(
+    slots: torch.Tensor | None,
+    first: torch.Tensor | None,
+    every: int | None,
+    placeholder: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
+    """The checkpoint arguments of a state kernel, checked by :func:`check_checkpoints`:
+    ``(slots, first, every, columns, row stride)``. Without checkpoints the pointers are
+    ``placeholder`` (never read: the kernel's ``HAS_CKPT`` is off) and the rest inert."""
+    if slots is None or first is None or every is None:
+        return placeholder, placeholder, 1, 0, 0
+    return slots, first, int(every), slots.shape[1], slots.stride(0)

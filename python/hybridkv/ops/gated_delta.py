@@ -12,10 +12,12 @@ from hybridkv.ops._launch import (
     check_checkpoints,
     check_device,
     check_shape,
-    check_slots,
+    check_slot_pair,
     check_tensor,
+    checkpoint_kernel_args,
     interpreted,
     next_pow2,
+    optional,
     query_lengths,
     require,
 )
@@ -71,32 +73,18 @@ def gated_delta_rule(
     check_shape("dt_bias", dt_bias, (hv,))
     check_shape("state", state, (state.shape[0], hv, dv, dk))
     require(hk > 0 and hv % hk == 0, f"num_v_heads {hv} is not a multiple of num_k_heads {hk}")
-    query_lengths(query_start_loc, t)
-    n = query_start_loc.shape[0] - 1
-    dst = src_slots if dst_slots is None else dst_slots
-    check_slots("src_slots", src_slots, n, state.shape[0])
-    check_slots("dst_slots", dst, n, state.shape[0])
+    n = query_lengths(query_start_loc, t).shape[0]
+    dst = check_slot_pair(src_slots, dst_slots, n, state.shape[0])
     has_ckpt = check_checkpoints(
         checkpoint_slots, checkpoint_first, checkpoint_every, n, state.shape[0]
     )
     out = torch.empty_like(v)
     check_device(
         gated_delta_kernel,
-        state,
-        q,
-        k,
-        v,
-        a,
-        b,
-        A_log,
-        dt_bias,
-        query_start_loc,
-        src_slots,
-        dst,
-        out,
-        *[t for t in (checkpoint_slots, checkpoint_first) if t is not None],
+        *[state, q, k, v, a, b, A_log, dt_bias, query_start_loc, src_slots, dst, out],
+        *optional(checkpoint_slots, checkpoint_first),
     )
-    if n <= 0:
+    if n == 0:
         return out
     block_v = min(32, next_pow2(dv))
     grid = (n, hv, math.ceil(dv / block_v))
@@ -113,11 +101,7 @@ def gated_delta_rule(
         query_start_loc,
         src_slots,
         dst,
-        checkpoint_slots if has_ckpt else dst,
-        checkpoint_first if has_ckpt else dst,
-        int(checkpoint_every or 1),
-        checkpoint_slots.shape[1] if checkpoint_slots is not None else 0,
-        checkpoint_slots.stride(0) if checkpoint_slots is not None else 0,
+        *checkpoint_kernel_args(checkpoint_slots, checkpoint_first, checkpoint_every, dst),
         float(scale if scale is not None else dk**-0.5),
         dk,
         dv,

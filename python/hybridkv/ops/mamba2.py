@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -17,48 +19,69 @@ from hybridkv.ops._launch import (
     check_checkpoints,
     check_device,
     check_shape,
-    check_slots,
+    check_slot_pair,
     check_tensor,
+    checkpoint_kernel_args,
     interpreted,
     next_pow2,
+    optional,
     query_lengths,
     require,
 )
 
 
-def _optional(*tensors: torch.Tensor | None) -> list[torch.Tensor]:
-    return [t for t in tensors if t is not None]
+@dataclass(frozen=True)
+class _Conv:
+    """Checked arguments of a conv launcher, and the kernel arguments they make."""
+
+    x: torch.Tensor
+    conv_state: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    silu: bool
+
+    @property
+    def conv_dim(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.weight.shape[1])
+
+    def operands(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tensors the update and varlen kernels open with (no bias: ``x``, unread)."""
+        bias = self.bias if self.bias is not None else self.x
+        return self.x, self.conv_state, self.weight, bias, out
+
+    def strides(self, out: torch.Tensor) -> tuple[int, ...]:
+        """The strides the update and varlen kernels take after ``conv_dim``."""
+        s = self.conv_state
+        return self.x.stride(0), out.stride(0), s.stride(0), s.stride(1), self.weight.stride(0)
+
+    def flags(self) -> dict[str, Any]:
+        return {"KERNEL": self.width, "HAS_BIAS": self.bias is not None, "SILU": self.silu}
 
 
-def _activation(activation: str | None) -> bool:
-    require(activation in (None, "silu"), f"activation must be None or 'silu', got {activation!r}")
-    return activation == "silu"
-
-
-def _conv_common(
+def _check_conv(
     x: torch.Tensor,
     conv_state: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    src_slots: torch.Tensor,
-    dst_slots: torch.Tensor | None,
-    num_reqs: int,
-) -> tuple[int, int, torch.Tensor]:
+    activation: str | None,
+) -> _Conv:
     check_tensor("x", x, ndim=2)
     check_tensor("conv_state", conv_state, ndim=3)
     check_tensor("weight", weight, ndim=2)
     conv_dim = x.shape[1]
-    kernel = weight.shape[1]
-    require(kernel >= 2, f"the conv kernel width must be >= 2, got {kernel}")
-    check_shape("weight", weight, (conv_dim, kernel))
-    check_shape("conv_state", conv_state, (conv_state.shape[0], kernel - 1, conv_dim))
+    width = weight.shape[1]
+    require(width >= 2, f"the conv kernel width must be >= 2, got {width}")
+    check_shape("weight", weight, (conv_dim, width))
+    check_shape("conv_state", conv_state, (conv_state.shape[0], width - 1, conv_dim))
     if bias is not None:
         check_tensor("bias", bias, ndim=1)
         check_shape("bias", bias, (conv_dim,))
-    dst = src_slots if dst_slots is None else dst_slots
-    check_slots("src_slots", src_slots, num_reqs, conv_state.shape[0])
-    check_slots("dst_slots", dst, num_reqs, conv_state.shape[0])
-    return conv_dim, kernel, dst
+    require(activation in (None, "silu"), f"activation must be None or 'silu', got {activation!r}")
+    return _Conv(x, conv_state, weight, bias, activation == "silu")
 
 
 def causal_conv1d_update(
@@ -78,32 +101,21 @@ def causal_conv1d_update(
     Request ``r`` reads slot ``src_slots[r]`` (negative: zeros) and leaves its shifted
     state in ``dst_slots[r]`` (default: the same slot; negative: not kept).
     """
-    check_tensor("x", x, ndim=2)
+    conv = _check_conv(x, conv_state, weight, bias, activation)
     n = x.shape[0]
-    conv_dim, kernel, dst = _conv_common(x, conv_state, weight, bias, src_slots, dst_slots, n)
+    dst = check_slot_pair(src_slots, dst_slots, n, conv_state.shape[0])
     out = torch.empty_like(x)
-    tensors = [x, conv_state, weight, src_slots, dst, out]
-    check_device(conv1d_update_kernel, *(tensors + ([bias] if bias is not None else [])))
+    check_device(conv1d_update_kernel, x, conv_state, weight, src_slots, dst, out, *optional(bias))
     if n == 0:
         return out
-    block_c = min(256, next_pow2(conv_dim))
-    conv1d_update_kernel[(n, math.ceil(conv_dim / block_c))](
-        x,
-        conv_state,
-        weight,
-        bias if bias is not None else x,
-        out,
+    block_c = min(256, next_pow2(conv.conv_dim))
+    conv1d_update_kernel[(n, math.ceil(conv.conv_dim / block_c))](
+        *conv.operands(out),
         src_slots,
         dst,
-        conv_dim,
-        x.stride(0),
-        out.stride(0),
-        conv_state.stride(0),
-        conv_state.stride(1),
-        weight.stride(0),
-        KERNEL=kernel,
-        HAS_BIAS=bias is not None,
-        SILU=_activation(activation),
+        conv.conv_dim,
+        *conv.strides(out),
+        **conv.flags(),
         BLOCK_C=block_c,
         INTERPRET=interpreted(conv1d_update_kernel),
     )
@@ -136,42 +148,34 @@ def causal_conv1d_prefill(
     ``checkpoint_slots[r, j]`` (negative: skipped); those slots must be no request's
     source.
     """
-    check_tensor("x", x, ndim=2)
+    conv = _check_conv(x, conv_state, weight, bias, activation)
     lens = query_lengths(query_start_loc, x.shape[0])
-    n = query_start_loc.shape[0] - 1
-    conv_dim, kernel, dst = _conv_common(x, conv_state, weight, bias, src_slots, dst_slots, n)
+    n = lens.shape[0]
+    dst = check_slot_pair(src_slots, dst_slots, n, conv_state.shape[0])
     has_ckpt = check_checkpoints(
         checkpoint_slots, checkpoint_first, checkpoint_every, n, conv_state.shape[0]
     )
     out = torch.empty_like(x)
-    tensors = [x, conv_state, weight, query_start_loc, src_slots, dst, out]
-    tensors += _optional(bias, checkpoint_slots, checkpoint_first)
-    check_device(conv1d_varlen_kernel, *tensors)
+    check_device(
+        conv1d_varlen_kernel,
+        *[x, conv_state, weight, query_start_loc, src_slots, dst, out],
+        *optional(bias, checkpoint_slots, checkpoint_first),
+    )
     if n == 0:
         return out
     if max_query_len is None:
         max_query_len = int(lens.max())
     interp = interpreted(conv1d_varlen_kernel)
-    block_c = min(128, next_pow2(conv_dim))
+    block_c = min(128, next_pow2(conv.conv_dim))
     block_t = min(64, next_pow2(max(max_query_len, 1)))
-    grid = (n, max(1, math.ceil(max_query_len / block_t)), math.ceil(conv_dim / block_c))
-    conv1d_varlen_kernel[grid](
-        x,
-        conv_state,
-        weight,
-        bias if bias is not None else x,
-        out,
+    c_tiles = math.ceil(conv.conv_dim / block_c)
+    conv1d_varlen_kernel[(n, max(1, math.ceil(max_query_len / block_t)), c_tiles)](
+        *conv.operands(out),
         query_start_loc,
         src_slots,
-        conv_dim,
-        x.stride(0),
-        out.stride(0),
-        conv_state.stride(0),
-        conv_state.stride(1),
-        weight.stride(0),
-        KERNEL=kernel,
-        HAS_BIAS=bias is not None,
-        SILU=_activation(activation),
+        conv.conv_dim,
+        *conv.strides(out),
+        **conv.flags(),
         BLOCK_T=block_t,
         BLOCK_C=block_c,
         INTERPRET=interp,
@@ -189,19 +193,19 @@ def causal_conv1d_prefill(
             launches.append((slots_j, ends.contiguous()))
     launches.append((dst, None))
     for dst_j, ends_j in launches:
-        conv1d_state_kernel[(n, math.ceil(conv_dim / block_c))](
+        conv1d_state_kernel[(n, c_tiles)](
             x,
             conv_state,
             query_start_loc,
             src_slots,
             dst_j,
             ends_j if ends_j is not None else dst_j,
-            conv_dim,
+            conv.conv_dim,
             x.stride(0),
             conv_state.stride(0),
             conv_state.stride(1),
-            KERNEL=kernel,
-            KM1_P2=next_pow2(kernel - 1),
+            KERNEL=conv.width,
+            KM1_P2=next_pow2(conv.width - 1),
             BLOCK_C=block_c,
             HAS_ENDS=ends_j is not None,
             INTERPRET=interp,
@@ -209,7 +213,77 @@ def causal_conv1d_prefill(
     return out
 
 
-def _ssm_common(
+@dataclass(frozen=True)
+class _SSM:
+    """Checked arguments of an SSM launcher, and the kernel arguments they make."""
+
+    state: torch.Tensor
+    x: torch.Tensor
+    dt: torch.Tensor
+    A: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+    D: torch.Tensor | None
+    dt_bias: torch.Tensor | None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def heads(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.x.shape[2])
+
+    @property
+    def d_state(self) -> int:
+        return int(self.B.shape[2])
+
+    @property
+    def num_slots(self) -> int:
+        return int(self.state.shape[0])
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor given (for :func:`check_device`)."""
+        return [
+            self.state,
+            self.x,
+            self.dt,
+            self.A,
+            self.B,
+            self.C,
+            *optional(self.D, self.dt_bias),
+        ]
+
+    def operands(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tensors both SSM kernels open with (no ``D`` / ``dt_bias``: ``A``, unread)."""
+        D = self.D if self.D is not None else self.A
+        dt_bias = self.dt_bias if self.dt_bias is not None else self.A
+        return self.x, self.dt, self.A, self.B, self.C, D, dt_bias, self.state, out
+
+    def sizes_and_strides(self, out: torch.Tensor) -> tuple[int, ...]:
+        """``head_dim``, ``d_state`` and the strides both SSM kernels take next."""
+        x, B, C, s = self.x, self.B, self.C, self.state
+        return (
+            *(self.head_dim, self.d_state),
+            *(x.stride(0), x.stride(1), self.dt.stride(0)),
+            *(B.stride(0), B.stride(1), C.stride(0), C.stride(1)),
+            *(out.stride(0), out.stride(1), s.stride(0), s.stride(1), s.stride(2)),
+        )
+
+    def flags(self, dt_softplus: bool) -> dict[str, Any]:
+        return {
+            "HEADS_PER_GROUP": self.heads // self.B.shape[1],
+            "HAS_D": self.D is not None,
+            "HAS_DT_BIAS": self.dt_bias is not None,
+            "DT_SOFTPLUS": dt_softplus,
+        }
+
+
+def _check_ssm(
     state: torch.Tensor,
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -218,7 +292,7 @@ def _ssm_common(
     C: torch.Tensor,
     D: torch.Tensor | None,
     dt_bias: torch.Tensor | None,
-) -> tuple[int, int, int, int, int]:
+) -> _SSM:
     check_tensor("state", state, ndim=4)
     check_tensor("x", x, ndim=3)
     check_tensor("dt", dt, ndim=2)
@@ -236,13 +310,11 @@ def _ssm_common(
         groups > 0 and heads % groups == 0,
         f"num_heads {heads} is not a multiple of n_groups {groups}",
     )
-    if D is not None:
-        check_tensor("D", D, ndim=1)
-        check_shape("D", D, (heads,))
-    if dt_bias is not None:
-        check_tensor("dt_bias", dt_bias, ndim=1)
-        check_shape("dt_bias", dt_bias, (heads,))
-    return t, heads, head_dim, groups, d_state
+    for name, per_head in (("D", D), ("dt_bias", dt_bias)):
+        if per_head is not None:
+            check_tensor(name, per_head, ndim=1)
+            check_shape(name, per_head, (heads,))
+    return _SSM(state, x, dt, A, B, C, D, dt_bias)
 
 
 def selective_state_update(
@@ -266,51 +338,22 @@ def selective_state_update(
     ``dt_softplus``); ``A``: ``[num_heads]`` (negative); ``B``, ``C``: ``[n, n_groups,
     d_state]``; ``D``: ``[num_heads]``. Slots as in :func:`ssd_prefill`.
     """
-    n, heads, head_dim, groups, d_state = _ssm_common(state, x, dt, A, B, C, D, dt_bias)
-    dst = src_slots if dst_slots is None else dst_slots
-    check_slots("src_slots", src_slots, n, state.shape[0])
-    check_slots("dst_slots", dst, n, state.shape[0])
+    ssm = _check_ssm(state, x, dt, A, B, C, D, dt_bias)
+    n = ssm.num_tokens
+    dst = check_slot_pair(src_slots, dst_slots, n, ssm.num_slots)
     out = torch.empty_like(x)
-    check_device(
-        selective_state_update_kernel,
-        *([state, x, dt, A, B, C, src_slots, dst, out, *_optional(D, dt_bias)]),
-    )
+    check_device(selective_state_update_kernel, *ssm.tensors(), src_slots, dst, out)
     if n == 0:
         return out
-    block_p = min(32, next_pow2(head_dim))
-    grid = (n, heads, math.ceil(head_dim / block_p))
-    selective_state_update_kernel[grid](
-        x,
-        dt,
-        A,
-        B,
-        C,
-        D if D is not None else A,
-        dt_bias if dt_bias is not None else A,
-        state,
-        out,
+    block_p = min(32, next_pow2(ssm.head_dim))
+    selective_state_update_kernel[(n, ssm.heads, math.ceil(ssm.head_dim / block_p))](
+        *ssm.operands(out),
         src_slots,
         dst,
-        head_dim,
-        d_state,
-        x.stride(0),
-        x.stride(1),
-        dt.stride(0),
-        B.stride(0),
-        B.stride(1),
-        C.stride(0),
-        C.stride(1),
-        out.stride(0),
-        out.stride(1),
-        state.stride(0),
-        state.stride(1),
-        state.stride(2),
-        HEADS_PER_GROUP=heads // groups,
-        HAS_D=D is not None,
-        HAS_DT_BIAS=dt_bias is not None,
-        DT_SOFTPLUS=dt_softplus,
+        *ssm.sizes_and_strides(out),
+        **ssm.flags(dt_softplus),
         BLOCK_P=block_p,
-        N_P2=next_pow2(d_state),
+        N_P2=next_pow2(ssm.d_state),
         INTERPRET=interpreted(selective_state_update_kernel),
     )
     return out
@@ -345,21 +388,19 @@ def ssd_prefill(
     :func:`causal_conv1d_prefill` (the tile shrinks to divide ``checkpoint_every``; on
     a GPU that must be a multiple of 16).
     """
-    t, heads, head_dim, groups, d_state = _ssm_common(state, x, dt, A, B, C, D, dt_bias)
-    query_lengths(query_start_loc, t)
-    n = query_start_loc.shape[0] - 1
-    dst = src_slots if dst_slots is None else dst_slots
-    check_slots("src_slots", src_slots, n, state.shape[0])
-    check_slots("dst_slots", dst, n, state.shape[0])
+    ssm = _check_ssm(state, x, dt, A, B, C, D, dt_bias)
+    n = query_lengths(query_start_loc, ssm.num_tokens).shape[0]
+    dst = check_slot_pair(src_slots, dst_slots, n, ssm.num_slots)
     require(chunk >= 1 and chunk == next_pow2(chunk), f"chunk must be a power of two: {chunk}")
     has_ckpt = check_checkpoints(
-        checkpoint_slots, checkpoint_first, checkpoint_every, n, state.shape[0]
+        checkpoint_slots, checkpoint_first, checkpoint_every, n, ssm.num_slots
     )
     out = torch.empty_like(x)
     check_device(
         ssd_chunk_scan_kernel,
-        *[state, x, dt, A, B, C, query_start_loc, src_slots, dst, out],
-        *_optional(D, dt_bias, checkpoint_slots, checkpoint_first),
+        *ssm.tensors(),
+        *[query_start_loc, src_slots, dst, out],
+        *optional(checkpoint_slots, checkpoint_first),
     )
     if n == 0:
         return out
@@ -371,48 +412,19 @@ def ssd_prefill(
         # Chunks must end on every checkpoint: the largest power of two dividing it.
         chunk = min(chunk, checkpoint_every & -checkpoint_every)
         require(chunk >= floor, "checkpoint_every must be a multiple of 16 on a GPU")
-    block_p = max(floor, min(64, next_pow2(head_dim)))
-    grid = (n, heads, math.ceil(head_dim / block_p))
-    ssd_chunk_scan_kernel[grid](
-        x,
-        dt,
-        A,
-        B,
-        C,
-        D if D is not None else A,
-        dt_bias if dt_bias is not None else A,
-        state,
-        out,
+    block_p = max(floor, min(64, next_pow2(ssm.head_dim)))
+    ssd_chunk_scan_kernel[(n, ssm.heads, math.ceil(ssm.head_dim / block_p))](
+        *ssm.operands(out),
         query_start_loc,
         src_slots,
         dst,
-        checkpoint_slots if has_ckpt else dst,
-        checkpoint_first if has_ckpt else dst,
-        int(checkpoint_every or 1),
-        checkpoint_slots.shape[1] if checkpoint_slots is not None else 0,
-        checkpoint_slots.stride(0) if checkpoint_slots is not None else 0,
-        head_dim,
-        d_state,
-        x.stride(0),
-        x.stride(1),
-        dt.stride(0),
-        B.stride(0),
-        B.stride(1),
-        C.stride(0),
-        C.stride(1),
-        out.stride(0),
-        out.stride(1),
-        state.stride(0),
-        state.stride(1),
-        state.stride(2),
-        HEADS_PER_GROUP=heads // groups,
-        HAS_D=D is not None,
-        HAS_DT_BIAS=dt_bias is not None,
-        DT_SOFTPLUS=dt_softplus,
+        *checkpoint_kernel_args(checkpoint_slots, checkpoint_first, checkpoint_every, dst),
+        *ssm.sizes_and_strides(out),
+        **ssm.flags(dt_softplus),
         HAS_CKPT=has_ckpt,
         CHUNK=chunk,
         BLOCK_P=block_p,
-        N_P2=max(floor, next_pow2(d_state)),
+        N_P2=max(floor, next_pow2(ssm.d_state)),
         DOT_F32=interp or x.dtype == torch.float32,
         INTERPRET=interp,
     )
