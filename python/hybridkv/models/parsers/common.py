@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,17 @@ def tp_split(total: int, tp: int, what: str, *, replicate: bool) -> int:
     raise ModelConfigError(f"tp={tp} does not divide {what} ({total})")
 
 
+def kv_dtype_kwargs(dtype: str, opts: ParseOptions) -> dict[str, Any]:
+    """``dtype`` (and ``custom_bytes_per_token``) of an attention or MLA spec.
+
+    The model's ``dtype`` unless ``opts.kv_dtype`` overrides it with a name, or with an
+    int: a custom KV dtype of that many bytes per token per layer.
+    """
+    if isinstance(opts.kv_dtype, int):
+        return {"dtype": dtype, "custom_bytes_per_token": opts.kv_dtype}
+    return {"dtype": dtype if opts.kv_dtype is None else opts.kv_dtype}
+
+
 def attention_kwargs(
     num_kv_heads: int,
     head_size: int,
@@ -90,17 +101,21 @@ def attention_kwargs(
     head_size_v: int | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of an attention spec after TP and the KV dtype choice."""
-    kwargs: dict[str, Any] = {
+    return {
         "num_kv_heads": tp_split(num_kv_heads, opts.tp, "num_key_value_heads", replicate=True),
         "head_size": head_size,
         "head_size_v": head_size_v,
-        "dtype": dtype,
+        **kv_dtype_kwargs(dtype, opts),
     }
-    if isinstance(opts.kv_dtype, int):
-        kwargs["custom_bytes_per_token"] = opts.kv_dtype
-    elif opts.kv_dtype is not None:
-        kwargs["dtype"] = opts.kv_dtype
-    return kwargs
+
+
+def config_attention_kwargs(
+    cfg: Mapping[str, Any], model_type: str, dtype: str, opts: ParseOptions
+) -> dict[str, Any]:
+    """:func:`attention_kwargs` from the usual keys: ``num_key_value_heads`` (required)
+    and ``head_dim`` (or ``hidden_size / num_attention_heads``)."""
+    kv_heads = need_int(cfg, "num_key_value_heads", model_type)
+    return attention_kwargs(kv_heads, head_dim(cfg, model_type), dtype, opts)
 
 
 def full_attention(
@@ -108,6 +123,15 @@ def full_attention(
 ) -> FullAttentionSpec:
     """A full-attention spec for one rank."""
     return FullAttentionSpec(**attention_kwargs(num_kv_heads, head_size, dtype, opts))
+
+
+def state_kwargs(cfg: Mapping[str, Any], dtype: str, opts: ParseOptions) -> dict[str, Any]:
+    """``conv_dtype``, ``ssm_dtype`` and ``tp`` of the state builders below.
+
+    The conv state keeps the model's dtype; the recurrent state may differ
+    (:func:`ssm_dtype`).
+    """
+    return {"conv_dtype": dtype, "ssm_dtype": ssm_dtype(cfg, dtype), "tp": opts.tp}
 
 
 def mamba2_state(
@@ -176,6 +200,39 @@ def gdn_state(
     )
 
 
+def mamba2_from_config(
+    cfg: Mapping[str, Any],
+    model_type: str,
+    dtype: str,
+    opts: ParseOptions,
+    *,
+    intermediate_key: str | None = None,
+) -> StateSpec:
+    """Mamba-2 state from the ``mamba_n_heads`` / ``mamba_d_head`` / ``mamba_n_groups``
+    (default 1) / ``mamba_d_state`` / ``mamba_d_conv`` keys (Falcon-H1, Granite 4.0).
+
+    ``intermediate_key`` names an optional key overriding ``heads * head_dim`` as the
+    SSM's inner size (Falcon-H1's ``mamba_d_ssm``).
+    """
+    heads = need_int(cfg, "mamba_n_heads", model_type)
+    d_head = need_int(cfg, "mamba_d_head", model_type)
+    n_groups = opt_int(cfg, "mamba_n_groups", model_type, 1)
+    d_state = need_int(cfg, "mamba_d_state", model_type)
+    d_conv = need_int(cfg, "mamba_d_conv", model_type)
+    inner = heads * d_head
+    if intermediate_key is not None:
+        inner = opt_int(cfg, intermediate_key, model_type, inner)
+    return mamba2_state(
+        num_heads=heads,
+        head_dim=d_head,
+        n_groups=n_groups,
+        d_state=d_state,
+        d_conv=d_conv,
+        intermediate=inner,
+        **state_kwargs(cfg, dtype, opts),
+    )
+
+
 def ssm_dtype(cfg: Mapping[str, Any], default: str) -> str:
     """The recurrent state's dtype: ``mamba_ssm_dtype`` / ``mamba_ssm_cache_dtype`` when given."""
     for key in ("mamba_ssm_dtype", "mamba_ssm_cache_dtype"):
@@ -208,3 +265,61 @@ def layer_list(cfg: Mapping[str, Any], key: str, n: int, model_type: str) -> lis
     if len(value) != n:
         raise ModelConfigError(f"{model_type}: {key} has {len(value)} entries for {n} layers")
     return value
+
+
+def periodic_layer_kinds(
+    cfg: Mapping[str, Any],
+    model_type: str,
+    n: int,
+    *,
+    interval_key: str,
+    default_interval: int,
+    every: str,
+    other: str,
+) -> list[str]:
+    """``layer_types`` when given, else layer ``i`` is ``every`` when
+    ``(i + 1) % cfg[interval_key] == 0`` and ``other`` otherwise."""
+    kinds = layer_list(cfg, "layer_types", n, model_type)
+    if kinds is not None:
+        return kinds
+    interval = opt_int(cfg, interval_key, model_type, default_interval)
+    return [every if (i + 1) % interval == 0 else other for i in range(n)]
+
+
+def specs_by_kind(kinds: Sequence[str], table: Mapping[str, Any], model_type: str) -> list[Any]:
+    """Each layer's spec looked up by its kind name in ``table``; an unknown kind is a
+    :class:`ModelConfigError` naming the layer."""
+    specs: list[Any] = []
+    for i, kind in enumerate(kinds):
+        if kind not in table:
+            raise ModelConfigError(f"{model_type}: unknown layer type {kind!r} at layer {i}")
+        specs.append(table[kind])
+    return specs
+
+
+def parsed(
+    cfg: Mapping[str, Any],
+    specs: Sequence[Any],
+    names: Sequence[str] | None = None,
+    *,
+    notes: tuple[str, ...] = (),
+    hidden_size: int | None = None,
+    num_attention_heads: int | None = None,
+) -> Parsed:
+    """A :class:`Parsed` of ``specs`` (named ``layers.{i}`` unless ``names`` is given).
+
+    ``hidden_size``, ``vocab_size`` and ``num_attention_heads`` are read from ``cfg``
+    unless given (configs whose keys differ, e.g. Whisper's ``d_model``).
+    """
+    return Parsed(
+        layer_specs=tuple(specs),
+        layer_names=(
+            tuple(f"layers.{i}" for i in range(len(specs))) if names is None else tuple(names)
+        ),
+        hidden_size=cfg.get("hidden_size") if hidden_size is None else hidden_size,
+        vocab_size=cfg.get("vocab_size"),
+        num_attention_heads=(
+            cfg.get("num_attention_heads") if num_attention_heads is None else num_attention_heads
+        ),
+        notes=notes,
+    )

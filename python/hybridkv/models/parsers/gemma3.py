@@ -9,16 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hybridkv.errors import ModelConfigError
 from hybridkv.models.parsers.common import (
     Parsed,
     ParseOptions,
-    attention_kwargs,
-    head_dim,
-    layer_list,
+    config_attention_kwargs,
     model_dtype,
     need_int,
-    opt_int,
+    parsed,
+    periodic_layer_kinds,
+    specs_by_kind,
     text_config,
 )
 from hybridkv.specs import FullAttentionSpec, SlidingWindowSpec
@@ -30,30 +29,20 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
     """Also parses gpt-oss, whose ``layer_types`` alternate sliding and full layers."""
     cfg = text_config(config)
     n = need_int(cfg, "num_hidden_layers", model_type)
-    kinds = layer_list(cfg, "layer_types", n, model_type)
-    if kinds is None:
-        pattern = opt_int(cfg, "sliding_window_pattern", model_type, 6)
-        kinds = [
-            "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)
-        ]
-    dtype = model_dtype(cfg, config)
-    kwargs = attention_kwargs(
-        need_int(cfg, "num_key_value_heads", model_type), head_dim(cfg, model_type), dtype, opts
+    kinds = periodic_layer_kinds(
+        cfg,
+        model_type,
+        n,
+        interval_key="sliding_window_pattern",
+        default_interval=6,
+        every="full_attention",
+        other="sliding_attention",
     )
-    full = FullAttentionSpec(**kwargs)
-    sliding = SlidingWindowSpec(window=need_int(cfg, "sliding_window", model_type), **kwargs)
-    specs: list[Any] = []
-    for i, kind in enumerate(kinds):
-        if kind == "full_attention":
-            specs.append(full)
-        elif kind == "sliding_attention":
-            specs.append(sliding)
-        else:
-            raise ModelConfigError(f"{model_type}: unknown layer type {kind!r} at layer {i}")
-    return Parsed(
-        layer_specs=tuple(specs),
-        layer_names=tuple(f"layers.{i}" for i in range(n)),
-        hidden_size=cfg.get("hidden_size"),
-        vocab_size=cfg.get("vocab_size"),
-        num_attention_heads=cfg.get("num_attention_heads"),
-    )
+    kwargs = config_attention_kwargs(cfg, model_type, model_dtype(cfg, config), opts)
+    table = {
+        "full_attention": FullAttentionSpec(**kwargs),
+        "sliding_attention": SlidingWindowSpec(
+            window=need_int(cfg, "sliding_window", model_type), **kwargs
+        ),
+    }
+    return parsed(cfg, specs_by_kind(kinds, table, model_type))

@@ -9,14 +9,15 @@ from hybridkv.errors import ModelConfigError
 from hybridkv.models.parsers.common import (
     Parsed,
     ParseOptions,
-    full_attention,
-    head_dim,
+    config_attention_kwargs,
     mamba1_state,
     model_dtype,
     need_int,
     opt_int,
-    ssm_dtype,
+    parsed,
+    state_kwargs,
 )
+from hybridkv.specs import FullAttentionSpec
 
 MODEL_TYPES = ("jamba",)
 
@@ -31,25 +32,11 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
         )
     dtype = model_dtype(config)
     hidden = need_int(config, "hidden_size", model_type)
-    attn = full_attention(
-        need_int(config, "num_key_value_heads", model_type),
-        head_dim(config, model_type),
-        dtype,
-        opts,
-    )
+    attn = FullAttentionSpec(**config_attention_kwargs(config, model_type, dtype, opts))
     state = mamba1_state(
         intermediate=opt_int(config, "mamba_expand", model_type, 2) * hidden,
         d_state=need_int(config, "mamba_d_state", model_type),
         d_conv=need_int(config, "mamba_d_conv", model_type),
-        conv_dtype=dtype,
-        ssm_dtype=ssm_dtype(config, dtype),
-        tp=opts.tp,
+        **state_kwargs(config, dtype, opts),
     )
-    specs = tuple(attn if i % period == offset else state for i in range(n))
-    return Parsed(
-        layer_specs=specs,
-        layer_names=tuple(f"layers.{i}" for i in range(n)),
-        hidden_size=hidden,
-        vocab_size=config.get("vocab_size"),
-        num_attention_heads=config.get("num_attention_heads"),
-    )
+    return parsed(config, [attn if i % period == offset else state for i in range(n)])

@@ -19,6 +19,7 @@ from hybridkv.models.parsers.common import (
     model_dtype,
     need_int,
     opt_int,
+    parsed,
     text_config,
 )
 from hybridkv.specs import ChunkedLocalSpec, FullAttentionSpec, SlidingWindowSpec
@@ -50,10 +51,4 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
         specs = [SlidingWindowSpec(window=window, **kwargs)] * n
     else:
         specs = [full] * n
-    return Parsed(
-        layer_specs=tuple(specs),
-        layer_names=tuple(f"layers.{i}" for i in range(n)),
-        hidden_size=cfg.get("hidden_size"),
-        vocab_size=cfg.get("vocab_size"),
-        num_attention_heads=heads,
-    )
+    return parsed(cfg, specs)

@@ -17,10 +17,14 @@ from hybridkv.models.parsers.common import (
     model_dtype,
     need_int,
     opt_int,
-    ssm_dtype,
+    parsed,
+    state_kwargs,
 )
 
 MODEL_TYPES = ("nemotron_h",)
+
+#: Pattern characters of layers that hold no cache (MLP, MoE).
+_NO_CACHE = "-E"
 
 
 def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
@@ -47,27 +51,16 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
         n_groups=need_int(config, "n_groups", model_type),
         d_state=need_int(config, "ssm_state_size", model_type),
         d_conv=need_int(config, "conv_kernel", model_type),
-        conv_dtype=dtype,
-        ssm_dtype=ssm_dtype(config, dtype),
-        tp=opts.tp,
+        **state_kwargs(config, dtype, opts),
     )
-    specs: list[Any] = []
-    names: list[str] = []
+    table = {"M": state, "*": attn}
     for i, ch in enumerate(pattern):
-        if ch == "M":
-            specs.append(state)
-        elif ch == "*":
-            specs.append(attn)
-        elif ch in "-E":
-            continue
-        else:
+        if ch not in table and ch not in _NO_CACHE:
             raise ModelConfigError(f"{model_type}: unknown pattern character {ch!r} at layer {i}")
-        names.append(f"layers.{i}")
-    return Parsed(
-        layer_specs=tuple(specs),
-        layer_names=tuple(names),
-        hidden_size=hidden,
-        vocab_size=config.get("vocab_size"),
-        num_attention_heads=heads,
+    cached = [i for i, ch in enumerate(pattern) if ch in table]
+    return parsed(
+        config,
+        [table[pattern[i]] for i in cached],
+        [f"layers.{i}" for i in cached],
         notes=("MLP/MoE-only layers hold no cache and are not listed",),
     )

@@ -14,6 +14,7 @@ from hybridkv.models.parsers.common import (
     attention_kwargs,
     model_dtype,
     need_int,
+    parsed,
 )
 from hybridkv.specs import CrossAttentionSpec, EncoderOnlySpec, FullAttentionSpec
 
@@ -32,16 +33,17 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
     cross = CrossAttentionSpec(
         max_encoder_len=need_int(config, "max_source_positions", model_type), **kwargs
     )
-    specs: list[Any] = [EncoderOnlySpec()] * enc
-    names = [f"encoder.layers.{i}" for i in range(enc)]
-    for i in range(dec):
-        specs += [self_attn, cross]
-        names += [f"decoder.layers.{i}.self_attn", f"decoder.layers.{i}.encoder_attn"]
-    return Parsed(
-        layer_specs=tuple(specs),
-        layer_names=tuple(names),
+    specs: list[Any] = [EncoderOnlySpec()] * enc + [self_attn, cross] * dec
+    names = [f"encoder.layers.{i}" for i in range(enc)] + [
+        name
+        for i in range(dec)
+        for name in (f"decoder.layers.{i}.self_attn", f"decoder.layers.{i}.encoder_attn")
+    ]
+    return parsed(
+        config,
+        specs,
+        names,
         hidden_size=d_model,
-        vocab_size=config.get("vocab_size"),
         num_attention_heads=heads,
         notes=(
             f"decoder self-attention is bounded by max_target_positions="

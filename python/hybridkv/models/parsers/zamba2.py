@@ -20,7 +20,8 @@ from hybridkv.models.parsers.common import (
     model_dtype,
     need_int,
     opt_int,
-    ssm_dtype,
+    parsed,
+    state_kwargs,
 )
 
 MODEL_TYPES = ("zamba2",)
@@ -48,10 +49,8 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
         n_groups=opt_int(config, "mamba_ngroups", model_type, 1),
         d_state=need_int(config, "mamba_d_state", model_type),
         d_conv=need_int(config, "mamba_d_conv", model_type),
-        conv_dtype=dtype,
-        ssm_dtype=ssm_dtype(config, dtype),
-        tp=opts.tp,
         intermediate=expand * hidden,
+        **state_kwargs(config, dtype, opts),
     )
     specs: list[Any] = []
     names: list[str] = []
@@ -63,10 +62,4 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
             raise ModelConfigError(f"{model_type}: unknown layer type {kind!r} at layer {i}")
         specs.append(state)
         names.append(f"layers.{i}.mamba")
-    return Parsed(
-        layer_specs=tuple(specs),
-        layer_names=tuple(names),
-        hidden_size=hidden,
-        vocab_size=config.get("vocab_size"),
-        num_attention_heads=heads,
-    )
+    return parsed(config, specs, names)
