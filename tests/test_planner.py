@@ -184,14 +184,17 @@ def test_adversarial_schedules_never_exceed_the_bound(
                 del running[rid]
 
 
+#: Engine limits of the Gemma 3 examples: S=64, M=32768, B=8192.
+GEMMA_LIMITS: dict[str, Any] = {
+    "max_num_seqs": 64,
+    "max_model_len": 32768,
+    "max_num_batched_tokens": 8192,
+}
+
+
 def test_gemma3_style_tight_vs_per_request() -> None:
     m = load_model("gemma-3-27b-it")
-    kw: dict[str, Any] = {
-        "memory_bytes": 400 << 30,
-        "max_num_seqs": 64,
-        "max_model_len": 32768,
-        "max_num_batched_tokens": 8192,
-    }
+    kw: dict[str, Any] = {"memory_bytes": 400 << 30, **GEMMA_LIMITS}
     tight = plan_memory(m, **kw)
     loose = plan_memory(m, bounded_sizing="per_request", **kw)
     sw_t = next(g for g in tight.groups if g.kind == "sliding_window")
@@ -354,12 +357,7 @@ def test_custom_dtype_that_divides_nothing_plans() -> None:
 
 def test_gemma3_capacity_counts_only_global_layers() -> None:
     m = load_model("gemma-3-27b-it")
-    kw: dict[str, Any] = {
-        "memory_bytes": 60 << 30,
-        "max_num_seqs": 64,
-        "max_model_len": 32768,
-        "max_num_batched_tokens": 8192,
-    }
+    kw: dict[str, Any] = {"memory_bytes": 60 << 30, **GEMMA_LIMITS}
     plan = plan_memory(m, **kw)
     sw, full = plan.groups
     bpt = 2 * 16 * 128 * 2

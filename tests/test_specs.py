@@ -82,6 +82,8 @@ def test_window_specs_are_bounded() -> None:
     cl = ChunkedLocalSpec(num_kv_heads=4, head_size=64, chunk_size=64)
     # chunk a multiple of the block: chunk starts are block aligned.
     assert cl.max_blocks_per_request(16, max_model_len=10_000, max_num_batched_tokens=1) == 4
+    # span: the window or the chunk, whichever the kind has
+    assert (sw.span, cl.span) == (100, 64)
     cross = CrossAttentionSpec(num_kv_heads=20, head_size=64, max_encoder_len=1500)
     assert cross.max_blocks_per_request(16, max_model_len=448, max_num_batched_tokens=8) == 94
     assert cross.page_size_bytes(16) == 16 * 2 * 20 * 64 * 2
@@ -161,3 +163,17 @@ def test_dtype_bytes_and_to_dict() -> None:
         "dtypes": ["bf16", "fp32"],
         "family": "mamba2",
     }
+    # JSON keys are the fields in declaration order (no helper properties such as span)
+    sw = spec_to_dict(SlidingWindowSpec(num_kv_heads=2, head_size=8, window=5))
+    assert list(sw) == [
+        "kind",
+        "num_kv_heads",
+        "head_size",
+        "head_size_v",
+        "dtype",
+        "scale_bytes_per_token",
+        "custom_bytes_per_token",
+        "window",
+    ]
+    mla = spec_to_dict(MLASpec(kv_lora_rank=512, qk_rope_head_dim=64))
+    assert list(mla)[:3] == ["kind", "kv_lora_rank", "qk_rope_head_dim"]
