@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hybridkv.manager import ManagerGroup
+
 Key = tuple[object, ...]
 
 
@@ -80,14 +82,8 @@ class RefPool:
         self.key = [None] * self.num_blocks
 
 
-@dataclass(frozen=True)
-class RefGroup:
-    kind: str
-    block_size: int
-    num_blocks: int
-    window: int | None = None
-    chunk_size: int | None = None
-    max_encoder_len: int | None = None
+class RefGroup(ManagerGroup):
+    """A group's fields (as the manager takes them) plus the reference rules on them."""
 
     def first_needed(self, c: int) -> int:
         if self.kind == "sliding_window":

@@ -450,6 +450,51 @@ def test_bad_input_raises_named_errors_and_changes_nothing() -> None:
         m.allocate_slots([1], [1])
 
 
+def test_out_of_range_ints_are_refused_by_value_never_wrapped() -> None:
+    m = KVCacheManager(cfg())
+    m.add_requests([1], [seq(5)])
+    base = snapshot(m)
+    top = 2**64 - 1
+    u64 = np.array([top], dtype=np.uint64)
+    calls: list[tuple[str, Any]] = [
+        ("request ids", lambda: m.free(u64)),
+        ("request ids", lambda: m.free([top])),
+        ("request ids", lambda: m.allocate_slots(top, [1])),
+        ("num_new_tokens", lambda: m.allocate_slots([1], u64)),
+        ("num_lookahead_tokens", lambda: m.allocate_slots([1], [1], u64)),
+        ("positions", lambda: m.slot_mapping(0, [1], u64)),
+        ("offsets", lambda: m.add_requests([7], seq(2), np.array([0, top], np.uint64))),
+        ("encoder_lens", lambda: m.add_requests([7], [seq(2)], encoder_lens=u64)),
+        ("LoRA ids", lambda: m.add_requests([7], [seq(2)], lora_ids=[top])),
+        ("token ids", lambda: m.add_requests([7], [u64])),
+        ("group", lambda: m.block_table(top, [1])),
+        ("req_id", lambda: m.block_hashes(0, top)),
+        ("req_id", lambda: top in m),
+    ]
+    for what, call in calls:
+        with pytest.raises(errors.InvalidArgumentError, match=what) as e:
+            call()
+        assert str(top) in str(e.value), (what, str(e.value))
+        assert "-1" not in str(e.value)
+        assert snapshot(m) == base, what
+
+
+def test_duplicate_ids_within_one_call_are_named_as_such() -> None:
+    m = KVCacheManager(cfg())
+    m.add_requests([1], [seq(5)])
+    for call in (
+        lambda: m.allocate_slots([1, 1], [1, 1]),
+        lambda: m.get_computed_tokens([1, 1]),
+        lambda: m.free([1, 1]),
+        lambda: m.add_requests([5, 5], [seq(3), seq(3)]),
+    ):
+        with pytest.raises(errors.DuplicateRequestError, match="more than once in the call"):
+            call()
+    with pytest.raises(errors.DuplicateRequestError, match='"1" is already present'):
+        m.add_requests([1], [seq(3)])
+    assert m.request_ids().tolist() == [1]
+
+
 def test_bad_configs() -> None:
     with pytest.raises(errors.InvalidArgumentError):
         KVCacheManager(ManagerConfig((ManagerGroup("sliding_window", 4, 8),)))

@@ -140,15 +140,43 @@ def _group_tuple(i: int, g: GroupLike) -> tuple[str, int, int, int]:
     return kind, int(g.block_size), int(g.num_blocks), int(param)
 
 
-def _ids(req_ids: npt.ArrayLike) -> I64:
-    a = np.asarray(req_ids)
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _int64(value: object, what: str) -> I64:
+    """A 1-D int64 array from an integer array-like (a scalar is a batch of one).
+
+    Refuses, never wraps or truncates: floats, bools, non-numbers, nested or ragged
+    input, and values outside int64 (uint64 above ``2**63 - 1``, huge Python ints)
+    raise :class:`InvalidArgumentError` naming ``what`` (and the value when one is out
+    of range)."""
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise InvalidArgumentError(f"{what} must be a 1-D integer array ({e})") from None
     if a.ndim == 0:
         a = a.reshape(1)
+    if a.ndim != 1:
+        raise InvalidArgumentError(f"{what} must be 1-D, got shape {a.shape}")
     if a.dtype == np.int64:
         return a
-    if a.size and a.dtype.kind not in "iu":
-        raise InvalidArgumentError(f"request ids must be integers, got dtype {a.dtype}")
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if a.dtype.kind == "O" and all(type(x) is int for x in a):
+        # Python ints numpy could not fit in one integer dtype.
+        bad = [x for x in a if not _I64_MIN <= x <= _I64_MAX]
+        if bad:
+            raise InvalidArgumentError(f"{what}: {bad[0]} is outside the int64 range")
+        return a.astype(np.int64)
+    if a.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"{what} must be integers, got dtype {a.dtype}")
+    if a.dtype.kind == "u" and int(a.max()) > _I64_MAX:
+        raise InvalidArgumentError(f"{what}: {int(a.max())} is outside the int64 range")
     return a.astype(np.int64)
+
+
+def _ids(req_ids: npt.ArrayLike) -> I64:
+    return _int64(req_ids, "request ids")
 
 
 def _ragged(
@@ -157,36 +185,55 @@ def _ragged(
     """Flat tokens + offsets from either form the API accepts."""
     if offsets is not None:
         flat_in: npt.ArrayLike = token_ids  # type: ignore[assignment]
-        return flat_in, np.asarray(offsets, dtype=np.int64)
+        return flat_in, _int64(offsets, "offsets")
     if isinstance(token_ids, np.ndarray):
         raise InvalidArgumentError("a flat token array needs offsets (length n + 1)")
     if not isinstance(token_ids, Sequence):
         raise InvalidArgumentError(
             "token_ids must be a flat array with offsets or a list of arrays"
         )
-    parts = [np.asarray(t).reshape(-1) for t in token_ids]
-    for p in parts:
-        if p.size and p.dtype.kind not in "iu":
-            raise InvalidArgumentError(f"token ids must be integers, got dtype {p.dtype}")
+    # int32 parts go through as they are; others are range-checked into int64 first
+    # (concatenating mixed int64/uint64 parts would give float64).
+    parts = [
+        t
+        if isinstance(t, np.ndarray) and t.dtype == np.int32 and t.ndim == 1
+        else _int64(t, "token ids")
+        for t in token_ids
+    ]
     lens = np.fromiter((p.shape[0] for p in parts), dtype=np.int64, count=len(parts))
     offs = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum(lens, out=offs[1:])
     flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
     if flat.dtype != np.int32:
         big = flat.size and (int(flat.min()) < -(2**31) or int(flat.max()) >= 2**31)
-        flat = flat.astype(np.int64) if big else flat.astype(np.int32)
+        flat = flat if big else flat.astype(np.int32)
     return flat, offs
 
 
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _per_request_list(value: object, n: int, what: str) -> list[Any]:
+    """A per-request sequence as a list of exactly ``n`` entries."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise InvalidArgumentError(f"{what} must be a sequence, got {type(value).__name__}")
+    out = list(value)
+    if len(out) != n:
+        raise InvalidArgumentError(f"{what} has {len(out)} entries for {n} requests")
+    return out
+
+
 def _per_request(value: npt.ArrayLike | None, n: int, what: str) -> I64:
+    """One int64 per request; a scalar applies to all ``n``."""
     if value is None:
         return np.zeros(n, dtype=np.int64)
-    a = np.asarray(value)
-    if a.ndim == 0:
-        a = np.full(n, a)
-    if a.size and a.dtype.kind not in "iu":
-        raise InvalidArgumentError(f"{what} must be integers, got dtype {a.dtype}")
-    return a.astype(np.int64)
+    try:
+        scalar = np.ndim(value) == 0
+    except (ValueError, TypeError):
+        scalar = False  # ragged: _int64 says what is wrong
+    a = _int64(value, what)
+    return np.full(n, a[0], dtype=np.int64) if scalar else a
 
 
 class KVCacheManager:
@@ -243,7 +290,7 @@ class KVCacheManager:
         return int(self._core.num_requests)
 
     def __contains__(self, req_id: int) -> bool:
-        return bool(self._core.__contains__(int(req_id)))
+        return bool(self._core.__contains__(req_id))
 
     def request_ids(self) -> I64:
         """Ids of every request the manager holds, sorted."""
@@ -276,25 +323,26 @@ class KVCacheManager:
         flat, offs = _ragged(token_ids, offsets)
         loras = None
         if lora_ids is not None:
-            if len(lora_ids) != n:
-                raise InvalidArgumentError(f"lora_ids has {len(lora_ids)} entries for {n} requests")
-            if any(x is not None and not 0 <= int(x) < 1 << 63 for x in lora_ids):
-                raise InvalidArgumentError("LoRA ids must be non-negative int64 (None for no LoRA)")
-            loras = np.fromiter((-1 if x is None else int(x) for x in lora_ids), np.int64, n)
+            lora_list = _per_request_list(lora_ids, n, "lora_ids")
+            for x in lora_list:
+                if x is not None and not (_is_int(x) and 0 <= int(x) <= _I64_MAX):
+                    raise InvalidArgumentError(
+                        f"LoRA ids must be non-negative int64 (None for no LoRA), got {x!r}"
+                    )
+            loras = np.fromiter((-1 if x is None else int(x) for x in lora_list), np.int64, n)
         salts = None
         if cache_salts is not None:
-            if len(cache_salts) != n:
-                raise InvalidArgumentError(
-                    f"cache_salts has {len(cache_salts)} entries for {n} requests"
-                )
-            salts = [salt_bytes(s) for s in cache_salts]
+            salts = [salt_bytes(s) for s in _per_request_list(cache_salts, n, "cache_salts")]
         mm: tuple[Any, Any, Any, Any] = (None, None, None, None)
         if mm_features is not None:
-            if len(mm_features) != n:
-                raise InvalidArgumentError(
-                    f"mm_features has {len(mm_features)} entries for {n} requests"
-                )
-            items = [list(m or ()) for m in mm_features]
+            items = []
+            for m in _per_request_list(mm_features, n, "mm_features"):
+                try:
+                    items.append(list(m or ()))
+                except TypeError:
+                    raise InvalidArgumentError(
+                        f"mm_features entries must be sequences of items or None, got {m!r}"
+                    ) from None
             mm_offs = np.zeros(n + 1, dtype=np.int64)
             np.cumsum([len(m) for m in items], out=mm_offs[1:])
             hs, starts, lens = media_arrays([x for m in items for x in m])
@@ -399,7 +447,7 @@ class KVCacheManager:
         """Slots ``block * block_size + position % block_size`` in ``group``'s address
         space for parallel arrays of request ids and token positions (-1 where the
         entry is the null block)."""
-        return self._core.slot_mapping(group, _ids(req_ids), np.asarray(positions, np.int64))
+        return self._core.slot_mapping(group, _ids(req_ids), _int64(positions, "positions"))
 
     def num_computed_tokens(self, req_ids: npt.ArrayLike) -> I64:
         return self._core.num_computed_tokens(_ids(req_ids))
@@ -420,7 +468,7 @@ class KVCacheManager:
 
     def block_hashes(self, group: int, req_id: int) -> npt.NDArray[np.uint64]:
         """The request's full-block hashes at ``group``'s block size, ``(n, 2)`` uint64."""
-        return self._core.block_hashes(group, int(req_id))
+        return self._core.block_hashes(group, req_id)
 
     # -- cache, events, stats -------------------------------------------------------
 

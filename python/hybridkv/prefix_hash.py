@@ -41,6 +41,8 @@ def media_arrays(
             raise InvalidArgumentError(f"multimodal hash {h} is not a 128-bit unsigned value")
         if s < 0 or n < 0:
             raise InvalidArgumentError(f"multimodal item {item!r} has a negative start or length")
+        if s >= 1 << 63 or n >= 1 << 32:
+            raise InvalidArgumentError(f"multimodal item {item!r}: start or length is too large")
         hs[i] = (h & _MASK64, h >> 64)
         starts[i] = s
         lens[i] = n
@@ -52,7 +54,10 @@ def salt_bytes(salt: str | bytes | None) -> bytes | None:
     if salt is None or isinstance(salt, bytes):
         return salt
     if isinstance(salt, str):
-        return salt.encode()
+        try:
+            return salt.encode()
+        except UnicodeEncodeError:
+            raise InvalidArgumentError(f"cache salt {salt!r} is not valid UTF-8 text") from None
     raise InvalidArgumentError(f"cache salt must be str, bytes or None, got {type(salt).__name__}")
 
 

@@ -6,11 +6,11 @@ use hybridkv_core::prefix_hash::{hash_token_blocks as core_hash_blocks, ExtraKey
 use hybridkv_core::{
     GroupConfig, GroupKind, KvEvent, MambaMode, Manager, ManagerConfig, NewRequest,
 };
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyTuple};
 
-use crate::arrays::{hashes, hashes_to_py, int_vec};
+use crate::arrays::{hashes, hashes_to_py, int_arg, int_vec};
 use crate::errors::{invalid_arg, py_error, IntoPy};
 
 /// Token ids as i32 (zero-copy read for int32 arrays; other integer dtypes are converted
@@ -40,17 +40,20 @@ fn token_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i32>> {
     Ok(out)
 }
 
-/// Request ids (int64 array-likes; a plain int is a batch of one).
+/// Request ids (int64 array-likes; a plain int, numpy integer or 0-d array is a batch
+/// of one). Values outside int64 (uint64 above `i64::MAX`) are refused, never wrapped.
 fn id_vec(obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
-    if let Ok(v) = obj.extract::<i64>() {
-        if !obj.hasattr("shape")? || obj.getattr("shape")?.len()? == 0 {
-            return Ok(vec![v]);
-        }
+    let scalar = obj.is_instance_of::<PyInt>()
+        || (obj.hasattr("shape")? && obj.getattr("shape")?.len()? == 0);
+    if scalar {
+        return Ok(vec![int_arg(obj, "request id")?]);
     }
     int_vec(obj, "req_ids")
 }
 
-fn group_arg(g: i64, n: usize) -> PyResult<usize> {
+/// A group index from a Python int (anything else is an `InvalidArgumentError`).
+fn group_arg(group: &Bound<'_, PyAny>, n: usize) -> PyResult<usize> {
+    let g = int_arg(group, "group")?;
     if g < 0 || g as usize >= n {
         return Err(hybridkv_core::Error::UnknownGroup {
             group: g,
@@ -59,6 +62,57 @@ fn group_arg(g: i64, n: usize) -> PyResult<usize> {
         .py_err();
     }
     Ok(g as usize)
+}
+
+/// A flag that must be a real bool (or numpy bool), not any truthy object.
+fn bool_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<bool> {
+    obj.extract::<bool>().map_err(|_| {
+        let shown = obj
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| "?".into());
+        invalid_arg(format!("{what} must be a bool, got {shown}"))
+    })
+}
+
+/// Look up `req_ids` (GIL released) and hand back one numpy value per request.
+fn per_request<'py, T, F>(
+    py: Python<'py>,
+    req_ids: &Bound<'py, PyAny>,
+    f: F,
+) -> PyResult<Bound<'py, PyArray1<T>>>
+where
+    T: Element + Send,
+    F: FnOnce(&[i64]) -> hybridkv_core::Result<Vec<T>> + Send,
+{
+    let ids = id_vec(req_ids)?;
+    let out = py.detach(|| f(&ids)).py_err()?;
+    Ok(out.into_pyarray(py))
+}
+
+/// A `(rows, width)` block table from its row-major entries.
+fn table_array<'py>(
+    py: Python<'py>,
+    rows: usize,
+    (flat, width): (Vec<i32>, usize),
+) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    let arr = numpy::ndarray::Array2::from_shape_vec((rows, width), flat)
+        .map_err(|e| invalid_arg(format!("block table shape: {e}")))?;
+    Ok(PyArray2::from_owned_array(py, arr))
+}
+
+/// One event tuple: `kind`, then the nine fields with `set` filled in and None elsewhere.
+fn event_tuple<'py>(
+    py: Python<'py>,
+    kind: u8,
+    set: Vec<(usize, Bound<'py, PyAny>)>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let mut row: Vec<Bound<'py, PyAny>> = vec![py.None().into_bound(py); 10];
+    row[0] = kind.into_pyobject(py)?.into_any();
+    for (i, v) in set {
+        row[i] = v;
+    }
+    PyTuple::new(py, row)
 }
 
 fn opt_i64_vec(obj: Option<&Bound<'_, PyAny>>, what: &str, n: usize) -> PyResult<Option<Vec<i64>>> {
@@ -288,29 +342,29 @@ impl PyManager {
         py: Python<'py>,
         req_ids: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let ids = id_vec(req_ids)?;
         let inner = &mut self.inner;
-        let out = py.detach(|| inner.get_computed_tokens(&ids)).py_err()?;
-        Ok(out.into_pyarray(py))
+        per_request(py, req_ids, |ids| inner.get_computed_tokens(ids))
     }
 
-    #[pyo3(signature = (req_ids, num_new_tokens, num_lookahead_tokens, new_step=true))]
+    #[pyo3(signature = (req_ids, num_new_tokens, num_lookahead_tokens, new_step=None))]
     fn allocate_slots<'py>(
         &mut self,
         py: Python<'py>,
         req_ids: &Bound<'py, PyAny>,
         num_new_tokens: &Bound<'py, PyAny>,
         num_lookahead_tokens: &Bound<'py, PyAny>,
-        new_step: bool,
+        new_step: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray1<bool>>> {
-        let ids = id_vec(req_ids)?;
         let n = int_vec(num_new_tokens, "num_new_tokens")?;
         let la = int_vec(num_lookahead_tokens, "num_lookahead_tokens")?;
+        let new_step = match new_step {
+            None => true,
+            Some(b) => bool_arg(b, "new_step")?,
+        };
         let inner = &mut self.inner;
-        let out = py
-            .detach(|| inner.allocate_slots(&ids, &n, &la, new_step))
-            .py_err()?;
-        Ok(out.into_pyarray(py))
+        per_request(py, req_ids, |ids| {
+            inner.allocate_slots(ids, &n, &la, new_step)
+        })
     }
 
     fn free(&mut self, py: Python<'_>, req_ids: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -329,22 +383,19 @@ impl PyManager {
     fn block_table<'py>(
         &self,
         py: Python<'py>,
-        group: i64,
+        group: &Bound<'_, PyAny>,
         req_ids: &Bound<'py, PyAny>,
-        max_blocks: Option<i64>,
+        max_blocks: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray2<i32>>> {
         let g = group_arg(group, self.inner.num_groups())?;
         let ids = id_vec(req_ids)?;
-        let width = match max_blocks {
+        let width = match max_blocks.filter(|w| !w.is_none()) {
             None => None,
-            Some(w) if w >= 0 => Some(w as usize),
-            Some(w) => return Err(invalid_arg(format!("max_blocks must be >= 0, got {w}"))),
+            Some(w) => Some(crate::arrays::count(w, "max_blocks")?),
         };
         let inner = &self.inner;
-        let (flat, w) = py.detach(|| inner.block_table(g, &ids, width)).py_err()?;
-        let arr = numpy::ndarray::Array2::from_shape_vec((ids.len(), w), flat)
-            .map_err(|e| invalid_arg(format!("block table shape: {e}")))?;
-        Ok(PyArray2::from_owned_array(py, arr))
+        let table = py.detach(|| inner.block_table(g, &ids, width)).py_err()?;
+        table_array(py, ids.len(), table)
     }
 
     /// Write `group`'s tables for `req_ids` into the first rows of `out`, a C-contiguous
@@ -352,7 +403,7 @@ impl PyManager {
     fn block_table_into(
         &self,
         py: Python<'_>,
-        group: i64,
+        group: &Bound<'_, PyAny>,
         req_ids: &Bound<'_, PyAny>,
         out: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
@@ -389,7 +440,7 @@ impl PyManager {
     fn new_block_ids<'py>(
         &mut self,
         py: Python<'py>,
-        group: i64,
+        group: &Bound<'_, PyAny>,
         req_ids: &Bound<'py, PyAny>,
     ) -> PyResult<(
         Bound<'py, PyArray1<i64>>,
@@ -418,27 +469,21 @@ impl PyManager {
         let tables = py.detach(|| inner.block_tables(&ids)).py_err()?;
         tables
             .into_iter()
-            .map(|(flat, w)| {
-                let arr = numpy::ndarray::Array2::from_shape_vec((ids.len(), w), flat)
-                    .map_err(|e| invalid_arg(format!("block table shape: {e}")))?;
-                Ok(PyArray2::from_owned_array(py, arr))
-            })
+            .map(|t| table_array(py, ids.len(), t))
             .collect()
     }
 
     fn slot_mapping<'py>(
         &self,
         py: Python<'py>,
-        group: i64,
+        group: &Bound<'_, PyAny>,
         req_ids: &Bound<'py, PyAny>,
         positions: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let g = group_arg(group, self.inner.num_groups())?;
-        let ids = int_vec(req_ids, "req_ids")?;
         let pos = int_vec(positions, "positions")?;
         let inner = &self.inner;
-        let out = py.detach(|| inner.slot_mapping(g, &ids, &pos)).py_err()?;
-        Ok(out.into_pyarray(py))
+        per_request(py, req_ids, |ids| inner.slot_mapping(g, ids, &pos))
     }
 
     fn num_computed_tokens<'py>(
@@ -446,12 +491,8 @@ impl PyManager {
         py: Python<'py>,
         req_ids: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let ids = id_vec(req_ids)?;
-        Ok(self
-            .inner
-            .num_computed_tokens(&ids)
-            .py_err()?
-            .into_pyarray(py))
+        let inner = &self.inner;
+        per_request(py, req_ids, |ids| inner.num_computed_tokens(ids))
     }
 
     fn shared_prefix_boundary<'py>(
@@ -459,12 +500,8 @@ impl PyManager {
         py: Python<'py>,
         req_ids: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let ids = id_vec(req_ids)?;
-        Ok(self
-            .inner
-            .shared_prefix_boundary(&ids)
-            .py_err()?
-            .into_pyarray(py))
+        let inner = &self.inner;
+        per_request(py, req_ids, |ids| inner.shared_prefix_boundary(ids))
     }
 
     fn num_tokens<'py>(
@@ -472,18 +509,21 @@ impl PyManager {
         py: Python<'py>,
         req_ids: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let ids = id_vec(req_ids)?;
-        Ok(self.inner.num_tokens(&ids).py_err()?.into_pyarray(py))
+        let inner = &self.inner;
+        per_request(py, req_ids, |ids| inner.num_tokens(ids))
     }
 
     fn block_hashes<'py>(
         &mut self,
         py: Python<'py>,
-        group: i64,
-        req_id: i64,
+        group: &Bound<'_, PyAny>,
+        req_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray2<u64>>> {
         let g = group_arg(group, self.inner.num_groups())?;
-        let hs = self.inner.block_hashes(g, req_id).py_err()?;
+        let hs = self
+            .inner
+            .block_hashes(g, int_arg(req_id, "req_id")?)
+            .py_err()?;
         Ok(hashes_to_py(py, hs.into_iter()))
     }
 
@@ -495,8 +535,8 @@ impl PyManager {
         self.inner.request_ids().into_pyarray(py)
     }
 
-    fn __contains__(&self, req_id: i64) -> bool {
-        self.inner.contains(req_id)
+    fn __contains__(&self, req_id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.inner.contains(int_arg(req_id, "req_id")?))
     }
 
     /// Per pool: `(num_blocks, num_free, num_cached, num_in_use)`.
@@ -508,7 +548,11 @@ impl PyManager {
             .collect()
     }
 
-    fn ref_counts<'py>(&self, py: Python<'py>, group: i64) -> PyResult<Bound<'py, PyArray1<u32>>> {
+    fn ref_counts<'py>(
+        &self,
+        py: Python<'py>,
+        group: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<u32>>> {
         let g = group_arg(group, self.inner.num_groups())?;
         Ok(self
             .inner
@@ -519,7 +563,11 @@ impl PyManager {
             .into_pyarray(py))
     }
 
-    fn free_queue<'py>(&self, py: Python<'py>, group: i64) -> PyResult<Bound<'py, PyArray1<i32>>> {
+    fn free_queue<'py>(
+        &self,
+        py: Python<'py>,
+        group: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i32>>> {
         let g = group_arg(group, self.inner.num_groups())?;
         Ok(self.inner.pool(g).py_err()?.free_queue().into_pyarray(py))
     }
@@ -529,7 +577,7 @@ impl PyManager {
     fn cached_blocks<'py>(
         &self,
         py: Python<'py>,
-        group: i64,
+        group: &Bound<'_, PyAny>,
     ) -> PyResult<(Bound<'py, PyArray1<i32>>, Bound<'py, PyArray2<u64>>)> {
         let g = group_arg(group, self.inner.num_groups())?;
         let c = self.inner.pool(g).py_err()?.cached_blocks();
@@ -562,7 +610,6 @@ impl PyManager {
     /// 3 disagreement (fields a kind does not use are None).
     fn take_event_tuples<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
-        let none = py.None();
         for ev in self.inner.take_events() {
             let t = match ev {
                 KvEvent::Stored {
@@ -572,68 +619,40 @@ impl PyManager {
                     tokens,
                     block_size,
                     lora_id,
-                } => PyTuple::new(
+                } => event_tuple(
                     py,
-                    [
-                        0u8.into_pyobject(py)?.into_any(),
-                        group.into_pyobject(py)?.into_any(),
-                        hashes.into_pyobject(py)?.into_any(),
-                        parent.into_pyobject(py)?.into_any(),
-                        tokens.into_pyobject(py)?.into_any(),
-                        block_size.into_pyobject(py)?.into_any(),
-                        lora_id.into_pyobject(py)?.into_any(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
+                    0,
+                    vec![
+                        (1, group.into_pyobject(py)?.into_any()),
+                        (2, hashes.into_pyobject(py)?.into_any()),
+                        (3, parent.into_pyobject(py)?.into_any()),
+                        (4, tokens.into_pyobject(py)?.into_any()),
+                        (5, block_size.into_pyobject(py)?.into_any()),
+                        (6, lora_id.into_pyobject(py)?.into_any()),
                     ],
                 )?,
-                KvEvent::Removed { group, hashes } => PyTuple::new(
+                KvEvent::Removed { group, hashes } => event_tuple(
                     py,
-                    [
-                        1u8.into_pyobject(py)?.into_any(),
-                        group.into_pyobject(py)?.into_any(),
-                        hashes.into_pyobject(py)?.into_any(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
+                    1,
+                    vec![
+                        (1, group.into_pyobject(py)?.into_any()),
+                        (2, hashes.into_pyobject(py)?.into_any()),
                     ],
                 )?,
-                KvEvent::AllCleared { group } => PyTuple::new(
-                    py,
-                    [
-                        2u8.into_pyobject(py)?.into_any(),
-                        group.into_pyobject(py)?.into_any(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                    ],
-                )?,
+                KvEvent::AllCleared { group } => {
+                    event_tuple(py, 2, vec![(1, group.into_pyobject(py)?.into_any())])?
+                }
                 KvEvent::Disagreement {
                     req_id,
                     hit,
                     group_hits,
-                } => PyTuple::new(
+                } => event_tuple(
                     py,
-                    [
-                        3u8.into_pyobject(py)?.into_any(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        none.bind(py).clone(),
-                        req_id.into_pyobject(py)?.into_any(),
-                        hit.into_pyobject(py)?.into_any(),
-                        group_hits.into_pyobject(py)?.into_any(),
+                    3,
+                    vec![
+                        (7, req_id.into_pyobject(py)?.into_any()),
+                        (8, hit.into_pyobject(py)?.into_any()),
+                        (9, group_hits.into_pyobject(py)?.into_any()),
                     ],
                 )?,
             };

@@ -35,8 +35,9 @@ pub enum Error {
     InvalidArgument(String),
     /// A request id that the manager does not know.
     UnknownRequest { req_id: String },
-    /// A request id that the manager already holds.
-    DuplicateRequest { req_id: String },
+    /// A request id that the manager already holds (`in_call: false`), or one given
+    /// twice within a single call (`in_call: true`).
+    DuplicateRequest { req_id: String, in_call: bool },
     /// A token id outside `0..vocab` (or negative).
     InvalidToken { token: i64, position: usize },
     /// A request in the wrong phase for the operation (e.g. a prefix lookup while running).
@@ -81,9 +82,14 @@ impl fmt::Display for Error {
             ),
             Error::InvalidArgument(msg) => write!(f, "{msg}"),
             Error::UnknownRequest { req_id } => write!(f, "unknown request id {req_id:?}"),
-            Error::DuplicateRequest { req_id } => {
-                write!(f, "request id {req_id:?} is already present")
-            }
+            Error::DuplicateRequest {
+                req_id,
+                in_call: false,
+            } => write!(f, "request id {req_id:?} is already present"),
+            Error::DuplicateRequest {
+                req_id,
+                in_call: true,
+            } => write!(f, "request id {req_id:?} appears more than once in the call"),
             Error::InvalidToken { token, position } => {
                 write!(f, "token id {token} at position {position} is out of range")
             }

@@ -96,6 +96,7 @@ fn unresolved(r: Resolve) -> Error {
         },
         Resolve::Duplicate(id) => Error::DuplicateRequest {
             req_id: id.to_string(),
+            in_call: true,
         },
     }
 }
@@ -272,11 +273,13 @@ impl Manager {
         if let Some(id) = first_repeat(&ids) {
             return Err(Error::DuplicateRequest {
                 req_id: id.to_string(),
+                in_call: true,
             });
         }
         if let Some(&id) = ids.iter().find(|&&id| self.reqs.contains(id)) {
             return Err(Error::DuplicateRequest {
                 req_id: id.to_string(),
+                in_call: false,
             });
         }
         let max_enc = self

@@ -181,31 +181,40 @@ fn fmix64(mut k: u64) -> u64 {
     k
 }
 
+const C1: u64 = 0x87c3_7b91_1142_53d5;
+const C2: u64 = 0x4cf5_ad43_2745_937f;
+
+/// Murmur3's scramble of one 64-bit lane before it is xored into its half of the state
+/// (lane 1 multiplies by `C1` then `C2` and rotates 31; lane 2 the other way round, 33).
+#[inline]
+fn scramble(k: u64, lane2: bool) -> u64 {
+    if lane2 {
+        k.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1)
+    } else {
+        k.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2)
+    }
+}
+
+/// Murmur3's per-block update of one half of the state, given the other half.
+#[inline]
+fn mix(h: u64, rot: u32, other: u64, add: u64) -> u64 {
+    h.rotate_left(rot)
+        .wrapping_add(other)
+        .wrapping_mul(5)
+        .wrapping_add(add)
+}
+
 /// MurmurHash3_x64_128 (reference algorithm), result `h1 | h2 << 64`.
 pub fn murmur3_x64_128(data: &[u8], seed: u32) -> u128 {
-    const C1: u64 = 0x87c3_7b91_1142_53d5;
-    const C2: u64 = 0x4cf5_ad43_2745_937f;
     let len = data.len();
     let mut h1 = seed as u64;
     let mut h2 = seed as u64;
     let mut chunks = data.chunks_exact(16);
     for c in &mut chunks {
-        let mut k1 = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        let mut k2 = u64::from_le_bytes([c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15]]);
-        k1 = k1.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
-        h1 ^= k1;
-        h1 = h1
-            .rotate_left(27)
-            .wrapping_add(h2)
-            .wrapping_mul(5)
-            .wrapping_add(0x52dc_e729);
-        k2 = k2.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
-        h2 ^= k2;
-        h2 = h2
-            .rotate_left(31)
-            .wrapping_add(h1)
-            .wrapping_mul(5)
-            .wrapping_add(0x3849_5ab5);
+        let k1 = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let k2 = u64::from_le_bytes([c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15]]);
+        h1 = mix(h1 ^ scramble(k1, false), 27, h2, 0x52dc_e729);
+        h2 = mix(h2 ^ scramble(k2, true), 31, h1, 0x3849_5ab5);
     }
     let tail = chunks.remainder();
     let mut k1: u64 = 0;
@@ -218,12 +227,10 @@ pub fn murmur3_x64_128(data: &[u8], seed: u32) -> u128 {
         }
     }
     if tail.len() > 8 {
-        k2 = k2.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
-        h2 ^= k2;
+        h2 ^= scramble(k2, true);
     }
     if !tail.is_empty() {
-        k1 = k1.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
-        h1 ^= k1;
+        h1 ^= scramble(k1, false);
     }
     h1 ^= len as u64;
     h2 ^= len as u64;
