@@ -73,6 +73,9 @@ def positive_int(text: str) -> int:
 
 def add_plan_parser(subparsers: Any) -> None:
     """Register ``hybridkv plan``."""
+    from hybridkv.planner import BOUNDED_SIZINGS
+    from hybridkv.specs import MAMBA_CACHE_MODES
+
     p = subparsers.add_parser(
         "plan",
         help="plan KV-cache memory for a model: per-group pools and token capacity",
@@ -90,10 +93,10 @@ def add_plan_parser(subparsers: Any) -> None:
         "--kv-dtype", type=kv_dtype_type, default=None, help="bf16, fp8, ... or bytes per token"
     )
     p.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel ranks")
-    p.add_argument("--mamba-cache-mode", choices=("none", "align", "all"), default="align")
+    p.add_argument("--mamba-cache-mode", choices=MAMBA_CACHE_MODES, default="align")
     p.add_argument(
         "--bounded-sizing",
-        choices=("tight", "per_request"),
+        choices=BOUNDED_SIZINGS,
         default="tight",
         help="sliding-window / chunked pools: tight whole-step bound or per-request worst case",
     )
@@ -102,6 +105,7 @@ def add_plan_parser(subparsers: Any) -> None:
 
 
 def _layer_ranges(layers: Sequence[int]) -> str:
+    """``0-3,5,7-9`` for layers 0..3, 5 and 7..9; cut to 40 characters for the table."""
     parts: list[str] = []
     start = prev = layers[0]
     for layer in [*layers[1:], None]:
@@ -260,9 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc).splitlines()[0] if str(exc) else "hybridkv: error", file=sys.stderr)
         return 2
     except HybridKVError as exc:
-        command = " ".join(["hybridkv", *([] if argv is None else list(argv)[:1])])
-        if argv is None and len(sys.argv) > 1:
-            command = f"hybridkv {sys.argv[1]}"
+        subcommand = (sys.argv[1:] if argv is None else list(argv))[:1]
+        command = " ".join(["hybridkv", *subcommand])
         message = " ".join(str(exc).split())
         print(f"{command}: error: {message}", file=sys.stderr)
         return 2

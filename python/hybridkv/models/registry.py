@@ -69,6 +69,11 @@ def _check_options(tp: object, kv_dtype: object) -> ParseOptions:
     )
 
 
+def _int_or_none(value: object) -> int | None:
+    """Informative sizes read as-is from a config: kept only when they are ints."""
+    return value if isinstance(value, int) else None
+
+
 def model_from_config(
     config: Mapping[str, Any],
     *,
@@ -99,11 +104,9 @@ def model_from_config(
         model_type=model_type,
         source=source,
         tp=tp,
-        hidden_size=parsed.hidden_size if isinstance(parsed.hidden_size, int) else None,
-        vocab_size=parsed.vocab_size if isinstance(parsed.vocab_size, int) else None,
-        num_attention_heads=(
-            parsed.num_attention_heads if isinstance(parsed.num_attention_heads, int) else None
-        ),
+        hidden_size=_int_or_none(parsed.hidden_size),
+        vocab_size=_int_or_none(parsed.vocab_size),
+        num_attention_heads=_int_or_none(parsed.num_attention_heads),
         notes=parsed.notes,
     )
 
@@ -131,7 +134,8 @@ def load_model(
     if bundled is not None:
         name = bundled
         config = _read_json(CONFIG_DIR / name / "config.json")
-        source = model_source(name).splitlines()[0] if model_source(name) else name
+        note = model_source(name)
+        source = note.splitlines()[0] if note else name
         return model_from_config(config, name=name, source=source, tp=tp, kv_dtype=kv_dtype)
     if not isinstance(name_or_path, (str, Path)):
         raise InvalidArgumentError(f"name_or_path must be a str or Path, got {name_or_path!r}")
