@@ -25,7 +25,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hybridkv.kernels.common import cast_out, softplus
+from hybridkv.kernels.common import (
+    cast_out,
+    checkpoint_slot,
+    load_state,
+    request_tokens,
+    softplus,
+    store_state,
+)
 
 
 @triton.jit
@@ -77,8 +84,7 @@ def gated_delta_kernel(
     ik = tl.arange(0, DK_P2)
     v_ok = iv < head_v_dim
     k_ok = ik < head_k_dim
-    start = tl.load(query_start_loc_ptr + req)
-    length = tl.load(query_start_loc_ptr + req + 1) - start
+    start, length = request_tokens(query_start_loc_ptr, req)
     src = tl.load(src_ptr + req).to(tl.int64)
     dst = tl.load(dst_ptr + req).to(tl.int64)
     neg_a = -tl.exp(tl.load(a_log_ptr + head).to(tl.float32))
@@ -86,13 +92,11 @@ def gated_delta_kernel(
 
     mask2 = v_ok[:, None] & k_ok[None, :]
     s_off = head * stride_sh + iv[:, None] * stride_sv + ik[None, :]
-    if src >= 0:
-        s = tl.load(state_ptr + src * stride_sn + s_off, mask=mask2, other=0.0).to(tl.float32)
-    else:
-        s = tl.zeros([BLOCK_V, DK_P2], tl.float32)
+    s = load_state(state_ptr, src, stride_sn, s_off, mask2, BLOCK_V, DK_P2)
     first = 0
     if HAS_CKPT:
         first = tl.load(ckpt_first_ptr + req)
+        ckpt_row = ckpt_slots_ptr + req.to(tl.int64) * stride_ckpt
 
     for i in range(length):
         t = (start + i).to(tl.int64)
@@ -119,20 +123,6 @@ def gated_delta_kernel(
             mask=v_ok,
         )
         if HAS_CKPT:
-            done = i + 1
-            j = (done - first) // ckpt_every
-            hit = (done >= first) & (done < length) & ((done - first) % ckpt_every == 0)
-            if hit & (j < ckpt_cols):
-                slot = tl.load(ckpt_slots_ptr + req.to(tl.int64) * stride_ckpt + j).to(tl.int64)
-                if slot >= 0:
-                    tl.store(
-                        state_ptr + slot * stride_sn + s_off,
-                        cast_out(s, state_ptr.dtype.element_ty, INTERPRET),
-                        mask=mask2,
-                    )
-    if dst >= 0:
-        tl.store(
-            state_ptr + dst * stride_sn + s_off,
-            cast_out(s, state_ptr.dtype.element_ty, INTERPRET),
-            mask=mask2,
-        )
+            slot = checkpoint_slot(ckpt_row, i + 1, length, first, ckpt_every, ckpt_cols)
+            store_state(state_ptr, slot, stride_sn, s_off, mask2, s, INTERPRET)
+    store_state(state_ptr, dst, stride_sn, s_off, mask2, s, INTERPRET)

@@ -23,7 +23,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hybridkv.kernels.common import cast_out, softplus
+from hybridkv.kernels.common import (
+    cast_out,
+    checkpoint_slot,
+    load_state,
+    request_tokens,
+    softplus,
+    store_state,
+)
 
 
 @triton.jit
@@ -118,8 +125,7 @@ def conv1d_varlen_kernel(
     req = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    start = tl.load(query_start_loc_ptr + req)
-    length = tl.load(query_start_loc_ptr + req + 1) - start
+    start, length = request_tokens(query_start_loc_ptr, req)
     if tl.program_id(1) * BLOCK_T < length:
         src = tl.load(src_ptr + req).to(tl.int64)
         t_ok = t < length
@@ -184,8 +190,7 @@ def conv1d_state_kernel(
     req = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < conv_dim
-    start = tl.load(query_start_loc_ptr + req)
-    length = tl.load(query_start_loc_ptr + req + 1) - start
+    start, length = request_tokens(query_start_loc_ptr, req)
     if HAS_ENDS:
         length = tl.load(ends_ptr + req)
     src = tl.load(src_ptr + req).to(tl.int64)
@@ -271,20 +276,12 @@ def selective_state_update_kernel(
     cv = tl.load(c_ptr + t64 * stride_ct + grp * stride_cg + n, mask=n_ok, other=0.0)
     mask2 = p_ok[:, None] & n_ok[None, :]
     s_off = head * stride_sh + p[:, None] * stride_sp + n[None, :]
-    if src >= 0:
-        h = tl.load(state_ptr + src * stride_sn + s_off, mask=mask2, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros([BLOCK_P, N_P2], tl.float32)
+    h = load_state(state_ptr, src, stride_sn, s_off, mask2, BLOCK_P, N_P2)
     h = h * tl.exp(dt * a) + (dt * x)[:, None] * bv.to(tl.float32)[None, :]
     y = tl.sum(h * cv.to(tl.float32)[None, :], 1)
     if HAS_D:
         y += x * tl.load(d_ptr + head).to(tl.float32)
-    if dst >= 0:
-        tl.store(
-            state_ptr + dst * stride_sn + s_off,
-            cast_out(h, state_ptr.dtype.element_ty, INTERPRET),
-            mask=mask2,
-        )
+    store_state(state_ptr, dst, stride_sn, s_off, mask2, h, INTERPRET)
     tl.store(
         out_ptr + t64 * stride_ot + head * stride_oh + p,
         cast_out(y, out_ptr.dtype.element_ty, INTERPRET),
@@ -358,8 +355,7 @@ def ssd_chunk_scan_kernel(
     tt = tl.arange(0, CHUNK)
     p_ok = p < head_dim
     n_ok = n < d_state
-    start = tl.load(query_start_loc_ptr + req)
-    length = tl.load(query_start_loc_ptr + req + 1) - start
+    start, length = request_tokens(query_start_loc_ptr, req)
     src = tl.load(src_ptr + req).to(tl.int64)
     dst = tl.load(dst_ptr + req).to(tl.int64)
     grp = head // HEADS_PER_GROUP
@@ -371,14 +367,12 @@ def ssd_chunk_scan_kernel(
 
     mask2 = p_ok[:, None] & n_ok[None, :]
     s_off = head * stride_sh + p[:, None] * stride_sp + n[None, :]
-    if src >= 0:
-        h = tl.load(state_ptr + src * stride_sn + s_off, mask=mask2, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros([BLOCK_P, N_P2], tl.float32)
+    h = load_state(state_ptr, src, stride_sn, s_off, mask2, BLOCK_P, N_P2)
     causal = tt[:, None] >= tt[None, :]
     shift = 0
     if HAS_CKPT:
         first = tl.load(ckpt_first_ptr + req)
+        ckpt_row = ckpt_slots_ptr + req.to(tl.int64) * stride_ckpt
         shift = (CHUNK - first % CHUNK) % CHUNK
 
     for c0 in range(-shift, length, CHUNK):
@@ -432,20 +426,7 @@ def ssd_chunk_scan_kernel(
             tl.trans(xf * w[:, None]), bm.to(tl.float32), input_precision="ieee"
         )
         if HAS_CKPT:
-            end = c0 + CHUNK  # new tokens consumed so far
-            j = (end - first) // ckpt_every
-            hit = (end >= first) & (end < length) & ((end - first) % ckpt_every == 0)
-            if hit & (j < ckpt_cols):
-                slot = tl.load(ckpt_slots_ptr + req.to(tl.int64) * stride_ckpt + j).to(tl.int64)
-                if slot >= 0:
-                    tl.store(
-                        state_ptr + slot * stride_sn + s_off,
-                        cast_out(h, state_ptr.dtype.element_ty, INTERPRET),
-                        mask=mask2,
-                    )
-    if dst >= 0:
-        tl.store(
-            state_ptr + dst * stride_sn + s_off,
-            cast_out(h, state_ptr.dtype.element_ty, INTERPRET),
-            mask=mask2,
-        )
+            # c0 + CHUNK: the new tokens consumed so far.
+            slot = checkpoint_slot(ckpt_row, c0 + CHUNK, length, first, ckpt_every, ckpt_cols)
+            store_state(state_ptr, slot, stride_sn, s_off, mask2, h, INTERPRET)
+    store_state(state_ptr, dst, stride_sn, s_off, mask2, h, INTERPRET)

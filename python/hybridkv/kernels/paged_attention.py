@@ -25,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hybridkv.kernels.common import cast_out
+from hybridkv.kernels.common import cast_out, request_tokens
 
 
 @triton.jit
@@ -66,8 +66,7 @@ def paged_attention_kernel(
     tile = tl.program_id(1)
     kv_head = tl.program_id(2)
 
-    q_start = tl.load(query_start_loc_ptr + req)
-    q_len = tl.load(query_start_loc_ptr + req + 1) - q_start
+    q_start, q_len = request_tokens(query_start_loc_ptr, req)
     if tile * BLOCK_M < q_len:
         ctx = tl.load(seq_lens_ptr + req) - q_len  # tokens before this step's queries
 
