@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from hybridkv.errors import ModelConfigError
 from hybridkv.specs import DTYPE_BYTES, FullAttentionSpec, StateSpec
@@ -267,23 +267,26 @@ def layer_list(cfg: Mapping[str, Any], key: str, n: int, model_type: str) -> lis
     return value
 
 
+class LayerPeriod(NamedTuple):
+    """Layer kinds of a config without ``layer_types``: layer ``i`` is ``every`` when
+    ``(i + 1) % cfg[interval_key] == 0`` (``default_interval`` when the key is absent),
+    else ``other``."""
+
+    interval_key: str
+    default_interval: int
+    every: str
+    other: str
+
+
 def periodic_layer_kinds(
-    cfg: Mapping[str, Any],
-    model_type: str,
-    n: int,
-    *,
-    interval_key: str,
-    default_interval: int,
-    every: str,
-    other: str,
+    cfg: Mapping[str, Any], model_type: str, n: int, period: LayerPeriod
 ) -> list[str]:
-    """``layer_types`` when given, else layer ``i`` is ``every`` when
-    ``(i + 1) % cfg[interval_key] == 0`` and ``other`` otherwise."""
+    """``layer_types`` when given, else the kinds ``period`` describes."""
     kinds = layer_list(cfg, "layer_types", n, model_type)
     if kinds is not None:
         return kinds
-    interval = opt_int(cfg, interval_key, model_type, default_interval)
-    return [every if (i + 1) % interval == 0 else other for i in range(n)]
+    interval = opt_int(cfg, period.interval_key, model_type, period.default_interval)
+    return [period.every if (i + 1) % interval == 0 else period.other for i in range(n)]
 
 
 def specs_by_kind(kinds: Sequence[str], table: Mapping[str, Any], model_type: str) -> list[Any]:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hybridkv.models.parsers.common import (
+    LayerPeriod,
     Parsed,
     ParseOptions,
     config_attention_kwargs,
@@ -24,20 +25,14 @@ from hybridkv.specs import FullAttentionSpec, SlidingWindowSpec
 
 MODEL_TYPES = ("gemma3", "gemma3_text", "gpt_oss")
 
+_PERIOD = LayerPeriod("sliding_window_pattern", 6, "full_attention", "sliding_attention")
+
 
 def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
     """Also parses gpt-oss, whose ``layer_types`` alternate sliding and full layers."""
     cfg = text_config(config)
     n = need_int(cfg, "num_hidden_layers", model_type)
-    kinds = periodic_layer_kinds(
-        cfg,
-        model_type,
-        n,
-        interval_key="sliding_window_pattern",
-        default_interval=6,
-        every="full_attention",
-        other="sliding_attention",
-    )
+    kinds = periodic_layer_kinds(cfg, model_type, n, _PERIOD)
     kwargs = config_attention_kwargs(cfg, model_type, model_dtype(cfg, config), opts)
     table = {
         "full_attention": FullAttentionSpec(**kwargs),

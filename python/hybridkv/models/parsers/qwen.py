@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hybridkv.models.parsers.common import (
+    LayerPeriod,
     Parsed,
     ParseOptions,
     config_attention_kwargs,
@@ -26,19 +27,13 @@ from hybridkv.specs import FullAttentionSpec
 
 MODEL_TYPES = ("qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text")
 
+_PERIOD = LayerPeriod("full_attention_interval", 4, "full_attention", "linear_attention")
+
 
 def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
     cfg = text_config(config)
     n = need_int(cfg, "num_hidden_layers", model_type)
-    kinds = periodic_layer_kinds(
-        cfg,
-        model_type,
-        n,
-        interval_key="full_attention_interval",
-        default_interval=4,
-        every="full_attention",
-        other="linear_attention",
-    )
+    kinds = periodic_layer_kinds(cfg, model_type, n, _PERIOD)
     dtype = model_dtype(cfg, config)
     attn = FullAttentionSpec(**config_attention_kwargs(cfg, model_type, dtype, opts))
     state = gdn_state(
