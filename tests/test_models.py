@@ -423,3 +423,39 @@ def test_every_bundled_model_plans() -> None:
         covered = sorted([i for g in p.groups for i in g.layers] + list(p.encoder_only_layers))
         assert covered == list(range(m.num_layers))
         assert math.isfinite(p.max_concurrency)
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("gpt-oss-20b", "layer_types"),
+        ("granite-4.0-h-small", "layer_types"),
+        ("qwen3.5-4b", "layer_types"),
+        ("zamba2-2.7b", "layers_block_type"),
+    ],
+)
+def test_unknown_layer_kind_names_the_layer(name: str, key: str) -> None:
+    broken = cfg(name)
+    inner = broken.get("text_config", broken)
+    inner[key] = [*inner[key][:-1], "retention"]
+    last = len(inner[key]) - 1
+    with pytest.raises(ModelConfigError, match=f"unknown layer type 'retention' at layer {last}"):
+        model_from_config(broken)
+
+
+def test_periodic_layer_kinds_without_layer_types() -> None:
+    # Qwen3.5 lists layer_types; without them full_attention_interval decides, the same way.
+    listed = cfg("qwen3.5-4b")
+    inner = listed.get("text_config", listed)
+    interval = inner["full_attention_interval"]
+    del inner["layer_types"]
+    by_interval = model_from_config(listed)
+    assert by_interval.layer_specs == load_model("qwen3.5-4b").layer_specs
+    full = by_interval.layers_of_kind("full_attention")
+    assert full == tuple(i for i in range(by_interval.num_layers) if (i + 1) % interval == 0)
+    # Gemma 3 has no layer_types: every sliding_window_pattern-th layer is global.
+    gemma = cfg("gemma-3-27b-it")
+    gemma_text = gemma.get("text_config", gemma)
+    gemma_text["sliding_window_pattern"] = 2
+    globals_ = model_from_config(gemma).layers_of_kind("full_attention")
+    assert globals_ == tuple(range(1, gemma_text["num_hidden_layers"], 2))
