@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Any
@@ -68,14 +69,21 @@ def brute_pool_max(kind: str, span: int, bs: int, s: int, m: int, b: int) -> int
 small = st.integers
 
 
-@given(
-    kind=st.sampled_from(["sliding_window", "chunked_local"]),
-    span=small(1, 12),
-    bs=small(1, 6),
-    s=small(1, 3),
-    m=small(1, 40),
-    b=small(1, 14),
-)
+def window_cases(
+    *, span: int, bs: int, s: int, m: tuple[int, int], b: int
+) -> dict[str, st.SearchStrategy[Any]]:
+    """``@given`` arguments of a window-bound case: kind and sizes up to the given maxima."""
+    return {
+        "kind": st.sampled_from(["sliding_window", "chunked_local"]),
+        "span": small(1, span),
+        "bs": small(1, bs),
+        "s": small(1, s),
+        "m": small(*m),
+        "b": small(1, b),
+    }
+
+
+@given(**window_cases(span=12, bs=6, s=3, m=(1, 40), b=14))
 def test_tight_bound_against_brute_force(
     kind: str, span: int, bs: int, s: int, m: int, b: int
 ) -> None:
@@ -106,38 +114,18 @@ def test_tight_bound_against_brute_force(
 
 
 def test_tight_bound_exhaustive_small_grid() -> None:
-    for span in range(2, 9):
-        for bs in (1, 2, 3, 4):
-            for s in (1, 2, 3):
-                for b in (1, 3, 5, 8):
-                    m = span * bs + b + 3
-                    for kind in ("sliding_window", "chunked_local"):
-                        bound = window_pool_blocks(
-                            kind,
-                            span,
-                            block_size=bs,
-                            max_num_seqs=s,
-                            max_model_len=m,
-                            max_num_batched_tokens=b,
-                        )
-                        assert bound == brute_pool_max(kind, span, bs, s, m, b), (
-                            kind,
-                            span,
-                            bs,
-                            s,
-                            b,
-                        )
+    grid = itertools.product(
+        range(2, 9), (1, 2, 3, 4), (1, 2, 3), (1, 3, 5, 8), ("sliding_window", "chunked_local")
+    )
+    for span, bs, s, b, kind in grid:
+        m = span * bs + b + 3
+        bound = window_pool_blocks(
+            kind, span, block_size=bs, max_num_seqs=s, max_model_len=m, max_num_batched_tokens=b
+        )
+        assert bound == brute_pool_max(kind, span, bs, s, m, b), (kind, span, bs, s, b)
 
 
-@given(
-    kind=st.sampled_from(["sliding_window", "chunked_local"]),
-    span=small(1, 10),
-    bs=small(1, 5),
-    s=small(1, 4),
-    m=small(4, 48),
-    b=small(1, 12),
-    data=st.data(),
-)
+@given(data=st.data(), **window_cases(span=10, bs=5, s=4, m=(4, 48), b=12))
 def test_adversarial_schedules_never_exceed_the_bound(
     kind: str, span: int, bs: int, s: int, m: int, b: int, data: st.DataObject
 ) -> None:
