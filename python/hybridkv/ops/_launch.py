@@ -150,6 +150,27 @@ def check_checkpoints(
     return True
 
 
+def check_prefill_slots(
+    query_start_loc: torch.Tensor,
+    num_tokens: int,
+    src_slots: torch.Tensor,
+    dst_slots: torch.Tensor | None,
+    num_slots: int,
+    checkpoint_slots: torch.Tensor | None,
+    checkpoint_first: torch.Tensor | None,
+    checkpoint_every: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The per-request arguments of a prefill launcher over state slots, checked:
+    returns the requests' new-token counts (:func:`query_lengths`), their destination
+    slots (:func:`check_slot_pair`) and whether checkpoints are given
+    (:func:`check_checkpoints`)."""
+    lens = query_lengths(query_start_loc, num_tokens)
+    n = lens.shape[0]
+    dst = check_slot_pair(src_slots, dst_slots, n, num_slots)
+    has_ckpt = check_checkpoints(checkpoint_slots, checkpoint_first, checkpoint_every, n, num_slots)
+    return lens, dst, has_ckpt
+
+
 def checkpoint_kernel_args(
     slots: torch.Tensor | None,
     first: torch.Tensor | None,

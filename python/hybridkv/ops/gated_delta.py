@@ -9,16 +9,14 @@ import torch
 from hybridkv.kernels.gated_delta import gated_delta_kernel
 from hybridkv.ops._launch import (
     INDEX_DTYPES,
-    check_checkpoints,
     check_device,
+    check_prefill_slots,
     check_shape,
-    check_slot_pair,
     check_tensor,
     checkpoint_kernel_args,
     interpreted,
     next_pow2,
     optional,
-    query_lengths,
     require,
 )
 
@@ -73,11 +71,11 @@ def gated_delta_rule(
     check_shape("dt_bias", dt_bias, (hv,))
     check_shape("state", state, (state.shape[0], hv, dv, dk))
     require(hk > 0 and hv % hk == 0, f"num_v_heads {hv} is not a multiple of num_k_heads {hk}")
-    n = query_lengths(query_start_loc, t).shape[0]
-    dst = check_slot_pair(src_slots, dst_slots, n, state.shape[0])
-    has_ckpt = check_checkpoints(
-        checkpoint_slots, checkpoint_first, checkpoint_every, n, state.shape[0]
+    lens, dst, has_ckpt = check_prefill_slots(
+        *(query_start_loc, t, src_slots, dst_slots, state.shape[0]),
+        *(checkpoint_slots, checkpoint_first, checkpoint_every),
     )
+    n = lens.shape[0]
     out = torch.empty_like(v)
     check_device(
         gated_delta_kernel,

@@ -16,8 +16,8 @@ from hybridkv.kernels.mamba2 import (
     ssd_chunk_scan_kernel,
 )
 from hybridkv.ops._launch import (
-    check_checkpoints,
     check_device,
+    check_prefill_slots,
     check_shape,
     check_slot_pair,
     check_tensor,
@@ -25,7 +25,6 @@ from hybridkv.ops._launch import (
     interpreted,
     next_pow2,
     optional,
-    query_lengths,
     require,
 )
 
@@ -39,14 +38,8 @@ class _Conv:
     weight: torch.Tensor
     bias: torch.Tensor | None
     silu: bool
-
-    @property
-    def conv_dim(self) -> int:
-        return int(self.x.shape[1])
-
-    @property
-    def width(self) -> int:
-        return int(self.weight.shape[1])
+    conv_dim: int
+    width: int
 
     def operands(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The tensors the update and varlen kernels open with (no bias: ``x``, unread)."""
@@ -81,7 +74,7 @@ def _check_conv(
         check_tensor("bias", bias, ndim=1)
         check_shape("bias", bias, (conv_dim,))
     require(activation in (None, "silu"), f"activation must be None or 'silu', got {activation!r}")
-    return _Conv(x, conv_state, weight, bias, activation == "silu")
+    return _Conv(x, conv_state, weight, bias, activation == "silu", conv_dim, width)
 
 
 def causal_conv1d_update(
@@ -149,12 +142,11 @@ def causal_conv1d_prefill(
     source.
     """
     conv = _check_conv(x, conv_state, weight, bias, activation)
-    lens = query_lengths(query_start_loc, x.shape[0])
-    n = lens.shape[0]
-    dst = check_slot_pair(src_slots, dst_slots, n, conv_state.shape[0])
-    has_ckpt = check_checkpoints(
-        checkpoint_slots, checkpoint_first, checkpoint_every, n, conv_state.shape[0]
+    lens, dst, has_ckpt = check_prefill_slots(
+        *(query_start_loc, x.shape[0], src_slots, dst_slots, conv_state.shape[0]),
+        *(checkpoint_slots, checkpoint_first, checkpoint_every),
     )
+    n = lens.shape[0]
     out = torch.empty_like(x)
     check_device(
         conv1d_varlen_kernel,
@@ -225,26 +217,10 @@ class _SSM:
     C: torch.Tensor
     D: torch.Tensor | None
     dt_bias: torch.Tensor | None
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.x.shape[0])
-
-    @property
-    def heads(self) -> int:
-        return int(self.x.shape[1])
-
-    @property
-    def head_dim(self) -> int:
-        return int(self.x.shape[2])
-
-    @property
-    def d_state(self) -> int:
-        return int(self.B.shape[2])
-
-    @property
-    def num_slots(self) -> int:
-        return int(self.state.shape[0])
+    heads: int
+    head_dim: int
+    groups: int
+    d_state: int
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor given (for :func:`check_device`)."""
@@ -276,7 +252,7 @@ class _SSM:
 
     def flags(self, dt_softplus: bool) -> dict[str, Any]:
         return {
-            "HEADS_PER_GROUP": self.heads // self.B.shape[1],
+            "HEADS_PER_GROUP": self.heads // self.groups,
             "HAS_D": self.D is not None,
             "HAS_DT_BIAS": self.dt_bias is not None,
             "DT_SOFTPLUS": dt_softplus,
@@ -314,7 +290,7 @@ def _check_ssm(
         if per_head is not None:
             check_tensor(name, per_head, ndim=1)
             check_shape(name, per_head, (heads,))
-    return _SSM(state, x, dt, A, B, C, D, dt_bias)
+    return _SSM(state, x, dt, A, B, C, D, dt_bias, heads, head_dim, groups, d_state)
 
 
 def selective_state_update(
@@ -339,8 +315,8 @@ def selective_state_update(
     d_state]``; ``D``: ``[num_heads]``. Slots as in :func:`ssd_prefill`.
     """
     ssm = _check_ssm(state, x, dt, A, B, C, D, dt_bias)
-    n = ssm.num_tokens
-    dst = check_slot_pair(src_slots, dst_slots, n, ssm.num_slots)
+    n = x.shape[0]
+    dst = check_slot_pair(src_slots, dst_slots, n, state.shape[0])
     out = torch.empty_like(x)
     check_device(selective_state_update_kernel, *ssm.tensors(), src_slots, dst, out)
     if n == 0:
@@ -389,12 +365,12 @@ def ssd_prefill(
     a GPU that must be a multiple of 16).
     """
     ssm = _check_ssm(state, x, dt, A, B, C, D, dt_bias)
-    n = query_lengths(query_start_loc, ssm.num_tokens).shape[0]
-    dst = check_slot_pair(src_slots, dst_slots, n, ssm.num_slots)
-    require(chunk >= 1 and chunk == next_pow2(chunk), f"chunk must be a power of two: {chunk}")
-    has_ckpt = check_checkpoints(
-        checkpoint_slots, checkpoint_first, checkpoint_every, n, ssm.num_slots
+    lens, dst, has_ckpt = check_prefill_slots(
+        *(query_start_loc, x.shape[0], src_slots, dst_slots, state.shape[0]),
+        *(checkpoint_slots, checkpoint_first, checkpoint_every),
     )
+    n = lens.shape[0]
+    require(chunk >= 1 and chunk == next_pow2(chunk), f"chunk must be a power of two: {chunk}")
     out = torch.empty_like(x)
     check_device(
         ssd_chunk_scan_kernel,
