@@ -33,6 +33,7 @@ def test_full_attention_page_is_k_plus_v_per_token() -> None:
 
 def test_value_head_size_and_scales_and_fp8() -> None:
     spec = FullAttentionSpec(num_kv_heads=1, head_size=192, head_size_v=128, dtype="fp8")
+    assert spec.elements_per_token == 192 + 128
     assert spec.bytes_per_token == 192 + 128
     scaled = FullAttentionSpec(num_kv_heads=2, head_size=64, dtype="fp8", scale_bytes_per_token=8)
     assert scaled.bytes_per_token == 2 * 2 * 64 + 8
@@ -42,6 +43,7 @@ def test_custom_kv_dtype_any_integer() -> None:
     # packed 4-bit values plus a 4-byte norm: odd sizes are fine, nothing rounds.
     spec = FullAttentionSpec(num_kv_heads=8, head_size=128, custom_bytes_per_token=131)
     assert spec.bytes_per_token == 131
+    assert spec.elements_per_token == 2 * 8 * 128  # still reported; bytes ignore it
     assert spec.page_size_bytes(16) == 2096
     assert spec.page_size_bytes(3) == 393
 
@@ -49,6 +51,7 @@ def test_custom_kv_dtype_any_integer() -> None:
 def test_mla_has_one_latent_per_token() -> None:
     spec = MLASpec(kv_lora_rank=512, qk_rope_head_dim=64)
     assert spec.kind == "mla"
+    assert spec.elements_per_token == 512 + 64
     assert spec.bytes_per_token == (512 + 64) * 2  # no K/V factor 2
     assert spec.page_size_bytes(16) == 16 * 1152
     fp8 = MLASpec(kv_lora_rank=512, qk_rope_head_dim=64, custom_bytes_per_token=656)

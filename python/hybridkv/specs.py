@@ -67,25 +67,38 @@ def _check_block_size(block_size: int) -> None:
     _check_positive("block_size", block_size)
 
 
-def _check_kv_bytes(dtype: str, scale_bytes_per_token: int, custom: int | None) -> None:
-    """Validate the bytes-per-token fields attention and MLA specs share."""
-    dtype_bytes(dtype)
-    _check_positive("scale_bytes_per_token", scale_bytes_per_token, allow_zero=True)
-    if custom is not None:
-        _check_positive("custom_bytes_per_token", custom)
-
-
 class _TokenPages:
-    """Mixin of specs whose block holds ``block_size`` tokens of ``bytes_per_token`` each."""
+    """Mixin of attention and MLA specs: a block holds ``block_size`` tokens, each of
+    ``elements_per_token`` elements of ``dtype`` plus ``scale_bytes_per_token``, or of
+    ``custom_bytes_per_token`` bytes when that is set."""
+
+    # Dataclass fields of the specs using this mixin.
+    dtype: str
+    scale_bytes_per_token: int
+    custom_bytes_per_token: int | None
+
+    @property
+    def elements_per_token(self) -> int:
+        """Cache elements one token takes in one layer."""
+        raise NotImplementedError
 
     @property
     def bytes_per_token(self) -> int:
-        raise NotImplementedError
+        """Bytes one token takes in one layer's cache (plus scales)."""
+        if self.custom_bytes_per_token is not None:
+            return self.custom_bytes_per_token
+        return self.elements_per_token * dtype_bytes(self.dtype) + self.scale_bytes_per_token
 
     def page_size_bytes(self, block_size: int) -> int:
         """Bytes of one block of ``block_size`` tokens in one layer."""
         _check_block_size(block_size)
         return block_size * self.bytes_per_token
+
+    def _check_token_bytes(self) -> None:
+        dtype_bytes(self.dtype)  # raises InvalidArgumentError naming the known dtypes
+        _check_positive("scale_bytes_per_token", self.scale_bytes_per_token, allow_zero=True)
+        if self.custom_bytes_per_token is not None:
+            _check_positive("custom_bytes_per_token", self.custom_bytes_per_token)
 
 
 class _Growing:
@@ -130,16 +143,13 @@ class _AttentionFields(_TokenPages):
         _check_positive("head_size", self.head_size)
         if self.head_size_v is not None:
             _check_positive("head_size_v", self.head_size_v)
-        _check_kv_bytes(self.dtype, self.scale_bytes_per_token, self.custom_bytes_per_token)
+        self._check_token_bytes()
 
     @property
-    def bytes_per_token(self) -> int:
-        """Bytes one token takes in one layer's cache (K and V, plus scales)."""
-        if self.custom_bytes_per_token is not None:
-            return self.custom_bytes_per_token
+    def elements_per_token(self) -> int:
+        """K and V elements of one token in one layer: ``heads * (head_size + head_size_v)``."""
         v = self.head_size if self.head_size_v is None else self.head_size_v
-        elems = self.num_kv_heads * (self.head_size + v)
-        return elems * dtype_bytes(self.dtype) + self.scale_bytes_per_token
+        return self.num_kv_heads * (self.head_size + v)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,15 +252,12 @@ class MLASpec(_Growing, _TokenPages):
     def __post_init__(self) -> None:
         _check_positive("kv_lora_rank", self.kv_lora_rank)
         _check_positive("qk_rope_head_dim", self.qk_rope_head_dim, allow_zero=True)
-        _check_kv_bytes(self.dtype, self.scale_bytes_per_token, self.custom_bytes_per_token)
+        self._check_token_bytes()
 
     @property
-    def bytes_per_token(self) -> int:
-        """Bytes one token's latent takes in one layer."""
-        if self.custom_bytes_per_token is not None:
-            return self.custom_bytes_per_token
-        elems = self.kv_lora_rank + self.qk_rope_head_dim
-        return elems * dtype_bytes(self.dtype) + self.scale_bytes_per_token
+    def elements_per_token(self) -> int:
+        """Latent elements of one token in one layer: ``kv_lora_rank + qk_rope_head_dim``."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
 
 
 @dataclass(frozen=True, kw_only=True)
