@@ -542,29 +542,28 @@ def plan_memory(
     if bounded_sizing not in BOUNDED_SIZINGS:
         raise PlanError(f"bounded_sizing must be one of {BOUNDED_SIZINGS}, got {bounded_sizing!r}")
     pending, encoder_only = _groups(model, limits)
-    sizes: list[tuple[int, str] | None] = []
-    bounded_bytes = 0
-    for g in pending:
-        if g.grows:
-            sizes.append(None)
-            continue
-        n, sizing = _bounded_blocks(g, limits, bounded_sizing)
-        sizes.append((n + 1, sizing))
-        bounded_bytes += (n + 1) * g.page_size_bytes
+    # Bounded pools first, each with its null block: group index -> (blocks, sizing).
+    bounded: dict[int, tuple[int, str]] = {}
+    for i, g in enumerate(pending):
+        if not g.grows:
+            n, sizing = _bounded_blocks(g, limits, bounded_sizing)
+            bounded[i] = (n + 1, sizing)
+    bounded_bytes = sum(n * pending[i].page_size_bytes for i, (n, _) in bounded.items())
     if bounded_bytes > memory_bytes:
         parts = ", ".join(
-            f"{_describe(g)}: {s[0] * g.page_size_bytes} B"
-            for g, s in zip(pending, sizes, strict=True)
-            if s is not None
+            f"{_describe(pending[i])}: {n * pending[i].page_size_bytes} B"
+            for i, (n, _) in bounded.items()
         )
         raise PlanError(
             f"bounded pools need {bounded_bytes} bytes ({parts}) but memory_bytes is "
             f"{memory_bytes}: short by {bounded_bytes - memory_bytes} bytes"
         )
+    # The growing groups share the rest with equal block counts (null block included).
     growing_page = sum(g.page_size_bytes for g in pending if g.grows)
+    blocks = 0
     if growing_page:
         rest = memory_bytes - bounded_bytes
-        blocks = rest // growing_page  # null block included
+        blocks = rest // growing_page
         need = cdiv(max_model_len, block_size) + 1
         if blocks < need:
             raise PlanError(
@@ -573,11 +572,10 @@ def plan_memory(
                 f"{max_model_len} needs {need - 1} blocks of {growing_page} bytes: short by "
                 f"{need * growing_page - rest} bytes"
             )
-        sizes = [(blocks, "growing") if s is None else s for s in sizes]
-    plans = []
-    for i, (g, s) in enumerate(zip(pending, sizes, strict=True)):
-        assert s is not None
-        plans.append(_group_plan(i, g, block_size, s[0], s[1]))
+    plans = [
+        _group_plan(i, g, block_size, *bounded.get(i, (blocks, "growing")))
+        for i, g in enumerate(pending)
+    ]
     return _finish(
         model, plans, encoder_only, limits, memory_bytes=memory_bytes, bounded_sizing=bounded_sizing
     )
