@@ -24,7 +24,7 @@ entry ``cdiv(c + n, bs) - 1``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -520,7 +520,8 @@ class CachedRunner:
                         window_nulls += int((table[r, : max(live, 0)] == 0).sum())
 
         decode = [r for r in range(n) if new[r] == 1 and comp[r] > 0]
-        prefill = [r for r in range(n) if r not in set(decode)]
+        prefill = [r for r in range(n) if r not in decode]
+        steps = {gi: _StateStep(qsl, src[gi], dst[gi], ckpt[gi], prefill, decode) for gi in src}
         self.traces.append(
             StepTrace(
                 step=len(self.traces),
@@ -552,9 +553,9 @@ class CachedRunner:
                 )
                 x = x + o.reshape(o.shape[0], -1) @ w[f"{i}.o"].T
             elif kind == MAMBA2:
-                x = x + self._mamba(i, h, qsl, src[gi], dst[gi], ckpt[gi], prefill, decode)
+                x = x + self._mamba(i, h, steps[gi])
             else:
-                x = x + self._gdn(i, h, qsl, src[gi], dst[gi], ckpt[gi], prefill, decode)
+                x = x + self._gdn(i, h, steps[gi])
             x = x + self.model._mlp(i, x)
 
         last = [qsl_list[r + 1] - 1 for r in range(n) if sample_rows[r]]
@@ -579,159 +580,106 @@ class CachedRunner:
         padded = [x + [-1] * (width - len(x)) for x in rows]
         return torch.tensor(padded, dtype=torch.int64), torch.tensor(firsts), bs
 
-    @staticmethod
-    def _ckpt_args(ckpt: tuple[torch.Tensor, torch.Tensor, int], rows: list[int]) -> dict[str, Any]:
-        slots, first, every = ckpt
-        return {
-            "checkpoint_slots": slots[rows].contiguous(),
-            "checkpoint_first": first[rows].contiguous(),
-            "checkpoint_every": every,
-        }
+    def _conv(
+        self, i: int, xbc: torch.Tensor, bias: torch.Tensor | None, step: _StateStep
+    ) -> torch.Tensor:
+        conv_state = self.caches[i][0]
+        weight = self.model.w[f"{i}.conv_w"]
+        return step.run(
+            torch.empty_like(xbc),
+            ops.causal_conv1d_prefill,
+            ops.causal_conv1d_update,
+            lambda idx: (*_rows(idx, xbc), conv_state, weight, bias),
+        )
 
-    @staticmethod
-    def _subsets(qsl: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mamba(self, i: int, h: torch.Tensor, step: _StateStep) -> torch.Tensor:
+        w = self.model.w
+        z, xbc, dt = self.model._mamba_in(i, h)
+        xbc = self._conv(i, xbc, w[f"{i}.conv_b"], step)
+        xs, b, cc = self.model._mamba_split(xbc)
+        ssm = self.caches[i][1]
+        a, d, dt_bias = (w[f"{i}.{name}"].float() for name in ("A", "D", "dt_bias"))
+        y = step.run(
+            torch.empty_like(xs),
+            ops.ssd_prefill,
+            ops.selective_state_update,
+            lambda idx: (ssm, *_rows(idx, xs, dt), a, *_rows(idx, b, cc), d, dt_bias),
+        )
+        return self.model._mamba_out(i, y, z)
+
+    def _gdn(self, i: int, h: torch.Tensor, step: _StateStep) -> torch.Tensor:
+        w = self.model.w
+        qkv, z, a, b = self.model._gdn_in(i, h)
+        qkv = self._conv(i, qkv, None, step)
+        q, k, v = self.model._gdn_split(qkv)
+        state = self.caches[i][1]
+        a_log, dt_bias = w[f"{i}.A_log"].float(), w[f"{i}.dt_bias"].float()
+        o = step.run(
+            torch.empty_like(v),
+            ops.gated_delta_rule,
+            ops.gated_delta_decode,
+            lambda idx: (state, *_rows(idx, q, k, v, a, b), a_log, dt_bias),
+        )
+        return self.model._gdn_out(i, o, z)
+
+
+def _rows(idx: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Token rows ``idx`` of each tensor, contiguous (as the launchers want them)."""
+    return [t[idx].contiguous() for t in tensors]
+
+
+@dataclass(frozen=True)
+class _StateStep:
+    """One step's batch as a state group sees it: per request the source and
+    destination slots and mid-step checkpoints (``slots, first, every``), and which
+    requests run as prefill (several new tokens, or the first) and which as decode."""
+
+    qsl: torch.Tensor
+    src: torch.Tensor
+    dst: torch.Tensor
+    ckpt: tuple[torch.Tensor, torch.Tensor, int]
+    prefill: list[int]
+    decode: list[int]
+
+    def _tokens(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token indices of requests ``rows`` and their own ``query_start_loc``."""
         idx: list[int] = []
         sub = [0]
         for r in rows:
-            a, b = int(qsl[r]), int(qsl[r + 1])
+            a, b = int(self.qsl[r]), int(self.qsl[r + 1])
             idx.extend(range(a, b))
             sub.append(sub[-1] + b - a)
         return torch.tensor(idx, dtype=torch.long), torch.tensor(sub, dtype=torch.int32)
 
-    def _conv(
+    def run(
         self,
-        i: int,
-        xbc: torch.Tensor,
-        bias: torch.Tensor | None,
-        qsl: torch.Tensor,
-        src: torch.Tensor,
-        dst: torch.Tensor,
-        ckpt: tuple[torch.Tensor, torch.Tensor, int],
-        prefill: list[int],
-        decode: list[int],
+        out: torch.Tensor,
+        prefill_op: Callable[..., torch.Tensor],
+        decode_op: Callable[..., torch.Tensor],
+        operands: Callable[[torch.Tensor], Sequence[Any]],
     ) -> torch.Tensor:
-        conv_state = self.caches[i][0]
-        weight = self.model.w[f"{i}.conv_w"]
-        out = torch.empty_like(xbc)
-        if prefill:
-            idx, sub = self._subsets(qsl, prefill)
-            out[idx] = ops.causal_conv1d_prefill(
-                xbc[idx].contiguous(),
-                conv_state,
-                weight,
-                bias,
+        """Fill ``out``'s token rows through a state op's two launchers and return it.
+
+        ``operands(idx)`` gives the launcher's leading arguments for token rows
+        ``idx``; prefill requests then pass their ``query_start_loc``, slots and
+        checkpoints, decode requests their slots.
+        """
+        if self.prefill:
+            idx, sub = self._tokens(self.prefill)
+            slots, first, every = self.ckpt
+            out[idx] = prefill_op(
+                *operands(idx),
                 sub,
-                src[prefill],
-                dst[prefill],
-                **self._ckpt_args(ckpt, prefill),
+                self.src[self.prefill],
+                self.dst[self.prefill],
+                checkpoint_slots=slots[self.prefill].contiguous(),
+                checkpoint_first=first[self.prefill].contiguous(),
+                checkpoint_every=every,
             )
-        if decode:
-            idx, _ = self._subsets(qsl, decode)
-            out[idx] = ops.causal_conv1d_update(
-                xbc[idx].contiguous(), conv_state, weight, bias, src[decode], dst[decode]
-            )
+        if self.decode:
+            idx, _ = self._tokens(self.decode)
+            out[idx] = decode_op(*operands(idx), self.src[self.decode], self.dst[self.decode])
         return out
-
-    def _mamba(
-        self,
-        i: int,
-        h: torch.Tensor,
-        qsl: torch.Tensor,
-        src: torch.Tensor,
-        dst: torch.Tensor,
-        ckpt: tuple[torch.Tensor, torch.Tensor, int],
-        prefill: list[int],
-        decode: list[int],
-    ) -> torch.Tensor:
-        w = self.model.w
-        z, xbc, dt = self.model._mamba_in(i, h)
-        xbc = self._conv(i, xbc, w[f"{i}.conv_b"], qsl, src, dst, ckpt, prefill, decode)
-        xs, b, cc = self.model._mamba_split(xbc)
-        ssm = self.caches[i][1]
-        params = (w[f"{i}.A"].float(), w[f"{i}.D"].float(), w[f"{i}.dt_bias"].float())
-        y = torch.empty_like(xs)
-        if prefill:
-            idx, sub = self._subsets(qsl, prefill)
-            y[idx] = ops.ssd_prefill(
-                ssm,
-                xs[idx].contiguous(),
-                dt[idx].contiguous(),
-                params[0],
-                b[idx].contiguous(),
-                cc[idx].contiguous(),
-                params[1],
-                params[2],
-                sub,
-                src[prefill],
-                dst[prefill],
-                **self._ckpt_args(ckpt, prefill),
-            )
-        if decode:
-            idx, _ = self._subsets(qsl, decode)
-            y[idx] = ops.selective_state_update(
-                ssm,
-                xs[idx].contiguous(),
-                dt[idx].contiguous(),
-                params[0],
-                b[idx].contiguous(),
-                cc[idx].contiguous(),
-                params[1],
-                params[2],
-                src[decode],
-                dst[decode],
-            )
-        return self.model._mamba_out(i, y, z)
-
-    def _gdn(
-        self,
-        i: int,
-        h: torch.Tensor,
-        qsl: torch.Tensor,
-        src: torch.Tensor,
-        dst: torch.Tensor,
-        ckpt: tuple[torch.Tensor, torch.Tensor, int],
-        prefill: list[int],
-        decode: list[int],
-    ) -> torch.Tensor:
-        w = self.model.w
-        qkv, z, a, b = self.model._gdn_in(i, h)
-        qkv = self._conv(i, qkv, None, qsl, src, dst, ckpt, prefill, decode)
-        q, k, v = self.model._gdn_split(qkv)
-        state = self.caches[i][1]
-        a_log, dt_bias = w[f"{i}.A_log"].float(), w[f"{i}.dt_bias"].float()
-        o = torch.empty_like(v)
-        if prefill:
-            idx, sub = self._subsets(qsl, prefill)
-            o[idx] = ops.gated_delta_rule(
-                state,
-                q[idx].contiguous(),
-                k[idx].contiguous(),
-                v[idx].contiguous(),
-                a[idx].contiguous(),
-                b[idx].contiguous(),
-                a_log,
-                dt_bias,
-                sub,
-                src[prefill],
-                dst[prefill],
-                **self._ckpt_args(ckpt, prefill),
-            )
-        if decode:
-            idx, _ = self._subsets(qsl, decode)
-            o[idx] = ops.gated_delta_decode(
-                state,
-                q[idx].contiguous(),
-                k[idx].contiguous(),
-                v[idx].contiguous(),
-                a[idx].contiguous(),
-                b[idx].contiguous(),
-                a_log,
-                dt_bias,
-                src[decode],
-                dst[decode],
-            )
-        return self.model._gdn_out(i, o, z)
 
 
 # ---------------------------------------------------------------------------------------
