@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+
 import torch
 from hybridkv.ops.tolerances import tolerance
 from hypothesis import strategies as st
@@ -16,6 +18,50 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -
     assert actual.dtype == expected.dtype, what
     assert not torch.isnan(actual).any(), f"{what}: NaN in kernel output"
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+def check_state_op(
+    kernel: Callable[[torch.Tensor], torch.Tensor],
+    ref: Callable[[torch.Tensor], torch.Tensor],
+    state: torch.Tensor,
+    what: str,
+    *,
+    exact_state: bool = False,
+) -> None:
+    """Run a state-updating op as ``kernel(state)`` and ``ref(state)``, each on its own
+    copy of ``state``: the outputs must agree (:func:`assert_close`), and so must the
+    updated states (bit for bit when ``exact_state``)."""
+    s_k, s_r = state.clone(), state.clone()
+    out = kernel(s_k)
+    expected = ref(s_r)
+    assert_close(out, expected, f"{what} out")
+    if exact_state:
+        assert torch.equal(s_k, s_r), f"{what} state"
+    else:
+        assert_close(s_k, s_r, f"{what} state")
+
+
+class Draw:
+    """Seeded random test inputs, all drawn in order from one generator."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def normal(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal values (drawn in fp32), converted to ``dtype``."""
+        return torch.randn(*shape, generator=self.generator).to(dtype)
+
+    def uniform(self, *shape: int) -> torch.Tensor:
+        """Uniform fp32 values in ``[0, 1)``."""
+        return torch.rand(*shape, generator=self.generator)
+
+
+def token_rows(
+    inputs: Mapping[str, torch.Tensor], keys: Sequence[str], num_tokens: int, start: int, stop: int
+) -> list[torch.Tensor]:
+    """``inputs[k]`` for each of ``keys``, cut to token rows ``start:stop`` where it has
+    one row per token (``num_tokens`` rows); per-head parameters pass whole."""
+    return [inputs[k][start:stop] if inputs[k].shape[0] == num_tokens else inputs[k] for k in keys]
 
 
 @st.composite

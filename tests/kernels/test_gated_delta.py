@@ -9,7 +9,17 @@ from hybridkv.errors import InvalidArgumentError
 from hybridkv.ops import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel_helpers import DTYPES, assert_close, checkpoint_args, dtypes, offsets, slot_pairs
+from kernel_helpers import (
+    DTYPES,
+    Draw,
+    assert_close,
+    check_state_op,
+    checkpoint_args,
+    dtypes,
+    offsets,
+    slot_pairs,
+    token_rows,
+)
 
 NUM_SLOTS = 16  # room for per-request checkpoint slots
 
@@ -17,20 +27,16 @@ NUM_SLOTS = 16  # room for per-request checkpoint slots
 def _inputs(
     t: int, hk: int, hv: int, dk: int, dv: int, dtype: torch.dtype, seed: int
 ) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g)
-
+    r = Draw(seed)
     return {
-        "state": r(NUM_SLOTS, hv, dv, dk),
-        "q": r(t, hk, dk).to(dtype),
-        "k": r(t, hk, dk).to(dtype),
-        "v": r(t, hv, dv).to(dtype),
-        "a": r(t, hv).to(dtype),
-        "b": r(t, hv).to(dtype),
-        "A_log": r(hv) * 0.5,
-        "dt_bias": r(hv),
+        "state": r.normal(NUM_SLOTS, hv, dv, dk),
+        "q": r.normal(t, hk, dk, dtype=dtype),
+        "k": r.normal(t, hk, dk, dtype=dtype),
+        "v": r.normal(t, hv, dv, dtype=dtype),
+        "a": r.normal(t, hv, dtype=dtype),
+        "b": r.normal(t, hv, dtype=dtype),
+        "A_log": r.normal(hv) * 0.5,
+        "dt_bias": r.normal(hv),
     }
 
 
@@ -67,12 +73,13 @@ def test_gated_delta_prefill_matches_reference(
     qsl = offsets(lengths)
     src_t, dst_t = torch.tensor(src), torch.tensor(dst)
     ck = data.draw(checkpoint_args(src, dst, NUM_SLOTS))
-    s_k, s_r = a["state"].clone(), a["state"].clone()
     args = [a[k] for k in _ARGS]
-    out = ops.gated_delta_rule(s_k, *args, qsl, src_t, dst_t, use_l2norm=l2norm, **ck)
-    ref = reference.gated_delta_rule(s_r, *args, qsl, src_t, dst_t, use_l2norm=l2norm, **ck)
-    assert_close(out, ref, "gdn o")
-    assert_close(s_k, s_r, "gdn state")
+    check_state_op(
+        lambda s: ops.gated_delta_rule(s, *args, qsl, src_t, dst_t, use_l2norm=l2norm, **ck),
+        lambda s: reference.gated_delta_rule(s, *args, qsl, src_t, dst_t, use_l2norm=l2norm, **ck),
+        a["state"],
+        "gdn",
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -83,15 +90,12 @@ def test_gated_delta_prefill_then_decode(dtype: torch.dtype) -> None:
     ref = reference.gated_delta_rule(
         s_r, *[a[k] for k in _ARGS], offsets([6]), torch.tensor([-1]), torch.tensor([2])
     )
-
-    def rows(i: int, j: int) -> list[torch.Tensor]:
-        return [a[k][i:j] if a[k].shape[0] == 6 else a[k] for k in _ARGS]
-
-    outs = [
-        ops.gated_delta_rule(s_k, *rows(0, 4), offsets([4]), torch.tensor([-1]), torch.tensor([2]))
-    ]
+    pre = token_rows(a, _ARGS, 6, 0, 4)
+    outs = [ops.gated_delta_rule(s_k, *pre, offsets([4]), torch.tensor([-1]), torch.tensor([2]))]
     for i in (4, 5):
-        outs.append(ops.gated_delta_decode(s_k, *rows(i, i + 1), torch.tensor([2])))
+        outs.append(
+            ops.gated_delta_decode(s_k, *token_rows(a, _ARGS, 6, i, i + 1), torch.tensor([2]))
+        )
     assert_close(torch.cat(outs), ref, "gdn prefill+decode o")
     assert_close(s_k[2], s_r[2], "gdn prefill+decode state")
 

@@ -9,7 +9,17 @@ from hybridkv.errors import InvalidArgumentError
 from hybridkv.ops import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel_helpers import DTYPES, assert_close, checkpoint_args, dtypes, offsets, slot_pairs
+from kernel_helpers import (
+    DTYPES,
+    Draw,
+    assert_close,
+    check_state_op,
+    checkpoint_args,
+    dtypes,
+    offsets,
+    slot_pairs,
+    token_rows,
+)
 
 NUM_SLOTS = 16  # room for per-request checkpoint slots
 
@@ -17,11 +27,11 @@ NUM_SLOTS = 16  # room for per-request checkpoint slots
 def _conv_inputs(
     lengths: list[int], conv_dim: int, width: int, dtype: torch.dtype, seed: int
 ) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(sum(lengths), conv_dim, generator=g).to(dtype)
-    state = torch.randn(NUM_SLOTS, width - 1, conv_dim, generator=g).to(dtype)
-    weight = torch.randn(conv_dim, width, generator=g).to(dtype)
-    bias = torch.randn(conv_dim, generator=g).to(dtype)
+    r = Draw(seed)
+    x = r.normal(sum(lengths), conv_dim, dtype=dtype)
+    state = r.normal(NUM_SLOTS, width - 1, conv_dim, dtype=dtype)
+    weight = r.normal(conv_dim, width, dtype=dtype)
+    bias = r.normal(conv_dim, dtype=dtype)
     return x, state, weight, bias
 
 
@@ -50,14 +60,18 @@ def test_conv1d_prefill_matches_reference(
     b = bias if has_bias else None
     qsl = offsets(lengths)
     ck = data.draw(checkpoint_args(src, dst, NUM_SLOTS))
-    s_k, s_r = state.clone(), state.clone()
     src_t, dst_t = torch.tensor(src), torch.tensor(dst)
-    out = ops.causal_conv1d_prefill(
-        x, s_k, weight, b, qsl, src_t, dst_t, activation=activation, **ck
+    check_state_op(
+        lambda s: ops.causal_conv1d_prefill(
+            x, s, weight, b, qsl, src_t, dst_t, activation=activation, **ck
+        ),
+        lambda s: reference.causal_conv1d(
+            x, s, weight, b, qsl, src_t, dst_t, activation=activation, **ck
+        ),
+        state,
+        "conv",
+        exact_state=True,
     )
-    ref = reference.causal_conv1d(x, s_r, weight, b, qsl, src_t, dst_t, activation=activation, **ck)
-    assert_close(out, ref, "conv out")
-    assert torch.equal(s_k, s_r), "conv state"
 
 
 @settings(max_examples=25, deadline=None)
@@ -73,12 +87,14 @@ def test_conv1d_update_matches_reference(
 ) -> None:
     src, dst = data.draw(slot_pairs(n, NUM_SLOTS))
     x, state, weight, bias = _conv_inputs([1] * n, conv_dim, width, dtype, n * conv_dim)
-    s_k, s_r = state.clone(), state.clone()
     src_t, dst_t = torch.tensor(src), torch.tensor(dst)
-    out = ops.causal_conv1d_update(x, s_k, weight, bias, src_t, dst_t)
-    ref = reference.causal_conv1d_update(x, s_r, weight, bias, src_t, dst_t)
-    assert_close(out, ref, "conv update out")
-    assert torch.equal(s_k, s_r), "conv update state"
+    check_state_op(
+        lambda s: ops.causal_conv1d_update(x, s, weight, bias, src_t, dst_t),
+        lambda s: reference.causal_conv1d_update(x, s, weight, bias, src_t, dst_t),
+        state,
+        "conv update",
+        exact_state=True,
+    )
 
 
 def test_conv1d_prefill_then_update_equals_one_long_prefill() -> None:
@@ -100,20 +116,16 @@ def test_conv1d_prefill_then_update_equals_one_long_prefill() -> None:
 def _ssm_inputs(
     t: int, heads: int, head_dim: int, groups: int, d_state: int, dtype: torch.dtype, seed: int
 ) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g)
-
+    r = Draw(seed)
     return {
-        "state": r(NUM_SLOTS, heads, head_dim, d_state),
-        "x": r(t, heads, head_dim).to(dtype),
-        "dt": r(t, heads).to(dtype),
-        "A": -torch.rand(heads, generator=g) * 2 - 0.1,
-        "B": r(t, groups, d_state).to(dtype),
-        "C": r(t, groups, d_state).to(dtype),
-        "D": r(heads),
-        "dt_bias": r(heads),
+        "state": r.normal(NUM_SLOTS, heads, head_dim, d_state),
+        "x": r.normal(t, heads, head_dim, dtype=dtype),
+        "dt": r.normal(t, heads, dtype=dtype),
+        "A": -r.uniform(heads) * 2 - 0.1,
+        "B": r.normal(t, groups, d_state, dtype=dtype),
+        "C": r.normal(t, groups, d_state, dtype=dtype),
+        "D": r.normal(heads),
+        "dt_bias": r.normal(heads),
     }
 
 
@@ -158,14 +170,17 @@ def test_ssd_prefill_matches_recurrence(
     qsl = offsets(lengths)
     src_t, dst_t = torch.tensor(src), torch.tensor(dst)
     ck = data.draw(checkpoint_args(src, dst, NUM_SLOTS))
-    s_k, s_r = a["state"].clone(), a["state"].clone()
     args = [a[k] for k in _ARGS]
-    out = ops.ssd_prefill(
-        s_k, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus, chunk=chunk, **ck
+    check_state_op(
+        lambda s: ops.ssd_prefill(
+            s, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus, chunk=chunk, **ck
+        ),
+        lambda s: reference.mamba2_ssm(
+            s, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus, **ck
+        ),
+        a["state"],
+        "ssd",
     )
-    ref = reference.mamba2_ssm(s_r, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus, **ck)
-    assert_close(out, ref, "ssd y")
-    assert_close(s_k, s_r, "ssd state")
 
 
 @settings(max_examples=25, deadline=None)
@@ -191,12 +206,13 @@ def test_selective_state_update_matches_reference(
     heads = groups * heads_per_group
     a = _ssm_inputs(n, heads, head_dim, groups, d_state, dtype, n * head_dim)
     src_t, dst_t = torch.tensor(src), torch.tensor(dst)
-    s_k, s_r = a["state"].clone(), a["state"].clone()
-    args = [a[k] for k in _ARGS]
-    out = ops.selective_state_update(s_k, *args, a["D"], a["dt_bias"], src_t, dst_t)
-    ref = reference.selective_state_update(s_r, *args, a["D"], a["dt_bias"], src_t, dst_t)
-    assert_close(out, ref, "ssu y")
-    assert_close(s_k, s_r, "ssu state")
+    args = [a[k] for k in (*_ARGS, "D", "dt_bias")]
+    check_state_op(
+        lambda s: ops.selective_state_update(s, *args, src_t, dst_t),
+        lambda s: reference.selective_state_update(s, *args, src_t, dst_t),
+        a["state"],
+        "ssu",
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -207,10 +223,10 @@ def test_ssd_prefill_then_decode_equals_recurrence(dtype: torch.dtype) -> None:
     ref = reference.mamba2_ssm(
         s_r, *[a[k] for k in _ARGS], a["D"], a["dt_bias"], offsets([12]), torch.tensor([5])
     )
-    pre = [a[k][:10] if a[k].shape[0] == 12 else a[k] for k in _ARGS]
+    pre = token_rows(a, _ARGS, 12, 0, 10)
     outs = [ops.ssd_prefill(s_k, *pre, a["D"], a["dt_bias"], offsets([10]), torch.tensor([5]))]
     for i in (10, 11):
-        step = [a[k][i : i + 1] if a[k].shape[0] == 12 else a[k] for k in _ARGS]
+        step = token_rows(a, _ARGS, 12, i, i + 1)
         outs.append(ops.selective_state_update(s_k, *step, a["D"], a["dt_bias"], torch.tensor([5])))
     assert_close(torch.cat(outs), ref, "prefill+decode y")
     assert_close(s_k, s_r, "prefill+decode state")
@@ -283,7 +299,7 @@ def test_checkpoints_equal_the_state_of_a_shorter_prefill(every: int) -> None:
     for j in range(cols):
         m = first + j * every
         p_ssm, p_conv = a["state"].clone(), state.clone()
-        rows = [a[k][:m] if a[k].shape[0] == n_tok else a[k] for k in _ARGS]
+        rows = token_rows(a, _ARGS, n_tok, 0, m)
         ops.ssd_prefill(p_ssm, *rows, a["D"], a["dt_bias"], offsets([m]), src, dst)
         ops.causal_conv1d_prefill(x[:m], p_conv, weight, bias, offsets([m]), src, dst)
         assert_close(s_ssm[2 + j], p_ssm[1], f"ssm checkpoint {j}")
