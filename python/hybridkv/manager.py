@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -137,7 +137,12 @@ def _group_tuple(i: int, g: GroupLike) -> tuple[str, int, int, int]:
             kind, "max_encoder_len"
         )
         raise InvalidArgumentError(f"group {i}: a {kind} group needs {what}")
-    return kind, int(g.block_size), int(g.num_blocks), int(param)
+    return (
+        kind,
+        _int_scalar(g.block_size, f"group {i}: block_size"),
+        _int_scalar(g.num_blocks, f"group {i}: num_blocks"),
+        _int_scalar(param, f"group {i}: parameter"),
+    )
 
 
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
@@ -214,6 +219,15 @@ def _is_int(x: object) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
+def _int_scalar(x: object, what: str) -> int:
+    """An int64 from a Python or numpy integer (not a bool, float or string)."""
+    if _is_int(x):
+        v = int(cast("int | np.integer[Any]", x))
+        if _I64_MIN <= v <= _I64_MAX:
+            return v
+    raise InvalidArgumentError(f"{what} must be an int in the int64 range, got {x!r}")
+
+
 def _per_request_list(value: object, n: int, what: str) -> list[Any]:
     """A per-request sequence as a list of exactly ``n`` entries."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
@@ -260,10 +274,12 @@ class KVCacheManager:
         enable_kv_events: bool = False,
     ) -> None:
         groups = [_group_tuple(i, g) for i, g in enumerate(plan.groups)]
-        if not 0 <= int(hash_seed) < 1 << 64:
-            raise InvalidArgumentError(f"hash_seed must be a 64-bit unsigned int, got {hash_seed}")
-        if vocab_size is not None and int(vocab_size) <= 0:
-            raise InvalidArgumentError(f"vocab_size must be positive, got {vocab_size}")
+        if not (_is_int(hash_seed) and 0 <= int(hash_seed) < 1 << 64):
+            raise InvalidArgumentError(
+                f"hash_seed must be a 64-bit unsigned int, got {hash_seed!r}"
+            )
+        if vocab_size is not None and not (_is_int(vocab_size) and 0 < int(vocab_size) < 1 << 64):
+            raise InvalidArgumentError(f"vocab_size must be a positive int, got {vocab_size!r}")
         self.plan = plan
         self.group_kinds: tuple[str, ...] = tuple(g[0] for g in groups)
         self.block_sizes: tuple[int, ...] = tuple(g[1] for g in groups)

@@ -33,7 +33,7 @@ def media_arrays(
     for i, item in enumerate(items):
         try:
             h, s, n = (int(x) for x in item)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidArgumentError(
                 f"multimodal item {item!r} must be (hash, start, length)"
             ) from None
