@@ -42,6 +42,7 @@ PEAK_BANDWIDTH: tuple[tuple[str, float], ...] = (
 
 
 def peak_bandwidth(name: str) -> float | None:
+    """Datasheet bandwidth (bytes/s) of the GPU named ``name``, when it is listed."""
     for key, bw in PEAK_BANDWIDTH:
         if key in name:
             return bw
@@ -53,7 +54,7 @@ def cuda_time(torch: Any, fn: Callable[[], object], iters: int) -> float:
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    times = []
+    times: list[float] = []
     for _ in range(iters):
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -66,6 +67,7 @@ def cuda_time(torch: Any, fn: Callable[[], object], iters: int) -> float:
 
 
 def check(torch: Any, name: str, got: Any, want: Any) -> None:
+    """Exit with an error unless ``got`` matches ``want`` within its dtype's tolerance."""
     from hybridkv.ops.tolerances import tolerance
 
     atol, rtol = tolerance(got.dtype)
@@ -112,6 +114,28 @@ def bench_attention(
     return t, nbytes / t
 
 
+def check_and_time_state_op(
+    torch: Any,
+    name: str,
+    op: Callable[..., Any],
+    ref: Callable[..., Any],
+    case: Callable[[int], tuple[Any, ...]],
+    batch: int,
+    iters: int,
+    dev: str,
+) -> float:
+    """Check ``op`` against ``ref`` on a 3-request ``case`` (outputs and the state, the
+    first argument, both updated in place), then time it on a ``batch``-request case."""
+    small = case(3)
+    dev_args = [t.to(dev, copy=True) for t in small]
+    got = op(*dev_args)
+    want = ref(*small)
+    check(torch, name, got, want)
+    check(torch, f"{name} state", dev_args[0], small[0])
+    args = [t.to(dev) for t in case(batch)]
+    return cuda_time(torch, lambda: op(*args), iters)
+
+
 def bench_mamba(torch: Any, batch: int, iters: int, dev: str = "cuda") -> tuple[float, float]:
     from hybridkv import ops
     from hybridkv.ops import reference
@@ -130,15 +154,16 @@ def bench_mamba(torch: Any, batch: int, iters: int, dev: str = "cuda") -> tuple[
         slots = torch.arange(1, b + 1)
         return state, x, dt, a, bm, cm, d, d.clone(), slots
 
-    small = case(3)
-    dev_args = [t.to(dev, copy=True) for t in small]
-    got = ops.selective_state_update(*dev_args)
-    want = reference.selective_state_update(*small)
-    check(torch, "selective_state_update", got, want)
-    check(torch, "selective_state_update state", dev_args[0], small[0])
-
-    args = [t.to(dev) for t in case(batch)]
-    t = cuda_time(torch, lambda: ops.selective_state_update(*args), iters)
+    t = check_and_time_state_op(
+        torch,
+        "selective_state_update",
+        ops.selective_state_update,
+        reference.selective_state_update,
+        case,
+        batch,
+        iters,
+        dev,
+    )
     nbytes = 2 * batch * heads * p * n * 4
     return t, nbytes / t
 
@@ -161,16 +186,15 @@ def bench_gdn(torch: Any, batch: int, iters: int, dev: str = "cuda") -> tuple[fl
         dt_bias = torch.randn(hv, generator=g)
         return state, q, k, v, a, bb, a_log, dt_bias, torch.arange(1, b + 1)
 
-    small = case(3)
-    dev_args = [t.to(dev, copy=True) for t in small]
-    got = ops.gated_delta_decode(*dev_args)
-    qsl = torch.arange(4, dtype=torch.int32)
-    want = reference.gated_delta_rule(*small[:8], qsl, small[8])
-    check(torch, "gated_delta_decode", got, want)
-    check(torch, "gated_delta_decode state", dev_args[0], small[0])
+    def ref(
+        state: Any, q: Any, k: Any, v: Any, a: Any, b: Any, a_log: Any, bias: Any, slots: Any
+    ) -> Any:
+        qsl = torch.arange(q.shape[0] + 1, dtype=torch.int32)  # one token per request
+        return reference.gated_delta_rule(state, q, k, v, a, b, a_log, bias, qsl, slots)
 
-    args = [t.to(dev) for t in case(batch)]
-    t = cuda_time(torch, lambda: ops.gated_delta_decode(*args), iters)
+    t = check_and_time_state_op(
+        torch, "gated_delta_decode", ops.gated_delta_decode, ref, case, batch, iters, dev
+    )
     nbytes = 2 * batch * hv * d * d * 4
     return t, nbytes / t
 
@@ -180,7 +204,7 @@ def copy_bandwidth(torch: Any, iters: int) -> float:
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     t = cuda_time(torch, lambda: dst.copy_(src), iters)
-    return 2 * src.numel() / t
+    return float(2 * src.numel() / t)
 
 
 def main(argv: list[str] | None = None) -> int:
