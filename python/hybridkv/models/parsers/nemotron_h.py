@@ -38,13 +38,15 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
     dtype = model_dtype(config)
     hidden = need_int(config, "hidden_size", model_type)
     heads = need_int(config, "num_attention_heads", model_type)
-    hd = opt_int(
+    head_size = opt_int(
         config,
         "head_dim",
         model_type,
         opt_int(config, "attention_head_dim", model_type, hidden // heads),
     )
-    attn = full_attention(need_int(config, "num_key_value_heads", model_type), hd, dtype, opts)
+    attn = full_attention(
+        need_int(config, "num_key_value_heads", model_type), head_size, dtype, opts
+    )
     state = mamba2_state(
         num_heads=need_int(config, "mamba_num_heads", model_type),
         head_dim=need_int(config, "mamba_head_dim", model_type),

@@ -39,8 +39,8 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
     hidden = need_int(config, "hidden_size", model_type)
     heads = need_int(config, "num_attention_heads", model_type)
     kv_heads = opt_int(config, "num_key_value_heads", model_type, heads)
-    hd = opt_int(config, "attention_head_dim", model_type, 2 * hidden // heads)
-    attn = full_attention(kv_heads, hd, dtype, opts)
+    head_size = opt_int(config, "attention_head_dim", model_type, 2 * hidden // heads)
+    attn = full_attention(kv_heads, head_size, dtype, opts)
     expand = opt_int(config, "mamba_expand", model_type, 2)
     d_head = need_int(config, "mamba_headdim", model_type)
     state = mamba2_state(
