@@ -9,7 +9,7 @@ from hybridkv.errors import InvalidArgumentError
 from hybridkv.ops import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel_helpers import DTYPES, dtypes
+from kernel_helpers import DTYPES, Draw, dtypes
 
 
 @settings(max_examples=25, deadline=None)
@@ -38,11 +38,11 @@ def test_write_kv_matches_reference(
             unique_by=lambda s: s if s >= 0 else object(),
         )
     )
-    g = torch.Generator().manual_seed(len(slots))
-    key = torch.randn(num_tokens, heads, head_size, generator=g).to(dtype)
-    value = torch.randn(num_tokens, heads, head_size, generator=g).to(dtype)
-    kc = torch.randn(num_blocks, block_size, heads, head_size, generator=g).to(dtype)
-    vc = torch.randn(num_blocks, block_size, heads, head_size, generator=g).to(dtype)
+    r = Draw(len(slots))
+    key = r.normal(num_tokens, heads, head_size, dtype=dtype)
+    value = r.normal(num_tokens, heads, head_size, dtype=dtype)
+    kc = r.normal(num_blocks, block_size, heads, head_size, dtype=dtype)
+    vc = r.normal(num_blocks, block_size, heads, head_size, dtype=dtype)
     kc_ref, vc_ref = kc.clone(), vc.clone()
     sm = torch.tensor(slots, dtype=torch.int64)
     ops.write_kv(key, value, kc, vc, sm)

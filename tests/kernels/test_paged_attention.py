@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -11,7 +12,22 @@ from hybridkv.errors import InvalidArgumentError
 from hybridkv.ops import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel_helpers import DTYPES, assert_close, dtypes, offsets
+from kernel_helpers import DTYPES, Draw, assert_close, dtypes, offsets
+
+
+@dataclass(frozen=True)
+class _Case:
+    """A paged cache, the new tokens' queries and K/V, and the step's metadata."""
+
+    q: torch.Tensor
+    kc: torch.Tensor
+    vc: torch.Tensor
+    new_k: torch.Tensor
+    new_v: torch.Tensor
+    slots: torch.Tensor
+    table: torch.Tensor
+    seq_lens: torch.Tensor
+    qsl: torch.Tensor
 
 
 def _build(
@@ -27,7 +43,7 @@ def _build(
     perm: list[int],
     extra_cols: int,
     seed: int,
-) -> dict[str, object]:
+) -> _Case:
     """A cache whose block 0 and every unused block hold NaN, and a block table with
     shuffled ids and the null block wherever no query of the request can look."""
     n = len(seq_lens)
@@ -48,46 +64,44 @@ def _build(
             bid = next(ids)
             if (j + 1) * block_size > lo:  # blocks wholly before lo stay null
                 table[r, j] = bid
-    g = torch.Generator().manual_seed(seed)
+    rand = Draw(seed)
     shape = (num_blocks, block_size, kv_heads, head_size)
     kc = torch.full(shape, float("nan"), dtype=dtype)
     vc = torch.full(shape, float("nan"), dtype=dtype)
     used = table[table > 0].long()
-    kc[used] = torch.randn(len(used), *shape[1:], generator=g).to(dtype)
-    vc[used] = torch.randn(len(used), *shape[1:], generator=g).to(dtype)
+    kc[used] = rand.normal(len(used), *shape[1:], dtype=dtype)
+    vc[used] = rand.normal(len(used), *shape[1:], dtype=dtype)
     t = sum(q_lens)
-    q = torch.randn(t, kv_heads * group, head_size, generator=g).to(dtype)
-    new_k = torch.randn(t, kv_heads, head_size, generator=g).to(dtype)
-    new_v = torch.randn(t, kv_heads, head_size, generator=g).to(dtype)
+    q = rand.normal(t, kv_heads * group, head_size, dtype=dtype)
+    new_k = rand.normal(t, kv_heads, head_size, dtype=dtype)
+    new_v = rand.normal(t, kv_heads, head_size, dtype=dtype)
     slots = []
     for r in range(n):
         for p in range(seq_lens[r] - q_lens[r], seq_lens[r]):
             slots.append(int(table[r, p // block_size]) * block_size + p % block_size)
-    return {
-        "q": q,
-        "kc": kc,
-        "vc": vc,
-        "new_k": new_k,
-        "new_v": new_v,
-        "slots": torch.tensor(slots, dtype=torch.int64),
-        "table": table,
-        "seq_lens": torch.tensor(seq_lens, dtype=torch.int32),
-        "qsl": offsets(q_lens),
-    }
+    return _Case(
+        q=q,
+        kc=kc,
+        vc=vc,
+        new_k=new_k,
+        new_v=new_v,
+        slots=torch.tensor(slots, dtype=torch.int64),
+        table=table,
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        qsl=offsets(q_lens),
+    )
 
 
-def _run(case: dict[str, object], window: int | None, chunk: int | None) -> None:
-    q, kc, vc = case["q"], case["kc"], case["vc"]
-    assert isinstance(q, torch.Tensor) and isinstance(kc, torch.Tensor)
-    assert isinstance(vc, torch.Tensor)
-    args = (case["new_k"], case["new_v"])
+def _run(case: _Case, window: int | None, chunk: int | None) -> None:
+    """Write the new K/V (kernel vs reference), then attend (kernel vs reference)."""
+    q, kc, vc = case.q, case.kc, case.vc
     kc_ref, vc_ref = kc.clone(), vc.clone()
-    ops.write_kv(*args, kc, vc, case["slots"])  # type: ignore[arg-type]
-    reference.write_kv(*args, kc_ref, vc_ref, case["slots"])  # type: ignore[arg-type]
+    ops.write_kv(case.new_k, case.new_v, kc, vc, case.slots)
+    reference.write_kv(case.new_k, case.new_v, kc_ref, vc_ref, case.slots)
     assert torch.equal(kc.nan_to_num(7.0), kc_ref.nan_to_num(7.0))
-    rest = (case["table"], case["seq_lens"], case["qsl"])
-    out = ops.paged_attention(q, kc, vc, *rest, sliding_window=window, chunk_size=chunk)  # type: ignore[arg-type]
-    ref = reference.paged_attention(q, kc, vc, *rest, sliding_window=window, chunk_size=chunk)  # type: ignore[arg-type]
+    rest = (case.table, case.seq_lens, case.qsl)
+    out = ops.paged_attention(q, kc, vc, *rest, sliding_window=window, chunk_size=chunk)
+    ref = reference.paged_attention(q, kc, vc, *rest, sliding_window=window, chunk_size=chunk)
     assert_close(out, ref, f"window={window} chunk={chunk}")
 
 
@@ -153,9 +167,7 @@ def test_sliding_window_never_reads_blocks_outside_the_window() -> None:
     # Blocks before the window are NaN but still listed in the table: they must not be
     # visited at all (a visit would multiply NaN by a zero probability and poison acc).
     case = _build([30], [2], 4, 1, 1, 16, torch.float32, 5, None, list(range(8)), 0, 1)
-    kc, vc, table = case["kc"], case["vc"], case["table"]
-    assert isinstance(kc, torch.Tensor) and isinstance(vc, torch.Tensor)
-    assert isinstance(table, torch.Tensor)
+    kc, vc, table = case.kc, case.vc, case.table
     table[0, :5] = torch.arange(2, 7, dtype=torch.int32)  # ids of "freed" blocks, NaN-filled
     kc[2:7] = float("nan")
     vc[2:7] = float("nan")
