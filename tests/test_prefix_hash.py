@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
 from hybridkv import errors, hash_token_blocks
 from hybridkv.hashes import to_ints
+from hypothesis import given
+from hypothesis import strategies as st
 
 # The same golden values the Rust tests pin (rust/core/src/prefix_hash.rs).
 GOLD_PLAIN = [0x61C33249693622822DACE80BA2A30BE5, 0x090A30FBFD6A7BC57C0D006D1570BABC]
@@ -54,6 +57,18 @@ def test_independent_of_python_hash_seed() -> None:
         {"mm_features": [(1, -1, 2)]},
         {"mm_features": [(1 << 128, 0, 2)]},
         {"mm_features": [(1, 2)]},
+        {"block_size": 2**63},
+        {"block_size": 4.0},
+        {"seed": "x"},
+        {"seed": 1.5},
+        {"seed": 2**64},
+        {"parent": -1},
+        {"lora_id": 2**64},
+        {"lora_id": 1.0},
+        {"cache_salt": "\ud800"},
+        {"mm_features": 5},
+        {"mm_features": [(float("inf"), 0, 1)]},
+        {"mm_features": [(1, 2**64, 1)]},
     ],
 )
 def test_bad_arguments(kwargs: dict[str, object]) -> None:
@@ -67,3 +82,56 @@ def test_bad_tokens() -> None:
         hash_token_blocks(np.array([1, -3, 2, 2]), 2)
     with pytest.raises(errors.InvalidArgumentError):
         hash_token_blocks(np.array([1.5, 2.0]), 2)
+
+
+junk = st.one_of(
+    st.integers(-(2**130), 2**130),
+    st.sampled_from([0, 1, -1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**128]),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+    st.binary(max_size=3),
+    st.lists(st.integers(-(2**65), 2**65), max_size=3),
+    st.lists(st.tuples(st.integers(-1, 2**64), st.integers(-1, 2**64), st.floats()), max_size=2),
+    st.sampled_from([np.uint64(2**64 - 1), np.float64(2.0), np.array([[1, 2]]), object()]),
+)
+
+
+@given(
+    tokens=st.one_of(
+        st.lists(st.integers(-(2**65), 2**65), max_size=6),
+        st.lists(st.integers(0, 9), max_size=6),
+        junk,
+    ),
+    block_size=st.one_of(st.integers(1, 4), junk),
+    seed=st.one_of(st.integers(0, 9), junk),
+    parent=junk,
+    lora_id=junk,
+    cache_salt=junk,
+    mm_features=junk,
+)
+def test_junk_arguments_raise_only_named_errors(
+    tokens: Any,
+    block_size: Any,
+    seed: Any,
+    parent: Any,
+    lora_id: Any,
+    cache_salt: Any,
+    mm_features: Any,
+) -> None:
+    try:
+        out = hash_token_blocks(
+            tokens,
+            block_size,
+            seed=seed,
+            parent=parent,
+            lora_id=lora_id,
+            cache_salt=cache_salt,
+            mm_features=mm_features,
+        )
+    except BaseException as e:  # a Rust panic is a BaseException
+        assert isinstance(e, errors.HybridKVError), f"{type(e).__module__}.{e!r}"
+    else:
+        assert out.dtype == np.uint64
+        assert out.shape == (len(tokens) // block_size, 2)

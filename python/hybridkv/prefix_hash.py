@@ -23,10 +23,22 @@ MediaItem = tuple[int, int, int]
 _MASK64 = (1 << 64) - 1
 
 
+def _int_in(x: object, lo: int, hi: int, what: str) -> int:
+    """``x`` as an int in ``[lo, hi)``: a Python or numpy integer, never a bool or float."""
+    ok = isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+    if ok and lo <= int(x) < hi:  # type: ignore[call-overload]
+        return int(x)  # type: ignore[call-overload,no-any-return]
+    raise InvalidArgumentError(f"{what} must be an int in [{lo}, {hi}), got {x!r}")
+
+
 def media_arrays(
     items: Sequence[MediaItem],
 ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """``(hashes (m, 2) uint64, starts int64, lengths int64)`` from media items."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, (Sequence, np.ndarray)):
+        raise InvalidArgumentError(
+            f"multimodal items must be a sequence of (hash, start, length), got {items!r}"
+        )
     hs = np.zeros((len(items), 2), dtype=np.uint64)
     starts = np.zeros(len(items), dtype=np.int64)
     lens = np.zeros(len(items), dtype=np.int64)
@@ -80,15 +92,13 @@ def hash_token_blocks(
     ``parent=None``), and each multimodal item ``(hash, start, length)`` (positions
     relative to ``token_ids[0]``) the blocks it overlaps.
     """
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
-        raise InvalidArgumentError(f"block_size must be a positive int, got {block_size!r}")
-    if not 0 <= seed < 1 << 64:
-        raise InvalidArgumentError(f"seed must be a 64-bit unsigned int, got {seed}")
-    if parent is not None and not 0 <= parent < 1 << 128:
-        raise InvalidArgumentError(f"parent must be a 128-bit unsigned int, got {parent}")
-    if lora_id is not None and not 0 <= lora_id < 1 << 63:
-        raise InvalidArgumentError(f"lora_id must be a non-negative int64, got {lora_id}")
-    mm = media_arrays(mm_features) if mm_features else (None, None, None)
+    block_size = _int_in(block_size, 1, 1 << 63, "block_size")
+    seed = _int_in(seed, 0, 1 << 64, "seed")
+    parent = None if parent is None else _int_in(parent, 0, 1 << 128, "parent")
+    lora_id = None if lora_id is None else _int_in(lora_id, 0, 1 << 63, "lora_id")
+    mm = (None, None, None) if mm_features is None else media_arrays(mm_features)
+    if mm[0] is not None and not len(mm[0]):
+        mm = (None, None, None)
     return _core.hash_token_blocks(
         token_ids,
         block_size,
