@@ -69,6 +69,29 @@ DTYPES: list[Any] = [
 ]
 SHAPES = [(), (0,), (1,), (2,), (3,), (2, 2), (0, 2), (1, 0), (3, 2)]
 
+#: Methods of the raw ``hybridkv._core.KVCacheManager`` and how many arguments each takes.
+CORE_ARITY = {
+    "add_requests": 10,
+    "append_tokens": 3,
+    "get_computed_tokens": 1,
+    "allocate_slots": 4,
+    "free": 1,
+    "preempt": 1,
+    "block_table": 3,
+    "block_table_into": 3,
+    "new_block_ids": 2,
+    "block_tables": 1,
+    "slot_mapping": 3,
+    "num_computed_tokens": 1,
+    "num_tokens": 1,
+    "shared_prefix_boundary": 1,
+    "block_hashes": 2,
+    "__contains__": 1,
+    "ref_counts": 1,
+    "free_queue": 1,
+    "cached_blocks": 1,
+}
+
 small_ints = st.integers(-3, 12)
 ints = st.one_of(small_ints, st.sampled_from(EDGE_INTS))
 
@@ -339,6 +362,15 @@ class ManagerAbuse(RuleBasedStateMachine):
     def abuse_scalar_reads(self, data: st.DataObject, method: str) -> None:
         arg = data.draw(st.one_of(st.integers(-1, 4), junk_scalars))
         self.attempt(lambda: getattr(self.m, method)(arg))
+
+    @rule(data=st.data(), method=st.sampled_from(sorted(CORE_ARITY)))
+    def abuse_core_directly(self, data: st.DataObject, method: str) -> None:
+        """The Rust object without the Python wrapper's conversions in front of it."""
+        a = [
+            data.draw(st.one_of(args(self.pool()), st.integers(-1, 4)))
+            for _ in range(CORE_ARITY[method])
+        ]
+        self.attempt(lambda: getattr(self.m._core, method)(*a))
 
     @rule()
     def no_argument_calls(self) -> None:
