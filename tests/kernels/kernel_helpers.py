@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from hybridkv.ops.tolerances import tolerance
@@ -117,3 +118,32 @@ def offsets(lengths: list[int]) -> torch.Tensor:
     for n in lengths:
         out.append(out[-1] + n)
     return torch.tensor(out, dtype=torch.int32)
+
+
+@dataclass(frozen=True)
+class PrefillBatch:
+    """A prefill step over state slots: each request's new-token count, and the
+    launchers' ``query_start_loc``, source / destination slots and checkpoint keywords."""
+
+    lengths: list[int]
+    qsl: torch.Tensor
+    src: torch.Tensor
+    dst: torch.Tensor
+    checkpoints: dict[str, object]
+
+    @property
+    def num_tokens(self) -> int:
+        """New tokens of all requests together (rows of the token-major inputs)."""
+        return sum(self.lengths)
+
+
+@st.composite
+def prefill_batches(draw: st.DrawFn, n: int, max_len: int, num_slots: int) -> PrefillBatch:
+    """``n`` requests of 0 to ``max_len`` new tokens (:func:`slot_pairs`,
+    :func:`checkpoint_args` over ``num_slots`` slots)."""
+    lengths = draw(st.lists(st.integers(0, max_len), min_size=n, max_size=n))
+    src, dst = draw(slot_pairs(n, num_slots))
+    checkpoints = draw(checkpoint_args(src, dst, num_slots))
+    return PrefillBatch(
+        lengths, offsets(lengths), torch.tensor(src), torch.tensor(dst), checkpoints
+    )

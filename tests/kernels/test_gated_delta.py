@@ -14,10 +14,9 @@ from kernel_helpers import (
     Draw,
     assert_close,
     check_state_op,
-    checkpoint_args,
     dtypes,
     offsets,
-    slot_pairs,
+    prefill_batches,
     token_rows,
 )
 
@@ -64,19 +63,17 @@ def test_gated_delta_prefill_matches_reference(
     dtype: torch.dtype,
     l2norm: bool,
 ) -> None:
-    lengths = data.draw(st.lists(st.integers(0, 10), min_size=n, max_size=n))
-    src, dst = data.draw(slot_pairs(n, NUM_SLOTS))
-    a = _inputs(sum(lengths), hk, hk * v_per_k, dk, dv, dtype, sum(lengths) + dk)
+    batch = data.draw(prefill_batches(n, 10, NUM_SLOTS))
+    t = batch.num_tokens
+    a = _inputs(t, hk, hk * v_per_k, dk, dv, dtype, t + dk)
     if not l2norm:  # unnormalised keys must stay small for the recurrence to be stable
         a["q"] = (a["q"].float() / (dk**0.5 + 1)).to(dtype)
         a["k"] = (a["k"].float() / (dk**0.5 + 1)).to(dtype)
-    qsl = offsets(lengths)
-    src_t, dst_t = torch.tensor(src), torch.tensor(dst)
-    ck = data.draw(checkpoint_args(src, dst, NUM_SLOTS))
-    args = [a[k] for k in _ARGS]
+    args = [*(a[k] for k in _ARGS), batch.qsl, batch.src, batch.dst]
+    ck = batch.checkpoints
     check_state_op(
-        lambda s: ops.gated_delta_rule(s, *args, qsl, src_t, dst_t, use_l2norm=l2norm, **ck),
-        lambda s: reference.gated_delta_rule(s, *args, qsl, src_t, dst_t, use_l2norm=l2norm, **ck),
+        lambda s: ops.gated_delta_rule(s, *args, use_l2norm=l2norm, **ck),
+        lambda s: reference.gated_delta_rule(s, *args, use_l2norm=l2norm, **ck),
         a["state"],
         "gdn",
     )

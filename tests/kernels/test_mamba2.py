@@ -14,9 +14,9 @@ from kernel_helpers import (
     Draw,
     assert_close,
     check_state_op,
-    checkpoint_args,
     dtypes,
     offsets,
+    prefill_batches,
     slot_pairs,
     token_rows,
 )
@@ -54,20 +54,14 @@ def test_conv1d_prefill_matches_reference(
     has_bias: bool,
     activation: str | None,
 ) -> None:
-    lengths = data.draw(st.lists(st.integers(0, 12), min_size=n, max_size=n))
-    src, dst = data.draw(slot_pairs(n, NUM_SLOTS))
-    x, state, weight, bias = _conv_inputs(lengths, conv_dim, width, dtype, sum(lengths))
+    batch = data.draw(prefill_batches(n, 12, NUM_SLOTS))
+    x, state, weight, bias = _conv_inputs(batch.lengths, conv_dim, width, dtype, batch.num_tokens)
     b = bias if has_bias else None
-    qsl = offsets(lengths)
-    ck = data.draw(checkpoint_args(src, dst, NUM_SLOTS))
-    src_t, dst_t = torch.tensor(src), torch.tensor(dst)
+    slots = (batch.qsl, batch.src, batch.dst)
+    ck = batch.checkpoints
     check_state_op(
-        lambda s: ops.causal_conv1d_prefill(
-            x, s, weight, b, qsl, src_t, dst_t, activation=activation, **ck
-        ),
-        lambda s: reference.causal_conv1d(
-            x, s, weight, b, qsl, src_t, dst_t, activation=activation, **ck
-        ),
+        lambda s: ops.causal_conv1d_prefill(x, s, weight, b, *slots, activation=activation, **ck),
+        lambda s: reference.causal_conv1d(x, s, weight, b, *slots, activation=activation, **ck),
         state,
         "conv",
         exact_state=True,
@@ -159,25 +153,19 @@ def test_ssd_prefill_matches_recurrence(
     has_bias: bool,
     softplus: bool,
 ) -> None:
-    lengths = data.draw(st.lists(st.integers(0, 21), min_size=n, max_size=n))
-    src, dst = data.draw(slot_pairs(n, NUM_SLOTS))
+    batch = data.draw(prefill_batches(n, 21, NUM_SLOTS))
     heads = groups * heads_per_group
-    a = _ssm_inputs(sum(lengths), heads, head_dim, groups, d_state, dtype, sum(lengths))
+    t = batch.num_tokens
+    a = _ssm_inputs(t, heads, head_dim, groups, d_state, dtype, t)
     if not softplus:
         a["dt"] = a["dt"].abs()  # a raw dt must be positive
     d = a["D"] if has_d else None
     bias = a["dt_bias"].abs() if has_bias else None
-    qsl = offsets(lengths)
-    src_t, dst_t = torch.tensor(src), torch.tensor(dst)
-    ck = data.draw(checkpoint_args(src, dst, NUM_SLOTS))
-    args = [a[k] for k in _ARGS]
+    args = [*(a[k] for k in _ARGS), d, bias, batch.qsl, batch.src, batch.dst]
+    ck = batch.checkpoints
     check_state_op(
-        lambda s: ops.ssd_prefill(
-            s, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus, chunk=chunk, **ck
-        ),
-        lambda s: reference.mamba2_ssm(
-            s, *args, d, bias, qsl, src_t, dst_t, dt_softplus=softplus, **ck
-        ),
+        lambda s: ops.ssd_prefill(s, *args, dt_softplus=softplus, chunk=chunk, **ck),
+        lambda s: reference.mamba2_ssm(s, *args, dt_softplus=softplus, **ck),
         a["state"],
         "ssd",
     )

@@ -77,6 +77,8 @@ def gated_delta_kernel(
     DK_P2: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
+    """One program per (request, value head, ``BLOCK_V`` rows of ``S``): the request's
+    new tokens in order, from its source state to its destination (and checkpoints)."""
     req = tl.program_id(0)
     head = tl.program_id(1)
     kh = head // V_PER_K

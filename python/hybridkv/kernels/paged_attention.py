@@ -62,6 +62,8 @@ def paged_attention_kernel(
     DOT_F32: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
+    """One program per (request, ``BLOCK_M`` query tokens, KV head); see the module
+    docstring for the masks (``MODE``) and which pages are read."""
     req = tl.program_id(0)
     tile = tl.program_id(1)
     kv_head = tl.program_id(2)

@@ -13,10 +13,6 @@ import torch
 import torch.nn.functional as F
 
 
-def _slot(slots: torch.Tensor, r: int) -> int:
-    return int(slots[r])
-
-
 def _checkpoint_slot(
     slots: torch.Tensor | None,
     first: torch.Tensor | None,
@@ -125,7 +121,7 @@ def causal_conv1d(
     out = torch.empty_like(x)
     for r in range(query_start_loc.shape[0] - 1):
         t0, t1 = int(query_start_loc[r]), int(query_start_loc[r + 1])
-        src, dst = _slot(src_slots, r), _slot(dst_slots, r)
+        src, dst = int(src_slots[r]), int(dst_slots[r])
         prev = (
             conv_state[src].float()
             if src >= 0
@@ -190,7 +186,7 @@ def mamba2_ssm(
     out = torch.empty_like(x)
     for r in range(query_start_loc.shape[0] - 1):
         t0, t1 = int(query_start_loc[r]), int(query_start_loc[r + 1])
-        src, dst = _slot(src_slots, r), _slot(dst_slots, r)
+        src, dst = int(src_slots[r]), int(dst_slots[r])
         h = (
             state[src].float().clone()
             if src >= 0
@@ -271,7 +267,7 @@ def gated_delta_rule(
     eye = torch.eye(dk, dtype=torch.float32)
     for r in range(query_start_loc.shape[0] - 1):
         t0, t1 = int(query_start_loc[r]), int(query_start_loc[r + 1])
-        src, dst = _slot(src_slots, r), _slot(dst_slots, r)
+        src, dst = int(src_slots[r]), int(dst_slots[r])
         s = state[src].float().clone() if src >= 0 else torch.zeros(hv, dv, dk, dtype=torch.float32)
         for t in range(t0, t1):
             qt = q[t].float().repeat_interleave(hv // hk, dim=0)  # [hv, dk]

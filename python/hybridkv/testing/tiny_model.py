@@ -74,14 +74,17 @@ class TinyConfig:
 
     @property
     def mamba_inner(self) -> int:
+        """Width of the Mamba-2 SSM input ``x`` (heads x head_dim)."""
         return self.mamba_heads * self.mamba_head_dim
 
     @property
     def mamba_conv_dim(self) -> int:
+        """Channels of the Mamba-2 conv: ``x``, ``B`` and ``C`` together."""
         return self.mamba_inner + 2 * self.mamba_groups * self.d_state
 
     @property
     def gdn_conv_dim(self) -> int:
+        """Channels of the gated-delta-net conv: ``q``, ``k`` and ``v`` together."""
         return 2 * self.gdn_k_heads * self.gdn_k_dim + self.gdn_v_heads * self.gdn_v_dim
 
 
