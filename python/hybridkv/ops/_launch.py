@@ -1,4 +1,6 @@
-"""Argument checks and tile-size helpers shared by the launchers."""
+"""What the launchers share: argument checks (each raising
+:class:`~hybridkv.errors.InvalidArgumentError`), tile-size helpers and the plumbing
+of kernel arguments common to several kernels."""
 
 from __future__ import annotations
 
@@ -69,12 +71,6 @@ def check_device(kernel: object, *tensors: torch.Tensor) -> None:
             "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before "
             "hybridkv.kernels (and triton) are imported",
         )
-
-
-def kv_cache_strides(key_cache: torch.Tensor, value_cache: torch.Tensor) -> tuple[int, ...]:
-    """Block, slot and head strides of a paged K cache, then of its V cache (the
-    order the KV write and paged attention kernels take them in)."""
-    return (*key_cache.stride()[:3], *value_cache.stride()[:3])
 
 
 def check_slots(name: str, slots: torch.Tensor, n: int, num_slots: int) -> None:
@@ -183,3 +179,9 @@ def checkpoint_kernel_args(
     if slots is None or first is None or every is None:
         return placeholder, placeholder, 1, 0, 0
     return slots, first, int(every), slots.shape[1], slots.stride(0)
+
+
+def kv_cache_strides(key_cache: torch.Tensor, value_cache: torch.Tensor) -> tuple[int, ...]:
+    """Block, slot and head strides of a paged K cache, then of its V cache (the
+    order the KV write and paged attention kernels take them in)."""
+    return (*key_cache.stride()[:3], *value_cache.stride()[:3])

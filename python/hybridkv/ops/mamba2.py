@@ -31,7 +31,8 @@ from hybridkv.ops._launch import (
 
 @dataclass(frozen=True)
 class _Conv:
-    """Checked arguments of a conv launcher, and the kernel arguments they make."""
+    """Checked arguments of a conv launcher, and the arguments they make for the
+    update and varlen conv kernels (which share a signature but for the slots)."""
 
     x: torch.Tensor
     conv_state: torch.Tensor
@@ -42,16 +43,17 @@ class _Conv:
     width: int
 
     def operands(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The tensors the update and varlen kernels open with (no bias: ``x``, unread)."""
+        """The tensors both conv kernels open with (no bias: ``x``, unread)."""
         bias = self.bias if self.bias is not None else self.x
         return self.x, self.conv_state, self.weight, bias, out
 
     def strides(self, out: torch.Tensor) -> tuple[int, ...]:
-        """The strides the update and varlen kernels take after ``conv_dim``."""
+        """The strides both conv kernels take after ``conv_dim``."""
         s = self.conv_state
         return self.x.stride(0), out.stride(0), s.stride(0), s.stride(1), self.weight.stride(0)
 
     def flags(self) -> dict[str, Any]:
+        """The compile-time flags both conv kernels take."""
         return {"KERNEL": self.width, "HAS_BIAS": self.bias is not None, "SILU": self.silu}
 
 
@@ -207,7 +209,8 @@ def causal_conv1d_prefill(
 
 @dataclass(frozen=True)
 class _SSM:
-    """Checked arguments of an SSM launcher, and the kernel arguments they make."""
+    """Checked arguments of an SSM launcher, and the arguments they make for the
+    decode and SSD scan kernels (which share a signature but for slots and tiles)."""
 
     state: torch.Tensor
     x: torch.Tensor
@@ -251,6 +254,7 @@ class _SSM:
         )
 
     def flags(self, dt_softplus: bool) -> dict[str, Any]:
+        """The compile-time flags both SSM kernels take."""
         return {
             "HEADS_PER_GROUP": self.heads // self.groups,
             "HAS_D": self.D is not None,

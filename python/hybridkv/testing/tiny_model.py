@@ -101,6 +101,13 @@ def _cut(x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
     return out
 
 
+def _cut_heads(x: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Split ``x [tokens, width]`` like :func:`_cut` into pieces of ``heads * dim``
+    columns each, shaped ``[tokens, heads, dim]``."""
+    pieces = _cut(x, [heads * dim for heads, dim in shapes])
+    return [p.reshape(x.shape[0], *shape) for p, shape in zip(pieces, shapes, strict=True)]
+
+
 def _rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
     """Rotate-half RoPE on ``x [tokens, heads, dim]`` at integer positions ``pos``."""
     half = x.shape[-1] // 2
@@ -235,16 +242,11 @@ class TinyHybridLM:
         z, xbc, dt = _cut(zxbcdt, [c.mamba_inner, c.mamba_conv_dim, c.mamba_heads])
         return z, xbc, dt
 
-    def _mamba_split(self, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _mamba_split(self, xbc: torch.Tensor) -> list[torch.Tensor]:
+        """The conv output as the SSM's ``x``, ``B`` and ``C``."""
         c = self.cfg
-        gn = c.mamba_groups * c.d_state
-        xs, b, cc = _cut(xbc, [c.mamba_inner, gn, gn])
-        t = xbc.shape[0]
-        return (
-            xs.reshape(t, c.mamba_heads, c.mamba_head_dim),
-            b.reshape(t, c.mamba_groups, c.d_state),
-            cc.reshape(t, c.mamba_groups, c.d_state),
-        )
+        bc = (c.mamba_groups, c.d_state)
+        return _cut_heads(xbc, [(c.mamba_heads, c.mamba_head_dim), bc, bc])
 
     def _mamba_out(self, i: int, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = y.reshape(y.shape[0], -1)
@@ -259,16 +261,11 @@ class TinyHybridLM:
             x @ w[f"{i}.b"].T,
         )
 
-    def _gdn_split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _gdn_split(self, qkv: torch.Tensor) -> list[torch.Tensor]:
+        """The conv output as the recurrence's ``q``, ``k`` and ``v``."""
         c = self.cfg
-        kd = c.gdn_k_heads * c.gdn_k_dim
-        q, k, v = _cut(qkv, [kd, kd, c.gdn_v_heads * c.gdn_v_dim])
-        t = qkv.shape[0]
-        return (
-            q.reshape(t, c.gdn_k_heads, c.gdn_k_dim),
-            k.reshape(t, c.gdn_k_heads, c.gdn_k_dim),
-            v.reshape(t, c.gdn_v_heads, c.gdn_v_dim),
-        )
+        qk = (c.gdn_k_heads, c.gdn_k_dim)
+        return _cut_heads(qkv, [qk, qk, (c.gdn_v_heads, c.gdn_v_dim)])
 
     def _gdn_out(self, i: int, o: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         c = self.cfg
