@@ -479,6 +479,24 @@ def test_out_of_range_ints_are_refused_by_value_never_wrapped() -> None:
         assert snapshot(m) == base, what
 
 
+def test_extreme_offsets_and_counts_do_not_overflow() -> None:
+    m = KVCacheManager(cfg())
+    m.add_requests([1], [seq(10)])
+    m.get_computed_tokens([1])
+    assert m.allocate_slots([1], [1]).tolist() == [True]
+    base = snapshot(m)
+    # 5 -> -2**63 wraps to a positive step when subtracted; it must read as decreasing.
+    with pytest.raises(errors.InvalidArgumentError, match="offsets"):
+        m.add_requests([2, 3, 4, 5], seq(10), [0, 5, -(2**63), -1, 10])
+    with pytest.raises(errors.InvalidArgumentError, match="offsets"):
+        m.append_tokens([1, 1], seq(4), [0, 2**63 - 1, 4])
+    # 1 computed + (2**63 - 1) new wraps negative in i64: still more than it knows.
+    with pytest.raises(errors.InvalidArgumentError, match="exceeds"):
+        m.allocate_slots([1], [2**63 - 1])
+    assert snapshot(m) == base
+    assert m.stats().alloc_failures == 0
+
+
 def test_duplicate_ids_within_one_call_are_named_as_such() -> None:
     m = KVCacheManager(cfg())
     m.add_requests([1], [seq(5)])

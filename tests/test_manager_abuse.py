@@ -298,6 +298,21 @@ class ManagerAbuse(RuleBasedStateMachine):
         offsets = data.draw(st.one_of(st.none(), args([0, 1, 3])))
         self.attempt(lambda: self.m.append_tokens(ids, tokens, offsets))
 
+    @rule(data=st.data(), append=st.booleans())
+    def abuse_flat_offsets(self, data: st.DataObject, append: bool) -> None:
+        """Flat tokens with offsets that start and end right but go anywhere between."""
+        held = self.m.request_ids().tolist()
+        if append and held:
+            ids = data.draw(st.lists(st.sampled_from(held), min_size=1, max_size=4))
+        else:
+            ids = list(range(self.next_id + 200, self.next_id + 200 + data.draw(st.integers(1, 4))))
+        total = data.draw(st.integers(0, 12))
+        middle = data.draw(st.lists(ints, min_size=len(ids) - 1, max_size=len(ids) - 1))
+        offsets = np.array([0, *middle, total], dtype=object)
+        tokens = np.arange(total, dtype=np.int32)
+        call = self.m.append_tokens if append else self.m.add_requests
+        self.attempt(lambda: call(ids, tokens, offsets))
+
     @rule(data=st.data(), method=st.sampled_from(["free", "preempt", "get_computed_tokens"]))
     def abuse_lifecycle(self, data: st.DataObject, method: str) -> None:
         ids = data.draw(args(self.pool()))
@@ -391,6 +406,35 @@ class ManagerAbuse(RuleBasedStateMachine):
 
 
 TestManagerAbuse = ManagerAbuse.TestCase
+
+
+OFFSET_EDGES = [0, 1, 3, -1, -(2**63), 2**63 - 1]
+
+
+@given(
+    middle=st.lists(st.sampled_from(OFFSET_EDGES), min_size=3, max_size=4),
+    total=st.integers(0, 12),
+    append=st.booleans(),
+)
+def test_offsets_with_extreme_steps_are_refused(
+    middle: list[int], total: int, append: bool
+) -> None:
+    """Offsets are compared, never subtracted: a step like ``5 -> -2**63`` wraps to a
+    positive difference, and a slice built from it would panic in Rust."""
+    m = KVCacheManager(CONFIG, vocab_size=VOCAB)
+    m.add_requests([1, 2, 3, 4, 5], [np.arange(1, 4, dtype=np.int32)] * 5)
+    before = full_state(m)
+    ids = list(range(1, len(middle) + 2)) if append else [10 + i for i in range(len(middle) + 1)]
+    offsets = np.array([0, *middle, total], dtype=np.int64)
+    call = m.append_tokens if append else m.add_requests
+    try:
+        call(ids, np.arange(total, dtype=np.int32), offsets)
+    except BaseException as e:  # a Rust panic is a BaseException
+        assert isinstance(e, errors.HybridKVError), f"{type(e).__module__}.{e!r}"
+        assert full_state(m) == before
+    else:
+        assert bool(np.all(np.diff(offsets) >= 0))
+    m.check_invariants()
 
 
 group_fields = st.one_of(st.integers(-2, 16), st.sampled_from(EDGE_INTS), junk_scalars)

@@ -239,9 +239,10 @@ impl Manager {
                 offsets[0], offsets[n]
             )));
         }
+        // Compare, never subtract: a difference of two arbitrary i64s can overflow.
         for i in 0..n {
-            let d = offsets[i + 1] - offsets[i];
-            if d < 0 || (d == 0 && !empty_ok) {
+            let (a, b) = (offsets[i], offsets[i + 1]);
+            if b < a || (b == a && !empty_ok) {
                 return Err(Error::InvalidArgument(format!(
                     "offsets must increase{}: offsets[{}] = {} then {}",
                     if empty_ok {

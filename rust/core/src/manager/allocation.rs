@@ -52,7 +52,8 @@ impl Manager {
                 });
             }
             if let Some(r) = self.reqs.get(s) {
-                if r.num_computed as i64 + num_new[i] > r.tokens.len() as i64 {
+                // Saturating: num_new[i] may be anything up to i64::MAX.
+                if (r.num_computed as i64).saturating_add(num_new[i]) > r.tokens.len() as i64 {
                     return Err(Error::InvalidArgument(format!(
                         "request {}: {} computed + {} new tokens exceeds its {} known tokens",
                         r.id,
