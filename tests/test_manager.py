@@ -497,6 +497,17 @@ def test_extreme_offsets_and_counts_do_not_overflow() -> None:
     assert m.stats().alloc_failures == 0
 
 
+def test_huge_max_blocks_is_an_error_not_an_allocation() -> None:
+    m = KVCacheManager(cfg())
+    m.add_requests([1], [seq(5)])
+    for width in (2**24 + 1, 2**40, 2**63 - 1):
+        with pytest.raises(errors.InvalidArgumentError, match="max_blocks"):
+            m.block_table(0, [1], max_blocks=width)
+    with pytest.raises(errors.InvalidArgumentError, match="does not fit in memory"):
+        m.block_table(0, np.ones(2**22, dtype=np.int64), max_blocks=2**24)
+    assert m.block_table(0, [1], max_blocks=7).shape == (1, 7)
+
+
 def test_duplicate_ids_within_one_call_are_named_as_such() -> None:
     m = KVCacheManager(cfg())
     m.add_requests([1], [seq(5)])

@@ -25,11 +25,21 @@ impl Manager {
         Self::pack_rows(&rows, width)
     }
 
+    /// Widest explicit `max_blocks` accepted (2**24 blocks: 16M tokens at block size 1),
+    /// so a wild value is an error, not an attempt to allocate terabytes.
+    const MAX_TABLE_WIDTH: usize = 1 << 24;
+
     /// Rows of a block table packed row-major with zero padding.
     fn pack_rows(rows: &[&[BlockId]], width: Option<usize>) -> Result<(Vec<i32>, usize)> {
         let longest = rows.iter().map(|t| t.len()).max().unwrap_or(0);
         let w = match width {
             None => longest,
+            Some(w) if w > longest.max(Self::MAX_TABLE_WIDTH) => {
+                return Err(Error::InvalidArgument(format!(
+                    "max_blocks {w} is above the limit of {} blocks per row",
+                    Self::MAX_TABLE_WIDTH
+                )))
+            }
             Some(w) if w >= longest => w,
             Some(w) => {
                 return Err(Error::InvalidArgument(format!(
@@ -37,7 +47,18 @@ impl Manager {
                 )))
             }
         };
-        let mut out = Vec::with_capacity(rows.len() * w);
+        // A caller's width times its row count can be far more than memory holds:
+        // refuse it as an error rather than let the allocation abort the process.
+        let mut out = Vec::new();
+        rows.len()
+            .checked_mul(w)
+            .and_then(|n| out.try_reserve_exact(n).ok())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "a block table of {} rows x {w} blocks does not fit in memory",
+                    rows.len()
+                ))
+            })?;
         for t in rows {
             out.extend_from_slice(t);
             out.resize(out.len() + (w - t.len()), NULL_BLOCK);
