@@ -437,7 +437,14 @@ def test_offsets_with_extreme_steps_are_refused(
     m.check_invariants()
 
 
-group_fields = st.one_of(st.integers(-2, 16), st.sampled_from(EDGE_INTS), junk_scalars)
+# Not 2**31 - 1: a valid block count whose pools need ~80 GB of bookkeeping. Where
+# memory is smaller it is refused (`Manager::check_bookkeeping_fits`); where it is
+# not, it would really be allocated, which a unit test must not do.
+group_fields = st.one_of(
+    st.integers(-2, 16),
+    st.sampled_from([v for v in EDGE_INTS if v != 2**31 - 1]),
+    junk_scalars,
+)
 
 
 @settings(settings.default, max_examples=min(settings.default.max_examples, 100))

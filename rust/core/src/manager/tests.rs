@@ -154,3 +154,29 @@ fn failed_request_changes_nothing() {
     assert_eq!(m.num_computed_tokens(&[2]).unwrap(), vec![0]);
     m.check_invariants().unwrap();
 }
+
+#[test]
+fn pools_beyond_memory_are_an_error_not_an_abort() {
+    // 2,000 pools of 2**31 - 1 blocks need ~170 TB of bookkeeping: more than any
+    // address space, so the reservation fails everywhere and nothing is allocated.
+    let cfg = ManagerConfig {
+        groups: vec![
+            GroupConfig {
+                kind: GroupKind::Full,
+                block_size: 16,
+                num_blocks: i32::MAX as usize,
+            };
+            2000
+        ],
+        mamba_mode: MambaMode::None,
+        enable_caching: true,
+        hash_seed: 0,
+        vocab_size: None,
+        record_events: false,
+    };
+    match Manager::new(cfg) {
+        Err(Error::InvalidArgument(msg)) => assert!(msg.contains("does not fit"), "{msg}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a 170 TB manager was built"),
+    }
+}
