@@ -96,6 +96,25 @@ def test_plan_flags_reach_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert sw["num_blocks"] == 32 * (-(-(1023 + 4096) // 32) + 1) + 1
 
 
+def test_plan_state_cache_slots_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["plan", "--model", "qwen3-next-80b-a3b", "--memory", "60GiB", "--json"]
+    assert main(base) == 0
+    old = json.loads(capsys.readouterr().out)
+    assert old["state_cache_slots"] == 0
+    assert main([*base, "--state-cache-slots", "32"]) == 0
+    new = json.loads(capsys.readouterr().out)
+    assert new["state_cache_slots"] == 32
+    for a, b in zip(old["groups"], new["groups"], strict=True):
+        extra = 32 if a["kind"] == "state" else 0
+        if not a["grows"]:
+            assert b["num_blocks"] == a["num_blocks"] + extra
+    state_pages = sum(g["page_size_bytes"] for g in old["groups"] if g["kind"] == "state")
+    assert new["bounded_bytes"] == old["bounded_bytes"] + 32 * state_pages
+    assert new["token_capacity"] < old["token_capacity"]
+    assert main([*base[:-1], "--state-cache-slots", "32"]) == 0
+    assert "state cache slots: 32" in capsys.readouterr().out
+
+
 def test_plan_custom_bytes_and_config_path(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -146,6 +165,28 @@ def test_models(capsys: pytest.CaptureFixture[str]) -> None:
         ["plan", "--model", "qwen3-next-80b-a3b", "--memory", "1MiB"],
         ["plan", "--model", "a", "--config", "b", "--memory", "1GiB"],
         ["plan", "--config", "/nonexistent/config.json", "--memory", "1GiB"],
+        ["plan", "--model", "qwen3-next-80b-a3b", "--memory", "60GiB", "--state-cache-slots", "-1"],
+        ["plan", "--model", "qwen3-next-80b-a3b", "--memory", "60GiB", "--state-cache-slots", "x"],
+        [
+            "plan",
+            "--model",
+            "qwen3-next-80b-a3b",
+            "--memory",
+            "60GiB",
+            "--mamba-cache-mode",
+            "all",
+            "--state-cache-slots",
+            "1",
+        ],
+        [
+            "plan",
+            "--model",
+            "qwen3-next-80b-a3b",
+            "--memory",
+            "4GiB",
+            "--state-cache-slots",
+            "9999",
+        ],
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(

@@ -12,6 +12,7 @@ from hybridkv import (
     ManagerGroup,
     errors,
     hash_token_blocks,
+    plan_memory,
     plan_with_blocks,
 )
 from hybridkv.kv_events import BlockRemoved, BlockStored, PrefixDisagreement
@@ -92,6 +93,59 @@ def test_built_from_a_memory_plan() -> None:
     assert m.allocate_slots([7], [10]).tolist() == [True]
     assert m.block_table(0, [7]).shape == (1, 3)
     m.check_invariants()
+
+
+def _churn_then_rehit(spare: int, churn: int) -> int:
+    """A finishes a 16-token prompt (align checkpoints at 8 and 16); S-1 requests stay
+    running with full state use; ``churn`` other requests then run and finish one at a
+    time. Returns A's follow-up turn's hit length."""
+    attn = {"num_kv_heads": 2, "head_size": 8}
+    model = ModelSpec(
+        name="t",
+        layer_specs=(FullAttentionSpec(**attn), StateSpec(shapes=((2, 3),), dtypes=("fp32",))),
+    )
+    s = 4
+    plan = plan_memory(
+        model,
+        memory_bytes=1 << 20,
+        max_num_seqs=s,
+        max_model_len=64,
+        max_num_batched_tokens=32,
+        block_size=BS,
+        state_cache_slots=spare,
+    )
+    m = KVCacheManager(plan)
+    assert m.stats().num_blocks[1] == 2 * s + spare + 1
+    p = seq(16)
+    m.add_requests([1], [p])
+    run_prefill(m, 1, [16])
+    m.free([1])
+    running = list(range(100, 100 + s - 1))
+    m.add_requests(running, [seq(16, 1000 * i) for i in range(1, s)])
+    m.get_computed_tokens(running)
+    for _ in range(2):
+        assert all(m.allocate_slots(running, [8] * len(running)).tolist())
+    assert m.stats().num_in_use[1] == 2 * (s - 1)  # every running state slot taken
+    for k in range(churn):
+        rid = 200 + k
+        m.add_requests([rid], [seq(16, 50_000 + 100 * k)])
+        run_prefill(m, rid, [8, 8])
+        m.free([rid])
+    m.add_requests([2], [np.concatenate([p, toks(7)])])
+    hit = int(m.get_computed_tokens([2])[0])
+    m.check_invariants()
+    return hit
+
+
+@pytest.mark.parametrize("churn", [1, 2, 4])
+def test_spare_state_slots_keep_a_finished_checkpoint_through_churn(churn: int) -> None:
+    # Each churned request leaves two checkpoints of its own cached (8 and 16), so
+    # 2 spare slots per churned request keep A's checkpoints out of the LRU's reach.
+    assert _churn_then_rehit(spare=2 * churn, churn=churn) == 16
+    # Without spare slots the pool is all running states: the churn evicts A's
+    # checkpoints, and the attention blocks A left cached can't be used alone.
+    assert _churn_then_rehit(spare=0, churn=churn) == 0
+    assert _churn_then_rehit(spare=0, churn=0) == 16  # not evicted without churn
 
 
 # --- allocation and tables -----------------------------------------------------------

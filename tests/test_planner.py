@@ -493,3 +493,126 @@ def test_to_dict_shape() -> None:
         ):
             assert key in g
     json.dumps(d)
+
+
+# ---------------------------------------------------------------------------
+# spare state slots for cached checkpoints
+# ---------------------------------------------------------------------------
+
+
+def _two_state_model() -> ModelSpec:
+    attn = {"num_kv_heads": 2, "head_size": 8}
+    return ModelSpec(
+        name="two-states",
+        layer_specs=(
+            FullAttentionSpec(**attn),
+            SlidingWindowSpec(window=8, **attn),
+            StateSpec(shapes=((2, 3),), dtypes=("fp32",)),
+            StateSpec(shapes=((4, 5),), dtypes=("fp16",)),
+            StateSpec(shapes=((2, 3),), dtypes=("fp32",)),
+        ),
+    )
+
+
+SPARE_KW: dict[str, Any] = {
+    "memory_bytes": 1 << 20,
+    "max_num_seqs": 4,
+    "max_model_len": 64,
+    "max_num_batched_tokens": 32,
+    "block_size": 4,
+}
+
+
+@pytest.mark.parametrize("mode", ["none", "align"])
+@pytest.mark.parametrize("spare", [1, 7, 50])
+def test_state_cache_slots_grow_every_state_pool_by_exactly_n_pages(mode: str, spare: int) -> None:
+    model = _two_state_model()
+    base = plan_memory(model, mamba_cache_mode=mode, **SPARE_KW)
+    more = plan_memory(model, mamba_cache_mode=mode, state_cache_slots=spare, **SPARE_KW)
+    assert base.state_cache_slots == 0 and more.state_cache_slots == spare
+    state_pages = 0
+    for a, b in zip(base.groups, more.groups, strict=True):
+        if a.kind == "state":
+            assert b.num_blocks == a.num_blocks + spare
+            assert b.bytes == a.bytes + spare * a.page_size_bytes
+            assert b.slot_address_space == b.num_blocks * b.block_size
+            assert b.max_blocks_per_request == a.max_blocks_per_request  # per request: unchanged
+            state_pages += a.page_size_bytes
+        elif not a.grows:
+            assert b == a  # window pools are untouched
+    assert sum(1 for g in base.groups if g.kind == "state") == 2
+    assert more.bounded_bytes == base.bounded_bytes + spare * state_pages
+    # The growing group pays: its block count is what the smaller rest buys.
+    growing_page = sum(g.page_size_bytes for g in more.growing_groups)
+    blocks = (more.memory_bytes - more.bounded_bytes) // growing_page
+    assert [g.num_blocks for g in more.growing_groups] == [blocks]
+    assert more.token_capacity == (blocks - 1) * more.block_size
+    assert more.token_capacity <= base.token_capacity
+    assert more.total_bytes <= more.memory_bytes
+    assert more.to_dict()["state_cache_slots"] == spare
+
+
+def test_state_cache_slots_cost_token_capacity_on_a_real_model() -> None:
+    m = load_model("qwen3-next-80b-a3b")
+    kw: dict[str, Any] = {
+        "memory_bytes": 16 << 30,
+        "max_num_seqs": 64,
+        "max_model_len": 32768,
+        "max_num_batched_tokens": 8192,
+    }
+    base = plan_memory(m, **kw)
+    prev = base
+    for spare in (16, 64, 128):
+        plan = plan_memory(m, state_cache_slots=spare, **kw)
+        (state,) = [g for g in plan.groups if g.kind == "state"]
+        (state0,) = [g for g in base.groups if g.kind == "state"]
+        assert state.num_blocks == state0.num_blocks + spare
+        assert plan.token_capacity < prev.token_capacity
+        assert plan.physical_token_limit is not None and base.physical_token_limit is not None
+        lost = base.physical_token_limit - plan.physical_token_limit
+        assert lost == pytest.approx(spare * state.page_size_bytes / plan.growing_bytes_per_token)
+        prev = plan
+
+
+def test_state_cache_slots_zero_is_the_old_plan() -> None:
+    for name in ("qwen3-next-80b-a3b", "gpt-oss-20b"):
+        m = load_model(name)
+        kw: dict[str, Any] = {
+            "memory_bytes": 20 << 30,
+            "max_num_seqs": 32,
+            "max_model_len": 8192,
+            "max_num_batched_tokens": 2048,
+        }
+        old = plan_memory(m, **kw)
+        assert plan_memory(m, state_cache_slots=0, **kw) == old
+        assert old.to_dict()["state_cache_slots"] == 0
+
+
+def test_state_cache_slots_without_state_groups_change_no_pool() -> None:
+    m = load_model("gpt-oss-20b")
+    kw: dict[str, Any] = {
+        "memory_bytes": 20 << 30,
+        "max_num_seqs": 32,
+        "max_model_len": 8192,
+        "max_num_batched_tokens": 2048,
+    }
+    assert plan_memory(m, state_cache_slots=9, **kw).groups == plan_memory(m, **kw).groups
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "4", None])
+def test_state_cache_slots_bad_values(bad: Any) -> None:
+    with pytest.raises(PlanError, match="state_cache_slots"):
+        plan_memory(_two_state_model(), state_cache_slots=bad, **SPARE_KW)
+
+
+def test_state_cache_slots_rejected_in_mode_all() -> None:
+    model = _two_state_model()
+    with pytest.raises(PlanError, match="mamba_cache_mode"):
+        plan_memory(model, mamba_cache_mode="all", state_cache_slots=1, **SPARE_KW)
+    every = plan_memory(model, mamba_cache_mode="all", state_cache_slots=0, **SPARE_KW)
+    assert every.state_cache_slots == 0
+
+
+def test_state_cache_slots_that_do_not_fit_say_by_how_much() -> None:
+    with pytest.raises(PlanError, match="short by"):
+        plan_memory(_two_state_model(), state_cache_slots=10**6, **SPARE_KW)

@@ -33,6 +33,9 @@ def _replace(flag: str, value: str) -> list[str]:
         ([*BASE, "--seed", "3", "--trace", "/tmp/x.json"], "--seed"),
         (_replace("--memory", "1MiB"), "short by"),  # the bounded pools do not fit
         ([*BASE, "--max-model-len", "64"], "max_model_len"),  # trace requests are longer
+        ([*BASE, "--state-cache-slots", "-1"], "--state-cache-slots"),
+        ([*BASE, "--state-cache-slots", "many"], "--state-cache-slots"),
+        ([*BASE, "--mamba-cache-mode", "all", "--state-cache-slots", "2"], "state_cache_slots"),
     ],
 )
 def test_bad_arguments_one_line_exit_2(

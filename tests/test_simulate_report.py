@@ -4,6 +4,7 @@ plot, and the offload hook."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,13 @@ from hybridkv.models import load_model
 from hybridkv.planner import plan_memory
 from hybridkv.simulate import (
     SimConfig,
+    make_plans,
     run,
     simulate_plan,
     unified_plan,
     with_state_checkpoints,
 )
-from hybridkv.traces import make_agentic
+from hybridkv.traces import load_trace, make_agentic
 
 ARGS = ["simulate", "--model", "qwen3-next-80b-a3b", "--memory", "16GiB", "--json"]
 
@@ -108,6 +110,31 @@ def test_unified_plan_and_state_checkpoints() -> None:
     assert s.token_capacity == plan.token_capacity
     with pytest.raises(InvalidArgumentError, match="multiple"):
         with_state_checkpoints(plan, 100)
+
+
+def test_state_cache_slots_reach_only_the_per_group_plan(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    trace_args = ["--trace", "chat", "--max-model-len", "32768", "--no-progress"]
+    old = _strip_measured(_json([*ARGS, *trace_args], capsys))
+    new = _strip_measured(_json([*ARGS, *trace_args, "--state-cache-slots", "64"], capsys))
+    assert (old["state_cache_slots"], new["state_cache_slots"]) == (0, 64)
+    assert new["layouts"]["unified"] == old["layouts"]["unified"]
+    a, b = old["layouts"]["per-group"], new["layouts"]["per-group"]
+    assert b["token_capacity"] < a["token_capacity"]
+    # The point of the knob: finished turns' checkpoints survive, so more prefix hits.
+    assert b["prefix_hit_rate"] > a["prefix_hit_rate"]
+    cfg = SimConfig(
+        model="qwen3-next-80b-a3b", memory_bytes=16 * 2**30, trace="chat", state_cache_slots=64
+    )
+    plans = make_plans(cfg, load_trace("chat"))
+    base = make_plans(replace(cfg, state_cache_slots=0), load_trace("chat"))
+    pg, pg0 = plans["per-group"], base["per-group"]
+    assert not isinstance(pg, str) and not isinstance(pg0, str)
+    assert [g.num_blocks for g in pg.groups if g.kind == "state"] == [
+        g.num_blocks + 64 for g in pg0.groups if g.kind == "state"
+    ]
+    assert plans["unified"] == base["unified"]
 
 
 class _Tier:

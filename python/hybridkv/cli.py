@@ -66,6 +66,29 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type for integers >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def add_state_cache_slots_argument(p: argparse.ArgumentParser) -> None:
+    """``--state-cache-slots N``: spare state blocks for cached checkpoints."""
+    p.add_argument(
+        "--state-cache-slots",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="spare blocks per state group (modes none/align) that keep finished turns' "
+        "state checkpoints cached; paid for in token capacity",
+    )
+
+
 # ---------------------------------------------------------------------------
 # plan
 # ---------------------------------------------------------------------------
@@ -100,6 +123,7 @@ def add_plan_parser(subparsers: Any) -> None:
         default="tight",
         help="sliding-window / chunked pools: tight whole-step bound or per-request worst case",
     )
+    add_state_cache_slots_argument(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run_plan)
 
@@ -134,6 +158,7 @@ def run_plan(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         mamba_cache_mode=args.mamba_cache_mode,
         bounded_sizing=args.bounded_sizing,
+        state_cache_slots=args.state_cache_slots,
     )
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -183,6 +208,8 @@ def run_plan(args: argparse.Namespace) -> int:
         f"bounded pools:    {format_bytes(plan.bounded_bytes)}; unused {format_bytes(plan.unused_bytes)}",
         f"unified baseline: {baseline}",
     ]
+    if plan.state_cache_slots:
+        lines.append(f"state cache slots: {plan.state_cache_slots} spare blocks per state group")
     if plan.encoder_only_layers:
         lines.append(f"encoder-only layers (no cache): {len(plan.encoder_only_layers)}")
     for line in lines:

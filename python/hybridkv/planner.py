@@ -259,7 +259,8 @@ class MemoryPlan:
     ``physical_token_limit``: ``(memory - bounded bytes - growing null blocks) /
     growing bytes per token`` (``None`` without growing groups); ``token_capacity``
     falls short of it by less than one block. With no growing group, capacity is
-    ``max_num_seqs * max_model_len``.
+    ``max_num_seqs * max_model_len``. ``state_cache_slots``: spare blocks every bounded
+    state group's pool got beyond its running states (see :func:`plan_memory`).
     """
 
     groups: tuple[GroupPlan, ...]
@@ -279,6 +280,7 @@ class MemoryPlan:
     physical_token_limit: float | None
     unified_baseline: UnifiedBaseline
     model: ModelSpec
+    state_cache_slots: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -316,6 +318,7 @@ class MemoryPlan:
             "encoder_only_layers": list(self.encoder_only_layers),
             "groups": [g.to_dict() for g in self.groups],
             "unified_baseline": self.unified_baseline.to_dict(),
+            "state_cache_slots": self.state_cache_slots,
         }
 
 
@@ -469,6 +472,7 @@ def _finish(
     *,
     memory_bytes: int,
     bounded_sizing: str,
+    state_cache_slots: int = 0,
 ) -> MemoryPlan:
     block_size = limits.block_size
     max_num_seqs = limits.max_num_seqs
@@ -509,6 +513,7 @@ def _finish(
             model, memory_bytes=memory_bytes, block_size=block_size, max_model_len=max_model_len
         ),
         model=model,
+        state_cache_slots=state_cache_slots,
     )
 
 
@@ -522,6 +527,7 @@ def plan_memory(
     block_size: int = 16,
     mamba_cache_mode: str = "align",
     bounded_sizing: str = "tight",
+    state_cache_slots: int = 0,
 ) -> MemoryPlan:
     """Plan ``memory_bytes`` of KV cache for ``model``: one pool per group.
 
@@ -534,6 +540,19 @@ def plan_memory(
     same number of tokens. Raises :class:`PlanError` for bad sizes, when the bounded
     pools don't fit, or when the growing groups can't hold one ``max_model_len``
     request (saying by how many bytes).
+
+    ``state_cache_slots`` (default 0) adds that many spare blocks to every bounded state
+    group's pool (modes ``none`` and ``align``). At full load the running states fill a
+    pool sized for ``max_num_seqs`` requests, so the checkpoints finished turns leave
+    cached are the first blocks evicted and multi-turn prefix hits die; spare slots
+    keep up to that many checkpoints per state group alive. They are paid for from the
+    growing groups: each costs one state page per state group, counted in
+    ``bounded_bytes``, so ``token_capacity`` falls accordingly. In mode ``none`` no
+    checkpoint is ever cached, so spare slots would only cost: they are still added
+    (the operator asked for them) but buy nothing. In mode ``all`` the state groups
+    grow and already keep every checkpoint, so a nonzero value is a
+    :class:`PlanError` rather than silently ignored. Negative values are a
+    :class:`PlanError`.
     """
     limits = _check_common(
         model, block_size, max_num_seqs, max_model_len, max_num_batched_tokens, mamba_cache_mode
@@ -541,12 +560,20 @@ def plan_memory(
     _check_int("memory_bytes", memory_bytes)
     if bounded_sizing not in BOUNDED_SIZINGS:
         raise PlanError(f"bounded_sizing must be one of {BOUNDED_SIZINGS}, got {bounded_sizing!r}")
+    _check_int("state_cache_slots", state_cache_slots, minimum=0)
+    if state_cache_slots and limits.mamba_cache_mode == "all":
+        raise PlanError(
+            "state_cache_slots needs mamba_cache_mode 'none' or 'align': in 'all' the "
+            f"state groups grow and keep every checkpoint already (got {state_cache_slots})"
+        )
     pending, encoder_only = _groups(model, limits)
     # Bounded pools first, each with its null block: group index -> (blocks, sizing).
     bounded: dict[int, tuple[int, str]] = {}
     for i, g in enumerate(pending):
         if not g.grows:
             n, sizing = _bounded_blocks(g, limits, bounded_sizing)
+            if isinstance(g.spec, StateSpec):
+                n += state_cache_slots  # spare slots for cached checkpoints
             bounded[i] = (n + 1, sizing)
     bounded_bytes = sum(n * pending[i].page_size_bytes for i, (n, _) in bounded.items())
     if bounded_bytes > memory_bytes:
@@ -577,7 +604,13 @@ def plan_memory(
         for i, g in enumerate(pending)
     ]
     return _finish(
-        model, plans, encoder_only, limits, memory_bytes=memory_bytes, bounded_sizing=bounded_sizing
+        model,
+        plans,
+        encoder_only,
+        limits,
+        memory_bytes=memory_bytes,
+        bounded_sizing=bounded_sizing,
+        state_cache_slots=state_cache_slots,
     )
 
 

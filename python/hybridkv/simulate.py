@@ -24,9 +24,12 @@ checkpoints that later turns need (measured at 16 GiB, per-group hit rate at a
 256-token vs a 16-token interval: agentic 0.655 vs 0.399, chat 0.475 vs 0.009, docqa
 0.953 vs 0.558). Separate pools let the state group pick its own interval; the
 unified layout is stuck with its one block size. The state pool itself is sized by
-the planner for ``max_num_seqs`` running states with no spare slots, so at full
-concurrency cached checkpoints survive only briefly; on the chat trace that leaves
+the planner for ``max_num_seqs`` running states with no spare slots by default, so at
+full concurrency cached checkpoints survive only briefly; on the chat trace that leaves
 per-group's hit rate below unified's (whose divided pool has spare state blocks).
+``state_cache_slots`` (``--state-cache-slots N``) gives every per-group state pool
+``N`` spare blocks for cached checkpoints, paid for in token capacity; the unified
+layout, built from the baseline's one pool, is unaffected.
 
 ``unified`` is the planner's unified-page baseline (today's engines): one pool, one
 page size, attention blocks inflated to ``B_u`` tokens so their page covers a state
@@ -89,6 +92,7 @@ class SimConfig:
     seed: int | None = None
     long_prefill_token_threshold: int | None = None
     state_checkpoint_tokens: int | None = 256
+    state_cache_slots: int = 0
 
 
 def resolve_trace(name_or_path: str, seed: int | None = None) -> Trace:
@@ -168,6 +172,7 @@ def make_plans(cfg: SimConfig, trace: Trace) -> dict[str, MemoryPlan | str]:
         max_num_batched_tokens=cfg.max_num_batched_tokens,
         block_size=cfg.block_size,
         mamba_cache_mode=cfg.mamba_cache_mode,
+        state_cache_slots=cfg.state_cache_slots,
     )
     per_group = plan
     if cfg.state_checkpoint_tokens is not None and plan.mamba_cache_mode == "align":
@@ -448,6 +453,7 @@ class SimReport:
             "max_model_len": plan.max_model_len,
             "block_size": cfg.block_size,
             "mamba_cache_mode": cfg.mamba_cache_mode,
+            "state_cache_slots": cfg.state_cache_slots,
             "policy": cfg.policy,
             "cost_model": self.cost,
             "layouts": {k: v.report for k, v in self.results.items()},
@@ -598,6 +604,11 @@ def render_table(report: SimReport) -> Any:
         f"max_num_seqs {cfg.max_num_seqs}, {cfg.max_num_batched_tokens} batched tokens/step, "
         f"max_model_len {plan.max_model_len}, policy {cfg.policy}"
         + (f", per-group state checkpoints every {ckpt} tokens" if ckpt else "")
+        + (
+            f", {cfg.state_cache_slots} spare per-group state slots"
+            if cfg.state_cache_slots
+            else ""
+        )
         + ". Modelled: roofline step times at datasheet peaks. Measured: wall clock of "
         "schedule() + update_from_output(), manager calls included."
     )
@@ -654,6 +665,7 @@ def write_plot(report: SimReport, path: str | Path) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``hybridkv simulate`` on an argparse subparsers object."""
+    from hybridkv.cli import add_state_cache_slots_argument
     from hybridkv.cli import positive_int as _positive
     from hybridkv.units import size_type as _size
 
@@ -682,6 +694,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=256,
         help="per-group layout, align mode: state checkpoint interval in tokens",
     )
+    add_state_cache_slots_argument(p)
     p.add_argument(
         "--long-prefill-token-threshold", type=_positive, help="cap one request's prefill chunk"
     )
@@ -719,6 +732,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         seed=args.seed,
         long_prefill_token_threshold=args.long_prefill_token_threshold,
         state_checkpoint_tokens=args.state_checkpoint_tokens,
+        state_cache_slots=args.state_cache_slots,
     )
 
 
