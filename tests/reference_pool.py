@@ -214,3 +214,17 @@ def check_state_invariants(s: dict[str, Any]) -> None:
     assert s["num_in_use"] == sum(1 for r in refs[1:] if r > 0)
     assert s["num_free"] + s["num_in_use"] == n - 1
     assert s["num_cached"] == sum(1 for b in queue if b in carried)
+
+
+def same_snapshot(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two pool snapshots are identical (arrays compared by dtype, shape, values)."""
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, np.ndarray):
+            if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(x, y):
+                return False
+        elif x != y:
+            return False
+    return True

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hybridkv import BlockPool, EventKind, PoolRegistry, errors
 from hybridkv.hashes import to_array, to_ints
-from reference_pool import check_state_invariants, hash_ints, rust_state
+from reference_pool import check_state_invariants, hash_ints, rust_state, same_snapshot
 
 H = to_array  # hashes as (n, 2) uint64 rows
 
@@ -21,19 +21,6 @@ def ids(*xs: int) -> np.ndarray:
 
 def events(pool: BlockPool | PoolRegistry) -> list[tuple[int, int, int, int]]:
     return [(e.group, int(e.kind), e.block_id, e.block_hash) for e in pool.take_events()]
-
-
-def same_snapshot(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for k in a:
-        x, y = a[k], b[k]
-        if isinstance(x, np.ndarray):
-            if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(x, y):
-                return False
-        elif x != y:
-            return False
-    return True
 
 
 # --- construction and counts -------------------------------------------------------

@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from reference_pool import RefPool, check_state_invariants, rust_state
+from reference_pool import RefPool, check_state_invariants, rust_state, same_snapshot
 
 # Few distinct hashes so collisions (one hash, several blocks) are common; some use the
 # high 64 bits so both halves of the boundary layout are exercised.
@@ -46,19 +46,6 @@ def report_steps(request: pytest.FixtureRequest) -> Iterator[None]:
         for name in ("PoolMachine", "RegistryMachine"):
             runs, checks = COUNTS[name + ".runs"], COUNTS[name + ".checks"]
             reporter.write_line(f"{name}: {runs} runs, {checks - runs} steps")
-
-
-def same_snapshot(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for k in a:
-        x, y = a[k], b[k]
-        if isinstance(x, np.ndarray):
-            if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(x, y):
-                return False
-        elif x != y:
-            return False
-    return True
 
 
 def attempt(fn: Callable[[], Any]) -> tuple[Any, type[Exception] | None]:

@@ -76,11 +76,7 @@ class CpuTier(Tier):
                 if stored is None:
                     out.append(None)
                     continue
-                self._lru.touch(key)
-                view = self._view(stored)
-                self.stats.hits += 1
-                self.stats.loaded_bytes += view.nbytes
-                out.append(view)
+                out.append(self._record_hit(key, self._view(stored)))
         return out
 
     def put(

@@ -192,10 +192,7 @@ class DiskTier(Tier):
                         self._lru.remove(key)
                     out.append(None)
                     continue
-                self._lru.touch(key)
-                self.stats.hits += 1
-                self.stats.loaded_bytes += payload.nbytes
-                out.append(payload)
+                out.append(self._record_hit(key, payload))
         return out
 
     def _write(self, key: BlockKey, view: memoryview) -> bool:

@@ -192,10 +192,7 @@ class RedisTier(Tier):
                     self.stats.corrupt_removed += 1
                     out.append(None)
                     continue
-                self._lru.touch(key)
-                self.stats.hits += 1
-                self.stats.loaded_bytes += payload.nbytes
-                out.append(payload)
+                out.append(self._record_hit(key, payload))
         if bad:
             self._execute(lambda pipe: [pipe.delete(name) for name in bad])
         return out

@@ -146,6 +146,13 @@ class Tier(ABC):
         with self._lock:
             return self._lru.lru_keys()
 
+    def _record_hit(self, key: BlockKey, payload: memoryview) -> memoryview:
+        """Count a served block and make it most recently used (caller holds the lock)."""
+        self._lru.touch(key)
+        self.stats.hits += 1
+        self.stats.loaded_bytes += payload.nbytes
+        return payload
+
     @abstractmethod
     def contains(self, keys: Sequence[BlockKey]) -> list[bool]:
         """Whether the tier (probably) holds each key; a later ``get`` may still miss."""
