@@ -616,3 +616,26 @@ def test_state_cache_slots_rejected_in_mode_all() -> None:
 def test_state_cache_slots_that_do_not_fit_say_by_how_much() -> None:
     with pytest.raises(PlanError, match="short by"):
         plan_memory(_two_state_model(), state_cache_slots=10**6, **SPARE_KW)
+
+
+def test_state_checkpoint_interval_is_the_state_groups_block_size() -> None:
+    model = load_model("qwen3-next-80b-a3b")
+    limits = dict(
+        memory_bytes=16 * 2**30, max_num_seqs=64, max_model_len=20480, max_num_batched_tokens=8192
+    )
+    base = plan_memory(model, **limits)
+    coarse = plan_memory(model, **limits, state_checkpoint_tokens=256)
+    for a, b in zip(base.groups, coarse.groups, strict=True):
+        assert b.bytes == a.bytes and b.num_blocks == a.num_blocks
+        want = 256 if b.kind == "state" else 16
+        assert b.block_size == want and b.slot_address_space == b.num_blocks * want
+    assert coarse.token_capacity == base.token_capacity
+    assert base.to_dict()["state_checkpoint_tokens"] == 16
+    assert coarse.to_dict()["state_checkpoint_tokens"] == 256
+    with pytest.raises(PlanError, match="multiple of the block size 16"):
+        plan_memory(model, **limits, state_checkpoint_tokens=40)
+    with pytest.raises(PlanError, match="'all'"):
+        plan_memory(model, **limits, mamba_cache_mode="all", state_checkpoint_tokens=32)
+    for bad in (0, -16, 1.5, True):
+        with pytest.raises(PlanError, match="state_checkpoint_tokens"):
+            plan_memory(model, **limits, state_checkpoint_tokens=bad)  # type: ignore[arg-type]

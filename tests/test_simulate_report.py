@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hybridkv.cli import main
 from hybridkv.cost_model import CostModel
-from hybridkv.errors import InvalidArgumentError
+from hybridkv.errors import InvalidArgumentError, PlanError
 from hybridkv.models import load_model
 from hybridkv.planner import plan_memory
 from hybridkv.simulate import (
@@ -21,7 +21,6 @@ from hybridkv.simulate import (
     run,
     simulate_plan,
     unified_plan,
-    with_state_checkpoints,
 )
 from hybridkv.traces import load_trace, make_agentic
 
@@ -104,12 +103,27 @@ def test_unified_plan_and_state_checkpoints() -> None:
     assert u.token_capacity == ub.token_capacity
     assert {g.block_size for g in u.groups} == {ub.block_size}
     assert all(g.num_blocks == ub.num_blocks // ub.num_groups + 1 for g in u.groups)
-    s = with_state_checkpoints(plan, 256)
+    s = plan_memory(
+        model,
+        memory_bytes=16 * 2**30,
+        max_num_seqs=64,
+        max_model_len=20480,
+        max_num_batched_tokens=8192,
+        state_checkpoint_tokens=256,
+    )
     assert [g.block_size for g in s.groups if g.kind == "state"] == [256]
     assert [g.bytes for g in s.groups] == [g.bytes for g in plan.groups]
     assert s.token_capacity == plan.token_capacity
-    with pytest.raises(InvalidArgumentError, match="multiple"):
-        with_state_checkpoints(plan, 100)
+    assert s.to_dict()["state_checkpoint_tokens"] == 256
+    with pytest.raises(PlanError, match="multiple"):
+        plan_memory(
+            model,
+            memory_bytes=16 * 2**30,
+            max_num_seqs=64,
+            max_model_len=20480,
+            max_num_batched_tokens=8192,
+            state_checkpoint_tokens=100,
+        )
 
 
 def test_state_cache_slots_reach_only_the_per_group_plan(

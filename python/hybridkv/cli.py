@@ -124,6 +124,13 @@ def add_plan_parser(subparsers: Any) -> None:
         help="sliding-window / chunked pools: tight whole-step bound or per-request worst case",
     )
     add_state_cache_slots_argument(p)
+    p.add_argument(
+        "--state-checkpoint-tokens",
+        type=positive_int,
+        metavar="N",
+        help="block size of bounded state groups: where checkpoints land (default: "
+        "--block-size; a multiple of it)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run_plan)
 
@@ -159,6 +166,7 @@ def run_plan(args: argparse.Namespace) -> int:
         mamba_cache_mode=args.mamba_cache_mode,
         bounded_sizing=args.bounded_sizing,
         state_cache_slots=args.state_cache_slots,
+        state_checkpoint_tokens=args.state_checkpoint_tokens,
     )
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))

@@ -261,6 +261,8 @@ class MemoryPlan:
     falls short of it by less than one block. With no growing group, capacity is
     ``max_num_seqs * max_model_len``. ``state_cache_slots``: spare blocks every bounded
     state group's pool got beyond its running states (see :func:`plan_memory`).
+    ``state_checkpoint_tokens``: the bounded state groups' block size, i.e. where
+    their checkpoints land (``None``: ``block_size``).
     """
 
     groups: tuple[GroupPlan, ...]
@@ -281,6 +283,7 @@ class MemoryPlan:
     unified_baseline: UnifiedBaseline
     model: ModelSpec
     state_cache_slots: int = 0
+    state_checkpoint_tokens: int | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -319,6 +322,7 @@ class MemoryPlan:
             "groups": [g.to_dict() for g in self.groups],
             "unified_baseline": self.unified_baseline.to_dict(),
             "state_cache_slots": self.state_cache_slots,
+            "state_checkpoint_tokens": self.state_checkpoint_tokens or self.block_size,
         }
 
 
@@ -473,6 +477,7 @@ def _finish(
     memory_bytes: int,
     bounded_sizing: str,
     state_cache_slots: int = 0,
+    state_checkpoint_tokens: int | None = None,
 ) -> MemoryPlan:
     block_size = limits.block_size
     max_num_seqs = limits.max_num_seqs
@@ -514,6 +519,7 @@ def _finish(
         ),
         model=model,
         state_cache_slots=state_cache_slots,
+        state_checkpoint_tokens=state_checkpoint_tokens,
     )
 
 
@@ -528,6 +534,7 @@ def plan_memory(
     mamba_cache_mode: str = "align",
     bounded_sizing: str = "tight",
     state_cache_slots: int = 0,
+    state_checkpoint_tokens: int | None = None,
 ) -> MemoryPlan:
     """Plan ``memory_bytes`` of KV cache for ``model``: one pool per group.
 
@@ -553,6 +560,15 @@ def plan_memory(
     grow and already keep every checkpoint, so a nonzero value is a
     :class:`PlanError` rather than silently ignored. Negative values are a
     :class:`PlanError`.
+
+    ``state_checkpoint_tokens`` (default ``block_size``) is the block size of every
+    bounded state group: where its checkpoints land, and so how often a decoding
+    request moves its running state to a fresh block. A state block is one whole state
+    at any interval, so this costs no memory; a coarser interval churns the small state
+    pool less and keeps cached checkpoints alive longer (per-group pools let the state
+    group pick its own interval). It must be a multiple of ``block_size`` so hits on
+    state boundaries are block-aligned for attention too; in mode ``all`` (state
+    groups grow, one checkpoint per attention block) it must equal ``block_size``.
     """
     limits = _check_common(
         model, block_size, max_num_seqs, max_model_len, max_num_batched_tokens, mamba_cache_mode
@@ -566,6 +582,19 @@ def plan_memory(
             "state_cache_slots needs mamba_cache_mode 'none' or 'align': in 'all' the "
             f"state groups grow and keep every checkpoint already (got {state_cache_slots})"
         )
+    ckpt = block_size
+    if state_checkpoint_tokens is not None:
+        ckpt = _check_int("state_checkpoint_tokens", state_checkpoint_tokens)
+        if ckpt % limits.block_size:
+            raise PlanError(
+                f"state_checkpoint_tokens {ckpt} must be a positive multiple of the block "
+                f"size {limits.block_size}"
+            )
+        if ckpt != limits.block_size and limits.mamba_cache_mode == "all":
+            raise PlanError(
+                "state_checkpoint_tokens must equal block_size in mamba_cache_mode 'all' "
+                f"(state groups grow with one checkpoint per block), got {ckpt}"
+            )
     pending, encoder_only = _groups(model, limits)
     # Bounded pools first, each with its null block: group index -> (blocks, sizing).
     bounded: dict[int, tuple[int, str]] = {}
@@ -600,7 +629,12 @@ def plan_memory(
                 f"{need * growing_page - rest} bytes"
             )
     plans = [
-        _group_plan(i, g, block_size, *bounded.get(i, (blocks, "growing")))
+        _group_plan(
+            i,
+            g,
+            ckpt if isinstance(g.spec, StateSpec) and not g.grows else block_size,
+            *bounded.get(i, (blocks, "growing")),
+        )
         for i, g in enumerate(pending)
     ]
     return _finish(
@@ -611,6 +645,7 @@ def plan_memory(
         memory_bytes=memory_bytes,
         bounded_sizing=bounded_sizing,
         state_cache_slots=state_cache_slots,
+        state_checkpoint_tokens=ckpt,
     )
 
 

@@ -16,7 +16,7 @@ Layouts
 ``per-group`` is hybridkv's plan (:func:`hybridkv.planner.plan_memory`): one pool per
 KV-cache group at its natural page size, bounded pools right-sized, the growing groups
 sharing the rest. In ``mamba_cache_mode="align"`` its state groups checkpoint every
-``state_checkpoint_tokens`` (default 256; :func:`with_state_checkpoints`): a state
+``state_checkpoint_tokens`` (default 256; the planner's ``state_checkpoint_tokens``): a state
 block is one whole state at any interval, so this costs no memory, but at the 16-token
 attention block size decoding would move every request's running state to a fresh
 block every 16 tokens and churn the small state pool, evicting the end-of-turn
@@ -56,7 +56,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,31 +133,6 @@ def unified_plan(plan: MemoryPlan) -> MemoryPlan:
     )
 
 
-def with_state_checkpoints(plan: MemoryPlan, tokens: int) -> MemoryPlan:
-    """``plan`` with every bounded state group checkpointing every ``tokens`` tokens.
-
-    A state block holds one whole state whatever its block size, so this changes no
-    byte count: only where checkpoints land (multiples of ``tokens``) and so how often
-    decoding takes a new state block (the running state moves to a fresh block at every
-    boundary, and the superseded one goes back to the free queue, evicting older
-    cached checkpoints). ``tokens`` must be a multiple of every growing group's block
-    size, so that hits on state boundaries are block-aligned for attention too.
-    """
-    grow = [g.block_size for g in plan.groups if g.grows]
-    if tokens < 1 or any(tokens % b for b in grow):
-        raise InvalidArgumentError(
-            f"state checkpoint interval {tokens} must be a positive multiple of the "
-            f"attention block size {grow[0] if grow else plan.block_size}"
-        )
-    groups = tuple(
-        replace(g, block_size=tokens, slot_address_space=g.num_blocks * tokens)
-        if g.kind == "state" and not g.grows
-        else g
-        for g in plan.groups
-    )
-    return replace(plan, groups=groups)
-
-
 def make_plans(cfg: SimConfig, trace: Trace) -> dict[str, MemoryPlan | str]:
     """Per layout: its plan, or why it cannot run."""
     from hybridkv.models import load_model
@@ -173,11 +148,11 @@ def make_plans(cfg: SimConfig, trace: Trace) -> dict[str, MemoryPlan | str]:
         block_size=cfg.block_size,
         mamba_cache_mode=cfg.mamba_cache_mode,
         state_cache_slots=cfg.state_cache_slots,
+        state_checkpoint_tokens=(
+            cfg.state_checkpoint_tokens if cfg.mamba_cache_mode == "align" else None
+        ),
     )
-    per_group = plan
-    if cfg.state_checkpoint_tokens is not None and plan.mamba_cache_mode == "align":
-        per_group = with_state_checkpoints(plan, cfg.state_checkpoint_tokens)
-    out: dict[str, MemoryPlan | str] = {"per-group": per_group}
+    out: dict[str, MemoryPlan | str] = {"per-group": plan}
     try:
         out["unified"] = unified_plan(plan)
     except PlanError as e:
@@ -799,6 +774,5 @@ __all__ = [
     "run",
     "simulate_plan",
     "unified_plan",
-    "with_state_checkpoints",
     "write_plot",
 ]
