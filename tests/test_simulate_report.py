@@ -14,13 +14,12 @@ from hybridkv.cli import main
 from hybridkv.cost_model import CostModel
 from hybridkv.errors import InvalidArgumentError, PlanError
 from hybridkv.models import load_model
-from hybridkv.planner import plan_memory
+from hybridkv.planner import plan_memory, vllm_runtime_plan
 from hybridkv.simulate import (
     SimConfig,
     make_plans,
     run,
     simulate_plan,
-    unified_plan,
 )
 from hybridkv.traces import load_trace, make_agentic
 
@@ -49,7 +48,7 @@ def test_same_seed_same_report(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_report_shape_and_layout_facts(capsys: pytest.CaptureFixture[str]) -> None:
     r = _json([*ARGS, "--trace", "agentic"], capsys)
-    pg, un = r["layouts"]["static"], r["layouts"]["unified"]
+    pg, un = r["layouts"]["static"], r["layouts"]["vllm"]
     model = load_model("qwen3-next-80b-a3b")
     plan = plan_memory(
         model,
@@ -59,8 +58,22 @@ def test_report_shape_and_layout_facts(capsys: pytest.CaptureFixture[str]) -> No
         max_num_batched_tokens=8192,
     )
     assert pg["token_capacity"] == plan.token_capacity
-    assert un["token_capacity"] == plan.unified_baseline.token_capacity
-    assert un["block_size"] == plan.unified_baseline.block_size
+    assert un["token_capacity"] == plan.vllm_baseline.token_capacity
+    assert un["block_size"] == plan.vllm_baseline.block_size == 544
+    for lay in (pg, un):
+        for key in (
+            "token_capacity",
+            "prefix_hit_rate",
+            "preemptions",
+            "recomputed_tokens",
+            "output_throughput",
+            "ttft_p50",
+            "ttft_p99",
+            "steps",
+        ):
+            assert isinstance(lay[key], int | float), key
+        assert lay["ttft_p50"] == lay["ttft_s"]["p50"] <= lay["ttft_p99"]
+        assert lay["output_throughput"] == lay["output_throughput_tok_s"]
     for lay in (pg, un):
         assert lay["requests"] == r["trace"]["requests"]
         assert 1 <= lay["peak_concurrency"] <= 64
@@ -73,9 +86,13 @@ def test_report_shape_and_layout_facts(capsys: pytest.CaptureFixture[str]) -> No
     assert r["ratios"]["token_capacity"] == pytest.approx(
         pg["token_capacity"] / un["token_capacity"]
     )
-    one = _json([*ARGS, "--trace", "agentic", "--layout", "unified"], capsys)
-    assert set(one["layouts"]) == {"unified"} and "ratios" not in one
-    assert _strip_measured(one)["layouts"]["unified"] == _strip_measured(r)["layouts"]["unified"]
+    assert r["ratios_vs"] == "vllm"
+    one = _json([*ARGS, "--trace", "agentic", "--layout", "vllm"], capsys)
+    assert set(one["layouts"]) == {"vllm"} and "ratios" not in one
+    assert _strip_measured(one)["layouts"]["vllm"] == _strip_measured(r)["layouts"]["vllm"]
+    # --layout repeats; the order given is the report's order.
+    two = _json([*ARGS, "--trace", "agentic", "--layout", "vllm", "--layout", "static"], capsys)
+    assert list(two["layouts"]) == ["vllm", "static"] and "ratios" in two
 
 
 def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,12 +100,12 @@ def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     argv = [*ARGS[:-1], "--trace", "chat", "--seed", "2", "--plot", str(png)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    for needle in ("token capacity", "prefix hit rate", "static / unified", "µs/step"):
+    for needle in ("token capacity", "prefix hit rate", "static / vllm", "µs/step"):
         assert needle in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_unified_plan_and_state_checkpoints() -> None:
+def test_vllm_plan_and_state_checkpoints() -> None:
     model = load_model("qwen3-next-80b-a3b")
     plan = plan_memory(
         model,
@@ -97,12 +114,15 @@ def test_unified_plan_and_state_checkpoints() -> None:
         max_model_len=20480,
         max_num_batched_tokens=8192,
     )
-    ub = plan.unified_baseline
-    assert ub.num_blocks is not None
-    u = unified_plan(plan)
-    assert u.token_capacity == ub.token_capacity
-    assert {g.block_size for g in u.groups} == {ub.block_size}
-    assert all(g.num_blocks == ub.num_blocks // ub.num_groups + 1 for g in u.groups)
+    vb = plan.vllm_baseline
+    assert vb.num_blocks is not None and vb.page_size_bytes is not None
+    v = vllm_runtime_plan(plan)
+    assert v.shared_pool and v.token_capacity == vb.token_capacity
+    assert {g.block_size for g in v.groups} == {vb.block_size}
+    # One pool: every group has all of it, and the memory counts once.
+    assert all(g.num_blocks == vb.num_blocks for g in v.groups)
+    assert v.total_bytes == vb.num_blocks * vb.page_size_bytes * 12 <= 16 * 2**30
+    assert [g.kind for g in v.groups] == ["state"] * 3 + ["full_attention"]
     s = plan_memory(
         model,
         memory_bytes=16 * 2**30,
@@ -133,7 +153,7 @@ def test_state_cache_slots_reach_only_the_per_group_plan(
     old = _strip_measured(_json([*ARGS, *trace_args], capsys))
     new = _strip_measured(_json([*ARGS, *trace_args, "--state-cache-slots", "64"], capsys))
     assert (old["state_cache_slots"], new["state_cache_slots"]) == (0, 64)
-    assert new["layouts"]["unified"] == old["layouts"]["unified"]
+    assert new["layouts"]["vllm"] == old["layouts"]["vllm"]
     a, b = old["layouts"]["static"], new["layouts"]["static"]
     assert b["token_capacity"] < a["token_capacity"]
     # The point of the knob: finished turns' checkpoints survive, so more prefix hits.
@@ -148,7 +168,7 @@ def test_state_cache_slots_reach_only_the_per_group_plan(
     assert [g.num_blocks for g in pg.groups if g.kind == "state"] == [
         g.num_blocks + 64 for g in pg0.groups if g.kind == "state"
     ]
-    assert plans["unified"] == base["unified"]
+    assert plans["vllm"] == base["vllm"]
 
 
 class _Tier:

@@ -80,11 +80,14 @@ class KVCacheManager:
         hash_seed: int,
         vocab_size: int | None,
         record_events: bool,
+        shared_pool: bool = False,
     ) -> None: ...
     @property
     def num_groups(self) -> int: ...
     @property
     def num_requests(self) -> int: ...
+    @property
+    def shared_pool(self) -> bool: ...
     def add_requests(
         self,
         req_ids: IdsLike,

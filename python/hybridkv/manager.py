@@ -260,6 +260,12 @@ class KVCacheManager:
     below ``vocab_size`` when given. KV events are recorded only with
     ``enable_kv_events=True``; drain them with :meth:`take_events` every step.
 
+    ``shared_pool`` (default: the plan's ``shared_pool`` attribute, else ``False``):
+    every group draws from ONE pool of the groups' common ``num_blocks`` (one id space,
+    one LRU free queue, a request fits when its groups' blocks together fit the free
+    count; prefix lookups stay per group), which is how vLLM lays out a hybrid model's
+    cache at runtime. ``usage()`` and ``stats()`` then report that pool for every group.
+
     Request ids are integers. Every method validates its whole input first: bad input
     raises a :class:`~hybridkv.errors.HybridKVError` subclass and changes nothing.
     """
@@ -272,8 +278,13 @@ class KVCacheManager:
         hash_seed: int = 0,
         vocab_size: int | None = None,
         enable_kv_events: bool = False,
+        shared_pool: bool | None = None,
     ) -> None:
         groups = [_group_tuple(i, g) for i, g in enumerate(plan.groups)]
+        if shared_pool is None:
+            shared_pool = bool(getattr(plan, "shared_pool", False))
+        if not isinstance(shared_pool, bool | np.bool_):
+            raise InvalidArgumentError(f"shared_pool must be a bool, got {shared_pool!r}")
         if not (_is_int(hash_seed) and 0 <= int(hash_seed) < 1 << 64):
             raise InvalidArgumentError(
                 f"hash_seed must be a 64-bit unsigned int, got {hash_seed!r}"
@@ -293,6 +304,7 @@ class KVCacheManager:
             self.hash_seed,
             None if vocab_size is None else int(vocab_size),
             bool(enable_kv_events),
+            bool(shared_pool),
         )
 
     # -- properties -----------------------------------------------------------------
@@ -300,6 +312,11 @@ class KVCacheManager:
     @property
     def num_groups(self) -> int:
         return len(self.group_kinds)
+
+    @property
+    def shared_pool(self) -> bool:
+        """Whether every group draws from one shared pool (vLLM's runtime layout)."""
+        return bool(self._core.shared_pool)
 
     @property
     def num_requests(self) -> int:

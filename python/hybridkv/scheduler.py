@@ -68,6 +68,8 @@ I32 = npt.NDArray[np.int32]
 BoolArray = npt.NDArray[np.bool_]
 
 POLICIES = ("fcfs", "priority")
+#: How align-mode prefill chunks are cut (see :class:`Scheduler`).
+CHUNK_SPLITS = ("hybridkv", "vllm")
 
 
 class SchedulerError(HybridKVError):
@@ -102,6 +104,7 @@ class _Req:
 
     __slots__ = (
         "arrival",
+        "boundary",
         "eos",
         "known",
         "lost",
@@ -145,6 +148,7 @@ class _Req:
         self.known = False  # added to the manager yet
         self.started = False  # kept in a step's output at least once
         self.lost = 0  # tokens computed when last preempted
+        self.boundary = 0  # shared-prefix boundary from its last prefix lookup
 
     def rank(self) -> tuple[int, int]:
         """Smaller runs first and is preempted last."""
@@ -229,6 +233,20 @@ class Scheduler:
     by default: on the bundled traces it raised the agentic hit rate by 2 points but
     cost a step of latency per admission and, in a state pool with no spare slots,
     evicted more checkpoints than it made useful (chat: 0.475 -> 0.416).
+
+    ``chunk_split="vllm"`` cuts align-mode prefill chunks by vLLM 0.33's rule
+    (``Scheduler._mamba_block_aligned_split``, default path: no fine-grained hits, no
+    in-prefill checkpoints) instead: while the request is in prefill (computed below
+    ``max(prompt, tokens - 1)``), a chunk ending before the prefill end is floored to a
+    block boundary (to nothing, when that is not past its start and a block fits the
+    prefill cap: the request then waits a step); a chunk starting mid-block stops at
+    the next boundary; no chunk runs past the last block boundary before the final
+    token (``(tokens - 1) // block * block``); and one stops at the shared-prefix
+    boundary of its last lookup, block-floored, on every chunk (it implies
+    ``cut_at_shared_prefix``).
+
+    With a manager whose groups share one pool (``manager.shared_pool``), admission
+    control counts every group's new blocks against that pool's free count.
     """
 
     def __init__(
@@ -244,6 +262,7 @@ class Scheduler:
         external: ExternalPrefixSource | None = None,
         align_block_size: int | None = None,
         cut_at_shared_prefix: bool = False,
+        chunk_split: str = "hybridkv",
     ) -> None:
         for name, v in (
             ("max_num_batched_tokens", max_num_batched_tokens),
@@ -253,6 +272,10 @@ class Scheduler:
                 raise InvalidArgumentError(f"{name} must be a positive int, got {v!r}")
         if policy not in POLICIES:
             raise InvalidArgumentError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if chunk_split not in CHUNK_SPLITS:
+            raise InvalidArgumentError(
+                f"chunk_split must be one of {CHUNK_SPLITS}, got {chunk_split!r}"
+            )
         if long_prefill_token_threshold is not None and long_prefill_token_threshold < 1:
             raise InvalidArgumentError("long_prefill_token_threshold must be >= 1")
         if max_model_len is not None and max_model_len < 1:
@@ -268,12 +291,25 @@ class Scheduler:
             sizes = [g.block_size for g in plan.groups if g.grows] or [16]
             block_size = min(sizes)
         self.block_size = int(block_size or 16)
-        # Growing pools, for admission control (block counts come from the plan).
+        # Growing pools, for admission control (block counts come from the plan). With
+        # one shared pool every group draws from it: one row, needs summed over groups
+        # (``_share`` maps groups to that row; a state group takes one block per new
+        # block boundary its request crosses).
+        self._shared = bool(getattr(manager, "shared_pool", False)) and plan is not None
         grow = [g for g in plan.groups if g.grows] if plan is not None else []
+        if self._shared:
+            assert plan is not None
+            grow = list(plan.groups)
         self._grow_idx = np.asarray([g.index for g in grow], dtype=np.int64)
         self._grow_bs = np.asarray([g.block_size for g in grow], dtype=np.int64)
         self._grow_blocks = np.asarray([g.num_blocks for g in grow], dtype=np.int64)
-        self._free_at_start = np.zeros(len(grow), dtype=np.int64)
+        self._grow_cap = np.asarray(
+            [1 if g.kind == "state" and not g.grows else 1 << 62 for g in grow], dtype=np.int64
+        )
+        if self._shared and grow:
+            self._grow_idx = self._grow_idx[:1]
+            self._grow_blocks = self._grow_blocks[:1]
+        self._free_at_start = np.zeros(len(self._grow_idx), dtype=np.int64)
         self.external = external
         if align_block_size is None and plan is not None:
             states = [g.block_size for g in plan.groups if g.kind == "state" and not g.grows]
@@ -281,7 +317,9 @@ class Scheduler:
                 align_block_size = states[0]
         #: Prefill chunks end on multiples of this (0: no alignment).
         self.align = int(align_block_size or 0)
-        self.cut_at_shared_prefix = bool(cut_at_shared_prefix)
+        self.chunk_split = chunk_split
+        self.cut_at_shared_prefix = bool(cut_at_shared_prefix) or chunk_split == "vllm"
+        self._prefill_cap = min(max_num_batched_tokens, self.chunk_cap)
         self._reqs: dict[int, _Req] = {}
         self._running: list[_Req] = []  # kept in rank order
         self._waiting_fifo: deque[_Req] = deque()
@@ -390,7 +428,11 @@ class Scheduler:
             n = min(r.num_tokens - r.num_computed, budget, cap)
             if n <= 0:
                 continue
-            if n > 1 and self.align:
+            if self.align and self.chunk_split == "vllm":
+                n = self._vllm_split(r, r.num_computed, n)
+                if n <= 0:
+                    continue
+            elif n > 1 and self.align:
                 n = self._aligned(r.num_computed, n)
             batch.append(r)
             new_tokens.append(n)
@@ -455,7 +497,15 @@ class Scheduler:
                 if full or n <= 0 or slots <= 0:
                     leftovers.append(r)
                     continue
-                if n > 1 and self.align:
+                r.boundary = b
+                if self.align and self.chunk_split == "vllm":
+                    n = self._vllm_split(r, h + x, n)
+                    if n <= 0:
+                        # vLLM: no block-aligned chunk fits the budget; admission stops.
+                        full = True
+                        leftovers.append(r)
+                        continue
+                elif n > 1 and self.align:
                     stop = b // self.align * self.align
                     if h + x < stop < h + x + n:
                         n = stop - h - x
@@ -466,9 +516,10 @@ class Scheduler:
                         # Shrink the chunk to what fits; if nothing does, admission
                         # stops here (strict queue order: a large request is not
                         # starved by smaller ones behind it).
-                        bs = self._grow_bs
-                        fit = int(np.min((-(-h // bs) + room) * bs)) - h - x
-                        if fit >= 1 and self.align and fit > 1:
+                        fit = self._fit(h, room) - h - x
+                        if fit >= 1 and self.align and self.chunk_split == "vllm":
+                            fit = self._vllm_split(r, h + x, fit)
+                        elif fit >= 1 and self.align and fit > 1:
                             fit = self._aligned(h + x, fit)
                         if fit < 1:
                             full = True
@@ -579,9 +630,28 @@ class Scheduler:
         return np.rint((1.0 - used) * (self._grow_blocks - 1)).astype(np.int64)
 
     def _blocks_needed(self, c: int, n: int) -> I64:
-        """Blocks each growing group needs to go from ``c`` to ``c + n`` computed tokens."""
+        """Blocks each growing pool needs to go from ``c`` to ``c + n`` computed tokens
+        (a shared pool: the sum over its groups)."""
         bs = self._grow_bs
-        return -((-(c + n)) // bs) - (-((-c) // bs))
+        need: I64 = np.minimum(-((-(c + n)) // bs) - (-((-c) // bs)), self._grow_cap)
+        if self._shared:
+            return np.asarray([need.sum()], dtype=np.int64)
+        return need
+
+    def _fit(self, h: int, room: I64) -> int:
+        """The most computed tokens a request hit at ``h`` reaches within ``room``."""
+        bs = self._grow_bs
+        if not self._shared:
+            return int(np.min((-(-h // bs) + room) * bs))
+        # Shared pool: grow while the summed need fits (needs rise with the end).
+        lo, hi = h, h + int(room[0]) * int(bs.max()) + 1
+        while lo < hi:  # largest e with need(h, e - h) <= room
+            mid = (lo + hi + 1) // 2
+            if int(self._blocks_needed(h, mid - h)[0]) <= int(room[0]):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def _room(self, batch: list[_Req], new_tokens: list[int]) -> I64 | None:
         """Free growing-pool blocks after the running requests' growth this step, or
@@ -594,8 +664,30 @@ class Scheduler:
             c = np.fromiter((r.num_computed for r in batch), dtype=np.int64, count=len(batch))
             n = np.asarray(new_tokens, dtype=np.int64)
             bs = self._grow_bs[:, None]
-            room -= ((-(-(c + n) // bs)) - (-(-c // bs))).sum(axis=1)
+            need = np.minimum((-(-(c + n) // bs)) - (-(-c // bs)), self._grow_cap[:, None])
+            room -= need.sum() if self._shared else need.sum(axis=1)
         return room
+
+    def _vllm_split(self, r: _Req, start: int, n: int) -> int:
+        """vLLM 0.33's align-mode prefill chunk from ``start`` (class docstring)."""
+        bs = self.align
+        prefill_end = max(r.prompt_len, r.num_tokens - 1)
+        if start >= prefill_end:
+            return n
+        last_cache = max((r.num_tokens - 1) // bs * bs, 0)
+        end = start + n
+        if end < prefill_end:
+            aligned = end // bs * bs
+            if aligned > start or bs <= self._prefill_cap:
+                end = aligned
+        junction = r.boundary
+        stops = (
+            (start // bs + 1) * bs if start % bs else 0,
+            last_cache,
+            start + (junction - start) // bs * bs if start < junction < end else 0,
+        )
+        end = min((x for x in stops if start < x < end), default=end)
+        return max(end - start, 0)
 
     def _aligned(self, c: int, n: int) -> int:
         """Prefill chunk ``[c, c + n)`` cut back to end on a block boundary when one lies

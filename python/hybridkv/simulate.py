@@ -13,35 +13,37 @@ scheduler and every manager call it makes) is measured per step.
 
 Layouts
 -------
+A layout is a way to lay the same memory out; :func:`register_layout` adds one (a
+name and a builder from the run's config and hybridkv's plan to a
+:class:`LayoutSetup`: plan, manager factory, scheduler options). Without ``--layout``
+every registered layout runs and the report puts them side by side, with ``static``
+over the ``vllm`` baseline as ratios.
+
 ``static`` is hybridkv's plan (:func:`hybridkv.planner.plan_memory`): one pool per
 KV-cache group at its natural page size, bounded pools right-sized, the growing groups
 sharing the rest. In ``mamba_cache_mode="align"`` its state groups checkpoint every
-``state_checkpoint_tokens`` (default 256; the planner's ``state_checkpoint_tokens``): a state
-block is one whole state at any interval, so this costs no memory, but at the 16-token
-attention block size decoding would move every request's running state to a fresh
-block every 16 tokens and churn the small state pool, evicting the end-of-turn
-checkpoints that later turns need (measured at 16 GiB, per-group hit rate at a
-256-token vs a 16-token interval: agentic 0.655 vs 0.399, chat 0.475 vs 0.009, docqa
-0.953 vs 0.558). Separate pools let the state group pick its own interval; the
-unified layout is stuck with its one block size. The state pool itself is sized by
-the planner for ``max_num_seqs`` running states with no spare slots by default, so at
-full concurrency cached checkpoints survive only briefly; on the chat trace that leaves
-per-group's hit rate below unified's (whose divided pool has spare state blocks).
-``state_cache_slots`` (``--state-cache-slots N``) gives every per-group state pool
-``N`` spare blocks for cached checkpoints, paid for in token capacity; the unified
-layout, built from the baseline's one pool, is unaffected.
+``state_checkpoint_tokens`` (default 256; the planner's ``state_checkpoint_tokens``): a
+state block is one whole state at any interval, so this costs no memory, but at the
+16-token attention block size decoding would move every request's running state to a
+fresh block every 16 tokens and churn the small state pool, evicting the end-of-turn
+checkpoints that later turns need. The state pool itself is sized for
+``max_num_seqs`` running states with no spare slots by default;
+``state_cache_slots`` (``--state-cache-slots N``) gives every static state pool ``N``
+spare blocks for cached checkpoints, paid for in token capacity (the ``vllm`` layout,
+whose states share its one pool, is unaffected).
 
-``unified`` is the planner's unified-page baseline (today's engines): one pool, one
-page size, attention blocks inflated to ``B_u`` tokens so their page covers a state
-page, and capacity divided by the number of (equal-sized) layer groups. It is run as
-the plan :func:`unified_plan` gives: every group keeps ``B_u``-token blocks (so the
-last block of every request wastes up to ``B_u - 1`` tokens, prefix hits and state
-checkpoints land only on ``B_u`` boundaries) and gets ``num_blocks // num_groups``
-blocks of the one pool (its share when the pool is divided by groups), so growing
-groups hold exactly the baseline's ``token_capacity``. Separate pools of those sizes
-behave as the divided pool does; block ids staying per pool does not change any
-count. Where the baseline is impossible (page sizes that don't divide) there is no
-unified run and the report says why.
+``vllm`` is vLLM 0.33's runtime layout (:func:`hybridkv.planner.vllm_runtime_plan`):
+vLLM's layer groups of ``group_size`` layers, the attention block size raised until a
+page holds a state page (state pages padded to it), and ONE block pool shared by every
+group (a :class:`hybridkv.KVCacheManager` with ``shared_pool=True``: one id space, one
+LRU free queue where unhashed freed blocks go to the front and hashed ones to the back,
+allocation checked against the global free count, blocks that left a window released
+when their request is next allocated). Prefix hits and state checkpoints land on the
+inflated block (a prompt shorter than one block gets no hit). The scheduler cuts
+align-mode prefill chunks by vLLM's rule (``chunk_split="vllm"``: a state is cached
+only where a chunk ends on a block boundary; chunks stop at the last block boundary
+before the prompt's end and at the shared-prefix boundary). ``benches/
+bench_vllm_layout.py`` checks this model against vLLM's own ``KVCacheManager``.
 
 Offload hook: ``offload`` (see :class:`hybridkv.scheduler.ExternalPrefixSource`) is
 consulted on admission for tokens beyond the device hit; if it has
@@ -65,7 +67,7 @@ import numpy.typing as npt
 
 from hybridkv.cost_model import GPUS, CostModel
 from hybridkv.errors import HybridKVError, InvalidArgumentError, PlanError
-from hybridkv.planner import MemoryPlan, plan_memory, plan_with_blocks
+from hybridkv.planner import MemoryPlan, plan_memory, vllm_runtime_plan
 from hybridkv.scheduler import POLICIES, ExternalPrefixSource, Scheduler
 from hybridkv.traces import GENERATORS, Trace, load_trace
 
@@ -180,31 +182,23 @@ def _static(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
     return LayoutSetup(plan)
 
 
-def unified_plan(plan: MemoryPlan) -> MemoryPlan:
-    """The unified-page baseline of ``plan`` as a runnable plan (module docstring)."""
-    ub = plan.unified_baseline
-    if ub.token_capacity is None or ub.block_size is None or ub.num_blocks is None:
-        raise PlanError(f"the unified-page layout is impossible for this model: {ub.reason}")
-    share = ub.num_blocks // max(ub.num_groups, 1)
-    if share < 1:
-        raise PlanError("the unified-page layout gets no block per group at this memory")
-    return plan_with_blocks(
-        plan.model,
-        share + 1,  # + the null block: growing groups hold exactly the baseline capacity
-        block_size=ub.block_size,
-        max_num_seqs=plan.max_num_seqs,
-        max_model_len=plan.max_model_len,
-        max_num_batched_tokens=plan.max_num_batched_tokens,
-        mamba_cache_mode=plan.mamba_cache_mode,
-    )
+def _vllm(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
+    vplan = vllm_runtime_plan(plan)
+    # vLLM keeps prefix caching for a model with state layers only in align mode.
+    caching = vplan.mamba_cache_mode == "align" or all(g.kind != "state" for g in vplan.groups)
+
+    def manager(p: MemoryPlan) -> Any:
+        from hybridkv.manager import KVCacheManager
+
+        return KVCacheManager(p, enable_prefix_caching=caching, hash_seed=0)
+
+    return LayoutSetup(vplan, manager, {"chunk_split": "vllm"})
 
 
-def _unified(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
-    return LayoutSetup(unified_plan(plan))
-
-
-register_layout("static", _static, "hybridkv's per-group pools at natural page sizes (planner)")
-register_layout("unified", _unified, "equal split of one unified-page pool (to be replaced)")
+register_layout("static", _static, "hybridkv's per-group pools at natural page sizes")
+register_layout(
+    "vllm", _vllm, "vLLM 0.33's runtime layout: one shared pool at its inflated block size"
+)
 
 
 def make_layouts(
@@ -485,7 +479,7 @@ class SimReport:
     results: dict[str, LayoutResult]
     cost: dict[str, Any]
     #: The layout the others are compared with (ratios ``static / baseline``).
-    baseline: str = "unified"
+    baseline: str = "vllm"
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` shape. Wall-clock measurements sit under each layout's
@@ -866,6 +860,5 @@ __all__ = [
     "resolve_trace",
     "run",
     "simulate_plan",
-    "unified_plan",
     "write_plot",
 ]

@@ -228,8 +228,9 @@ pub struct PyManager {
 impl PyManager {
     /// `groups`: one `(kind, block_size, num_blocks, param)` per group, where `param` is
     /// the window, chunk size or max encoder length (0 where the kind has none).
+    /// `shared_pool`: every group draws from one pool of the (common) `num_blocks`.
     #[new]
-    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events))]
+    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, shared_pool=false))]
     fn new(
         groups: Vec<(String, i64, i64, i64)>,
         mamba_cache_mode: &str,
@@ -237,6 +238,7 @@ impl PyManager {
         hash_seed: u64,
         vocab_size: Option<u64>,
         record_events: bool,
+        shared_pool: bool,
     ) -> PyResult<Self> {
         let mut cfgs = Vec::with_capacity(groups.len());
         for (i, (kind, bs, nb, param)) in groups.iter().enumerate() {
@@ -258,6 +260,7 @@ impl PyManager {
             hash_seed,
             vocab_size,
             record_events,
+            shared_pool,
         };
         Ok(PyManager {
             inner: Manager::new(cfg).py_err()?,
@@ -539,13 +542,18 @@ impl PyManager {
         Ok(self.inner.contains(int_arg(req_id, "req_id")?))
     }
 
-    /// Per pool: `(num_blocks, num_free, num_cached, num_in_use)`.
+    /// Per group, of the pool it draws from: `(num_blocks, num_free, num_cached,
+    /// num_in_use)` (with a shared pool every group reports the same pool).
     fn pool_counts(&self) -> Vec<(usize, usize, usize, usize)> {
-        self.inner
-            .pools()
-            .iter()
+        (0..self.inner.num_groups())
+            .filter_map(|g| self.inner.pool(g).ok())
             .map(|p| (p.num_blocks(), p.num_free(), p.num_cached(), p.num_in_use()))
             .collect()
+    }
+
+    #[getter]
+    fn shared_pool(&self) -> bool {
+        self.inner.shared_pool()
     }
 
     fn ref_counts<'py>(

@@ -8,8 +8,12 @@
 //! again, which evicts it.
 //!
 //! The free queue is an intrusive doubly linked list over block indices, so a prefix
-//! hit can pull a block out of the middle in O(1). Freed blocks join the tail in the
-//! order given and allocation pops from the head: least recently freed goes first.
+//! hit can pull a block out of the middle in O(1). Allocation pops from the head. A
+//! freed block that carries a hash (a prefix hit may still reuse it) joins the tail,
+//! so cached blocks are evicted least recently freed first; one without a hash can
+//! never be hit, so it joins the head and is reused before any cached block (as vLLM's
+//! pool does). Within one `free` call both kinds keep the order given: the first
+//! unhashed block given becomes the new head.
 //!
 //! Every public operation validates its whole input before mutating anything, so an
 //! error leaves the pool exactly as it was.
@@ -109,6 +113,8 @@ pub struct BlockPool {
     cached: FastMap<BlockHash, (u32, u32)>,
     events: Vec<PoolEvent>,
     record_events: bool,
+    /// Scratch for `free`: the unhashed blocks of one call, prepended in order.
+    to_head: Vec<u32>,
 }
 
 impl BlockPool {
@@ -141,6 +147,7 @@ impl BlockPool {
             cached: FastMap::default(),
             events: Vec::new(),
             record_events: true,
+            to_head: Vec::new(),
         };
         for b in 1..n as u32 {
             pool.push_tail(b);
@@ -227,8 +234,9 @@ impl BlockPool {
         Ok(())
     }
 
-    /// Drop one reference from each id (an id may repeat). Blocks reaching zero join
-    /// the tail of the free queue in the order they reach zero, keeping their hashes.
+    /// Drop one reference from each id (an id may repeat). Blocks reaching zero keep
+    /// their hashes; in the order they reach zero, hashed ones join the tail of the free
+    /// queue and unhashed ones the head (the first of them becomes the head).
     pub fn free(&mut self, ids: &[BlockId]) -> Result<()> {
         // Validate by decrementing tentatively (sequential semantics for repeated ids,
         // no auxiliary map), then undo, then apply for real.
@@ -247,14 +255,24 @@ impl BlockPool {
             }
         }
         self.undo_decrements(ids);
+        let mut to_head = std::mem::take(&mut self.to_head);
+        to_head.clear();
         for &id in ids {
             let b = id as u32;
             let r = &mut self.ref_cnt[b as usize];
             *r -= 1;
             if *r == 0 {
-                self.push_tail(b);
+                if self.has_hash[b as usize] {
+                    self.push_tail(b);
+                } else {
+                    to_head.push(b);
+                }
             }
         }
+        for &b in to_head.iter().rev() {
+            self.push_head(b);
+        }
+        self.to_head = to_head;
         Ok(())
     }
 
@@ -591,6 +609,21 @@ impl BlockPool {
         }
     }
 
+    fn push_head(&mut self, b: u32) {
+        self.next[b as usize] = self.head;
+        self.prev[b as usize] = NIL;
+        if self.head == NIL {
+            self.tail = b;
+        } else {
+            self.prev[self.head as usize] = b;
+        }
+        self.head = b;
+        self.num_free += 1;
+        if self.has_hash[b as usize] {
+            self.num_cached_free += 1;
+        }
+    }
+
     fn unlink(&mut self, b: u32) {
         let (p, nx) = (self.prev[b as usize], self.next[b as usize]);
         if p == NIL {
@@ -694,13 +727,27 @@ mod tests {
     }
 
     #[test]
-    fn allocate_pops_head_free_pushes_tail_in_order() {
+    fn allocate_pops_head_unhashed_free_joins_head_in_order() {
         let mut p = BlockPool::new(6).unwrap();
         let a = p.allocate(3).unwrap();
         assert_eq!(a, vec![1, 2, 3]);
         p.free(&[3, 1]).unwrap();
-        assert_eq!(p.free_queue(), vec![4, 5, 3, 1]);
-        assert_eq!(p.allocate(3).unwrap(), vec![4, 5, 3]);
+        assert_eq!(p.free_queue(), vec![3, 1, 4, 5]);
+        assert_eq!(p.allocate(3).unwrap(), vec![3, 1, 4]);
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn hashed_free_joins_tail_unhashed_joins_head() {
+        let mut p = BlockPool::new(7).unwrap();
+        assert_eq!(p.allocate(4).unwrap(), vec![1, 2, 3, 4]);
+        p.cache_blocks(&[2, 4], &[20, 40]).unwrap();
+        // Tail first, as a request releases its table: 4 (hashed), 3, 2 (hashed), 1.
+        p.free(&[4, 3, 2, 1]).unwrap();
+        assert_eq!(p.free_queue(), vec![3, 1, 5, 6, 4, 2]);
+        // Reuse takes the never-hittable blocks first; cached ones survive longest.
+        assert_eq!(p.allocate(4).unwrap(), vec![3, 1, 5, 6]);
+        assert_eq!(p.lookup(&[20, 40]), vec![2, 4]);
         p.check_invariants().unwrap();
     }
 

@@ -1,6 +1,17 @@
 //! The KV-cache manager: one pool per group, per-request positional block tables, and
 //! prefix caching that every group must agree on.
 //!
+//! ## Shared-pool mode (vLLM's runtime layout)
+//! With `shared_pool` every group draws its blocks from ONE pool (one id space, one
+//! LRU free queue), as vLLM's hybrid coordinator does: a request fits when the sum of
+//! its groups' new blocks is at most the pool's free count, and groups allocate in
+//! group order. The pool's prefix index is keyed by (group, block hash) — each
+//! group's hashes are XOR-ed with a per-group salt — so lookups never cross groups,
+//! like vLLM's hash-with-group-id; events still carry the group and the plain hash.
+//! Blocks that left a window are released only when their request is allocated again
+//! (vLLM's `remove_skipped_blocks` inside `allocate_slots`), not at the start of every
+//! step: that is what makes the same pool run out at the same moment vLLM's does.
+//!
 //! ## Per step
 //! A scheduler calls `get_computed_tokens` once for a request it admits (prefix hit),
 //! then `allocate_slots` once per step for all requests it schedules. Each request is
@@ -30,7 +41,7 @@
 //! the result is the longest `h` every group can serve. The hit never covers the whole
 //! prompt: at most `num_tokens - 1`, so the last token is computed and yields logits.
 
-use crate::block_pool::{BlockHash, BlockPool, PoolEvent, NULL_BLOCK};
+use crate::block_pool::{BlockHash, BlockId, BlockPool, PoolEvent, NULL_BLOCK};
 use crate::error::{Error, Result};
 use crate::group_policy::{GroupConfig, GroupKind, MambaMode};
 use crate::kv_events::KvEvent;
@@ -56,6 +67,9 @@ pub struct ManagerConfig {
     pub vocab_size: Option<u64>,
     /// Record KV events (drain them with `take_events` every step).
     pub record_events: bool,
+    /// Every group draws from one pool (module docs); all groups must have the same
+    /// `num_blocks`, which is that pool's size.
+    pub shared_pool: bool,
 }
 
 /// A request to add.
@@ -69,6 +83,14 @@ pub struct NewRequest {
 pub struct Manager {
     groups: Vec<GroupConfig>,
     pools: Vec<BlockPool>,
+    /// Group -> its pool in `pools` (the identity, or all 0 with a shared pool).
+    pool_of: Vec<usize>,
+    shared: bool,
+    /// Per group: XOR-ed into its block hashes to key its pool's prefix index (all 0
+    /// without a shared pool, where each pool serves one group).
+    salt: Vec<BlockHash>,
+    /// Shared pool: the group whose hash each block carries (for `Removed` events).
+    owner: Vec<u32>,
     mode: MambaMode,
     caching: bool,
     root: BlockHash,
@@ -87,6 +109,15 @@ pub struct Manager {
     record_events: bool,
     buf: Vec<u8>,
     memo: Vec<Vec<i32>>,
+    /// Scratch for releasing a table's blocks in one `free` call.
+    release_buf: Vec<BlockId>,
+}
+
+/// The salt of group `g` in a shared pool: a different 128-bit constant per group, so
+/// (group, hash) pairs of different groups collide only with probability 2**-128.
+fn group_salt(g: usize) -> BlockHash {
+    const MIX: u128 = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835;
+    (g as u128).wrapping_mul(MIX)
 }
 
 fn unresolved(r: Resolve) -> Error {
@@ -141,14 +172,41 @@ impl Manager {
         for g in &cfg.groups {
             g.validate()?;
         }
-        Self::check_bookkeeping_fits(&cfg.groups)?;
-        let mut pools = Vec::with_capacity(cfg.groups.len());
+        let shared = cfg.shared_pool;
+        if shared {
+            let n0 = cfg.groups[0].num_blocks;
+            if let Some((i, g)) = cfg
+                .groups
+                .iter()
+                .enumerate()
+                .find(|(_, g)| g.num_blocks != n0)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "a shared pool needs every group to have the same num_blocks: group 0 has \
+                     {n0}, group {i} has {}",
+                    g.num_blocks
+                )));
+            }
+            if cfg.groups.len() > u32::MAX as usize {
+                return Err(Error::InvalidArgument(format!(
+                    "{} groups are too many for a shared pool",
+                    cfg.groups.len()
+                )));
+            }
+            Self::check_bookkeeping_fits(&cfg.groups[..1])?;
+        } else {
+            Self::check_bookkeeping_fits(&cfg.groups)?;
+        }
+        let n_pools = if shared { 1 } else { cfg.groups.len() };
+        let mut pools = Vec::with_capacity(n_pools);
         let mut sizes: Vec<usize> = Vec::new();
         let mut size_of = Vec::with_capacity(cfg.groups.len());
-        for g in &cfg.groups {
-            let mut p = BlockPool::new(g.num_blocks)?;
-            p.set_record_events(cfg.record_events);
-            pools.push(p);
+        for (i, g) in cfg.groups.iter().enumerate() {
+            if i < n_pools {
+                let mut p = BlockPool::new(g.num_blocks)?;
+                p.set_record_events(cfg.record_events);
+                pools.push(p);
+            }
             let s = match sizes.iter().position(|&s| s == g.block_size) {
                 Some(i) => i,
                 None => {
@@ -172,9 +230,22 @@ impl Manager {
             _ => false,
         });
         let n = cfg.groups.len();
+        let pool_of = (0..n).map(|g| if shared { 0 } else { g }).collect();
+        let salt = (0..n)
+            .map(|g| if shared { group_salt(g) } else { 0 })
+            .collect();
+        let owner = if shared {
+            vec![0u32; cfg.groups[0].num_blocks]
+        } else {
+            Vec::new()
+        };
         Ok(Manager {
             groups: cfg.groups,
             pools,
+            pool_of,
+            shared,
+            salt,
+            owner,
             mode: cfg.mamba_mode,
             caching: cfg.enable_caching,
             root: root_hash(cfg.hash_seed),
@@ -190,6 +261,7 @@ impl Manager {
             record_events: cfg.record_events,
             buf: Vec::with_capacity(256),
             memo: vec![Vec::new(); n],
+            release_buf: Vec::new(),
         })
     }
 
@@ -204,11 +276,19 @@ impl Manager {
     pub fn pools(&self) -> &[BlockPool] {
         &self.pools
     }
+    /// The pool `group` draws from (with a shared pool, the same one for every group).
     pub fn pool(&self, group: usize) -> Result<&BlockPool> {
-        self.pools.get(group).ok_or(Error::UnknownGroup {
-            group: group as i64,
-            num_groups: self.pools.len(),
-        })
+        match self.pool_of.get(group) {
+            Some(&p) => Ok(&self.pools[p]),
+            None => Err(Error::UnknownGroup {
+                group: group as i64,
+                num_groups: self.groups.len(),
+            }),
+        }
+    }
+    /// Whether every group draws from one shared pool.
+    pub fn shared_pool(&self) -> bool {
+        self.shared
     }
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -402,21 +482,22 @@ impl Manager {
     }
 
     fn release_all(&mut self, r: &mut Request) {
+        let mut batch = std::mem::take(&mut self.release_buf);
         for (g, table) in r.tables.iter_mut().enumerate() {
-            let pool = &mut self.pools[g];
-            // Tail first: a request's last blocks are the least likely to be shared, so
-            // they should be evicted first.
-            for &b in table.iter().rev() {
-                if b != NULL_BLOCK {
-                    // Every non-null entry holds one reference taken by this request.
-                    let _ = pool.free(&[b]);
-                }
-            }
+            let pool = &mut self.pools[self.pool_of[g]];
+            // Tail first, in one call per group (so the pool's queue order is vLLM's): a
+            // request's last blocks are the least likely to be shared, so they should be
+            // evicted first.
+            batch.clear();
+            batch.extend(table.iter().rev().filter(|&&b| b != NULL_BLOCK));
+            // Every non-null entry holds one reference taken by this request.
+            let _ = pool.free(&batch);
             table.clear();
             r.first_live[g] = 0;
             r.num_cached[g] = 0;
             r.exported[g] = 0;
         }
+        self.release_buf = batch;
         if self.record_events {
             self.drain_pool_events();
         }
@@ -424,19 +505,34 @@ impl Manager {
 
     /// Move the pools' `Removed` / `AllCleared` events into the manager's log.
     pub(crate) fn drain_pool_events(&mut self) {
-        for (g, p) in self.pools.iter_mut().enumerate() {
-            for ev in p.take_events() {
+        let ng = self.groups.len();
+        for p in 0..self.pools.len() {
+            for ev in self.pools[p].take_events() {
                 match ev {
-                    PoolEvent::Removed { hash, .. } => match self.events.last_mut() {
-                        Some(KvEvent::Removed { group, hashes }) if *group == g => {
-                            hashes.push(hash)
+                    PoolEvent::Removed { block, hash } => {
+                        // A shared pool's block names its group; the key had its salt.
+                        let g = if self.shared {
+                            self.owner.get(block as usize).map_or(0, |&o| o as usize)
+                        } else {
+                            p
+                        };
+                        let hash = hash ^ self.salt[g];
+                        match self.events.last_mut() {
+                            Some(KvEvent::Removed { group, hashes }) if *group == g => {
+                                hashes.push(hash)
+                            }
+                            _ => self.events.push(KvEvent::Removed {
+                                group: g,
+                                hashes: vec![hash],
+                            }),
                         }
-                        _ => self.events.push(KvEvent::Removed {
-                            group: g,
-                            hashes: vec![hash],
-                        }),
-                    },
-                    PoolEvent::AllCleared => self.events.push(KvEvent::AllCleared { group: g }),
+                    }
+                    PoolEvent::AllCleared => {
+                        let gs = if self.shared { 0..ng } else { p..p + 1 };
+                        for g in gs {
+                            self.events.push(KvEvent::AllCleared { group: g });
+                        }
+                    }
                     PoolEvent::Stored { .. } => {}
                 }
             }
@@ -467,10 +563,17 @@ impl Manager {
     /// tables hold, that tables only hold ids of their own pool, and the pools' own
     /// invariants. Returns the first violation.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
-        for (g, pool) in self.pools.iter().enumerate() {
+        let mut refs: Vec<Vec<u32>> = self
+            .pools
+            .iter()
+            .map(|p| vec![0u32; p.num_blocks()])
+            .collect();
+        for (p, pool) in self.pools.iter().enumerate() {
             pool.check_invariants()
-                .map_err(|m| format!("group {g}: {m}"))?;
-            let mut refs = vec![0u32; pool.num_blocks()];
+                .map_err(|m| format!("pool {p}: {m}"))?;
+        }
+        for g in 0..self.groups.len() {
+            let refs = &mut refs[self.pool_of[g]];
             for r in self.reqs.iter() {
                 for (k, &b) in r.tables[g].iter().enumerate() {
                     if b < 0 || b as usize >= refs.len() {
@@ -490,9 +593,11 @@ impl Manager {
                     }
                 }
             }
-            if refs != pool.ref_counts() {
+        }
+        for (p, pool) in self.pools.iter().enumerate() {
+            if refs[p] != pool.ref_counts() {
                 return Err(format!(
-                    "group {g}: pool reference counts differ from the block tables"
+                    "pool {p}: reference counts differ from the block tables"
                 ));
             }
         }

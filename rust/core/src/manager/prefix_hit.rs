@@ -116,7 +116,9 @@ impl Manager {
             return v;
         }
         let h = r.hashes[self.size_of[g]][k];
-        let b = self.pools[g].lookup_one(h).unwrap_or(-1);
+        let b = self.pools[self.pool_of[g]]
+            .lookup_one(h ^ self.salt[g])
+            .unwrap_or(-1);
         self.memo[g][k] = b;
         b
     }
@@ -192,7 +194,7 @@ impl Manager {
             }
             // The fixed point only stops at positions every group serves, so each
             // looked-up block exists (>= 1); touch validates ids anyway.
-            let _ = self.pools[g].touch(&table[lo..]);
+            let _ = self.pools[self.pool_of[g]].touch(&table[lo..]);
             r.tables[g] = table;
             r.first_live[g] = lo;
             r.num_cached[g] = k;
