@@ -31,6 +31,13 @@ per-group's hit rate below unified's (whose divided pool has spare state blocks)
 ``N`` spare blocks for cached checkpoints, paid for in token capacity; the unified
 layout, built from the baseline's one pool, is unaffected.
 
+``elastic`` is hybridkv's elastic plan (``plan_memory(layout="elastic")``): one arena
+shared by every group at its natural page size, bounded groups holding floors and the
+rest flowing between groups region by region (``rust/core/src/arena.rs``). It uses the
+same checkpoint interval as ``per-group``. The report adds ``arena``: region size,
+waste (bytes no group could use: mean and peak over steps, and as a fraction of
+memory), and how many regions moved.
+
 ``unified`` is the planner's unified-page baseline (today's engines): one pool, one
 page size, attention blocks inflated to ``B_u`` tokens so their page covers a state
 page, and capacity divided by the number of (equal-sized) layer groups. It is run as
@@ -69,7 +76,7 @@ from hybridkv.planner import MemoryPlan, plan_memory, plan_with_blocks
 from hybridkv.scheduler import POLICIES, ExternalPrefixSource, Scheduler
 from hybridkv.traces import GENERATORS, Trace, load_trace
 
-LAYOUTS = ("per-group", "unified")
+LAYOUTS = ("elastic", "per-group", "unified")
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
@@ -139,22 +146,30 @@ def make_plans(cfg: SimConfig, trace: Trace) -> dict[str, MemoryPlan | str]:
 
     model = load_model(cfg.model)
     mml = cfg.max_model_len or default_max_model_len(trace, cfg.block_size)
-    plan = plan_memory(
-        model,
-        memory_bytes=cfg.memory_bytes,
-        max_num_seqs=cfg.max_num_seqs,
-        max_model_len=mml,
-        max_num_batched_tokens=cfg.max_num_batched_tokens,
-        block_size=cfg.block_size,
-        mamba_cache_mode=cfg.mamba_cache_mode,
-        state_cache_slots=cfg.state_cache_slots,
-        state_checkpoint_tokens=(
-            cfg.state_checkpoint_tokens if cfg.mamba_cache_mode == "align" else None
-        ),
-    )
-    out: dict[str, MemoryPlan | str] = {"per-group": plan}
+    out: dict[str, MemoryPlan | str] = {}
+    for lay, plan_layout in (("elastic", "elastic"), ("per-group", "static")):
+        try:
+            out[lay] = plan_memory(
+                model,
+                memory_bytes=cfg.memory_bytes,
+                max_num_seqs=cfg.max_num_seqs,
+                max_model_len=mml,
+                max_num_batched_tokens=cfg.max_num_batched_tokens,
+                block_size=cfg.block_size,
+                mamba_cache_mode=cfg.mamba_cache_mode,
+                state_cache_slots=cfg.state_cache_slots,
+                state_checkpoint_tokens=(
+                    cfg.state_checkpoint_tokens if cfg.mamba_cache_mode == "align" else None
+                ),
+                layout=plan_layout,
+            )
+        except PlanError as e:
+            out[lay] = str(e)
+    base = next((p for p in out.values() if not isinstance(p, str)), None)
+    if base is None:
+        raise PlanError("; ".join(f"{k}: {v}" for k, v in out.items()))
     try:
-        out["unified"] = unified_plan(plan)
+        out["unified"] = unified_plan(base)
     except PlanError as e:
         out["unified"] = str(e)
     return out
@@ -261,6 +276,8 @@ def simulate_plan(
     usage_rows: list[F64] = []
     hit_series: list[float] = []
     done_count = 0
+    arena_info = getattr(manager, "arena_info", None)
+    waste_rows: list[float] = []
     while pending or sched.has_unfinished():
         if not sched.has_unfinished() and pending[0][0] > t:
             t = pending[0][0]  # idle: jump to the next arrival
@@ -329,6 +346,10 @@ def simulate_plan(
                 heapq.heappush(pending, (t + float(trace.arrival[ch]), ch))
         times.append(t)
         usage_rows.append(_pool_used(manager, plan))
+        if arena_info is not None:
+            info = arena_info()
+            if info is not None:
+                waste_rows.append(float(info["waste_bytes"]))
         hit_series.append(hit_tokens / prompt_tokens if prompt_tokens else 0.0)
         if on_progress is not None and (done or steps % 64 == 0):
             on_progress(done_count, t)
@@ -394,6 +415,21 @@ def simulate_plan(
         st = stats()
         inner = st.hash_seconds + st.lookup_seconds + st.alloc_seconds
         report["measured"]["manager_us_per_step"] = 1e6 * inner / steps
+    final_info = manager.arena_info() if waste_rows else None
+    if final_info is not None:
+        w = np.asarray(waste_rows, dtype=np.float64)
+        info = final_info
+        report["arena"] = {
+            "region_bytes": int(info["region_bytes"]),
+            "num_regions": int(info["num_regions"]),
+            "waste_bytes_mean": float(w.mean()),
+            "waste_bytes_peak": float(w.max()),
+            "waste_fraction_peak": float(w.max()) / plan.memory_bytes,
+            "worst_waste_fraction": int(info["worst_waste_bytes"]) / plan.memory_bytes,
+            "region_grants": int(info["grants"]),
+            "region_moves": int(info["moves"]),
+            "evicted_by_moves": int(info["evicted_blocks"]),
+        }
     offload_report = getattr(offload, "report", None)
     if offload_report is not None:
         report["offload"] = offload_report()
@@ -479,8 +515,7 @@ def run(
     trace = resolve_trace(cfg.trace, cfg.seed)
     all_plans = make_plans(cfg, trace)
     plans = {k: all_plans[k] for k in layouts}
-    first = all_plans["per-group"]
-    assert not isinstance(first, str)
+    first = next(p for p in all_plans.values() if not isinstance(p, str))
     cost = CostModel(first, gpu=cfg.gpu, num_gpus=cfg.num_gpus)
     results: dict[str, LayoutResult] = {}
     runnable = [(k, p) for k, p in plans.items() if not isinstance(p, str)]
