@@ -75,10 +75,12 @@ impl GroupKind {
             "cross_attention" => GroupKind::CrossAttention {
                 max_encoder_len: param,
             },
-            other => return Err(Error::InvalidArgument(format!(
-                "unknown KV-cache group kind {other:?} (expected full_attention, mla, sparse_mla, \
-                     sliding_window, chunked_local, state or cross_attention)"
-            ))),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown KV-cache group kind {other:?} (expected full_attention, mla, \
+                     sparse_mla, sliding_window, chunked_local, state or cross_attention)"
+                )))
+            }
         })
     }
 }
