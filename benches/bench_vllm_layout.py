@@ -148,7 +148,7 @@ def mooncake_slice(n: int) -> Any:
 
 def run_hybridkv(trace_name: str, memory: int, mooncake_requests: int) -> dict[str, Any]:
     from hybridkv.cost_model import CostModel
-    from hybridkv.simulate import SimConfig, base_plan, make_layouts, simulate_plan
+    from hybridkv.simulate import SimConfig, make_layouts, runnable_base_plan, simulate_plan
     from hybridkv.traces import load_trace
 
     trace = (
@@ -167,7 +167,7 @@ def run_hybridkv(trace_name: str, memory: int, mooncake_requests: int) -> dict[s
         rec.append(r)
         return r
 
-    cost = CostModel(base_plan(cfg, trace))
+    cost = CostModel(runnable_base_plan(cfg, trace))
     t0 = time.perf_counter()
     res = simulate_plan(
         plan,

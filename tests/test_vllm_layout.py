@@ -176,7 +176,7 @@ def test_scheduler_admits_on_the_shared_free_count() -> None:
 @pytest.mark.parametrize(
     ("argv", "layouts"),
     [
-        ([], ["static", "vllm"]),
+        ([], ["elastic", "static", "vllm"]),
         (["--layout", "vllm"], ["vllm"]),
         (["--layout", "static", "--layout", "vllm"], ["static", "vllm"]),
     ],

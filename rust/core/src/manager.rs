@@ -41,6 +41,7 @@
 //! the result is the longest `h` every group can serve. The hit never covers the whole
 //! prompt: at most `num_tokens - 1`, so the last token is computed and yields logits.
 
+use crate::arena::{Arena, ArenaConfig};
 use crate::block_pool::{BlockHash, BlockId, BlockPool, PoolEvent, NULL_BLOCK};
 use crate::error::{Error, Result};
 use crate::group_policy::{GroupConfig, GroupKind, MambaMode};
@@ -50,7 +51,10 @@ use crate::request::{first_repeat, Phase, Request, Requests, Resolve};
 use crate::stats::Stats;
 
 mod allocation;
+mod elastic;
 mod prefix_hit;
+
+pub use elastic::ElasticStats;
 mod tables;
 
 /// Memo marker: this block's hash was not looked up yet.
@@ -70,6 +74,10 @@ pub struct ManagerConfig {
     /// Every group draws from one pool (module docs); all groups must have the same
     /// `num_blocks`, which is that pool's size.
     pub shared_pool: bool,
+    /// One shared arena for all groups (elastic memory, `arena.rs`); `None`: one fixed
+    /// pool per group of `num_blocks`. With an arena each group's `num_blocks` is its
+    /// view of the whole arena, whatever the config says.
+    pub arena: Option<ArenaConfig>,
 }
 
 /// A request to add.
@@ -111,6 +119,14 @@ pub struct Manager {
     memo: Vec<Vec<i32>>,
     /// Scratch for releasing a table's blocks in one `free` call.
     release_buf: Vec<BlockId>,
+    arena: Option<Arena>,
+    /// Elastic, align mode: the attention group whose blocks anchor state checkpoints,
+    /// and per state group and block the anchoring attention hash (`elastic.rs`).
+    anchor_group: Option<usize>,
+    anchors: Vec<Vec<Option<BlockHash>>>,
+    /// Per group: takes regions from the bottom of the arena (else the top).
+    bottom: Vec<bool>,
+    elastic: ElasticStats,
 }
 
 /// The salt of group `g` in a shared pool: a different 128-bit constant per group, so
@@ -169,10 +185,33 @@ impl Manager {
                 "a KV-cache manager needs at least one group".into(),
             ));
         }
+        let mut cfg = cfg;
+        let arena = match cfg.arena.take() {
+            None => None,
+            Some(a) => {
+                if a.page_bytes.len() != cfg.groups.len() {
+                    return Err(Error::InvalidArgument(format!(
+                        "arena has {} page sizes for {} groups",
+                        a.page_bytes.len(),
+                        cfg.groups.len()
+                    )));
+                }
+                let arena = Arena::new(a)?;
+                for (g, gc) in cfg.groups.iter_mut().enumerate() {
+                    gc.num_blocks = arena.view_blocks(g);
+                }
+                Some(arena)
+            }
+        };
         for g in &cfg.groups {
             g.validate()?;
         }
         let shared = cfg.shared_pool;
+        if shared && arena.is_some() {
+            return Err(Error::InvalidArgument(
+                "a shared pool and an elastic arena are two different layouts: pick one".into(),
+            ));
+        }
         if shared {
             let n0 = cfg.groups[0].num_blocks;
             if let Some((i, g)) = cfg
@@ -201,9 +240,12 @@ impl Manager {
         let mut pools = Vec::with_capacity(n_pools);
         let mut sizes: Vec<usize> = Vec::new();
         let mut size_of = Vec::with_capacity(cfg.groups.len());
-        for (i, g) in cfg.groups.iter().enumerate() {
-            if i < n_pools {
-                let mut p = BlockPool::new(g.num_blocks)?;
+        for (gi, g) in cfg.groups.iter().enumerate() {
+            if gi < n_pools {
+                let mut p = match arena.as_ref() {
+                    None => BlockPool::new(g.num_blocks)?,
+                    Some(a) => BlockPool::new_elastic(a.region_map(gi), a.num_regions())?,
+                };
                 p.set_record_events(cfg.record_events);
                 pools.push(p);
             }
@@ -239,7 +281,25 @@ impl Manager {
         } else {
             Vec::new()
         };
-        Ok(Manager {
+        let bottom = (0..n)
+            .map(|g| elastic::from_bottom(arena.as_ref().map_or(0, |a| a.floor(g))))
+            .collect();
+        let anchor_group = cfg
+            .groups
+            .iter()
+            .position(|g| g.kind == GroupKind::Full)
+            .filter(|_| {
+                arena.is_some() && cfg.mamba_mode == MambaMode::Align && cfg.enable_caching
+            });
+        let anchors = cfg
+            .groups
+            .iter()
+            .map(|g| match (anchor_group, g.kind) {
+                (Some(_), GroupKind::State) => vec![None; g.num_blocks],
+                _ => Vec::new(),
+            })
+            .collect();
+        let mut m = Manager {
             groups: cfg.groups,
             pools,
             pool_of,
@@ -262,7 +322,14 @@ impl Manager {
             buf: Vec::with_capacity(256),
             memo: vec![Vec::new(); n],
             release_buf: Vec::new(),
-        })
+            arena,
+            anchor_group,
+            anchors,
+            bottom,
+            elastic: ElasticStats::default(),
+        };
+        m.grant_floors()?;
+        Ok(m)
     }
 
     // --- accessors -----------------------------------------------------------------
@@ -482,6 +549,9 @@ impl Manager {
     }
 
     fn release_all(&mut self, r: &mut Request) {
+        if self.arena.is_some() {
+            self.drop_unreachable_blocks(r);
+        }
         let mut batch = std::mem::take(&mut self.release_buf);
         for (g, table) in r.tables.iter_mut().enumerate() {
             let pool = &mut self.pools[self.pool_of[g]];
@@ -563,6 +633,7 @@ impl Manager {
     /// tables hold, that tables only hold ids of their own pool, and the pools' own
     /// invariants. Returns the first violation.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.check_arena()?;
         let mut refs: Vec<Vec<u32>> = self
             .pools
             .iter()
@@ -605,5 +676,7 @@ impl Manager {
     }
 }
 
+#[cfg(test)]
+mod elastic_tests;
 #[cfg(test)]
 mod tests;

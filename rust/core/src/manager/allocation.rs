@@ -181,7 +181,11 @@ impl Manager {
                     }
                 }
             };
-            if !self.shared && need[g] > self.pools[g].num_free() {
+        }
+        for g in 0..ng {
+            // Static pools: a count check. Elastic: may move whole free regions here. A
+            // shared pool checks the sum below instead.
+            if !self.shared && need[g] > 0 && !self.make_room(g, need[g], need) {
                 return false;
             }
         }
@@ -260,6 +264,19 @@ impl Manager {
                     let _ = pool.cache_blocks(&[b], &[h ^ self.salt[g]]);
                     if self.shared {
                         self.owner[b as usize] = g as u32;
+                    }
+                    if self.arena.is_some() {
+                        // Recompute a hit on it saves: a state checkpoint unlocks its
+                        // whole prefix, an attention block its own tokens.
+                        let v = if cfg.kind == GroupKind::State {
+                            (k + 1) * bs
+                        } else {
+                            bs
+                        };
+                        let _ = self.pools[g].set_block_value(b, v.min(u32::MAX as usize) as u32);
+                        if cfg.kind == GroupKind::State {
+                            self.anchor_checkpoint(r, g, b, (k + 1) * bs);
+                        }
                     }
                     if run_start == usize::MAX {
                         run_start = k;

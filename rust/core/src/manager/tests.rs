@@ -19,6 +19,7 @@ fn mgr(groups: &[(GroupKind, usize)], mode: MambaMode) -> Manager {
         vocab_size: None,
         record_events: false,
         shared_pool: false,
+        arena: None,
     })
     .unwrap()
 }
@@ -175,6 +176,7 @@ fn pools_beyond_memory_are_an_error_not_an_abort() {
         vocab_size: None,
         record_events: false,
         shared_pool: false,
+        arena: None,
     };
     match Manager::new(cfg) {
         Err(Error::InvalidArgument(msg)) => assert!(msg.contains("does not fit"), "{msg}"),
@@ -199,6 +201,7 @@ fn shared(groups: &[GroupKind], num_blocks: usize, events: bool) -> Manager {
         vocab_size: None,
         record_events: events,
         shared_pool: true,
+        arena: None,
     })
     .unwrap()
 }
@@ -297,6 +300,7 @@ fn shared_pool_needs_equal_block_counts() {
         vocab_size: None,
         record_events: false,
         shared_pool: true,
+        arena: None,
     };
     match Manager::new(cfg) {
         Err(Error::InvalidArgument(msg)) => assert!(msg.contains("same num_blocks"), "{msg}"),
