@@ -262,6 +262,15 @@ class KVCacheManager:
 
     Request ids are integers. Every method validates its whole input first: bad input
     raises a :class:`~hybridkv.errors.HybridKVError` subclass and changes nothing.
+
+    Threads: a manager may be shared by several threads. Each call is atomic: the
+    bindings hold a lock around the Rust state (taken with the GIL released, so a
+    waiting thread never blocks the others), so concurrent calls are serialised in
+    some order, never refused and never interleaved. A sequence of calls (lookup, then
+    allocate) is not atomic as a whole: one scheduler thread per manager is still the
+    design. An input array that another thread is writing at that moment (e.g. the
+    ``out`` of a running :meth:`block_table_into`) is refused with an
+    :class:`~hybridkv.errors.InvalidArgumentError`.
     """
 
     def __init__(

@@ -101,37 +101,7 @@ fn unresolved(r: Resolve) -> Error {
     }
 }
 
-/// Bytes of bookkeeping a pool keeps per block (reference count, 128-bit hash, hash
-/// flag, free-queue and hash-chain links), rounded up.
-const POOL_BYTES_PER_BLOCK: usize = 40;
-
 impl Manager {
-    /// Refuse, as an error, pools whose bookkeeping the allocator cannot provide (a
-    /// mistyped `num_blocks` near 2**31 asks for ~80 GB): one fallible reservation of
-    /// the total, released at once, instead of an allocation failure that aborts the
-    /// process halfway through building the pools.
-    fn check_bookkeeping_fits(groups: &[GroupConfig]) -> Result<()> {
-        // Counts beyond the int32 id space are the pool's to refuse, with its own message.
-        let total = groups
-            .iter()
-            .filter(|g| g.num_blocks <= i32::MAX as usize)
-            .try_fold(0usize, |acc, g| {
-                g.num_blocks
-                    .checked_mul(POOL_BYTES_PER_BLOCK)
-                    .and_then(|b| acc.checked_add(b))
-            })
-            .filter(|&bytes| Vec::<u8>::new().try_reserve_exact(bytes).is_ok());
-        match total {
-            Some(_) => Ok(()),
-            None => Err(Error::InvalidArgument(format!(
-                "the pools' bookkeeping ({} blocks in all, {POOL_BYTES_PER_BLOCK} bytes each) does not fit in memory",
-                groups
-                    .iter()
-                    .fold(0u128, |acc, g| acc + g.num_blocks as u128)
-            ))),
-        }
-    }
-
     pub fn new(cfg: ManagerConfig) -> Result<Self> {
         if cfg.groups.is_empty() {
             return Err(Error::InvalidArgument(
@@ -141,7 +111,7 @@ impl Manager {
         for g in &cfg.groups {
             g.validate()?;
         }
-        Self::check_bookkeeping_fits(&cfg.groups)?;
+        crate::block_pool::check_bookkeeping_fits(cfg.groups.iter().map(|g| g.num_blocks))?;
         let mut pools = Vec::with_capacity(cfg.groups.len());
         let mut sizes: Vec<usize> = Vec::new();
         let mut size_of = Vec::with_capacity(cfg.groups.len());
