@@ -4,7 +4,7 @@
 
 use hybridkv_core::prefix_hash::{hash_token_blocks as core_hash_blocks, ExtraKeys, MediaItem};
 use hybridkv_core::{
-    GroupConfig, GroupKind, KvEvent, MambaMode, Manager, ManagerConfig, NewRequest,
+    ArenaConfig, GroupConfig, GroupKind, KvEvent, MambaMode, Manager, ManagerConfig, NewRequest,
 };
 use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -226,6 +226,9 @@ fn salt_list(obj: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Vec<Option<Ve
         .collect()
 }
 
+/// `(bytes, region_bytes, null_bytes, page_bytes, floor_blocks)` of an elastic arena.
+type ArenaArg = (u64, u64, u64, Vec<u64>, Vec<u64>);
+
 /// The KV-cache manager core (see `hybridkv.KVCacheManager` for the documented API).
 ///
 /// Safe to share between threads: calls are serialised by a mutex (`shared.rs`), long
@@ -241,8 +244,11 @@ pub struct PyManager {
 impl PyManager {
     /// `groups`: one `(kind, block_size, num_blocks, param)` per group, where `param` is
     /// the window, chunk size or max encoder length (0 where the kind has none).
+    ///
+    /// `arena`: `(bytes, region_bytes, null_bytes, page_bytes, floor_blocks)` for one
+    /// elastic arena shared by all groups (`num_blocks` is then each group's view of it).
     #[new]
-    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events))]
+    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, arena=None))]
     fn new(
         groups: Vec<(String, i64, i64, i64)>,
         mamba_cache_mode: &str,
@@ -250,6 +256,7 @@ impl PyManager {
         hash_seed: u64,
         vocab_size: Option<u64>,
         record_events: bool,
+        arena: Option<ArenaArg>,
     ) -> PyResult<Self> {
         let mut cfgs = Vec::with_capacity(groups.len());
         for (i, (kind, bs, nb, param)) in groups.iter().enumerate() {
@@ -271,6 +278,15 @@ impl PyManager {
             hash_seed,
             vocab_size,
             record_events,
+            arena: arena.map(
+                |(bytes, region_bytes, null_bytes, pages, floors)| ArenaConfig {
+                    bytes,
+                    region_bytes,
+                    null_bytes,
+                    page_bytes: pages,
+                    floor_blocks: floors.into_iter().map(|f| f as usize).collect(),
+                },
+            ),
         };
         let inner = Manager::new(cfg).py_err()?;
         Ok(PyManager {
@@ -560,6 +576,53 @@ impl PyManager {
     }
 
     /// Per pool: `(num_blocks, num_free, num_cached, num_in_use)`.
+    /// Per group: blocks it could allocate now (for an elastic manager, counting memory
+    /// it could take from the shared remainder).
+    fn obtainable_blocks(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
+        self.inner.with(py, |m| m.obtainable_blocks())
+    }
+
+    /// Per group: non-null blocks backed by memory now.
+    fn present_blocks(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
+        self.inner
+            .with(py, |m| m.pools().iter().map(|p| p.num_present()).collect())
+    }
+
+    /// The elastic arena (None for static pools): sizes, owners (-1: unowned), waste
+    /// and the counters of memory moves.
+    fn arena_info<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        // Read under the lock, build the dict after it.
+        let info = self.inner.with(py, |m| {
+            let a = m.arena()?;
+            let st = m.elastic_stats();
+            let owners: Vec<i64> = (0..a.num_regions())
+                .map(|r| a.owner(r).map_or(-1, |g| g as i64))
+                .collect();
+            Some((
+                (a.config().bytes, a.config().region_bytes, a.null_bytes(), a.num_regions()),
+                owners,
+                (a.waste_bytes(), a.worst_waste_bytes()),
+                (st.grants, st.moves, st.evicted_blocks, st.orphans),
+            ))
+        })?;
+        let Some(((bytes, region, null, regions), owners, (waste, worst), counts)) = info else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("bytes", bytes)?;
+        d.set_item("region_bytes", region)?;
+        d.set_item("null_bytes", null)?;
+        d.set_item("num_regions", regions)?;
+        d.set_item("owners", owners)?;
+        d.set_item("waste_bytes", waste)?;
+        d.set_item("worst_waste_bytes", worst)?;
+        d.set_item("grants", counts.0)?;
+        d.set_item("moves", counts.1)?;
+        d.set_item("evicted_blocks", counts.2)?;
+        d.set_item("orphans", counts.3)?;
+        Ok(Some(d))
+    }
+
     fn pool_counts(&self, py: Python<'_>) -> PyResult<Vec<(usize, usize, usize, usize)>> {
         self.inner.with(py, |m| {
             m.pools()
