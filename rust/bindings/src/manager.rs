@@ -599,7 +599,12 @@ impl PyManager {
                 .map(|r| a.owner(r).map_or(-1, |g| g as i64))
                 .collect();
             Some((
-                (a.config().bytes, a.config().region_bytes, a.null_bytes(), a.num_regions()),
+                (
+                    a.config().bytes,
+                    a.config().region_bytes,
+                    a.null_bytes(),
+                    a.num_regions(),
+                ),
                 owners,
                 (a.waste_bytes(), a.worst_waste_bytes()),
                 (st.grants, st.moves, st.evicted_blocks, st.orphans),
