@@ -29,8 +29,19 @@
 //! shortest of the groups' own answers, the groups are asked again until they agree:
 //! the result is the longest `h` every group can serve. The hit never covers the whole
 //! prompt: at most `num_tokens - 1`, so the last token is computed and yields logits.
+//!
+//! ## State hits within a step
+//! A state checkpoint cached by an allocation is written by that step's forward, in
+//! the same kernel launch that would read it as another request's initial state. So a
+//! request whose prefix hit starts from a state checkpoint cached since the step began
+//! (the last `allocate_slots` with `new_step = true`) does not fit an `allocate_slots`
+//! call with `new_step = false`: it reports `false`, keeps its hit, and fits in the
+//! next step (as vLLM does with `cached_blocks_this_step`). Attention blocks need no
+//! such rule: every layer writes the whole batch's K/V before attending.
 
-use crate::block_pool::{BlockHash, BlockPool, PoolEvent, NULL_BLOCK};
+use std::hash::BuildHasherDefault;
+
+use crate::block_pool::{BlockHash, BlockId, BlockPool, FoldHasher, PoolEvent, NULL_BLOCK};
 use crate::error::{Error, Result};
 use crate::group_policy::{GroupConfig, GroupKind, MambaMode};
 use crate::kv_events::KvEvent;
@@ -87,7 +98,12 @@ pub struct Manager {
     record_events: bool,
     buf: Vec<u8>,
     memo: Vec<Vec<i32>>,
+    /// Per group: state blocks cached since the step began (not computed yet).
+    states_this_step: Vec<BlockSet>,
 }
+
+/// A set of block ids of one pool.
+type BlockSet = std::collections::HashSet<BlockId, BuildHasherDefault<FoldHasher>>;
 
 fn unresolved(r: Resolve) -> Error {
     match r {
@@ -190,6 +206,7 @@ impl Manager {
             record_events: cfg.record_events,
             buf: Vec::with_capacity(256),
             memo: vec![Vec::new(); n],
+            states_this_step: vec![BlockSet::default(); n],
         })
     }
 
@@ -453,6 +470,7 @@ impl Manager {
             // Checked above: no pool has blocks in use.
             let _ = p.reset_prefix_cache();
         }
+        self.states_this_step.iter_mut().for_each(BlockSet::clear);
         if self.record_events {
             self.drain_pool_events();
         }
