@@ -114,6 +114,13 @@ def add_plan_parser(subparsers: Any) -> None:
         "--kv-dtype", type=kv_dtype_type, default=None, help="bf16, fp8, ... or bytes per token"
     )
     p.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel ranks")
+    p.add_argument(
+        "--resolve",
+        choices=("builtin", "transformers"),
+        default="builtin",
+        help="read the config with hybridkv's reader (transformers' defaults built in) or "
+        "rebuild it with an installed transformers first; both give the same plan",
+    )
     p.add_argument("--mamba-cache-mode", choices=MAMBA_CACHE_MODES, default="align")
     p.add_argument(
         "--bounded-sizing",
@@ -128,6 +135,13 @@ def add_plan_parser(subparsers: Any) -> None:
         metavar="N",
         help="block size of bounded state groups: where checkpoints land (default: "
         "--block-size; a multiple of it)",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("elastic", "static"),
+        default="elastic",
+        help="elastic: one arena shared by all groups, bounded groups with floors "
+        "(default); static: one fixed pool per group",
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run_plan)
@@ -148,12 +162,27 @@ def _layer_ranges(layers: Sequence[int]) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _layers_cell(model: Any, positions: Sequence[int]) -> str:
+    """``count: model layer ranges``, plus the name pattern when it is not ``layers.N``
+    (``decoder.layers.N.encoder_attn``, ``layers.N.mamba``)."""
+    import re
+
+    numbers = sorted(set(model.model_layers(positions)))
+    patterns = {re.sub(r"\d+", "N", model.layer_names[i], count=1) for i in positions}
+    cell = f"{len(positions)}: {_layer_ranges(numbers)}"
+    if patterns != {"layers.N"}:
+        cell += " " + ("|".join(sorted(patterns)) if len(patterns) <= 2 else "(mixed names)")
+    return cell
+
+
 def run_plan(args: argparse.Namespace) -> int:
     """``hybridkv plan``: print the plan as a table or JSON."""
     from hybridkv.models import load_model
     from hybridkv.planner import plan_memory
 
-    model = load_model(args.model or args.config, tp=args.tp, kv_dtype=args.kv_dtype)
+    model = load_model(
+        args.model or args.config, tp=args.tp, kv_dtype=args.kv_dtype, resolve=args.resolve
+    )
     plan = plan_memory(
         model,
         memory_bytes=args.memory,
@@ -165,6 +194,7 @@ def run_plan(args: argparse.Namespace) -> int:
         bounded_sizing=args.bounded_sizing,
         state_cache_slots=args.state_cache_slots,
         state_checkpoint_tokens=args.state_checkpoint_tokens,
+        layout=args.layout,
     )
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -174,7 +204,8 @@ def run_plan(args: argparse.Namespace) -> int:
     table = Table(
         title=f"hybridkv plan: {model.name} ({format_bytes(plan.memory_bytes)}, tp={model.tp})"
     )
-    for col in ("group", "kind", "layers", "block", "page", "blocks", "bytes", "slot space"):
+    cols = ("group", "kind", "layers", "block", "page", "blocks", "floor", "bytes", "slot space")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("kind", "layers") else "right")
     table.add_column("per request")
     for g in plan.groups:
@@ -189,10 +220,11 @@ def run_plan(args: argparse.Namespace) -> int:
         table.add_row(
             str(g.index),
             f"{g.kind} {extra}".strip(),
-            f"{len(g.layers)}: {_layer_ranges(g.layers)}",
+            _layers_cell(model, g.layers),
             str(g.block_size),
             format_bytes(g.page_size_bytes),
             f"{g.num_blocks:,}",
+            f"{g.floor_blocks:,}" if not g.grows else "-",
             format_bytes(g.bytes),
             f"{g.slot_address_space:,}",
             per_req,
@@ -214,10 +246,25 @@ def run_plan(args: argparse.Namespace) -> int:
         f"bounded pools:    {format_bytes(plan.bounded_bytes)}; unused {format_bytes(plan.unused_bytes)}",
         f"unified baseline: {baseline}",
     ]
+    if plan.arena is not None:
+        a = plan.arena
+        lines[2] = (
+            f"floors:           {format_bytes(plan.bounded_bytes)} (held in "
+            f"{sum(a.floor_regions)} regions); elastic remainder {format_bytes(a.elastic_bytes)}"
+        )
+        lines.append(
+            f"arena:            {a.num_regions} regions of {format_bytes(a.region_bytes)}, "
+            f"null area {format_bytes(a.null_bytes)}; waste {format_bytes(a.waste_bytes)} "
+            f"({100 * a.waste_bytes / a.memory_bytes:.2f} %), at worst "
+            f"{100 * a.worst_waste_bytes / a.memory_bytes:.2f} %"
+        )
+    else:
+        lines.append("layout:           static (elastic remainder 0 B)")
     if plan.state_cache_slots:
         lines.append(f"state cache slots: {plan.state_cache_slots} spare blocks per state group")
     if plan.encoder_only_layers:
         lines.append(f"encoder-only layers (no cache): {len(plan.encoder_only_layers)}")
+    lines.extend(f"note: {note}" for note in model.notes)
     for line in lines:
         console.print(line, highlight=False)
     return 0

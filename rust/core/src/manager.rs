@@ -41,6 +41,7 @@
 
 use std::hash::BuildHasherDefault;
 
+use crate::arena::{Arena, ArenaConfig};
 use crate::block_pool::{BlockHash, BlockId, BlockPool, FoldHasher, PoolEvent, NULL_BLOCK};
 use crate::error::{Error, Result};
 use crate::group_policy::{GroupConfig, GroupKind, MambaMode};
@@ -50,7 +51,10 @@ use crate::request::{first_repeat, Phase, Request, Requests, Resolve};
 use crate::stats::Stats;
 
 mod allocation;
+mod elastic;
 mod prefix_hit;
+
+pub use elastic::ElasticStats;
 mod tables;
 
 /// Memo marker: this block's hash was not looked up yet.
@@ -67,6 +71,10 @@ pub struct ManagerConfig {
     pub vocab_size: Option<u64>,
     /// Record KV events (drain them with `take_events` every step).
     pub record_events: bool,
+    /// One shared arena for all groups (elastic memory, `arena.rs`); `None`: one fixed
+    /// pool per group of `num_blocks`. With an arena each group's `num_blocks` is its
+    /// view of the whole arena, whatever the config says.
+    pub arena: Option<ArenaConfig>,
 }
 
 /// A request to add.
@@ -100,6 +108,14 @@ pub struct Manager {
     memo: Vec<Vec<i32>>,
     /// Per group: state blocks cached since the step began (not computed yet).
     states_this_step: Vec<BlockSet>,
+    arena: Option<Arena>,
+    /// Elastic, align mode: the attention group whose blocks anchor state checkpoints,
+    /// and per state group and block the anchoring attention hash (`elastic.rs`).
+    anchor_group: Option<usize>,
+    anchors: Vec<Vec<Option<BlockHash>>>,
+    /// Per group: takes regions from the bottom of the arena (else the top).
+    bottom: Vec<bool>,
+    elastic: ElasticStats,
 }
 
 /// A set of block ids of one pool.
@@ -154,6 +170,24 @@ impl Manager {
                 "a KV-cache manager needs at least one group".into(),
             ));
         }
+        let mut cfg = cfg;
+        let arena = match cfg.arena.take() {
+            None => None,
+            Some(a) => {
+                if a.page_bytes.len() != cfg.groups.len() {
+                    return Err(Error::InvalidArgument(format!(
+                        "arena has {} page sizes for {} groups",
+                        a.page_bytes.len(),
+                        cfg.groups.len()
+                    )));
+                }
+                let arena = Arena::new(a)?;
+                for (g, gc) in cfg.groups.iter_mut().enumerate() {
+                    gc.num_blocks = arena.view_blocks(g);
+                }
+                Some(arena)
+            }
+        };
         for g in &cfg.groups {
             g.validate()?;
         }
@@ -161,8 +195,11 @@ impl Manager {
         let mut pools = Vec::with_capacity(cfg.groups.len());
         let mut sizes: Vec<usize> = Vec::new();
         let mut size_of = Vec::with_capacity(cfg.groups.len());
-        for g in &cfg.groups {
-            let mut p = BlockPool::new(g.num_blocks)?;
+        for (gi, g) in cfg.groups.iter().enumerate() {
+            let mut p = match arena.as_ref() {
+                None => BlockPool::new(g.num_blocks)?,
+                Some(a) => BlockPool::new_elastic(a.region_map(gi), a.num_regions())?,
+            };
             p.set_record_events(cfg.record_events);
             pools.push(p);
             let s = match sizes.iter().position(|&s| s == g.block_size) {
@@ -188,7 +225,25 @@ impl Manager {
             _ => false,
         });
         let n = cfg.groups.len();
-        Ok(Manager {
+        let bottom = (0..n)
+            .map(|g| elastic::from_bottom(arena.as_ref().map_or(0, |a| a.floor(g))))
+            .collect();
+        let anchor_group = cfg
+            .groups
+            .iter()
+            .position(|g| g.kind == GroupKind::Full)
+            .filter(|_| {
+                arena.is_some() && cfg.mamba_mode == MambaMode::Align && cfg.enable_caching
+            });
+        let anchors = cfg
+            .groups
+            .iter()
+            .map(|g| match (anchor_group, g.kind) {
+                (Some(_), GroupKind::State) => vec![None; g.num_blocks],
+                _ => Vec::new(),
+            })
+            .collect();
+        let mut m = Manager {
             groups: cfg.groups,
             pools,
             mode: cfg.mamba_mode,
@@ -207,7 +262,14 @@ impl Manager {
             buf: Vec::with_capacity(256),
             memo: vec![Vec::new(); n],
             states_this_step: vec![BlockSet::default(); n],
-        })
+            arena,
+            anchor_group,
+            anchors,
+            bottom,
+            elastic: ElasticStats::default(),
+        };
+        m.grant_floors()?;
+        Ok(m)
     }
 
     // --- accessors -----------------------------------------------------------------
@@ -419,6 +481,9 @@ impl Manager {
     }
 
     fn release_all(&mut self, r: &mut Request) {
+        if self.arena.is_some() {
+            self.drop_unreachable_blocks(r);
+        }
         for (g, table) in r.tables.iter_mut().enumerate() {
             let pool = &mut self.pools[g];
             // Tail first: a request's last blocks are the least likely to be shared, so
@@ -485,6 +550,7 @@ impl Manager {
     /// tables hold, that tables only hold ids of their own pool, and the pools' own
     /// invariants. Returns the first violation.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.check_arena()?;
         for (g, pool) in self.pools.iter().enumerate() {
             pool.check_invariants()
                 .map_err(|m| format!("group {g}: {m}"))?;
@@ -518,5 +584,7 @@ impl Manager {
     }
 }
 
+#[cfg(test)]
+mod elastic_tests;
 #[cfg(test)]
 mod tests;

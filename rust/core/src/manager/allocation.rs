@@ -180,7 +180,10 @@ impl Manager {
                     }
                 }
             };
-            if need[g] > self.pools[g].num_free() {
+        }
+        for g in 0..ng {
+            // Static pools: a count check. Elastic: may move whole free regions here.
+            if need[g] > 0 && !self.make_room(g, need[g], need) {
                 return false;
             }
         }
@@ -267,6 +270,19 @@ impl Manager {
                     let _ = self.pools[g].cache_blocks(&[b], &[h]);
                     if cfg.kind == GroupKind::State {
                         self.states_this_step[g].insert(b);
+                    }
+                    if self.arena.is_some() {
+                        // Recompute a hit on it saves: a state checkpoint unlocks its
+                        // whole prefix, an attention block its own tokens.
+                        let v = if cfg.kind == GroupKind::State {
+                            (k + 1) * bs
+                        } else {
+                            bs
+                        };
+                        let _ = self.pools[g].set_block_value(b, v.min(u32::MAX as usize) as u32);
+                        if cfg.kind == GroupKind::State {
+                            self.anchor_checkpoint(r, g, b, (k + 1) * bs);
+                        }
                     }
                     if run_start == usize::MAX {
                         run_start = k;
