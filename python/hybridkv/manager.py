@@ -438,7 +438,10 @@ class KVCacheManager:
         groups: ``False`` means nothing changed for it. Success advances its computed
         count and caches the blocks the step completes. With ``new_step=True`` the call
         first releases window blocks that requests' finished tokens no longer need;
-        pass ``False`` for a second call within the same step.
+        pass ``False`` for a second call within the same step. In such a call a request
+        whose prefix hit starts from a state checkpoint cached earlier in this step (not
+        computed until this step's forward) reports ``False`` and keeps its hit: it
+        fits the next step.
         """
         ids = _ids(req_ids)
         n = ids.shape[0]

@@ -29,9 +29,20 @@
 //! shortest of the groups' own answers, the groups are asked again until they agree:
 //! the result is the longest `h` every group can serve. The hit never covers the whole
 //! prompt: at most `num_tokens - 1`, so the last token is computed and yields logits.
+//!
+//! ## State hits within a step
+//! A state checkpoint cached by an allocation is written by that step's forward, in
+//! the same kernel launch that would read it as another request's initial state. So a
+//! request whose prefix hit starts from a state checkpoint cached since the step began
+//! (the last `allocate_slots` with `new_step = true`) does not fit an `allocate_slots`
+//! call with `new_step = false`: it reports `false`, keeps its hit, and fits in the
+//! next step (as vLLM does with `cached_blocks_this_step`). Attention blocks need no
+//! such rule: every layer writes the whole batch's K/V before attending.
+
+use std::hash::BuildHasherDefault;
 
 use crate::arena::{Arena, ArenaConfig};
-use crate::block_pool::{BlockHash, BlockPool, PoolEvent, NULL_BLOCK};
+use crate::block_pool::{BlockHash, BlockId, BlockPool, FoldHasher, PoolEvent, NULL_BLOCK};
 use crate::error::{Error, Result};
 use crate::group_policy::{GroupConfig, GroupKind, MambaMode};
 use crate::kv_events::KvEvent;
@@ -95,6 +106,8 @@ pub struct Manager {
     record_events: bool,
     buf: Vec<u8>,
     memo: Vec<Vec<i32>>,
+    /// Per group: state blocks cached since the step began (not computed yet).
+    states_this_step: Vec<BlockSet>,
     arena: Option<Arena>,
     /// Elastic, align mode: the attention group whose blocks anchor state checkpoints,
     /// and per state group and block the anchoring attention hash (`elastic.rs`).
@@ -104,6 +117,9 @@ pub struct Manager {
     bottom: Vec<bool>,
     elastic: ElasticStats,
 }
+
+/// A set of block ids of one pool.
+type BlockSet = std::collections::HashSet<BlockId, BuildHasherDefault<FoldHasher>>;
 
 fn unresolved(r: Resolve) -> Error {
     match r {
@@ -215,6 +231,7 @@ impl Manager {
             record_events: cfg.record_events,
             buf: Vec::with_capacity(256),
             memo: vec![Vec::new(); n],
+            states_this_step: vec![BlockSet::default(); n],
             arena,
             anchor_group,
             anchors,
@@ -488,6 +505,7 @@ impl Manager {
             // Checked above: no pool has blocks in use.
             let _ = p.reset_prefix_cache();
         }
+        self.states_this_step.iter_mut().for_each(BlockSet::clear);
         if self.record_events {
             self.drain_pool_events();
         }
