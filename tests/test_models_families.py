@@ -497,3 +497,34 @@ def test_unfit_refusal_names_the_largest_max_num_seqs_that_fits() -> None:
     plan_memory(model, max_num_seqs=4096, **{**kw, "memory_bytes": mib << 20})  # type: ignore[arg-type]
     with pytest.raises(PlanError):
         plan_memory(model, max_num_seqs=4096, **{**kw, "memory_bytes": (mib - 1) << 20})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("model_type", "enc_bound"),
+    [("led", 16384), ("pegasus_x", 4096), ("fsmt", 1024), ("bigbird_pegasus", 4096)],
+)
+def test_bart_like_encoder_decoders_layer_by_layer(model_type: str, enc_bound: int) -> None:
+    from hybridkv.models import model_from_config
+
+    c: dict[str, Any] = {
+        "model_type": model_type,
+        "d_model": 1024,
+        "encoder_layers": 3,
+        "decoder_layers": 2,
+        "decoder_attention_heads": 16,
+        "torch_dtype": "bfloat16",
+    }
+    if model_type == "led":  # LEDConfig bounds the two sides apart
+        c |= {"max_encoder_position_embeddings": 16384, "max_decoder_position_embeddings": 1024}
+    else:
+        c["max_position_embeddings"] = enc_bound
+    m = model_from_config(c)
+    assert [s.kind for s in m.layer_specs] == ["encoder_only"] * 3 + [
+        "full_attention",
+        "cross_attention",
+    ] * 2
+    per = kv(16, 64, 2)
+    assert all(s.bytes_per_token == per for s in m.layer_specs[3:])
+    assert m.layer_specs[4].max_encoder_len == enc_bound  # type: ignore[attr-defined]
+    assert m.layer_names[3:5] == ("decoder.layers.0.self_attn", "decoder.layers.0.encoder_attn")
+    assert m.layer_indices[3:] == (0, 0, 1, 1)

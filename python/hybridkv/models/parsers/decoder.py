@@ -404,8 +404,8 @@ def build(
     cached = [i for i, spec in enumerate(specs) if spec is not None]
     if not cached:
         raise ModelConfigError(f"{model_type}: no layer keeps a KV cache")
-    if len(cached) < n:
-        notes = (*notes, "layers without attention (MLP-only, KV-sharing) hold no cache")
+    if len(cached) < len(specs):
+        notes = (*notes, "layers without attention (MLP-only) hold no cache")
     return parsed(cfg, [specs[i] for i in cached], [f"layers.{i}" for i in cached], notes=notes)
 
 
