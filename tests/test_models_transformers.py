@@ -179,6 +179,22 @@ def test_plan_json_uses_model_layer_numbers_and_names() -> None:
     assert sorted(attn["cache_layers"] + state["cache_layers"]) == list(range(31))
 
 
+def test_plan_table_shows_layers_compactly(capsys: pytest.CaptureFixture[str]) -> None:
+    from hybridkv.cli import main
+
+    args = ["plan", "--model", "gemma-2-9b", "--memory", "40GiB", "--max-model-len", "8192"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "21: 0-40/2" in table and "21: 1-41/2" in table  # Gemma2: even layers slide
+    bart = ["plan", "--model", "bart-large", "--memory", "40GiB", "--max-model-len", "1024"]
+    assert main(bart) == 0
+    table = capsys.readouterr().out
+    assert table.count("12: 0-11") == 2 and "decoder.layers.N.encoder_attn" in table
+    assert main([*args, "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert [g["layers"] for g in groups] == [list(range(0, 42, 2)), list(range(1, 42, 2))]
+
+
 # -- wrappers, unknown types, refusals ------------------------------------------------
 
 
