@@ -528,3 +528,40 @@ def test_bart_like_encoder_decoders_layer_by_layer(model_type: str, enc_bound: i
     assert m.layer_specs[4].max_encoder_len == enc_bound  # type: ignore[attr-defined]
     assert m.layer_names[3:5] == ("decoder.layers.0.self_attn", "decoder.layers.0.encoder_attn")
     assert m.layer_indices[3:] == (0, 0, 1, 1)
+
+
+def test_lfm3_conv_sliding_and_full_layers() -> None:
+    from hybridkv.models import model_from_config
+
+    c: dict[str, Any] = {
+        "model_type": "lfm3",
+        "hidden_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "torch_dtype": "bfloat16",
+    }  # Lfm3Config defaults: head_dim 128, conv_L_cache 7, sliding_window 256
+    m = model_from_config(c)
+    # Lfm3Config's pattern: full at i % 4 == 2, sliding at i % 4 == 0 (i > 0), conv else
+    want = ["state", "state", "full_attention", "state"] + [
+        "sliding_window",
+        "state",
+        "full_attention",
+        "state",
+    ] * 2
+    assert [s.kind for s in m.layer_specs] == want
+    for spec in m.layer_specs:
+        if spec.kind == "state":
+            assert spec.page_size_bytes(16) == 2048 * (7 - 1) * 2
+        else:
+            assert spec.bytes_per_token == kv(4, 128, 2)
+    assert {getattr(s, "window", None) for s in m.layer_specs if s.kind == "sliding_window"} == {
+        256
+    }
+    c["sliding_window"] = None
+    assert "sliding_window" not in {s.kind for s in model_from_config(c).layer_specs}
+    c["layer_types"] = ["conv", "sliding_attention"] * 6
+    c["sliding_window"] = 512
+    m = model_from_config(c)
+    assert [s.kind for s in m.layer_specs] == ["state", "sliding_window"] * 6
+    assert m.layer_indices == tuple(range(12))
