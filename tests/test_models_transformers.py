@@ -217,6 +217,38 @@ def test_unknown_decoder_plans_with_a_warning() -> None:
         model_from_config(c)
 
 
+def test_unknown_gated_delta_net_hybrid_plans_with_a_warning() -> None:
+    c: dict[str, Any] = {
+        "model_type": "brand_new_gdn",
+        "vocab_size": 1000,
+        "hidden_size": 1024,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "sliding_window": 512,
+        "layer_types": ["linear_attention", "sliding_attention", "full_attention"] * 2,
+        "linear_num_key_heads": 8,
+        "linear_num_value_heads": 16,
+        "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128,
+        "linear_conv_kernel_dim": 4,
+        "torch_dtype": "bfloat16",
+    }
+    with pytest.warns(ModelConfigWarning, match="brand_new_gdn.*gated delta nets") as rec:
+        m = model_from_config(c)
+    assert not any("text model" in str(w.message) for w in rec)  # not a wrapper
+    assert kinds(m) == ["state", "sliding_window", "full_attention"] * 2
+    # conv over q, k, v (2 * 8 * 128 + 16 * 128 channels) x 3, + 16 x 128 x 128 state, bf16
+    assert m.layer_specs[0].page_size_bytes(16) == (2 * 8 * 128 + 16 * 128) * 3 * 2 + (
+        16 * 128 * 128 * 2
+    )
+    assert m.layer_specs[1].bytes_per_token == 2 * 4 * 128 * 2
+    del c["linear_key_head_dim"]
+    with pytest.raises(ModelConfigError, match=r"linear_attention.*linear_key_head_dim"):
+        model_from_config(c)
+
+
 def test_unreadable_unknown_type_is_refused_with_what_is_missing() -> None:
     with pytest.raises(ModelConfigError, match="num_attention_heads"):
         model_from_config({"model_type": "mystery", "num_hidden_layers": 4, "vocab_size": 10})
