@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hybridkv.errors import ModelConfigError
 from hybridkv.manager import KVCacheManager
 from hybridkv.models import list_models, load_model, model_source
 from hybridkv.models.registry import CONFIG_DIR
@@ -565,3 +566,21 @@ def test_lfm3_conv_sliding_and_full_layers() -> None:
     m = model_from_config(c)
     assert [s.kind for s in m.layer_specs] == ["state", "sliding_window"] * 6
     assert m.layer_indices == tuple(range(12))
+
+
+def test_minimax_legacy_attn_type_list() -> None:
+    from hybridkv.models import model_from_config
+
+    c = cfg("minimax-text-01")
+    want = list(c.pop("layer_types"))
+    # the original MiniMax-Text-01 spelling: one softmax layer after seven lightning
+    c["model_type"] = "minimax_text_01"
+    c["attn_type_list"] = ([0] * 7 + [1]) * 10
+    m = model_from_config(c)
+    assert [s.kind for s in m.layer_specs] == [
+        "full_attention" if k == "full_attention" else "state" for k in want
+    ]
+    assert m.layer_specs == load_model("minimax-text-01").layer_specs
+    c["attn_type_list"] = [0, 1]
+    with pytest.raises(ModelConfigError, match="attn_type_list must list 80"):
+        model_from_config(c)
