@@ -14,6 +14,7 @@
 //! Every public operation validates its whole input before mutating anything, so an
 //! error leaves the pool exactly as it was.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -28,6 +29,8 @@ pub type BlockHash = u128;
 pub const NULL_BLOCK: BlockId = 0;
 
 const NIL: u32 = u32::MAX;
+/// Most hash-map entries a pool reserves up front.
+const MAX_PRESIZED: usize = 1 << 24;
 /// Marks an uncached block already seen earlier in the batch `cache_blocks` validates
 /// (an uncached block's chain links are otherwise always `NIL`).
 const SEEN: u32 = u32::MAX - 1;
@@ -126,6 +129,11 @@ impl BlockPool {
             )));
         }
         let n = num_blocks;
+        // At most one hash per block: a map presized for every block never rehashes
+        // (a rehash inside a step costs a page-faulting copy of the whole table).
+        // Capped, and fallible: past the cap (16 M blocks) it grows as needed.
+        let mut cached = FastMap::default();
+        let _ = cached.try_reserve(n.saturating_sub(1).min(MAX_PRESIZED));
         let mut pool = BlockPool {
             ref_cnt: vec![0; n],
             hash: vec![0; n],
@@ -138,7 +146,7 @@ impl BlockPool {
             tail: NIL,
             num_free: 0,
             num_cached_free: 0,
-            cached: FastMap::default(),
+            cached,
             events: Vec::new(),
             record_events: true,
         };
@@ -349,6 +357,40 @@ impl BlockPool {
             }
         }
         Ok(())
+    }
+
+    /// Drop one reference from a block the caller knows to be real and in use (the
+    /// manager, for blocks its tables hold): `free(&[id])` without the validation.
+    /// Cheap guards keep a broken caller from corrupting the pool: what `free` would
+    /// refuse is ignored, as the manager ignored `free`'s error before.
+    pub(crate) fn free_held(&mut self, id: BlockId) {
+        debug_assert!(self.check_real(id).is_ok() && self.ref_cnt[id as usize] > 0);
+        let b = id as u32;
+        match self.ref_cnt.get_mut(b as usize) {
+            Some(r) if *r > 0 && b != 0 => {
+                *r -= 1;
+                if *r == 0 {
+                    self.push_tail(b);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Cache a block the caller knows to be real, in use and uncached (the manager, for
+    /// blocks its request just filled) under `h`, recording no pool event (the manager
+    /// records its own): `cache_blocks(&[id], &[h])` without the validation.
+    /// A block that is not real, not in use or already cached is left alone, as
+    /// `cache_blocks` would have refused it.
+    pub(crate) fn cache_held(&mut self, id: BlockId, h: BlockHash) {
+        debug_assert!(self.check_real(id).is_ok() && self.ref_cnt[id as usize] > 0);
+        let b = id as u32;
+        let ok = b != 0
+            && self.ref_cnt.get(b as usize).is_some_and(|&r| r > 0)
+            && !self.has_hash[b as usize];
+        if ok {
+            self.link_hash(b, h);
+        }
     }
 
     /// The block caching `hash` (the oldest, when several do), if any.
@@ -618,12 +660,14 @@ impl BlockPool {
         self.hash[bi] = h;
         self.has_hash[bi] = true;
         self.hash_next[bi] = NIL;
-        match self.cached.get_mut(&h) {
-            None => {
+        // One probe: the entry either is new or extends its chain.
+        match self.cached.entry(h) {
+            Entry::Vacant(v) => {
                 self.hash_prev[bi] = NIL;
-                self.cached.insert(h, (b, b));
+                v.insert((b, b));
             }
-            Some(ends) => {
+            Entry::Occupied(mut o) => {
+                let ends = o.get_mut();
                 let last = ends.1;
                 self.hash_prev[bi] = last;
                 self.hash_next[last as usize] = b;
