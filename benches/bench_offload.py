@@ -15,7 +15,7 @@ to compare with the per-block I/O above: it is why the tiers' bookkeeping stays 
 Python.
 
 Cross-restart hit rate: the bundled agentic trace is served by the simulator on a
-hybrid model (``qwen3-next-80b-a3b``, 16 GiB of KV, per-group layout) with
+hybrid model (``qwen3-next-80b-a3b``, 16 GiB of KV, static layout) with
 ``cpu:8GiB,disk:DIR:100GiB`` (and again with ``cpu:8GiB,redis://...``); then a fresh
 manager and connector (a restarted server: empty device cache and RAM tier, same disk
 directory or Redis server) serve it again. "Re-served prefix
@@ -262,11 +262,11 @@ def restart_hit_rate(console: Console) -> None:
 
     cfg = SimConfig(model="qwen3-next-80b-a3b", memory_bytes=16 << 30, trace="agentic")
     trace = resolve_trace(cfg.trace)
-    plan = make_plans(cfg, trace)["per-group"]
+    plan = make_plans(cfg, trace)["static"]
     assert not isinstance(plan, str)
     cost = CostModel(plan, gpu=cfg.gpu)
     lens = trace.prompt_lens.astype(np.int64)
-    table = Table(title=f"cross-restart hits: {cfg.model}, trace {trace.name}, per-group layout")
+    table = Table(title=f"cross-restart hits: {cfg.model}, trace {trace.name}, static layout")
     for col in ("tiers", "run", "prompt tok", "re-servable tok", "hit tok", "external tok",
                 "re-served", "wall s"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("tiers", "run") else "right")
@@ -283,7 +283,7 @@ def restart_hit_rate(console: Console) -> None:
             for run in ("first server", "restarted server"):
                 sim = RecordingOffload(parse_offload_spec(spec))
                 t0 = time.perf_counter()
-                res = simulate_plan(plan, trace, layout="per-group", cost=cost, offload=sim,
+                res = simulate_plan(plan, trace, layout="static", cost=cost, offload=sim,
                                     manager_factory=sim.manager_factory)  # fmt: skip
                 wall = time.perf_counter() - t0
                 rep = sim.close()[-1]

@@ -49,7 +49,7 @@ def test_same_seed_same_report(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_report_shape_and_layout_facts(capsys: pytest.CaptureFixture[str]) -> None:
     r = _json([*ARGS, "--trace", "agentic"], capsys)
-    pg, un = r["layouts"]["per-group"], r["layouts"]["unified"]
+    pg, un = r["layouts"]["static"], r["layouts"]["unified"]
     model = load_model("qwen3-next-80b-a3b")
     plan = plan_memory(
         model,
@@ -83,7 +83,7 @@ def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     argv = [*ARGS[:-1], "--trace", "chat", "--seed", "2", "--plot", str(png)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    for needle in ("token capacity", "prefix hit rate", "per-group / unified", "µs/step"):
+    for needle in ("token capacity", "prefix hit rate", "static / unified", "µs/step"):
         assert needle in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -134,7 +134,7 @@ def test_state_cache_slots_reach_only_the_per_group_plan(
     new = _strip_measured(_json([*ARGS, *trace_args, "--state-cache-slots", "64"], capsys))
     assert (old["state_cache_slots"], new["state_cache_slots"]) == (0, 64)
     assert new["layouts"]["unified"] == old["layouts"]["unified"]
-    a, b = old["layouts"]["per-group"], new["layouts"]["per-group"]
+    a, b = old["layouts"]["static"], new["layouts"]["static"]
     assert b["token_capacity"] < a["token_capacity"]
     # The point of the knob: finished turns' checkpoints survive, so more prefix hits.
     assert b["prefix_hit_rate"] > a["prefix_hit_rate"]
@@ -143,7 +143,7 @@ def test_state_cache_slots_reach_only_the_per_group_plan(
     )
     plans = make_plans(cfg, load_trace("chat"))
     base = make_plans(replace(cfg, state_cache_slots=0), load_trace("chat"))
-    pg, pg0 = plans["per-group"], base["per-group"]
+    pg, pg0 = plans["static"], base["static"]
     assert not isinstance(pg, str) and not isinstance(pg0, str)
     assert [g.num_blocks for g in pg.groups if g.kind == "state"] == [
         g.num_blocks + 64 for g in pg0.groups if g.kind == "state"
@@ -180,9 +180,9 @@ def test_offload_hook_is_consulted_and_charged() -> None:
         max_num_batched_tokens=4096,
     )
     cost = CostModel(plan)
-    base = simulate_plan(plan, trace, layout="per-group", cost=cost).report
+    base = simulate_plan(plan, trace, layout="static", cost=cost).report
     tier = _Tier()
-    res = simulate_plan(plan, trace, layout="per-group", cost=cost, offload=tier).report
+    res = simulate_plan(plan, trace, layout="static", cost=cost, offload=tier).report
     assert res["external_hit_tokens"] == tier.loaded > 0
     assert tier.steps == res["steps"]
     assert base["external_hit_tokens"] == 0

@@ -13,7 +13,7 @@ scheduler and every manager call it makes) is measured per step.
 
 Layouts
 -------
-``per-group`` is hybridkv's plan (:func:`hybridkv.planner.plan_memory`): one pool per
+``static`` is hybridkv's plan (:func:`hybridkv.planner.plan_memory`): one pool per
 KV-cache group at its natural page size, bounded pools right-sized, the growing groups
 sharing the rest. In ``mamba_cache_mode="align"`` its state groups checkpoint every
 ``state_checkpoint_tokens`` (default 256; the planner's ``state_checkpoint_tokens``): a state
@@ -55,8 +55,8 @@ import argparse
 import heapq
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,6 @@ from hybridkv.planner import MemoryPlan, plan_memory, plan_with_blocks
 from hybridkv.scheduler import POLICIES, ExternalPrefixSource, Scheduler
 from hybridkv.traces import GENERATORS, Trace, load_trace
 
-LAYOUTS = ("per-group", "unified")
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
@@ -114,6 +113,73 @@ def default_max_model_len(trace: Trace, block_size: int) -> int:
     return max(block_size, -(-longest // block_size) * block_size)
 
 
+def base_plan(cfg: SimConfig, trace: Trace) -> MemoryPlan:
+    """hybridkv's own plan of ``cfg`` (the ``static`` layout; other layouts start from it)."""
+    from hybridkv.models import load_model
+
+    model = load_model(cfg.model)
+    mml = cfg.max_model_len or default_max_model_len(trace, cfg.block_size)
+    return plan_memory(
+        model,
+        memory_bytes=cfg.memory_bytes,
+        max_num_seqs=cfg.max_num_seqs,
+        max_model_len=mml,
+        max_num_batched_tokens=cfg.max_num_batched_tokens,
+        block_size=cfg.block_size,
+        mamba_cache_mode=cfg.mamba_cache_mode,
+        state_cache_slots=cfg.state_cache_slots,
+        state_checkpoint_tokens=(
+            cfg.state_checkpoint_tokens if cfg.mamba_cache_mode == "align" else None
+        ),
+    )
+
+
+# -- layouts --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayoutSetup:
+    """How one layout runs: its plan, its manager and the scheduler options it needs.
+
+    ``manager_factory`` builds the manager from ``plan`` (``None``: a
+    :class:`hybridkv.KVCacheManager` over ``plan`` with prefix caching on);
+    ``scheduler_options`` are extra :class:`hybridkv.scheduler.Scheduler` keyword
+    arguments (e.g. vLLM's chunk-split rule)."""
+
+    plan: MemoryPlan
+    manager_factory: Callable[[MemoryPlan], Any] | None = None
+    scheduler_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: Builds a layout from the run's config and hybridkv's own plan of it; raises
+#: :class:`PlanError` (the report shows why) when the layout cannot run.
+LayoutBuilder = Callable[[SimConfig, MemoryPlan], LayoutSetup]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A named way to lay the KV-cache memory out (one column of the report)."""
+
+    name: str
+    help: str
+    build: LayoutBuilder
+
+
+#: Every layout ``simulate`` knows, in report order (see :func:`register_layout`).
+LAYOUTS: dict[str, Layout] = {}
+
+
+def register_layout(name: str, build: LayoutBuilder, help: str) -> None:
+    """Add a layout: ``build(cfg, plan)`` returns its :class:`LayoutSetup`."""
+    if name in LAYOUTS:
+        raise InvalidArgumentError(f"layout {name!r} is already registered")
+    LAYOUTS[name] = Layout(name, help, build)
+
+
+def _static(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
+    return LayoutSetup(plan)
+
+
 def unified_plan(plan: MemoryPlan) -> MemoryPlan:
     """The unified-page baseline of ``plan`` as a runnable plan (module docstring)."""
     ub = plan.unified_baseline
@@ -133,31 +199,31 @@ def unified_plan(plan: MemoryPlan) -> MemoryPlan:
     )
 
 
+def _unified(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
+    return LayoutSetup(unified_plan(plan))
+
+
+register_layout("static", _static, "hybridkv's per-group pools at natural page sizes (planner)")
+register_layout("unified", _unified, "equal split of one unified-page pool (to be replaced)")
+
+
+def make_layouts(
+    cfg: SimConfig, trace: Trace, names: Sequence[str] | None = None
+) -> dict[str, LayoutSetup | str]:
+    """Per layout (all registered ones by default): its setup, or why it cannot run."""
+    plan = base_plan(cfg, trace)
+    out: dict[str, LayoutSetup | str] = {}
+    for name in names if names is not None else list(LAYOUTS):
+        try:
+            out[name] = LAYOUTS[name].build(cfg, plan)
+        except PlanError as e:
+            out[name] = str(e)
+    return out
+
+
 def make_plans(cfg: SimConfig, trace: Trace) -> dict[str, MemoryPlan | str]:
     """Per layout: its plan, or why it cannot run."""
-    from hybridkv.models import load_model
-
-    model = load_model(cfg.model)
-    mml = cfg.max_model_len or default_max_model_len(trace, cfg.block_size)
-    plan = plan_memory(
-        model,
-        memory_bytes=cfg.memory_bytes,
-        max_num_seqs=cfg.max_num_seqs,
-        max_model_len=mml,
-        max_num_batched_tokens=cfg.max_num_batched_tokens,
-        block_size=cfg.block_size,
-        mamba_cache_mode=cfg.mamba_cache_mode,
-        state_cache_slots=cfg.state_cache_slots,
-        state_checkpoint_tokens=(
-            cfg.state_checkpoint_tokens if cfg.mamba_cache_mode == "align" else None
-        ),
-    )
-    out: dict[str, MemoryPlan | str] = {"per-group": plan}
-    try:
-        out["unified"] = unified_plan(plan)
-    except PlanError as e:
-        out["unified"] = str(e)
-    return out
+    return {k: v if isinstance(v, str) else v.plan for k, v in make_layouts(cfg, trace).items()}
 
 
 def _pool_used(manager: Any, plan: MemoryPlan) -> F64:
@@ -203,6 +269,7 @@ def simulate_plan(
     offload: ExternalPrefixSource | None = None,
     manager_factory: Callable[[MemoryPlan], Any] | None = None,
     on_progress: Callable[[int, float], None] | None = None,
+    scheduler_options: Mapping[str, Any] | None = None,
 ) -> LayoutResult:
     """Replay ``trace`` on ``plan`` (module docstring); returns the layout's result."""
     n = trace.num_requests
@@ -229,6 +296,7 @@ def simulate_plan(
         max_model_len=plan.max_model_len,
         block_size=min([g.block_size for g in plan.groups if g.grows] or [plan.block_size]),
         external=offload,
+        **dict(scheduler_options or {}),
     )
     children: dict[int, list[int]] = {}
     for i, p in enumerate(trace.parent.tolist()):
@@ -381,6 +449,9 @@ def simulate_plan(
         "makespan_s": makespan,
         "output_throughput_tok_s": total_out / makespan if makespan else 0.0,
         "total_throughput_tok_s": (total_out + total_in) / makespan if makespan else 0.0,
+        "output_throughput": total_out / makespan if makespan else 0.0,
+        "ttft_p50": _pct(ttft, 50),
+        "ttft_p99": _pct(ttft, 99),
         "ttft_s": _dist(ttft),
         "tpot_s": _dist(tpot),
         "measured": {
@@ -413,6 +484,8 @@ class SimReport:
     plans: dict[str, MemoryPlan | str]
     results: dict[str, LayoutResult]
     cost: dict[str, Any]
+    #: The layout the others are compared with (ratios ``static / baseline``).
+    baseline: str = "unified"
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` shape. Wall-clock measurements sit under each layout's
@@ -434,9 +507,10 @@ class SimReport:
             "layouts": {k: v.report for k, v in self.results.items()},
             "skipped": {k: v for k, v in self.plans.items() if isinstance(v, str)},
         }
-        if "per-group" in self.results and "unified" in self.results:
-            a = self.results["per-group"].report
-            b = self.results["unified"].report
+        if "static" in self.results and self.baseline in self.results:
+            a = self.results["static"].report
+            b = self.results[self.baseline].report
+            d["ratios_vs"] = self.baseline
             d["ratios"] = {
                 key: (a[key] / b[key] if b[key] else None)
                 for key in (
@@ -464,41 +538,46 @@ def _finite(x: Any) -> Any:
 
 def run(
     cfg: SimConfig,
-    layouts: Sequence[str] = LAYOUTS,
+    layouts: Sequence[str] | None = None,
     *,
     progress: bool = False,
     offload: ExternalPrefixSource | None = None,
     manager_factory: Callable[[MemoryPlan], Any] | None = None,
 ) -> SimReport:
-    """Plan, then simulate ``cfg`` on each of ``layouts`` (with a rich progress bar)."""
-    for lay in layouts:
+    """Plan, then simulate ``cfg`` on each of ``layouts`` (default: every registered
+    layout) with a rich progress bar. ``manager_factory`` (offload) replaces every
+    layout's own manager factory."""
+    names = list(LAYOUTS) if layouts is None else list(dict.fromkeys(layouts))
+    for lay in names:
         if lay not in LAYOUTS:
-            raise InvalidArgumentError(f"layout must be one of {LAYOUTS}, got {lay!r}")
+            raise InvalidArgumentError(f"layout must be one of {tuple(LAYOUTS)}, got {lay!r}")
+    if not names:
+        raise InvalidArgumentError("no layout given")
     if cfg.policy not in POLICIES:
         raise InvalidArgumentError(f"policy must be one of {POLICIES}, got {cfg.policy!r}")
     trace = resolve_trace(cfg.trace, cfg.seed)
-    all_plans = make_plans(cfg, trace)
-    plans = {k: all_plans[k] for k in layouts}
-    first = all_plans["per-group"]
-    assert not isinstance(first, str)
-    cost = CostModel(first, gpu=cfg.gpu, num_gpus=cfg.num_gpus)
+    setups = make_layouts(cfg, trace, names)
+    plans = {k: v if isinstance(v, str) else v.plan for k, v in setups.items()}
+    # Step times come from hybridkv's plan of the model, the same for every layout.
+    cost = CostModel(base_plan(cfg, trace), gpu=cfg.gpu, num_gpus=cfg.num_gpus)
     results: dict[str, LayoutResult] = {}
-    runnable = [(k, p) for k, p in plans.items() if not isinstance(p, str)]
+    runnable = [(k, s) for k, s in setups.items() if not isinstance(s, str)]
     if not runnable:
         raise PlanError("; ".join(f"{k}: {v}" for k, v in plans.items()))
 
     def go(bar: Callable[[str], Callable[[int, float], None] | None]) -> None:
-        for lay, plan in runnable:
+        for lay, setup in runnable:
             results[lay] = simulate_plan(
-                plan,
+                setup.plan,
                 trace,
                 layout=lay,
                 cost=cost,
                 policy=cfg.policy,
                 long_prefill_token_threshold=cfg.long_prefill_token_threshold,
                 offload=offload,
-                manager_factory=manager_factory,
+                manager_factory=manager_factory or setup.manager_factory,
                 on_progress=bar(lay),
+                scheduler_options=setup.scheduler_options,
             )
 
     if progress:
@@ -563,7 +642,7 @@ TABLE_ROWS: tuple[tuple[str, str, Callable[[dict[str, Any]], float]], ...] = (
 
 
 def render_table(report: SimReport) -> Any:
-    """A rich table: one column per layout, plus per-group / unified ratios."""
+    """A rich table: one column per layout, plus static / baseline ratios."""
     from rich.table import Table
 
     lays = list(report.results)
@@ -592,14 +671,15 @@ def render_table(report: SimReport) -> Any:
     table.add_column("unit", style="dim")
     for lay in lays:
         table.add_column(lay, justify="right")
-    both = "per-group" in lays and "unified" in lays
+    base = report.baseline
+    both = "static" in lays and base in lays
     if both:
-        table.add_column("per-group / unified", justify="right", style="bold")
+        table.add_column(f"static / {base}", justify="right", style="bold")
     for name, unit, get in TABLE_ROWS:
         vals = [float(get(report.results[lay].report)) for lay in lays]
         cells = [_fmt_num(v) if math.isfinite(v) else "-" for v in vals]
         if both:
-            a, b = vals[lays.index("per-group")], vals[lays.index("unified")]
+            a, b = vals[lays.index("static")], vals[lays.index(base)]
             ok = b and math.isfinite(a / b) and not name.startswith("block size")
             cells.append(f"{a / b:.2f}x" if ok else "-")
         table.add_row(name, unit, *cells)
@@ -646,17 +726,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "simulate",
-        help="replay a serving trace on per-group and unified-page layouts (no GPU)",
+        help="replay a serving trace on hybridkv's and vLLM's memory layouts (no GPU)",
         description=(
             "Replay a serving trace through the scheduler and the KV-cache manager, with "
-            "step times from a roofline cost model. Without --layout both layouts run "
-            "and print side by side."
+            "step times from a roofline cost model. Without --layout every layout runs "
+            "and prints side by side."
         ),
     )
     p.add_argument("--model", required=True, help="bundled model name or config.json path")
     p.add_argument("--memory", required=True, type=_size, help="KV-cache memory, e.g. 16GiB")
     p.add_argument("--trace", required=True, help="bundled trace name or trace file path")
-    p.add_argument("--layout", choices=LAYOUTS, help="run one layout only")
+    p.add_argument(
+        "--layout",
+        action="append",
+        choices=list(LAYOUTS),
+        help="run this layout (repeat for several; default: every layout: "
+        + "; ".join(f"{k}: {v.help}" for k, v in LAYOUTS.items())
+        + ")",
+    )
     p.add_argument("--max-num-seqs", type=_positive, default=64)
     p.add_argument("--max-num-batched-tokens", type=_positive, default=8192)
     p.add_argument("--max-model-len", type=_positive, help="default: the trace's longest request")
@@ -667,7 +754,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--state-checkpoint-tokens",
         type=_positive,
         default=256,
-        help="per-group layout, align mode: state checkpoint interval in tokens",
+        help="static layout, align mode: state checkpoint interval in tokens",
     )
     add_state_cache_slots_argument(p)
     p.add_argument(
@@ -721,7 +808,7 @@ def main(args: argparse.Namespace, offload: ExternalPrefixSource | None = None) 
     cfg = config_from_args(args)
     if args.plot and not str(args.plot).lower().endswith(".png"):
         raise InvalidArgumentError(f"--plot writes a PNG: {args.plot!r} does not end in .png")
-    layouts = (args.layout,) if args.layout else LAYOUTS
+    layouts = args.layout or None
     show = not args.no_progress and not args.json and sys.stderr.isatty()
     sim_offload = None
     if offload is None and getattr(args, "offload", None):
@@ -761,14 +848,20 @@ def main(args: argparse.Namespace, offload: ExternalPrefixSource | None = None) 
 
 __all__ = [
     "LAYOUTS",
+    "Layout",
+    "LayoutBuilder",
     "LayoutResult",
+    "LayoutSetup",
     "SimConfig",
     "SimReport",
     "add_parser",
+    "base_plan",
     "config_from_args",
     "default_max_model_len",
     "main",
+    "make_layouts",
     "make_plans",
+    "register_layout",
     "render_table",
     "resolve_trace",
     "run",

@@ -20,11 +20,11 @@ def small_trace(tmp_path_factory: pytest.TempPathFactory) -> str:
 def simulate(trace: str, offload: str, capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
     code = main(
         ["simulate", "--model", "qwen3-next-80b-a3b", "--memory", "16GiB", "--trace", trace,
-         "--layout", "per-group", "--no-progress", "--json", "--offload", offload]
+         "--layout", "static", "--no-progress", "--json", "--offload", offload]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    report: dict = json.loads(out)["layouts"]["per-group"]  # type: ignore[type-arg]
+    report: dict = json.loads(out)["layouts"]["static"]  # type: ignore[type-arg]
     return report
 
 

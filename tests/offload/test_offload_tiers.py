@@ -160,18 +160,22 @@ def test_disk_corrupt_truncated_foreign_files_are_misses_and_removed(tmp_path: P
     assert len(reopened) == 0 and reopened.used_bytes == 0
 
 
-def test_disk_scan_removes_junk_and_dead_writers_temp_files(tmp_path: Path) -> None:
+def test_disk_scan_removes_dead_writers_temp_files_and_leaves_junk_alone(tmp_path: Path) -> None:
+    # Only regular files with the tier's own names are ever removed: files it did not
+    # write (a stray name, a block name in the wrong shard) stay, unindexed and counted.
     tier = DiskTier(tmp_path, 1 << 22, FP)
     tier.put(items(0, [1]))
     shard = tier.path_of(BlockKey(FP, 0, 1)).parent
     (shard / "junk.blk").write_bytes(b"x")
     (shard / ("ab" * 16 + ".blk")).write_bytes(b"in the wrong shard")
     (tier.namespace / "tmp" / "999999999-deadbeef.tmp").write_bytes(b"half a block")
-    (tier.namespace / "tmp" / f"{os.getppid()}-alive.tmp").write_bytes(b"someone else's")
+    (tier.namespace / "tmp" / f"{os.getppid()}-ab12.tmp").write_bytes(b"someone else's")
     reopened = DiskTier(tmp_path, 1 << 22, FP)
-    assert len(reopened) == 1 and reopened.removed_on_scan == 2
+    assert len(reopened) == 1 and reopened.removed_on_scan == 0
+    assert reopened.ignored_on_scan == 2
+    assert (shard / "junk.blk").exists() and (shard / ("ab" * 16 + ".blk")).exists()
     left = sorted(p.name for p in (tier.namespace / "tmp").iterdir())
-    assert left == [f"{os.getppid()}-alive.tmp"]
+    assert left == [f"{os.getppid()}-ab12.tmp"]
 
 
 def test_disk_tier_refuses_unusable_directory(tmp_path: Path) -> None:

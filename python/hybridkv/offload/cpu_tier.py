@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from hybridkv.offload.keys import BlockKey
-from hybridkv.offload.tier import ByteLRU, Payload, Tier, as_bytes_view
+from hybridkv.offload.tier import ByteLRU, Payload, Tier
 
 
 def cuda_available() -> bool:
@@ -64,11 +64,13 @@ class CpuTier(Tier):
         return memoryview(stored.numpy()).toreadonly()
 
     def contains(self, keys: Sequence[BlockKey]) -> list[bool]:
+        keys = self._checked_keys(keys)
         with self._lock:
             self.stats.lookups += len(keys)
             return [k in self._data for k in keys]
 
     def get(self, keys: Sequence[BlockKey]) -> list[memoryview | None]:
+        keys = self._checked_keys(keys)
         out: list[memoryview | None] = []
         with self._lock:
             for key in keys:
@@ -83,8 +85,7 @@ class CpuTier(Tier):
         self, items: Sequence[tuple[BlockKey, Payload]], *, want_evicted: bool = False
     ) -> list[tuple[BlockKey, memoryview]]:
         evicted: list[tuple[BlockKey, memoryview]] = []
-        for key, data in items:
-            view = as_bytes_view(data)
+        for key, view in self._checked_items(items):
             with self._lock:
                 if self._lru.touch(key):
                     continue
@@ -107,6 +108,7 @@ class CpuTier(Tier):
         return evicted
 
     def discard(self, keys: Iterable[BlockKey]) -> None:
+        keys = self._checked_keys(keys)
         with self._lock:
             for key in keys:
                 if self._lru.remove(key) is not None:

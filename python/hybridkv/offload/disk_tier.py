@@ -12,6 +12,17 @@ VM one 64 KiB write+fsync takes ~1-4 ms; four threads give ~3x). Every read
 checks the header (format, fingerprint, group, hash, length) and the CRC; a file that
 fails is removed and counted, and the read is a miss.
 
+The directory may be shared with careless or hostile users, so the tier never leaves
+its namespace and never follows a symbolic link below ``ROOT``: the namespace, group,
+shard and temporary directories are opened with ``O_NOFOLLOW`` one component at a time
+(``openat``), files likewise, and every name is resolved relative to those descriptors.
+A read checks with ``fstat`` that it opened a regular file of exactly the indexed size
+and reads at most that many bytes: a FIFO, a device, a link (to ``/dev/zero`` or
+anywhere) or a file of another size at a block's path is a miss, never a hang or a huge
+allocation. The tier removes only regular files that carry its own names (a block name
+in its own shard, a dead writer's temporary file); anything else found in the namespace
+is left alone and counted (``ignored_on_scan``, ``stats.foreign``).
+
 Opening a tier scans its namespace to rebuild the index (oldest modification time
 first, hits refresh it), so a restarted process sees the blocks the old one stored.
 """
@@ -19,22 +30,38 @@ first, hits refresh it), so a restarted process sees the blocks the old one stor
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import secrets
+import stat
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from hybridkv.errors import OffloadConfigError
+from hybridkv.errors import InvalidArgumentError, OffloadConfigError
 from hybridkv.offload import block_format
 from hybridkv.offload.block_format import HEADER_BYTES, CorruptBlockError
-from hybridkv.offload.keys import FORMAT_VERSION, BlockKey
-from hybridkv.offload.tier import ByteLRU, Payload, Tier, as_bytes_view
+from hybridkv.offload.keys import FORMAT_VERSION, MAX_GROUP, BlockKey
+from hybridkv.offload.tier import ByteLRU, Payload, Tier
 
-_HEX = frozenset("0123456789abcdef")
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+# O_NONBLOCK: opening a FIFO for reading must not wait for a writer (regular files
+# ignore the flag).
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
+_BLOCK_NAME = re.compile(r"^([0-9a-f]{32})\.blk$")
+_SHARD_NAME = re.compile(r"^[0-9a-f]{2}$")
+_GROUP_NAME = re.compile(r"^g(0|[1-9][0-9]{0,9})$")
+_TMP_NAME = re.compile(r"^([0-9]{1,10})-[0-9a-f]{1,64}\.tmp$")
+#: Default bound on one block's payload: a larger file is never indexed or read.
+DEFAULT_MAX_BLOCK_BYTES = 1 << 30
 
 
 def _pid_alive(pid: int) -> bool:
@@ -44,9 +71,29 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):
         return True
     return True
+
+
+def _open_dir(name: str, dir_fd: int, *, create: bool = False) -> int:
+    """``name`` under ``dir_fd`` opened as a directory without following a link
+    (created first when ``create``)."""
+    if create:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=dir_fd)
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    fds.clear()
 
 
 class DiskTier(Tier):
@@ -62,23 +109,58 @@ class DiskTier(Tier):
         *,
         fsync: bool = True,
         io_threads: int = 4,
+        max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
     ) -> None:
         super().__init__(budget_bytes)
+        if not isinstance(fingerprint, bytes) or len(fingerprint) != 16:
+            raise InvalidArgumentError(f"a model fingerprint is 16 bytes, got {fingerprint!r}")
+        if isinstance(max_block_bytes, bool) or not isinstance(max_block_bytes, int):
+            raise InvalidArgumentError(f"max_block_bytes must be an int, got {max_block_bytes!r}")
+        if max_block_bytes < 1:
+            raise InvalidArgumentError(f"max_block_bytes must be positive, got {max_block_bytes}")
         self.io_threads = max(1, int(io_threads))
+        self.max_block_bytes = max_block_bytes
         self._pool: ThreadPoolExecutor | None = None
         self.root = Path(path)
         self.fingerprint = fingerprint
         self.fsync = fsync
         self.namespace = self.root / f"hkv-v{FORMAT_VERSION}" / fingerprint.hex()
         self._tmp = self.namespace / "tmp"
-        try:
-            self._tmp.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OffloadConfigError(f"cannot use {self.root} as a disk tier: {exc}") from exc
-        self._made_dirs: set[Path] = set()
+        self._ns_fd, self._tmp_fd = self._open_namespace()
+        self._fds = [self._ns_fd, self._tmp_fd]
+        self._finalizer = weakref.finalize(self, _close_fds, self._fds)
         self.scanned_blocks = 0
         self.removed_on_scan = 0
+        self.ignored_on_scan = 0
         self._rebuild_index()
+
+    def _open_namespace(self) -> tuple[int, int]:
+        """Descriptors of the namespace and its ``tmp`` directory, opened component by
+        component below ``root`` without following links."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+        except OSError as exc:
+            raise OffloadConfigError(f"cannot use {self.root} as a disk tier: {exc}") from exc
+        opened: list[int] = [root_fd]
+        where = self.root
+        try:
+            for name in (f"hkv-v{FORMAT_VERSION}", self.fingerprint.hex(), "tmp"):
+                where = where / name
+                opened.append(_open_dir(name, opened[-1], create=True))
+        except OSError as exc:
+            _close_fds(opened)
+            why = (
+                "is a symbolic link or not a directory (the tier never follows links)"
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR)
+                else str(exc)
+            )
+            raise OffloadConfigError(
+                f"cannot use {self.root} as a disk tier: {where} {why}"
+            ) from exc
+        ns_fd, tmp_fd = opened[2], opened[3]
+        _close_fds(opened[:2])
+        return ns_fd, tmp_fd
 
     # ---------------------------------------------------------------- paths and index
 
@@ -87,79 +169,200 @@ class DiskTier(Tier):
         name = f"{key.block_hash:032x}"
         return self.namespace / f"g{key.group}" / name[:2] / f"{name}.blk"
 
-    def _remove_file(self, path: Path) -> None:
+    @staticmethod
+    def _names(key: BlockKey) -> tuple[str, str, str]:
+        name = f"{key.block_hash:032x}"
+        return f"g{key.group}", name[:2], f"{name}.blk"
+
+    def _shard_fd(self, key: BlockKey, *, create: bool = False) -> tuple[int, str]:
+        """A descriptor of ``key``'s shard directory (the caller closes it) and the
+        file's name in it; ``OSError`` when a component is missing or is not a plain
+        directory."""
+        group, shard, name = self._names(key)
+        gfd = _open_dir(group, self._ns_fd, create=create)
         try:
-            path.unlink()
+            return _open_dir(shard, gfd, create=create), name
+        finally:
+            os.close(gfd)
+
+    def _count(self, field: str) -> None:
+        with self._lock:
+            setattr(self.stats, field, getattr(self.stats, field) + 1)
+
+    def _unlink(self, dir_fd: int, name: str, *, inode: int | None = None) -> bool:
+        """Remove ``name`` under ``dir_fd`` if it is a regular file (and, when given, the
+        same file as ``inode``); anything else is left alone and counted."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or (inode is not None and st.st_ino != inode):
+                self._count("foreign")
+                return False
+            os.unlink(name, dir_fd=dir_fd)
+            return True
         except FileNotFoundError:
-            pass
+            return False
         except OSError:
-            with self._lock:
-                self.stats.errors += 1
+            self._count("errors")
+            return False
+
+    def _remove_block(self, key: BlockKey) -> None:
+        try:
+            sfd, name = self._shard_fd(key)
+        except FileNotFoundError:
+            return
+        except OSError:
+            self._count("foreign")
+            return
+        try:
+            self._unlink(sfd, name)
+        finally:
+            os.close(sfd)
 
     def _rebuild_index(self) -> None:
-        for tmp in self._tmp.iterdir():
-            pid = tmp.name.split("-", 1)[0]
-            if not pid.isdigit() or not _pid_alive(int(pid)) or int(pid) == os.getpid():
-                self._remove_file(tmp)
-        found: list[tuple[int, BlockKey, int]] = []
-        for group_dir in self.namespace.iterdir():
-            if group_dir == self._tmp:
-                continue
-            group = group_dir.name[1:]
-            if not (group_dir.name.startswith("g") and group.isdigit() and group_dir.is_dir()):
-                continue
-            for shard in group_dir.iterdir():
-                if not shard.is_dir():
+        with os.scandir(self._tmp_fd) as entries:
+            for entry in entries:
+                m = _TMP_NAME.match(entry.name)
+                if m is None or not entry.is_file(follow_symlinks=False):
+                    self.ignored_on_scan += 1
                     continue
-                with os.scandir(shard) as entries:
-                    for entry in entries:
-                        key = self._parse_name(int(group), shard.name, entry.name)
-                        st = entry.stat(follow_symlinks=False)
-                        if key is None or not entry.is_file() or st.st_size < HEADER_BYTES:
-                            self._remove_file(Path(entry.path))
-                            self.removed_on_scan += 1
-                            continue
-                        found.append((st.st_mtime_ns, key, st.st_size - HEADER_BYTES))
+                pid = int(m.group(1))
+                if not _pid_alive(pid) or pid == os.getpid():
+                    self._unlink(self._tmp_fd, entry.name)
+        found: list[tuple[int, BlockKey, int]] = []
+        group_names = []
+        with os.scandir(self._ns_fd) as groups:
+            for e in groups:
+                if _GROUP_NAME.match(e.name) and e.is_dir(follow_symlinks=False):
+                    group_names.append(e.name)
+                elif e.name != "tmp":
+                    self.ignored_on_scan += 1
+        for gname in group_names:
+            group = int(gname[1:])
+            if group > MAX_GROUP:
+                self.ignored_on_scan += 1
+                continue
+            try:
+                gfd = _open_dir(gname, self._ns_fd)
+            except OSError:
+                self.ignored_on_scan += 1
+                continue
+            try:
+                self._scan_group(gfd, group, found)
+            finally:
+                os.close(gfd)
         found.sort(key=lambda t: t[0])
         for _, key, size in found:
             self._lru.add(key, size)
         self.scanned_blocks = len(found)
         # A smaller budget than last time: drop the oldest files.
         for victim, _ in self._lru.victims_for(0):
-            self._remove_file(self.path_of(victim))
+            self._remove_block(victim)
             self.stats.evicted += 1
 
-    def _parse_name(self, group: int, shard: str, name: str) -> BlockKey | None:
-        stem, _, ext = name.partition(".")
-        if ext != "blk" or len(stem) != 32 or not set(stem) <= _HEX or stem[:2] != shard:
-            return None
-        return BlockKey(self.fingerprint, group, int(stem, 16))
+    def _scan_group(self, gfd: int, group: int, found: list[tuple[int, BlockKey, int]]) -> None:
+        with os.scandir(gfd) as shards:
+            names = []
+            for e in shards:
+                if _SHARD_NAME.match(e.name) and e.is_dir(follow_symlinks=False):
+                    names.append(e.name)
+                else:
+                    self.ignored_on_scan += 1
+        for shard in names:
+            try:
+                sfd = _open_dir(shard, gfd)
+            except OSError:
+                self.ignored_on_scan += 1
+                continue
+            try:
+                with os.scandir(sfd) as entries:
+                    for entry in entries:
+                        m = _BLOCK_NAME.match(entry.name)
+                        if (
+                            m is None
+                            or m.group(1)[:2] != shard
+                            or not entry.is_file(follow_symlinks=False)
+                        ):
+                            self.ignored_on_scan += 1
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        size = st.st_size - HEADER_BYTES
+                        if size < 0:  # one of ours, cut short: it can never be served
+                            self._unlink(sfd, entry.name, inode=st.st_ino)
+                            self.removed_on_scan += 1
+                            continue
+                        if size > self.max_block_bytes:
+                            self.ignored_on_scan += 1
+                            continue
+                        key = BlockKey(self.fingerprint, group, int(m.group(1), 16))
+                        found.append((st.st_mtime_ns, key, size))
+            finally:
+                os.close(sfd)
 
     # ---------------------------------------------------------------- tier interface
 
     def contains(self, keys: Sequence[BlockKey]) -> list[bool]:
+        keys = self._checked_keys(keys)
         with self._lock:
             self.stats.lookups += len(keys)
             return [k in self._lru for k in keys]
 
-    def _read(self, key: BlockKey) -> memoryview | None:
-        """The verified payload of ``key``'s file, or None (a bad file is removed)."""
-        path = self.path_of(key)
+    def _read(self, key: BlockKey, size: int, *, refresh: bool = False) -> memoryview | None:
+        """The verified payload of ``key``'s file, expected to hold ``size`` payload
+        bytes, or None (a bad regular file is removed, anything else left alone)."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-            return block_format.decode(key, data)
+            sfd, name = self._shard_fd(key)
         except FileNotFoundError:
             return None
+        except OSError:
+            self._count("foreign")  # a group or shard that is a link or a file
+            return None
+        try:
+            return self._read_in(sfd, name, key, size, refresh)
+        finally:
+            os.close(sfd)
+
+    def _read_in(
+        self, sfd: int, name: str, key: BlockKey, size: int, refresh: bool
+    ) -> memoryview | None:
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=sfd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._count("foreign" if exc.errno in (errno.ELOOP, errno.ENXIO) else "errors")
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._count("foreign")  # a FIFO, socket or device at a block's path
+                return None
+            want = HEADER_BYTES + size
+            data = bytearray(want) if st.st_size == want else None
+            got = 0
+            if data is not None:
+                view = memoryview(data)
+                while got < want:
+                    n = os.readv(fd, [view[got:]])
+                    if n == 0:
+                        break
+                    got += n
+            if data is None or got != want:
+                raise CorruptBlockError(f"{st.st_size} bytes on disk, {want} indexed")
+            payload = block_format.decode(key, data)
+            if refresh:
+                # Recency survives a restart through the modification time.
+                with contextlib.suppress(OSError):
+                    os.utime(fd)
+            return payload
         except CorruptBlockError:
-            self._remove_file(path)
-            with self._lock:
-                self.stats.corrupt_removed += 1
+            if self._unlink(sfd, name, inode=os.fstat(fd).st_ino):
+                self._count("corrupt_removed")
             return None
         except OSError:
-            with self._lock:
-                self.stats.errors += 1
+            self._count("errors")
             return None
+        finally:
+            os.close(fd)
 
     def _map(self, fn: Callable[[_T], _R], args: Sequence[_T]) -> list[_R]:
         """``fn`` over ``args`` on the I/O threads (file I/O releases the GIL)."""
@@ -171,18 +374,16 @@ class DiskTier(Tier):
             pool = self._pool
         return list(pool.map(fn, args))
 
-    def _read_and_refresh(self, key: BlockKey) -> memoryview | None:
-        payload = self._read(key)
-        if payload is not None:
-            # Recency survives a restart through the modification time.
-            with contextlib.suppress(OSError):
-                os.utime(self.path_of(key))
-        return payload
-
     def get(self, keys: Sequence[BlockKey]) -> list[memoryview | None]:
+        keys = self._checked_keys(keys)
         with self._lock:
-            known = [k for k in dict.fromkeys(keys) if k in self._lru]
-        found = dict(zip(known, self._map(self._read_and_refresh, known), strict=True))
+            known: list[tuple[BlockKey, int]] = []
+            for k in dict.fromkeys(keys):
+                size = self._lru.size_of(k)
+                if size is not None:
+                    known.append((k, size))
+        payloads = self._map(lambda ks: self._read(ks[0], ks[1], refresh=True), known)
+        found = dict(zip((k for k, _ in known), payloads, strict=True))
         out: list[memoryview | None] = []
         with self._lock:
             for key in keys:
@@ -196,89 +397,110 @@ class DiskTier(Tier):
         return out
 
     def _write(self, key: BlockKey, view: memoryview) -> bool:
-        final = self.path_of(key)
-        tmp = self._tmp / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
+        tmp = f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
+        sfd = -1
+        written = False
         try:
-            if final.parent not in self._made_dirs:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                self._made_dirs.add(final.parent)
-            with open(tmp, "wb") as f:
-                f.write(block_format.encode_header(key, view))
-                f.write(view)
-                f.flush()
+            sfd, name = self._shard_fd(key, create=True)
+            fd = os.open(tmp, _WRITE_FLAGS, 0o644, dir_fd=self._tmp_fd)
+            written = True
+            try:
+                for part in (memoryview(block_format.encode_header(key, view)), view):
+                    done = 0
+                    while done < part.nbytes:
+                        done += os.write(fd, part[done:])
                 if self.fsync:
-                    os.fdatasync(f.fileno())
-            os.replace(tmp, final)
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            try:
+                st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                if not stat.S_ISREG(st.st_mode):  # never replace what is not ours
+                    self._count("foreign")
+                    self._unlink(self._tmp_fd, tmp)
+                    return False
+            os.replace(tmp, name, src_dir_fd=self._tmp_fd, dst_dir_fd=sfd)
             return True
         except OSError:
-            self._remove_file(tmp)
-            with self._lock:
-                self.stats.errors += 1
+            if written:
+                self._unlink(self._tmp_fd, tmp)
+            self._count("errors")
             return False
+        finally:
+            if sfd >= 0:
+                os.close(sfd)
 
     def put(
         self, items: Sequence[tuple[BlockKey, Payload]], *, want_evicted: bool = False
     ) -> list[tuple[BlockKey, memoryview]]:
+        checked = self._checked_items(items)
         todo: dict[BlockKey, memoryview] = {}
         with self._lock:
-            for key, data in items:
-                view = as_bytes_view(data)
+            for key, view in checked:
                 if key in todo or self._lru.touch(key):
                     continue
-                if not self._lru.fits(view.nbytes):
+                if not self._lru.fits(view.nbytes) or view.nbytes > self.max_block_bytes:
                     self.stats.rejected += 1
                     continue
                 todo[key] = view
         written = self._map(lambda kv: self._write(*kv), list(todo.items()))
-        victims: list[BlockKey] = []
+        victims: list[tuple[BlockKey, int]] = []
         with self._lock:
             for (key, view), ok in zip(todo.items(), written, strict=True):
                 if not ok:
                     continue
-                victims.extend(v for v, _ in self._lru.victims_for(view.nbytes))
+                victims.extend(self._lru.victims_for(view.nbytes))
                 self._lru.add(key, view.nbytes)
                 self.stats.stored += 1
                 self.stats.stored_bytes += view.nbytes
-            victims = [v for v in victims if v not in self._lru]
+            victims = [(v, n) for v, n in victims if v not in self._lru]
             self.stats.evicted += len(victims)
         evicted: list[tuple[BlockKey, memoryview]] = []
         if want_evicted and victims:
-            for victim, payload in zip(victims, self._map(self._read, victims), strict=True):
+            payloads = self._map(lambda vn: self._read(vn[0], vn[1]), victims)
+            for (victim, _), payload in zip(victims, payloads, strict=True):
                 if payload is not None:
                     evicted.append((victim, payload))
-        for victim in victims:
-            self._remove_file(self.path_of(victim))
+        for victim, _ in victims:
+            self._remove_block(victim)
         if self.fsync:
-            dirs = {self.path_of(k).parent for k, ok in zip(todo, written, strict=True) if ok}
-            self._map(self._fsync_dir, sorted(dirs))
+            shards = {self._names(k)[:2]: k for k, ok in zip(todo, written, strict=True) if ok}
+            self._map(self._fsync_shard, [shards[s] for s in sorted(shards)])
         return evicted
 
-    def _fsync_dir(self, path: Path) -> None:
+    def _fsync_shard(self, key: BlockKey) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY)
+            sfd, _ = self._shard_fd(key)
         except OSError:
             return
         try:
-            os.fsync(fd)
+            os.fsync(sfd)
         except OSError:
             pass
         finally:
-            os.close(fd)
+            os.close(sfd)
 
     def discard(self, keys: Iterable[BlockKey]) -> None:
-        for key in keys:
+        for key in self._checked_keys(keys):
             with self._lock:
                 held = self._lru.remove(key) is not None
             if held:
-                self._remove_file(self.path_of(key))
+                self._remove_block(key)
 
     def close(self) -> None:
-        # The files are the state; only the in-memory index and the threads go.
+        # The files are the state; only the in-memory index, the threads and the
+        # directory descriptors go (a later call fails on a closed descriptor: a miss).
         with self._lock:
             self._lru = ByteLRU(self._lru.budget_bytes)
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        with self._lock:
+            self._ns_fd = self._tmp_fd = -1
+            self._finalizer()
 
     def describe(self) -> str:
         return f"disk({self.root}, {self.budget_bytes} B)"

@@ -50,23 +50,71 @@ class BlockKey(NamedTuple):
         return f"{self.fingerprint.hex()}:{self.group}:{self.block_hash:032x}"
 
 
+#: Groups are stored as u32 in block headers.
+MAX_GROUP = (1 << 32) - 1
+_HASH_LIMIT = 1 << 128
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def check_group(group: object) -> int:
+    """``group`` as a Python int if it is a group index a block header can hold."""
+    value = int(group) if isinstance(group, int | np.integer) else -1
+    if not _is_int(group) or not 0 <= value <= MAX_GROUP:
+        raise InvalidArgumentError(f"a group index is an int in [0, 2**32), got {group!r}")
+    return value
+
+
+def check_key(key: object) -> BlockKey:
+    """``key`` if it is a well-formed :class:`BlockKey` (16-byte fingerprint, u32 group,
+    128-bit unsigned hash); an :class:`InvalidArgumentError` naming the field otherwise.
+    Every tier checks a whole batch this way before it changes anything."""
+    if not isinstance(key, tuple) or len(key) != 3:
+        raise InvalidArgumentError(f"a block key is (fingerprint, group, hash), got {key!r}")
+    fingerprint, group, block_hash = key
+    _check_fingerprint(fingerprint)
+    check_group(group)
+    if not _is_int(block_hash) or not 0 <= int(block_hash) < _HASH_LIMIT:
+        raise InvalidArgumentError(f"a block hash is an int in [0, 2**128), got {block_hash!r}")
+    if type(key) is BlockKey and type(group) is int and type(block_hash) is int:
+        return key
+    return BlockKey(fingerprint, int(group), int(block_hash))
+
+
 def block_keys(
     fingerprint: bytes, group: int, hashes: npt.ArrayLike | Iterable[int]
 ) -> list[BlockKey]:
-    """Keys for one group's hashes, given as an ``(n, 2)`` uint64 array or 128-bit ints."""
+    """Keys for one group's hashes, given as an ``(n, 2)`` uint64 array or 128-bit ints.
+
+    An array must hold unsigned 64-bit words (or non-negative signed ones): a negative
+    word is refused rather than wrapped to ``2**64 - 1``.
+    """
     _check_fingerprint(fingerprint)
+    group = check_group(group)
     if isinstance(hashes, np.ndarray):
         arr = np.asarray(hashes)
         if arr.ndim != 2 or arr.shape[1] != 2:
             raise InvalidArgumentError(
                 f"block hashes must be an (n, 2) uint64 array, got shape {arr.shape}"
             )
+        if arr.dtype.kind not in "ui":
+            raise InvalidArgumentError(
+                f"block hashes must be an integer (n, 2) array, got dtype {arr.dtype}"
+            )
+        if arr.dtype.kind == "i" and arr.size and int(arr.min()) < 0:
+            raise InvalidArgumentError(
+                "block hashes must be unsigned: the array holds a negative word"
+            )
         rows = arr.astype(np.uint64, copy=False).tolist()
         return [BlockKey(fingerprint, group, int(lo) | (int(hi) << 64)) for lo, hi in rows]
     out = []
     for h in hashes:  # type: ignore[union-attr]
+        if not _is_int(h):
+            raise InvalidArgumentError(f"a block hash is an int, got {h!r}")
         value = int(h)  # type: ignore[arg-type]
-        if not 0 <= value < 1 << 128:
+        if not 0 <= value < _HASH_LIMIT:
             raise InvalidArgumentError(f"block hash {value} is not a 128-bit unsigned value")
         out.append(BlockKey(fingerprint, group, value))
     return out

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
 from hybridkv.errors import InvalidArgumentError
-from hybridkv.offload.keys import BlockKey
+from hybridkv.offload.keys import BlockKey, check_key
 
 #: What a store call accepts as one block's bytes.
 Payload = bytes | bytearray | memoryview
@@ -25,7 +25,12 @@ Payload = bytes | bytearray | memoryview
 
 def as_bytes_view(data: Payload) -> memoryview:
     """A flat byte view of ``data`` (C-contiguous buffers only)."""
-    view = memoryview(data)
+    try:
+        view = memoryview(data)
+    except TypeError as exc:
+        raise InvalidArgumentError(
+            f"a block payload is a bytes-like buffer, got {type(data).__name__}"
+        ) from exc
     if not view.c_contiguous:
         raise InvalidArgumentError("block payloads must be C-contiguous buffers")
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
@@ -109,6 +114,9 @@ class TierStats:
     rejected: int = 0
     corrupt_removed: int = 0
     errors: int = 0
+    #: Entries at a block's path that are not the tier's (links, FIFOs, devices, a
+    #: file where a directory belongs): misses, left alone.
+    foreign: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: int(getattr(self, f.name)) for f in fields(self)}
@@ -145,6 +153,34 @@ class Tier(ABC):
         """Keys this process knows the tier holds, least recently used first."""
         with self._lock:
             return self._lru.lru_keys()
+
+    def _checked_keys(self, keys: Iterable[object]) -> list[BlockKey]:
+        """Every key checked (:func:`~hybridkv.offload.keys.check_key`); a tier bound to
+        one fingerprint (``self.fingerprint``) also refuses another model's keys."""
+        own = getattr(self, "fingerprint", None)
+        out = []
+        for raw in keys:
+            key = check_key(raw)
+            if own is not None and key.fingerprint != own:
+                raise InvalidArgumentError(
+                    f"block key {key.label()} belongs to another model than this "
+                    f"{self.kind} tier ({own.hex()})"
+                )
+            out.append(key)
+        return out
+
+    def _checked_items(
+        self, items: Sequence[tuple[BlockKey, Payload]]
+    ) -> list[tuple[BlockKey, memoryview]]:
+        """A put batch with every key and payload checked before anything is stored,
+        so a bad item anywhere leaves the tier exactly as it was."""
+        out = []
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise InvalidArgumentError(f"a put item is (key, payload), got {item!r:.80}")
+            out.append((item[0], as_bytes_view(item[1])))
+        keys = self._checked_keys(k for k, _ in out)
+        return [(k, v) for k, (_, v) in zip(keys, out, strict=True)]
 
     def _record_hit(self, key: BlockKey, payload: memoryview) -> memoryview:
         """Count a served block and make it most recently used (caller holds the lock)."""
