@@ -93,7 +93,16 @@ def test_plan_flags_reach_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["max_num_batched_tokens"] == 4096 and out["mamba_cache_mode"] == "none"
     sw = out["groups"][0]
     assert sw["spec"]["num_kv_heads"] == 8 and sw["spec"]["dtype"] == "fp8"
-    assert sw["num_blocks"] == 32 * (-(-(1023 + 4096) // 32) + 1) + 1
+    # Elastic (the default): the bounded size is the group's floor; its num_blocks is
+    # its view of the whole arena.
+    per_request = 32 * (-(-(1023 + 4096) // 32) + 1)
+    assert sw["floor_blocks"] == per_request
+    assert sw["num_blocks"] == out["memory_bytes"] // sw["page_size_bytes"]
+    assert out["layout"] == "elastic" and out["elastic_bytes"] > 0
+    assert main([*args[:-1], "--layout", "static", "--json"]) == 0
+    static = json.loads(capsys.readouterr().out)
+    assert static["groups"][0]["num_blocks"] == per_request + 1
+    assert static["groups"][0]["floor_blocks"] == per_request and static["elastic_bytes"] == 0
 
 
 def test_plan_state_cache_slots_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,7 +116,7 @@ def test_plan_state_cache_slots_flag(capsys: pytest.CaptureFixture[str]) -> None
     for a, b in zip(old["groups"], new["groups"], strict=True):
         extra = 32 if a["kind"] == "state" else 0
         if not a["grows"]:
-            assert b["num_blocks"] == a["num_blocks"] + extra
+            assert b["floor_blocks"] == a["floor_blocks"] + extra
     state_pages = sum(g["page_size_bytes"] for g in old["groups"] if g["kind"] == "state")
     assert new["bounded_bytes"] == old["bounded_bytes"] + 32 * state_pages
     assert new["token_capacity"] < old["token_capacity"]

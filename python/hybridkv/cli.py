@@ -129,6 +129,13 @@ def add_plan_parser(subparsers: Any) -> None:
         help="block size of bounded state groups: where checkpoints land (default: "
         "--block-size; a multiple of it)",
     )
+    p.add_argument(
+        "--layout",
+        choices=("elastic", "static"),
+        default="elastic",
+        help="elastic: one arena shared by all groups, bounded groups with floors "
+        "(default); static: one fixed pool per group",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run_plan)
 
@@ -165,6 +172,7 @@ def run_plan(args: argparse.Namespace) -> int:
         bounded_sizing=args.bounded_sizing,
         state_cache_slots=args.state_cache_slots,
         state_checkpoint_tokens=args.state_checkpoint_tokens,
+        layout=args.layout,
     )
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -174,7 +182,8 @@ def run_plan(args: argparse.Namespace) -> int:
     table = Table(
         title=f"hybridkv plan: {model.name} ({format_bytes(plan.memory_bytes)}, tp={model.tp})"
     )
-    for col in ("group", "kind", "layers", "block", "page", "blocks", "bytes", "slot space"):
+    cols = ("group", "kind", "layers", "block", "page", "blocks", "floor", "bytes", "slot space")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("kind", "layers") else "right")
     table.add_column("per request")
     for g in plan.groups:
@@ -193,6 +202,7 @@ def run_plan(args: argparse.Namespace) -> int:
             str(g.block_size),
             format_bytes(g.page_size_bytes),
             f"{g.num_blocks:,}",
+            f"{g.floor_blocks:,}" if not g.grows else "-",
             format_bytes(g.bytes),
             f"{g.slot_address_space:,}",
             per_req,
@@ -214,6 +224,20 @@ def run_plan(args: argparse.Namespace) -> int:
         f"bounded pools:    {format_bytes(plan.bounded_bytes)}; unused {format_bytes(plan.unused_bytes)}",
         f"unified baseline: {baseline}",
     ]
+    if plan.arena is not None:
+        a = plan.arena
+        lines[2] = (
+            f"floors:           {format_bytes(plan.bounded_bytes)} (held in "
+            f"{sum(a.floor_regions)} regions); elastic remainder {format_bytes(a.elastic_bytes)}"
+        )
+        lines.append(
+            f"arena:            {a.num_regions} regions of {format_bytes(a.region_bytes)}, "
+            f"null area {format_bytes(a.null_bytes)}; waste {format_bytes(a.waste_bytes)} "
+            f"({100 * a.waste_bytes / a.memory_bytes:.2f} %), at worst "
+            f"{100 * a.worst_waste_bytes / a.memory_bytes:.2f} %"
+        )
+    else:
+        lines.append("layout:           static (elastic remainder 0 B)")
     if plan.state_cache_slots:
         lines.append(f"state cache slots: {plan.state_cache_slots} spare blocks per state group")
     if plan.encoder_only_layers:

@@ -121,6 +121,20 @@ class ManagerStats:
         return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
 
 
+def _arena_tuple(plan: PlanLike) -> tuple[int, int, int, list[int], list[int]] | None:
+    """The core's arena argument for an elastic plan (``plan.arena`` set), else None."""
+    arena = getattr(plan, "arena", None)
+    if arena is None:
+        return None
+    return (
+        int(arena.memory_bytes),
+        int(arena.region_bytes),
+        int(arena.null_bytes),
+        [int(p) for p in arena.page_bytes],
+        [int(f) for f in arena.floor_blocks],
+    )
+
+
 def _group_tuple(i: int, g: GroupLike) -> tuple[str, int, int, int]:
     kind = str(g.kind)
     if kind not in MANAGED_KINDS:
@@ -286,6 +300,8 @@ class KVCacheManager:
         self.mamba_cache_mode = str(plan.mamba_cache_mode)
         self.enable_prefix_caching = bool(enable_prefix_caching)
         self.hash_seed = int(hash_seed)
+        arena = _arena_tuple(plan)
+        self.elastic = arena is not None
         self._core = _core.KVCacheManager(
             groups,
             self.mamba_cache_mode,
@@ -293,6 +309,7 @@ class KVCacheManager:
             self.hash_seed,
             None if vocab_size is None else int(vocab_size),
             bool(enable_kv_events),
+            arena,
         )
 
     # -- properties -----------------------------------------------------------------
@@ -497,11 +514,34 @@ class KVCacheManager:
         return events_from_tuples(self._core.take_event_tuples())
 
     def usage(self) -> npt.NDArray[np.float64]:
-        """Per pool: fraction of the non-null blocks in use."""
+        """Per pool: fraction of the non-null blocks in use (elastic: of the blocks
+        backed by memory now)."""
         counts = self._core.pool_counts()
+        if self.elastic:
+            present = self._core.present_blocks()
+            return np.array(
+                [(c[3] / p) if p else 0.0 for c, p in zip(counts, present, strict=True)],
+                dtype=np.float64,
+            )
         return np.array(
             [(u / (n - 1)) if n > 1 else 0.0 for n, _f, _c, u in counts], dtype=np.float64
         )
+
+    def obtainable_blocks(self) -> I64:
+        """Per pool: blocks an allocation could get now. Static pools: their free
+        blocks. Elastic: also what the group could take from the shared remainder
+        (unowned regions, other groups' whole free regions above their floors)."""
+        return np.asarray(self._core.obtainable_blocks(), dtype=np.int64)
+
+    def arena_info(self) -> dict[str, Any] | None:
+        """The elastic arena now (``None`` for static pools): ``region_bytes``,
+        ``null_bytes``, ``num_regions``, ``owners`` (group per region, -1 unowned),
+        ``waste_bytes`` (bytes no group can use under this ownership),
+        ``worst_waste_bytes``, and the counters ``grants`` (regions taken from the
+        remainder), ``moves`` (regions moved between groups) and ``evicted_blocks``
+        (cached blocks dropped by moves)."""
+        info = self._core.arena_info()
+        return None if info is None else dict(info)
 
     def stats(self) -> ManagerStats:
         d = self._core.stats_dict()

@@ -68,6 +68,23 @@ request its own worst case instead (the larger of the issue's formulas, sliding
 
 A window or chunk of at least ``max_model_len`` never slides within a request: such a
 group is planned as growing (it is full attention in all but name).
+
+Layouts: static and elastic
+---------------------------
+``layout="static"``: one fixed pool per group, bounded pools sized by the bounds above.
+``layout="elastic"``: one arena shared by all groups (``rust/core/src/arena.rs``), each
+group at its natural page size. Every bounded group gets a *floor*, the blocks its
+running requests can always get: state and cross attention their slots for
+``max_num_seqs`` requests, sliding window / chunked local the tight bound, capped at
+what the growing groups can ever hold (a request's window blocks cover a subset of its
+full-attention positions, so a window pool never holds more blocks in use than the
+growing pool of the same block size). The rest of the arena is shared: bounded groups
+keep cached state checkpoints in it while the growing groups don't need it, and the
+growing groups take it back region by region. ``token_capacity`` is what the growing
+groups hold when they own everything but the floors: memory minus floors, over growing
+bytes per token, less the arena's null area and region edges
+(:mod:`hybridkv.arena_plan`). A plan whose static bounds don't fit but whose capped
+floors do, plans.
 """
 
 from __future__ import annotations
@@ -77,6 +94,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hybridkv.arena_plan import ArenaPlan, choose_region_bytes
 from hybridkv.errors import PlanError
 from hybridkv.models.model_spec import ModelSpec
 from hybridkv.specs import (
@@ -92,6 +110,7 @@ from hybridkv.specs import (
 )
 
 BOUNDED_SIZINGS = ("tight", "per_request")
+PLAN_LAYOUTS = ("static", "elastic")
 
 
 # ---------------------------------------------------------------------------
@@ -188,6 +207,7 @@ class GroupPlan:
     max_encoder_len: int | None = None
     max_blocks_per_request: int | None = None
     sizing: str = "growing"
+    floor_blocks: int = 0
 
     @property
     def num_layers(self) -> int:
@@ -212,6 +232,7 @@ class GroupPlan:
             "max_encoder_len": self.max_encoder_len,
             "max_blocks_per_request": self.max_blocks_per_request,
             "sizing": self.sizing,
+            "floor_blocks": self.floor_blocks,
             "spec": spec_to_dict(self.spec),
         }
 
@@ -284,6 +305,13 @@ class MemoryPlan:
     model: ModelSpec
     state_cache_slots: int = 0
     state_checkpoint_tokens: int | None = None
+    layout: str = "static"
+    arena: ArenaPlan | None = None
+
+    @property
+    def elastic_bytes(self) -> int:
+        """Memory every group may draw on beyond the floors (0 for a static plan)."""
+        return self.arena.elastic_bytes if self.arena is not None else 0
 
     @property
     def total_bytes(self) -> int:
@@ -323,6 +351,10 @@ class MemoryPlan:
             "unified_baseline": self.unified_baseline.to_dict(),
             "state_cache_slots": self.state_cache_slots,
             "state_checkpoint_tokens": self.state_checkpoint_tokens or self.block_size,
+            "layout": self.layout,
+            "elastic_bytes": self.elastic_bytes,
+            "floor_blocks": [g.floor_blocks for g in self.groups],
+            "arena": self.arena.to_dict() if self.arena is not None else None,
         }
 
 
@@ -442,7 +474,14 @@ def _bounded_blocks(group: _Group, limits: _Limits, bounded_sizing: str) -> tupl
 
 
 def _group_plan(
-    index: int, group: _Group, block_size: int, num_blocks: int, sizing: str
+    index: int,
+    group: _Group,
+    block_size: int,
+    num_blocks: int,
+    sizing: str,
+    *,
+    floor_blocks: int = 0,
+    bytes_: int | None = None,
 ) -> GroupPlan:
     spec = group.spec
     return GroupPlan(
@@ -453,7 +492,7 @@ def _group_plan(
         block_size=block_size,
         page_size_bytes=group.page_size_bytes,
         num_blocks=num_blocks,
-        bytes=num_blocks * group.page_size_bytes,
+        bytes=num_blocks * group.page_size_bytes if bytes_ is None else bytes_,
         slot_address_space=num_blocks * block_size,
         grows=group.grows,
         window=spec.window if isinstance(spec, SlidingWindowSpec) else None,
@@ -461,6 +500,7 @@ def _group_plan(
         max_encoder_len=spec.max_encoder_len if isinstance(spec, CrossAttentionSpec) else None,
         max_blocks_per_request=None if group.grows else group.max_blocks_per_request,
         sizing=sizing,
+        floor_blocks=floor_blocks,
     )
 
 
@@ -535,8 +575,15 @@ def plan_memory(
     bounded_sizing: str = "tight",
     state_cache_slots: int = 0,
     state_checkpoint_tokens: int | None = None,
+    layout: str = "static",
 ) -> MemoryPlan:
     """Plan ``memory_bytes`` of KV cache for ``model``: one pool per group.
+
+    ``layout="elastic"`` plans one shared arena instead (module docstring, "Layouts"):
+    the bounded sizes below become floors (windows capped at the growing capacity),
+    ``num_blocks`` is each group's view of the whole arena (its slot address space),
+    ``floor_blocks`` its floor, and the growing groups' capacity what the arena leaves
+    them beside the floors. ``layout="static"`` (the default) is described next.
 
     Bounded pools first: sliding window / chunked local by ``bounded_sizing`` (the
     tight bound of the module docstring by default), state ``max_num_seqs`` slots
@@ -574,6 +621,8 @@ def plan_memory(
         model, block_size, max_num_seqs, max_model_len, max_num_batched_tokens, mamba_cache_mode
     )
     _check_int("memory_bytes", memory_bytes)
+    if layout not in PLAN_LAYOUTS:
+        raise PlanError(f"layout must be one of {PLAN_LAYOUTS}, got {layout!r}")
     if bounded_sizing not in BOUNDED_SIZINGS:
         raise PlanError(f"bounded_sizing must be one of {BOUNDED_SIZINGS}, got {bounded_sizing!r}")
     _check_int("state_cache_slots", state_cache_slots, minimum=0)
@@ -604,6 +653,18 @@ def plan_memory(
             if isinstance(g.spec, StateSpec):
                 n += state_cache_slots  # spare slots for cached checkpoints
             bounded[i] = (n + 1, sizing)
+    if layout == "elastic":
+        return _plan_elastic(
+            model,
+            pending,
+            encoder_only,
+            limits,
+            bounded,
+            memory_bytes=memory_bytes,
+            bounded_sizing=bounded_sizing,
+            state_cache_slots=state_cache_slots,
+            ckpt=ckpt,
+        )
     bounded_bytes = sum(n * pending[i].page_size_bytes for i, (n, _) in bounded.items())
     if bounded_bytes > memory_bytes:
         parts = ", ".join(
@@ -634,6 +695,7 @@ def plan_memory(
             g,
             ckpt if isinstance(g.spec, StateSpec) and not g.grows else block_size,
             *bounded.get(i, (blocks, "growing")),
+            floor_blocks=bounded[i][0] - 1 if i in bounded else 0,
         )
         for i, g in enumerate(pending)
     ]
@@ -646,6 +708,129 @@ def plan_memory(
         bounded_sizing=bounded_sizing,
         state_cache_slots=state_cache_slots,
         state_checkpoint_tokens=ckpt,
+    )
+
+
+def _plan_elastic(
+    model: ModelSpec,
+    pending: list[_Group],
+    encoder_only: tuple[int, ...],
+    limits: _Limits,
+    bounded: dict[int, tuple[int, str]],
+    *,
+    memory_bytes: int,
+    bounded_sizing: str,
+    state_cache_slots: int,
+    ckpt: int,
+) -> MemoryPlan:
+    """The elastic layout of :func:`plan_memory` (module docstring, "Layouts")."""
+    b = limits.block_size
+    pages = [g.page_size_bytes for g in pending]
+    growing = [g.grows for g in pending]
+    tight = [bounded[i][0] - 1 if i in bounded else 0 for i in range(len(pending))]
+    windows = [
+        i
+        for i, g in enumerate(pending)
+        if isinstance(g.spec, SlidingWindowSpec | ChunkedLocalSpec) and not g.grows
+    ]
+
+    def layout(cap: int | None) -> ArenaPlan:
+        floors = [
+            min(t, cap) if cap is not None and i in windows else t for i, t in enumerate(tight)
+        ]
+        return choose_region_bytes(memory_bytes, pages, floors, growing)
+
+    try:
+        arena = layout(None)
+    except PlanError:
+        arena = None
+    if (
+        windows
+        and any(growing)
+        and (arena is None or max(tight[i] for i in windows) > arena.growing_blocks)
+    ):
+        # Cap window floors at what the growing pools hold: the largest cap x with
+        # x <= growing_blocks(x) (growing_blocks falls as x rises).
+        lo, hi = 0, max(tight[i] for i in windows)
+        best: ArenaPlan | None = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            try:
+                a = layout(mid)
+            except PlanError:
+                hi = mid - 1
+                continue
+            if mid <= a.growing_blocks:
+                best, lo = a, mid + 1
+            else:
+                hi = mid - 1
+        arena = best
+    if arena is None:
+        floors_bytes = sum(t * p for t, p in zip(tight, pages, strict=True))
+        raise PlanError(
+            f"floors need {floors_bytes} bytes but memory_bytes is {memory_bytes}: short by "
+            f"{max(floors_bytes - memory_bytes, 0)} bytes (plus the arena's null area)"
+        )
+    growing_blocks = arena.growing_blocks
+    need = cdiv(limits.max_model_len, b)
+    if any(growing) and growing_blocks < need:
+        raise PlanError(
+            f"growing groups get {growing_blocks * b} tokens beside floors of "
+            f"{memory_bytes - arena.elastic_bytes} bytes, but one request of max_model_len="
+            f"{limits.max_model_len} needs {need} blocks of "
+            f"{sum(p for p, g in zip(pages, growing, strict=True) if g)} bytes"
+        )
+    plans = []
+    for i, g in enumerate(pending):
+        view = memory_bytes // g.page_size_bytes
+        floor = arena.floor_blocks[i]
+        if g.grows:
+            sizing, held = "growing", growing_blocks
+        else:
+            sizing = bounded[i][1] if floor == tight[i] else "capped"
+            held = floor
+        plans.append(
+            _group_plan(
+                i,
+                g,
+                ckpt if isinstance(g.spec, StateSpec) and not g.grows else b,
+                view,
+                sizing,
+                floor_blocks=floor,
+                bytes_=held * g.page_size_bytes,
+            )
+        )
+    plan = _finish(
+        model,
+        plans,
+        encoder_only,
+        limits,
+        memory_bytes=memory_bytes,
+        bounded_sizing=bounded_sizing,
+        state_cache_slots=state_cache_slots,
+        state_checkpoint_tokens=ckpt,
+    )
+    growing_page = sum(p for p, gr in zip(pages, growing, strict=True) if gr)
+    floors_bytes = sum(f * p for f, p in zip(arena.floor_blocks, pages, strict=True))
+    from dataclasses import replace
+
+    if growing_page:
+        capacity = growing_blocks * b
+        concurrency = min(float(limits.max_num_seqs), growing_blocks / need)
+        physical: float | None = (memory_bytes - floors_bytes) / (growing_page / b)
+    else:
+        capacity = limits.max_num_seqs * limits.max_model_len
+        concurrency = float(limits.max_num_seqs)
+        physical = None
+    return replace(
+        plan,
+        token_capacity=capacity,
+        max_concurrency=concurrency,
+        unused_bytes=arena.elastic_bytes - growing_blocks * growing_page,
+        bounded_bytes=floors_bytes,
+        physical_token_limit=physical,
+        layout="elastic",
+        arena=arena,
     )
 
 
@@ -747,6 +932,7 @@ def unified_baseline(
 
 __all__ = [
     "BOUNDED_SIZINGS",
+    "PLAN_LAYOUTS",
     "GroupPlan",
     "MemoryPlan",
     "UnifiedBaseline",

@@ -588,7 +588,12 @@ class Scheduler:
         return out
 
     def _free_blocks(self) -> I64:
-        """Free blocks of each growing pool (from ``manager.usage()``)."""
+        """Free blocks of each growing pool (from ``manager.usage()``; an elastic
+        manager's ``obtainable_blocks()`` also counts memory it can take over)."""
+        obtainable = getattr(self.manager, "obtainable_blocks", None)
+        if getattr(self.manager, "elastic", False) and obtainable is not None:
+            got = np.asarray(obtainable(), dtype=np.int64)
+            return got[self._grow_idx]
         used = np.asarray(self.manager.usage(), dtype=np.float64)[self._grow_idx]
         return np.rint((1.0 - used) * (self._grow_blocks - 1)).astype(np.int64)
 

@@ -31,6 +31,14 @@ per-group's hit rate below unified's (whose divided pool has spare state blocks)
 ``N`` spare blocks for cached checkpoints, paid for in token capacity; the unified
 layout, built from the baseline's one pool, is unaffected.
 
+``elastic`` (the first layout, hybridkv's default) is ``plan_memory(layout="elastic")``:
+one arena shared by every group at its natural page size, bounded groups holding
+floors and the rest flowing between groups region by region
+(``rust/core/src/arena.rs``); same checkpoint interval as ``static``. Where the static
+bounds don't fit but the capped floors do, only ``elastic`` runs. Its report adds
+``arena``: region size, waste (bytes no group could use, mean and peak over steps and
+as a fraction of memory) and how many regions were granted and moved.
+
 ``unified`` is the planner's unified-page baseline (today's engines): one pool, one
 page size, attention blocks inflated to ``B_u`` tokens so their page covers a state
 page, and capacity divided by the number of (equal-sized) layer groups. It is run as
@@ -113,8 +121,9 @@ def default_max_model_len(trace: Trace, block_size: int) -> int:
     return max(block_size, -(-longest // block_size) * block_size)
 
 
-def base_plan(cfg: SimConfig, trace: Trace) -> MemoryPlan:
-    """hybridkv's own plan of ``cfg`` (the ``static`` layout; other layouts start from it)."""
+def base_plan(cfg: SimConfig, trace: Trace, layout: str = "static") -> MemoryPlan:
+    """hybridkv's own plan of ``cfg`` (the ``static`` layout; other layouts start from
+    it), or with ``layout="elastic"`` its elastic plan."""
     from hybridkv.models import load_model
 
     model = load_model(cfg.model)
@@ -131,7 +140,16 @@ def base_plan(cfg: SimConfig, trace: Trace) -> MemoryPlan:
         state_checkpoint_tokens=(
             cfg.state_checkpoint_tokens if cfg.mamba_cache_mode == "align" else None
         ),
+        layout=layout,
     )
+
+
+def runnable_base_plan(cfg: SimConfig, trace: Trace) -> MemoryPlan:
+    """The static plan, or the elastic one where the static bounds don't fit."""
+    try:
+        return base_plan(cfg, trace)
+    except PlanError:
+        return base_plan(cfg, trace, layout="elastic")
 
 
 # -- layouts --------------------------------------------------------------------------------
@@ -177,7 +195,48 @@ def register_layout(name: str, build: LayoutBuilder, help: str) -> None:
 
 
 def _static(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
+    if plan.layout != "static":  # the static bounds did not fit (see make_layouts)
+        raise PlanError(str(plan_error_static(cfg, plan)))
     return LayoutSetup(plan)
+
+
+def plan_error_static(cfg: SimConfig, plan: MemoryPlan) -> PlanError:
+    """Why the static plan of ``cfg`` (with ``plan``'s limits) is refused."""
+    try:
+        plan_memory(
+            plan.model,
+            memory_bytes=cfg.memory_bytes,
+            max_num_seqs=plan.max_num_seqs,
+            max_model_len=plan.max_model_len,
+            max_num_batched_tokens=plan.max_num_batched_tokens,
+            block_size=plan.block_size,
+            mamba_cache_mode=plan.mamba_cache_mode,
+            state_cache_slots=plan.state_cache_slots,
+            state_checkpoint_tokens=plan.state_checkpoint_tokens,
+        )
+    except PlanError as e:
+        return e
+    return PlanError("static plan unavailable")
+
+
+def _elastic(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
+    if plan.layout == "elastic":
+        return LayoutSetup(plan)
+    return LayoutSetup(
+        plan_memory(
+            plan.model,
+            memory_bytes=cfg.memory_bytes,
+            max_num_seqs=plan.max_num_seqs,
+            max_model_len=plan.max_model_len,
+            max_num_batched_tokens=plan.max_num_batched_tokens,
+            block_size=plan.block_size,
+            mamba_cache_mode=plan.mamba_cache_mode,
+            bounded_sizing=plan.bounded_sizing,
+            state_cache_slots=plan.state_cache_slots,
+            state_checkpoint_tokens=plan.state_checkpoint_tokens,
+            layout="elastic",
+        )
+    )
 
 
 def unified_plan(plan: MemoryPlan) -> MemoryPlan:
@@ -203,6 +262,12 @@ def _unified(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
     return LayoutSetup(unified_plan(plan))
 
 
+register_layout(
+    "elastic",
+    _elastic,
+    "hybridkv's default: one arena shared by all groups at natural page sizes, floors for "
+    "bounded groups",
+)
 register_layout("static", _static, "hybridkv's per-group pools at natural page sizes (planner)")
 register_layout("unified", _unified, "equal split of one unified-page pool (to be replaced)")
 
@@ -211,7 +276,7 @@ def make_layouts(
     cfg: SimConfig, trace: Trace, names: Sequence[str] | None = None
 ) -> dict[str, LayoutSetup | str]:
     """Per layout (all registered ones by default): its setup, or why it cannot run."""
-    plan = base_plan(cfg, trace)
+    plan = runnable_base_plan(cfg, trace)
     out: dict[str, LayoutSetup | str] = {}
     for name in names if names is not None else list(LAYOUTS):
         try:
@@ -329,6 +394,8 @@ def simulate_plan(
     usage_rows: list[F64] = []
     hit_series: list[float] = []
     done_count = 0
+    arena_info = getattr(manager, "arena_info", None)
+    waste_rows: list[float] = []
     while pending or sched.has_unfinished():
         if not sched.has_unfinished() and pending[0][0] > t:
             t = pending[0][0]  # idle: jump to the next arrival
@@ -397,6 +464,10 @@ def simulate_plan(
                 heapq.heappush(pending, (t + float(trace.arrival[ch]), ch))
         times.append(t)
         usage_rows.append(_pool_used(manager, plan))
+        if arena_info is not None:
+            info = arena_info()
+            if info is not None:
+                waste_rows.append(float(info["waste_bytes"]))
         hit_series.append(hit_tokens / prompt_tokens if prompt_tokens else 0.0)
         if on_progress is not None and (done or steps % 64 == 0):
             on_progress(done_count, t)
@@ -465,6 +536,20 @@ def simulate_plan(
         st = stats()
         inner = st.hash_seconds + st.lookup_seconds + st.alloc_seconds
         report["measured"]["manager_us_per_step"] = 1e6 * inner / steps
+    final_info = manager.arena_info() if waste_rows else None
+    if final_info is not None:
+        w = np.asarray(waste_rows, dtype=np.float64)
+        report["arena"] = {
+            "region_bytes": int(final_info["region_bytes"]),
+            "num_regions": int(final_info["num_regions"]),
+            "waste_bytes_mean": float(w.mean()),
+            "waste_bytes_peak": float(w.max()),
+            "waste_fraction_peak": float(w.max()) / plan.memory_bytes,
+            "worst_waste_fraction": int(final_info["worst_waste_bytes"]) / plan.memory_bytes,
+            "region_grants": int(final_info["grants"]),
+            "region_moves": int(final_info["moves"]),
+            "evicted_by_moves": int(final_info["evicted_blocks"]),
+        }
     offload_report = getattr(offload, "report", None)
     if offload_report is not None:
         report["offload"] = offload_report()
@@ -559,7 +644,7 @@ def run(
     setups = make_layouts(cfg, trace, names)
     plans = {k: v if isinstance(v, str) else v.plan for k, v in setups.items()}
     # Step times come from hybridkv's plan of the model, the same for every layout.
-    cost = CostModel(base_plan(cfg, trace), gpu=cfg.gpu, num_gpus=cfg.num_gpus)
+    cost = CostModel(runnable_base_plan(cfg, trace), gpu=cfg.gpu, num_gpus=cfg.num_gpus)
     results: dict[str, LayoutResult] = {}
     runnable = [(k, s) for k, s in setups.items() if not isinstance(s, str)]
     if not runnable:

@@ -4,7 +4,7 @@
 
 use hybridkv_core::prefix_hash::{hash_token_blocks as core_hash_blocks, ExtraKeys, MediaItem};
 use hybridkv_core::{
-    GroupConfig, GroupKind, KvEvent, MambaMode, Manager, ManagerConfig, NewRequest,
+    ArenaConfig, GroupConfig, GroupKind, KvEvent, MambaMode, Manager, ManagerConfig, NewRequest,
 };
 use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -218,6 +218,9 @@ fn salt_list(obj: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Vec<Option<Ve
         .collect()
 }
 
+/// `(bytes, region_bytes, null_bytes, page_bytes, floor_blocks)` of an elastic arena.
+type ArenaArg = (u64, u64, u64, Vec<u64>, Vec<u64>);
+
 /// The KV-cache manager core (see `hybridkv.KVCacheManager` for the documented API).
 #[pyclass(name = "KVCacheManager", module = "hybridkv._core")]
 pub struct PyManager {
@@ -228,8 +231,11 @@ pub struct PyManager {
 impl PyManager {
     /// `groups`: one `(kind, block_size, num_blocks, param)` per group, where `param` is
     /// the window, chunk size or max encoder length (0 where the kind has none).
+    ///
+    /// `arena`: `(bytes, region_bytes, null_bytes, page_bytes, floor_blocks)` for one
+    /// elastic arena shared by all groups (`num_blocks` is then each group's view of it).
     #[new]
-    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events))]
+    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, arena=None))]
     fn new(
         groups: Vec<(String, i64, i64, i64)>,
         mamba_cache_mode: &str,
@@ -237,6 +243,7 @@ impl PyManager {
         hash_seed: u64,
         vocab_size: Option<u64>,
         record_events: bool,
+        arena: Option<ArenaArg>,
     ) -> PyResult<Self> {
         let mut cfgs = Vec::with_capacity(groups.len());
         for (i, (kind, bs, nb, param)) in groups.iter().enumerate() {
@@ -258,6 +265,15 @@ impl PyManager {
             hash_seed,
             vocab_size,
             record_events,
+            arena: arena.map(
+                |(bytes, region_bytes, null_bytes, pages, floors)| ArenaConfig {
+                    bytes,
+                    region_bytes,
+                    null_bytes,
+                    page_bytes: pages,
+                    floor_blocks: floors.into_iter().map(|f| f as usize).collect(),
+                },
+            ),
         };
         Ok(PyManager {
             inner: Manager::new(cfg).py_err()?,
@@ -540,6 +556,41 @@ impl PyManager {
     }
 
     /// Per pool: `(num_blocks, num_free, num_cached, num_in_use)`.
+    /// Per group: blocks it could allocate now (for an elastic manager, counting memory
+    /// it could take from the shared remainder).
+    fn obtainable_blocks(&self) -> Vec<usize> {
+        self.inner.obtainable_blocks()
+    }
+
+    /// Per group: non-null blocks backed by memory now.
+    fn present_blocks(&self) -> Vec<usize> {
+        self.inner.pools().iter().map(|p| p.num_present()).collect()
+    }
+
+    /// The elastic arena (None for static pools): sizes, owners (-1: unowned), waste
+    /// and the counters of memory moves.
+    fn arena_info<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(a) = self.inner.arena() else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        let st = self.inner.elastic_stats();
+        d.set_item("bytes", a.config().bytes)?;
+        d.set_item("region_bytes", a.config().region_bytes)?;
+        d.set_item("null_bytes", a.null_bytes())?;
+        d.set_item("num_regions", a.num_regions())?;
+        let owners: Vec<i64> = (0..a.num_regions())
+            .map(|r| a.owner(r).map_or(-1, |g| g as i64))
+            .collect();
+        d.set_item("owners", owners)?;
+        d.set_item("waste_bytes", a.waste_bytes())?;
+        d.set_item("worst_waste_bytes", a.worst_waste_bytes())?;
+        d.set_item("grants", st.grants)?;
+        d.set_item("moves", st.moves)?;
+        d.set_item("evicted_blocks", st.evicted_blocks)?;
+        Ok(Some(d))
+    }
+
     fn pool_counts(&self) -> Vec<(usize, usize, usize, usize)> {
         self.inner
             .pools()

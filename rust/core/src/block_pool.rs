@@ -20,6 +20,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::{Error, Result};
 
+mod regions;
+use regions::Regions;
+
 /// A block id, local to one pool. `i32` because block tables cross into numpy as int32.
 pub type BlockId = i32;
 /// A 128-bit block hash (see `prefix_hash.rs` for how it is computed).
@@ -112,6 +115,10 @@ pub struct BlockPool {
     cached: FastMap<BlockHash, (u32, u32)>,
     events: Vec<PoolEvent>,
     record_events: bool,
+    /// Non-null blocks backed by memory (all of them unless the pool is elastic).
+    num_present: usize,
+    /// Elastic pools only: which ids are backed now, per-region counts (`regions.rs`).
+    regions: Option<Box<Regions>>,
 }
 
 impl BlockPool {
@@ -149,11 +156,187 @@ impl BlockPool {
             cached,
             events: Vec::new(),
             record_events: true,
+            num_present: n - 1,
+            regions: None,
         };
         for b in 1..n as u32 {
             pool.push_tail(b);
         }
         Ok(pool)
+    }
+
+    /// An elastic pool over a group's whole view of the arena: `region_of[b]` is the
+    /// region holding id `b` (`u32::MAX` for the null block and ids that straddle a
+    /// region edge). Every id starts absent; `add_region` backs a region's ids.
+    pub fn new_elastic(region_of: Vec<u32>, num_regions: usize) -> Result<Self> {
+        let n = region_of.len();
+        if n == 0 || n > i32::MAX as usize {
+            return Err(Error::InvalidArgument(format!(
+                "an elastic pool needs 1..=2**31-1 block ids, got {n}"
+            )));
+        }
+        if region_of[0] != NIL {
+            return Err(Error::InvalidArgument(
+                "the null block belongs to no region".into(),
+            ));
+        }
+        if let Some(&r) = region_of
+            .iter()
+            .find(|&&r| r != NIL && r as usize >= num_regions)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "region {r} is outside the arena's {num_regions} regions"
+            )));
+        }
+        let mut pool = BlockPool::new(1)?;
+        pool.ref_cnt = vec![0; n];
+        pool.hash = vec![0; n];
+        pool.has_hash = vec![false; n];
+        pool.prev = vec![NIL; n];
+        pool.next = vec![NIL; n];
+        pool.hash_prev = vec![NIL; n];
+        pool.hash_next = vec![NIL; n];
+        pool.num_present = 0;
+        pool.regions = Some(Box::new(Regions::new(region_of, num_regions)));
+        Ok(pool)
+    }
+
+    /// Whether this pool's ids are backed region by region (an elastic pool).
+    pub fn is_elastic(&self) -> bool {
+        self.regions.is_some()
+    }
+
+    /// Non-null blocks backed by memory now (all of them in a static pool).
+    pub fn num_present(&self) -> usize {
+        self.num_present
+    }
+
+    /// Free blocks without a hash (allocating them evicts nothing).
+    pub fn num_uncached_free(&self) -> usize {
+        self.num_free - self.num_cached_free
+    }
+
+    /// Elastic pools: the id range `[lo, hi)` of region `r` in this pool's view.
+    pub fn region_range(&self, r: usize) -> Option<(u32, u32)> {
+        self.regions.as_ref().and_then(|g| g.range.get(r).copied())
+    }
+
+    /// Elastic pools: blocks in use in region `r` (0 for a static pool or a bad region).
+    pub fn region_in_use(&self, r: usize) -> u32 {
+        self.regions
+            .as_ref()
+            .and_then(|g| g.in_use.get(r).copied())
+            .unwrap_or(0)
+    }
+
+    /// Elastic pools: present blocks of region `r` (0 unless this pool holds it).
+    pub fn region_blocks(&self, r: usize) -> u32 {
+        self.regions
+            .as_ref()
+            .and_then(|g| g.blocks.get(r).copied())
+            .unwrap_or(0)
+    }
+
+    /// Elastic pools: summed value of the cached blocks of region `r`.
+    pub fn region_value(&self, r: usize) -> u64 {
+        self.regions
+            .as_ref()
+            .and_then(|g| g.cached_value.get(r).copied())
+            .unwrap_or(0)
+    }
+
+    /// Elastic pools: value of block `b`'s cached content (0 when uncached or static).
+    pub fn block_value(&self, b: BlockId) -> u32 {
+        self.regions
+            .as_ref()
+            .and_then(|g| g.value.get(b as usize).copied())
+            .unwrap_or(0)
+    }
+
+    /// Value of the cached block allocation would evict next (the free queue's head),
+    /// if the head is a cached block.
+    pub fn next_victim_value(&self) -> Option<u32> {
+        let b = self.head;
+        if b == NIL || !self.has_hash[b as usize] {
+            return None;
+        }
+        Some(self.block_value(b as BlockId))
+    }
+
+    /// Record what cached block `id` is worth (tokens of recompute a hit on it saves),
+    /// for choosing which region to empty. No-op on a static pool or an uncached block.
+    pub fn set_block_value(&mut self, id: BlockId, value: u32) -> Result<()> {
+        let b = self.check_real(id)?;
+        if !self.has_hash[b as usize] {
+            return Ok(());
+        }
+        if let Some(g) = self.regions.as_mut() {
+            g.set_value(b, value);
+        }
+        Ok(())
+    }
+
+    /// Back region `r`'s ids with memory: they join the free queue, uncached. `rank`
+    /// orders regions for allocation (lower first). Refused (nothing changes) unless
+    /// the pool is elastic and every id of the region is absent.
+    pub fn add_region(&mut self, r: usize, rank: u32) -> Result<usize> {
+        let Some(g) = self.regions.as_mut() else {
+            return Err(Error::InvalidArgument("not an elastic pool".into()));
+        };
+        let Some(&(lo, hi)) = g.range.get(r) else {
+            return Err(Error::InvalidArgument(format!("no region {r}")));
+        };
+        if g.blocks[r] > 0 || (lo..hi).any(|b| g.present[b as usize]) {
+            return Err(Error::InvalidArgument(format!(
+                "region {r} is already backed in this pool"
+            )));
+        }
+        g.rank[r] = rank;
+        for b in lo..hi {
+            g.present[b as usize] = true;
+        }
+        g.blocks[r] = hi - lo;
+        for b in lo..hi {
+            self.push_tail(b);
+            if let Some(g) = self.regions.as_mut() {
+                g.add_uncached(b);
+            }
+        }
+        self.num_present += (hi - lo) as usize;
+        Ok((hi - lo) as usize)
+    }
+
+    /// Give region `r`'s memory back: every block must be free; cached ones lose their
+    /// hashes (`Removed` events). Refused (nothing changes) while any is in use.
+    pub fn remove_region(&mut self, r: usize) -> Result<usize> {
+        let Some(g) = self.regions.as_ref() else {
+            return Err(Error::InvalidArgument("not an elastic pool".into()));
+        };
+        let Some(&(lo, hi)) = g.range.get(r) else {
+            return Err(Error::InvalidArgument(format!("no region {r}")));
+        };
+        if g.blocks[r] == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "region {r} is not backed in this pool"
+            )));
+        }
+        if g.in_use[r] > 0 {
+            return Err(Error::PoolInUse {
+                in_use: g.in_use[r] as usize,
+            });
+        }
+        for b in lo..hi {
+            self.drop_hash(b);
+            self.unlink(b);
+            if let Some(g) = self.regions.as_mut() {
+                g.present[b as usize] = false;
+            }
+        }
+        if let Some(g) = self.regions.as_mut() {
+            g.blocks[r] = 0;
+        }
+        self.num_present -= (hi - lo) as usize;
+        Ok((hi - lo) as usize)
     }
 
     /// Turn event recording on or off (a pool nobody drains should not grow without
@@ -183,11 +366,11 @@ impl BlockPool {
     }
     /// Blocks with a reference count above zero.
     pub fn num_in_use(&self) -> usize {
-        self.num_blocks() - 1 - self.num_free
+        self.num_present - self.num_free
     }
-    /// Fraction of the non-null blocks in use.
+    /// Fraction of the present non-null blocks in use.
     pub fn usage(&self) -> f64 {
-        let total = self.num_blocks().saturating_sub(1);
+        let total = self.num_present;
         if total == 0 {
             0.0
         } else {
@@ -224,10 +407,17 @@ impl BlockPool {
         out.reserve(n);
         for _ in 0..n {
             // `n <= num_free` and the queue holds exactly `num_free` blocks, so the
-            // head is a real block here.
-            let b = self.head;
+            // head is a real block here. An elastic pool packs: a free uncached block
+            // of its best-ranked region first, and only then the LRU cached head.
+            let b = match self.regions.as_ref().and_then(|g| g.best_uncached()) {
+                Some(b) => b,
+                None => self.head,
+            };
             debug_assert_ne!(b, NIL);
             self.unlink(b);
+            if let Some(g) = self.regions.as_mut() {
+                g.used(b);
+            }
             self.ref_cnt[b as usize] = 1;
             self.drop_hash(b);
             out.push(b as BlockId);
@@ -256,14 +446,25 @@ impl BlockPool {
         }
         self.undo_decrements(ids);
         for &id in ids {
-            let b = id as u32;
-            let r = &mut self.ref_cnt[b as usize];
-            *r -= 1;
-            if *r == 0 {
-                self.push_tail(b);
-            }
+            self.release_ref(id as u32);
         }
         Ok(())
+    }
+
+    /// Drop one reference of a real block that has one; at zero it joins the free
+    /// queue's tail (and its region's free counts).
+    fn release_ref(&mut self, b: u32) {
+        let r = &mut self.ref_cnt[b as usize];
+        *r -= 1;
+        if *r == 0 {
+            self.push_tail(b);
+            if let Some(g) = self.regions.as_mut() {
+                g.released(b);
+                if !self.has_hash[b as usize] {
+                    g.add_uncached(b);
+                }
+            }
+        }
     }
 
     /// Validate a `free` batch without changing anything: the error `free` would return.
@@ -302,6 +503,9 @@ impl BlockPool {
             let b = id as u32;
             if self.ref_cnt[b as usize] == 0 {
                 self.unlink(b);
+                if let Some(g) = self.regions.as_mut() {
+                    g.used(b);
+                }
             }
             // A u32 count cannot overflow in practice: it would take 2^32 references
             // to one block, each held by a live request.
@@ -366,14 +570,8 @@ impl BlockPool {
     pub(crate) fn free_held(&mut self, id: BlockId) {
         debug_assert!(self.check_real(id).is_ok() && self.ref_cnt[id as usize] > 0);
         let b = id as u32;
-        match self.ref_cnt.get_mut(b as usize) {
-            Some(r) if *r > 0 && b != 0 => {
-                *r -= 1;
-                if *r == 0 {
-                    self.push_tail(b);
-                }
-            }
-            _ => {}
+        if b != 0 && self.ref_cnt.get(b as usize).is_some_and(|&r| r > 0) {
+            self.release_ref(b);
         }
     }
 
@@ -424,6 +622,15 @@ impl BlockPool {
         let in_use = self.num_in_use();
         if in_use > 0 {
             return Err(Error::PoolInUse { in_use });
+        }
+        if let Some(g) = self.regions.as_mut() {
+            // Every cached block is free here: it becomes a free uncached block.
+            for b in 0..self.has_hash.len() {
+                if self.has_hash[b] {
+                    g.uncache(b as u32);
+                    g.add_uncached(b as u32);
+                }
+            }
         }
         self.cached.clear();
         self.has_hash.iter_mut().for_each(|h| *h = false);
@@ -523,9 +730,13 @@ impl BlockPool {
         if self.tail != prev {
             return Err("free-queue tail is not its last block".into());
         }
+        let present = |b: usize| self.regions.as_ref().is_none_or(|g| g.present[b]);
         let mut cached_free = 0;
         for b in 1..n {
-            if (self.ref_cnt[b] == 0) != in_queue[b] {
+            if !present(b) && (self.ref_cnt[b] != 0 || self.has_hash[b]) {
+                return Err(format!("absent block {b} has a reference or a hash"));
+            }
+            if (self.ref_cnt[b] == 0 && present(b)) != in_queue[b] {
                 return Err(format!(
                     "block {b}: ref {} but in_queue {}",
                     self.ref_cnt[b], in_queue[b]
@@ -578,6 +789,83 @@ impl BlockPool {
                 return Err(format!("map entry for block {b} does not match its hash"));
             }
         }
+        let counted = (1..n).filter(|&b| present(b)).count();
+        if counted != self.num_present {
+            return Err(format!(
+                "num_present {} but counted {counted}",
+                self.num_present
+            ));
+        }
+        if let Some(g) = self.regions.as_ref() {
+            self.check_regions(g)?;
+        }
+        Ok(())
+    }
+
+    /// The per-region counts and lists of an elastic pool agree with its blocks.
+    fn check_regions(&self, g: &Regions) -> std::result::Result<(), String> {
+        let nr = g.range.len();
+        let (mut in_use, mut blocks, mut value, mut ucount) = (
+            vec![0u32; nr],
+            vec![0u32; nr],
+            vec![0u64; nr],
+            vec![0u32; nr],
+        );
+        for b in 1..self.num_blocks() {
+            let r = g.region_of[b];
+            if r == NIL {
+                if g.present[b] {
+                    return Err(format!("block {b} lies in no region but is present"));
+                }
+                continue;
+            }
+            let r = r as usize;
+            if !g.present[b] {
+                continue;
+            }
+            blocks[r] += 1;
+            if self.ref_cnt[b] > 0 {
+                in_use[r] += 1;
+            } else if !self.has_hash[b] {
+                ucount[r] += 1;
+            }
+            if self.has_hash[b] {
+                value[r] += g.value[b] as u64;
+            } else if g.value[b] != 0 {
+                return Err(format!("uncached block {b} keeps a value"));
+            }
+        }
+        for r in 0..nr {
+            if blocks[r] != 0 && blocks[r] != g.range[r].1 - g.range[r].0 {
+                return Err(format!("region {r} is partly present"));
+            }
+            if blocks[r] != g.blocks[r]
+                || in_use[r] != g.in_use[r]
+                || value[r] != g.cached_value[r]
+                || ucount[r] != g.ucount[r]
+            {
+                return Err(format!("region {r}: counters differ from its blocks"));
+            }
+            let mut cur = g.uhead[r];
+            let mut len = 0;
+            while cur != NIL && len <= ucount[r] {
+                let c = cur as usize;
+                if self.ref_cnt[c] != 0 || self.has_hash[c] || g.region_of[c] as usize != r {
+                    return Err(format!("region {r}: block {cur} wrongly on its free list"));
+                }
+                len += 1;
+                cur = g.unext[c];
+            }
+            if len != ucount[r] {
+                return Err(format!("region {r}: free-uncached list length {len}"));
+            }
+            if (ucount[r] > 0) != g.ready.contains(&(g.rank[r], r as u32)) {
+                return Err(format!("region {r}: ready set out of date"));
+            }
+        }
+        if g.ready.len() != ucount.iter().filter(|&&c| c > 0).count() {
+            return Err("ready set holds stale regions".into());
+        }
         Ok(())
     }
 
@@ -597,6 +885,13 @@ impl BlockPool {
         let b = self.check_id(id)?;
         if b == 0 {
             return Err(Error::NullBlock);
+        }
+        if let Some(g) = self.regions.as_ref() {
+            if !g.present[b as usize] {
+                return Err(Error::InvalidArgument(format!(
+                    "block {id} is not backed by memory: its bytes lie in no arena region this group owns"
+                )));
+            }
         }
         Ok(b)
     }
@@ -650,6 +945,8 @@ impl BlockPool {
         self.num_free -= 1;
         if self.has_hash[b as usize] {
             self.num_cached_free -= 1;
+        } else if let Some(g) = self.regions.as_mut() {
+            g.remove_uncached(b);
         }
     }
 
@@ -707,6 +1004,12 @@ impl BlockPool {
         // reference before it drops the hash).
         if self.ref_cnt[bi] == 0 {
             self.num_cached_free -= 1;
+        }
+        if let Some(g) = self.regions.as_mut() {
+            g.uncache(b);
+            if self.ref_cnt[bi] == 0 {
+                g.add_uncached(b);
+            }
         }
         if self.record_events {
             self.events.push(PoolEvent::Removed {

@@ -1,5 +1,6 @@
 //! hybridkv-core: the KV-cache bookkeeping of hybrid LLMs, with no Python in it.
 //!
+//! - [`arena`]: elastic memory: one arena, regions owned by one group at a time.
 //! - [`block_pool`]: the pool of one KV-cache group (free/LRU queue, ref counts, hashes).
 //! - [`registry`]: one pool per group, addressed by group index.
 //! - [`error`]: the one error type every operation returns.
@@ -10,6 +11,7 @@
 //!   `manager/tables.rs` hold its prefix hits, batched allocation and outputs).
 //! - [`stats`], [`kv_events`]: its counters and KV events.
 
+pub mod arena;
 pub mod block_pool;
 pub mod error;
 pub mod group_policy;
@@ -20,11 +22,12 @@ pub mod registry;
 pub mod request;
 pub mod stats;
 
+pub use arena::{Arena, ArenaConfig};
 pub use block_pool::{BlockHash, BlockId, BlockPool, PoolEvent, NULL_BLOCK};
 pub use error::{Error, Result};
 pub use group_policy::{GroupConfig, GroupKind, MambaMode};
 pub use kv_events::KvEvent;
-pub use manager::{Manager, ManagerConfig, NewRequest};
+pub use manager::{ElasticStats, Manager, ManagerConfig, NewRequest};
 pub use prefix_hash::{ExtraKeys, MediaItem};
 pub use registry::PoolRegistry;
 pub use stats::Stats;

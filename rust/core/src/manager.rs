@@ -30,6 +30,7 @@
 //! the result is the longest `h` every group can serve. The hit never covers the whole
 //! prompt: at most `num_tokens - 1`, so the last token is computed and yields logits.
 
+use crate::arena::{Arena, ArenaConfig};
 use crate::block_pool::{BlockHash, BlockPool, PoolEvent, NULL_BLOCK};
 use crate::error::{Error, Result};
 use crate::group_policy::{GroupConfig, GroupKind, MambaMode};
@@ -39,7 +40,10 @@ use crate::request::{first_repeat, Phase, Request, Requests, Resolve};
 use crate::stats::Stats;
 
 mod allocation;
+mod elastic;
 mod prefix_hit;
+
+pub use elastic::ElasticStats;
 mod tables;
 
 /// Memo marker: this block's hash was not looked up yet.
@@ -56,6 +60,10 @@ pub struct ManagerConfig {
     pub vocab_size: Option<u64>,
     /// Record KV events (drain them with `take_events` every step).
     pub record_events: bool,
+    /// One shared arena for all groups (elastic memory, `arena.rs`); `None`: one fixed
+    /// pool per group of `num_blocks`. With an arena each group's `num_blocks` is its
+    /// view of the whole arena, whatever the config says.
+    pub arena: Option<ArenaConfig>,
 }
 
 /// A request to add.
@@ -87,6 +95,10 @@ pub struct Manager {
     record_events: bool,
     buf: Vec<u8>,
     memo: Vec<Vec<i32>>,
+    arena: Option<Arena>,
+    /// Per group: takes regions from the bottom of the arena (else the top).
+    bottom: Vec<bool>,
+    elastic: ElasticStats,
 }
 
 fn unresolved(r: Resolve) -> Error {
@@ -138,6 +150,24 @@ impl Manager {
                 "a KV-cache manager needs at least one group".into(),
             ));
         }
+        let mut cfg = cfg;
+        let arena = match cfg.arena.take() {
+            None => None,
+            Some(a) => {
+                if a.page_bytes.len() != cfg.groups.len() {
+                    return Err(Error::InvalidArgument(format!(
+                        "arena has {} page sizes for {} groups",
+                        a.page_bytes.len(),
+                        cfg.groups.len()
+                    )));
+                }
+                let arena = Arena::new(a)?;
+                for (g, gc) in cfg.groups.iter_mut().enumerate() {
+                    gc.num_blocks = arena.view_blocks(g);
+                }
+                Some(arena)
+            }
+        };
         for g in &cfg.groups {
             g.validate()?;
         }
@@ -145,8 +175,11 @@ impl Manager {
         let mut pools = Vec::with_capacity(cfg.groups.len());
         let mut sizes: Vec<usize> = Vec::new();
         let mut size_of = Vec::with_capacity(cfg.groups.len());
-        for g in &cfg.groups {
-            let mut p = BlockPool::new(g.num_blocks)?;
+        for (gi, g) in cfg.groups.iter().enumerate() {
+            let mut p = match arena.as_ref() {
+                None => BlockPool::new(g.num_blocks)?,
+                Some(a) => BlockPool::new_elastic(a.region_map(gi), a.num_regions())?,
+            };
             p.set_record_events(cfg.record_events);
             pools.push(p);
             let s = match sizes.iter().position(|&s| s == g.block_size) {
@@ -172,7 +205,10 @@ impl Manager {
             _ => false,
         });
         let n = cfg.groups.len();
-        Ok(Manager {
+        let bottom = (0..n)
+            .map(|g| elastic::from_bottom(arena.as_ref().map_or(0, |a| a.floor(g))))
+            .collect();
+        let mut m = Manager {
             groups: cfg.groups,
             pools,
             mode: cfg.mamba_mode,
@@ -190,7 +226,12 @@ impl Manager {
             record_events: cfg.record_events,
             buf: Vec::with_capacity(256),
             memo: vec![Vec::new(); n],
-        })
+            arena,
+            bottom,
+            elastic: ElasticStats::default(),
+        };
+        m.grant_floors()?;
+        Ok(m)
     }
 
     // --- accessors -----------------------------------------------------------------
@@ -402,6 +443,9 @@ impl Manager {
     }
 
     fn release_all(&mut self, r: &mut Request) {
+        if self.arena.is_some() {
+            self.drop_unreachable_blocks(r);
+        }
         for (g, table) in r.tables.iter_mut().enumerate() {
             let pool = &mut self.pools[g];
             // Tail first: a request's last blocks are the least likely to be shared, so
@@ -467,6 +511,7 @@ impl Manager {
     /// tables hold, that tables only hold ids of their own pool, and the pools' own
     /// invariants. Returns the first violation.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.check_arena()?;
         for (g, pool) in self.pools.iter().enumerate() {
             pool.check_invariants()
                 .map_err(|m| format!("group {g}: {m}"))?;
@@ -500,5 +545,7 @@ impl Manager {
     }
 }
 
+#[cfg(test)]
+mod elastic_tests;
 #[cfg(test)]
 mod tests;

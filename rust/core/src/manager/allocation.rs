@@ -175,7 +175,10 @@ impl Manager {
                     }
                 }
             };
-            if need[g] > self.pools[g].num_free() {
+        }
+        for g in 0..ng {
+            // Static pools: a count check. Elastic: may move whole free regions here.
+            if need[g] > 0 && !self.make_room(g, need[g], need) {
                 return false;
             }
         }
@@ -248,6 +251,16 @@ impl Manager {
                     let h = r.hashes[self.size_of[g]][k];
                     // In use (held by this request) and unhashed.
                     self.pools[g].cache_held(b, h);
+                    if self.arena.is_some() {
+                        // Recompute a hit on it saves: a state checkpoint unlocks its
+                        // whole prefix, an attention block its own tokens.
+                        let v = if cfg.kind == GroupKind::State {
+                            (k + 1) * bs
+                        } else {
+                            bs
+                        };
+                        let _ = self.pools[g].set_block_value(b, v.min(u32::MAX as usize) as u32);
+                    }
                     if run_start == usize::MAX {
                         run_start = k;
                     }

@@ -18,6 +18,7 @@ fn mgr(groups: &[(GroupKind, usize)], mode: MambaMode) -> Manager {
         hash_seed: 0,
         vocab_size: None,
         record_events: false,
+        arena: None,
     })
     .unwrap()
 }
@@ -173,6 +174,7 @@ fn pools_beyond_memory_are_an_error_not_an_abort() {
         hash_seed: 0,
         vocab_size: None,
         record_events: false,
+        arena: None,
     };
     match Manager::new(cfg) {
         Err(Error::InvalidArgument(msg)) => assert!(msg.contains("does not fit"), "{msg}"),

@@ -1,0 +1,211 @@
+"""Planning the elastic arena: region size, floor regions, and what the growing groups get.
+
+This mirrors the region math of ``rust/core/src/arena.rs`` (where the mechanism and its
+trade-offs are documented) so a plan can say, before any manager exists, exactly how
+many blocks the growing groups hold and how many bytes no group can use:
+
+- the arena is ``memory`` bytes; group ``g`` sees it as ``memory // page_g`` blocks,
+  block ``b`` being bytes ``[b * page_g, (b + 1) * page_g)``;
+- a null area of ``null_bytes`` (at least the largest page) holds every group's
+  block 0; after it the arena is cut at multiples of ``region_bytes`` into regions
+  (the first and last may be shorter);
+- a group uses the ids lying wholly inside one region it owns;
+- floors are granted first, group by group in group order, each taking the highest
+  unowned regions that hold one of its ids until it has its floor; the growing groups
+  share every other region.
+
+:func:`choose_region_bytes` picks the region size that loses the fewest bytes of
+token capacity (null area, floors rounded up to regions, region edges), among
+multiples of the growing page (so the growing group's edges waste nothing) no smaller
+than the largest page and giving at most :data:`MAX_REGIONS` regions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hybridkv.errors import PlanError
+
+#: Most regions an arena is cut into (the manager scans regions when memory moves).
+MAX_REGIONS = 4096
+#: Region-size candidates tried (multiples of the growing page).
+CANDIDATES = 64
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class ArenaPlan:
+    """An elastic arena: its regions, floors and the growing groups' share.
+
+    ``floor_regions[g]``: regions granted to group ``g`` at start (for its floor).
+    ``growing_blocks``: blocks every growing group holds at once when the growing
+    groups own every region not granted to a floor. ``waste_bytes``: bytes no group can
+    use in that state (null area + region edges); ``worst_waste_bytes``: the most any
+    ownership can waste (every region owned by the group wasting most of it).
+    ``elastic_bytes``: the memory not held for floors (the regions everyone shares).
+    """
+
+    memory_bytes: int
+    region_bytes: int
+    null_bytes: int
+    num_regions: int
+    page_bytes: tuple[int, ...]
+    floor_blocks: tuple[int, ...]
+    floor_regions: tuple[int, ...]
+    growing_blocks: int
+    elastic_bytes: int
+    waste_bytes: int
+    worst_waste_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape (``arena`` in ``hybridkv plan --json``)."""
+        return {
+            "region_bytes": self.region_bytes,
+            "null_bytes": self.null_bytes,
+            "num_regions": self.num_regions,
+            "floor_regions": list(self.floor_regions),
+            "elastic_bytes": self.elastic_bytes,
+            "waste_bytes": self.waste_bytes,
+            "waste_fraction": self.waste_bytes / self.memory_bytes,
+            "worst_waste_bytes": self.worst_waste_bytes,
+            "worst_waste_fraction": self.worst_waste_bytes / self.memory_bytes,
+        }
+
+
+def _ids(starts: I64, ends: I64, page: int) -> I64:
+    lo = -(-starts // page)
+    hi = np.maximum(ends // page, lo)
+    out: I64 = hi - lo
+    return out
+
+
+def layout_arena(
+    memory_bytes: int,
+    region_bytes: int,
+    null_bytes: int,
+    pages: Sequence[int],
+    floors: Sequence[int],
+    growing: Sequence[bool],
+) -> ArenaPlan:
+    """Grant floors as the manager does and count what the growing groups get.
+
+    Raises :class:`PlanError` when the floors don't fit.
+    """
+    if null_bytes < max(pages) or region_bytes < max(pages) or memory_bytes <= null_bytes:
+        raise PlanError(
+            f"arena of {memory_bytes} bytes with regions of {region_bytes} and a null area of "
+            f"{null_bytes} cannot hold pages of up to {max(pages)} bytes"
+        )
+    first = null_bytes // region_bytes
+    n = -(-memory_bytes // region_bytes) - first
+    aligned = (first + np.arange(n, dtype=np.int64)) * region_bytes
+    starts = np.maximum(aligned, null_bytes)
+    ends = np.minimum(aligned + region_bytes, memory_bytes)
+    ids = [_ids(starts, ends, p) for p in pages]
+    owner = np.full(n, -1, dtype=np.int64)
+    floor_regions = [0] * len(pages)
+    for g, f in enumerate(floors):
+        if f <= 0:
+            continue
+        free = np.flatnonzero((owner < 0) & (ids[g] > 0))[::-1]  # highest first
+        got = np.cumsum(ids[g][free])
+        k = int(np.searchsorted(got, f)) + 1  # regions needed to reach f
+        if got.size == 0 or got[-1] < f:
+            have = int(got[-1]) if got.size else 0
+            need = f * pages[g]
+            raise PlanError(
+                f"floors do not fit: group {g} needs {f} blocks ({need} bytes) but only "
+                f"{have} fit in what the other floors leave of {memory_bytes} bytes"
+            )
+        owner[free[:k]] = g
+        floor_regions[g] = k
+    rest = owner < 0
+    grow = [g for g, gr in enumerate(growing) if gr]
+    if len(grow) == 1:
+        g = grow[0]
+        blocks = int(ids[g][rest].sum())
+        owner[rest] = g
+    elif grow:
+        # Several growing groups split the rest region by region; each needs the same
+        # number of blocks, so count bytes usable by all and keep one block of slack.
+        span = ends - starts
+        usable = span - np.max([span - ids[g] * pages[g] for g in grow], axis=0)
+        per_token_page = sum(pages[g] for g in grow)
+        blocks = max(int(usable[rest].sum()) // per_token_page - len(grow), 0)
+        worst = int(np.argmax([pages[g] for g in grow]))
+        owner[rest] = grow[worst]
+    else:
+        blocks = 0
+    span = ends - starts
+    edge = np.zeros(n, dtype=np.int64)
+    for g in range(len(pages)):
+        mine = owner == g
+        edge[mine] = span[mine] - ids[g][mine] * pages[g]
+    worst_edge = np.max([span - ids[g] * pages[g] for g in range(len(pages))], axis=0)
+    floor_bytes = int(span[(owner >= 0) & ~rest].sum())
+    return ArenaPlan(
+        memory_bytes=memory_bytes,
+        region_bytes=region_bytes,
+        null_bytes=null_bytes,
+        num_regions=int(n),
+        page_bytes=tuple(int(p) for p in pages),
+        floor_blocks=tuple(int(f) for f in floors),
+        floor_regions=tuple(floor_regions),
+        growing_blocks=blocks,
+        elastic_bytes=memory_bytes - null_bytes - floor_bytes,
+        waste_bytes=null_bytes + int(edge.sum()),
+        worst_waste_bytes=null_bytes + int(worst_edge.sum()),
+    )
+
+
+def choose_region_bytes(
+    memory_bytes: int,
+    pages: Sequence[int],
+    floors: Sequence[int],
+    growing: Sequence[bool],
+) -> ArenaPlan:
+    """The arena layout that leaves the growing groups the most blocks (module docs)."""
+    grow_pages = [p for p, g in zip(pages, growing, strict=True) if g]
+    unit = grow_pages[0] if grow_pages else max(pages)
+    biggest = max(pages)
+    null = biggest
+    if memory_bytes <= null:
+        raise PlanError(
+            f"memory_bytes {memory_bytes} does not exceed the arena's null area ({null} bytes)"
+        )
+    kmin = max(-(-biggest // unit), -(-memory_bytes // (MAX_REGIONS * unit)), 1)
+    # Regions just above the largest page, and about two or three of it (a region
+    # cut at multiples of its size holds a whole large page only if it is big enough).
+    sizes = [k * unit for lo in (kmin, 2 * kmin, 3 * kmin) for k in range(lo, lo + CANDIDATES)]
+    # Multiples of the largest page: its edges waste nothing, the smaller pages' little.
+    sizes += [j * biggest for j in range(1, 17)]
+    # A common multiple of every page wastes nothing at region edges.
+    lcm = math.lcm(*pages)
+    sizes += [j * lcm for j in range(1, 9) if j * lcm * 8 <= memory_bytes]
+    best: ArenaPlan | None = None
+    err: PlanError | None = None
+    for size in sorted(set(sizes)):
+        if size < biggest or -(-memory_bytes // size) > MAX_REGIONS:
+            continue
+        try:
+            a = layout_arena(memory_bytes, size, null, pages, floors, growing)
+        except PlanError as e:
+            err = err or e
+            continue
+        score = a.growing_blocks * sum(grow_pages) - a.waste_bytes
+        if best is None or score > best.growing_blocks * sum(grow_pages) - best.waste_bytes:
+            best = a
+    if best is None:
+        assert err is not None
+        raise err
+    return best
+
+
+__all__ = ["MAX_REGIONS", "ArenaPlan", "choose_region_bytes", "layout_arena"]

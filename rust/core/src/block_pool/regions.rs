@@ -1,0 +1,162 @@
+//! Region bookkeeping of an elastic pool (see `arena.rs` for the mechanism).
+//!
+//! In an elastic pool only the ids whose bytes lie inside an arena region this group
+//! owns are *present*; the others are absent (reference count 0, no hash, not in the
+//! free queue) until their region is granted. Per region the pool counts the blocks in
+//! use and the value of its cached blocks (tokens of recompute they save), so the
+//! manager can find whole regions to hand to another group, cheapest first. Free
+//! uncached blocks are also kept on one list per region, and allocation takes them
+//! from the best-ranked region first: live blocks pack into a group's preferred
+//! regions and its frontier regions drain, so whole regions become free.
+
+use std::collections::BTreeSet;
+
+use super::NIL;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Regions {
+    /// Per block: its region (NIL: the null block, or an id straddling a region edge).
+    pub region_of: Vec<u32>,
+    /// Per block: backed by a region this group owns now.
+    pub present: Vec<bool>,
+    /// Per block: value of its cached content (0 when uncached).
+    pub value: Vec<u32>,
+    /// Per block: links in its region's list of free uncached blocks.
+    pub uprev: Vec<u32>,
+    pub unext: Vec<u32>,
+    /// Per region: head of the free-uncached list, its length, blocks in use, present
+    /// blocks, summed value of cached blocks, allocation rank (lower first) and id range.
+    pub uhead: Vec<u32>,
+    pub ucount: Vec<u32>,
+    pub in_use: Vec<u32>,
+    pub blocks: Vec<u32>,
+    pub cached_value: Vec<u64>,
+    pub rank: Vec<u32>,
+    pub range: Vec<(u32, u32)>,
+    /// `(rank, region)` of every region with a free uncached block.
+    pub ready: BTreeSet<(u32, u32)>,
+    pub num_uncached_free: usize,
+}
+
+impl Regions {
+    pub fn new(region_of: Vec<u32>, num_regions: usize) -> Self {
+        let n = region_of.len();
+        let mut range = vec![(0u32, 0u32); num_regions];
+        let mut seen = vec![false; num_regions];
+        for (b, &r) in region_of.iter().enumerate() {
+            if r == NIL {
+                continue;
+            }
+            let e = &mut range[r as usize];
+            if !seen[r as usize] {
+                *e = (b as u32, b as u32 + 1);
+                seen[r as usize] = true;
+            } else {
+                e.1 = b as u32 + 1;
+            }
+        }
+        Regions {
+            region_of,
+            present: vec![false; n],
+            value: vec![0; n],
+            uprev: vec![NIL; n],
+            unext: vec![NIL; n],
+            uhead: vec![NIL; num_regions],
+            ucount: vec![0; num_regions],
+            in_use: vec![0; num_regions],
+            blocks: vec![0; num_regions],
+            cached_value: vec![0; num_regions],
+            rank: vec![0; num_regions],
+            range,
+            ready: BTreeSet::new(),
+            num_uncached_free: 0,
+        }
+    }
+
+    /// Put free uncached block `b` on its region's list.
+    pub fn add_uncached(&mut self, b: u32) {
+        let r = self.region_of[b as usize];
+        if r == NIL {
+            return;
+        }
+        let ri = r as usize;
+        let h = self.uhead[ri];
+        self.uprev[b as usize] = NIL;
+        self.unext[b as usize] = h;
+        if h != NIL {
+            self.uprev[h as usize] = b;
+        }
+        self.uhead[ri] = b;
+        if self.ucount[ri] == 0 {
+            self.ready.insert((self.rank[ri], r));
+        }
+        self.ucount[ri] += 1;
+        self.num_uncached_free += 1;
+    }
+
+    /// Take block `b` off its region's free-uncached list (it must be on it).
+    pub fn remove_uncached(&mut self, b: u32) {
+        let r = self.region_of[b as usize];
+        if r == NIL {
+            return;
+        }
+        let ri = r as usize;
+        let (p, nx) = (self.uprev[b as usize], self.unext[b as usize]);
+        if p == NIL {
+            self.uhead[ri] = nx;
+        } else {
+            self.unext[p as usize] = nx;
+        }
+        if nx != NIL {
+            self.uprev[nx as usize] = p;
+        }
+        self.uprev[b as usize] = NIL;
+        self.unext[b as usize] = NIL;
+        self.ucount[ri] -= 1;
+        if self.ucount[ri] == 0 {
+            self.ready.remove(&(self.rank[ri], r));
+        }
+        self.num_uncached_free -= 1;
+    }
+
+    /// The free uncached block allocation should take next: from the best-ranked region.
+    pub fn best_uncached(&self) -> Option<u32> {
+        self.ready
+            .first()
+            .map(|&(_, r)| self.uhead[r as usize])
+            .filter(|&b| b != NIL)
+    }
+
+    pub fn used(&mut self, b: u32) {
+        let r = self.region_of[b as usize];
+        if r != NIL {
+            self.in_use[r as usize] += 1;
+        }
+    }
+
+    pub fn released(&mut self, b: u32) {
+        let r = self.region_of[b as usize];
+        if r != NIL {
+            self.in_use[r as usize] -= 1;
+        }
+    }
+
+    /// Block `b` lost its hash: its value leaves its region's sum.
+    pub fn uncache(&mut self, b: u32) {
+        let r = self.region_of[b as usize];
+        let v = std::mem::take(&mut self.value[b as usize]);
+        if r != NIL {
+            self.cached_value[r as usize] -= v as u64;
+        }
+    }
+
+    /// Set the value of cached block `b`.
+    pub fn set_value(&mut self, b: u32, v: u32) {
+        let r = self.region_of[b as usize];
+        let old = std::mem::replace(&mut self.value[b as usize], v);
+        if r != NIL {
+            let cv = &mut self.cached_value[r as usize];
+            *cv = *cv - old as u64 + v as u64;
+        }
+    }
+}

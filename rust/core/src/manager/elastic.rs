@@ -1,0 +1,319 @@
+//! Elastic memory in the manager: granting floors, finding room for a group's blocks
+//! (unowned regions first, then whole free regions of other groups, cheapest value per
+//! byte first), and what an elastic manager reports. The mechanism and its trade-offs
+//! are in `arena.rs`.
+
+use super::Manager;
+use crate::arena::Arena;
+use crate::block_pool::BlockPool;
+use crate::block_pool::NULL_BLOCK;
+use crate::error::{Error, Result};
+use crate::group_policy::{GroupKind, MambaMode};
+use crate::request::Request;
+
+/// Cumulative counters of an elastic manager.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ElasticStats {
+    /// Regions handed to a group from the unowned remainder.
+    pub grants: u64,
+    /// Regions taken from one group and handed to another.
+    pub moves: u64,
+    /// Cached blocks evicted because their region changed owner.
+    pub evicted_blocks: u64,
+}
+
+/// Growing groups (no floor) draw regions from the bottom of the arena, bounded groups
+/// (floors granted first) from the top.
+pub(super) fn from_bottom(floor: usize) -> bool {
+    floor == 0
+}
+
+impl Manager {
+    /// Grant every bounded group regions from the top until it holds its floor.
+    pub(super) fn grant_floors(&mut self) -> Result<()> {
+        let floors: Vec<usize> = match self.arena.as_ref() {
+            None => return Ok(()),
+            Some(a) => (0..a.num_groups()).map(|g| a.floor(g)).collect(),
+        };
+        for (g, &floor) in floors.iter().enumerate() {
+            while self.pools[g].num_present() < floor {
+                let Some(r) = self.unowned_region(g) else {
+                    return Err(Error::InvalidArgument(format!(
+                        "arena cannot hold the floors: group {g} gets {} of its {floor} blocks",
+                        self.pools[g].num_present()
+                    )));
+                };
+                self.grant(g, r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rank of region `r` for group `g`'s allocation (lower is used first).
+    fn rank_for(&self, g: usize, r: usize, n: usize) -> u32 {
+        if self.bottom[g] {
+            r as u32
+        } else {
+            (n - 1 - r) as u32
+        }
+    }
+
+    /// The unowned region group `g` should take next (one holding at least one of its
+    /// ids): the lowest for growing groups, the highest for bounded ones.
+    fn unowned_region(&self, g: usize) -> Option<usize> {
+        let arena = self.arena.as_ref()?;
+        let n = arena.num_regions();
+        let usable = |r: &usize| {
+            let (lo, hi) = arena.ids_in(g, *r);
+            arena.owner(*r).is_none() && hi > lo
+        };
+        if self.bottom[g] {
+            (0..n).find(usable)
+        } else {
+            (0..n).rev().find(usable)
+        }
+    }
+
+    fn grant(&mut self, g: usize, r: usize) {
+        let Some(arena) = self.arena.as_ref() else {
+            return;
+        };
+        let rank = self.rank_for(g, r, arena.num_regions());
+        // The region is unowned, so none of its ids is present in any pool.
+        if self.pools[g].add_region(r, rank).is_ok() {
+            if let Some(a) = self.arena.as_mut() {
+                a.set_owner(r, Some(g));
+            }
+        }
+    }
+
+    /// Take region `r` from its owner (all its blocks free) and give it to `g`.
+    fn move_region(&mut self, from: usize, g: usize, r: usize) -> bool {
+        let cached = {
+            let p = &self.pools[from];
+            match p.region_range(r) {
+                Some((lo, hi)) => (lo..hi)
+                    .filter(|&b| matches!(p.block_hash(b as i32), Ok(Some(_))))
+                    .count() as u64,
+                None => 0,
+            }
+        };
+        if self.pools[from].remove_region(r).is_err() {
+            return false;
+        }
+        if let Some(a) = self.arena.as_mut() {
+            a.set_owner(r, None);
+        }
+        self.elastic.moves += 1;
+        self.elastic.evicted_blocks += cached;
+        self.grant(g, r);
+        true
+    }
+
+    /// The region of another group that `g` may take now, with the lowest cached value
+    /// per byte: every block free, the owner keeping its floor and the `keep` free
+    /// blocks this request already counts on.
+    fn best_reclaim(&self, g: usize, keep: &[usize]) -> Option<(usize, usize, f64)> {
+        let arena = self.arena.as_ref()?;
+        let mut best: Option<(usize, usize, f64)> = None;
+        for r in 0..arena.num_regions() {
+            let Some(h) = arena.owner(r) else { continue };
+            if h == g {
+                continue;
+            }
+            let (lo, hi) = arena.ids_in(g, r);
+            if hi == lo {
+                continue;
+            }
+            let p = &self.pools[h];
+            if p.region_in_use(r) > 0 {
+                continue;
+            }
+            let blocks = p.region_blocks(r) as usize;
+            if p.num_present() < arena.floor(h) + blocks
+                || p.num_free() < keep.get(h).copied().unwrap_or(0) + blocks
+            {
+                continue;
+            }
+            let (s, e) = arena.span(r);
+            let vpb = p.region_value(r) as f64 / (e - s) as f64;
+            if best.is_none_or(|(_, _, v)| vpb < v) {
+                best = Some((h, r, vpb));
+            }
+        }
+        best
+    }
+
+    /// Make `need` blocks of group `g` allocatable, moving memory if the arena allows:
+    /// unowned regions first (so nothing cached is evicted while memory is idle), then
+    /// whole free regions of other groups, when that evicts less value per byte than
+    /// `g` evicting its own least recently used cached blocks. `keep[h]`: free blocks
+    /// of group `h` this request already counts on. Returns whether `g` has them now.
+    pub(super) fn make_room(&mut self, g: usize, need: usize, keep: &[usize]) -> bool {
+        if self.arena.is_none() {
+            return need <= self.pools[g].num_free();
+        }
+        while self.pools[g].num_uncached_free() < need {
+            match self.unowned_region(g) {
+                Some(r) => {
+                    self.grant(g, r);
+                    self.elastic.grants += 1;
+                }
+                None => break,
+            }
+        }
+        loop {
+            let pool = &self.pools[g];
+            if pool.num_uncached_free() >= need {
+                return true;
+            }
+            let short = pool.num_free() < need;
+            let Some((h, r, vpb)) = self.best_reclaim(g, keep) else {
+                break;
+            };
+            if !short {
+                // Evicting our own LRU cached block instead: compare value per byte.
+                let page = self.arena.as_ref().map_or(1, |a| a.page(g)) as f64;
+                let own = pool.next_victim_value().unwrap_or(0) as f64 / page;
+                // Only for a clear gain (half the value per byte), so two groups with
+                // similar caches don't pass regions back and forth.
+                if 2.0 * vpb >= own {
+                    break;
+                }
+            }
+            if !self.move_region(h, g, r) {
+                break;
+            }
+        }
+        need <= self.pools[g].num_free()
+    }
+
+    /// Before `r` releases its blocks: in a model with checkpointing state groups, its
+    /// cached attention blocks at or beyond the deepest checkpoint every state group
+    /// still caches on its prefix can never serve a hit (a hit needs a checkpoint at
+    /// exactly its end, and a request that recomputes from that checkpoint writes blocks
+    /// of its own), so the ones only `r` holds lose their hashes now and are the first
+    /// memory reused: they cost nothing to evict, and their regions can empty.
+    pub(super) fn drop_unreachable_blocks(&mut self, r: &Request) {
+        if !self.caching || self.mode != MambaMode::Align {
+            return;
+        }
+        let mut deepest = usize::MAX;
+        for g in 0..self.groups.len() {
+            let cfg = self.groups[g];
+            if cfg.kind != GroupKind::State {
+                continue;
+            }
+            let bs = cfg.block_size;
+            let hs = &r.hashes[self.size_of[g]];
+            let mut k = hs.len().min(r.num_computed / bs);
+            while k > 0 && self.pools[g].lookup_one(hs[k - 1]).is_none() {
+                k -= 1;
+            }
+            deepest = deepest.min(k * bs);
+        }
+        if deepest == usize::MAX {
+            return;
+        }
+        for g in 0..self.groups.len() {
+            let cfg = self.groups[g];
+            if matches!(
+                cfg.kind,
+                GroupKind::State | GroupKind::CrossAttention { .. }
+            ) {
+                continue;
+            }
+            let from = deepest / cfg.block_size;
+            let table = &r.tables[g];
+            let pool = &mut self.pools[g];
+            for &b in table.iter().skip(from) {
+                // Only blocks this request alone holds: another holder may still grow
+                // a checkpoint past them.
+                if b != NULL_BLOCK && pool.ref_count(b) == Ok(1) {
+                    let _ = pool.evict(&[b]);
+                }
+            }
+        }
+    }
+
+    // --- reports -------------------------------------------------------------------
+
+    /// The arena of an elastic manager (`None` for static pools).
+    pub fn arena(&self) -> Option<&Arena> {
+        self.arena.as_ref()
+    }
+
+    pub fn elastic_stats(&self) -> ElasticStats {
+        self.elastic
+    }
+
+    /// Per group: blocks it could allocate now, counting memory it could take from the
+    /// unowned remainder and from other groups' whole free regions above their floors.
+    /// Equal to the pool's free count for static pools.
+    pub fn obtainable_blocks(&self) -> Vec<usize> {
+        let Some(arena) = self.arena.as_ref() else {
+            return self.pools.iter().map(BlockPool::num_free).collect();
+        };
+        let ng = self.pools.len();
+        // Blocks each owner may still give away without dropping below its floor.
+        let slack: Vec<usize> = (0..ng)
+            .map(|h| self.pools[h].num_present().saturating_sub(arena.floor(h)))
+            .collect();
+        (0..ng)
+            .map(|g| {
+                let mut spare = slack.clone();
+                let mut n = self.pools[g].num_free();
+                for r in 0..arena.num_regions() {
+                    let (lo, hi) = arena.ids_in(g, r);
+                    let ids = (hi - lo) as usize;
+                    match arena.owner(r) {
+                        None => n += ids,
+                        Some(h) if h != g => {
+                            let blocks = self.pools[h].region_blocks(r) as usize;
+                            if self.pools[h].region_in_use(r) == 0 && spare[h] >= blocks {
+                                spare[h] -= blocks;
+                                n += ids;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                n
+            })
+            .collect()
+    }
+
+    /// Elastic invariants: pools hold exactly the regions the arena says they own, every
+    /// present id lies inside a region its group owns, floors are held.
+    pub(super) fn check_arena(&self) -> std::result::Result<(), String> {
+        let Some(arena) = self.arena.as_ref() else {
+            return Ok(());
+        };
+        for r in 0..arena.num_regions() {
+            for (g, p) in self.pools.iter().enumerate() {
+                let owns = arena.owner(r) == Some(g);
+                let (lo, hi) = arena.ids_in(g, r);
+                let backed = p.region_blocks(r) as usize;
+                if owns != (backed > 0) && hi > lo {
+                    return Err(format!(
+                        "region {r}: owner {:?} but group {g} backs {backed} blocks",
+                        arena.owner(r)
+                    ));
+                }
+                if owns && backed != (hi - lo) as usize {
+                    return Err(format!("region {r}: group {g} backs part of it"));
+                }
+            }
+        }
+        for (g, p) in self.pools.iter().enumerate() {
+            if p.num_present() < arena.floor(g) {
+                return Err(format!(
+                    "group {g} holds {} blocks, below its floor {}",
+                    p.num_present(),
+                    arena.floor(g)
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+//! Elastic-memory scenarios: memory flows between groups both ways, floors hold under
+//! adversarial load, and a random walk keeps every invariant.
+
+use super::*;
+use crate::arena::ArenaConfig;
+use crate::group_policy::{GroupConfig, GroupKind, MambaMode};
+
+/// Full attention (page 10 B, 4 tokens a block) beside a state group (page 40 B):
+/// an arena of 1040 B, regions of 80 B (12 regions after the 40 B null area).
+fn elastic(state_floor: usize) -> Manager {
+    Manager::new(ManagerConfig {
+        groups: vec![
+            GroupConfig {
+                kind: GroupKind::Full,
+                block_size: 4,
+                num_blocks: 0,
+            },
+            GroupConfig {
+                kind: GroupKind::State,
+                block_size: 4,
+                num_blocks: 0,
+            },
+        ],
+        mamba_mode: MambaMode::Align,
+        enable_caching: true,
+        hash_seed: 0,
+        vocab_size: None,
+        record_events: true,
+        arena: Some(ArenaConfig {
+            bytes: 1000,
+            region_bytes: 80,
+            null_bytes: 40,
+            page_bytes: vec![10, 40],
+            floor_blocks: vec![0, state_floor],
+        }),
+    })
+    .unwrap()
+}
+
+fn add(m: &mut Manager, id: i64, tokens: &[i32]) {
+    let new = vec![NewRequest {
+        id,
+        ..Default::default()
+    }];
+    m.add_requests(new, tokens, &[0, tokens.len() as i64])
+        .unwrap();
+}
+
+fn owned(m: &Manager, g: usize) -> usize {
+    let a = m.arena().unwrap();
+    (0..a.num_regions())
+        .filter(|&r| a.owner(r) == Some(g))
+        .count()
+}
+
+#[test]
+fn floors_are_granted_at_construction() {
+    let m = elastic(5);
+    // Regions sit at multiples of 80 B: [960, 1000) holds one state block of 40 B,
+    // [880, 960) and [800, 880) two each: 5 blocks in 3 regions.
+    assert_eq!(m.pools()[1].num_present(), 5);
+    assert_eq!(owned(&m, 1), 3);
+    assert_eq!(owned(&m, 0), 0);
+    m.check_invariants().unwrap();
+    // Views span the whole arena at each group's page size.
+    assert_eq!(m.pools()[0].num_blocks(), 100);
+    assert_eq!(m.pools()[1].num_blocks(), 25);
+    assert!(Manager::new(ManagerConfig {
+        arena: Some(ArenaConfig {
+            bytes: 1000,
+            region_bytes: 80,
+            null_bytes: 40,
+            page_bytes: vec![10, 40],
+            floor_blocks: vec![0, 40],
+        }),
+        ..cfg_like()
+    })
+    .is_err());
+}
+
+fn cfg_like() -> ManagerConfig {
+    ManagerConfig {
+        groups: vec![
+            GroupConfig {
+                kind: GroupKind::Full,
+                block_size: 4,
+                num_blocks: 0,
+            },
+            GroupConfig {
+                kind: GroupKind::State,
+                block_size: 4,
+                num_blocks: 0,
+            },
+        ],
+        mamba_mode: MambaMode::Align,
+        enable_caching: true,
+        hash_seed: 0,
+        vocab_size: None,
+        record_events: false,
+        arena: None,
+    }
+}
+
+#[test]
+fn memory_flows_both_ways() {
+    let mut m = elastic(2);
+    // State-heavy phase: many short requests, each a state block and one attention block.
+    let mut id = 0;
+    let mut ok_ids = Vec::new();
+    loop {
+        id += 1;
+        let toks: Vec<i32> = (0..4).map(|t| (id * 10 + t) as i32).collect();
+        add(&mut m, id, &toks);
+        m.get_computed_tokens(&[id]).unwrap();
+        if !m.allocate_slots(&[id], &[4], &[0], true).unwrap()[0] {
+            m.free(&[id]).unwrap();
+            break;
+        }
+        ok_ids.push(id);
+        m.check_invariants().unwrap();
+    }
+    let state_regions = owned(&m, 1);
+    assert!(
+        state_regions > 1,
+        "state grew beyond its floor: {state_regions}"
+    );
+    // Attention-heavy phase: free them all, then one long request takes the memory.
+    m.free(&ok_ids).unwrap();
+    let long: Vec<i32> = (0..300).map(|t| 5000 + t).collect();
+    add(&mut m, 999, &long);
+    m.get_computed_tokens(&[999]).unwrap();
+    assert!(m.allocate_slots(&[999], &[300], &[0], true).unwrap()[0]);
+    m.check_invariants().unwrap();
+    assert!(
+        m.elastic_stats().moves > 0,
+        "regions moved from state to attention"
+    );
+    assert!(owned(&m, 1) < state_regions);
+    assert!(m.pools()[1].num_present() >= 2, "state floor kept");
+    // 75 attention blocks = 750 B: more than the arena minus the state's peak.
+    assert_eq!(m.pools()[0].num_in_use(), 75);
+    // And back: the long request ends, short ones take state memory again.
+    m.free(&[999]).unwrap();
+    let before = owned(&m, 1);
+    for j in 0..8 {
+        let rid = 2000 + j;
+        let toks: Vec<i32> = (0..4).map(|t| (rid * 10 + t) as i32).collect();
+        add(&mut m, rid, &toks);
+        m.get_computed_tokens(&[rid]).unwrap();
+        assert!(m.allocate_slots(&[rid], &[4], &[0], true).unwrap()[0]);
+    }
+    m.check_invariants().unwrap();
+    assert!(
+        owned(&m, 1) > before,
+        "memory flowed back to the state group"
+    );
+    // Region moves evicted cached blocks with events.
+    let removed = m
+        .take_events()
+        .iter()
+        .filter(|e| matches!(e, KvEvent::Removed { .. }))
+        .count();
+    assert!(removed > 0);
+}
+
+#[test]
+fn floor_holds_under_adversarial_attention_load() {
+    let mut m = elastic(4);
+    // A long request grabs everything it can.
+    let long: Vec<i32> = (0..400).collect();
+    add(&mut m, 1, &long);
+    m.get_computed_tokens(&[1]).unwrap();
+    let fits = m.allocate_slots(&[1], &[400], &[0], true).unwrap()[0];
+    assert!(
+        !fits,
+        "the arena cannot hold 100 attention blocks beside the floor"
+    );
+    let grab: Vec<i32> = (1000..1300).collect();
+    add(&mut m, 2, &grab);
+    m.get_computed_tokens(&[2]).unwrap();
+    let mut n = 0;
+    while m.allocate_slots(&[2], &[4], &[0], true).unwrap()[0] {
+        n += 4;
+        m.append_tokens(&[2], &[], &[0, 0]).unwrap();
+        if n >= 300 {
+            break;
+        }
+    }
+    m.check_invariants().unwrap();
+    // The state group still gets its floor: four requests' states.
+    for j in 0..4 {
+        let rid = 10 + j;
+        add(&mut m, rid, &[7, 7, 7, j as i32]);
+        m.get_computed_tokens(&[rid]).unwrap();
+        let st_free = m.pools()[1].num_free();
+        assert!(st_free >= 1, "state floor obtainable");
+    }
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn random_walk_keeps_elastic_invariants() {
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut m = elastic(3);
+    let mut live: Vec<i64> = Vec::new();
+    let mut next = 1;
+    for step in 0..3000 {
+        match rnd(6) {
+            0 | 1 => {
+                let len = 1 + rnd(120) as usize;
+                let base = rnd(3) as i32 * 100;
+                let toks: Vec<i32> = (0..len as i32).map(|t| base + t).collect();
+                add(&mut m, next, &toks);
+                m.get_computed_tokens(&[next]).unwrap();
+                live.push(next);
+                next += 1;
+            }
+            2 | 3 if !live.is_empty() => {
+                let id = live[rnd(live.len() as u64) as usize];
+                let nt = m.num_tokens(&[id]).unwrap()[0];
+                let nc = m.num_computed_tokens(&[id]).unwrap()[0];
+                if nc == nt {
+                    let t = rnd(500) as i32;
+                    m.append_tokens(&[id], &[t], &[0, 1]).unwrap();
+                }
+                let n = (nt.max(nc + 1) - nc).min(1 + rnd(64) as i64);
+                let _ = m.allocate_slots(&[id], &[n], &[0], true).unwrap();
+            }
+            4 | 5 if !live.is_empty() && rnd(2) == 0 => {
+                let i = rnd(live.len() as u64) as usize;
+                m.free(&[live.swap_remove(i)]).unwrap();
+            }
+            _ if !live.is_empty() => {
+                let id = live[rnd(live.len() as u64) as usize];
+                m.preempt(&[id]).unwrap();
+                m.get_computed_tokens(&[id]).unwrap();
+            }
+            _ => {}
+        }
+        if let Err(e) = m.check_invariants() {
+            panic!("step {step}: {e}");
+        }
+        let ob = m.obtainable_blocks();
+        for (g, p) in m.pools().iter().enumerate() {
+            assert!(ob[g] >= p.num_free());
+        }
+    }
+    assert!(m.elastic_stats().moves > 0);
+}
