@@ -114,6 +114,13 @@ def add_plan_parser(subparsers: Any) -> None:
         "--kv-dtype", type=kv_dtype_type, default=None, help="bf16, fp8, ... or bytes per token"
     )
     p.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel ranks")
+    p.add_argument(
+        "--resolve",
+        choices=("builtin", "transformers"),
+        default="builtin",
+        help="read the config with hybridkv's reader (transformers' defaults built in) or "
+        "rebuild it with an installed transformers first; both give the same plan",
+    )
     p.add_argument("--mamba-cache-mode", choices=MAMBA_CACHE_MODES, default="align")
     p.add_argument(
         "--bounded-sizing",
@@ -155,12 +162,27 @@ def _layer_ranges(layers: Sequence[int]) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _layers_cell(model: Any, positions: Sequence[int]) -> str:
+    """``count: model layer ranges``, plus the name pattern when it is not ``layers.N``
+    (``decoder.layers.N.encoder_attn``, ``layers.N.mamba``)."""
+    import re
+
+    numbers = sorted(set(model.model_layers(positions)))
+    patterns = {re.sub(r"\d+", "N", model.layer_names[i], count=1) for i in positions}
+    cell = f"{len(positions)}: {_layer_ranges(numbers)}"
+    if patterns != {"layers.N"}:
+        cell += " " + ("|".join(sorted(patterns)) if len(patterns) <= 2 else "(mixed names)")
+    return cell
+
+
 def run_plan(args: argparse.Namespace) -> int:
     """``hybridkv plan``: print the plan as a table or JSON."""
     from hybridkv.models import load_model
     from hybridkv.planner import plan_memory
 
-    model = load_model(args.model or args.config, tp=args.tp, kv_dtype=args.kv_dtype)
+    model = load_model(
+        args.model or args.config, tp=args.tp, kv_dtype=args.kv_dtype, resolve=args.resolve
+    )
     plan = plan_memory(
         model,
         memory_bytes=args.memory,
@@ -198,7 +220,7 @@ def run_plan(args: argparse.Namespace) -> int:
         table.add_row(
             str(g.index),
             f"{g.kind} {extra}".strip(),
-            f"{len(g.layers)}: {_layer_ranges(g.layers)}",
+            _layers_cell(model, g.layers),
             str(g.block_size),
             format_bytes(g.page_size_bytes),
             f"{g.num_blocks:,}",
@@ -242,6 +264,7 @@ def run_plan(args: argparse.Namespace) -> int:
         lines.append(f"state cache slots: {plan.state_cache_slots} spare blocks per state group")
     if plan.encoder_only_layers:
         lines.append(f"encoder-only layers (no cache): {len(plan.encoder_only_layers)}")
+    lines.extend(f"note: {note}" for note in model.notes)
     for line in lines:
         console.print(line, highlight=False)
     return 0

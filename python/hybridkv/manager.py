@@ -35,6 +35,7 @@ I64 = npt.NDArray[np.int64]
 MANAGED_KINDS = (
     "full_attention",
     "mla",
+    "sparse_mla",
     "sliding_window",
     "chunked_local",
     "state",

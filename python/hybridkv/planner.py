@@ -328,10 +328,22 @@ class MemoryPlan:
         """Groups with fixed, right-sized pools."""
         return tuple(g for g in self.groups if not g.grows)
 
+    def _group_dict(self, group: GroupPlan) -> dict[str, Any]:
+        """One group's JSON: ``layers`` as the model numbers them, ``layer_names``, and
+        ``cache_layers`` (positions in ``model.layer_specs``, what ``GroupPlan.layers``
+        holds)."""
+        out = group.to_dict()
+        out["cache_layers"] = out["layers"]
+        out["layers"] = self.model.model_layers(group.layers)
+        out["layer_names"] = [self.model.layer_names[i] for i in group.layers]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The ``hybridkv plan --json`` shape."""
         return {
             "model": self.model.name,
+            "model_type": self.model.model_type,
+            "model_notes": list(self.model.notes),
             "memory_bytes": self.memory_bytes,
             "max_num_seqs": self.max_num_seqs,
             "max_model_len": self.max_model_len,
@@ -347,7 +359,7 @@ class MemoryPlan:
             "growing_bytes_per_token": self.growing_bytes_per_token,
             "physical_token_limit": self.physical_token_limit,
             "encoder_only_layers": list(self.encoder_only_layers),
-            "groups": [g.to_dict() for g in self.groups],
+            "groups": [self._group_dict(g) for g in self.groups],
             "unified_baseline": self.unified_baseline.to_dict(),
             "state_cache_slots": self.state_cache_slots,
             "state_checkpoint_tokens": self.state_checkpoint_tokens or self.block_size,

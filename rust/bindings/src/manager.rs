@@ -588,6 +588,7 @@ impl PyManager {
         d.set_item("grants", st.grants)?;
         d.set_item("moves", st.moves)?;
         d.set_item("evicted_blocks", st.evicted_blocks)?;
+        d.set_item("orphans", st.orphans)?;
         Ok(Some(d))
     }
 

@@ -96,6 +96,10 @@ pub struct Manager {
     buf: Vec<u8>,
     memo: Vec<Vec<i32>>,
     arena: Option<Arena>,
+    /// Elastic, align mode: the attention group whose blocks anchor state checkpoints,
+    /// and per state group and block the anchoring attention hash (`elastic.rs`).
+    anchor_group: Option<usize>,
+    anchors: Vec<Vec<Option<BlockHash>>>,
     /// Per group: takes regions from the bottom of the arena (else the top).
     bottom: Vec<bool>,
     elastic: ElasticStats,
@@ -208,6 +212,21 @@ impl Manager {
         let bottom = (0..n)
             .map(|g| elastic::from_bottom(arena.as_ref().map_or(0, |a| a.floor(g))))
             .collect();
+        let anchor_group = cfg
+            .groups
+            .iter()
+            .position(|g| g.kind == GroupKind::Full)
+            .filter(|_| {
+                arena.is_some() && cfg.mamba_mode == MambaMode::Align && cfg.enable_caching
+            });
+        let anchors = cfg
+            .groups
+            .iter()
+            .map(|g| match (anchor_group, g.kind) {
+                (Some(_), GroupKind::State) => vec![None; g.num_blocks],
+                _ => Vec::new(),
+            })
+            .collect();
         let mut m = Manager {
             groups: cfg.groups,
             pools,
@@ -227,6 +246,8 @@ impl Manager {
             buf: Vec::with_capacity(256),
             memo: vec![Vec::new(); n],
             arena,
+            anchor_group,
+            anchors,
             bottom,
             elastic: ElasticStats::default(),
         };

@@ -260,6 +260,9 @@ impl Manager {
                             bs
                         };
                         let _ = self.pools[g].set_block_value(b, v.min(u32::MAX as usize) as u32);
+                        if cfg.kind == GroupKind::State {
+                            self.anchor_checkpoint(r, g, b, (k + 1) * bs);
+                        }
                     }
                     if run_start == usize::MAX {
                         run_start = k;
