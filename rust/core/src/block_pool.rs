@@ -34,6 +34,51 @@ pub const NULL_BLOCK: BlockId = 0;
 const NIL: u32 = u32::MAX;
 /// Most hash-map entries a pool reserves up front.
 const MAX_PRESIZED: usize = 1 << 24;
+
+/// Bytes of bookkeeping a pool keeps per block (reference count, 128-bit hash, hash
+/// flag, free-queue and hash-chain links), rounded up.
+pub const POOL_BYTES_PER_BLOCK: usize = 40;
+
+/// The one rule every constructor that builds pools follows (`BlockPool::new`,
+/// `PoolRegistry::new`, `Manager::new`): the bookkeeping of all the pools it is about
+/// to build is reserved fallibly, in one piece, and released at once. A mistyped
+/// `num_blocks` near 2**31 asks for ~80 GB; where the allocator cannot provide that,
+/// the constructor returns an error instead of aborting the process halfway through
+/// building the pools. Counts beyond the int32 id space are left to `BlockPool::new`
+/// to refuse with its own message.
+pub fn check_bookkeeping_fits(num_blocks: impl IntoIterator<Item = usize> + Clone) -> Result<()> {
+    let total = num_blocks
+        .clone()
+        .into_iter()
+        .filter(|&n| n <= i32::MAX as usize)
+        .try_fold(0usize, |acc, n| {
+            n.checked_mul(POOL_BYTES_PER_BLOCK)
+                .and_then(|b| acc.checked_add(b))
+        })
+        .filter(|&bytes| Vec::<u8>::new().try_reserve_exact(bytes).is_ok());
+    match total {
+        Some(_) => Ok(()),
+        None => Err(Error::InvalidArgument(format!(
+            "the pools' bookkeeping ({} blocks in all, {POOL_BYTES_PER_BLOCK} bytes each) does not fit in memory",
+            num_blocks
+                .into_iter()
+                .fold(0u128, |acc, n| acc + n as u128)
+        ))),
+    }
+}
+
+/// `n` copies of `value` in a vector allocated fallibly (an error, never an abort,
+/// when the allocator refuses: the total was checked, but memory can run out between).
+fn try_vec<T: Clone>(n: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "a pool of {n} blocks: its bookkeeping does not fit in memory"
+        ))
+    })?;
+    v.resize(n, value);
+    Ok(v)
+}
 /// Marks an uncached block already seen earlier in the batch `cache_blocks` validates
 /// (an uncached block's chain links are otherwise always `NIL`).
 const SEEN: u32 = u32::MAX - 1;
@@ -136,19 +181,20 @@ impl BlockPool {
             )));
         }
         let n = num_blocks;
+        check_bookkeeping_fits([n])?;
         // At most one hash per block: a map presized for every block never rehashes
         // (a rehash inside a step costs a page-faulting copy of the whole table).
         // Capped, and fallible: past the cap (16 M blocks) it grows as needed.
         let mut cached = FastMap::default();
         let _ = cached.try_reserve(n.saturating_sub(1).min(MAX_PRESIZED));
         let mut pool = BlockPool {
-            ref_cnt: vec![0; n],
-            hash: vec![0; n],
-            has_hash: vec![false; n],
-            prev: vec![NIL; n],
-            next: vec![NIL; n],
-            hash_prev: vec![NIL; n],
-            hash_next: vec![NIL; n],
+            ref_cnt: try_vec(n, 0)?,
+            hash: try_vec(n, 0)?,
+            has_hash: try_vec(n, false)?,
+            prev: try_vec(n, NIL)?,
+            next: try_vec(n, NIL)?,
+            hash_prev: try_vec(n, NIL)?,
+            hash_next: try_vec(n, NIL)?,
             head: NIL,
             tail: NIL,
             num_free: 0,

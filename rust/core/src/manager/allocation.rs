@@ -67,6 +67,8 @@ impl Manager {
         let t0 = Instant::now();
         let ns_hash0 = self.stats.ns_hash;
         if new_step {
+            // The previous step's forward has run: its checkpoints are written.
+            self.states_this_step.iter_mut().for_each(|s| s.clear());
             self.release_finished_windows();
         }
         let mut out = Vec::with_capacity(ids.len());
@@ -141,6 +143,9 @@ impl Manager {
         if n == 0 && la == 0 {
             return true;
         }
+        if r.phase == Phase::Queried && self.reads_state_of_this_step(r) {
+            return false;
+        }
         let e = c + n;
         let ng = self.groups.len();
         // Blocks each group needs; nothing changes until all of them fit.
@@ -210,6 +215,20 @@ impl Manager {
         true
     }
 
+    /// Whether `r`'s prefix hit (not run yet) starts from a state checkpoint that an
+    /// allocation of this step cached: this step's forward has not written it yet.
+    fn reads_state_of_this_step(&self, r: &Request) -> bool {
+        r.num_computed > 0
+            && self.groups.iter().enumerate().any(|(g, cfg)| {
+                cfg.kind == GroupKind::State
+                    && !self.states_this_step[g].is_empty()
+                    && (r.num_computed / cfg.block_size)
+                        .checked_sub(1)
+                        .and_then(|k| r.tables[g].get(k))
+                        .is_some_and(|b| self.states_this_step[g].contains(b))
+            })
+    }
+
     /// Cache the blocks that the tokens `[c, e)` of this step complete.
     fn cache_full_blocks(&mut self, r: &mut Request, c: usize, e: usize) {
         for s in 0..self.sizes.len() {
@@ -251,6 +270,9 @@ impl Manager {
                     let h = r.hashes[self.size_of[g]][k];
                     // In use (held by this request) and unhashed.
                     self.pools[g].cache_held(b, h);
+                    if cfg.kind == GroupKind::State {
+                        self.states_this_step[g].insert(b);
+                    }
                     if self.arena.is_some() {
                         // Recompute a hit on it saves: a state checkpoint unlocks its
                         // whole prefix, an attention block its own tokens.
