@@ -177,7 +177,8 @@ def test_nemotron_h() -> None:
     assert attn_names == [f"layers.{i}" for i, ch in enumerate(pattern) if ch == "*"]
     inner = c["mamba_num_heads"] * c["mamba_head_dim"]
     conv = (c["conv_kernel"] - 1) * (inner + 2 * c["n_groups"] * c["ssm_state_size"]) * 2
-    ssm = c["mamba_num_heads"] * c["mamba_head_dim"] * c["ssm_state_size"] * 2
+    # The SSM state is float32: NemotronHConfig.mamba_ssm_cache_dtype defaults to it.
+    ssm = c["mamba_num_heads"] * c["mamba_head_dim"] * c["ssm_state_size"] * 4
     state = m.layer_specs[m.layers_of_kind("state")[0]]
     assert state.page_size_bytes(BS) == conv + ssm
     attn = m.layer_specs[m.layers_of_kind("full_attention")[0]]
@@ -389,7 +390,8 @@ def test_bad_configs_raise_model_config_error(tmp_path: Path) -> None:
     with pytest.raises(ModelConfigError, match="hybrid_override_pattern"):
         model_from_config(broken)
     missing = cfg("jamba-1.5-mini")
-    del missing["mamba_d_state"]
+    # A missing mamba_d_state takes JambaConfig's default (16); a wrong one is named.
+    missing["mamba_d_state"] = "sixteen"
     with pytest.raises(ModelConfigError, match="mamba_d_state"):
         model_from_config(missing)
     with pytest.raises(ModelConfigError, match="JSON object"):

@@ -104,6 +104,7 @@ def test_kinds_are_the_contract_strings() -> None:
     assert set(KINDS) == {
         "full_attention",
         "mla",
+        "sparse_mla",
         "sliding_window",
         "chunked_local",
         "state",

@@ -114,6 +114,13 @@ def add_plan_parser(subparsers: Any) -> None:
         "--kv-dtype", type=kv_dtype_type, default=None, help="bf16, fp8, ... or bytes per token"
     )
     p.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel ranks")
+    p.add_argument(
+        "--resolve",
+        choices=("builtin", "transformers"),
+        default="builtin",
+        help="read the config with hybridkv's reader (transformers' defaults built in) or "
+        "rebuild it with an installed transformers first; both give the same plan",
+    )
     p.add_argument("--mamba-cache-mode", choices=MAMBA_CACHE_MODES, default="align")
     p.add_argument(
         "--bounded-sizing",
@@ -141,18 +148,41 @@ def add_plan_parser(subparsers: Any) -> None:
 
 
 def _layer_ranges(layers: Sequence[int]) -> str:
-    """``0-3,5,7-9`` for layers 0..3, 5 and 7..9; cut to 40 characters for the table."""
+    """Sorted layer numbers, compactly: ``0-3,5,7-9`` for runs, ``1-41/2`` for a run of
+    three or more with one stride (every 2nd layer from 1 to 41); cut to 40 characters
+    for the table."""
     parts: list[str] = []
-    start = prev = layers[0]
-    for layer in [*layers[1:], None]:
-        if layer is not None and layer == prev + 1:
-            prev = layer
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if layer is not None:
-            start = prev = layer
+    i = 0
+    while i < len(layers):
+        j = i
+        step = layers[i + 1] - layers[i] if i + 1 < len(layers) else 1
+        while j + 1 < len(layers) and layers[j + 1] - layers[j] == step:
+            j += 1
+        if j == i:
+            parts.append(str(layers[i]))
+        elif step == 1:
+            parts.append(f"{layers[i]}-{layers[j]}")
+        elif j - i >= 2:
+            parts.append(f"{layers[i]}-{layers[j]}/{step}")
+        else:  # two layers a stride apart: plainer as a list
+            parts.append(str(layers[i]))
+            j = i
+        i = j + 1
     text = ",".join(parts)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _layers_cell(model: Any, positions: Sequence[int]) -> str:
+    """``count: model layer ranges``, plus the name pattern when it is not ``layers.N``
+    (``decoder.layers.N.encoder_attn``, ``layers.N.mamba``)."""
+    import re
+
+    numbers = sorted(set(model.model_layers(positions)))
+    patterns = {re.sub(r"\d+", "N", model.layer_names[i], count=1) for i in positions}
+    cell = f"{len(positions)}: {_layer_ranges(numbers)}"
+    if patterns != {"layers.N"}:
+        cell += " " + ("|".join(sorted(patterns)) if len(patterns) <= 2 else "(mixed names)")
+    return cell
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -160,7 +190,9 @@ def run_plan(args: argparse.Namespace) -> int:
     from hybridkv.models import load_model
     from hybridkv.planner import plan_memory
 
-    model = load_model(args.model or args.config, tp=args.tp, kv_dtype=args.kv_dtype)
+    model = load_model(
+        args.model or args.config, tp=args.tp, kv_dtype=args.kv_dtype, resolve=args.resolve
+    )
     plan = plan_memory(
         model,
         memory_bytes=args.memory,
@@ -198,7 +230,7 @@ def run_plan(args: argparse.Namespace) -> int:
         table.add_row(
             str(g.index),
             f"{g.kind} {extra}".strip(),
-            f"{len(g.layers)}: {_layer_ranges(g.layers)}",
+            _layers_cell(model, g.layers),
             str(g.block_size),
             format_bytes(g.page_size_bytes),
             f"{g.num_blocks:,}",
@@ -242,6 +274,7 @@ def run_plan(args: argparse.Namespace) -> int:
         lines.append(f"state cache slots: {plan.state_cache_slots} spare blocks per state group")
     if plan.encoder_only_layers:
         lines.append(f"encoder-only layers (no cache): {len(plan.encoder_only_layers)}")
+    lines.extend(f"note: {note}" for note in model.notes)
     for line in lines:
         console.print(line, highlight=False)
     return 0

@@ -224,7 +224,14 @@ PUBLISHED_PARAMS: dict[str, Params] = {
     "zamba2-2.7b": Params(2.7e9, 2.7e9),
 }
 
-_ATTENTION_KINDS = ("full_attention", "mla", "sliding_window", "chunked_local", "cross_attention")
+_ATTENTION_KINDS = (
+    "full_attention",
+    "mla",
+    "sparse_mla",
+    "sliding_window",
+    "chunked_local",
+    "cross_attention",
+)
 
 
 @dataclass(frozen=True)

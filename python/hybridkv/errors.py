@@ -64,6 +64,11 @@ class ModelConfigError(HybridKVError):
     """A model config that cannot be turned into KV-cache specs."""
 
 
+class ModelConfigWarning(UserWarning):
+    """A model config read with assumptions (an unknown ``model_type`` planned as a
+    plain attention decoder); the message names what was assumed."""
+
+
 class OffloadConfigError(HybridKVError):
     """An offload spec or tier setting that cannot be used (bad size, path, URL or policy)."""
 
@@ -77,6 +82,7 @@ __all__ = [
     "InvalidBlockIdError",
     "InvalidTokenError",
     "ModelConfigError",
+    "ModelConfigWarning",
     "OffloadConfigError",
     "OutOfBlocksError",
     "PlanError",

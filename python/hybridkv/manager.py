@@ -35,6 +35,7 @@ I64 = npt.NDArray[np.int64]
 MANAGED_KINDS = (
     "full_attention",
     "mla",
+    "sparse_mla",
     "sliding_window",
     "chunked_local",
     "state",
@@ -276,6 +277,15 @@ class KVCacheManager:
 
     Request ids are integers. Every method validates its whole input first: bad input
     raises a :class:`~hybridkv.errors.HybridKVError` subclass and changes nothing.
+
+    Threads: a manager may be shared by several threads. Each call is atomic: the
+    bindings hold a lock around the Rust state (taken with the GIL released, so a
+    waiting thread never blocks the others), so concurrent calls are serialised in
+    some order, never refused and never interleaved. A sequence of calls (lookup, then
+    allocate) is not atomic as a whole: one scheduler thread per manager is still the
+    design. An input array that another thread is writing at that moment (e.g. the
+    ``out`` of a running :meth:`block_table_into`) is refused with an
+    :class:`~hybridkv.errors.InvalidArgumentError`.
     """
 
     def __init__(
@@ -428,7 +438,10 @@ class KVCacheManager:
         groups: ``False`` means nothing changed for it. Success advances its computed
         count and caches the blocks the step completes. With ``new_step=True`` the call
         first releases window blocks that requests' finished tokens no longer need;
-        pass ``False`` for a second call within the same step.
+        pass ``False`` for a second call within the same step. In such a call a request
+        whose prefix hit starts from a state checkpoint cached earlier in this step (not
+        computed until this step's forward) reports ``False`` and keeps its hit: it
+        fits the next step.
         """
         ids = _ids(req_ids)
         n = ids.shape[0]

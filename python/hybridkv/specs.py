@@ -7,8 +7,8 @@ integers: a custom KV dtype is given as bytes per token per layer
 (``custom_bytes_per_token``), so page sizes may be any integer and nothing here
 assumes powers of two or divisibility.
 
-Kinds: ``"full_attention"``, ``"mla"``, ``"sliding_window"``, ``"chunked_local"``,
-``"state"``, ``"cross_attention"``, ``"encoder_only"``. All specs are keyword-only.
+Kinds: ``"full_attention"``, ``"mla"``, ``"sparse_mla"``, ``"sliding_window"``,
+``"chunked_local"``, ``"state"``, ``"cross_attention"``, ``"encoder_only"``. All specs are keyword-only.
 """
 
 from __future__ import annotations
@@ -261,6 +261,59 @@ class MLASpec(_Growing, _TokenPages):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SparseMLASpec(_Growing, _TokenPages):
+    """MLA with a sparse-attention indexer (DeepSeek-V3.2 DSA, GLM-5 ``glm_moe_dsa``).
+
+    Each token keeps its MLA latent (``kv_lora_rank + qk_rope_head_dim`` elements of
+    ``dtype``, plus ``scale_bytes_per_token``) AND one indexer key of ``index_head_dim``
+    elements of ``index_dtype`` (plus ``index_scale_bytes_per_token``, e.g. one fp32
+    scale per 128 fp8 elements). Both are read through the same block table, so one
+    page holds both and the group grows like MLA. ``custom_bytes_per_token`` overrides
+    the whole per-token size.
+    """
+
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    index_head_dim: int
+    dtype: str = "bf16"
+    index_dtype: str = "bf16"
+    scale_bytes_per_token: int = 0
+    index_scale_bytes_per_token: int = 0
+    custom_bytes_per_token: int | None = None
+    kind: ClassVar[str] = "sparse_mla"
+
+    def __post_init__(self) -> None:
+        _check_positive("kv_lora_rank", self.kv_lora_rank)
+        _check_positive("qk_rope_head_dim", self.qk_rope_head_dim, allow_zero=True)
+        _check_positive("index_head_dim", self.index_head_dim)
+        dtype_bytes(self.index_dtype)
+        _check_positive(
+            "index_scale_bytes_per_token", self.index_scale_bytes_per_token, allow_zero=True
+        )
+        self._check_token_bytes()
+
+    @property
+    def elements_per_token(self) -> int:
+        """Latent elements of one token in one layer (the indexer key is added apart)."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def index_bytes_per_token(self) -> int:
+        """Bytes of one token's indexer key (with its scales) in one layer."""
+        return (
+            self.index_head_dim * dtype_bytes(self.index_dtype) + self.index_scale_bytes_per_token
+        )
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Latent plus indexer key bytes of one token in one layer."""
+        if self.custom_bytes_per_token is not None:
+            return self.custom_bytes_per_token
+        latent = self.elements_per_token * dtype_bytes(self.dtype) + self.scale_bytes_per_token
+        return latent + self.index_bytes_per_token
+
+
+@dataclass(frozen=True, kw_only=True)
 class StateSpec(_Bounded):
     """A fixed-size recurrent state per request (Mamba / Mamba-2 / gated delta net).
 
@@ -360,12 +413,13 @@ KVSpec: TypeAlias = (
     | ChunkedLocalSpec
     | CrossAttentionSpec
     | MLASpec
+    | SparseMLASpec
     | StateSpec
     | EncoderOnlySpec
 )
 
 ATTENTION_SPECS = (FullAttentionSpec, SlidingWindowSpec, ChunkedLocalSpec, CrossAttentionSpec)
-SPEC_TYPES = (*ATTENTION_SPECS, MLASpec, StateSpec, EncoderOnlySpec)
+SPEC_TYPES = (*ATTENTION_SPECS, MLASpec, SparseMLASpec, StateSpec, EncoderOnlySpec)
 KINDS = tuple(t.kind for t in SPEC_TYPES)
 
 
@@ -393,6 +447,7 @@ __all__ = [
     "KVSpec",
     "MLASpec",
     "SlidingWindowSpec",
+    "SparseMLASpec",
     "StateSpec",
     "cdiv",
     "dtype_bytes",

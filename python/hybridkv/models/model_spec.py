@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,7 +16,11 @@ class ModelSpec:
 
     ``layer_specs`` has one entry per cache layer. A model whose blocks hold two caches
     (Falcon-H1: attention and Mamba-2 side by side) lists both, and ``layer_names`` says
-    which is which (default ``"layers.{i}"``). Build one by hand from a list of specs, or
+    which is which (default ``"layers.{i}"``). ``layer_indices`` gives each cache layer's
+    index as the model numbers its layers (default: the first number in its name, e.g. 7
+    for ``"layers.7.self_attn"``, else its position), so a model whose MLP-only layers
+    hold no cache (Nemotron-H) still reports its own layer numbers. Build one by hand
+    from a list of specs, or
     with :func:`hybridkv.models.load_model`. ``hidden_size``, ``vocab_size`` and
     ``num_attention_heads`` are informative (cost models), taken from the config.
     """
@@ -31,6 +36,7 @@ class ModelSpec:
     vocab_size: int | None = None
     num_attention_heads: int | None = None
     notes: Sequence[str] = field(default=(), compare=False)
+    layer_indices: Sequence[int] = ()
 
     def __post_init__(self) -> None:
         specs = self.layer_specs
@@ -49,11 +55,25 @@ class ModelSpec:
             raise InvalidArgumentError(
                 f"{len(names)} layer names for {len(specs)} layer specs in {self.name!r}"
             )
+        indices = tuple(self.layer_indices) or tuple(
+            _index_in_name(name, i) for i, name in enumerate(names)
+        )
+        if len(indices) != len(specs) or not all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in indices
+        ):
+            raise InvalidArgumentError(
+                f"layer_indices of {self.name!r} must be {len(specs)} non-negative ints"
+            )
         if isinstance(self.tp, bool) or not isinstance(self.tp, int) or self.tp < 1:
             raise InvalidArgumentError(f"tp must be a positive int, got {self.tp!r}")
         object.__setattr__(self, "layer_specs", specs)
         object.__setattr__(self, "layer_names", names)
+        object.__setattr__(self, "layer_indices", indices)
         object.__setattr__(self, "notes", tuple(self.notes))
+
+    def model_layers(self, positions: Sequence[int]) -> list[int]:
+        """The model's layer numbers of the cache layers at ``positions``."""
+        return [self.layer_indices[i] for i in positions]
 
     @property
     def num_layers(self) -> int:
@@ -70,3 +90,12 @@ class ModelSpec:
         for spec in self.layer_specs:
             counts[spec.kind] = counts.get(spec.kind, 0) + 1
         return counts
+
+
+_FIRST_NUMBER = re.compile(r"\d+")
+
+
+def _index_in_name(name: str, position: int) -> int:
+    """The first number in a layer name (``"decoder.layers.3.self_attn"`` -> 3)."""
+    match = _FIRST_NUMBER.search(name)
+    return int(match.group()) if match else position

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hybridkv.errors import InvalidArgumentError, ModelConfigError
+from hybridkv.errors import InvalidArgumentError, ModelConfigError, ModelConfigWarning
 from hybridkv.models.model_spec import ModelSpec
-from hybridkv.models.parsers import PARSERS, ParseOptions
+from hybridkv.models.parsers import PARSERS, REFUSED, Parsed, ParseOptions, Parser, decoder
+from hybridkv.models.parsers.common import text_config
 from hybridkv.specs import DTYPE_BYTES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -87,20 +90,17 @@ def model_from_config(
     if not isinstance(config, Mapping):
         raise ModelConfigError(f"a model config must be a JSON object, got {type(config).__name__}")
     model_type = config.get("model_type")
-    parser = PARSERS.get(model_type) if isinstance(model_type, str) else None
-    if parser is None:
+    if not isinstance(model_type, str) or not model_type:
         raise ModelConfigError(
-            f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
+            f"a model config needs a model_type string, got {model_type!r}; supported: "
+            f"{', '.join(supported_model_types())}"
         )
-    assert isinstance(model_type, str)
-    try:
-        parsed = parser(config, opts, model_type)
-    except InvalidArgumentError as exc:
-        raise ModelConfigError(f"{model_type}: {exc}") from exc
+    parsed = _parse(config, opts, model_type)
     return ModelSpec(
         name=name,
         layer_specs=parsed.layer_specs,
         layer_names=parsed.layer_names,
+        layer_indices=parsed.layer_indices,
         model_type=model_type,
         source=source,
         tp=tp,
@@ -109,6 +109,54 @@ def model_from_config(
         num_attention_heads=_int_or_none(parsed.num_attention_heads),
         notes=parsed.notes,
     )
+
+
+def _run(parser: Parser, config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
+    try:
+        return parser(config, opts, model_type)
+    except InvalidArgumentError as exc:
+        raise ModelConfigError(f"{model_type}: {exc}") from exc
+
+
+def _parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
+    """Pick the reader: the family's parser; a wrapper's text model; a refusal with its
+    reason; or the generic attention-decoder reader with a warning naming what it
+    assumed."""
+    parser = PARSERS.get(model_type)
+    if parser is not None:
+        return _run(parser, config, opts, model_type)
+    inner = text_config(config)
+    inner_type = inner.get("model_type") if inner is not config else None
+    if isinstance(inner_type, str) and inner_type in PARSERS:
+        # A VL / speech wrapper (qwen3_vl, mistral3, kimi_k25, ...): its text model.
+        out = _run(PARSERS[inner_type], inner, opts, inner_type)
+        note = (
+            f"planned the text model ({inner_type}) of {model_type}; other towers keep no KV cache"
+        )
+        return dataclasses.replace(out, notes=(note, *out.notes))
+    reason = REFUSED.get(model_type) or (
+        REFUSED.get(inner_type) if isinstance(inner_type, str) else None
+    )
+    if reason is not None:
+        raise ModelConfigError(f"model_type {model_type!r} is not supported: {reason}")
+    try:
+        out = _run(decoder.parse_unknown, config, opts, model_type)
+    except ModelConfigError as exc:
+        raise ModelConfigError(
+            f"unsupported model_type {model_type!r}: hybridkv has no parser for it and "
+            f"reading it as a plain attention decoder fails: {exc}; model types with a "
+            f"parser: {', '.join(supported_model_types())}"
+        ) from None
+    warnings.warn("; ".join(out.notes), ModelConfigWarning, stacklevel=4)
+    return out
+
+
+def _resolved(config: Any, resolve: str) -> Any:
+    if resolve == "transformers" and isinstance(config, Mapping):
+        from hybridkv.models.hf import resolve_config
+
+        return resolve_config(config)
+    return config
 
 
 def _read_json(path: Path) -> Any:
@@ -120,20 +168,31 @@ def _read_json(path: Path) -> Any:
         raise ModelConfigError(f"model config {str(path)!r} is not valid JSON: {exc}") from None
 
 
+RESOLVERS = ("builtin", "transformers")
+
+
 def load_model(
-    name_or_path: str | Path, *, tp: int = 1, kv_dtype: str | int | None = None
+    name_or_path: str | Path,
+    *,
+    tp: int = 1,
+    kv_dtype: str | int | None = None,
+    resolve: str = "builtin",
 ) -> ModelSpec:
     """A bundled model by name or Hugging Face id (see :func:`list_models`), or a
     ``config.json`` / its folder.
 
     ``tp`` divides attention KV heads (replicated when ``tp`` exceeds them) and state
     heads; ``kv_dtype`` is a dtype name for the attention/MLA cache or an int: a custom
-    KV dtype of that many bytes per token per layer (per rank).
+    KV dtype of that many bytes per token per layer (per rank). ``resolve="transformers"``
+    first rebuilds the config with transformers (installed separately), filling its
+    defaults; ``"builtin"`` (default) applies the same defaults without it.
     """
+    if resolve not in RESOLVERS:
+        raise InvalidArgumentError(f"resolve must be one of {RESOLVERS}, got {resolve!r}")
     bundled = _bundled_name(name_or_path) if isinstance(name_or_path, str) else None
     if bundled is not None:
         name = bundled
-        config = _read_json(CONFIG_DIR / name / "config.json")
+        config = _resolved(_read_json(CONFIG_DIR / name / "config.json"), resolve)
         note = model_source(name)
         source = note.splitlines()[0] if note else name
         return model_from_config(config, name=name, source=source, tp=tp, kv_dtype=kv_dtype)
@@ -147,6 +206,6 @@ def load_model(
             f"no bundled model or config file {str(name_or_path)!r}; bundled: "
             f"{', '.join(list_models())}"
         )
-    config = _read_json(path)
+    config = _resolved(_read_json(path), resolve)
     name = path.parent.name if path.name == "config.json" else path.stem
     return model_from_config(config, name=name, source=str(path), tp=tp, kv_dtype=kv_dtype)

@@ -47,7 +47,7 @@ from hybridkv.offload.worker import StoreWorker
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 
-_PREFIX_KINDS = ("full_attention", "mla")
+_PREFIX_KINDS = ("full_attention", "mla", "sparse_mla")
 _SKIP_KINDS = ("encoder_only", "cross_attention")
 
 

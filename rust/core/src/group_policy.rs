@@ -39,7 +39,7 @@ impl MambaMode {
 /// What a group's layers are, with the parameter its rules need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupKind {
-    /// Full attention (also MLA): every block up to the sequence end.
+    /// Full attention (also MLA and sparse MLA): every block up to the sequence end.
     Full,
     /// Sliding window: token `p` attends to `[p - window + 1, p]`.
     SlidingWindow { window: usize },
@@ -64,7 +64,7 @@ impl GroupKind {
             }
         };
         Ok(match kind {
-            "full_attention" | "mla" => GroupKind::Full,
+            "full_attention" | "mla" | "sparse_mla" => GroupKind::Full,
             "sliding_window" => GroupKind::SlidingWindow {
                 window: need("window")?,
             },
@@ -78,7 +78,7 @@ impl GroupKind {
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown KV-cache group kind {other:?} (expected full_attention, mla, \
-                     sliding_window, chunked_local, state or cross_attention)"
+                     sparse_mla, sliding_window, chunked_local, state or cross_attention)"
                 )))
             }
         })

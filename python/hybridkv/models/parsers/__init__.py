@@ -1,4 +1,10 @@
-"""One parser per model family: HF ``config.json`` -> per-layer KV-cache specs."""
+"""One parser per model family: HF ``config.json`` -> per-layer KV-cache specs.
+
+``PARSERS`` maps each ``model_type`` hybridkv reads to its parser;
+:func:`hybridkv.models.parsers.decoder.parse_unknown` reads any other attention-only
+decoder (with a note naming what it assumed), and ``REFUSED`` names the families that
+must not be read that way, with the reason.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hybridkv.models.parsers import (
-    deepseek,
+    conv_hybrids,
+    decoder,
+    encoder_decoder,
     falcon_h1,
-    gemma3,
     granite,
     jamba,
-    llama,
+    linear_hybrid,
+    mllama,
     nemotron_h,
     qwen,
+    ssm,
     whisper,
     zamba2,
 )
@@ -24,18 +33,29 @@ Parser = Callable[[Mapping[str, Any], ParseOptions, str], Parsed]
 PARSERS: dict[str, Parser] = {
     model_type: module.parse
     for module in (
+        decoder,
         qwen,
         nemotron_h,
         jamba,
         falcon_h1,
         zamba2,
         granite,
-        gemma3,
-        llama,
         whisper,
-        deepseek,
+        linear_hybrid,
+        conv_hybrids,
+        ssm,
+        encoder_decoder,
+        mllama,
     )
     for model_type in module.MODEL_TYPES
 }
 
-__all__ = ["PARSERS", "ParseOptions", "Parsed", "Parser"]
+#: Families the generic reader must not guess at, each with the reason it refuses.
+REFUSED: dict[str, str] = {
+    "rwkv": "RWKV keeps a per-layer recurrent state hybridkv has no spec reader for",
+    "xlstm": "xLSTM keeps matrix-memory states hybridkv has no spec reader for",
+    "reformer": "Reformer's LSH attention buckets are not a paged KV cache",
+    "zamba": "Zamba (v1) is not read; Zamba2 is",
+}
+
+__all__ = ["PARSERS", "REFUSED", "ParseOptions", "Parsed", "Parser"]

@@ -33,14 +33,78 @@ class Parsed:
     vocab_size: int | None = None
     num_attention_heads: int | None = None
     notes: tuple[str, ...] = ()
+    #: The model's layer number of each cache layer; empty: read from the names.
+    layer_indices: tuple[int, ...] = ()
+
+
+#: Keys under which wrappers (VL, speech, OCR models) nest their language model's config.
+TEXT_CONFIG_KEYS = ("text_config", "llm_config", "language_config", "text_model_config")
 
 
 def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     """The language model's part of a (possibly multimodal) config."""
-    inner = config.get("text_config")
-    if isinstance(inner, Mapping):
-        return inner
+    for key in TEXT_CONFIG_KEYS:
+        inner = config.get(key)
+        if isinstance(inner, Mapping):
+            return inner
     return config
+
+
+#: transformers >= 5 renamed layer kinds (``configuration_utils._LEGACY_LAYER_TYPE_REMAP``);
+#: both spellings are read, the current one is what parsers see.
+LEGACY_LAYER_KINDS = {
+    "mamba": "linear_attention",
+    "attention": "full_attention",
+    "deepseek_sparse_attention": "indexed_attention",
+    "qwen_sparse_attention": "indexed_attention",
+}
+
+#: Keys that list one kind per layer, in the order they are trusted (``layer_types`` is
+#: transformers' name; Zamba2 and Nemotron-H keep ``layers_block_type`` as an alias).
+LAYER_KIND_KEYS = ("layer_types", "layers_block_type")
+
+
+def read_layer_kinds(
+    cfg: Mapping[str, Any], model_type: str, keys: Sequence[str] = LAYER_KIND_KEYS
+) -> list[str] | None:
+    """The first of ``keys`` that lists layer kinds, legacy spellings renamed; ``None``
+    when none is given."""
+    for key in keys:
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ModelConfigError(f"{model_type}: {key} must be a list of strings")
+        if not value:
+            raise ModelConfigError(f"{model_type}: {key} is empty")
+        return [LEGACY_LAYER_KINDS.get(str(v), str(v)) for v in value]
+    return None
+
+
+def layer_count(
+    cfg: Mapping[str, Any],
+    model_type: str,
+    kinds: Sequence[str] | None,
+    keys: Sequence[str] = ("num_hidden_layers",),
+    source: str = "layer_types",
+) -> int:
+    """How many layers: ``num_hidden_layers`` (or the first of ``keys`` given), else the
+    length of the layer-kind list (transformers >= 5 writes ``num_hidden_layers: null``
+    for Nemotron-H, whose ``layers_block_type`` decides). A count that disagrees with
+    the list is an error naming both."""
+    for key in keys:
+        if cfg.get(key) is not None:
+            n = need_int(cfg, key, model_type)
+            if kinds is not None and len(kinds) != n:
+                raise ModelConfigError(
+                    f"{model_type}: {source} lists {len(kinds)} layers but {key} is {n}"
+                )
+            return n
+    if kinds is not None:
+        return len(kinds)
+    raise ModelConfigError(
+        f"{model_type} config needs layer_types or a positive int {keys[0]!r}, got neither"
+    )
 
 
 def need_int(cfg: Mapping[str, Any], key: str, model_type: str) -> int:
@@ -112,9 +176,12 @@ def attention_kwargs(
 def config_attention_kwargs(
     cfg: Mapping[str, Any], model_type: str, dtype: str, opts: ParseOptions
 ) -> dict[str, Any]:
-    """:func:`attention_kwargs` from the usual keys: ``num_key_value_heads`` (required)
-    and ``head_dim`` (or ``hidden_size / num_attention_heads``)."""
-    kv_heads = need_int(cfg, "num_key_value_heads", model_type)
+    """:func:`attention_kwargs` from the usual keys: ``num_key_value_heads`` (transformers'
+    default when null: ``num_attention_heads``) and ``head_dim`` (or ``hidden_size /
+    num_attention_heads``)."""
+    kv_heads = opt_int(
+        cfg, "num_key_value_heads", model_type, need_int(cfg, "num_attention_heads", model_type)
+    )
     return attention_kwargs(kv_heads, head_dim(cfg, model_type), dtype, opts)
 
 
@@ -125,13 +192,17 @@ def full_attention(
     return FullAttentionSpec(**attention_kwargs(num_kv_heads, head_size, dtype, opts))
 
 
-def state_kwargs(cfg: Mapping[str, Any], dtype: str, opts: ParseOptions) -> dict[str, Any]:
+def state_kwargs(
+    cfg: Mapping[str, Any], dtype: str, opts: ParseOptions, *, ssm_default: str | None = None
+) -> dict[str, Any]:
     """``conv_dtype``, ``ssm_dtype`` and ``tp`` of the state builders below.
 
     The conv state keeps the model's dtype; the recurrent state may differ
-    (:func:`ssm_dtype`).
+    (:func:`ssm_dtype`): ``ssm_default`` is the family's default when the config names
+    none (the model's dtype when ``None``, as vLLM's ``mamba_ssm_cache_dtype="auto"``).
     """
-    return {"conv_dtype": dtype, "ssm_dtype": ssm_dtype(cfg, dtype), "tp": opts.tp}
+    default = dtype if ssm_default is None else ssm_default
+    return {"conv_dtype": dtype, "ssm_dtype": ssm_dtype(cfg, default), "tp": opts.tp}
 
 
 def mamba2_state(
@@ -215,7 +286,12 @@ def mamba2_from_config(
     SSM's inner size (Falcon-H1's ``mamba_d_ssm``).
     """
     heads = need_int(cfg, "mamba_n_heads", model_type)
-    d_head = need_int(cfg, "mamba_d_head", model_type)
+    if cfg.get("mamba_d_head") == "auto":
+        # Granite 4.0 / Bamba: "auto" is mamba_expand * hidden_size // mamba_n_heads.
+        expand = opt_int(cfg, "mamba_expand", model_type, 2)
+        d_head = expand * need_int(cfg, "hidden_size", model_type) // heads
+    else:
+        d_head = need_int(cfg, "mamba_d_head", model_type)
     n_groups = opt_int(cfg, "mamba_n_groups", model_type, 1)
     d_state = need_int(cfg, "mamba_d_state", model_type)
     d_conv = need_int(cfg, "mamba_d_conv", model_type)
@@ -245,13 +321,14 @@ def ssm_dtype(cfg: Mapping[str, Any], default: str) -> str:
 def head_dim(
     cfg: Mapping[str, Any], model_type: str, heads_key: str = "num_attention_heads"
 ) -> int:
-    """``head_dim`` when given, else ``hidden_size // heads``."""
+    """``head_dim`` when given, else ``hidden_size // heads`` (floor division, as
+    transformers' attention modules compute it)."""
     if cfg.get("head_dim") is not None:
         return need_int(cfg, "head_dim", model_type)
     hidden = need_int(cfg, "hidden_size", model_type)
     heads = need_int(cfg, heads_key, model_type)
-    if hidden % heads:
-        raise ModelConfigError(f"{model_type}: hidden_size {hidden} not divisible by {heads} heads")
+    if hidden < heads:
+        raise ModelConfigError(f"{model_type}: hidden_size {hidden} is below {heads} heads")
     return hidden // heads
 
 
@@ -282,8 +359,12 @@ def periodic_layer_kinds(
     cfg: Mapping[str, Any], model_type: str, n: int, period: LayerPeriod
 ) -> list[str]:
     """``layer_types`` when given, else the kinds ``period`` describes."""
-    kinds = layer_list(cfg, "layer_types", n, model_type)
+    kinds = read_layer_kinds(cfg, model_type)
     if kinds is not None:
+        if len(kinds) != n:
+            raise ModelConfigError(
+                f"{model_type}: layer_types has {len(kinds)} entries for {n} layers"
+            )
         return kinds
     interval = opt_int(cfg, period.interval_key, model_type, period.default_interval)
     return [period.every if (i + 1) % interval == 0 else period.other for i in range(n)]

@@ -20,6 +20,8 @@ pub struct ElasticStats {
     pub moves: u64,
     /// Cached blocks evicted because their region changed owner.
     pub evicted_blocks: u64,
+    /// State checkpoints dropped because the attention blocks they need were gone.
+    pub orphans: u64,
 }
 
 /// Growing groups (no floor) draw regions from the bottom of the arena, bounded groups
@@ -153,6 +155,11 @@ impl Manager {
         if self.arena.is_none() {
             return need <= self.pools[g].num_free();
         }
+        if self.pools[g].num_uncached_free() >= need {
+            return true;
+        }
+        // Slow path: first drop checkpoints that can no longer serve a hit anywhere.
+        self.drop_orphan_checkpoints();
         while self.pools[g].num_uncached_free() < need {
             match self.unowned_region(g) {
                 Some(r) => {
@@ -232,6 +239,57 @@ impl Manager {
                 if b != NULL_BLOCK && pool.ref_count(b) == Ok(1) {
                     let _ = pool.evict(&[b]);
                 }
+            }
+        }
+    }
+
+    /// Remember, for the state checkpoint just cached in block `b` of group `g` after
+    /// `tokens` tokens of `r`, the hash of the attention block that ends there: a hit
+    /// at `tokens` needs it (and every block before it) cached.
+    pub(super) fn anchor_checkpoint(&mut self, r: &Request, g: usize, b: i32, tokens: usize) {
+        let Some(a) = self.anchor_group else {
+            return;
+        };
+        let ba = self.groups[a].block_size;
+        let hs = &r.hashes[self.size_of[a]];
+        let k = tokens / ba;
+        if tokens % ba == 0 && k >= 1 && k <= hs.len() {
+            if let Some(slot) = self.anchors[g].get_mut(b as usize) {
+                *slot = Some(hs[k - 1]);
+            }
+        }
+    }
+
+    /// Evict every free cached state checkpoint whose anchoring attention block is no
+    /// longer cached: it cannot produce a hybrid hit, so its memory is free for the
+    /// taking (and its region may empty).
+    fn drop_orphan_checkpoints(&mut self) {
+        let Some(a) = self.anchor_group else {
+            return;
+        };
+        for g in 0..self.groups.len() {
+            if self.anchors[g].is_empty() {
+                continue;
+            }
+            let mut dead = Vec::new();
+            for (b, anchor) in self.anchors[g].iter_mut().enumerate() {
+                let Some(h) = *anchor else { continue };
+                let pool = &self.pools[g];
+                match pool.block_hash(b as i32) {
+                    Ok(Some(_)) => {}
+                    _ => {
+                        *anchor = None; // the checkpoint itself is gone
+                        continue;
+                    }
+                }
+                if pool.ref_count(b as i32) == Ok(0) && self.pools[a].lookup_one(h).is_none() {
+                    dead.push(b as i32);
+                    *anchor = None;
+                }
+            }
+            if !dead.is_empty() {
+                let _ = self.pools[g].evict(&dead);
+                self.elastic.orphans += dead.len() as u64;
             }
         }
     }

@@ -253,3 +253,57 @@ fn random_walk_keeps_elastic_invariants() {
     }
     assert!(m.elastic_stats().moves > 0);
 }
+
+#[test]
+fn attention_beyond_the_deepest_checkpoint_is_dropped_at_release() {
+    // No checkpoint (the step ends off a boundary): no attention block can serve a
+    // hybrid hit, so none stays cached.
+    let mut m = elastic(2);
+    let toks: Vec<i32> = (0..10).collect();
+    add(&mut m, 1, &toks);
+    m.get_computed_tokens(&[1]).unwrap();
+    assert!(m.allocate_slots(&[1], &[10], &[0], true).unwrap()[0]);
+    assert_eq!(m.pools()[0].num_in_use(), 3);
+    m.free(&[1]).unwrap();
+    assert_eq!(m.pools()[0].num_cached(), 0);
+    // A checkpoint at 8: the two attention blocks below it stay and serve a hit.
+    let toks: Vec<i32> = (100..110).collect();
+    add(&mut m, 2, &toks);
+    m.get_computed_tokens(&[2]).unwrap();
+    assert!(m.allocate_slots(&[2], &[8], &[0], true).unwrap()[0]);
+    assert!(m.allocate_slots(&[2], &[2], &[0], true).unwrap()[0]);
+    m.free(&[2]).unwrap();
+    assert_eq!(m.pools()[0].num_cached(), 2);
+    add(&mut m, 3, &toks);
+    assert_eq!(m.get_computed_tokens(&[3]).unwrap(), vec![8]);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn checkpoints_whose_attention_is_gone_are_dropped() {
+    let mut m = elastic(2);
+    let toks: Vec<i32> = (0..9).collect();
+    add(&mut m, 1, &toks);
+    m.get_computed_tokens(&[1]).unwrap();
+    assert!(m.allocate_slots(&[1], &[8], &[0], true).unwrap()[0]);
+    assert!(m.allocate_slots(&[1], &[1], &[0], true).unwrap()[0]);
+    let anchor = m.block_hashes(0, 1).unwrap()[1];
+    m.free(&[1]).unwrap();
+    assert_eq!(m.pools()[1].num_cached(), 1);
+    // Evict the attention block the checkpoint at 8 needs.
+    let ab = m.pools()[0].lookup_one(anchor).unwrap();
+    m.pools[0].evict(&[ab]).unwrap();
+    // The next allocation that needs the slow path (state short of uncached blocks)
+    // drops the orphaned checkpoint instead of keeping it.
+    let mut id = 10;
+    while m.pools()[1].num_cached() > 0 && id < 40 {
+        let t: Vec<i32> = (0..4).map(|x| 1000 * id + x).collect();
+        add(&mut m, id as i64, &t);
+        m.get_computed_tokens(&[id as i64]).unwrap();
+        let _ = m.allocate_slots(&[id as i64], &[4], &[0], true).unwrap();
+        id += 1;
+    }
+    assert_eq!(m.pools()[1].num_cached(), 0);
+    assert!(m.elastic_stats().orphans >= 1);
+    m.check_invariants().unwrap();
+}

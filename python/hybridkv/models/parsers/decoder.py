@@ -1,0 +1,507 @@
+"""Attention-only decoders: full, sliding-window, chunked-local, MLA and sparse MLA layers.
+
+One reader for every decoder whose layers are attention of some kind, read the way
+transformers reads them: ``layer_types`` first ("full_attention", "sliding_attention",
+"chunked_attention", "indexed_attention"; legacy spellings renamed); without it, the
+family's own default pattern, as its ``Config.__post_init__`` computes it (each one
+below names the field it follows). A family that transformers gives no pattern to is
+full attention in every layer. MLA (``kv_lora_rank``) replaces K/V heads by one latent;
+"indexed_attention" layers (DeepSeek-V3.2 DSA) also keep an indexer key per token.
+
+Model types transformers knows but hybridkv has no family entry for plan through
+:func:`parse_unknown`: the same reader, with a note naming what it assumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hybridkv.errors import ModelConfigError
+from hybridkv.models.parsers.common import (
+    Parsed,
+    ParseOptions,
+    attention_kwargs,
+    gdn_state,
+    head_dim,
+    kv_dtype_kwargs,
+    layer_count,
+    model_dtype,
+    need_int,
+    opt_int,
+    parsed,
+    read_layer_kinds,
+    state_kwargs,
+    text_config,
+)
+from hybridkv.specs import (
+    ChunkedLocalSpec,
+    FullAttentionSpec,
+    MLASpec,
+    SlidingWindowSpec,
+    SparseMLASpec,
+    cdiv,
+    dtype_bytes,
+)
+
+#: A family's default layer kinds: ``(cfg, n, window) -> kinds`` (``window`` is the
+#: sliding window after the family's default, ``None`` when there is none).
+DefaultKinds = Callable[[Mapping[str, Any], int, "int | None"], list[str]]
+
+_UNSET = object()
+
+
+def _all_full(cfg: Mapping[str, Any], n: int, window: int | None) -> list[str]:
+    return ["full_attention"] * n
+
+
+def _uniform(cfg: Mapping[str, Any], n: int, window: int | None) -> list[str]:
+    """Mistral / Mixtral / Phi-3 / Starcoder2 / Ministral: every layer slides when a
+    ``sliding_window`` is set (their attention passes ``config.sliding_window``)."""
+    return ["sliding_attention" if window is not None else "full_attention"] * n
+
+
+def _global_every(key: str | None, default: int) -> DefaultKinds:
+    """Layer ``i`` is global when ``(i + 1) % cfg[key] == 0``, else sliding (Gemma 2/3,
+    Cohere2, OLMo 3, gpt-oss)."""
+
+    def kinds(cfg: Mapping[str, Any], n: int, window: int | None) -> list[str]:
+        every = default if key is None else opt_int(cfg, key, "config", default)
+        if window is None:
+            return ["full_attention"] * n
+        return ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(n)]
+
+    return kinds
+
+
+def _qwen2(cfg: Mapping[str, Any], n: int, window: int | None) -> list[str]:
+    """Qwen2Config / Qwen3Config: with ``use_sliding_window`` layers from
+    ``max_window_layers`` (default 28) on slide."""
+    if window is None:
+        return ["full_attention"] * n
+    first = cfg.get("max_window_layers", 28)
+    first = 28 if not isinstance(first, int) else first
+    return ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+
+
+def _qwen2_moe(cfg: Mapping[str, Any], n: int, window: int | None) -> list[str]:
+    """Qwen2MoeConfig: even layers below ``max_window_layers`` slide."""
+    if window is None:
+        return ["full_attention"] * n
+    first = cfg.get("max_window_layers", 28)
+    first = 28 if not isinstance(first, int) else first
+    return [
+        "sliding_attention" if (i + 1) % 2 and i < first else "full_attention" for i in range(n)
+    ]
+
+
+def _exaone4(cfg: Mapping[str, Any], n: int, window: int | None) -> list[str]:
+    """Exaone4Config: ``sliding_window_pattern`` (default 4, or a string such as "LLLG")."""
+    if window is None:
+        return ["full_attention"] * n
+    pattern = cfg.get("sliding_window_pattern", 4)
+    if isinstance(pattern, str) and pattern and set(pattern) <= {"L", "G"}:
+        return [
+            "sliding_attention" if pattern[i % len(pattern)] == "L" else "full_attention"
+            for i in range(n)
+        ]
+    every = pattern if isinstance(pattern, int) and pattern > 0 else 4
+    return ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
+
+
+def _no_rope_flags(cfg: Mapping[str, Any], n: int) -> list[int]:
+    """``no_rope_layers`` (1 = the layer uses RoPE), else NoPE every
+    ``no_rope_layer_interval`` (default 4) layers (Llama4Config, SmolLM3Config)."""
+    flags = cfg.get("no_rope_layers")
+    if not flags:
+        every = opt_int(cfg, "no_rope_layer_interval", "config", 4)
+        return [int((i + 1) % every != 0) for i in range(n)]
+    if not isinstance(flags, list) or len(flags) != n:
+        raise ModelConfigError(f"no_rope_layers must list {n} flags, got {flags!r}")
+    return [int(bool(f)) for f in flags]
+
+
+def _smollm3(cfg: Mapping[str, Any], n: int, window: int | None) -> list[str]:
+    """SmolLM3Config: NoPE layers slide when ``use_sliding_window`` and a window are set."""
+    flags = _no_rope_flags(cfg, n)
+    use = bool(cfg.get("use_sliding_window", False))
+    return [
+        "sliding_attention" if use and window is not None and not rope else "full_attention"
+        for rope in flags
+    ]
+
+
+def _llama4(cfg: Mapping[str, Any], n: int, window: int | None) -> list[str]:
+    """Llama4TextConfig: RoPE layers are chunked when ``attention_chunk_size`` is set."""
+    chunk = cfg.get("attention_chunk_size", 8192)  # Llama4TextConfig default
+    return [
+        "chunked_attention" if rope and chunk is not None else "full_attention"
+        for rope in _no_rope_flags(cfg, n)
+    ]
+
+
+def _indexed(cfg: Mapping[str, Any], n: int, window: int | None) -> list[str]:
+    """DeepseekV32Config / GlmMoeDsaConfig: every layer is DSA ("indexed_attention")."""
+    return ["indexed_attention"] * n
+
+
+@dataclass(frozen=True)
+class Family:
+    """How transformers fills a family's missing keys.
+
+    ``kinds``: the default layer pattern; ``window``: ``sliding_window`` when the key
+    is absent (its dataclass default); ``window_switch``: a bool key that must be true
+    for the window to apply (Qwen's ``use_sliding_window``, default False).
+    """
+
+    kinds: DefaultKinds = _all_full
+    window: int | None = None
+    window_switch: str | None = None
+    chunk_default: int | None = None
+
+
+FAMILIES: dict[str, Family] = {
+    # Full attention everywhere (transformers computes no pattern for these).
+    **{
+        t: Family()
+        for t in (
+            "llama",
+            "glm",
+            "glm4",
+            "glm4_moe",
+            "glm4_moe_lite",
+            "minimax_m2",
+            "hunyuan_v1_dense",
+            "hunyuan_v1_moe",
+            "seed_oss",
+            "olmo",
+            "olmo2",
+            "olmoe",
+            "granite",
+            "granitemoe",
+            "granitemoeshared",
+            "gemma",
+            "cohere",
+            "internlm3",
+            "ernie4_5",
+            "ernie4_5_moe",
+            "exaone",
+            "helium",
+            "nemotron",
+            "stablelm",
+            "arcee",
+            "apertus",
+            "dots1",
+            "bitnet",
+            "deepseek_v2",
+            "deepseek_v3",
+            "kimi_k2",
+            "minicpm3",
+            "mistral4",
+            "qwen3_vl_text",
+            "qwen3_vl_moe_text",
+        )
+    },
+    # MistralConfig.sliding_window = 4096; MixtralConfig / Phi3Config / PhimoeConfig /
+    # Starcoder2Config / Ministral3Config: None. All apply it to every layer.
+    "mistral": Family(_uniform, window=4096),
+    "mixtral": Family(_uniform),
+    "phi3": Family(_uniform),
+    "phimoe": Family(_uniform),
+    "starcoder2": Family(_uniform),
+    "ministral3": Family(_uniform),
+    # MinistralConfig.layer_types: every layer slides when sliding_window (4096) is set.
+    "ministral": Family(_uniform, window=4096),
+    # Qwen2Config / Qwen3Config: sliding_window 4096 only with use_sliding_window.
+    "qwen2": Family(_qwen2, window=4096, window_switch="use_sliding_window"),
+    "qwen3": Family(_qwen2, window=4096, window_switch="use_sliding_window"),
+    "qwen2_vl_text": Family(_qwen2, window=4096, window_switch="use_sliding_window"),
+    "qwen2_5_vl_text": Family(_qwen2, window=4096, window_switch="use_sliding_window"),
+    "qwen2_moe": Family(_qwen2_moe, window=4096, window_switch="use_sliding_window"),
+    # Qwen3MoeConfig: the window (4096) applies to every layer with use_sliding_window.
+    "qwen3_moe": Family(_uniform, window=4096, window_switch="use_sliding_window"),
+    # Gemma2Config: alternating, sliding_window 4096.
+    "gemma2": Family(_global_every(None, 2), window=4096),
+    # Gemma3TextConfig: global every sliding_window_pattern (6) layers, window 4096.
+    "gemma3": Family(_global_every("sliding_window_pattern", 6), window=4096),
+    "gemma3_text": Family(_global_every("sliding_window_pattern", 6), window=4096),
+    # Gemma3nTextConfig: full every 5th layer, sliding_window 512 (and KV sharing).
+    "gemma3n": Family(_global_every(None, 5), window=512),
+    "gemma3n_text": Family(_global_every(None, 5), window=512),
+    # Cohere2Config: global every sliding_window_pattern (4) layers, window 4096.
+    "cohere2": Family(_global_every("sliding_window_pattern", 4), window=4096),
+    # Olmo3Config: global every 4th layer, window 4096.
+    "olmo3": Family(_global_every(None, 4), window=4096),
+    # Exaone4Config: sliding_window_pattern 4, window 4096.
+    "exaone4": Family(_exaone4, window=4096),
+    # GptOssConfig: alternating sliding / full, sliding_window 128.
+    "gpt_oss": Family(_global_every(None, 2), window=128),
+    # SmolLM3Config: NoPE layers slide with use_sliding_window; sliding_window None.
+    "smollm3": Family(_smollm3),
+    # Llama4TextConfig: chunked local RoPE layers, attention_chunk_size 8192.
+    "llama4": Family(_llama4, chunk_default=8192),
+    "llama4_text": Family(_llama4, chunk_default=8192),
+    # DSA: every layer keeps an MLA latent and an indexer key.
+    "deepseek_v32": Family(_indexed),
+    "glm_moe_dsa": Family(_indexed),
+}
+
+MODEL_TYPES = tuple(FAMILIES)
+
+#: Fields of a gated-delta-net ``linear_attention`` layer (Qwen3NextConfig's names).
+GDN_KEYS = (
+    "linear_num_key_heads",
+    "linear_num_value_heads",
+    "linear_key_head_dim",
+    "linear_value_head_dim",
+    "linear_conv_kernel_dim",
+)
+
+#: Layer kinds that hold no cache (MLP-only blocks).
+NO_CACHE_KINDS = ("mlp", "moe")
+
+#: Layer kinds this reader turns into specs (others need a family parser).
+ATTENTION_KINDS = ("full_attention", "sliding_attention", "chunked_attention", "indexed_attention")
+
+
+def _window(cfg: Mapping[str, Any], family: Family, model_type: str) -> int | None:
+    if family.window_switch is not None and not cfg.get(family.window_switch, False):
+        return None
+    value = cfg.get("sliding_window", _UNSET)
+    if value is _UNSET:
+        return family.window
+    if value is None or value == 0:
+        return None
+    return need_int(cfg, "sliding_window", model_type)
+
+
+def _indexer_flags(cfg: Mapping[str, Any], n: int, model_type: str) -> list[bool]:
+    """Which DSA layers keep their own indexer keys: GlmMoeDsaConfig.indexer_types
+    ("full" runs the indexer, "shared" reuses the previous full layer's top-k), else
+    ``index_topk_pattern`` ("F"/"S"), else ``index_topk_freq`` (1: every layer) from
+    ``index_skip_topk_offset`` (2)."""
+    types = cfg.get("indexer_types")
+    if types is None:
+        pattern = cfg.get("index_topk_pattern")
+        if isinstance(pattern, str):
+            types = [{"F": "full", "S": "shared"}.get(c, c) for c in pattern]
+        elif isinstance(pattern, list):
+            types = pattern
+    if types is None:
+        freq = cfg.get("index_topk_freq", 1)
+        freq = max(freq, 1) if isinstance(freq, int) else 1
+        offset = cfg.get("index_skip_topk_offset", 2)
+        offset = offset if isinstance(offset, int) else 2
+        return [max(i - offset + 1, 0) % freq == 0 for i in range(n)]
+    if not isinstance(types, list) or len(types) != n or not set(types) <= {"full", "shared"}:
+        raise ModelConfigError(
+            f"{model_type}: indexer_types must list {n} of 'full' / 'shared', got {types!r}"
+        )
+    return [t == "full" for t in types]
+
+
+def _mla_specs(
+    cfg: Mapping[str, Any], model_type: str, dtype: str, opts: ParseOptions
+) -> tuple[MLASpec, SparseMLASpec | None]:
+    """The MLA latent spec, and the DSA spec (latent + indexer key) when the config has
+    an ``index_head_dim``."""
+    rank = need_int(cfg, "kv_lora_rank", model_type)
+    # DeepseekV3Config.qk_rope_head_dim = 64.
+    rope = opt_int(cfg, "qk_rope_head_dim", model_type, 64)
+    kw = kv_dtype_kwargs(dtype, opts)
+    mla = MLASpec(kv_lora_rank=rank, qk_rope_head_dim=rope, **kw)
+    if cfg.get("index_head_dim") is None:
+        return mla, None
+    index_dim = need_int(cfg, "index_head_dim", model_type)
+    index_dtype = kw["dtype"]
+    # An fp8 indexer key carries one fp32 scale per 128 elements (vLLM's layout).
+    scales = 4 * cdiv(index_dim, 128) if dtype_bytes(index_dtype) == 1 else 0
+    sparse = SparseMLASpec(
+        kv_lora_rank=rank,
+        qk_rope_head_dim=rope,
+        index_head_dim=index_dim,
+        index_dtype=index_dtype,
+        index_scale_bytes_per_token=scales,
+        **kw,
+    )
+    return mla, sparse
+
+
+def build(
+    cfg: Mapping[str, Any],
+    opts: ParseOptions,
+    model_type: str,
+    family: Family,
+    *,
+    outer: Mapping[str, Any] | None = None,
+    notes: tuple[str, ...] = (),
+) -> Parsed:
+    """Specs of an attention-only decoder config ``cfg`` read as ``family``."""
+    kinds = read_layer_kinds(cfg, model_type)
+    n = layer_count(cfg, model_type, kinds, keys=("num_hidden_layers", "n_layer", "num_layers"))
+    window = _window(cfg, family, model_type)
+    if kinds is None:
+        kinds = family.kinds(cfg, n, window)
+    gdn = "linear_attention" in kinds and all(cfg.get(k) is not None for k in GDN_KEYS)
+    for i, kind in enumerate(kinds):
+        if (
+            kind not in ATTENTION_KINDS
+            and kind not in NO_CACHE_KINDS
+            and not (gdn and kind == "linear_attention")
+        ):
+            extra = (
+                f"; linear_attention is read as a gated delta net only with {', '.join(GDN_KEYS)}"
+                if kind == "linear_attention"
+                else ""
+            )
+            raise ModelConfigError(
+                f"{model_type}: unknown layer type {kind!r} at layer {i} (an attention-only "
+                f"decoder has {', '.join(ATTENTION_KINDS)}{extra})"
+            )
+    dtype = model_dtype(cfg, *([outer] if outer is not None else []))
+    mla: MLASpec | None = None
+    sparse: SparseMLASpec | None = None
+    if cfg.get("kv_lora_rank") is not None:
+        mla, sparse = _mla_specs(cfg, model_type, dtype, opts)
+    table: dict[str, Any] = {}
+    if mla is not None:
+        table["full_attention"] = mla
+    if "indexed_attention" in kinds:
+        if sparse is None:
+            raise ModelConfigError(
+                f"{model_type}: indexed_attention layers need kv_lora_rank and index_head_dim"
+            )
+        table["indexed_attention"] = sparse
+    attn_kinds = {"full_attention", "sliding_attention", "chunked_attention"} - set(table)
+    if attn_kinds & set(kinds):
+        heads = need_int(cfg, "num_attention_heads", model_type)
+        # transformers' default when num_key_value_heads is null: num_attention_heads.
+        kv_heads = opt_int(cfg, "num_key_value_heads", model_type, heads)
+        kwargs = attention_kwargs(kv_heads, head_dim(cfg, model_type), dtype, opts)
+        table.setdefault("full_attention", FullAttentionSpec(**kwargs))
+        if "sliding_attention" in kinds:
+            if window is None:
+                # A sliding layer without a window attends to everything (transformers
+                # passes sliding_window=None): plan it as full attention.
+                table["sliding_attention"] = table["full_attention"]
+                notes = (*notes, "sliding_attention layers have no sliding_window: planned full")
+            else:
+                table["sliding_attention"] = SlidingWindowSpec(window=window, **kwargs)
+        if "chunked_attention" in kinds:
+            chunk = cfg.get("attention_chunk_size", family.chunk_default)
+            if chunk is None:
+                raise ModelConfigError(
+                    f"{model_type}: chunked_attention layers need attention_chunk_size"
+                )
+            table["chunked_attention"] = ChunkedLocalSpec(
+                chunk_size=need_int(
+                    {"attention_chunk_size": chunk}, "attention_chunk_size", model_type
+                ),
+                **kwargs,
+            )
+    if gdn:
+        # The Qwen3-Next gated delta net, which every transformers model that spells
+        # these linear_* fields uses: conv over q, k, v + a (v_heads, k_dim, v_dim) state.
+        table["linear_attention"] = gdn_state(
+            num_k_heads=need_int(cfg, "linear_num_key_heads", model_type),
+            num_v_heads=need_int(cfg, "linear_num_value_heads", model_type),
+            head_k_dim=need_int(cfg, "linear_key_head_dim", model_type),
+            head_v_dim=need_int(cfg, "linear_value_head_dim", model_type),
+            conv_kernel=need_int(cfg, "linear_conv_kernel_dim", model_type),
+            **state_kwargs(cfg, dtype, opts),
+        )
+        notes = (*notes, "linear_attention layers read as gated delta nets (linear_* fields)")
+    specs: list[Any] = [table.get(k) for k in kinds]
+    if sparse is not None and "indexed_attention" in kinds and mla is not None:
+        full = _indexer_flags(cfg, n, model_type)
+        # Layers that reuse the previous layer's top-k keep no indexer keys.
+        specs = [
+            mla if k == "indexed_attention" and not full[i] else s
+            for i, (k, s) in enumerate(zip(kinds, specs, strict=True))
+        ]
+    # Gemma3nTextConfig.kv_sharing_modes: the last num_kv_shared_layers layers reuse
+    # the KV of the last earlier layer of their kind and hold no cache of their own.
+    shared = cfg.get("num_kv_shared_layers") or 0
+    if not isinstance(shared, int) or isinstance(shared, bool) or shared < 0:
+        raise ModelConfigError(f"{model_type}: num_kv_shared_layers must be an int >= 0")
+    if shared:
+        first = n - shared
+        if first < 1 or set(kinds[first:]) - set(kinds[:first]):
+            raise ModelConfigError(
+                f"{model_type}: num_kv_shared_layers={shared} leaves no earlier layer of "
+                f"each shared kind to reuse ({n} layers)"
+            )
+        notes = (*notes, f"layers {first}-{n - 1} reuse earlier layers' KV and hold no cache")
+        specs = specs[:first]
+    cached = [i for i, spec in enumerate(specs) if spec is not None]
+    if not cached:
+        raise ModelConfigError(f"{model_type}: no layer keeps a KV cache")
+    if len(cached) < len(specs):
+        notes = (*notes, "layers without attention (MLP-only) hold no cache")
+    return parsed(cfg, [specs[i] for i in cached], [f"layers.{i}" for i in cached], notes=notes)
+
+
+def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
+    cfg = text_config(config)
+    notes: tuple[str, ...] = ()
+    if cfg is not config:
+        notes = (
+            f"planned the text model ({cfg.get('model_type', 'text_config')}) of {model_type}",
+        )
+    return build(cfg, opts, model_type, FAMILIES[model_type], outer=config, notes=notes)
+
+
+#: GPT-2-era key names (transformers' ``attribute_map``s) -> the standard ones.
+_ALIASES = {
+    "num_hidden_layers": ("n_layer", "num_layers", "n_layers"),
+    "num_attention_heads": ("n_head", "num_heads", "n_heads"),
+    "hidden_size": ("n_embd", "d_model"),
+}
+
+
+def _standard_names(cfg: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
+    """``cfg`` with standard key names filled from their aliases, and what was renamed."""
+    out = dict(cfg)
+    renamed = []
+    for key, aliases in _ALIASES.items():
+        if out.get(key) is not None:
+            continue
+        for alias in aliases:
+            if isinstance(out.get(alias), int):
+                out[key] = out[alias]
+                renamed.append(f"{alias} as {key}")
+                break
+    if out.get("num_key_value_heads") is None and out.get("multi_query") is True:
+        out["num_key_value_heads"] = 1
+        renamed.append("multi_query as one KV head")
+    return out, renamed
+
+
+def parse_unknown(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
+    """An unknown ``model_type`` read as a plain attention decoder, saying so."""
+    cfg = text_config(config)
+    if cfg.get("is_encoder_decoder") or config.get("is_encoder_decoder"):
+        raise ModelConfigError("it is an encoder-decoder model, which needs its own parser")
+    if cfg.get("vocab_size") is None:
+        raise ModelConfigError("it has no vocab_size, so it is not a language model")
+    wrapped = cfg is not config
+    cfg, renamed = _standard_names(cfg)
+    inner = cfg.get("model_type")
+    family = FAMILIES.get(inner, Family()) if isinstance(inner, str) else Family()
+    assumed = [f"unknown model_type {model_type!r} read as an attention-only decoder"]
+    if wrapped:
+        assumed.append(f"planned its text model ({inner or 'text_config'})")
+    if renamed:
+        assumed.append("read " + ", ".join(renamed))
+    if read_layer_kinds(cfg, model_type) is None:
+        assumed.append(
+            "no layer_types: every layer full attention"
+            if family.kinds is _all_full
+            else f"no layer_types: {inner}'s default layer pattern"
+        )
+    if cfg.get("num_key_value_heads") is None and cfg.get("kv_lora_rank") is None:
+        assumed.append("no num_key_value_heads: one KV head per attention head")
+    if cfg.get("head_dim") is None and cfg.get("kv_lora_rank") is None:
+        assumed.append("no head_dim: hidden_size / num_attention_heads")
+    return build(cfg, opts, model_type, family, outer=config, notes=tuple(assumed))
