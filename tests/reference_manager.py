@@ -123,6 +123,8 @@ class RefManager:
         self.hit_tokens = 0
         self.disagreements = 0
         self.group_hits = [0] * len(groups)
+        # Per group: state blocks cached since the step began (its forward writes them).
+        self.states_this_step: list[set[int]] = [set() for _ in groups]
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -253,6 +255,8 @@ class RefManager:
     ) -> list[bool]:
         la_all = list(lookahead) if lookahead is not None else [0] * len(rids)
         if new_step:
+            for fresh in self.states_this_step:
+                fresh.clear()
             for rid in self.dirty:
                 if rid in self.reqs:
                     self.reqs[rid].dirty = False
@@ -281,6 +285,8 @@ class RefManager:
         self._release_unneeded(r)
         if n == 0 and la == 0:
             return True
+        if r.phase == "queried" and self._reads_state_of_this_step(r):
+            return False
         need = [self._need(r, g, n, la) for g in range(len(self.groups))]
         if any(need[g] > self.pools[g].num_free for g in range(len(self.groups))):
             return False
@@ -306,6 +312,19 @@ class RefManager:
             self._cache(r, c, e)
         return True
 
+    def _reads_state_of_this_step(self, r: RefRequest) -> bool:
+        """A prefix hit starting from a state checkpoint cached earlier in this step
+        (not written yet): the request must wait for the next step."""
+        for g, grp in enumerate(self.groups):
+            k = r.computed // grp.block_size - 1
+            if (
+                grp.kind == "state"
+                and 0 <= k < len(r.tables[g])
+                and r.tables[g][k] in self.states_this_step[g]
+            ):
+                return True
+        return False
+
     def _cache(self, r: RefRequest, c: int, e: int) -> None:
         for g, grp in enumerate(self.groups):
             bs = grp.block_size
@@ -319,8 +338,10 @@ class RefManager:
                 ks = list(range(r.num_cached[g], e // bs))
             for k in ks:
                 b = r.tables[g][k]
-                if b:
+                if b and self.pools[g].key[b] is None:
                     self.pools[g].cache(b, self.key(r, g, k))
+                    if grp.kind == "state":
+                        self.states_this_step[g].add(b)
             r.num_cached[g] = max(r.num_cached[g], e // bs)
 
     def reset_prefix_cache(self) -> bool:
@@ -328,4 +349,6 @@ class RefManager:
             return False
         for p in self.pools:
             p.reset()
+        for fresh in self.states_this_step:
+            fresh.clear()
         return True

@@ -438,7 +438,7 @@ def test_offsets_with_extreme_steps_are_refused(
 
 
 # Not 2**31 - 1: a valid block count whose pools need ~80 GB of bookkeeping. Where
-# memory is smaller it is refused (`Manager::check_bookkeeping_fits`); where it is
+# memory is smaller it is refused (`block_pool::check_bookkeeping_fits`); where it is
 # not, it would really be allocated, which a unit test must not do.
 group_fields = st.one_of(
     st.integers(-2, 16),

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hybridkv import KVCacheManager, ManagerConfig, ManagerGroup, errors
 from hybridkv.planner import window_request_blocks
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from reference_manager import RefGroup, RefManager
@@ -141,8 +142,9 @@ class ManagerMachine(RuleBasedStateMachine):
             left = len(r.tokens) - r.computed
             nums.append(data.draw(st.integers(0, left), label=f"n[{rid}]"))
             las.append(data.draw(st.sampled_from([0, 0, 0, 1, 3]), label=f"la[{rid}]"))
-        # A retry within a step never re-schedules a request already advanced in it.
-        new_step = new_step or not any(rid in self.advanced for rid in rids)
+        # A retry within a step (new_step=False) never re-schedules a request already
+        # advanced in it; it may allocate requests looked up after the step's first call.
+        new_step = new_step or any(rid in self.advanced for rid in rids)
         before = {rid: r.computed for rid, r in self.ref.reqs.items()}
         got = self.m.allocate_slots(rids, nums, las, new_step=new_step).tolist()
         want = self.ref.allocate(rids, nums, las, new_step=new_step)
@@ -154,6 +156,47 @@ class ManagerMachine(RuleBasedStateMachine):
             self.start[rid] = before[rid]
             if ok and n:
                 self.advanced.add(rid)
+
+    @precondition(lambda self: any(rid in self.ref.reqs for rid in self.advanced))
+    @rule(data=st.data(), sibling=st.booleans())
+    def admit_within_step(self, data: st.DataObject, sibling: bool) -> None:
+        """A scheduler's retry within a step: look a waiting request up after the step's
+        first allocation and allocate it with ``new_step=False``. A hit on a state
+        checkpoint that allocation cached must wait for the next step. ``sibling``: the
+        request is new and shares what a request advanced this step has computed."""
+        waiting = sorted(rid for rid, r in self.ref.reqs.items() if r.phase == "waiting")
+        if sibling or not waiting:
+            src = self.ref.reqs[
+                data.draw(st.sampled_from(sorted(self.advanced & set(self.ref.reqs))))
+            ]
+            toks = src.tokens[: src.computed] + data.draw(
+                st.lists(st.integers(0, 5), min_size=1, max_size=6)
+            )
+            if len(toks) > MAX_LEN:
+                return
+            rid = self.next_id
+            self.next_id += 1
+            lora, salt = src.extra
+            self.m.add_requests(
+                [rid], [np.array(toks, dtype=np.int32)], lora_ids=[lora], cache_salts=[salt]
+            )
+            self.ref.add(rid, toks, extra=src.extra)
+            self.start[rid] = 0
+            waiting = [rid]
+        rid = data.draw(st.sampled_from(waiting))
+        hit = self.m.get_computed_tokens([rid]).tolist()
+        assert hit == self.ref.lookup([rid])
+        self.start[rid] = hit[0]
+        r = self.ref.reqs[rid]
+        n = data.draw(st.integers(1, len(r.tokens) - r.computed))
+        deferred = r.phase == "queried" and self.ref._reads_state_of_this_step(r)
+        event(f"state hit of this step: {deferred}")
+        got = self.m.allocate_slots([rid], [n], new_step=False).tolist()
+        assert got == self.ref.allocate([rid], [n], new_step=False)
+        if deferred:
+            assert got == [False]
+        if got[0]:
+            self.advanced.add(rid)
 
     @precondition(lambda self: bool(self.ref.reqs))
     @rule(data=st.data())

@@ -124,3 +124,37 @@ def test_cached_generation_matches_dense_greedy(mode: str) -> None:
         dense = model.dense_logits(prompt + res.outputs[rid])
         got = torch.stack(res.logits[rid])
         torch.testing.assert_close(got, dense[len(prompt) - 1 : -1], atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize(("prompt_len", "chunk"), [(17, 5), (17, 6), (18, 5)])
+def test_mode_all_step_from_mid_block_across_its_end(prompt_len: int, chunk: int) -> None:
+    # Issue 13's recipe: block size 4, chunks of 5 over a 17-token prompt make the last
+    # prefill step [15, 17) start mid-block and cross 16 with fewer new tokens than
+    # d_conv - 1 = 3: its first checkpoint slot is its own source slot.
+    model = TinyHybridLM()
+    plan = plan_with_blocks(
+        model.model_spec(),
+        64,
+        block_size=4,
+        max_num_seqs=1,
+        max_model_len=64,
+        max_num_batched_tokens=32,
+        mamba_cache_mode="all",
+    )
+    prompt = torch.randint(0, 256, (prompt_len,), generator=torch.Generator().manual_seed(1))
+    tokens = prompt.tolist()
+    res = serve(
+        model,
+        {0: tokens},
+        4,
+        plan=plan,
+        max_num_batched_tokens=32,
+        max_num_seqs=1,
+        long_prefill_token_threshold=chunk,
+    )
+    assert res.checkpoint_writes > 0
+    atol, rtol = tolerance(torch.float32)
+    dense = model.dense_logits(tokens + res.outputs[0])
+    got = torch.stack(res.logits[0])
+    torch.testing.assert_close(got, dense[prompt_len - 1 : -1], atol=atol, rtol=rtol)
+    assert res.outputs[0] == model.dense_generate(tokens, 4)

@@ -23,7 +23,8 @@ class BlockPool(_core.BlockPool):
     uint64 arrays, row ``[low 64 bits, high 64 bits]`` (see :mod:`hybridkv.hashes`).
     Every error is a :class:`hybridkv.errors.HybridKVError` and leaves the pool
     exactly as it was. ``record_events=False`` stops recording events (for pools
-    nobody drains).
+    nobody drains). Safe to share between threads: each call is atomic (a lock in the
+    bindings), concurrent calls are serialised.
     """
 
     def take_events(self) -> EventBatch:

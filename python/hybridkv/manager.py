@@ -277,6 +277,15 @@ class KVCacheManager:
 
     Request ids are integers. Every method validates its whole input first: bad input
     raises a :class:`~hybridkv.errors.HybridKVError` subclass and changes nothing.
+
+    Threads: a manager may be shared by several threads. Each call is atomic: the
+    bindings hold a lock around the Rust state (taken with the GIL released, so a
+    waiting thread never blocks the others), so concurrent calls are serialised in
+    some order, never refused and never interleaved. A sequence of calls (lookup, then
+    allocate) is not atomic as a whole: one scheduler thread per manager is still the
+    design. An input array that another thread is writing at that moment (e.g. the
+    ``out`` of a running :meth:`block_table_into`) is refused with an
+    :class:`~hybridkv.errors.InvalidArgumentError`.
     """
 
     def __init__(
@@ -301,6 +310,8 @@ class KVCacheManager:
         self.mamba_cache_mode = str(plan.mamba_cache_mode)
         self.enable_prefix_caching = bool(enable_prefix_caching)
         self.hash_seed = int(hash_seed)
+        #: Token ids must be below this (None: any non-negative int32).
+        self.vocab_size: int | None = None if vocab_size is None else int(vocab_size)
         arena = _arena_tuple(plan)
         self.elastic = arena is not None
         self._core = _core.KVCacheManager(
@@ -429,7 +440,10 @@ class KVCacheManager:
         groups: ``False`` means nothing changed for it. Success advances its computed
         count and caches the blocks the step completes. With ``new_step=True`` the call
         first releases window blocks that requests' finished tokens no longer need;
-        pass ``False`` for a second call within the same step.
+        pass ``False`` for a second call within the same step. In such a call a request
+        whose prefix hit starts from a state checkpoint cached earlier in this step (not
+        computed until this step's forward) reports ``False`` and keeps its hit: it
+        fits the next step.
         """
         ids = _ids(req_ids)
         n = ids.shape[0]

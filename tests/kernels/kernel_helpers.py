@@ -92,8 +92,14 @@ def slot_pairs(draw: st.DrawFn, n: int, num_slots: int) -> tuple[list[int], list
 def checkpoint_args(
     draw: st.DrawFn, src: list[int], dst: list[int], num_slots: int
 ) -> dict[str, object]:
-    """Mid-step checkpoint keyword arguments (or none), into slots no request reads or
-    finally writes, one distinct slot per (request, checkpoint)."""
+    """Mid-step checkpoint keyword arguments (or none), one distinct slot per
+    (request, checkpoint) that no other request reads or writes.
+
+    A checkpoint slot may be the request's own source, as the manager hands out in mode
+    ``all`` when a step starts mid-block and crosses that block's end (the source
+    block's entry then gets the state at its end); ``first`` then often lands within
+    the conv window (fewer new tokens before it than ``width - 1``).
+    """
     if not draw(st.booleans()):
         return {}
     n = len(src)
@@ -104,6 +110,9 @@ def checkpoint_args(
     slots = [
         [picked[r * cols + j] if draw(st.booleans()) else -1 for j in range(cols)] for r in range(n)
     ]
+    for r in range(n):
+        if src[r] >= 0 and draw(st.booleans()):
+            slots[r][draw(st.integers(0, cols - 1))] = src[r]
     first = [draw(st.integers(1, 8)) for _ in range(n)]
     return {
         "checkpoint_slots": torch.tensor(slots, dtype=torch.int64),

@@ -103,3 +103,34 @@ def test_gated_delta_rejects_head_mismatch_and_keeps_state() -> None:
     with pytest.raises(InvalidArgumentError, match="multiple of num_k_heads"):
         ops.gated_delta_rule(a["state"], *[a[k] for k in _ARGS], offsets([2]), torch.tensor([0]))
     assert torch.equal(a["state"], before)
+
+
+def test_gated_delta_checkpoint_into_the_requests_own_source_slot() -> None:
+    # Mode "all": a step starting mid-block writes the block's checkpoint where it began.
+    a = _inputs(5, 1, 2, 4, 4, torch.float32, 6)
+    args = [*(a[k] for k in _ARGS), offsets([2, 3]), torch.tensor([3, 7]), torch.tensor([4, 8])]
+    ck = {
+        "checkpoint_slots": torch.tensor([[3], [7]]),
+        "checkpoint_first": torch.tensor([1, 2]),
+        "checkpoint_every": 4,
+    }
+    check_state_op(
+        lambda s: ops.gated_delta_rule(s, *args, **ck),
+        lambda s: reference.gated_delta_rule(s, *args, **ck),
+        a["state"],
+        "gdn, checkpoint into own source",
+    )
+
+
+def test_gated_delta_refuses_a_checkpoint_into_another_requests_source() -> None:
+    a = _inputs(4, 1, 2, 4, 4, torch.float32, 7)
+    before = a["state"].clone()
+    ck = {
+        "checkpoint_slots": torch.tensor([[2], [-1]]),
+        "checkpoint_first": torch.tensor([1, 1]),
+        "checkpoint_every": 1,
+    }
+    args = [*(a[k] for k in _ARGS), offsets([2, 2]), torch.tensor([1, 2]), torch.tensor([3, 4])]
+    with pytest.raises(InvalidArgumentError, match="slot 2 is written by request 0"):
+        ops.gated_delta_rule(a["state"], *args, **ck)
+    assert torch.equal(a["state"], before)

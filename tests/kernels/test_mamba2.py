@@ -40,7 +40,7 @@ def _conv_inputs(
     data=st.data(),
     n=st.integers(1, 3),
     conv_dim=st.integers(1, 40),
-    width=st.integers(2, 4),
+    width=st.integers(2, 6),
     dtype=dtypes,
     has_bias=st.booleans(),
     activation=st.sampled_from([None, "silu"]),
@@ -294,3 +294,101 @@ def test_checkpoints_equal_the_state_of_a_shorter_prefill(every: int) -> None:
         assert torch.equal(s_conv[2 + j], p_conv[1]), f"conv checkpoint {j}"
     untouched = 2 + cols
     assert torch.equal(s_ssm[untouched:], a["state"][untouched:])
+
+
+@pytest.mark.parametrize("width", [2, 4, 6])
+@pytest.mark.parametrize(("length", "first"), [(2, 1), (3, 1), (3, 2), (4, 1), (5, 3), (6, 2)])
+def test_conv_checkpoint_into_the_requests_own_source_slot(
+    width: int, length: int, first: int
+) -> None:
+    # Mode "all": a step starting mid-block that crosses the block's end writes that
+    # block's checkpoint into the slot it started from, then the final state (which,
+    # with fewer new tokens than width - 1, still needs the source's old inputs) into
+    # the next block's slot. Checkpoint 1 (when inside the step) goes elsewhere.
+    x, state, weight, bias = _conv_inputs([length, 3], 8, width, torch.float32, 8)
+    qsl = offsets([length, 3])
+    src, dst = torch.tensor([4, 9]), torch.tensor([5, 9])
+    ck = {
+        "checkpoint_slots": torch.tensor([[4, 6], [-1, -1]]),
+        "checkpoint_first": torch.tensor([first, 1]),
+        "checkpoint_every": 2,
+    }
+    check_state_op(
+        lambda s: ops.causal_conv1d_prefill(x, s, weight, bias, qsl, src, dst, **ck),
+        lambda s: reference.causal_conv1d(x, s, weight, bias, qsl, src, dst, **ck),
+        state,
+        "conv, checkpoint into own source",
+        exact_state=True,
+    )
+    # The final state equals one whole prefill's from the same source.
+    whole = state.clone()
+    ops.causal_conv1d_prefill(x[:length], whole, weight, bias, offsets([length]), src[:1], dst[:1])
+    after = state.clone()
+    ops.causal_conv1d_prefill(x, after, weight, bias, qsl, src, dst, **ck)
+    assert torch.equal(after[5], whole[5])
+
+
+def test_ssd_checkpoint_into_the_requests_own_source_slot() -> None:
+    a = _ssm_inputs(5, 2, 4, 1, 4, torch.float32, 9)
+    args = [*(a[k] for k in _ARGS), a["D"], a["dt_bias"], offsets([2, 3])]
+    slots = (torch.tensor([3, 7]), torch.tensor([4, 8]))
+    ck = {
+        "checkpoint_slots": torch.tensor([[3], [7]]),
+        "checkpoint_first": torch.tensor([1, 2]),
+        "checkpoint_every": 4,
+    }
+    check_state_op(
+        lambda s: ops.ssd_prefill(s, *args, *slots, chunk=1, **ck),
+        lambda s: reference.mamba2_ssm(s, *args, *slots, **ck),
+        a["state"],
+        "ssd, checkpoint into own source",
+    )
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "ckpt", "culprit"),
+    [
+        ([1, 2], [3, 1], [[-1], [-1]], "slot 1 is written by request 1"),  # dst = other's src
+        ([1, 2], [3, 4], [[-1], [1]], "slot 1 is written by request 1"),  # ckpt = other's src
+        ([1, 2], [3, 4], [[4], [-1]], "slot 4 is written by request 0"),  # ckpt = other's dst
+        ([1, -1], [3, 3], [[-1], [-1]], "slot 3 is written by request 0"),  # one dst, twice
+    ],
+)
+def test_state_launchers_refuse_a_slot_two_requests_share_a_write_to(
+    src: list[int], dst: list[int], ckpt: list[list[int]], culprit: str
+) -> None:
+    x, state, weight, bias = _conv_inputs([3, 3], 8, 4, torch.float32, 10)
+    before = state.clone()
+    slots = (offsets([3, 3]), torch.tensor(src), torch.tensor(dst))
+    ck = {
+        "checkpoint_slots": torch.tensor(ckpt),
+        "checkpoint_first": torch.tensor([1, 1]),
+        "checkpoint_every": 1,
+    }
+    with pytest.raises(InvalidArgumentError, match=culprit):
+        ops.causal_conv1d_prefill(x, state, weight, bias, *slots, **ck)
+    assert torch.equal(state, before)
+    a = _ssm_inputs(6, 2, 4, 1, 4, torch.float32, 11)
+    with pytest.raises(InvalidArgumentError, match=culprit):
+        ops.ssd_prefill(a["state"], *[a[k] for k in _ARGS], None, None, *slots, **ck)
+    if not any(c >= 0 for row in ckpt for c in row):
+        with pytest.raises(InvalidArgumentError, match=culprit):
+            ops.causal_conv1d_update(x[:2], state, weight, bias, *slots[1:])
+
+
+def test_a_checkpoint_past_the_step_is_no_conflict() -> None:
+    # Checkpoint columns beyond the step's tokens are never written: no refusal.
+    x, state, weight, bias = _conv_inputs([2, 2], 8, 4, torch.float32, 12)
+    ck = {
+        "checkpoint_slots": torch.tensor([[2], [-1]]),
+        "checkpoint_first": torch.tensor([5, 1]),
+        "checkpoint_every": 4,
+    }
+    slots = (offsets([2, 2]), torch.tensor([1, 2]), torch.tensor([3, 4]))
+    check_state_op(
+        lambda s: ops.causal_conv1d_prefill(x, s, weight, bias, *slots, **ck),
+        lambda s: reference.causal_conv1d(x, s, weight, bias, *slots, **ck),
+        state,
+        "conv, checkpoint past the step",
+        exact_state=True,
+    )

@@ -122,7 +122,7 @@ def test_disk_budget_lru_and_smaller_budget_on_restart(tmp_path: Path) -> None:
     tier = DiskTier(tmp_path, 4 * page, FP, fsync=False)
     for h in range(6):
         tier.put(items(2, [h]))
-        time.sleep(0.002)  # distinct modification times
+        time.sleep(0.02)  # distinct modification times (file timestamps are jiffy-coarse)
     assert [k.block_hash for k in tier.lru_keys()] == [2, 3, 4, 5]
     assert tier.get([BlockKey(FP, 2, 2)])[0] is not None  # 2 becomes the newest
     files = sorted(p.name for p in tier.namespace.rglob("*.blk"))

@@ -10,8 +10,10 @@ Per head ``h`` with state ``H [head_dim, d_state]``, per token::
 
 Each request names a source slot (its initial state; negative = start from zeros)
 and a destination slot (where its final state goes; negative = keep nothing). They
-may be equal. A destination slot must not be another request's source in the same
-launch.
+may be equal, and a mid-step checkpoint may go to the request's own source slot (every
+kernel reads a request's source before it writes any of that request's slots). A
+destination or checkpoint slot must not be another request's source in the same
+launch, nor another request's destination or checkpoint (the launchers refuse both).
 """
 
 # Triton reads a kernel parameter's annotation as a type specialization, so the
@@ -163,13 +165,58 @@ def conv1d_varlen_kernel(
 
 
 @triton.jit
+def _store_conv_window(
+    x_ptr,
+    conv_state_ptr,
+    slot,
+    start,
+    end,
+    old,
+    c,
+    c_ok,
+    stride_xt,
+    stride_sn,
+    stride_sk,
+    KERNEL: tl.constexpr,
+    KM1_P2: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Store in ``slot`` the last ``KERNEL - 1`` inputs after ``end`` new tokens.
+
+    Row ``j`` is the input at ``end - (KERNEL - 1) + j`` relative to the first new
+    token: a new token's row of ``x`` when that is >= 0, else row ``end + j`` of
+    ``old`` (the source slot's window, already in registers). ``old`` rows are picked
+    by a one-hot select and sum, exact for finite states.
+    """
+    j = tl.arange(0, KM1_P2)
+    j_ok = j < KERNEL - 1
+    idx = end - (KERNEL - 1) + j
+    xs = tl.load(
+        x_ptr + (start + idx).to(tl.int64)[:, None] * stride_xt + c[None, :],
+        mask=(j_ok & (idx >= 0))[:, None] & c_ok[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    pick = (end + j)[:, None] == j[None, :]  # [row of the new window, row of old]
+    from_old = tl.sum(tl.where(pick[:, :, None], old[None, :, :], 0.0), 1)
+    tl.store(
+        conv_state_ptr + slot * stride_sn + j[:, None] * stride_sk + c[None, :],
+        cast_out(xs + from_old, conv_state_ptr.dtype.element_ty, INTERPRET),
+        mask=j_ok[:, None] & c_ok[None, :],
+    )
+
+
+@triton.jit
 def conv1d_state_kernel(
     x_ptr,
     conv_state_ptr,
     query_start_loc_ptr,
     src_ptr,
     dst_ptr,
-    ends_ptr,
+    ckpt_slots_ptr,
+    ckpt_first_ptr,
+    ckpt_every,
+    ckpt_cols,
+    stride_ckpt,
     conv_dim,
     stride_xt,
     stride_sn,
@@ -177,43 +224,71 @@ def conv1d_state_kernel(
     KERNEL: tl.constexpr,
     KM1_P2: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    HAS_ENDS: tl.constexpr,
+    HAS_CKPT: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     """After prefill: the destination slot gets the last ``KERNEL - 1`` inputs.
 
-    With ``HAS_ENDS`` the state is the one after the first ``ends[r]`` new tokens
-    (a checkpoint inside the step) instead of after all of them. Inputs older than the
-    new tokens come from the source slot; all are loaded before any store, so the
-    source and destination may be the same slot.
+    With ``HAS_CKPT`` the window after ``ckpt_first[r] + j * ckpt_every`` new tokens
+    (strictly inside the step) also goes to slot ``ckpt_slots[r, j]`` (negative:
+    skipped). Inputs older than the new tokens come from the source slot, read once
+    into registers before any store: a checkpoint or the destination may be the
+    request's own source slot (in mode ``all`` a step that starts mid-block writes
+    that block's checkpoint into the slot it started from).
     """
     req = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < conv_dim
     start, length = request_tokens(query_start_loc_ptr, req)
-    if HAS_ENDS:
-        length = tl.load(ends_ptr + req)
     src = tl.load(src_ptr + req).to(tl.int64)
     dst = tl.load(dst_ptr + req).to(tl.int64)
+    j = tl.arange(0, KM1_P2)
+    # (src is broadcast before '&': the interpreter mishandles bool & scalar.)
+    old_ok = (j < KERNEL - 1) & ((j * 0 + src) >= 0)
+    old = tl.load(
+        conv_state_ptr + src * stride_sn + j[:, None] * stride_sk + c[None, :],
+        mask=old_ok[:, None] & c_ok[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    if HAS_CKPT:
+        first = tl.load(ckpt_first_ptr + req)
+        ckpt_row = ckpt_slots_ptr + req.to(tl.int64) * stride_ckpt
+        for m in range(0, ckpt_cols):
+            end = first + m * ckpt_every
+            slot = checkpoint_slot(ckpt_row, end, length, first, ckpt_every, ckpt_cols)
+            if slot >= 0:
+                _store_conv_window(
+                    x_ptr,
+                    conv_state_ptr,
+                    slot,
+                    start,
+                    end,
+                    old,
+                    c,
+                    c_ok,
+                    stride_xt,
+                    stride_sn,
+                    stride_sk,
+                    KERNEL,
+                    KM1_P2,
+                    INTERPRET,
+                )
     if dst >= 0:
-        j = tl.arange(0, KM1_P2)
-        j_ok = j < KERNEL - 1
-        idx = length - (KERNEL - 1) + j  # position relative to the first new token
-        xs = tl.load(
-            x_ptr + (start + idx).to(tl.int64)[:, None] * stride_xt + c[None, :],
-            mask=(j_ok & (idx >= 0))[:, None] & c_ok[None, :],
-            other=0.0,
-        )
-        ss = tl.load(
-            conv_state_ptr + src * stride_sn + (KERNEL - 1 + idx)[:, None] * stride_sk + c[None, :],
-            mask=(j_ok & (idx < 0) & ((idx * 0 + src) >= 0))[:, None] & c_ok[None, :],
-            other=0.0,
-        )
-        new = xs.to(tl.float32) + ss.to(tl.float32)
-        tl.store(
-            conv_state_ptr + dst * stride_sn + j[:, None] * stride_sk + c[None, :],
-            cast_out(new, conv_state_ptr.dtype.element_ty, INTERPRET),
-            mask=j_ok[:, None] & c_ok[None, :],
+        _store_conv_window(
+            x_ptr,
+            conv_state_ptr,
+            dst,
+            start,
+            length,
+            old,
+            c,
+            c_ok,
+            stride_xt,
+            stride_sn,
+            stride_sk,
+            KERNEL,
+            KM1_P2,
+            INTERPRET,
         )
 
 

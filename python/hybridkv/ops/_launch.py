@@ -95,7 +95,54 @@ def check_slot_pair(
     dst = src_slots if dst_slots is None else dst_slots
     check_slots("src_slots", src_slots, n, num_slots)
     check_slots("dst_slots", dst, n, num_slots)
+    check_slot_conflicts(src_slots, dst[:, None])
     return dst
+
+
+def check_slot_conflicts(src: torch.Tensor, writes: torch.Tensor) -> None:
+    """Refuse a launch in which a slot one request writes is read or written by another.
+
+    ``src`` ``[n]``: each request's source slot; ``writes`` ``[n, m]``: the slots it
+    writes (destination, mid-step checkpoints; negative: none). The kernels run the
+    requests in parallel programs, so such a slot would be read before or after the
+    write by chance. A request may write its own source: each program reads its source
+    before writing anything.
+    """
+    n = src.shape[0]
+    if n < 2:
+        return
+    owner = torch.arange(n, device=src.device)
+    slots = torch.cat([src.long(), writes.flatten().long()])
+    owners = torch.cat([owner, owner.repeat_interleave(writes.shape[1])])
+    is_write = torch.cat(
+        [
+            torch.zeros(n, dtype=torch.bool, device=src.device),
+            torch.ones_like(writes.flatten(), dtype=torch.bool),
+        ]
+    )
+    used = slots >= 0
+    slots, owners, is_write = slots[used], owners[used], is_write[used]
+    if slots.numel() == 0:
+        return
+    uniq, inv = torch.unique(slots, return_inverse=True)
+    lo = torch.full(uniq.shape, n, dtype=owners.dtype, device=src.device)
+    hi = torch.full(uniq.shape, -1, dtype=owners.dtype, device=src.device)
+    lo = lo.scatter_reduce(0, inv, owners, "amin")
+    hi = hi.scatter_reduce(0, inv, owners, "amax")
+    written = torch.zeros(uniq.shape, dtype=torch.bool, device=src.device)
+    written = written.scatter_reduce(0, inv, is_write, "amax")
+    bad = (lo != hi) & written
+    if bool(bad.any()):
+        k = int(torch.nonzero(bad)[0, 0])
+        slot = int(uniq[k])
+        mine = inv == k
+        writer = int(owners[mine & is_write][0])
+        other = int(owners[mine & (owners != writer)][0])
+        raise InvalidArgumentError(
+            f"state slot {slot} is written by request {writer} of this launch and also "
+            f"read or written by request {other}: a slot a request writes must be no other "
+            "request's source, destination or checkpoint"
+        )
 
 
 def query_lengths(query_start_loc: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -164,6 +211,13 @@ def check_prefill_slots(
     n = lens.shape[0]
     dst = check_slot_pair(src_slots, dst_slots, n, num_slots)
     has_ckpt = check_checkpoints(checkpoint_slots, checkpoint_first, checkpoint_every, n, num_slots)
+    if has_ckpt and checkpoint_slots is not None and checkpoint_slots.shape[1]:
+        assert checkpoint_first is not None and checkpoint_every is not None
+        # Only checkpoints strictly inside the step are written.
+        cols = torch.arange(checkpoint_slots.shape[1], device=checkpoint_slots.device)
+        ends = checkpoint_first[:, None] + cols[None, :] * checkpoint_every
+        written = torch.where(ends < lens.to(ends.dtype)[:, None], checkpoint_slots, -1)
+        check_slot_conflicts(src_slots, torch.cat([dst.long()[:, None], written.long()], 1))
     return lens, dst, has_ckpt
 
 

@@ -140,8 +140,10 @@ def causal_conv1d_prefill(
     go to ``dst_slots[r]`` (default: the same slot; negative: not kept). Optional
     checkpoints (``mamba_cache_mode="all"``): the state after ``checkpoint_first[r] +
     j * checkpoint_every`` new tokens, when strictly inside the step, also goes to
-    ``checkpoint_slots[r, j]`` (negative: skipped); those slots must be no request's
-    source.
+    ``checkpoint_slots[r, j]`` (negative: skipped). A checkpoint slot may be the
+    request's own source (a step that starts mid-block and crosses its end); a slot
+    one request writes that another reads or writes is refused
+    (:func:`~hybridkv.ops._launch.check_slot_conflicts`).
     """
     conv = _check_conv(x, conv_state, weight, bias, activation)
     lens, dst, has_ckpt = check_prefill_slots(
@@ -174,36 +176,26 @@ def causal_conv1d_prefill(
         BLOCK_C=block_c,
         INTERPRET=interp,
     )
-    # Later launches, so that no program overwrites a state another one still reads:
-    # checkpoints first (their slots are nobody's source), the final states last.
-    launches: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-    if has_ckpt:
-        assert checkpoint_slots is not None and checkpoint_first is not None
-        assert checkpoint_every is not None
-        for j in range(checkpoint_slots.shape[1]):
-            ends = checkpoint_first + j * checkpoint_every
-            inside = ends < lens.to(ends.dtype)
-            slots_j = torch.where(inside, checkpoint_slots[:, j], -1).contiguous()
-            launches.append((slots_j, ends.contiguous()))
-    launches.append((dst, None))
-    for dst_j, ends_j in launches:
-        conv1d_state_kernel[(n, c_tiles)](
-            x,
-            conv_state,
-            query_start_loc,
-            src_slots,
-            dst_j,
-            ends_j if ends_j is not None else dst_j,
-            conv.conv_dim,
-            x.stride(0),
-            conv_state.stride(0),
-            conv_state.stride(1),
-            KERNEL=conv.width,
-            KM1_P2=next_pow2(conv.width - 1),
-            BLOCK_C=block_c,
-            HAS_ENDS=ends_j is not None,
-            INTERPRET=interp,
-        )
+    # A second launch, after every read of the states above: each program reads its
+    # request's source window once, then writes the checkpoints and the final state
+    # (so a checkpoint may go to the request's own source slot).
+    conv1d_state_kernel[(n, c_tiles)](
+        x,
+        conv_state,
+        query_start_loc,
+        src_slots,
+        dst,
+        *checkpoint_kernel_args(checkpoint_slots, checkpoint_first, checkpoint_every, dst),
+        conv.conv_dim,
+        x.stride(0),
+        conv_state.stride(0),
+        conv_state.stride(1),
+        KERNEL=conv.width,
+        KM1_P2=next_pow2(conv.width - 1),
+        BLOCK_C=block_c,
+        HAS_CKPT=has_ckpt,
+        INTERPRET=interp,
+    )
     return out
 
 

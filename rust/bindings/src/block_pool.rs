@@ -9,6 +9,7 @@ use pyo3::types::PyDict;
 
 use crate::arrays::{count, hashes, hashes_to_py, ids_to_py, int_arg, with_block_ids};
 use crate::errors::{to_py, IntoPy};
+use crate::shared::Shared;
 
 /// Event kind codes in `take_event_arrays` (and `hybridkv.events.EventKind`).
 pub const EV_STORED: u8 = 0;
@@ -88,10 +89,12 @@ pub fn snapshot<'py>(py: Python<'py>, p: &BlockPool) -> PyResult<Bound<'py, PyDi
 /// The block pool of one KV-cache group (ids local to this pool, 0 = null block).
 ///
 /// Calls are microseconds of work, so the GIL is kept: releasing and re-taking it
-/// would cost more than it lets other threads gain.
-#[pyclass(name = "BlockPool", module = "hybridkv._core", subclass)]
+/// would cost more than it lets other threads gain. The pool sits behind a mutex
+/// (`shared.rs`), so threads sharing it are serialised, never refused.
+#[pyclass(name = "BlockPool", module = "hybridkv._core", subclass, frozen)]
 pub struct PyBlockPool {
-    pub inner: BlockPool,
+    inner: Shared<BlockPool>,
+    num_blocks: usize,
 }
 
 #[pymethods]
@@ -102,61 +105,73 @@ impl PyBlockPool {
         let n = count(num_blocks, "num_blocks")?;
         let mut inner = BlockPool::new(n).py_err()?;
         inner.set_record_events(record_events);
-        Ok(PyBlockPool { inner })
+        Ok(PyBlockPool {
+            num_blocks: inner.num_blocks(),
+            inner: Shared::new(inner, "BlockPool"),
+        })
     }
 
     #[getter]
     fn num_blocks(&self) -> usize {
-        self.inner.num_blocks()
+        self.num_blocks
     }
     #[getter]
-    fn num_free(&self) -> usize {
-        self.inner.num_free()
+    fn num_free(&self, py: Python<'_>) -> PyResult<usize> {
+        self.inner.with(py, |p| p.num_free())
     }
     #[getter]
-    fn num_cached(&self) -> usize {
-        self.inner.num_cached()
+    fn num_cached(&self, py: Python<'_>) -> PyResult<usize> {
+        self.inner.with(py, |p| p.num_cached())
     }
     #[getter]
-    fn num_in_use(&self) -> usize {
-        self.inner.num_in_use()
+    fn num_in_use(&self, py: Python<'_>) -> PyResult<usize> {
+        self.inner.with(py, |p| p.num_in_use())
     }
     #[getter]
-    fn usage(&self) -> f64 {
-        self.inner.usage()
+    fn usage(&self, py: Python<'_>) -> PyResult<f64> {
+        self.inner.with(py, |p| p.usage())
     }
     #[getter]
-    fn record_events(&self) -> bool {
-        self.inner.record_events()
+    fn record_events(&self, py: Python<'_>) -> PyResult<bool> {
+        self.inner.with(py, |p| p.record_events())
     }
     #[setter]
-    fn set_record_events(&mut self, on: bool) {
-        self.inner.set_record_events(on);
+    fn set_record_events(&self, py: Python<'_>, on: bool) -> PyResult<()> {
+        self.inner.with(py, |p| p.set_record_events(on))
     }
 
     fn allocate<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         n: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i32>>> {
         let n = count(n, "n")?;
-        Ok(ids_to_py(py, &self.inner.allocate(n).py_err()?))
+        let ids = self.inner.with(py, |p| p.allocate(n))?.py_err()?;
+        Ok(ids_to_py(py, &ids))
     }
 
-    fn free(&mut self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
-        let inner = &mut self.inner;
-        with_block_ids(ids, "ids", |ids| inner.free(ids).py_err())
+    fn free(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_block_ids(ids, "ids", |ids| {
+            self.inner.with(py, |p| p.free(ids))?.py_err()
+        })
     }
 
-    fn touch(&mut self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
-        let inner = &mut self.inner;
-        with_block_ids(ids, "ids", |ids| inner.touch(ids).py_err())
+    fn touch(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_block_ids(ids, "ids", |ids| {
+            self.inner.with(py, |p| p.touch(ids))?.py_err()
+        })
     }
 
-    fn cache_blocks(&mut self, ids: &Bound<'_, PyAny>, hashes_: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn cache_blocks(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        hashes_: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let hs = hashes(hashes_, "hashes")?;
-        let inner = &mut self.inner;
-        with_block_ids(ids, "ids", |ids| inner.cache_blocks(ids, &hs).py_err())
+        with_block_ids(ids, "ids", |ids| {
+            self.inner.with(py, |p| p.cache_blocks(ids, &hs))?.py_err()
+        })
     }
 
     fn lookup<'py>(
@@ -165,42 +180,46 @@ impl PyBlockPool {
         hashes_: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i32>>> {
         let hs = hashes(hashes_, "hashes")?;
-        Ok(ids_to_py(py, &self.inner.lookup(&hs)))
+        let ids = self.inner.with(py, |p| p.lookup(&hs))?;
+        Ok(ids_to_py(py, &ids))
     }
 
-    fn evict(&mut self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
-        let inner = &mut self.inner;
-        with_block_ids(ids, "ids", |ids| inner.evict(ids).py_err())
+    fn evict(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_block_ids(ids, "ids", |ids| {
+            self.inner.with(py, |p| p.evict(ids))?.py_err()
+        })
     }
 
-    fn reset_prefix_cache(&mut self) -> PyResult<()> {
-        self.inner.reset_prefix_cache().py_err()
+    fn reset_prefix_cache(&self, py: Python<'_>) -> PyResult<()> {
+        self.inner.with(py, |p| p.reset_prefix_cache())?.py_err()
     }
 
-    fn ref_count(&self, id: &Bound<'_, PyAny>) -> PyResult<u32> {
-        self.inner
-            .ref_count(block_id_arg(id, self.inner.num_blocks())?)
-            .py_err()
+    fn ref_count(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let id = block_id_arg(id, self.num_blocks)?;
+        self.inner.with(py, |p| p.ref_count(id))?.py_err()
     }
 
-    fn free_queue<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i32>> {
-        self.inner.free_queue().into_pyarray(py)
+    fn free_queue<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i32>>> {
+        Ok(self.inner.with(py, |p| p.free_queue())?.into_pyarray(py))
     }
 
-    fn take_event_arrays<'py>(&mut self, py: Python<'py>) -> EventArrays<'py> {
-        events_to_py(py, &self.inner.take_events())
+    fn take_event_arrays<'py>(&self, py: Python<'py>) -> PyResult<EventArrays<'py>> {
+        let events = self.inner.with(py, |p| p.take_events())?;
+        Ok(events_to_py(py, &events))
     }
 
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        snapshot(py, &self.inner)
+        // A copy, so no Python object is built while the pool is locked.
+        let copy = self.inner.with(py, |p| p.clone())?;
+        snapshot(py, &copy)
     }
 
-    fn check_invariants(&self) -> PyResult<()> {
-        check_invariants(&self.inner)
+    fn check_invariants(&self, py: Python<'_>) -> PyResult<()> {
+        self.inner.with(py, |p| check_invariants(p))?
     }
 
     fn __len__(&self) -> usize {
-        self.inner.num_blocks()
+        self.num_blocks
     }
 }
 

@@ -9,6 +9,7 @@ mod block_pool;
 mod errors;
 mod manager;
 mod registry;
+mod shared;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -12,16 +12,23 @@ use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyTuple};
 
 use crate::arrays::{hashes, hashes_to_py, int_arg, int_vec};
 use crate::errors::{invalid_arg, py_error, IntoPy};
+use crate::shared::Shared;
 
 /// Token ids as i32 (zero-copy read for int32 arrays; other integer dtypes are converted
 /// and range-checked: a value outside int32 is an invalid token).
 fn token_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i32>> {
     if let Ok(a) = obj.cast::<PyArray1<i32>>() {
-        return Ok(a
-            .readonly()
+        // Fallible borrow: another thread may be writing this very array (e.g. as the
+        // `out` of `block_table_into`, GIL released); that is bad input, not a panic.
+        let ro = a.try_readonly().map_err(|_| {
+            invalid_arg(format!(
+                "{what}: the array is being written elsewhere and cannot be read"
+            ))
+        })?;
+        return Ok(ro
             .as_slice()
             .map(|s| s.to_vec())
-            .unwrap_or_else(|_| a.readonly().as_array().to_vec()));
+            .unwrap_or_else(|_| ro.as_array().to_vec()));
     }
     let v = int_vec(obj, what)?;
     let mut out = Vec::with_capacity(v.len());
@@ -78,15 +85,16 @@ fn bool_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<bool> {
 /// Look up `req_ids` (GIL released) and hand back one numpy value per request.
 fn per_request<'py, T, F>(
     py: Python<'py>,
+    manager: &Shared<Manager>,
     req_ids: &Bound<'py, PyAny>,
     f: F,
 ) -> PyResult<Bound<'py, PyArray1<T>>>
 where
     T: Element + Send,
-    F: FnOnce(&[i64]) -> hybridkv_core::Result<Vec<T>> + Send,
+    F: FnOnce(&mut Manager, &[i64]) -> hybridkv_core::Result<Vec<T>> + Send,
 {
     let ids = id_vec(req_ids)?;
-    let out = py.detach(|| f(&ids)).py_err()?;
+    let out = manager.detached(py, |m| f(m, &ids))?.py_err()?;
     Ok(out.into_pyarray(py))
 }
 
@@ -222,9 +230,14 @@ fn salt_list(obj: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Vec<Option<Ve
 type ArenaArg = (u64, u64, u64, Vec<u64>, Vec<u64>);
 
 /// The KV-cache manager core (see `hybridkv.KVCacheManager` for the documented API).
-#[pyclass(name = "KVCacheManager", module = "hybridkv._core")]
+///
+/// Safe to share between threads: calls are serialised by a mutex (`shared.rs`), long
+/// ones with the GIL released, so a second thread waits instead of failing.
+#[pyclass(name = "KVCacheManager", module = "hybridkv._core", frozen)]
 pub struct PyManager {
-    inner: Manager,
+    inner: Shared<Manager>,
+    /// Fixed at construction: read without taking the lock.
+    num_groups: usize,
 }
 
 #[pymethods]
@@ -275,25 +288,27 @@ impl PyManager {
                 },
             ),
         };
+        let inner = Manager::new(cfg).py_err()?;
         Ok(PyManager {
-            inner: Manager::new(cfg).py_err()?,
+            num_groups: inner.num_groups(),
+            inner: Shared::new(inner, "KVCacheManager"),
         })
     }
 
     #[getter]
     fn num_groups(&self) -> usize {
-        self.inner.num_groups()
+        self.num_groups
     }
     #[getter]
-    fn num_requests(&self) -> usize {
-        self.inner.num_requests()
+    fn num_requests(&self, py: Python<'_>) -> PyResult<usize> {
+        self.inner.with(py, |m| m.num_requests())
     }
 
     #[pyo3(signature = (req_ids, token_ids, offsets, lora_ids=None, cache_salts=None,
         mm_offsets=None, mm_hashes=None, mm_starts=None, mm_lens=None, encoder_lens=None))]
     #[allow(clippy::too_many_arguments)]
     fn add_requests(
-        &mut self,
+        &self,
         py: Python<'_>,
         req_ids: &Bound<'_, PyAny>,
         token_ids: &Bound<'_, PyAny>,
@@ -333,13 +348,13 @@ impl PyManager {
                 encoder_len: enc as usize,
             });
         }
-        let inner = &mut self.inner;
-        py.detach(|| inner.add_requests(new, &tokens, &offs))
+        self.inner
+            .detached(py, |m| m.add_requests(new, &tokens, &offs))?
             .py_err()
     }
 
     fn append_tokens(
-        &mut self,
+        &self,
         py: Python<'_>,
         req_ids: &Bound<'_, PyAny>,
         token_ids: &Bound<'_, PyAny>,
@@ -348,23 +363,24 @@ impl PyManager {
         let ids = id_vec(req_ids)?;
         let tokens = token_vec(token_ids, "token_ids")?;
         let offs = int_vec(offsets, "offsets")?;
-        let inner = &mut self.inner;
-        py.detach(|| inner.append_tokens(&ids, &tokens, &offs))
+        self.inner
+            .detached(py, |m| m.append_tokens(&ids, &tokens, &offs))?
             .py_err()
     }
 
     fn get_computed_tokens<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         req_ids: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let inner = &mut self.inner;
-        per_request(py, req_ids, |ids| inner.get_computed_tokens(ids))
+        per_request(py, &self.inner, req_ids, |m, ids| {
+            m.get_computed_tokens(ids)
+        })
     }
 
     #[pyo3(signature = (req_ids, num_new_tokens, num_lookahead_tokens, new_step=None))]
     fn allocate_slots<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         req_ids: &Bound<'py, PyAny>,
         num_new_tokens: &Bound<'py, PyAny>,
@@ -377,22 +393,19 @@ impl PyManager {
             None => true,
             Some(b) => bool_arg(b, "new_step")?,
         };
-        let inner = &mut self.inner;
-        per_request(py, req_ids, |ids| {
-            inner.allocate_slots(ids, &n, &la, new_step)
+        per_request(py, &self.inner, req_ids, |m, ids| {
+            m.allocate_slots(ids, &n, &la, new_step)
         })
     }
 
-    fn free(&mut self, py: Python<'_>, req_ids: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn free(&self, py: Python<'_>, req_ids: &Bound<'_, PyAny>) -> PyResult<()> {
         let ids = id_vec(req_ids)?;
-        let inner = &mut self.inner;
-        py.detach(|| inner.free(&ids)).py_err()
+        self.inner.detached(py, |m| m.free(&ids))?.py_err()
     }
 
-    fn preempt(&mut self, py: Python<'_>, req_ids: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn preempt(&self, py: Python<'_>, req_ids: &Bound<'_, PyAny>) -> PyResult<()> {
         let ids = id_vec(req_ids)?;
-        let inner = &mut self.inner;
-        py.detach(|| inner.preempt(&ids)).py_err()
+        self.inner.detached(py, |m| m.preempt(&ids))?.py_err()
     }
 
     #[pyo3(signature = (group, req_ids, max_blocks=None))]
@@ -403,14 +416,16 @@ impl PyManager {
         req_ids: &Bound<'py, PyAny>,
         max_blocks: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray2<i32>>> {
-        let g = group_arg(group, self.inner.num_groups())?;
+        let g = group_arg(group, self.num_groups)?;
         let ids = id_vec(req_ids)?;
         let width = match max_blocks.filter(|w| !w.is_none()) {
             None => None,
             Some(w) => Some(crate::arrays::count(w, "max_blocks")?),
         };
-        let inner = &self.inner;
-        let table = py.detach(|| inner.block_table(g, &ids, width)).py_err()?;
+        let table = self
+            .inner
+            .detached(py, |m| m.block_table(g, &ids, width))?
+            .py_err()?;
         table_array(py, ids.len(), table)
     }
 
@@ -423,7 +438,7 @@ impl PyManager {
         req_ids: &Bound<'_, PyAny>,
         out: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let g = group_arg(group, self.inner.num_groups())?;
+        let g = group_arg(group, self.num_groups)?;
         let ids = id_vec(req_ids)?;
         let arr = out
             .cast::<PyArray2<i32>>()
@@ -445,8 +460,8 @@ impl PyManager {
         let slice = rw
             .as_slice_mut()
             .map_err(|_| invalid_arg("out must be C-contiguous"))?;
-        let inner = &self.inner;
-        py.detach(|| inner.block_table_into(g, &ids, slice, width))
+        self.inner
+            .detached(py, |m| m.block_table_into(g, &ids, slice, width))?
             .py_err()
     }
 
@@ -454,7 +469,7 @@ impl PyManager {
     /// `(start columns (n,), offsets (n + 1,), block ids)`.
     #[allow(clippy::type_complexity)]
     fn new_block_ids<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         group: &Bound<'_, PyAny>,
         req_ids: &Bound<'py, PyAny>,
@@ -463,10 +478,12 @@ impl PyManager {
         Bound<'py, PyArray1<i64>>,
         Bound<'py, PyArray1<i32>>,
     )> {
-        let g = group_arg(group, self.inner.num_groups())?;
+        let g = group_arg(group, self.num_groups)?;
         let ids = id_vec(req_ids)?;
-        let inner = &mut self.inner;
-        let (starts, offs, blocks) = py.detach(|| inner.new_block_ids(g, &ids)).py_err()?;
+        let (starts, offs, blocks) = self
+            .inner
+            .detached(py, |m| m.new_block_ids(g, &ids))?
+            .py_err()?;
         Ok((
             starts.into_pyarray(py),
             offs.into_pyarray(py),
@@ -481,8 +498,10 @@ impl PyManager {
         req_ids: &Bound<'py, PyAny>,
     ) -> PyResult<Vec<Bound<'py, PyArray2<i32>>>> {
         let ids = id_vec(req_ids)?;
-        let inner = &self.inner;
-        let tables = py.detach(|| inner.block_tables(&ids)).py_err()?;
+        let tables = self
+            .inner
+            .detached(py, |m| m.block_tables(&ids))?
+            .py_err()?;
         tables
             .into_iter()
             .map(|t| table_array(py, ids.len(), t))
@@ -496,10 +515,11 @@ impl PyManager {
         req_ids: &Bound<'py, PyAny>,
         positions: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let g = group_arg(group, self.inner.num_groups())?;
+        let g = group_arg(group, self.num_groups)?;
         let pos = int_vec(positions, "positions")?;
-        let inner = &self.inner;
-        per_request(py, req_ids, |ids| inner.slot_mapping(g, ids, &pos))
+        per_request(py, &self.inner, req_ids, |m, ids| {
+            m.slot_mapping(g, ids, &pos)
+        })
     }
 
     fn num_computed_tokens<'py>(
@@ -507,8 +527,9 @@ impl PyManager {
         py: Python<'py>,
         req_ids: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let inner = &self.inner;
-        per_request(py, req_ids, |ids| inner.num_computed_tokens(ids))
+        per_request(py, &self.inner, req_ids, |m, ids| {
+            m.num_computed_tokens(ids)
+        })
     }
 
     fn shared_prefix_boundary<'py>(
@@ -516,8 +537,9 @@ impl PyManager {
         py: Python<'py>,
         req_ids: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let inner = &self.inner;
-        per_request(py, req_ids, |ids| inner.shared_prefix_boundary(ids))
+        per_request(py, &self.inner, req_ids, |m, ids| {
+            m.shared_prefix_boundary(ids)
+        })
     }
 
     fn num_tokens<'py>(
@@ -525,79 +547,94 @@ impl PyManager {
         py: Python<'py>,
         req_ids: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let inner = &self.inner;
-        per_request(py, req_ids, |ids| inner.num_tokens(ids))
+        per_request(py, &self.inner, req_ids, |m, ids| m.num_tokens(ids))
     }
 
     fn block_hashes<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         group: &Bound<'_, PyAny>,
         req_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray2<u64>>> {
-        let g = group_arg(group, self.inner.num_groups())?;
-        let hs = self
-            .inner
-            .block_hashes(g, int_arg(req_id, "req_id")?)
-            .py_err()?;
+        let g = group_arg(group, self.num_groups)?;
+        let id = int_arg(req_id, "req_id")?;
+        let hs = self.inner.with(py, |m| m.block_hashes(g, id))?.py_err()?;
         Ok(hashes_to_py(py, hs.into_iter()))
     }
 
-    fn reset_prefix_cache(&mut self) -> bool {
-        self.inner.reset_prefix_cache()
+    fn reset_prefix_cache(&self, py: Python<'_>) -> PyResult<bool> {
+        self.inner.detached(py, |m| m.reset_prefix_cache())
     }
 
-    fn request_ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        self.inner.request_ids().into_pyarray(py)
+    fn request_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        Ok(self.inner.with(py, |m| m.request_ids())?.into_pyarray(py))
     }
 
-    fn __contains__(&self, req_id: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Ok(self.inner.contains(int_arg(req_id, "req_id")?))
+    fn __contains__(&self, py: Python<'_>, req_id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let id = int_arg(req_id, "req_id")?;
+        self.inner.with(py, |m| m.contains(id))
     }
 
     /// Per pool: `(num_blocks, num_free, num_cached, num_in_use)`.
     /// Per group: blocks it could allocate now (for an elastic manager, counting memory
     /// it could take from the shared remainder).
-    fn obtainable_blocks(&self) -> Vec<usize> {
-        self.inner.obtainable_blocks()
+    fn obtainable_blocks(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
+        self.inner.with(py, |m| m.obtainable_blocks())
     }
 
     /// Per group: non-null blocks backed by memory now.
-    fn present_blocks(&self) -> Vec<usize> {
-        self.inner.pools().iter().map(|p| p.num_present()).collect()
+    fn present_blocks(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
+        self.inner
+            .with(py, |m| m.pools().iter().map(|p| p.num_present()).collect())
     }
 
     /// The elastic arena (None for static pools): sizes, owners (-1: unowned), waste
     /// and the counters of memory moves.
     fn arena_info<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some(a) = self.inner.arena() else {
+        // Read under the lock, build the dict after it.
+        let info = self.inner.with(py, |m| {
+            let a = m.arena()?;
+            let st = m.elastic_stats();
+            let owners: Vec<i64> = (0..a.num_regions())
+                .map(|r| a.owner(r).map_or(-1, |g| g as i64))
+                .collect();
+            Some((
+                (
+                    a.config().bytes,
+                    a.config().region_bytes,
+                    a.null_bytes(),
+                    a.num_regions(),
+                ),
+                owners,
+                (a.waste_bytes(), a.worst_waste_bytes()),
+                (st.grants, st.moves, st.evicted_blocks, st.orphans),
+            ))
+        })?;
+        let Some(((bytes, region, null, regions), owners, (waste, worst), counts)) = info else {
             return Ok(None);
         };
         let d = PyDict::new(py);
-        let st = self.inner.elastic_stats();
-        d.set_item("bytes", a.config().bytes)?;
-        d.set_item("region_bytes", a.config().region_bytes)?;
-        d.set_item("null_bytes", a.null_bytes())?;
-        d.set_item("num_regions", a.num_regions())?;
-        let owners: Vec<i64> = (0..a.num_regions())
-            .map(|r| a.owner(r).map_or(-1, |g| g as i64))
-            .collect();
+        d.set_item("bytes", bytes)?;
+        d.set_item("region_bytes", region)?;
+        d.set_item("null_bytes", null)?;
+        d.set_item("num_regions", regions)?;
         d.set_item("owners", owners)?;
-        d.set_item("waste_bytes", a.waste_bytes())?;
-        d.set_item("worst_waste_bytes", a.worst_waste_bytes())?;
-        d.set_item("grants", st.grants)?;
-        d.set_item("moves", st.moves)?;
-        d.set_item("evicted_blocks", st.evicted_blocks)?;
-        d.set_item("orphans", st.orphans)?;
+        d.set_item("waste_bytes", waste)?;
+        d.set_item("worst_waste_bytes", worst)?;
+        d.set_item("grants", counts.0)?;
+        d.set_item("moves", counts.1)?;
+        d.set_item("evicted_blocks", counts.2)?;
+        d.set_item("orphans", counts.3)?;
         Ok(Some(d))
     }
 
-    fn pool_counts(&self) -> Vec<(usize, usize, usize, usize)> {
-        self.inner
-            .pools()
-            .iter()
-            .map(|p| (p.num_blocks(), p.num_free(), p.num_cached(), p.num_in_use()))
-            .collect()
+    fn pool_counts(&self, py: Python<'_>) -> PyResult<Vec<(usize, usize, usize, usize)>> {
+        self.inner.with(py, |m| {
+            m.pools()
+                .iter()
+                .map(|p| (p.num_blocks(), p.num_free(), p.num_cached(), p.num_in_use()))
+                .collect()
+        })
     }
 
     fn ref_counts<'py>(
@@ -605,14 +642,12 @@ impl PyManager {
         py: Python<'py>,
         group: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<u32>>> {
-        let g = group_arg(group, self.inner.num_groups())?;
-        Ok(self
+        let g = group_arg(group, self.num_groups)?;
+        let counts = self
             .inner
-            .pool(g)
-            .py_err()?
-            .ref_counts()
-            .to_vec()
-            .into_pyarray(py))
+            .with(py, |m| m.pool(g).map(|p| p.ref_counts().to_vec()))?
+            .py_err()?;
+        Ok(counts.into_pyarray(py))
     }
 
     fn free_queue<'py>(
@@ -620,8 +655,12 @@ impl PyManager {
         py: Python<'py>,
         group: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<i32>>> {
-        let g = group_arg(group, self.inner.num_groups())?;
-        Ok(self.inner.pool(g).py_err()?.free_queue().into_pyarray(py))
+        let g = group_arg(group, self.num_groups)?;
+        let queue = self
+            .inner
+            .with(py, |m| m.pool(g).map(|p| p.free_queue()))?
+            .py_err()?;
+        Ok(queue.into_pyarray(py))
     }
 
     /// Cached `(block, hash)` pairs of one pool as `(ids, (n, 2) hashes)`.
@@ -631,8 +670,11 @@ impl PyManager {
         py: Python<'py>,
         group: &Bound<'_, PyAny>,
     ) -> PyResult<(Bound<'py, PyArray1<i32>>, Bound<'py, PyArray2<u64>>)> {
-        let g = group_arg(group, self.inner.num_groups())?;
-        let c = self.inner.pool(g).py_err()?.cached_blocks();
+        let g = group_arg(group, self.num_groups)?;
+        let c = self
+            .inner
+            .with(py, |m| m.pool(g).map(|p| p.cached_blocks()))?
+            .py_err()?;
         let ids: Vec<i32> = c.iter().map(|x| x.0).collect();
         Ok((
             ids.into_pyarray(py),
@@ -641,7 +683,7 @@ impl PyManager {
     }
 
     fn stats_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.inner.stats();
+        let s = self.inner.with(py, |m| m.stats().clone())?;
         let d = PyDict::new(py);
         d.set_item("queries", s.queries)?;
         d.set_item("query_tokens", s.query_tokens)?;
@@ -660,9 +702,9 @@ impl PyManager {
     /// Drained events as tuples `(kind, group, hashes, parent, token_ids, block_size,
     /// lora_id, req_id, hit, group_hits)`; kind 0 stored, 1 removed, 2 cleared,
     /// 3 disagreement (fields a kind does not use are None).
-    fn take_event_tuples<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    fn take_event_tuples<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
-        for ev in self.inner.take_events() {
+        for ev in self.inner.with(py, |m| m.take_events())? {
             let t = match ev {
                 KvEvent::Stored {
                     group,
@@ -713,9 +755,9 @@ impl PyManager {
         Ok(out)
     }
 
-    fn check_invariants(&self) -> PyResult<()> {
+    fn check_invariants(&self, py: Python<'_>) -> PyResult<()> {
         self.inner
-            .check_invariants()
+            .detached(py, |m| m.check_invariants())?
             .map_err(|m| invalid_arg(format!("manager invariant violated: {m}")))
     }
 }

@@ -14,6 +14,7 @@
 //! Every public operation validates its whole input before mutating anything, so an
 //! error leaves the pool exactly as it was.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -31,6 +32,53 @@ pub type BlockHash = u128;
 pub const NULL_BLOCK: BlockId = 0;
 
 const NIL: u32 = u32::MAX;
+/// Most hash-map entries a pool reserves up front.
+const MAX_PRESIZED: usize = 1 << 24;
+
+/// Bytes of bookkeeping a pool keeps per block (reference count, 128-bit hash, hash
+/// flag, free-queue and hash-chain links), rounded up.
+pub const POOL_BYTES_PER_BLOCK: usize = 40;
+
+/// The one rule every constructor that builds pools follows (`BlockPool::new`,
+/// `PoolRegistry::new`, `Manager::new`): the bookkeeping of all the pools it is about
+/// to build is reserved fallibly, in one piece, and released at once. A mistyped
+/// `num_blocks` near 2**31 asks for ~80 GB; where the allocator cannot provide that,
+/// the constructor returns an error instead of aborting the process halfway through
+/// building the pools. Counts beyond the int32 id space are left to `BlockPool::new`
+/// to refuse with its own message.
+pub fn check_bookkeeping_fits(num_blocks: impl IntoIterator<Item = usize> + Clone) -> Result<()> {
+    let total = num_blocks
+        .clone()
+        .into_iter()
+        .filter(|&n| n <= i32::MAX as usize)
+        .try_fold(0usize, |acc, n| {
+            n.checked_mul(POOL_BYTES_PER_BLOCK)
+                .and_then(|b| acc.checked_add(b))
+        })
+        .filter(|&bytes| Vec::<u8>::new().try_reserve_exact(bytes).is_ok());
+    match total {
+        Some(_) => Ok(()),
+        None => Err(Error::InvalidArgument(format!(
+            "the pools' bookkeeping ({} blocks in all, {POOL_BYTES_PER_BLOCK} bytes each) does not fit in memory",
+            num_blocks
+                .into_iter()
+                .fold(0u128, |acc, n| acc + n as u128)
+        ))),
+    }
+}
+
+/// `n` copies of `value` in a vector allocated fallibly (an error, never an abort,
+/// when the allocator refuses: the total was checked, but memory can run out between).
+fn try_vec<T: Clone>(n: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "a pool of {n} blocks: its bookkeeping does not fit in memory"
+        ))
+    })?;
+    v.resize(n, value);
+    Ok(v)
+}
 /// Marks an uncached block already seen earlier in the batch `cache_blocks` validates
 /// (an uncached block's chain links are otherwise always `NIL`).
 const SEEN: u32 = u32::MAX - 1;
@@ -133,19 +181,25 @@ impl BlockPool {
             )));
         }
         let n = num_blocks;
+        check_bookkeeping_fits([n])?;
+        // At most one hash per block: a map presized for every block never rehashes
+        // (a rehash inside a step costs a page-faulting copy of the whole table).
+        // Capped, and fallible: past the cap (16 M blocks) it grows as needed.
+        let mut cached = FastMap::default();
+        let _ = cached.try_reserve(n.saturating_sub(1).min(MAX_PRESIZED));
         let mut pool = BlockPool {
-            ref_cnt: vec![0; n],
-            hash: vec![0; n],
-            has_hash: vec![false; n],
-            prev: vec![NIL; n],
-            next: vec![NIL; n],
-            hash_prev: vec![NIL; n],
-            hash_next: vec![NIL; n],
+            ref_cnt: try_vec(n, 0)?,
+            hash: try_vec(n, 0)?,
+            has_hash: try_vec(n, false)?,
+            prev: try_vec(n, NIL)?,
+            next: try_vec(n, NIL)?,
+            hash_prev: try_vec(n, NIL)?,
+            hash_next: try_vec(n, NIL)?,
             head: NIL,
             tail: NIL,
             num_free: 0,
             num_cached_free: 0,
-            cached: FastMap::default(),
+            cached,
             events: Vec::new(),
             record_events: true,
             num_present: n - 1,
@@ -438,20 +492,25 @@ impl BlockPool {
         }
         self.undo_decrements(ids);
         for &id in ids {
-            let b = id as u32;
-            let r = &mut self.ref_cnt[b as usize];
-            *r -= 1;
-            if *r == 0 {
-                self.push_tail(b);
-                if let Some(g) = self.regions.as_mut() {
-                    g.released(b);
-                    if !self.has_hash[b as usize] {
-                        g.add_uncached(b);
-                    }
+            self.release_ref(id as u32);
+        }
+        Ok(())
+    }
+
+    /// Drop one reference of a real block that has one; at zero it joins the free
+    /// queue's tail (and its region's free counts).
+    fn release_ref(&mut self, b: u32) {
+        let r = &mut self.ref_cnt[b as usize];
+        *r -= 1;
+        if *r == 0 {
+            self.push_tail(b);
+            if let Some(g) = self.regions.as_mut() {
+                g.released(b);
+                if !self.has_hash[b as usize] {
+                    g.add_uncached(b);
                 }
             }
         }
-        Ok(())
     }
 
     /// Validate a `free` batch without changing anything: the error `free` would return.
@@ -548,6 +607,34 @@ impl BlockPool {
             }
         }
         Ok(())
+    }
+
+    /// Drop one reference from a block the caller knows to be real and in use (the
+    /// manager, for blocks its tables hold): `free(&[id])` without the validation.
+    /// Cheap guards keep a broken caller from corrupting the pool: what `free` would
+    /// refuse is ignored, as the manager ignored `free`'s error before.
+    pub(crate) fn free_held(&mut self, id: BlockId) {
+        debug_assert!(self.check_real(id).is_ok() && self.ref_cnt[id as usize] > 0);
+        let b = id as u32;
+        if b != 0 && self.ref_cnt.get(b as usize).is_some_and(|&r| r > 0) {
+            self.release_ref(b);
+        }
+    }
+
+    /// Cache a block the caller knows to be real, in use and uncached (the manager, for
+    /// blocks its request just filled) under `h`, recording no pool event (the manager
+    /// records its own): `cache_blocks(&[id], &[h])` without the validation.
+    /// A block that is not real, not in use or already cached is left alone, as
+    /// `cache_blocks` would have refused it.
+    pub(crate) fn cache_held(&mut self, id: BlockId, h: BlockHash) {
+        debug_assert!(self.check_real(id).is_ok() && self.ref_cnt[id as usize] > 0);
+        let b = id as u32;
+        let ok = b != 0
+            && self.ref_cnt.get(b as usize).is_some_and(|&r| r > 0)
+            && !self.has_hash[b as usize];
+        if ok {
+            self.link_hash(b, h);
+        }
     }
 
     /// The block caching `hash` (the oldest, when several do), if any.
@@ -916,12 +1003,14 @@ impl BlockPool {
         self.hash[bi] = h;
         self.has_hash[bi] = true;
         self.hash_next[bi] = NIL;
-        match self.cached.get_mut(&h) {
-            None => {
+        // One probe: the entry either is new or extends its chain.
+        match self.cached.entry(h) {
+            Entry::Vacant(v) => {
                 self.hash_prev[bi] = NIL;
-                self.cached.insert(h, (b, b));
+                v.insert((b, b));
             }
-            Some(ends) => {
+            Entry::Occupied(mut o) => {
+                let ends = o.get_mut();
                 let last = ends.1;
                 self.hash_prev[bi] = last;
                 self.hash_next[last as usize] = b;

@@ -29,9 +29,20 @@
 //! shortest of the groups' own answers, the groups are asked again until they agree:
 //! the result is the longest `h` every group can serve. The hit never covers the whole
 //! prompt: at most `num_tokens - 1`, so the last token is computed and yields logits.
+//!
+//! ## State hits within a step
+//! A state checkpoint cached by an allocation is written by that step's forward, in
+//! the same kernel launch that would read it as another request's initial state. So a
+//! request whose prefix hit starts from a state checkpoint cached since the step began
+//! (the last `allocate_slots` with `new_step = true`) does not fit an `allocate_slots`
+//! call with `new_step = false`: it reports `false`, keeps its hit, and fits in the
+//! next step (as vLLM does with `cached_blocks_this_step`). Attention blocks need no
+//! such rule: every layer writes the whole batch's K/V before attending.
+
+use std::hash::BuildHasherDefault;
 
 use crate::arena::{Arena, ArenaConfig};
-use crate::block_pool::{BlockHash, BlockPool, PoolEvent, NULL_BLOCK};
+use crate::block_pool::{BlockHash, BlockId, BlockPool, FoldHasher, PoolEvent, NULL_BLOCK};
 use crate::error::{Error, Result};
 use crate::group_policy::{GroupConfig, GroupKind, MambaMode};
 use crate::kv_events::KvEvent;
@@ -95,6 +106,8 @@ pub struct Manager {
     record_events: bool,
     buf: Vec<u8>,
     memo: Vec<Vec<i32>>,
+    /// Per group: state blocks cached since the step began (not computed yet).
+    states_this_step: Vec<BlockSet>,
     arena: Option<Arena>,
     /// Elastic, align mode: the attention group whose blocks anchor state checkpoints,
     /// and per state group and block the anchoring attention hash (`elastic.rs`).
@@ -104,6 +117,9 @@ pub struct Manager {
     bottom: Vec<bool>,
     elastic: ElasticStats,
 }
+
+/// A set of block ids of one pool.
+type BlockSet = std::collections::HashSet<BlockId, BuildHasherDefault<FoldHasher>>;
 
 fn unresolved(r: Resolve) -> Error {
     match r {
@@ -117,37 +133,7 @@ fn unresolved(r: Resolve) -> Error {
     }
 }
 
-/// Bytes of bookkeeping a pool keeps per block (reference count, 128-bit hash, hash
-/// flag, free-queue and hash-chain links), rounded up.
-const POOL_BYTES_PER_BLOCK: usize = 40;
-
 impl Manager {
-    /// Refuse, as an error, pools whose bookkeeping the allocator cannot provide (a
-    /// mistyped `num_blocks` near 2**31 asks for ~80 GB): one fallible reservation of
-    /// the total, released at once, instead of an allocation failure that aborts the
-    /// process halfway through building the pools.
-    fn check_bookkeeping_fits(groups: &[GroupConfig]) -> Result<()> {
-        // Counts beyond the int32 id space are the pool's to refuse, with its own message.
-        let total = groups
-            .iter()
-            .filter(|g| g.num_blocks <= i32::MAX as usize)
-            .try_fold(0usize, |acc, g| {
-                g.num_blocks
-                    .checked_mul(POOL_BYTES_PER_BLOCK)
-                    .and_then(|b| acc.checked_add(b))
-            })
-            .filter(|&bytes| Vec::<u8>::new().try_reserve_exact(bytes).is_ok());
-        match total {
-            Some(_) => Ok(()),
-            None => Err(Error::InvalidArgument(format!(
-                "the pools' bookkeeping ({} blocks in all, {POOL_BYTES_PER_BLOCK} bytes each) does not fit in memory",
-                groups
-                    .iter()
-                    .fold(0u128, |acc, g| acc + g.num_blocks as u128)
-            ))),
-        }
-    }
-
     pub fn new(cfg: ManagerConfig) -> Result<Self> {
         if cfg.groups.is_empty() {
             return Err(Error::InvalidArgument(
@@ -175,7 +161,7 @@ impl Manager {
         for g in &cfg.groups {
             g.validate()?;
         }
-        Self::check_bookkeeping_fits(&cfg.groups)?;
+        crate::block_pool::check_bookkeeping_fits(cfg.groups.iter().map(|g| g.num_blocks))?;
         let mut pools = Vec::with_capacity(cfg.groups.len());
         let mut sizes: Vec<usize> = Vec::new();
         let mut size_of = Vec::with_capacity(cfg.groups.len());
@@ -245,6 +231,7 @@ impl Manager {
             record_events: cfg.record_events,
             buf: Vec::with_capacity(256),
             memo: vec![Vec::new(); n],
+            states_this_step: vec![BlockSet::default(); n],
             arena,
             anchor_group,
             anchors,
@@ -474,7 +461,7 @@ impl Manager {
             for &b in table.iter().rev() {
                 if b != NULL_BLOCK {
                     // Every non-null entry holds one reference taken by this request.
-                    let _ = pool.free(&[b]);
+                    pool.free_held(b);
                 }
             }
             table.clear();
@@ -518,6 +505,7 @@ impl Manager {
             // Checked above: no pool has blocks in use.
             let _ = p.reset_prefix_cache();
         }
+        self.states_this_step.iter_mut().for_each(BlockSet::clear);
         if self.record_events {
             self.drain_pool_events();
         }

@@ -3,7 +3,7 @@
 //! pool (vLLM once broadcast evicted ids to every group's pool; here that cannot
 //! be expressed).
 
-use crate::block_pool::{BlockPool, PoolEvent};
+use crate::block_pool::{check_bookkeeping_fits, BlockPool, PoolEvent};
 use crate::error::{Error, Result};
 
 /// The pools of a model's KV-cache groups, indexed by group.
@@ -13,8 +13,10 @@ pub struct PoolRegistry {
 }
 
 impl PoolRegistry {
-    /// One pool per entry of `num_blocks_per_group`.
+    /// One pool per entry of `num_blocks_per_group` (all the pools' bookkeeping is
+    /// reserved up front: see `check_bookkeeping_fits`).
     pub fn new(num_blocks_per_group: &[usize]) -> Result<Self> {
+        check_bookkeeping_fits(num_blocks_per_group.iter().copied())?;
         let pools = num_blocks_per_group
             .iter()
             .map(|&n| BlockPool::new(n))
@@ -59,6 +61,16 @@ impl PoolRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registries_beyond_memory_are_an_error_not_an_abort() {
+        // ~170 TB of bookkeeping: the one up-front reservation fails everywhere.
+        match PoolRegistry::new(&[i32::MAX as usize; 2000]) {
+            Err(Error::InvalidArgument(msg)) => assert!(msg.contains("does not fit"), "{msg}"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a 170 TB registry was built"),
+        }
+    }
 
     #[test]
     fn ids_never_cross_pools() {

@@ -67,6 +67,8 @@ impl Manager {
         let t0 = Instant::now();
         let ns_hash0 = self.stats.ns_hash;
         if new_step {
+            // The previous step's forward has run: its checkpoints are written.
+            self.states_this_step.iter_mut().for_each(|s| s.clear());
             self.release_finished_windows();
         }
         let mut out = Vec::with_capacity(ids.len());
@@ -126,7 +128,7 @@ impl Manager {
             for b in &mut table[start..target] {
                 if *b != NULL_BLOCK {
                     // The request holds one reference on each non-null entry.
-                    let _ = pool.free(&[*b]);
+                    pool.free_held(*b);
                     *b = NULL_BLOCK;
                 }
             }
@@ -140,6 +142,9 @@ impl Manager {
         self.release_unneeded(r, c);
         if n == 0 && la == 0 {
             return true;
+        }
+        if r.phase == Phase::Queried && self.reads_state_of_this_step(r) {
+            return false;
         }
         let e = c + n;
         let ng = self.groups.len();
@@ -210,15 +215,31 @@ impl Manager {
         true
     }
 
+    /// Whether `r`'s prefix hit (not run yet) starts from a state checkpoint that an
+    /// allocation of this step cached: this step's forward has not written it yet.
+    fn reads_state_of_this_step(&self, r: &Request) -> bool {
+        r.num_computed > 0
+            && self.groups.iter().enumerate().any(|(g, cfg)| {
+                cfg.kind == GroupKind::State
+                    && !self.states_this_step[g].is_empty()
+                    && (r.num_computed / cfg.block_size)
+                        .checked_sub(1)
+                        .and_then(|k| r.tables[g].get(k))
+                        .is_some_and(|b| self.states_this_step[g].contains(b))
+            })
+    }
+
     /// Cache the blocks that the tokens `[c, e)` of this step complete.
     fn cache_full_blocks(&mut self, r: &mut Request, c: usize, e: usize) {
-        let t0 = Instant::now();
         for s in 0..self.sizes.len() {
             if e / self.sizes[s] > r.hashes[s].len() {
+                // Timed only when there is hashing to do (a decode step rarely
+                // completes a block): a clock read costs as much as the rest.
+                let t0 = Instant::now();
                 r.ensure_hashes(s, self.sizes[s], e, self.root, &mut self.buf);
+                self.stats.ns_hash += t0.elapsed().as_nanos() as u64;
             }
         }
-        self.stats.ns_hash += t0.elapsed().as_nanos() as u64;
         for g in 0..self.groups.len() {
             let cfg = self.groups[g];
             if !cfg.caches(self.mode) {
@@ -247,8 +268,11 @@ impl Manager {
                 debug_assert!(!fresh || self.pools[g].block_hash(b) == Ok(None));
                 if fresh {
                     let h = r.hashes[self.size_of[g]][k];
-                    // In use (held by this request) and unhashed: cannot fail.
-                    let _ = self.pools[g].cache_blocks(&[b], &[h]);
+                    // In use (held by this request) and unhashed.
+                    self.pools[g].cache_held(b, h);
+                    if cfg.kind == GroupKind::State {
+                        self.states_this_step[g].insert(b);
+                    }
                     if self.arena.is_some() {
                         // Recompute a hit on it saves: a state checkpoint unlocks its
                         // whole prefix, an attention block its own tokens.
@@ -274,12 +298,6 @@ impl Manager {
             }
             if to > r.num_cached[g] {
                 r.num_cached[g] = to;
-            }
-        }
-        if self.record_events {
-            // The rich `Stored` events were recorded above; drop the pool's copies.
-            for p in &mut self.pools {
-                let _ = p.take_events();
             }
         }
     }

@@ -182,3 +182,29 @@ fn pools_beyond_memory_are_an_error_not_an_abort() {
         Ok(_) => panic!("a 170 TB manager was built"),
     }
 }
+
+#[test]
+fn a_state_hit_cached_this_step_waits_for_the_next_step() {
+    for mode in [MambaMode::Align, MambaMode::All] {
+        let mut m = mgr(&[(GroupKind::Full, 64), (GroupKind::State, 16)], mode);
+        let toks: Vec<i32> = (1..=8).collect();
+        let mut other = toks.clone();
+        other.push(50);
+        add(&mut m, 1, &toks);
+        add(&mut m, 2, &other);
+        m.get_computed_tokens(&[1]).unwrap();
+        assert!(m.allocate_slots(&[1], &[8], &[0], true).unwrap()[0]);
+        // Request 2 hits the checkpoint request 1's step caches, in the same step.
+        assert_eq!(m.get_computed_tokens(&[2]).unwrap(), vec![8], "{mode:?}");
+        assert_eq!(
+            m.allocate_slots(&[2], &[1], &[0], false).unwrap(),
+            vec![false],
+            "{mode:?}"
+        );
+        assert_eq!(m.num_computed_tokens(&[2]).unwrap(), vec![8]);
+        m.check_invariants().unwrap();
+        // The next step: request 1's forward wrote it.
+        assert!(m.allocate_slots(&[2], &[1], &[0], true).unwrap()[0]);
+        m.check_invariants().unwrap();
+    }
+}
