@@ -503,6 +503,7 @@ def simulate_plan(
     report: dict[str, Any] = {
         "layout": layout,
         "token_capacity": int(plan.token_capacity),
+        "physical_token_limit": plan.physical_token_limit,
         "block_size": int(grows[0].block_size if grows else plan.block_size),
         "pools": [
             {
