@@ -843,7 +843,7 @@ def write_plot(report: SimReport, path: str | Path) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``hybridkv simulate`` on an argparse subparsers object."""
-    from hybridkv.cli import add_state_cache_slots_argument
+    from hybridkv.cli import add_state_cache_slots_argument, non_negative_int
     from hybridkv.cli import positive_int as _positive
     from hybridkv.units import size_type as _size
 
@@ -953,7 +953,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed",
-        type=_seed,
+        type=non_negative_int,
         help="regenerate the named bundled trace kind, or resample the ShareGPT sessions, "
         "with this seed",
     )
@@ -990,12 +990,6 @@ def _seconds(text: str) -> float:
 def _scale(text: str) -> float:
     """``argparse`` type: a finite factor or rate > 0."""
     return _float_arg(text, positive=True)
-
-
-def _seed(text: str) -> int:
-    from hybridkv.cli import non_negative_int
-
-    return non_negative_int(text)
 
 
 def _sharegpt_options(args: argparse.Namespace) -> ShareGPTOptions | None:
