@@ -48,10 +48,11 @@ transfer instead of compute.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +61,7 @@ from hybridkv.errors import (
     DuplicateRequestError,
     HybridKVError,
     InvalidArgumentError,
+    InvalidTokenError,
     UnknownRequestError,
 )
 
@@ -207,6 +209,34 @@ class SchedulerOutput:
         return self.req_ids[self.samples]
 
 
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+#: Token ids are stored as int32 (the prefix hashes hash them as such).
+_TOKEN_END = 1 << 31
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _int_arg(x: object, what: str) -> int:
+    """An int64 from a Python or numpy integer; a bool, float or string is refused
+    (a float request id 1.5 would otherwise act on request 1)."""
+    if _is_int(x):
+        v = int(cast("int | np.integer[Any]", x))
+        if _I64_MIN <= v <= _I64_MAX:
+            return v
+    raise InvalidArgumentError(f"{what} must be an int in the int64 range, got {x!r}")
+
+
+#: Group kinds whose block tables grow with the sequence (when a group does not say).
+_GROWING_KINDS = ("full_attention", "mla", "sparse_mla")
+
+
+def _grows(g: Any) -> bool:
+    grows = getattr(g, "grows", None)
+    return bool(grows) if grows is not None else str(g.kind) in _GROWING_KINDS
+
+
 def _i64(values: Iterable[int]) -> I64:
     return np.fromiter(values, dtype=np.int64)
 
@@ -287,8 +317,11 @@ class Scheduler:
         self.chunk_cap = long_prefill_token_threshold or max_num_batched_tokens
         self.max_model_len = max_model_len
         plan = getattr(manager, "plan", None)
+        # (index, group) of the growing groups. A hand-written ManagerConfig's groups
+        # have no ``grows``/``index``: the kinds with unbounded tables grow.
+        grow = [(i, g) for i, g in enumerate(plan.groups) if _grows(g)] if plan is not None else []
         if block_size is None and plan is not None:
-            sizes = [g.block_size for g in plan.groups if g.grows] or [16]
+            sizes = [g.block_size for _, g in grow] or [16]
             block_size = min(sizes)
         self.block_size = int(block_size or 16)
         # Growing pools, for admission control (block counts come from the plan). With
@@ -296,15 +329,15 @@ class Scheduler:
         # (``_share`` maps groups to that row; a state group takes one block per new
         # block boundary its request crosses).
         self._shared = bool(getattr(manager, "shared_pool", False)) and plan is not None
-        grow = [g for g in plan.groups if g.grows] if plan is not None else []
         if self._shared:
             assert plan is not None
-            grow = list(plan.groups)
-        self._grow_idx = np.asarray([g.index for g in grow], dtype=np.int64)
-        self._grow_bs = np.asarray([g.block_size for g in grow], dtype=np.int64)
-        self._grow_blocks = np.asarray([g.num_blocks for g in grow], dtype=np.int64)
+            grow = list(enumerate(plan.groups))
+        self._grow_idx = np.asarray([getattr(g, "index", i) for i, g in grow], dtype=np.int64)
+        self._grow_bs = np.asarray([g.block_size for _, g in grow], dtype=np.int64)
+        self._grow_blocks = np.asarray([g.num_blocks for _, g in grow], dtype=np.int64)
         self._grow_cap = np.asarray(
-            [1 if g.kind == "state" and not g.grows else 1 << 62 for g in grow], dtype=np.int64
+            [1 if g.kind == "state" and not _grows(g) else 1 << 62 for _, g in grow],
+            dtype=np.int64,
         )
         if self._shared and grow:
             self._grow_idx = self._grow_idx[:1]
@@ -312,7 +345,7 @@ class Scheduler:
         self._free_at_start = np.zeros(len(self._grow_idx), dtype=np.int64)
         self.external = external
         if align_block_size is None and plan is not None:
-            states = [g.block_size for g in plan.groups if g.kind == "state" and not g.grows]
+            states = [g.block_size for g in plan.groups if g.kind == "state" and not _grows(g)]
             if states and plan.mamba_cache_mode == "align":
                 align_block_size = states[0]
         #: Prefill chunks end on multiples of this (0: no alignment).
@@ -350,25 +383,89 @@ class Scheduler:
         arrival_time: float = 0.0,
     ) -> None:
         """Queue a request: ``max_tokens`` tokens are generated unless ``eos_token_id``
-        is sampled first. ``priority``: smaller runs first (policy ``"priority"``)."""
-        rid = int(req_id)
+        is sampled first. ``priority``: smaller runs first (policy ``"priority"``).
+
+        Everything is checked here, before anything is queued: ``req_id``,
+        ``max_tokens``, ``priority`` and ``eos_token_id`` must be integers (not bools or
+        floats) in the int64 range, the prompt a non-empty 1-D array of integer token
+        ids in ``0 .. 2**31 - 1`` (below the manager's ``vocab_size`` when it has one),
+        ``arrival_time`` a finite number. A bad request raises
+        :class:`~hybridkv.errors.InvalidArgumentError` (or ``InvalidTokenError``) and
+        leaves every queue as it was."""
+        rid = _int_arg(req_id, "request id")
         if rid in self._reqs:
             raise DuplicateRequestError(f"request {rid} is already queued or running")
-        prompt = np.ascontiguousarray(prompt_token_ids, dtype=np.int32).reshape(-1)
-        if prompt.shape[0] < 1:
-            raise InvalidArgumentError(f"request {rid}: empty prompt")
-        if isinstance(max_tokens, bool) or int(max_tokens) < 1:
-            raise InvalidArgumentError(f"request {rid}: max_tokens must be >= 1")
-        total = prompt.shape[0] + int(max_tokens)
+        prompt = self._check_prompt(rid, prompt_token_ids)
+        mt = _int_arg(max_tokens, f"request {rid}: max_tokens")
+        if mt < 1:
+            raise InvalidArgumentError(f"request {rid}: max_tokens must be >= 1, got {mt}")
+        prio = _int_arg(priority, f"request {rid}: priority")
+        eos = (
+            None if eos_token_id is None else _int_arg(eos_token_id, f"request {rid}: eos_token_id")
+        )
+        if isinstance(arrival_time, bool) or not isinstance(
+            arrival_time, (int, float, np.integer, np.floating)
+        ):
+            raise InvalidArgumentError(
+                f"request {rid}: arrival_time must be a number, got {arrival_time!r}"
+            )
+        if not math.isfinite(float(arrival_time)):
+            raise InvalidArgumentError(
+                f"request {rid}: arrival_time must be finite, got {arrival_time!r}"
+            )
+        total = prompt.shape[0] + mt
         if self.max_model_len is not None and total > self.max_model_len:
             raise InvalidArgumentError(
-                f"request {rid}: prompt {prompt.shape[0]} + max_tokens {max_tokens} = "
+                f"request {rid}: prompt {prompt.shape[0]} + max_tokens {mt} = "
                 f"{total} exceeds max_model_len {self.max_model_len}"
             )
-        r = _Req(rid, prompt, int(max_tokens), int(priority), self._seq, eos_token_id, arrival_time)
+        r = _Req(rid, prompt, mt, prio, self._seq, eos, float(arrival_time))
         self._seq += 1
         self._reqs[rid] = r
         self._push_waiting(r, front=False)
+
+    def _check_prompt(self, rid: int, prompt_token_ids: npt.ArrayLike) -> I32:
+        """The prompt as a fresh int32 array, or an error naming the first bad token
+        (never a silent cast: int64 ids >= 2**31 would wrap, floats truncate)."""
+        try:
+            a = np.asarray(prompt_token_ids)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise InvalidArgumentError(f"request {rid}: prompt is not an array: {e}") from None
+        if a.ndim != 1:
+            raise InvalidArgumentError(
+                f"request {rid}: prompt must be 1-D token ids, got shape {a.shape}"
+            )
+        if a.shape[0] < 1:
+            raise InvalidArgumentError(f"request {rid}: empty prompt")
+        if a.dtype.kind == "O":
+            # Python ints too large for any numpy integer dtype (or mixed objects).
+            bad = next(
+                (x for x in a.tolist() if not _is_int(x) or not 0 <= int(x) < _TOKEN_END), None
+            )
+            if bad is not None:
+                pos = a.tolist().index(bad)
+                raise InvalidTokenError(
+                    f"request {rid}: token id {bad!r} at position {pos} is out of range"
+                )
+            a = a.astype(np.int64)
+        elif a.dtype.kind not in "iu":
+            raise InvalidArgumentError(
+                f"request {rid}: prompt token ids must be integers, got dtype {a.dtype}"
+            )
+        hi = _TOKEN_END
+        vocab: Any = getattr(self.manager, "vocab_size", None)
+        if _is_int(vocab) and 0 < int(vocab) < hi:
+            hi = int(vocab)
+        bad_mask = (a < 0) | (a >= hi) if a.dtype.kind == "i" else a >= hi
+        if bool(bad_mask.any()):
+            pos = int(np.argmax(bad_mask))
+            raise InvalidTokenError(
+                f"request {rid}: token id {int(a[pos])} at position {pos} is out of range "
+                f"(0 <= id < {hi})"
+            )
+        return np.array(
+            a, dtype=np.int32
+        )  # a copy: later edits of the caller's array don't leak in
 
     def _push_waiting(self, r: _Req, *, front: bool) -> None:
         r.status = _WAITING
@@ -461,9 +558,22 @@ class Scheduler:
             ids = _i64(r.req_id for r in cands)
             fresh = [r for r in cands if not r.known]
             if fresh:
-                self.manager.add_requests(
-                    _i64(r.req_id for r in fresh), [self._tokens(r) for r in fresh], None
-                )
+                try:
+                    self.manager.add_requests(
+                        _i64(r.req_id for r in fresh), [self._tokens(r) for r in fresh], None
+                    )
+                except Exception:
+                    # The manager refused the batch (and changed nothing): nothing is
+                    # allocated yet this step, so give back the pins of the requests
+                    # admitted in earlier rounds and requeue them and the candidates
+                    # in order: no queue loses a request.
+                    back = [*admitted, *cands]
+                    if admitted:
+                        self.manager.preempt(_i64(r.req_id for r in admitted))
+                    for r in reversed(back):
+                        r.num_computed = 0
+                        self._push_waiting(r, front=True)
+                    raise
                 for r in fresh:
                     r.known = True
             hits = np.asarray(self.manager.get_computed_tokens(ids), dtype=np.int64)

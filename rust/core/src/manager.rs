@@ -548,7 +548,7 @@ impl Manager {
             batch.clear();
             batch.extend(table.iter().rev().filter(|&&b| b != NULL_BLOCK));
             // Every non-null entry holds one reference taken by this request.
-            let _ = pool.free(&batch);
+            pool.free_held(&batch);
             table.clear();
             r.first_live[g] = 0;
             r.num_cached[g] = 0;

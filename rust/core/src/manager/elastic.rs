@@ -152,7 +152,7 @@ impl Manager {
     /// of group `h` this request already counts on. Returns whether `g` has them now.
     pub(super) fn make_room(&mut self, g: usize, need: usize, keep: &[usize]) -> bool {
         if self.arena.is_none() {
-            return need <= self.pools[g].num_free();
+            return need <= self.pools[self.pool_of[g]].num_free();
         }
         if self.pools[g].num_uncached_free() >= need {
             return true;
