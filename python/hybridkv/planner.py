@@ -629,6 +629,105 @@ def plan_memory(
     state boundaries are block-aligned for attention too; in mode ``all`` (state
     groups grow, one checkpoint per attention block) it must equal ``block_size``.
     """
+    kwargs: dict[str, Any] = {
+        "memory_bytes": memory_bytes,
+        "max_num_seqs": max_num_seqs,
+        "max_model_len": max_model_len,
+        "max_num_batched_tokens": max_num_batched_tokens,
+        "block_size": block_size,
+        "mamba_cache_mode": mamba_cache_mode,
+        "bounded_sizing": bounded_sizing,
+        "state_cache_slots": state_cache_slots,
+        "state_checkpoint_tokens": state_checkpoint_tokens,
+        "layout": layout,
+    }
+    try:
+        return _plan_memory(model, **kwargs)
+    except _Unfit as exc:
+        raise PlanError(f"{exc}. {_fit_advice(model, kwargs)}") from None
+
+
+class _Unfit(PlanError):
+    """The limits are valid but the pools do not fit: :func:`plan_memory` adds advice."""
+
+
+def _fits(model: ModelSpec, kwargs: dict[str, Any]) -> bool:
+    try:
+        _plan_memory(model, **kwargs)
+    except PlanError:
+        return False
+    return True
+
+
+def _largest_fitting(lo: int, hi: int, fits: Any) -> int | None:
+    """The largest ``x`` in ``[lo, hi]`` with ``fits(x)`` (``fits`` only gets harder as
+    ``x`` rises), or ``None`` when even ``lo`` does not fit."""
+    if not fits(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+#: Limits a refusal suggests lowering, with their command-line flags.
+_LOWERABLE = (
+    ("max_num_seqs", "--max-num-seqs"),
+    ("max_model_len", "--max-model-len"),
+    ("max_num_batched_tokens", "--max-num-batched-tokens"),
+    ("state_cache_slots", "--state-cache-slots"),
+)
+
+
+def _fit_advice(model: ModelSpec, kwargs: dict[str, Any]) -> str:
+    """Which limit to lower, and to what, so the plan fits (each alone, the others
+    unchanged), and the memory the given limits need (to within 1 MiB)."""
+    hints: list[str] = []
+    for key, flag in _LOWERABLE:
+        current = kwargs[key]
+        if not current:
+            continue
+        low = 0 if key == "state_cache_slots" else 1
+        best = _largest_fitting(low, current - 1, lambda x, k=key: _fits(model, {**kwargs, k: x}))
+        if best is not None:
+            hints.append(f"the largest {flag} that fits is {best} (now {current})")
+    # Memory: double until it fits (bounded by 1 PiB), then bisect on MiB.
+    mib = 1 << 20
+    hi = max(kwargs["memory_bytes"], mib)
+    while hi < 1 << 50 and not _fits(model, {**kwargs, "memory_bytes": hi}):
+        hi *= 2
+    if _fits(model, {**kwargs, "memory_bytes": hi}):
+        lo_mib, hi_mib = kwargs["memory_bytes"] // mib, cdiv(hi, mib)
+        while lo_mib + 1 < hi_mib:
+            mid = (lo_mib + hi_mib) // 2
+            if _fits(model, {**kwargs, "memory_bytes": mid * mib}):
+                hi_mib = mid
+            else:
+                lo_mib = mid
+        hints.append(f"or raise --memory to {hi_mib} MiB ({hi_mib * mib} bytes)")
+    if not hints:
+        return "No single limit lowered alone makes it fit."
+    return "To fit, lower one limit: " + "; ".join(hints) + "."
+
+
+def _plan_memory(
+    model: ModelSpec,
+    *,
+    memory_bytes: int,
+    max_num_seqs: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    block_size: int,
+    mamba_cache_mode: str,
+    bounded_sizing: str,
+    state_cache_slots: int,
+    state_checkpoint_tokens: int | None,
+    layout: str,
+) -> MemoryPlan:
+    """:func:`plan_memory` without the advice on refusals."""
     limits = _check_common(
         model, block_size, max_num_seqs, max_model_len, max_num_batched_tokens, mamba_cache_mode
     )
@@ -683,7 +782,7 @@ def plan_memory(
             f"{_describe(pending[i])}: {n * pending[i].page_size_bytes} B"
             for i, (n, _) in bounded.items()
         )
-        raise PlanError(
+        raise _Unfit(
             f"bounded pools need {bounded_bytes} bytes ({parts}) but memory_bytes is "
             f"{memory_bytes}: short by {bounded_bytes - memory_bytes} bytes"
         )
@@ -695,7 +794,7 @@ def plan_memory(
         blocks = rest // growing_page
         need = cdiv(max_model_len, block_size) + 1
         if blocks < need:
-            raise PlanError(
+            raise _Unfit(
                 f"growing groups get {max(blocks - 1, 0) * block_size} tokens after "
                 f"{bounded_bytes} bytes of bounded pools, but one request of max_model_len="
                 f"{max_model_len} needs {need - 1} blocks of {growing_page} bytes: short by "
@@ -779,14 +878,14 @@ def _plan_elastic(
         arena = best
     if arena is None:
         floors_bytes = sum(t * p for t, p in zip(tight, pages, strict=True))
-        raise PlanError(
+        raise _Unfit(
             f"floors need {floors_bytes} bytes but memory_bytes is {memory_bytes}: short by "
             f"{max(floors_bytes - memory_bytes, 0)} bytes (plus the arena's null area)"
         )
     growing_blocks = arena.growing_blocks
     need = cdiv(limits.max_model_len, b)
     if any(growing) and growing_blocks < need:
-        raise PlanError(
+        raise _Unfit(
             f"growing groups get {growing_blocks * b} tokens beside floors of "
             f"{memory_bytes - arena.elastic_bytes} bytes, but one request of max_model_len="
             f"{limits.max_model_len} needs {need} blocks of "

@@ -143,8 +143,9 @@ def _parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Pa
         out = _run(decoder.parse_unknown, config, opts, model_type)
     except ModelConfigError as exc:
         raise ModelConfigError(
-            f"unsupported model_type {model_type!r}: read as a plain attention decoder it "
-            f"fails ({exc}); supported: {', '.join(supported_model_types())}"
+            f"unsupported model_type {model_type!r}: hybridkv has no parser for it and "
+            f"reading it as a plain attention decoder fails: {exc}; model types with a "
+            f"parser: {', '.join(supported_model_types())}"
         ) from None
     warnings.warn("; ".join(out.notes), ModelConfigWarning, stacklevel=4)
     return out

@@ -12,12 +12,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hybridkv.models.parsers import (
+    conv_hybrids,
     decoder,
+    encoder_decoder,
     falcon_h1,
     granite,
     jamba,
+    linear_hybrid,
+    mllama,
     nemotron_h,
     qwen,
+    ssm,
     whisper,
     zamba2,
 )
@@ -36,6 +41,11 @@ PARSERS: dict[str, Parser] = {
         zamba2,
         granite,
         whisper,
+        linear_hybrid,
+        conv_hybrids,
+        ssm,
+        encoder_decoder,
+        mllama,
     )
     for model_type in module.MODEL_TYPES
 }

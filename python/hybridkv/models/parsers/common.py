@@ -321,13 +321,14 @@ def ssm_dtype(cfg: Mapping[str, Any], default: str) -> str:
 def head_dim(
     cfg: Mapping[str, Any], model_type: str, heads_key: str = "num_attention_heads"
 ) -> int:
-    """``head_dim`` when given, else ``hidden_size // heads``."""
+    """``head_dim`` when given, else ``hidden_size // heads`` (floor division, as
+    transformers' attention modules compute it)."""
     if cfg.get("head_dim") is not None:
         return need_int(cfg, "head_dim", model_type)
     hidden = need_int(cfg, "hidden_size", model_type)
     heads = need_int(cfg, heads_key, model_type)
-    if hidden % heads:
-        raise ModelConfigError(f"{model_type}: hidden_size {hidden} not divisible by {heads} heads")
+    if hidden < heads:
+        raise ModelConfigError(f"{model_type}: hidden_size {hidden} is below {heads} heads")
     return hidden // heads
 
 

@@ -224,6 +224,9 @@ FAMILIES: dict[str, Family] = {
     # Gemma3TextConfig: global every sliding_window_pattern (6) layers, window 4096.
     "gemma3": Family(_global_every("sliding_window_pattern", 6), window=4096),
     "gemma3_text": Family(_global_every("sliding_window_pattern", 6), window=4096),
+    # Gemma3nTextConfig: full every 5th layer, sliding_window 512 (and KV sharing).
+    "gemma3n": Family(_global_every(None, 5), window=512),
+    "gemma3n_text": Family(_global_every(None, 5), window=512),
     # Cohere2Config: global every sliding_window_pattern (4) layers, window 4096.
     "cohere2": Family(_global_every("sliding_window_pattern", 4), window=4096),
     # Olmo3Config: global every 4th layer, window 4096.
@@ -243,6 +246,9 @@ FAMILIES: dict[str, Family] = {
 }
 
 MODEL_TYPES = tuple(FAMILIES)
+
+#: Layer kinds that hold no cache (MLP-only blocks).
+NO_CACHE_KINDS = ("mlp", "moe")
 
 #: Layer kinds this reader turns into specs (others need a family parser).
 ATTENTION_KINDS = ("full_attention", "sliding_attention", "chunked_attention", "indexed_attention")
@@ -327,7 +333,7 @@ def build(
     if kinds is None:
         kinds = family.kinds(cfg, n, window)
     for i, kind in enumerate(kinds):
-        if kind not in ATTENTION_KINDS:
+        if kind not in ATTENTION_KINDS and kind not in NO_CACHE_KINDS:
             raise ModelConfigError(
                 f"{model_type}: unknown layer type {kind!r} at layer {i} (an attention-only "
                 f"decoder has {', '.join(ATTENTION_KINDS)})"
@@ -373,7 +379,7 @@ def build(
                 ),
                 **kwargs,
             )
-    specs: list[Any] = [table[k] for k in kinds]
+    specs: list[Any] = [table.get(k) for k in kinds]
     if sparse is not None and "indexed_attention" in kinds and mla is not None:
         full = _indexer_flags(cfg, n, model_type)
         # Layers that reuse the previous layer's top-k keep no indexer keys.
@@ -381,7 +387,26 @@ def build(
             mla if k == "indexed_attention" and not full[i] else s
             for i, (k, s) in enumerate(zip(kinds, specs, strict=True))
         ]
-    return parsed(cfg, specs, notes=notes)
+    # Gemma3nTextConfig.kv_sharing_modes: the last num_kv_shared_layers layers reuse
+    # the KV of the last earlier layer of their kind and hold no cache of their own.
+    shared = cfg.get("num_kv_shared_layers") or 0
+    if not isinstance(shared, int) or isinstance(shared, bool) or shared < 0:
+        raise ModelConfigError(f"{model_type}: num_kv_shared_layers must be an int >= 0")
+    if shared:
+        first = n - shared
+        if first < 1 or set(kinds[first:]) - set(kinds[:first]):
+            raise ModelConfigError(
+                f"{model_type}: num_kv_shared_layers={shared} leaves no earlier layer of "
+                f"each shared kind to reuse ({n} layers)"
+            )
+        notes = (*notes, f"layers {first}-{n - 1} reuse earlier layers' KV and hold no cache")
+        specs = specs[:first]
+    cached = [i for i, spec in enumerate(specs) if spec is not None]
+    if not cached:
+        raise ModelConfigError(f"{model_type}: no layer keeps a KV cache")
+    if len(cached) < n:
+        notes = (*notes, "layers without attention (MLP-only, KV-sharing) hold no cache")
+    return parsed(cfg, [specs[i] for i in cached], [f"layers.{i}" for i in cached], notes=notes)
 
 
 def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
