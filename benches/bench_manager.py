@@ -267,37 +267,19 @@ class HybridSide(Side):
 
 
 def vllm_side_main(wl_path: str, steps: int, warmup: int) -> None:
-    import torch
     import vllm
     from vllm.sampling_params import SamplingParams
     from vllm.utils.hashing import sha256
     from vllm.v1.core.kv_cache_manager import KVCacheManager
     from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
     from vllm.v1.kv_cache_interface import (
-        FullAttentionSpec,
         KVCacheConfig,
-        KVCacheGroupSpec,
-        MambaSpec,
-        SlidingWindowSpec,
     )
     from vllm.v1.request import Request
 
     wl = load_workload(wl_path)
     init_none_hash(sha256)
-    kw = {"block_size": BS, "num_kv_heads": 8, "head_size": 128, "dtype": torch.bfloat16}
-    groups = [
-        KVCacheGroupSpec(["full.0"], FullAttentionSpec(**kw)),
-        KVCacheGroupSpec(["swa.0"], SlidingWindowSpec(sliding_window=WINDOW, **kw)),
-        KVCacheGroupSpec(
-            ["mamba.0"],
-            MambaSpec(
-                block_size=BS,
-                shapes=((4, 8192), (32, 128, 128)),
-                dtypes=(torch.bfloat16, torch.float32),
-                mamba_cache_mode="align",
-            ),
-        ),
-    ]
+    groups = vllm_kv_groups()
     num_blocks = MAX_SEQS * (8192 + 256) // BS * 2 + MAX_SEQS * (WINDOW // BS + 2) + 8192
     cfg = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=groups)
     mgr = KVCacheManager(
@@ -412,15 +394,14 @@ def vllm_python() -> str | None:
     return py if os.path.exists(py) else None
 
 
-def run_vllm(wl_path: str, steps: int, warmup: int) -> dict[str, Any] | str:
+def run_peer(script: str, args: Sequence[str]) -> dict[str, Any] | str:
+    """Run ``script --vllm-side *args`` with vLLM's venv python; its last JSON line, or
+    a sentence saying why there is none (no venv: the vLLM side is skipped)."""
     py = vllm_python()
     if py is None:
-        return f"vLLM not installed: run {INSTALL}"
+        return f"vLLM side skipped: no vLLM venv (install it with {INSTALL}, or set VLLM_VENV)"
     proc = subprocess.run(
-        [py, __file__, "--vllm-side", wl_path, "--steps", str(steps), "--warmup", str(warmup)],
-        capture_output=True,
-        text=True,
-        timeout=3600,
+        [py, script, "--vllm-side", *args], capture_output=True, text=True, timeout=3600
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -428,6 +409,37 @@ def run_vllm(wl_path: str, steps: int, warmup: int) -> dict[str, Any] | str:
         return "vLLM side failed: " + " | ".join(tail)
     out: dict[str, Any] = json.loads(lines[-1])
     return out
+
+
+def vllm_kv_groups() -> list[Any]:
+    """The workload's KV-cache groups in vLLM's terms (full attention, sliding window,
+    Mamba state in ``align`` mode), for the vLLM side of every bench (vLLM venv only)."""
+    import torch
+    from vllm.v1.kv_cache_interface import (
+        FullAttentionSpec,
+        KVCacheGroupSpec,
+        MambaSpec,
+        SlidingWindowSpec,
+    )
+
+    kw = {"block_size": BS, "num_kv_heads": 8, "head_size": 128, "dtype": torch.bfloat16}
+    return [
+        KVCacheGroupSpec(["full.0"], FullAttentionSpec(**kw)),
+        KVCacheGroupSpec(["swa.0"], SlidingWindowSpec(sliding_window=WINDOW, **kw)),
+        KVCacheGroupSpec(
+            ["mamba.0"],
+            MambaSpec(
+                block_size=BS,
+                shapes=((4, 8192), (32, 128, 128)),
+                dtypes=(torch.bfloat16, torch.float32),
+                mamba_cache_mode="align",
+            ),
+        ),
+    ]
+
+
+def run_vllm(wl_path: str, steps: int, warmup: int) -> dict[str, Any] | str:
+    return run_peer(__file__, [wl_path, "--steps", str(steps), "--warmup", str(warmup)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

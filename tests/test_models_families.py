@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hybridkv.errors import ModelConfigError
 from hybridkv.manager import KVCacheManager
 from hybridkv.models import list_models, load_model, model_source
 from hybridkv.models.registry import CONFIG_DIR
@@ -61,6 +62,19 @@ def mamba2_bytes(
     heads: int, dim: int, groups: int, d_state: int, conv: int, inner: int, b: int, ssm_b: int
 ) -> int:
     return (conv - 1) * (inner + 2 * groups * d_state) * b + heads * dim * d_state * ssm_b
+
+
+def gdn_layer(c: dict[str, Any], b: int, ssm_b: int) -> Layer:
+    """A gated-delta-net layer's state: conv windows of q, k, v at ``b`` bytes, and the
+    recurrent state at ``ssm_b``."""
+    kh, vh, kd, vd = (
+        c["linear_num_key_heads"],
+        c["linear_num_value_heads"],
+        c["linear_key_head_dim"],
+        c["linear_value_head_dim"],
+    )
+    conv = (2 * kh * kd + vh * vd) * (c["linear_conv_kernel_dim"] - 1) * b
+    return Layer("state", state=conv + vh * kd * vd * ssm_b)
 
 
 def expected_layers(name: str) -> list[Layer]:
@@ -194,18 +208,7 @@ def expected_layers(name: str) -> list[Layer]:
         kinds = t.get("layer_types") or [
             "full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(n)
         ]
-        ssm_b = DT.get(t.get("mamba_ssm_dtype", ""), b)
-        kh, vh, kd, vd = (
-            t["linear_num_key_heads"],
-            t["linear_num_value_heads"],
-            t["linear_key_head_dim"],
-            t["linear_value_head_dim"],
-        )
-        st = Layer(
-            "state",
-            state=(2 * kh * kd + vh * vd) * (t["linear_conv_kernel_dim"] - 1) * b
-            + vh * kd * vd * ssm_b,
-        )
+        st = gdn_layer(t, b, DT.get(t.get("mamba_ssm_dtype", ""), b))
         attn = Layer("grow", kv(t["num_key_value_heads"], t["head_dim"], b))
         return [attn if k == "full_attention" else st for k in kinds]
     if mt == "zamba2":
@@ -260,17 +263,7 @@ def expected_layers(name: str) -> list[Layer]:
         attn = Layer("grow", kv(c["num_key_value_heads"], c["head_dim"], b))
         return [attn if k == "full_attention" else st for k in c["layer_types"]]
     if mt == "olmo_hybrid":
-        kh, vh, kd, vd = (
-            c["linear_num_key_heads"],
-            c["linear_num_value_heads"],
-            c["linear_key_head_dim"],
-            c["linear_value_head_dim"],
-        )
-        st = Layer(
-            "state",
-            state=(2 * kh * kd + vh * vd) * (c["linear_conv_kernel_dim"] - 1) * b
-            + vh * kd * vd * b,
-        )
+        st = gdn_layer(c, b, b)
         attn = Layer(
             "grow", kv(c["num_key_value_heads"], c["hidden_size"] // c["num_attention_heads"], b)
         )
@@ -497,3 +490,89 @@ def test_unfit_refusal_names_the_largest_max_num_seqs_that_fits() -> None:
     plan_memory(model, max_num_seqs=4096, **{**kw, "memory_bytes": mib << 20})  # type: ignore[arg-type]
     with pytest.raises(PlanError):
         plan_memory(model, max_num_seqs=4096, **{**kw, "memory_bytes": (mib - 1) << 20})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("model_type", "enc_bound"),
+    [("led", 16384), ("pegasus_x", 4096), ("fsmt", 1024), ("bigbird_pegasus", 4096)],
+)
+def test_bart_like_encoder_decoders_layer_by_layer(model_type: str, enc_bound: int) -> None:
+    from hybridkv.models import model_from_config
+
+    c: dict[str, Any] = {
+        "model_type": model_type,
+        "d_model": 1024,
+        "encoder_layers": 3,
+        "decoder_layers": 2,
+        "decoder_attention_heads": 16,
+        "torch_dtype": "bfloat16",
+    }
+    if model_type == "led":  # LEDConfig bounds the two sides apart
+        c |= {"max_encoder_position_embeddings": 16384, "max_decoder_position_embeddings": 1024}
+    else:
+        c["max_position_embeddings"] = enc_bound
+    m = model_from_config(c)
+    assert [s.kind for s in m.layer_specs] == ["encoder_only"] * 3 + [
+        "full_attention",
+        "cross_attention",
+    ] * 2
+    per = kv(16, 64, 2)
+    assert all(s.bytes_per_token == per for s in m.layer_specs[3:])
+    assert m.layer_specs[4].max_encoder_len == enc_bound  # type: ignore[attr-defined]
+    assert m.layer_names[3:5] == ("decoder.layers.0.self_attn", "decoder.layers.0.encoder_attn")
+    assert m.layer_indices[3:] == (0, 0, 1, 1)
+
+
+def test_lfm3_conv_sliding_and_full_layers() -> None:
+    from hybridkv.models import model_from_config
+
+    c: dict[str, Any] = {
+        "model_type": "lfm3",
+        "hidden_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "torch_dtype": "bfloat16",
+    }  # Lfm3Config defaults: head_dim 128, conv_L_cache 7, sliding_window 256
+    m = model_from_config(c)
+    # Lfm3Config's pattern: full at i % 4 == 2, sliding at i % 4 == 0 (i > 0), conv else
+    want = ["state", "state", "full_attention", "state"] + [
+        "sliding_window",
+        "state",
+        "full_attention",
+        "state",
+    ] * 2
+    assert [s.kind for s in m.layer_specs] == want
+    for spec in m.layer_specs:
+        if spec.kind == "state":
+            assert spec.page_size_bytes(16) == 2048 * (7 - 1) * 2
+        else:
+            assert spec.bytes_per_token == kv(4, 128, 2)
+    assert {getattr(s, "window", None) for s in m.layer_specs if s.kind == "sliding_window"} == {
+        256
+    }
+    c["sliding_window"] = None
+    assert "sliding_window" not in {s.kind for s in model_from_config(c).layer_specs}
+    c["layer_types"] = ["conv", "sliding_attention"] * 6
+    c["sliding_window"] = 512
+    m = model_from_config(c)
+    assert [s.kind for s in m.layer_specs] == ["state", "sliding_window"] * 6
+    assert m.layer_indices == tuple(range(12))
+
+
+def test_minimax_legacy_attn_type_list() -> None:
+    from hybridkv.models import model_from_config
+
+    c = cfg("minimax-text-01")
+    want = list(c.pop("layer_types"))
+    # the original MiniMax-Text-01 spelling: one softmax layer after seven lightning
+    c["model_type"] = "minimax_text_01"
+    c["attn_type_list"] = ([0] * 7 + [1]) * 10
+    m = model_from_config(c)
+    assert [s.kind for s in m.layer_specs] == [
+        "full_attention" if k == "full_attention" else "state" for k in want
+    ]
+    assert m.layer_specs == load_model("minimax-text-01").layer_specs
+    c["attn_type_list"] = [0, 1]
+    with pytest.raises(ModelConfigError, match="attn_type_list must list 80"):
+        model_from_config(c)

@@ -179,6 +179,22 @@ def test_plan_json_uses_model_layer_numbers_and_names() -> None:
     assert sorted(attn["cache_layers"] + state["cache_layers"]) == list(range(31))
 
 
+def test_plan_table_shows_layers_compactly(capsys: pytest.CaptureFixture[str]) -> None:
+    from hybridkv.cli import main
+
+    args = ["plan", "--model", "gemma-2-9b", "--memory", "40GiB", "--max-model-len", "8192"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "21: 0-40/2" in table and "21: 1-41/2" in table  # Gemma2: even layers slide
+    bart = ["plan", "--model", "bart-large", "--memory", "40GiB", "--max-model-len", "1024"]
+    assert main(bart) == 0
+    table = capsys.readouterr().out
+    assert table.count("12: 0-11") == 2 and "decoder.layers.N.encoder_attn" in table
+    assert main([*args, "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert [g["layers"] for g in groups] == [list(range(0, 42, 2)), list(range(1, 42, 2))]
+
+
 # -- wrappers, unknown types, refusals ------------------------------------------------
 
 
@@ -198,6 +214,38 @@ def test_unknown_decoder_plans_with_a_warning() -> None:
     assert m.layer_specs == load_model("llama-3.1-8b").layer_specs
     del c["num_key_value_heads"]
     with pytest.warns(ModelConfigWarning, match="one KV head per attention head"):
+        model_from_config(c)
+
+
+def test_unknown_gated_delta_net_hybrid_plans_with_a_warning() -> None:
+    c: dict[str, Any] = {
+        "model_type": "brand_new_gdn",
+        "vocab_size": 1000,
+        "hidden_size": 1024,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "sliding_window": 512,
+        "layer_types": ["linear_attention", "sliding_attention", "full_attention"] * 2,
+        "linear_num_key_heads": 8,
+        "linear_num_value_heads": 16,
+        "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128,
+        "linear_conv_kernel_dim": 4,
+        "torch_dtype": "bfloat16",
+    }
+    with pytest.warns(ModelConfigWarning, match="brand_new_gdn.*gated delta nets") as rec:
+        m = model_from_config(c)
+    assert not any("text model" in str(w.message) for w in rec)  # not a wrapper
+    assert kinds(m) == ["state", "sliding_window", "full_attention"] * 2
+    # conv over q, k, v (2 * 8 * 128 + 16 * 128 channels) x 3, + 16 x 128 x 128 state, bf16
+    assert m.layer_specs[0].page_size_bytes(16) == (2 * 8 * 128 + 16 * 128) * 3 * 2 + (
+        16 * 128 * 128 * 2
+    )
+    assert m.layer_specs[1].bytes_per_token == 2 * 4 * 128 * 2
+    del c["linear_key_head_dim"]
+    with pytest.raises(ModelConfigError, match=r"linear_attention.*linear_key_head_dim"):
         model_from_config(c)
 
 
@@ -275,4 +323,4 @@ def test_every_transformers_config_plans_or_is_refused_clearly() -> None:
     for t, message in refused.items():
         assert (message and t in message) or "model_type" in message, (t, message)
     assert len(planned) > 300
-    assert len(refused_decoders) <= 50, refused_decoders
+    assert len(refused_decoders) <= 40, refused_decoders

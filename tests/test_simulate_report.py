@@ -39,6 +39,7 @@ def _json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]
 def _strip_measured(report: dict[str, Any]) -> dict[str, Any]:
     for lay in report["layouts"].values():
         assert lay.pop("measured")["scheduler_overhead_us_per_step"]["mean"] > 0
+    assert report.pop("measured")["sim_requests_per_wall_s"] > 0
     return report
 
 

@@ -148,16 +148,26 @@ def add_plan_parser(subparsers: Any) -> None:
 
 
 def _layer_ranges(layers: Sequence[int]) -> str:
-    """``0-3,5,7-9`` for layers 0..3, 5 and 7..9; cut to 40 characters for the table."""
+    """Sorted layer numbers, compactly: ``0-3,5,7-9`` for runs, ``1-41/2`` for a run of
+    three or more with one stride (every 2nd layer from 1 to 41); cut to 40 characters
+    for the table."""
     parts: list[str] = []
-    start = prev = layers[0]
-    for layer in [*layers[1:], None]:
-        if layer is not None and layer == prev + 1:
-            prev = layer
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if layer is not None:
-            start = prev = layer
+    i = 0
+    while i < len(layers):
+        j = i
+        step = layers[i + 1] - layers[i] if i + 1 < len(layers) else 1
+        while j + 1 < len(layers) and layers[j + 1] - layers[j] == step:
+            j += 1
+        if j == i:
+            parts.append(str(layers[i]))
+        elif step == 1:
+            parts.append(f"{layers[i]}-{layers[j]}")
+        elif j - i >= 2:
+            parts.append(f"{layers[i]}-{layers[j]}/{step}")
+        else:  # two layers a stride apart: plainer as a list
+            parts.append(str(layers[i]))
+            j = i
+        i = j + 1
     text = ",".join(parts)
     return text if len(text) <= 40 else text[:37] + "..."
 

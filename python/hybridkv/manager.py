@@ -311,6 +311,8 @@ class KVCacheManager:
         self.mamba_cache_mode = str(plan.mamba_cache_mode)
         self.enable_prefix_caching = bool(enable_prefix_caching)
         self.hash_seed = int(hash_seed)
+        #: Token ids must be below this (None: any non-negative int32).
+        self.vocab_size: int | None = None if vocab_size is None else int(vocab_size)
         arena = _arena_tuple(plan)
         self.elastic = arena is not None
         self._core = _core.KVCacheManager(

@@ -73,9 +73,12 @@ import numpy.typing as npt
 
 from hybridkv.cost_model import GPUS, CostModel
 from hybridkv.errors import HybridKVError, InvalidArgumentError, PlanError
+from hybridkv.ideal_hit import ideal_hit_rate
 from hybridkv.planner import MemoryPlan, plan_memory, plan_with_blocks
 from hybridkv.scheduler import POLICIES, ExternalPrefixSource, Scheduler
-from hybridkv.traces import GENERATORS, Trace, load_trace
+from hybridkv.sharegpt_trace import ShareGPTOptions
+from hybridkv.trace_sources import open_trace
+from hybridkv.traces import Trace, TraceWindow
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -95,24 +98,29 @@ class SimConfig:
     mamba_cache_mode: str = "align"
     policy: str = "fcfs"
     gpu: str = "h100-sxm"
-    num_gpus: int = 1
+    #: ``None``: the smallest count that holds weights + KV + activations (cost model).
+    num_gpus: int | None = None
     seed: int | None = None
     long_prefill_token_threshold: int | None = None
     state_checkpoint_tokens: int | None = 256
     state_cache_slots: int = 0
+    #: Which part of the trace runs, and how fast (time window, first N, time scale).
+    trace_window: TraceWindow = field(default_factory=TraceWindow)
+    #: How ``--trace sharegpt`` builds its sessions (``None``: the defaults).
+    sharegpt: ShareGPTOptions | None = None
 
 
-def resolve_trace(name_or_path: str, seed: int | None = None) -> Trace:
-    """A bundled trace, or with ``seed`` a fresh generation of that bundled kind."""
-    if seed is not None:
-        gen = GENERATORS.get(name_or_path)
-        if gen is None:
-            raise InvalidArgumentError(
-                f"--seed regenerates a bundled trace kind ({', '.join(GENERATORS)}), "
-                f"not {name_or_path!r}"
-            )
-        return gen(seed=seed)
-    return load_trace(name_or_path)
+def resolve_trace(
+    name_or_path: str,
+    seed: int | None = None,
+    *,
+    window: TraceWindow | None = None,
+    sharegpt: ShareGPTOptions | None = None,
+) -> Trace:
+    """The trace ``--trace`` names (:func:`hybridkv.trace_sources.open_trace`): a bundled
+    trace (with ``seed`` a fresh generation of that kind), ``sharegpt``, a Mooncake
+    ``.jsonl`` file or a trace file, cut and scaled by ``window``."""
+    return open_trace(name_or_path, seed=seed, window=window, sharegpt=sharegpt)
 
 
 def default_max_model_len(trace: Trace, block_size: int) -> int:
@@ -375,7 +383,11 @@ def simulate_plan(
     first_tok = np.full(n, np.nan)
     finish = np.full(n, np.nan)
     n_out = np.zeros(n, dtype=np.int64)
-    out_toks: dict[int, list[int]] = {}
+    # Every request's output tokens in one flat array (one vectorised pass, not one
+    # list per request): the token request i samples next is out_flat[out_at[i] + n_out[i]].
+    out_flat = trace.segments_tokens(trace.output_seg)
+    out_at = np.concatenate([[0], np.cumsum(out_lens)[:-1]]).astype(np.int64)
+    wall0 = time.perf_counter()
     load_seconds = getattr(offload, "load_seconds", None)
     after_step = getattr(offload, "after_step", None)
     on_step = getattr(offload, "on_step", None)
@@ -409,7 +421,6 @@ def simulate_plan(
                 priority=int(trace.priority[i]),
                 arrival_time=t,
             )
-            out_toks[i] = trace.output_tokens(i).tolist()
         t0 = time.perf_counter_ns()
         out = sched.schedule()
         t1 = time.perf_counter_ns()
@@ -423,10 +434,10 @@ def simulate_plan(
             dt += float(load_seconds(int(ext.sum())))
         if on_step is not None:  # where an engine's forward pass runs: load, then store
             on_step(manager, out)
-        sample_ids = out.sample_req_ids.tolist()
-        tokens = [out_toks[i][n_out[i]] for i in sample_ids]
+        sidx = np.asarray(out.sample_req_ids, dtype=np.int64)
+        tokens = out_flat[out_at[sidx] + n_out[sidx]]
         t2 = time.perf_counter_ns()
-        done = sched.update_from_output(np.asarray(tokens, dtype=np.int32))
+        done = sched.update_from_output(tokens)
         t3 = time.perf_counter_ns()
         overhead_ns.append((t1 - t0) + (t3 - t2))
         if after_step is not None:
@@ -451,14 +462,12 @@ def simulate_plan(
         resumed_hits += int(out.resumed_hit_tokens.sum())
         preemptions += int(out.preempted_req_ids.size)
         ext_tokens += int(ext.sum())
-        if sample_ids:
-            sidx = np.asarray(sample_ids, dtype=np.int64)
+        if sidx.size:
             firsts = sidx[n_out[sidx] == 0]
             first_tok[firsts] = t
             n_out[sidx] += 1
         for f in done:
             finish[f.req_id] = t
-            out_toks.pop(f.req_id, None)
             done_count += 1
             for ch in children.get(f.req_id, ()):
                 heapq.heappush(pending, (t + float(trace.arrival[ch]), ch))
@@ -474,6 +483,7 @@ def simulate_plan(
     if on_progress is not None:
         on_progress(done_count, t)
     recomputed = sched.recomputed_tokens
+    wall = time.perf_counter() - wall0
 
     finished = ~np.isnan(finish)
     if not bool(finished.all()):
@@ -493,6 +503,7 @@ def simulate_plan(
     report: dict[str, Any] = {
         "layout": layout,
         "token_capacity": int(plan.token_capacity),
+        "physical_token_limit": plan.physical_token_limit,
         "block_size": int(grows[0].block_size if grows else plan.block_size),
         "pools": [
             {
@@ -528,6 +539,8 @@ def simulate_plan(
         "measured": {
             "scheduler_overhead_us_per_step": _dist(oh),
             "scheduler_overhead_s_total": float(oh.sum() / 1e6),
+            "sim_wall_s": wall,
+            "sim_requests_per_wall_s": n / wall if wall > 0 else 0.0,
         },
     }
     stats = getattr(manager, "stats", None)
@@ -571,16 +584,26 @@ class SimReport:
     cost: dict[str, Any]
     #: The layout the others are compared with (ratios ``static / baseline``).
     baseline: str = "unified"
+    #: Share of prompt tokens an infinite cache would serve (:mod:`hybridkv.ideal_hit`).
+    ideal_hit_rate: float | None = None
+
+    @property
+    def sim_requests_per_wall_s(self) -> float:
+        """Simulated requests per wall-clock second over every layout's replay (measured)."""
+        wall = sum(r.report["measured"]["sim_wall_s"] for r in self.results.values())
+        done = sum(r.report["requests"] for r in self.results.values())
+        return done / wall if wall > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` shape. Wall-clock measurements sit under each layout's
-        ``measured`` key; everything else is a deterministic function of the inputs."""
+        """The ``--json`` shape. Wall-clock measurements sit under ``measured`` keys (the
+        run's and each layout's); everything else is a deterministic function of the inputs."""
         cfg = self.config
         plan = next(p for p in self.plans.values() if not isinstance(p, str))
         d: dict[str, Any] = {
             "model": cfg.model,
             "memory_bytes": cfg.memory_bytes,
             "trace": self.trace.summary(),
+            "ideal_hit_rate": self.ideal_hit_rate,
             "max_num_seqs": cfg.max_num_seqs,
             "max_num_batched_tokens": cfg.max_num_batched_tokens,
             "max_model_len": plan.max_model_len,
@@ -591,6 +614,7 @@ class SimReport:
             "cost_model": self.cost,
             "layouts": {k: v.report for k, v in self.results.items()},
             "skipped": {k: v for k, v in self.plans.items() if isinstance(v, str)},
+            "measured": {"sim_requests_per_wall_s": self.sim_requests_per_wall_s},
         }
         if "static" in self.results and self.baseline in self.results:
             a = self.results["static"].report
@@ -640,7 +664,7 @@ def run(
         raise InvalidArgumentError("no layout given")
     if cfg.policy not in POLICIES:
         raise InvalidArgumentError(f"policy must be one of {POLICIES}, got {cfg.policy!r}")
-    trace = resolve_trace(cfg.trace, cfg.seed)
+    trace = resolve_trace(cfg.trace, cfg.seed, window=cfg.trace_window, sharegpt=cfg.sharegpt)
     setups = make_layouts(cfg, trace, names)
     plans = {k: v if isinstance(v, str) else v.plan for k, v in setups.items()}
     # Step times come from hybridkv's plan of the model, the same for every layout.
@@ -684,7 +708,9 @@ def run(
             go(bar)
     else:
         go(lambda lay: None)
-    return SimReport(cfg, trace, plans, results, cost.describe())
+    return SimReport(
+        cfg, trace, plans, results, cost.describe(), ideal_hit_rate=ideal_hit_rate(trace)
+    )
 
 
 def _fmt_num(x: float) -> str:
@@ -714,6 +740,11 @@ TABLE_ROWS: tuple[tuple[str, str, Callable[[dict[str, Any]], float]], ...] = (
     ("TPOT p99", "ms", lambda r: 1e3 * r["tpot_s"]["p99"]),
     ("steps", "", lambda r: r["steps"]),
     (
+        "simulator speed",
+        "requests/wall s (measured)",
+        lambda r: r["measured"]["sim_requests_per_wall_s"],
+    ),
+    (
         "scheduler overhead",
         "µs/step mean (measured)",
         lambda r: r["measured"]["scheduler_overhead_us_per_step"]["mean"],
@@ -735,7 +766,8 @@ def render_table(report: SimReport) -> Any:
     s = report.trace.summary()
     title = (
         f"hybridkv simulate: {cfg.model}, {cfg.memory_bytes / 2**30:.1f} GiB KV, trace "
-        f"{s['name']} ({s['requests']} requests), {report.cost['gpu']} x{cfg.num_gpus} roofline"
+        f"{s['name']} ({s['requests']} requests), {report.cost['gpu']} x{report.cost['num_gpus']} "
+        "roofline"
     )
     plan = next(p for p in report.plans.values() if not isinstance(p, str))
     ckpt = cfg.state_checkpoint_tokens if plan.mamba_cache_mode == "align" else None
@@ -746,6 +778,12 @@ def render_table(report: SimReport) -> Any:
         + (
             f", {cfg.state_cache_slots} spare per-group state slots"
             if cfg.state_cache_slots
+            else ""
+        )
+        + (
+            f". Ideal hit rate (infinite cache, 16-token blocks): "
+            f"{100.0 * report.ideal_hit_rate:.1f}% of prompt tokens"
+            if report.ideal_hit_rate is not None
             else ""
         )
         + ". Modelled: roofline step times at datasheet peaks. Measured: wall clock of "
@@ -765,7 +803,7 @@ def render_table(report: SimReport) -> Any:
         cells = [_fmt_num(v) if math.isfinite(v) else "-" for v in vals]
         if both:
             a, b = vals[lays.index("static")], vals[lays.index(base)]
-            ok = b and math.isfinite(a / b) and not name.startswith("block size")
+            ok = b and math.isfinite(a / b) and not name.startswith(("block size", "simulator"))
             cells.append(f"{a / b:.2f}x" if ok else "-")
         table.add_row(name, unit, *cells)
     return table
@@ -805,7 +843,7 @@ def write_plot(report: SimReport, path: str | Path) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``hybridkv simulate`` on an argparse subparsers object."""
-    from hybridkv.cli import add_state_cache_slots_argument
+    from hybridkv.cli import add_state_cache_slots_argument, non_negative_int
     from hybridkv.cli import positive_int as _positive
     from hybridkv.units import size_type as _size
 
@@ -820,7 +858,67 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="bundled model name or config.json path")
     p.add_argument("--memory", required=True, type=_size, help="KV-cache memory, e.g. 16GiB")
-    p.add_argument("--trace", required=True, help="bundled trace name or trace file path")
+    p.add_argument(
+        "--trace",
+        required=True,
+        help="a bundled trace (chat, docqa, agentic: small and fast), 'sharegpt' (multi-turn "
+        "ShareGPT sessions; needs the 'traces' extra), a Mooncake trace FILE.jsonl[.gz] "
+        "(timestamp ms, input_length, output_length, hash_ids of 512-token blocks), or a "
+        "hybridkv trace file (.json[.gz])",
+    )
+    win = p.add_argument_group(
+        "trace window (any trace)",
+        "which requests run and how fast; applied after the trace is read",
+    )
+    win.add_argument(
+        "--trace-start",
+        type=_seconds,
+        metavar="SECONDS",
+        help="keep requests arriving at or after this trace time (closed-loop turns "
+        "follow their session's first request); times are rebased so it is 0",
+    )
+    win.add_argument(
+        "--trace-end",
+        type=_seconds,
+        metavar="SECONDS",
+        help="keep requests arriving before this trace time",
+    )
+    win.add_argument(
+        "--trace-max-requests",
+        type=_positive,
+        metavar="N",
+        help="keep only the first N requests (of the window)",
+    )
+    win.add_argument(
+        "--time-scale",
+        type=_scale,
+        default=1.0,
+        metavar="FACTOR",
+        help="multiply every arrival time and think delay (0.5: the same requests twice "
+        "as fast; default 1)",
+    )
+    sg = p.add_argument_group("ShareGPT sessions (--trace sharegpt)")
+    sg.add_argument(
+        "--sharegpt-sessions", type=_positive, metavar="N", help="sessions to sample (100)"
+    )
+    sg.add_argument(
+        "--sharegpt-min-rounds",
+        type=_positive,
+        metavar="N",
+        help="keep conversations of at least N rounds (user message + reply; 4)",
+    )
+    sg.add_argument(
+        "--sharegpt-session-rate",
+        type=_scale,
+        metavar="PER_S",
+        help="sessions start as a Poisson process at this rate per second (1.0)",
+    )
+    sg.add_argument(
+        "--sharegpt-think-time",
+        type=_seconds,
+        metavar="SECONDS",
+        help="mean exponential think time between a reply and the next turn (5.0)",
+    )
     p.add_argument(
         "--layout",
         action="append",
@@ -846,9 +944,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--long-prefill-token-threshold", type=_positive, help="cap one request's prefill chunk"
     )
     p.add_argument("--gpu", choices=sorted(GPUS), default="h100-sxm", help="roofline peaks")
-    p.add_argument("--num-gpus", type=_positive, default=1, help="aggregate peaks (ideal TP)")
     p.add_argument(
-        "--seed", type=int, help="regenerate the named bundled trace kind with this seed"
+        "--num-gpus",
+        type=_positive,
+        help="GPUs serving the model (aggregate peaks, ideal TP); default: the smallest "
+        "count that holds the weights + KV cache + activations; a count that cannot hold "
+        "them is refused",
+    )
+    p.add_argument(
+        "--seed",
+        type=non_negative_int,
+        help="regenerate the named bundled trace kind, or resample the ShareGPT sessions, "
+        "with this seed",
     )
     p.add_argument(
         "--offload",
@@ -861,6 +968,39 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
     return p
+
+
+def _float_arg(text: str, *, positive: bool) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number {'> 0' if positive else '>= 0'}, got {text!r}"
+        )
+    return v
+
+
+def _seconds(text: str) -> float:
+    """``argparse`` type: finite seconds >= 0."""
+    return _float_arg(text, positive=False)
+
+
+def _scale(text: str) -> float:
+    """``argparse`` type: a finite factor or rate > 0."""
+    return _float_arg(text, positive=True)
+
+
+def _sharegpt_options(args: argparse.Namespace) -> ShareGPTOptions | None:
+    given = {
+        "sessions": getattr(args, "sharegpt_sessions", None),
+        "min_rounds": getattr(args, "sharegpt_min_rounds", None),
+        "session_rate": getattr(args, "sharegpt_session_rate", None),
+        "think_time_s": getattr(args, "sharegpt_think_time", None),
+    }
+    opts = {k: v for k, v in given.items() if v is not None}
+    return ShareGPTOptions(**opts) if opts else None
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -880,6 +1020,13 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         long_prefill_token_threshold=args.long_prefill_token_threshold,
         state_checkpoint_tokens=args.state_checkpoint_tokens,
         state_cache_slots=args.state_cache_slots,
+        trace_window=TraceWindow(
+            start_s=getattr(args, "trace_start", None),
+            end_s=getattr(args, "trace_end", None),
+            max_requests=getattr(args, "trace_max_requests", None),
+            time_scale=getattr(args, "time_scale", 1.0),
+        ),
+        sharegpt=_sharegpt_options(args),
     )
 
 
@@ -926,6 +1073,10 @@ def main(args: argparse.Namespace, offload: ExternalPrefixSource | None = None) 
         console.print(render_offload({k: v.report for k, v in report.results.items()}))
     for lay, why in report.to_dict()["skipped"].items():
         console.print(f"[yellow]{lay} layout skipped:[/] {why}")
+    console.print(f"GPUs: {report.cost['sizing']}")
+    console.print(
+        f"simulator: {report.sim_requests_per_wall_s:.1f} simulated requests per wall second"
+    )
     if args.plot:
         console.print(f"plot written to {args.plot}")
     return 0

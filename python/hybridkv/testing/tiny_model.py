@@ -403,7 +403,10 @@ class CachedRunner:
 
     ``plan`` is the :class:`~hybridkv.planner.MemoryPlan` the manager was built from:
     each layer's cache tensors are sized by its group's pool (``num_blocks``), and
-    block 0 (the null block) is filled with NaN so that any read of it would show.
+    block 0 (the null block) is filled with NaN so that any read of it would show. An
+    elastic plan (``plan.arena`` set) puts every layer's tensors in ONE
+    :class:`~hybridkv.arena_backend.TorchArena` (strided views over one byte tensor,
+    all NaN to start), so groups really share memory as the manager moves it.
     """
 
     def __init__(self, model: TinyHybridLM, plan: Any) -> None:
@@ -416,6 +419,11 @@ class CachedRunner:
                 self.group_of[int(layer)] = int(g.index)
         self.block_size = {int(g.index): int(g.block_size) for g in plan.groups}
         self.caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.arena: Any = None
+        if getattr(plan, "arena", None) is not None:
+            from hybridkv.arena_backend import TorchArena
+
+            self.arena = TorchArena(plan)
         for i, kind in enumerate(c.layers):
             g = plan.groups[self.group_of[i]]
             nb = int(g.num_blocks)
@@ -434,6 +442,13 @@ class CachedRunner:
                     (nb, c.gdn_v_heads, c.gdn_v_dim, c.gdn_k_dim),
                 )
             dtypes = (model.dtype, model.dtype if kind in (FULL, SLIDING) else torch.float32)
+            if self.arena is not None:
+                j = g.layers.index(i)
+                k, v = self.arena.layer_views(
+                    int(g.index), j, [(shape[0][1:], dtypes[0]), (shape[1][1:], dtypes[1])]
+                )
+                self.caches[i] = (k, v)
+                continue
             self.caches[i] = (
                 torch.full(shape[0], float("nan"), dtype=dtypes[0]),
                 torch.full(shape[1], float("nan"), dtype=dtypes[1]),
@@ -704,6 +719,10 @@ class ServeResult:
     #: States written at block boundaries inside a step (mode ``all``) and read back.
     checkpoint_writes: int = 0
     checkpoint_reads: int = 0
+    #: Elastic plans: after each step, regions moved between groups so far (and the
+    #: manager's arena report at the end).
+    arena_moves: list[int] = field(default_factory=list)
+    arena_info: Any = None
 
 
 def serve(
@@ -739,6 +758,7 @@ def serve(
     logits: dict[int, list[torch.Tensor]] = {rid: [] for rid in prompts}
     pending = sorted(prompts, key=lambda r: ((arrivals or {}).get(r, 0), r))
     hits = resumed_hits = 0
+    moves: list[int] = []
     step = 0
     while pending or sched.has_unfinished():
         if step >= max_steps:
@@ -764,6 +784,9 @@ def serve(
             outputs[rid].append(sampled[rid])
             tokens[rid].append(sampled[rid])
         sched.update_from_output(sampled)
+        info = manager.arena_info()
+        if info is not None:
+            moves.append(int(info["moves"]))
         step += 1
     return ServeResult(
         outputs=outputs,
@@ -776,6 +799,8 @@ def serve(
         manager_stats=manager.stats(),
         checkpoint_writes=runner.checkpoint_writes,
         checkpoint_reads=runner.checkpoint_reads,
+        arena_moves=moves,
+        arena_info=manager.arena_info(),
     )
 
 

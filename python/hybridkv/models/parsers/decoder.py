@@ -23,6 +23,7 @@ from hybridkv.models.parsers.common import (
     Parsed,
     ParseOptions,
     attention_kwargs,
+    gdn_state,
     head_dim,
     kv_dtype_kwargs,
     layer_count,
@@ -31,6 +32,7 @@ from hybridkv.models.parsers.common import (
     opt_int,
     parsed,
     read_layer_kinds,
+    state_kwargs,
     text_config,
 )
 from hybridkv.specs import (
@@ -247,6 +249,15 @@ FAMILIES: dict[str, Family] = {
 
 MODEL_TYPES = tuple(FAMILIES)
 
+#: Fields of a gated-delta-net ``linear_attention`` layer (Qwen3NextConfig's names).
+GDN_KEYS = (
+    "linear_num_key_heads",
+    "linear_num_value_heads",
+    "linear_key_head_dim",
+    "linear_value_head_dim",
+    "linear_conv_kernel_dim",
+)
+
 #: Layer kinds that hold no cache (MLP-only blocks).
 NO_CACHE_KINDS = ("mlp", "moe")
 
@@ -332,11 +343,21 @@ def build(
     window = _window(cfg, family, model_type)
     if kinds is None:
         kinds = family.kinds(cfg, n, window)
+    gdn = "linear_attention" in kinds and all(cfg.get(k) is not None for k in GDN_KEYS)
     for i, kind in enumerate(kinds):
-        if kind not in ATTENTION_KINDS and kind not in NO_CACHE_KINDS:
+        if (
+            kind not in ATTENTION_KINDS
+            and kind not in NO_CACHE_KINDS
+            and not (gdn and kind == "linear_attention")
+        ):
+            extra = (
+                f"; linear_attention is read as a gated delta net only with {', '.join(GDN_KEYS)}"
+                if kind == "linear_attention"
+                else ""
+            )
             raise ModelConfigError(
                 f"{model_type}: unknown layer type {kind!r} at layer {i} (an attention-only "
-                f"decoder has {', '.join(ATTENTION_KINDS)})"
+                f"decoder has {', '.join(ATTENTION_KINDS)}{extra})"
             )
     dtype = model_dtype(cfg, *([outer] if outer is not None else []))
     mla: MLASpec | None = None
@@ -379,6 +400,18 @@ def build(
                 ),
                 **kwargs,
             )
+    if gdn:
+        # The Qwen3-Next gated delta net, which every transformers model that spells
+        # these linear_* fields uses: conv over q, k, v + a (v_heads, k_dim, v_dim) state.
+        table["linear_attention"] = gdn_state(
+            num_k_heads=need_int(cfg, "linear_num_key_heads", model_type),
+            num_v_heads=need_int(cfg, "linear_num_value_heads", model_type),
+            head_k_dim=need_int(cfg, "linear_key_head_dim", model_type),
+            head_v_dim=need_int(cfg, "linear_value_head_dim", model_type),
+            conv_kernel=need_int(cfg, "linear_conv_kernel_dim", model_type),
+            **state_kwargs(cfg, dtype, opts),
+        )
+        notes = (*notes, "linear_attention layers read as gated delta nets (linear_* fields)")
     specs: list[Any] = [table.get(k) for k in kinds]
     if sparse is not None and "indexed_attention" in kinds and mla is not None:
         full = _indexer_flags(cfg, n, model_type)
@@ -404,8 +437,8 @@ def build(
     cached = [i for i, spec in enumerate(specs) if spec is not None]
     if not cached:
         raise ModelConfigError(f"{model_type}: no layer keeps a KV cache")
-    if len(cached) < n:
-        notes = (*notes, "layers without attention (MLP-only, KV-sharing) hold no cache")
+    if len(cached) < len(specs):
+        notes = (*notes, "layers without attention (MLP-only) hold no cache")
     return parsed(cfg, [specs[i] for i in cached], [f"layers.{i}" for i in cached], notes=notes)
 
 
@@ -452,11 +485,12 @@ def parse_unknown(config: Mapping[str, Any], opts: ParseOptions, model_type: str
         raise ModelConfigError("it is an encoder-decoder model, which needs its own parser")
     if cfg.get("vocab_size") is None:
         raise ModelConfigError("it has no vocab_size, so it is not a language model")
+    wrapped = cfg is not config
     cfg, renamed = _standard_names(cfg)
     inner = cfg.get("model_type")
     family = FAMILIES.get(inner, Family()) if isinstance(inner, str) else Family()
     assumed = [f"unknown model_type {model_type!r} read as an attention-only decoder"]
-    if cfg is not config:
+    if wrapped:
         assumed.append(f"planned its text model ({inner or 'text_config'})")
     if renamed:
         assumed.append("read " + ", ".join(renamed))

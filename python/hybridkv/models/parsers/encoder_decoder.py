@@ -13,7 +13,9 @@ and the plan says so.
 - BART family (``bart``, ``mbart``, ``marian``, ``pegasus``, ``blenderbot``,
   ``blenderbot-small``, ``plbart``, ``m2m_100``, ``mvp``, ``nllb-moe``):
   ``encoder_layers`` / ``decoder_layers``, ``decoder_attention_heads`` heads of
-  ``d_model / heads``.
+  ``d_model / heads``. LED (LEDConfig) bounds the two sides apart:
+  ``max_encoder_position_embeddings`` (16384) and ``max_decoder_position_embeddings``
+  (1024).
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ BART_TYPES = (
     "m2m_100",
     "mvp",
     "nllb-moe",
+    "fsmt",
+    "pegasus_x",
+    "bigbird_pegasus",
+    "led",
 )
 MODEL_TYPES = T5_TYPES + BART_TYPES
 
@@ -103,16 +109,25 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
     if d_model % heads:
         raise ModelConfigError(f"{model_type}: d_model {d_model} not divisible by {heads} heads")
     bound = opt_int(config, "max_position_embeddings", model_type, 1024)
+    enc_bound = opt_int(config, "max_encoder_position_embeddings", model_type, bound)
+    dec_bound = opt_int(config, "max_decoder_position_embeddings", model_type, bound)
+    if enc_bound == dec_bound:
+        note = (
+            f"encoder input and decoder self-attention are bounded by "
+            f"max_position_embeddings={bound}; plan with max_model_len at most that"
+        )
+    else:
+        note = (
+            f"encoder input is bounded by {enc_bound} tokens and decoder self-attention by "
+            f"{dec_bound}; plan with max_model_len at most {dec_bound}"
+        )
     return encoder_decoder(
         config,
         enc=need_int(config, "encoder_layers", model_type),
         dec=need_int(config, "decoder_layers", model_type),
         kwargs=attention_kwargs(heads, d_model // heads, dtype, opts),
-        max_encoder_len=bound,
+        max_encoder_len=enc_bound,
         hidden=d_model,
         heads=heads,
-        notes=(
-            f"encoder input and decoder self-attention are bounded by "
-            f"max_position_embeddings={bound}; plan with max_model_len at most that",
-        ),
+        notes=(note,),
     )

@@ -5,8 +5,10 @@
   KimiLinearConfig's default (full attention at ``i % 4 == 0``, ``i > 0``).
 - ``bailing_hybrid``: the same KDA state (``head_dim`` x ``num_attention_heads``,
   ``short_conv_kernel_size``) + MLA; default: full every ``layer_group_size`` (6).
-- ``minimax``: lightning attention (one ``(heads, head_dim, head_dim)`` state) + full
-  attention; default: MiniMaxConfig's alternation (even layers full).
+- ``minimax`` (and the remote-code ``minimax_text_01`` / ``minimax_m1``): lightning
+  attention (one ``(heads, head_dim, head_dim)`` state) + full attention;
+  ``layer_types``, else the legacy ``attn_type_list``, else MiniMaxConfig's alternation
+  (even layers full).
 - ``olmo_hybrid``: gated delta net + full attention; default: full at ``i % 4 == 3``.
 
 State shapes and dtypes follow vLLM's ``MambaStateShapeCalculator`` /
@@ -41,7 +43,9 @@ from hybridkv.models.parsers.common import (
 )
 from hybridkv.specs import FullAttentionSpec, MLASpec, StateSpec
 
-MODEL_TYPES = ("kimi_linear", "bailing_hybrid", "minimax", "olmo_hybrid")
+#: transformers' MiniMaxConfig, and the remote-code spellings of MiniMax-Text-01 / M1.
+MINIMAX_TYPES = ("minimax", "minimax_text_01", "minimax_m1")
+MODEL_TYPES = ("kimi_linear", "bailing_hybrid", *MINIMAX_TYPES, "olmo_hybrid")
 
 
 def kda_state(
@@ -83,7 +87,18 @@ def _default_kinds(cfg: Mapping[str, Any], model_type: str, n: int) -> list[str]
         # BailingHybridConfig.layer_group_size = 6: full attention closes each group.
         every = opt_int(cfg, "layer_group_size", model_type, 6)
         return ["full_attention" if (i + 1) % every == 0 else "linear_attention" for i in range(n)]
-    if model_type == "minimax":
+    if model_type in MINIMAX_TYPES:
+        # The original MiniMax-Text-01 / M1 configs spell the layers as attn_type_list
+        # (0 = lightning, 1 = softmax), which transformers' conversion turns into
+        # layer_types.
+        legacy = cfg.get("attn_type_list")
+        if legacy is not None:
+            if not isinstance(legacy, list) or len(legacy) != n or set(legacy) - {0, 1}:
+                raise ModelConfigError(
+                    f"{model_type}: attn_type_list must list {n} values of 0 (lightning) "
+                    f"or 1 (softmax attention)"
+                )
+            return ["full_attention" if x == 1 else "linear_attention" for x in legacy]
         # MiniMaxConfig: "full_attention" if (i + 1) % 2 else "linear_attention".
         return ["full_attention" if (i + 1) % 2 else "linear_attention" for i in range(n)]
     # OlmoHybridConfig: full attention at i % 4 == 3 (the last layer if none).
@@ -147,7 +162,7 @@ def _linear_state(
             ssm_dtype=ssm_dtype(cfg, "float32"),
             tp=opts.tp,
         )
-    if model_type == "minimax":
+    if model_type in MINIMAX_TYPES:
         heads = need_int(cfg, "num_attention_heads", model_type)
         size = head_dim(cfg, model_type)
         per_rank = tp_split(heads, opts.tp, "num_attention_heads", replicate=False)
