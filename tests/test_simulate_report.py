@@ -114,7 +114,7 @@ def test_ratios_are_static_over_baseline() -> None:
             **ones | {"token_capacity": 100_000, "mean_concurrency": 8.0, "prefix_hit_rate": 0.0},
         ),
     }
-    cost = {"gpu": "H100"}
+    cost = {"gpu": "H100", "num_gpus": 1}
     rep = SimReport(cfg, trace, plans, results, cost)
     d = rep.to_dict()
     assert d["ratios_vs"] == "unified"
