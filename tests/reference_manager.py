@@ -190,6 +190,16 @@ class RefManager:
         lo = grp.first_needed(h) // bs
         return all(pool.lookup(self.key(r, g, k)) is not None for k in range(lo, h // bs))
 
+    def backed(self, r: RefRequest, g: int, h: int) -> bool:
+        """``servable`` with the block ending at ``h`` cached too: the prefixes that are
+        evidence of an earlier request (cross attention caches nothing)."""
+        grp = self.groups[g]
+        if h == 0:
+            return True
+        if grp.kind == "cross_attention" or not self.servable(r, g, h):
+            return False
+        return self.pools[g].lookup(self.key(r, g, h // grp.block_size - 1)) is not None
+
     def lookup(self, rids: Sequence[int]) -> list[int]:
         out = []
         for rid in rids:
@@ -212,8 +222,12 @@ class RefManager:
                 )
                 for g, o in enumerate(own):
                     self.group_hits[g] += o
-                r.boundary = max(own) if max(own) > h else 0
-                if any(o != h for o in own):
+                longest = max(
+                    next(x for x in range(cap, -1, -1) if self.backed(r, g, x))
+                    for g in range(len(self.groups))
+                )
+                r.boundary = longest if longest > h else 0
+                if r.boundary:
                     self.disagreements += 1
             self.hit_tokens += h
             if h:

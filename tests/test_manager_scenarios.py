@@ -241,3 +241,27 @@ def test_unhashed_freed_blocks_are_reused_before_cached_ones() -> None:
             m.free([rid])
             hits.append(h)
         assert hits == [0, 0, 0, 16, 16], shared
+
+
+def test_chunked_local_claims_no_boundary_without_a_cache() -> None:
+    """A chunked-local group serves a chunk start with nothing cached; that is not a
+    shared prefix, so a fresh request gets no boundary (it used to get 8)."""
+    cfg = ManagerConfig(
+        (
+            ManagerGroup("full_attention", BS, 64),
+            ManagerGroup("chunked_local", BS, 64, chunk_size=8),
+            ManagerGroup("state", BS, 64),
+        ),
+        "align",
+    )
+    m = KVCacheManager(cfg)
+    m.add_requests([1], [np.array(P, dtype=np.int32)])
+    assert m.get_computed_tokens([1]).tolist() == [0]
+    assert m.shared_prefix_boundary([1]).tolist() == [0]
+    assert m.stats().disagreements == 0
+    assert m.allocate_slots([1], [len(P)]).tolist() == [True]
+    m.free([1])
+    # Cached now (full and chunked blocks 0..2, no state checkpoint): the boundary is 12.
+    m.add_requests([2], [np.array(P, dtype=np.int32)])
+    assert m.get_computed_tokens([2]).tolist() == [0]
+    assert m.shared_prefix_boundary([2]).tolist() == [12]

@@ -16,8 +16,11 @@ from hybridkv.errors import InvalidArgumentError, PlanError
 from hybridkv.models import load_model
 from hybridkv.planner import plan_memory, vllm_runtime_plan
 from hybridkv.simulate import (
+    LayoutResult,
     SimConfig,
+    SimReport,
     make_plans,
+    render_table,
     run,
     simulate_plan,
 )
@@ -84,16 +87,69 @@ def test_report_shape_and_layout_facts(capsys: pytest.CaptureFixture[str]) -> No
         assert lay["ttft_s"]["p50"] <= lay["ttft_s"]["p99"]
         assert lay["tpot_s"]["p50"] <= lay["tpot_s"]["p99"]
         assert all(0.0 <= p["peak_usage"] <= 1.0 for p in lay["pools"])
-    assert r["ratios"]["token_capacity"] == pytest.approx(
-        pg["token_capacity"] / un["token_capacity"]
-    )
+    # The ratio against the planner's own figures (not the report's).
     assert r["ratios_vs"] == "vllm"
+    expected = plan.token_capacity / plan.vllm_baseline.token_capacity
+    assert r["ratios"]["token_capacity"] == pytest.approx(expected)
     one = _json([*ARGS, "--trace", "agentic", "--layout", "vllm"], capsys)
     assert set(one["layouts"]) == {"vllm"} and "ratios" not in one
     assert _strip_measured(one)["layouts"]["vllm"] == _strip_measured(r)["layouts"]["vllm"]
     # --layout repeats; the order given is the report's order.
     two = _json([*ARGS, "--trace", "agentic", "--layout", "vllm", "--layout", "static"], capsys)
     assert list(two["layouts"]) == ["vllm", "static"] and "ratios" in two
+
+
+def _with(res: LayoutResult, **fields: float) -> LayoutResult:
+    return replace(res, report=res.report | fields)
+
+
+def test_ratios_are_static_over_baseline() -> None:
+    """Known inputs, known ratios: static / baseline, key by key, None on a zero baseline,
+    and the table's ratio column (computed separately) says the same."""
+    trace = make_agentic(seed=3, sessions=2)
+    cfg = SimConfig(model="qwen3-next-80b-a3b", memory_bytes=16 * 2**30, trace="agentic")
+    plans = make_plans(cfg, trace)
+    plan = plans["static"]
+    assert not isinstance(plan, str)
+    real = simulate_plan(plan, trace, layout="static", cost=CostModel(plan))
+    ones = dict.fromkeys(
+        ("peak_concurrency", "mean_concurrency", "prefix_hit_rate", "output_throughput_tok_s"),
+        1.0,
+    )
+    results = {
+        "static": _with(
+            real,
+            **ones | {"token_capacity": 300_000, "mean_concurrency": 6.0, "prefix_hit_rate": 0.25},
+        ),
+        "vllm": _with(
+            real,
+            **ones | {"token_capacity": 100_000, "mean_concurrency": 8.0, "prefix_hit_rate": 0.0},
+        ),
+    }
+    cost = {"gpu": "H100", "num_gpus": 1}
+    rep = SimReport(cfg, trace, plans, results, cost)
+    d = rep.to_dict()
+    assert d["ratios_vs"] == "vllm"
+    assert d["ratios"] == {
+        "token_capacity": 3.0,
+        "peak_concurrency": 1.0,
+        "mean_concurrency": 0.75,
+        "prefix_hit_rate": None,
+        "output_throughput_tok_s": 1.0,
+    }
+    table = render_table(rep)
+    names = [str(c) for c in table.columns[0].cells]
+    ratio_col = [str(c) for c in table.columns[-1].cells]
+    assert ratio_col[names.index("token capacity")] == "3.00x"
+    assert ratio_col[names.index("mean concurrency")] == "0.75x"
+    assert ratio_col[names.index("prefix hit rate")] == "-"
+    # Another baseline, other ratios; without one of the two layouts, no ratios at all.
+    three = {**results, "elastic": results["static"]}
+    assert SimReport(cfg, trace, plans, three, cost, "elastic").to_dict()["ratios"] == dict(
+        ones, token_capacity=1.0, mean_concurrency=1.0, prefix_hit_rate=1.0
+    )
+    only = SimReport(cfg, trace, plans, {"vllm": results["vllm"]}, cost)
+    assert "ratios" not in only.to_dict()
 
 
 def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -95,7 +95,8 @@ class ManagerStats:
 
     ``hit_rate`` is ``hit_tokens / query_tokens``; ``group_hit_tokens[g]`` is what group
     ``g`` alone could have served; ``disagreements`` counts lookups where some group
-    could serve more than the agreed hit. ``usage[g]`` is the fraction of pool ``g``'s
+    could serve more than the agreed hit from blocks it holds cached (those that report
+    a :meth:`~KVCacheManager.shared_prefix_boundary`). ``usage[g]`` is the fraction of pool ``g``'s
     non-null blocks in use, ``num_free``/``num_cached``/``num_in_use`` its block counts.
     Times are seconds spent in hashing, prefix lookup and allocation.
     """
@@ -523,7 +524,10 @@ class KVCacheManager:
 
     def shared_prefix_boundary(self, req_ids: npt.ArrayLike) -> I64:
         """Per request, from its last :meth:`get_computed_tokens`: the longest prefix some
-        single group could serve when that is longer than the agreed hit, else 0.
+        single group could serve from blocks it holds cached (the block ending there
+        among them) when that is longer than the agreed hit, else 0. Prefixes a group
+        serves with nothing cached (a chunked-local group at a chunk start, cross
+        attention anywhere) are no evidence of a shared prefix and never count.
 
         In align mode a state group only checkpoints where a step ends, so a scheduler
         that ends a prefill chunk exactly at this position (and at block boundaries)

@@ -114,6 +114,44 @@ fn chunk_boundary_needs_no_earlier_blocks() {
 }
 
 #[test]
+fn shared_prefix_boundary_needs_cached_blocks() {
+    // A chunked-local group serves a chunk start with nothing cached: that is no shared
+    // prefix, so a fresh request reports no boundary (and no disagreement).
+    let ch = GroupKind::ChunkedLocal { chunk: 8 };
+    let groups = [(GroupKind::Full, 64), (ch, 64), (GroupKind::State, 64)];
+    let mut m = mgr(&groups, MambaMode::Align);
+    let toks: Vec<i32> = (1..=14).collect();
+    add(&mut m, 1, &toks);
+    assert_eq!(m.get_computed_tokens(&[1]).unwrap(), vec![0]);
+    assert_eq!(m.shared_prefix_boundary(&[1]).unwrap(), vec![0]);
+    assert_eq!(m.stats().disagreements, 0);
+    // Request 1 computes 9 tokens in one step: blocks 0..2 cached, no state checkpoint.
+    assert!(m.allocate_slots(&[1], &[9], &[0], true).unwrap()[0]);
+    m.free(&[1]).unwrap();
+    // Request 2 shares those 8 tokens, then differs: the chunked group's plain claim is
+    // the chunk start 16, but only 8 tokens are backed by its cache.
+    let mut other = toks[..8].to_vec();
+    other.extend(100..112);
+    add(&mut m, 2, &other);
+    assert_eq!(m.get_computed_tokens(&[2]).unwrap(), vec![0]);
+    assert_eq!(m.shared_prefix_boundary(&[2]).unwrap(), vec![8]);
+    assert_eq!(m.stats().disagreements, 1);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn cross_attention_backs_no_boundary() {
+    let cross = GroupKind::CrossAttention {
+        max_encoder_len: 16,
+    };
+    let mut m = mgr(&[(GroupKind::Full, 64), (cross, 64)], MambaMode::Align);
+    let toks: Vec<i32> = (1..=14).collect();
+    add(&mut m, 1, &toks);
+    assert_eq!(m.get_computed_tokens(&[1]).unwrap(), vec![0]);
+    assert_eq!(m.shared_prefix_boundary(&[1]).unwrap(), vec![0]);
+}
+
+#[test]
 fn state_align_checkpoints_on_block_boundaries_only() {
     let mut m = mgr(
         &[(GroupKind::Full, 64), (GroupKind::State, 8)],
