@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -368,14 +369,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc).splitlines()[0] if str(exc) else "hybridkv: error", file=sys.stderr)
         return 2
     except HybridKVError as exc:
-        subcommand = (sys.argv[1:] if argv is None else list(argv))[:1]
-        command = " ".join(["hybridkv", *subcommand])
-        message = " ".join(str(exc).split())
-        print(f"{command}: error: {message}", file=sys.stderr)
+        _print_error(argv, str(exc))
         return 2
     except SystemExit as exc:  # --help and friends
         return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        _print_error(argv, "interrupted")
+        return 130
+    except MemoryError:
+        _print_error(argv, "out of memory (the inputs ask for more than this machine has)")
+        return 1
+    except RecursionError:
+        _print_error(argv, "an input is nested too deeply to process")
+        return 1
+    except Exception as exc:  # a bug: still one line, never a traceback
+        if os.environ.get("HYBRIDKV_TRACEBACK"):
+            raise
+        _print_error(
+            argv,
+            f"internal error ({type(exc).__name__}: {exc}); please report it "
+            "(HYBRIDKV_TRACEBACK=1 shows the traceback)",
+        )
+        return 1
     return int(code)
+
+
+def _print_error(argv: Sequence[str] | None, message: str) -> None:
+    """One line on stderr: ``hybridkv SUBCOMMAND: error: MESSAGE`` (credentials in any
+    URL the message quotes are masked)."""
+    from hybridkv.offload.redact import redact_text
+
+    subcommand = (sys.argv[1:] if argv is None else list(argv))[:1]
+    command = " ".join(["hybridkv", *subcommand])
+    text = " ".join(redact_text(message).split())
+    if len(text) > 2000:
+        text = text[:2000] + " ..."
+    print(f"{command}: error: {text}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

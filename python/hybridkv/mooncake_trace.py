@@ -43,6 +43,8 @@ MAX_LINE_BYTES = 16 << 20
 MAX_TRACE_BYTES = 2 << 30
 #: Most requests kept from one file.
 MAX_REQUESTS = 5_000_000
+#: Blank lines tolerated (a real trace has at most a trailing one).
+MAX_BLANK_LINES = 1 << 16
 #: Hash ids (segment seeds) must lie below this; output seeds start here.
 HASH_ID_LIMIT = 1 << 31
 _MAX_INPUT = 1 << 31
@@ -93,7 +95,7 @@ def read_mooncake(
     output_len: list[int] = []
     prompt: list[int] = []
     offsets = [0]
-    read = 0
+    read = blank = 0
     try:
         with _open(p) as f:
             lineno = 0
@@ -109,9 +111,14 @@ def read_mooncake(
                 if read > max_trace_bytes:
                     raise TraceError(f"{p}: more than {max_trace_bytes} bytes of trace text")
                 if not line.strip():
+                    blank += 1
+                    if blank > MAX_BLANK_LINES:  # a bomb of newlines: line-by-line is slow
+                        raise TraceError(f"{p}: more than {MAX_BLANK_LINES} blank lines")
                     continue
                 try:
                     d = json.loads(line)
+                except RecursionError:
+                    raise TraceError(f"{where}: nested too deeply to parse") from None
                 except ValueError as e:
                     raise TraceError(f"{where}: not JSON ({e})") from None
                 if not isinstance(d, dict):

@@ -842,6 +842,19 @@ def write_plot(report: SimReport, path: str | Path) -> None:
 # -- CLI ------------------------------------------------------------------------------------
 
 
+#: The most GPUs ``--num-gpus`` takes (far beyond any one deployment).
+MAX_NUM_GPUS = 1 << 16
+
+
+def _gpu_count(text: str) -> int:
+    from hybridkv.cli import positive_int
+
+    n = positive_int(text)
+    if n > MAX_NUM_GPUS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_NUM_GPUS} GPUs, got {text}")
+    return n
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``hybridkv simulate`` on an argparse subparsers object."""
     from hybridkv.cli import add_state_cache_slots_argument, non_negative_int
@@ -947,7 +960,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--gpu", choices=sorted(GPUS), default="h100-sxm", help="roofline peaks")
     p.add_argument(
         "--num-gpus",
-        type=_positive,
+        type=_gpu_count,
         help="GPUs serving the model (aggregate peaks, ideal TP); default: the smallest "
         "count that holds the weights + KV cache + activations; a count that cannot hold "
         "them is refused",
@@ -1031,6 +1044,26 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     )
 
 
+def _check_plot_path(path: str) -> None:
+    """Refuse a ``--plot`` target the run could not write, before the run starts."""
+    import importlib.util
+    import os
+
+    text = str(path)
+    if not text.lower().endswith(".png"):
+        raise InvalidArgumentError(f"--plot writes a PNG: {text!r} does not end in .png")
+    target = Path(text)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise InvalidArgumentError(f"--plot: directory {str(parent)!r} does not exist")
+    if target.is_dir():
+        raise InvalidArgumentError(f"--plot: {text!r} is a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"--plot: directory {str(parent)!r} is not writable")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InvalidArgumentError("--plot needs matplotlib: pip install matplotlib")
+
+
 def main(args: argparse.Namespace, offload: ExternalPrefixSource | None = None) -> int:
     """Run ``hybridkv simulate``; HybridKVError propagates for the CLI to report."""
     import json
@@ -1039,12 +1072,13 @@ def main(args: argparse.Namespace, offload: ExternalPrefixSource | None = None) 
     from rich.console import Console
 
     cfg = config_from_args(args)
-    if args.plot and not str(args.plot).lower().endswith(".png"):
-        raise InvalidArgumentError(f"--plot writes a PNG: {args.plot!r} does not end in .png")
+    if args.plot is not None:
+        _check_plot_path(args.plot)
     layouts = args.layout or None
     show = not args.no_progress and not args.json and sys.stderr.isatty()
     sim_offload = None
-    if offload is None and getattr(args, "offload", None):
+    # An empty --offload is an error (parse_offload_spec says so), not a silent no-op.
+    if offload is None and getattr(args, "offload", None) is not None:
         from hybridkv.offload import parse_offload_spec
         from hybridkv.offload.sim import SimOffload
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hybridkv.bounded_read import parse_json, read_bytes
 from hybridkv.errors import InvalidArgumentError
 
 TRACE_FORMAT = "hybridkv-trace/1"
@@ -191,6 +192,10 @@ class Trace:
         if np.any(~np.isfinite(self.arrival)) or np.any(self.arrival < 0):
             raise TraceError(f"trace {self.name!r}: arrivals must be finite and >= 0")
         for idx, toks in self.seg_tokens.items():
+            if not 0 <= idx < s:
+                raise TraceError(
+                    f"trace {self.name!r}: literal segment key {idx} is outside 0..{s - 1}"
+                )
             if toks.shape != (int(self.seg_len[idx]),):
                 raise TraceError(f"trace {self.name!r}: literal segment {idx} has the wrong length")
             if toks.size and (toks.min() < 0 or toks.max() >= self.vocab_size):
@@ -392,6 +397,10 @@ def list_traces() -> list[str]:
     return sorted(p.name.removesuffix(".json.gz") for p in _TRACE_DIR.glob("*.json.gz"))
 
 
+#: The most (decompressed) bytes a trace file may hold: a gzip bomb stops here.
+MAX_TRACE_FILE_BYTES = 512 << 20
+
+
 def load_trace(name_or_path: str | Path) -> Trace:
     """A bundled trace by name (see :func:`list_traces`) or a trace file by path."""
     s = str(name_or_path)
@@ -401,13 +410,10 @@ def load_trace(name_or_path: str | Path) -> Trace:
         raise TraceError(
             f"no trace {s!r}: not a file, and the bundled traces are {', '.join(list_traces())}"
         )
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        data = json.loads(raw)
-    except (OSError, ValueError, EOFError) as e:
-        raise TraceError(f"{path}: cannot read trace ({e})") from None
+    raw = read_bytes(
+        path, max_bytes=MAX_TRACE_FILE_BYTES, error=TraceError, what="trace", gunzip=True
+    )
+    data = parse_json(raw, error=TraceError, what=f"trace {str(path)!r}")
     if not isinstance(data, dict):
         raise TraceError(f"{path}: a trace file holds one JSON object")
     return Trace.from_dict(data, source=str(path))

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from hybridkv.errors import InvalidArgumentError
 from hybridkv.specs import SPEC_TYPES, KVSpec
 
+#: The most cache layers a model may have: real ones have at most a few hundred, and a
+#: config claiming millions would take minutes and gigabytes to plan.
+MAX_LAYERS = 1 << 16
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -45,6 +49,11 @@ class ModelSpec:
         specs = tuple(specs)
         if not specs:
             raise InvalidArgumentError(f"model {self.name!r} has no layers")
+        if len(specs) > MAX_LAYERS:
+            raise InvalidArgumentError(
+                f"model {self.name!r} has {len(specs)} cache layers, more than the "
+                f"{MAX_LAYERS} a model may have"
+            )
         for i, spec in enumerate(specs):
             if not isinstance(spec, SPEC_TYPES):
                 raise InvalidArgumentError(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hybridkv.bounded_read import parse_json, read_bytes
 from hybridkv.errors import InvalidArgumentError, ModelConfigError, ModelConfigWarning
 from hybridkv.models.model_spec import ModelSpec
 from hybridkv.models.parsers import PARSERS, REFUSED, Parsed, ParseOptions, Parser, decoder
@@ -159,13 +159,14 @@ def _resolved(config: Any, resolve: str) -> Any:
     return config
 
 
+#: The largest config.json read (real ones are kilobytes; the bound keeps a hostile
+#: file from taking minutes or gigabytes).
+MAX_CONFIG_BYTES = 8 << 20
+
+
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ModelConfigError(f"cannot read model config {str(path)!r}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelConfigError(f"model config {str(path)!r} is not valid JSON: {exc}") from None
+    raw = read_bytes(path, max_bytes=MAX_CONFIG_BYTES, error=ModelConfigError, what="model config")
+    return parse_json(raw, error=ModelConfigError, what=f"model config {str(path)!r}")
 
 
 RESOLVERS = ("builtin", "transformers")

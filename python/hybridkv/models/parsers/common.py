@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from hybridkv.errors import ModelConfigError
+from hybridkv.models.model_spec import MAX_LAYERS
 from hybridkv.specs import DTYPE_BYTES, FullAttentionSpec, StateSpec
 
 
@@ -101,6 +102,11 @@ def layer_count(
                 )
             return n
     if kinds is not None:
+        if len(kinds) > MAX_LAYERS:
+            raise ModelConfigError(
+                f"{model_type}: {source} lists {len(kinds)} layers, more than the "
+                f"{MAX_LAYERS} a model may have"
+            )
         return len(kinds)
     raise ModelConfigError(
         f"{model_type} config needs layer_types or a positive int {keys[0]!r}, got neither"
@@ -112,6 +118,11 @@ def need_int(cfg: Mapping[str, Any], key: str, model_type: str) -> int:
     value = cfg.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ModelConfigError(f"{model_type} config needs a positive int {key!r}, got {value!r}")
+    if "layer" in key and value > MAX_LAYERS:
+        raise ModelConfigError(
+            f"{model_type} config: {key} is {value}, more than the {MAX_LAYERS} layers a "
+            "model may have"
+        )
     return value
 
 
