@@ -308,7 +308,7 @@ def test_every_transformers_config_plans_or_is_refused_clearly() -> None:
             model,
             memory_bytes=1 << 42,
             max_num_seqs=4,
-            max_model_len=4096,
+            max_model_len=min(4096, model.max_model_len or 4096),  # learned positions bound
             max_num_batched_tokens=2048,
         )
         planned.append(model_type)

@@ -414,6 +414,12 @@ def _check_common(
         raise PlanError(
             f"mamba_cache_mode must be one of {MAMBA_CACHE_MODES}, got {mamba_cache_mode!r}"
         )
+    bound = model.max_model_len
+    if bound is not None and sizes[2] > bound:
+        raise PlanError(
+            f"max_model_len {sizes[2]} exceeds the {bound} positions {model.name!r} can run "
+            f"(its learned position embeddings); plan with --max-model-len {bound} or less"
+        )
     return _Limits(*sizes, mamba_cache_mode=mamba_cache_mode)
 
 

@@ -108,6 +108,7 @@ def model_from_config(
         vocab_size=_int_or_none(parsed.vocab_size),
         num_attention_heads=_int_or_none(parsed.num_attention_heads),
         notes=parsed.notes,
+        max_model_len=parsed.max_model_len,
     )
 
 
