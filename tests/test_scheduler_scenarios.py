@@ -166,7 +166,7 @@ def test_request_that_never_fits_is_reported() -> None:
             s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
 
 
-def _hybrid_sched(cut: bool) -> Scheduler:
+def _hybrid_sched(cut: bool, budget: int = 64, like_vllm: bool = False) -> Scheduler:
     full = FullAttentionSpec(num_kv_heads=1, head_size=8)
     state = StateSpec(shapes=((2, 8),), dtypes=("fp32",))
     plan = plan_with_blocks(
@@ -179,10 +179,11 @@ def _hybrid_sched(cut: bool) -> Scheduler:
     )
     return Scheduler(
         KVCacheManager(plan),
-        max_num_batched_tokens=64,
+        max_num_batched_tokens=budget,
         max_num_seqs=4,
         max_model_len=64,
         cut_at_shared_prefix=cut,
+        align_like_vllm=like_vllm,
     )
 
 
@@ -207,3 +208,32 @@ def test_align_mode_checkpoints_chunk_ends_and_shared_prefix_cut(cut: bool) -> N
     # hits the shared prefix.
     assert hits[0] == 0 and hits[1] == 0
     assert hits[2] == (16 if cut else 0)
+
+
+def _chunks(s: Scheduler, steps: int) -> list[list[tuple[int, int]]]:
+    out_chunks = []
+    for _ in range(steps):
+        out = s.schedule()
+        out_chunks.append(list(zip(out.req_ids.tolist(), out.num_new_tokens.tolist(), strict=True)))
+        s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    return out_chunks
+
+
+@pytest.mark.parametrize("like_vllm", [False, True])
+def test_align_like_vllm_chunking(like_vllm: bool) -> None:
+    # Two 25-token prompts, 6 tokens per step, block 4: both rules cut the first
+    # request's chunk to a boundary (4); the 2 tokens left run as a sub-block chunk of
+    # the second request by default, while vLLM's rule stops admission there.
+    s = _hybrid_sched(False, budget=6, like_vllm=like_vllm)
+    for i in range(2):
+        s.add_request(i, np.arange(1 + 30 * i, 26 + 30 * i, dtype=np.int32), 1)
+    first = _chunks(s, 2)
+    if like_vllm:
+        assert first == [[(0, 4)], [(0, 4)]]
+    else:
+        assert first == [[(0, 4), (1, 2)], [(0, 4), (1, 2)]]
+    # A 24-token prompt (a multiple of the block): by default one chunk to its end; by
+    # vLLM's rule the tail checkpoint lies before the last token (20), then 4 tokens.
+    s = _hybrid_sched(False, like_vllm=like_vllm)
+    s.add_request(0, np.arange(1, 25, dtype=np.int32), 2)
+    assert _chunks(s, 2) == ([[(0, 20)], [(0, 4)]] if like_vllm else [[(0, 24)], [(0, 1)]])

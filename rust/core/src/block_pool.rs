@@ -14,6 +14,7 @@
 //! Every public operation validates its whole input before mutating anything, so an
 //! error leaves the pool exactly as it was.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -31,6 +32,8 @@ pub type BlockHash = u128;
 pub const NULL_BLOCK: BlockId = 0;
 
 const NIL: u32 = u32::MAX;
+/// Most hash-map entries a pool reserves up front.
+const MAX_PRESIZED: usize = 1 << 24;
 
 /// Bytes of bookkeeping a pool keeps per block (reference count, 128-bit hash, hash
 /// flag, free-queue and hash-chain links), rounded up.
@@ -179,6 +182,11 @@ impl BlockPool {
         }
         let n = num_blocks;
         check_bookkeeping_fits([n])?;
+        // At most one hash per block: a map presized for every block never rehashes
+        // (a rehash inside a step costs a page-faulting copy of the whole table).
+        // Capped, and fallible: past the cap (16 M blocks) it grows as needed.
+        let mut cached = FastMap::default();
+        let _ = cached.try_reserve(n.saturating_sub(1).min(MAX_PRESIZED));
         let mut pool = BlockPool {
             ref_cnt: try_vec(n, 0)?,
             hash: try_vec(n, 0)?,
@@ -191,7 +199,7 @@ impl BlockPool {
             tail: NIL,
             num_free: 0,
             num_cached_free: 0,
-            cached: FastMap::default(),
+            cached,
             events: Vec::new(),
             record_events: true,
             num_present: n - 1,
@@ -484,20 +492,25 @@ impl BlockPool {
         }
         self.undo_decrements(ids);
         for &id in ids {
-            let b = id as u32;
-            let r = &mut self.ref_cnt[b as usize];
-            *r -= 1;
-            if *r == 0 {
-                self.push_tail(b);
-                if let Some(g) = self.regions.as_mut() {
-                    g.released(b);
-                    if !self.has_hash[b as usize] {
-                        g.add_uncached(b);
-                    }
+            self.release_ref(id as u32);
+        }
+        Ok(())
+    }
+
+    /// Drop one reference of a real block that has one; at zero it joins the free
+    /// queue's tail (and its region's free counts).
+    fn release_ref(&mut self, b: u32) {
+        let r = &mut self.ref_cnt[b as usize];
+        *r -= 1;
+        if *r == 0 {
+            self.push_tail(b);
+            if let Some(g) = self.regions.as_mut() {
+                g.released(b);
+                if !self.has_hash[b as usize] {
+                    g.add_uncached(b);
                 }
             }
         }
-        Ok(())
     }
 
     /// Validate a `free` batch without changing anything: the error `free` would return.
@@ -594,6 +607,34 @@ impl BlockPool {
             }
         }
         Ok(())
+    }
+
+    /// Drop one reference from a block the caller knows to be real and in use (the
+    /// manager, for blocks its tables hold): `free(&[id])` without the validation.
+    /// Cheap guards keep a broken caller from corrupting the pool: what `free` would
+    /// refuse is ignored, as the manager ignored `free`'s error before.
+    pub(crate) fn free_held(&mut self, id: BlockId) {
+        debug_assert!(self.check_real(id).is_ok() && self.ref_cnt[id as usize] > 0);
+        let b = id as u32;
+        if b != 0 && self.ref_cnt.get(b as usize).is_some_and(|&r| r > 0) {
+            self.release_ref(b);
+        }
+    }
+
+    /// Cache a block the caller knows to be real, in use and uncached (the manager, for
+    /// blocks its request just filled) under `h`, recording no pool event (the manager
+    /// records its own): `cache_blocks(&[id], &[h])` without the validation.
+    /// A block that is not real, not in use or already cached is left alone, as
+    /// `cache_blocks` would have refused it.
+    pub(crate) fn cache_held(&mut self, id: BlockId, h: BlockHash) {
+        debug_assert!(self.check_real(id).is_ok() && self.ref_cnt[id as usize] > 0);
+        let b = id as u32;
+        let ok = b != 0
+            && self.ref_cnt.get(b as usize).is_some_and(|&r| r > 0)
+            && !self.has_hash[b as usize];
+        if ok {
+            self.link_hash(b, h);
+        }
     }
 
     /// The block caching `hash` (the oldest, when several do), if any.
@@ -962,12 +1003,14 @@ impl BlockPool {
         self.hash[bi] = h;
         self.has_hash[bi] = true;
         self.hash_next[bi] = NIL;
-        match self.cached.get_mut(&h) {
-            None => {
+        // One probe: the entry either is new or extends its chain.
+        match self.cached.entry(h) {
+            Entry::Vacant(v) => {
                 self.hash_prev[bi] = NIL;
-                self.cached.insert(h, (b, b));
+                v.insert((b, b));
             }
-            Some(ends) => {
+            Entry::Occupied(mut o) => {
+                let ends = o.get_mut();
                 let last = ends.1;
                 self.hash_prev[bi] = last;
                 self.hash_next[last as usize] = b;

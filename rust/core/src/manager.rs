@@ -461,7 +461,7 @@ impl Manager {
             for &b in table.iter().rev() {
                 if b != NULL_BLOCK {
                     // Every non-null entry holds one reference taken by this request.
-                    let _ = pool.free(&[b]);
+                    pool.free_held(b);
                 }
             }
             table.clear();

@@ -126,10 +126,12 @@ impl Request {
     }
 }
 
-/// The live requests, in a slab addressed through an id map.
+/// The live requests, in a slab addressed through an id map. Boxed, so that taking a
+/// request out of its slot for a call (and putting it back) moves a pointer, not the
+/// whole request.
 #[derive(Debug, Default)]
 pub struct Requests {
-    slots: Vec<Option<Request>>,
+    slots: Vec<Option<Box<Request>>>,
     free_slots: Vec<u32>,
     index: IdMap<u32>,
     /// Per-slot stamp used to spot duplicate ids in a batch without allocating.
@@ -151,6 +153,7 @@ impl Requests {
         self.index.get(&id).copied()
     }
     pub fn insert(&mut self, r: Request) {
+        let r = Box::new(r);
         let id = r.id;
         let s = match self.free_slots.pop() {
             Some(s) => {
@@ -165,22 +168,24 @@ impl Requests {
         };
         self.index.insert(id, s);
     }
-    pub fn remove(&mut self, id: i64) -> Option<Request> {
+    pub fn remove(&mut self, id: i64) -> Option<Box<Request>> {
         let s = self.index.remove(&id)?;
         self.free_slots.push(s);
         self.slots[s as usize].take()
     }
     pub fn get(&self, slot: u32) -> Option<&Request> {
-        self.slots.get(slot as usize).and_then(|r| r.as_ref())
+        self.slots.get(slot as usize).and_then(|r| r.as_deref())
     }
     pub fn get_mut(&mut self, slot: u32) -> Option<&mut Request> {
-        self.slots.get_mut(slot as usize).and_then(|r| r.as_mut())
+        self.slots
+            .get_mut(slot as usize)
+            .and_then(|r| r.as_deref_mut())
     }
-    /// Move a request out of its slot (put it back with `put`).
-    pub fn take(&mut self, slot: u32) -> Option<Request> {
+    /// Move a request out of its slot (put it back with `put`); moves only its box.
+    pub fn take(&mut self, slot: u32) -> Option<Box<Request>> {
         self.slots.get_mut(slot as usize)?.take()
     }
-    pub fn put(&mut self, slot: u32, r: Request) {
+    pub fn put(&mut self, slot: u32, r: Box<Request>) {
         if let Some(x) = self.slots.get_mut(slot as usize) {
             *x = Some(r);
         }
@@ -189,10 +194,10 @@ impl Requests {
         self.slot_of(id).and_then(|s| self.get(s))
     }
     pub fn iter(&self) -> impl Iterator<Item = &Request> {
-        self.slots.iter().filter_map(|r| r.as_ref())
+        self.slots.iter().filter_map(|r| r.as_deref())
     }
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Request> {
-        self.slots.iter_mut().filter_map(|r| r.as_mut())
+        self.slots.iter_mut().filter_map(|r| r.as_deref_mut())
     }
 
     /// Slots of `ids`, or the first unknown / repeated id.

@@ -128,7 +128,7 @@ impl Manager {
             for b in &mut table[start..target] {
                 if *b != NULL_BLOCK {
                     // The request holds one reference on each non-null entry.
-                    let _ = pool.free(&[*b]);
+                    pool.free_held(*b);
                     *b = NULL_BLOCK;
                 }
             }
@@ -231,13 +231,15 @@ impl Manager {
 
     /// Cache the blocks that the tokens `[c, e)` of this step complete.
     fn cache_full_blocks(&mut self, r: &mut Request, c: usize, e: usize) {
-        let t0 = Instant::now();
         for s in 0..self.sizes.len() {
             if e / self.sizes[s] > r.hashes[s].len() {
+                // Timed only when there is hashing to do (a decode step rarely
+                // completes a block): a clock read costs as much as the rest.
+                let t0 = Instant::now();
                 r.ensure_hashes(s, self.sizes[s], e, self.root, &mut self.buf);
+                self.stats.ns_hash += t0.elapsed().as_nanos() as u64;
             }
         }
-        self.stats.ns_hash += t0.elapsed().as_nanos() as u64;
         for g in 0..self.groups.len() {
             let cfg = self.groups[g];
             if !cfg.caches(self.mode) {
@@ -266,8 +268,8 @@ impl Manager {
                 debug_assert!(!fresh || self.pools[g].block_hash(b) == Ok(None));
                 if fresh {
                     let h = r.hashes[self.size_of[g]][k];
-                    // In use (held by this request) and unhashed: cannot fail.
-                    let _ = self.pools[g].cache_blocks(&[b], &[h]);
+                    // In use (held by this request) and unhashed.
+                    self.pools[g].cache_held(b, h);
                     if cfg.kind == GroupKind::State {
                         self.states_this_step[g].insert(b);
                     }
@@ -296,12 +298,6 @@ impl Manager {
             }
             if to > r.num_cached[g] {
                 r.num_cached[g] = to;
-            }
-        }
-        if self.record_events {
-            // The rich `Stored` events were recorded above; drop the pool's copies.
-            for p in &mut self.pools {
-                let _ = p.take_events();
             }
         }
     }
