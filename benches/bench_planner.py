@@ -1,5 +1,7 @@
-"""Token capacity of every bundled model: hybridkv's per-group plan vs the unified-page
-baseline vs the physical limit, at one stated budget.
+"""Token capacity of every bundled model: hybridkv's per-group plan vs vLLM 0.33's
+runtime layout of the same memory (one shared pool at its inflated block size, with
+max_num_seqs requests' state/window blocks reserved) vs the physical limit, at one
+stated budget; vLLM's boot-log figure beside it (what vLLM prints, not what it holds).
 
 Budget: 60 GiB of KV cache, max_model_len 32768 (Whisper: its 448-token decoder),
 8192 batched tokens, block size 16, bf16 KV (the model's dtype; Whisper fp16), tp=1,
@@ -39,8 +41,9 @@ def capacity_table(max_num_seqs: int) -> Table:
         "bounded pools",
         "hybridkv tokens",
         "physical limit",
-        "unified baseline",
-        "hybridkv / unified",
+        "vLLM runtime",
+        "hybridkv / vLLM",
+        "vLLM boot log",
         "per-request sizing",
     ):
         table.add_column(col, justify="left" if col in ("model", "groups") else "right")
@@ -59,10 +62,11 @@ def capacity_table(max_num_seqs: int) -> Table:
             plan = plan_memory(model, **kw)  # type: ignore[arg-type]
         except PlanError as exc:
             short = int(str(exc).rsplit("short by ", 1)[-1].split()[0])
-            row = ["does not fit", f"short by {format_bytes(short)}", "", "", "", ""]
+            row = ["does not fit", f"short by {format_bytes(short)}", "", "", "", "", ""]
             table.add_row(name, groups, *row)
             continue
-        base = plan.unified_baseline.token_capacity
+        base = plan.vllm_baseline.token_capacity
+        boot = plan.vllm_baseline.boot_log_token_capacity
         physical = plan.physical_token_limit
         try:
             loose = plan_memory(model, bounded_sizing="per_request", **kw)  # type: ignore[arg-type]
@@ -78,6 +82,7 @@ def capacity_table(max_num_seqs: int) -> Table:
             f"{physical:,.0f}" if physical is not None else "n/a",
             f"{base:,}" if base is not None else "impossible",
             f"{plan.token_capacity / base:.2f}x" if base else "n/a",
+            f"{boot:,}" if boot is not None else "n/a",
             loose_text if has_window else "same",
         )
     return table

@@ -33,7 +33,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,14 +44,14 @@ import numpy as np
 from bench_manager import (
     BS,
     BUDGET,
-    INSTALL,
     MAX_SEQS,
     SYS_PREFIX,
     WINDOW,
     load_workload,
     make_workload,
+    run_peer,
     save_workload,
-    vllm_python,
+    vllm_kv_groups,
 )
 
 CLOCK = time.thread_time
@@ -171,7 +170,7 @@ class HybridSide(Side):
             # junction in align mode; so does hybridkv's with this option.
             cut_at_shared_prefix=True,
             # And cuts prefill chunks for the Mamba checkpoints by vLLM's rule.
-            align_like_vllm=True,
+            chunk_split="vllm",
         )
 
     def add(self, rid: int, prompt: np.ndarray, max_tokens: int) -> None:
@@ -198,7 +197,6 @@ class HybridSide(Side):
 def vllm_side_main(wl_path: str, steps: int, warmup: int, queue: int) -> None:
     from types import SimpleNamespace
 
-    import torch
     import vllm
     from vllm.config import CacheConfig, DeviceConfig, SchedulerConfig, VllmConfig
     from vllm.sampling_params import SamplingParams
@@ -206,11 +204,7 @@ def vllm_side_main(wl_path: str, steps: int, warmup: int, queue: int) -> None:
     from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
     from vllm.v1.core.sched.scheduler import Scheduler
     from vllm.v1.kv_cache_interface import (
-        FullAttentionSpec,
         KVCacheConfig,
-        KVCacheGroupSpec,
-        MambaSpec,
-        SlidingWindowSpec,
     )
     from vllm.v1.outputs import ModelRunnerOutput
     from vllm.v1.request import Request
@@ -218,20 +212,7 @@ def vllm_side_main(wl_path: str, steps: int, warmup: int, queue: int) -> None:
 
     wl = load_workload(wl_path)
     init_none_hash(sha256)
-    kw = {"block_size": BS, "num_kv_heads": 8, "head_size": 128, "dtype": torch.bfloat16}
-    groups = [
-        KVCacheGroupSpec(["full.0"], FullAttentionSpec(**kw)),
-        KVCacheGroupSpec(["swa.0"], SlidingWindowSpec(sliding_window=WINDOW, **kw)),
-        KVCacheGroupSpec(
-            ["mamba.0"],
-            MambaSpec(
-                block_size=BS,
-                shapes=((4, 8192), (32, 128, 128)),
-                dtypes=(torch.bfloat16, torch.float32),
-                mamba_cache_mode="align",
-            ),
-        ),
-    ]
+    groups = vllm_kv_groups()
     # One shared pool holding what hybridkv's three pools hold.
     num_blocks = FULL_BLOCKS + SWA_BLOCKS + STATE_BLOCKS
     kv_cfg = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=groups)
@@ -307,19 +288,8 @@ def vllm_side_main(wl_path: str, steps: int, warmup: int, queue: int) -> None:
 
 
 def run_vllm(wl_path: str, steps: int, warmup: int, queue: int) -> dict[str, Any] | str:
-    py = vllm_python()
-    if py is None:
-        return f"vLLM side skipped: no vLLM venv (install it with {INSTALL}, or set VLLM_VENV)"
-    cmd = [py, __file__, "--vllm-side", wl_path, "--steps", str(steps), "--warmup", str(warmup)]
-    proc = subprocess.run(
-        [*cmd, "--queue", str(queue)], capture_output=True, text=True, timeout=3600
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return "vLLM side failed: " + " | ".join(tail)
-    out: dict[str, Any] = json.loads(lines[-1])
-    return out
+    args = [wl_path, "--steps", str(steps), "--warmup", str(warmup), "--queue", str(queue)]
+    return run_peer(__file__, args)
 
 
 def first_difference(a: list[str], b: list[str]) -> int | None:

@@ -4,8 +4,9 @@ It follows the documented rules directly: block keys are the token contents
 themselves (not hashes), the longest prefix hit is found by trying every position
 from the cap downwards, and the LRU free queue is an ordered dict. Block ids come out
 identical to the Rust manager's because both follow the same documented order of
-allocation (free-queue head first), release (ascending window entries; whole requests
-tail first, group by group) and caching.
+allocation (free-queue head first), release (one batch per group: window entries
+latest first; whole requests tail first, group by group; in a batch, unhashed blocks go
+to the queue head in batch order and hashed ones to its tail) and caching.
 """
 
 from __future__ import annotations
@@ -55,11 +56,21 @@ class RefPool:
             out.append(b)
         return out
 
-    def free(self, b: int) -> None:
-        assert self.ref[b] > 0
-        self.ref[b] -= 1
-        if self.ref[b] == 0:
+    def free(self, blocks: Sequence[int]) -> None:
+        """One batch: blocks reaching ref 0 join the tail if cached, else the head
+        (the first of them becoming the head), as vLLM 0.33's pool does."""
+        front = []
+        for b in blocks:
+            assert self.ref[b] > 0
+            self.ref[b] -= 1
+            if self.ref[b] == 0:
+                if self.key[b] is None:
+                    front.append(b)
+                else:
+                    self.queue[b] = None
+        for b in reversed(front):
             self.queue[b] = None
+            self.queue.move_to_end(b, last=False)
 
     def touch(self, b: int) -> None:
         if self.ref[b] == 0:
@@ -148,9 +159,7 @@ class RefManager:
 
     def _release_all(self, r: RefRequest) -> None:
         for g, table in enumerate(r.tables):
-            for b in reversed(table):
-                if b:
-                    self.pools[g].free(b)
+            self.pools[g].free([b for b in reversed(table) if b])
             table.clear()
             r.num_cached[g] = 0
 
@@ -181,6 +190,16 @@ class RefManager:
         lo = grp.first_needed(h) // bs
         return all(pool.lookup(self.key(r, g, k)) is not None for k in range(lo, h // bs))
 
+    def backed(self, r: RefRequest, g: int, h: int) -> bool:
+        """``servable`` with the block ending at ``h`` cached too: the prefixes that are
+        evidence of an earlier request (cross attention caches nothing)."""
+        grp = self.groups[g]
+        if h == 0:
+            return True
+        if grp.kind == "cross_attention" or not self.servable(r, g, h):
+            return False
+        return self.pools[g].lookup(self.key(r, g, h // grp.block_size - 1)) is not None
+
     def lookup(self, rids: Sequence[int]) -> list[int]:
         out = []
         for rid in rids:
@@ -203,8 +222,12 @@ class RefManager:
                 )
                 for g, o in enumerate(own):
                     self.group_hits[g] += o
-                r.boundary = max(own) if max(own) > h else 0
-                if any(o != h for o in own):
+                longest = max(
+                    next(x for x in range(cap, -1, -1) if self.backed(r, g, x))
+                    for g in range(len(self.groups))
+                )
+                r.boundary = longest if longest > h else 0
+                if r.boundary:
                     self.disagreements += 1
             self.hit_tokens += h
             if h:
@@ -241,10 +264,12 @@ class RefManager:
     def _release_unneeded(self, r: RefRequest) -> None:
         for g in range(len(self.groups)):
             table = r.tables[g]
-            for k in range(min(self.first_live(g, r.computed), len(table))):
+            batch = []
+            for k in reversed(range(min(self.first_live(g, r.computed), len(table)))):
                 if table[k]:
-                    self.pools[g].free(table[k])
+                    batch.append(table[k])
                     table[k] = 0
+            self.pools[g].free(batch)
 
     def allocate(
         self,

@@ -5,8 +5,11 @@ events and state after every step. Semantics (issue 3):
 
 - ids ``0..num_blocks``; 0 is the null block, never handed out, freed or cached;
 - a block is free (ref 0, in the LRU free queue) or in use (ref > 0), never both;
-- ``allocate`` pops the queue head; ``free`` appends blocks at the tail in the order
-  they reach ref 0; ``touch`` takes a reference, pulling a free block out of the queue;
+- ``allocate`` pops the queue head; ``free`` takes the blocks that reach ref 0, in
+  that order, and puts those carrying a hash at the tail (reusable: evicted least
+  recently freed first) and those without one at the head, the first of them becoming
+  the head (never hittable: reused before any cached block, as vLLM 0.33 does);
+  ``touch`` takes a reference, pulling a free block out of the queue;
 - a free block keeps its hash (and stays findable) until allocation hands it out,
   which removes the hash (``Removed`` event);
 - one hash may be carried by several blocks; ``lookup`` returns the oldest;
@@ -82,10 +85,16 @@ class RefPool:
             if self.ref[b] - taken.get(b, 0) <= 0:
                 raise errors.DoubleFreeError(f"block {b}")
             taken[b] = taken.get(b, 0) + 1
+        front: list[int] = []
         for b in ids:
             self.ref[b] -= 1
             if self.ref[b] == 0:
-                self.queue[b] = None
+                if self.hash[b] is None:
+                    front.append(b)
+                else:
+                    self.queue[b] = None
+        if front:
+            self.queue = dict.fromkeys([*front, *self.queue])
 
     def touch(self, ids: Sequence[int]) -> None:
         for b in ids:

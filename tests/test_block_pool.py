@@ -71,15 +71,27 @@ def test_allocate_returns_int32_from_the_head() -> None:
     assert p.ref_count(1) == 1 and p.ref_count(4) == 0
 
 
-def test_free_appends_in_order_and_allocation_is_lru() -> None:
+def test_unhashed_free_goes_to_the_head_in_order() -> None:
+    # A block without a hash can never be hit: it is reused first (vLLM 0.33's rule).
     p = BlockPool(6)
     a = p.allocate(5)
     p.free(ids(4, 2))
     p.free(ids(5))
-    assert p.free_queue().tolist() == [4, 2, 5]
-    assert p.allocate(2).tolist() == [4, 2]
+    assert p.free_queue().tolist() == [5, 4, 2]
+    assert p.allocate(2).tolist() == [5, 4]
     p.free(a[[0, 2]])  # blocks 1, 3
-    assert p.free_queue().tolist() == [5, 1, 3]
+    assert p.free_queue().tolist() == [1, 3, 2]
+
+
+def test_hashed_free_goes_to_the_tail_lru() -> None:
+    p = BlockPool(7)
+    a = p.allocate(4)  # 1 2 3 4
+    p.cache_blocks(a[[1, 3]], H([20, 40]))
+    p.free(a[::-1])  # tail first: 4 (hashed), 3, 2 (hashed), 1
+    assert p.free_queue().tolist() == [3, 1, 5, 6, 4, 2]
+    assert p.allocate(4).tolist() == [3, 1, 5, 6]
+    assert p.lookup(H([20, 40])).tolist() == [2, 4]  # both cached blocks survive
+    assert p.allocate(1).tolist() == [4]  # then the least recently freed cached one
 
 
 def test_repeated_ids_reach_zero_in_order() -> None:
@@ -87,7 +99,7 @@ def test_repeated_ids_reach_zero_in_order() -> None:
     p.allocate(3)
     p.touch(ids(1))
     p.free(ids(1, 2, 1, 3))
-    assert p.free_queue().tolist() == [4, 2, 1, 3]
+    assert p.free_queue().tolist() == [2, 1, 3, 4]
     assert p.num_in_use == 0
 
 
@@ -226,7 +238,8 @@ def test_accepts_other_integer_forms() -> None:
     p.free(np.array([3], dtype=np.uint64))
     p.free(np.array([4], dtype=">i4"))  # byte-swapped int32
     p.free(np.arange(12, dtype=np.int32)[5:7][::-1])  # strided, reversed view: 6, 5
-    assert p.free_queue().tolist()[-6:] == [1, 2, 3, 4, 6, 5]
+    # Unhashed: each call's blocks go to the head in order.
+    assert p.free_queue().tolist()[:6] == [6, 5, 4, 3, 1, 2]
     p.free(np.array([], dtype=np.float64))  # empty: nothing to check
     a = p.allocate(2)
     p.cache_blocks(a.astype(np.int64), np.array([[1, 0], [2, 0]], dtype=np.int64))

@@ -52,7 +52,10 @@ def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["memory_bytes"] == 60 * GIB
     for key in ("token_capacity", "max_concurrency", "unused_bytes", "groups"):
         assert key in out
-    assert out["unified_baseline"]["token_capacity"] < out["token_capacity"]
+    vb = out["vllm_baseline"]
+    assert 0 < vb["token_capacity"] <= out["token_capacity"]
+    assert vb["equal_split_token_capacity"] == vb["num_blocks"] // vb["num_groups"] * 544
+    assert vb["boot_log_token_capacity"] > vb["equal_split_token_capacity"]
     kinds = sorted(g["kind"] for g in out["groups"])
     assert kinds == ["full_attention", "state"]
     for g in out["groups"]:
@@ -144,7 +147,7 @@ def test_plan_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--max-num-seqs", "16"]) == 0
     out = capsys.readouterr().out
     assert "token capacity" in out and "cross_attention" in out and "encoder-only" in out
-    assert "unified baseline" in out
+    assert "vLLM 0.33 baseline" in out and "boot log prints" in out
 
 
 def test_models(capsys: pytest.CaptureFixture[str]) -> None:

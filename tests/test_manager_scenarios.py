@@ -93,9 +93,10 @@ def test_hit_after_eviction_keeps_the_surviving_prefix() -> None:
     prefill(m, 1, P)  # full blocks ids 1..4 (block 3 partial, uncached)
     assert table(m, FULL, 1) == [1, 2, 3, 4]
     m.free([1])
-    # Freed tail first: the queue is the unused blocks, then 4, 3, 2, 1.
-    assert m.free_queue(FULL).tolist() == [5, 6, 7, 8, 4, 3, 2, 1]
-    # Six blocks for another request take 5..8 and then 4, 3: block 2 of P is evicted.
+    # Freed tail first: the uncached partial block 4 goes to the head (it can never be
+    # hit), the cached 3, 2, 1 to the tail after the unused blocks.
+    assert m.free_queue(FULL).tolist() == [4, 5, 6, 7, 8, 3, 2, 1]
+    # Six blocks for another request take 4, 5..8 and then 3: block 2 of P is evicted.
     prefill(m, 2, list(range(100, 124)), chunk=24)
     m.add_requests([3], [np.array(P, dtype=np.int32)])
     assert m.get_computed_tokens([3]).tolist() == [8]
@@ -113,13 +114,15 @@ def test_lru_eviction_order() -> None:
     m.free([1])
     m.free([2])
     queue = m.free_queue(FULL).tolist()
-    # Least recently freed first; within a request, its last block first.
-    assert queue[-8:] == t1[::-1] + t2[::-1]
+    # Cached blocks: least recently freed first; within a request, its last block
+    # first. The partial (uncached) last blocks were put at the head, newest first.
+    assert queue[-6:] == t1[2::-1] + t2[2::-1]
+    assert queue[:2] == [t2[3], t1[3]]
     m.take_events()
     unused = len(queue) - 8
-    # Taking the unused blocks and three more evicts request 1's blocks 2 and 1 (its
-    # block 3 was partial, never cached), in that order.
-    prefill(m, 3, list(range(300, 300 + 4 * (unused + 3))), chunk=4 * (unused + 3))
+    # Taking the two uncached blocks, the unused ones and two more evicts request 1's
+    # blocks 2 and 1, in that order.
+    prefill(m, 3, list(range(300, 300 + 4 * (unused + 4))), chunk=4 * (unused + 4))
     removed = [
         h
         for e in m.take_events()
@@ -129,7 +132,7 @@ def test_lru_eviction_order() -> None:
     assert removed == [h1[2], h1[1]]
     survivors = hash_to_block(m, FULL)
     assert h1[0] in survivors and h1[1] not in survivors
-    for h in to_ints(m.block_hashes(FULL, 3))[: unused + 3]:
+    for h in to_ints(m.block_hashes(FULL, 3))[: unused + 4]:
         assert h in survivors
     m.check_invariants()
 
@@ -214,3 +217,51 @@ def test_shared_prefix_boundary_points_where_the_state_lags() -> None:
     m.add_requests([3], [np.array(p, dtype=np.int32)])
     assert m.get_computed_tokens([3]).tolist() == [12]
     assert m.shared_prefix_boundary([3]).tolist() == [0]
+
+
+def test_unhashed_freed_blocks_are_reused_before_cached_ones() -> None:
+    # Issue 13 item 3, as vLLM 0.33 behaves: a 3-block pool, requests of 17, 17 and 5
+    # tokens one after the other, then the first two again. Each 17-token request
+    # leaves one cached block and one partial (never hittable) block: the partials go
+    # to the head of the free queue and are reused first, so both cached blocks survive
+    # and the re-sent requests hit 16 tokens each (appending every freed block instead
+    # evicts them: 0 and 0).
+    cfg = ManagerConfig((ManagerGroup("full_attention", 16, 4),), "align")
+    for shared in (False, True):
+        m = KVCacheManager(cfg, shared_pool=shared)
+        a = list(range(1, 18))
+        b = list(range(100, 117))
+        c = list(range(200, 205))
+        hits = []
+        for rid, toks in enumerate([a, b, c, a, b]):
+            m.add_requests([rid], [np.array(toks, dtype=np.int32)])
+            h = int(m.get_computed_tokens([rid])[0])
+            assert m.allocate_slots([rid], [len(toks) - h]).tolist() == [True]
+            m.check_invariants()
+            m.free([rid])
+            hits.append(h)
+        assert hits == [0, 0, 0, 16, 16], shared
+
+
+def test_chunked_local_claims_no_boundary_without_a_cache() -> None:
+    """A chunked-local group serves a chunk start with nothing cached; that is not a
+    shared prefix, so a fresh request gets no boundary (it used to get 8)."""
+    cfg = ManagerConfig(
+        (
+            ManagerGroup("full_attention", BS, 64),
+            ManagerGroup("chunked_local", BS, 64, chunk_size=8),
+            ManagerGroup("state", BS, 64),
+        ),
+        "align",
+    )
+    m = KVCacheManager(cfg)
+    m.add_requests([1], [np.array(P, dtype=np.int32)])
+    assert m.get_computed_tokens([1]).tolist() == [0]
+    assert m.shared_prefix_boundary([1]).tolist() == [0]
+    assert m.stats().disagreements == 0
+    assert m.allocate_slots([1], [len(P)]).tolist() == [True]
+    m.free([1])
+    # Cached now (full and chunked blocks 0..2, no state checkpoint): the boundary is 12.
+    m.add_requests([2], [np.array(P, dtype=np.int32)])
+    assert m.get_computed_tokens([2]).tolist() == [0]
+    assert m.shared_prefix_boundary([2]).tolist() == [12]

@@ -64,6 +64,19 @@ def mamba2_bytes(
     return (conv - 1) * (inner + 2 * groups * d_state) * b + heads * dim * d_state * ssm_b
 
 
+def gdn_layer(c: dict[str, Any], b: int, ssm_b: int) -> Layer:
+    """A gated-delta-net layer's state: conv windows of q, k, v at ``b`` bytes, and the
+    recurrent state at ``ssm_b``."""
+    kh, vh, kd, vd = (
+        c["linear_num_key_heads"],
+        c["linear_num_value_heads"],
+        c["linear_key_head_dim"],
+        c["linear_value_head_dim"],
+    )
+    conv = (2 * kh * kd + vh * vd) * (c["linear_conv_kernel_dim"] - 1) * b
+    return Layer("state", state=conv + vh * kd * vd * ssm_b)
+
+
 def expected_layers(name: str) -> list[Layer]:
     c = cfg(name)
     mt = c["model_type"]
@@ -195,18 +208,7 @@ def expected_layers(name: str) -> list[Layer]:
         kinds = t.get("layer_types") or [
             "full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(n)
         ]
-        ssm_b = DT.get(t.get("mamba_ssm_dtype", ""), b)
-        kh, vh, kd, vd = (
-            t["linear_num_key_heads"],
-            t["linear_num_value_heads"],
-            t["linear_key_head_dim"],
-            t["linear_value_head_dim"],
-        )
-        st = Layer(
-            "state",
-            state=(2 * kh * kd + vh * vd) * (t["linear_conv_kernel_dim"] - 1) * b
-            + vh * kd * vd * ssm_b,
-        )
+        st = gdn_layer(t, b, DT.get(t.get("mamba_ssm_dtype", ""), b))
         attn = Layer("grow", kv(t["num_key_value_heads"], t["head_dim"], b))
         return [attn if k == "full_attention" else st for k in kinds]
     if mt == "zamba2":
@@ -261,17 +263,7 @@ def expected_layers(name: str) -> list[Layer]:
         attn = Layer("grow", kv(c["num_key_value_heads"], c["head_dim"], b))
         return [attn if k == "full_attention" else st for k in c["layer_types"]]
     if mt == "olmo_hybrid":
-        kh, vh, kd, vd = (
-            c["linear_num_key_heads"],
-            c["linear_num_value_heads"],
-            c["linear_key_head_dim"],
-            c["linear_value_head_dim"],
-        )
-        st = Layer(
-            "state",
-            state=(2 * kh * kd + vh * vd) * (c["linear_conv_kernel_dim"] - 1) * b
-            + vh * kd * vd * b,
-        )
+        st = gdn_layer(c, b, b)
         attn = Layer(
             "grow", kv(c["num_key_value_heads"], c["hidden_size"] // c["num_attention_heads"], b)
         )

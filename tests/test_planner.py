@@ -13,7 +13,7 @@ from hybridkv.models import ModelSpec, load_model
 from hybridkv.planner import (
     plan_memory,
     plan_with_blocks,
-    unified_baseline,
+    vllm_runtime_plan,
     window_pool_blocks,
     window_request_blocks,
 )
@@ -339,8 +339,10 @@ def test_custom_dtype_that_divides_nothing_plans() -> None:
     assert plan.token_capacity == (full.num_blocks - 1) * 16
     assert plan.total_bytes <= 10**9 + 7
     # the baseline cannot unify 97- and 131-byte pages
-    assert plan.unified_baseline.token_capacity is None
-    assert "do not divide" in (plan.unified_baseline.reason or "")
+    assert plan.vllm_baseline.token_capacity is None
+    assert "cannot unify" in (plan.vllm_baseline.reason or "")
+    with pytest.raises(PlanError, match="cannot lay"):
+        vllm_runtime_plan(plan)
 
 
 def test_gemma3_capacity_counts_only_global_layers() -> None:
@@ -444,33 +446,59 @@ def test_plan_with_blocks() -> None:
         plan_with_blocks(model, "10", **kw)  # type: ignore[arg-type]
 
 
-def test_unified_baseline_hybrid() -> None:
+def test_vllm_baseline_hybrid_by_hand() -> None:
     m = load_model("qwen3-next-80b-a3b")
     mem = 60 << 30
-    base = unified_baseline(m, memory_bytes=mem, block_size=16, max_model_len=32768)
-    state_page = 3 * 8192 * 2 + 32 * 128 * 128 * 2
-    attn_bpt = 2 * 2 * 256 * 2
-    block = 16 * cdiv(state_page, 16 * attn_bpt)
-    assert base.block_size == block == 544
-    assert base.page_size_bytes == block * attn_bpt
-    assert base.group_size == 12 and base.num_groups == 4  # 36 GDN = 3 groups of 12, + 1
-    assert base.num_blocks == mem // (block * attn_bpt * 12)
-    assert base.token_capacity == base.num_blocks // 4 * block
     plan = plan_memory(
         m, memory_bytes=mem, max_num_seqs=256, max_model_len=32768, max_num_batched_tokens=8192
     )
-    assert plan.unified_baseline == base
-    assert plan.token_capacity > 2 * base.token_capacity
+    base = plan.vllm_baseline
+    state_page = 3 * 8192 * 2 + 32 * 128 * 128 * 2
+    attn_bpt = 2 * 2 * 256 * 2
+    # vLLM: the block grows in steps of 16 until one layer's page holds a state.
+    block = 16 * cdiv(state_page, 16 * attn_bpt)
+    assert base.block_size == block == 544
+    assert base.page_size_bytes == block * attn_bpt  # the state page padded up to it
+    assert base.group_size == 12 and base.num_groups == 4  # 36 GDN = 3 groups of 12, + 1
+    n = mem // (block * attn_bpt * 12)
+    assert base.num_blocks == n == 4818
+    # Runtime: the one full-attention group gets what 256 requests' 3 x 2 state blocks
+    # leave of the pool (null block excluded).
+    assert base.token_capacity == (n - 1 - 256 * 3 * 2) * block
+    assert base.boot_log_token_capacity == int(n / (cdiv(32768, block) + 3 * 2) * 32768)
+    assert base.equal_split_token_capacity == n // 4 * block
+    gdn = [i for i in range(48) if i % 4 != 3]
+    assert [g[1] for g in base.groups] == [
+        tuple(gdn[0::3]),
+        tuple(gdn[1::3]),
+        tuple(gdn[2::3]),
+        tuple(range(3, 48, 4)),
+    ]
+    v = vllm_runtime_plan(plan)
+    assert v.shared_pool and v.token_capacity == base.token_capacity
+    assert [g.grows for g in v.groups] == [False, False, False, True]
+    with pytest.raises(PlanError, match="align"):
+        vllm_runtime_plan(
+            plan_memory(
+                m,
+                memory_bytes=mem,
+                max_num_seqs=8,
+                max_model_len=1024,
+                max_num_batched_tokens=1024,
+                mamba_cache_mode="all",
+            )
+        )
 
 
-def test_unified_baseline_single_group_matches_physical() -> None:
+def test_vllm_baseline_single_group_matches_physical() -> None:
     m = load_model("llama-3.1-8b")
     plan = plan_memory(
         m, memory_bytes=40 << 30, max_num_seqs=64, max_model_len=8192, max_num_batched_tokens=4096
     )
-    base = plan.unified_baseline
+    base = plan.vllm_baseline
     assert base.num_groups == 1 and base.block_size == 16
-    assert base.token_capacity == plan.token_capacity + 16  # we keep a null block
+    assert base.token_capacity == plan.token_capacity  # one pool, null block kept by both
+    assert base.equal_split_token_capacity == plan.token_capacity + 16
 
 
 def test_to_dict_shape() -> None:
@@ -478,9 +506,9 @@ def test_to_dict_shape() -> None:
     d = plan_memory(
         m, memory_bytes=20 << 30, max_num_seqs=32, max_model_len=8192, max_num_batched_tokens=2048
     ).to_dict()
-    for key in ("token_capacity", "max_concurrency", "unused_bytes", "groups", "unified_baseline"):
+    for key in ("token_capacity", "max_concurrency", "unused_bytes", "groups", "vllm_baseline"):
         assert key in d
-    assert "token_capacity" in d["unified_baseline"]
+    assert "token_capacity" in d["vllm_baseline"]
     for g in d["groups"]:
         for key in (
             "kind",

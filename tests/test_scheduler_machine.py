@@ -1,7 +1,11 @@
 """A stateful hypothesis machine over the scheduler driving the real KV-cache manager.
 
-Random arrivals (shared prefixes, random lengths, priorities), random budgets and
-pools small enough to force preemption. Checked every step: the token and sequence
+Random arrivals (shared prefixes, random lengths, priorities), random budgets, chunk
+caps and pools small enough to force preemption. A plain-Python reference scheduler
+over the reference manager (``tests/reference_scheduler.py``) runs in lockstep: every
+step's decisions (batch, chunk sizes, computed-before, samples, admissions and their
+hits, resumptions, victims, queue sizes) and the scheduled requests' block tables
+must be identical. Checked every step besides: the token and sequence
 budgets hold, scheduled work is consistent, a request preempted in one step and
 readmitted in the next re-hits its own cached prefix (every block below its last
 block boundary: nothing can be evicted between the preemption and the lookup). At
@@ -12,11 +16,12 @@ tokens, in order) and every pool is back to nothing in use.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hybridkv.manager import KVCacheManager
 from hybridkv.models import ModelSpec
 from hybridkv.planner import plan_memory, plan_with_blocks
-from hybridkv.scheduler import Scheduler
-from hybridkv.specs import FullAttentionSpec, SlidingWindowSpec, StateSpec
+from hybridkv.scheduler import Scheduler, SchedulerError, SchedulerOutput
+from hybridkv.specs import ChunkedLocalSpec, FullAttentionSpec, SlidingWindowSpec, StateSpec
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -25,6 +30,8 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from reference_manager import RefGroup, RefManager
+from reference_scheduler import RefScheduler, RefSchedulerError, RefStep
 
 VOCAB = 50
 MAX_MODEL_LEN = 48
@@ -37,6 +44,9 @@ def _model(kind: str) -> ModelSpec:
         return ModelSpec("m-full", (full, full))
     swa = SlidingWindowSpec(num_kv_heads=1, head_size=8, window=12)
     state = StateSpec(shapes=((2, 8),), dtypes=("fp32",))
+    if kind == "chunked":
+        local = ChunkedLocalSpec(num_kv_heads=1, head_size=8, chunk_size=16)
+        return ModelSpec("m-chunked", (full, local, state))
     return ModelSpec("m-hybrid", (full, swa, state))
 
 
@@ -46,12 +56,14 @@ def _sampled(req_id: int, k: int) -> int:
 
 class SchedulerMachine(RuleBasedStateMachine):
     @initialize(
-        kind=st.sampled_from(["full", "hybrid"]),
+        kind=st.sampled_from(["full", "hybrid", "chunked"]),
         block_size=st.sampled_from([4, 8]),
         max_num_seqs=st.integers(1, 5),
         budget=st.integers(1, 40),
         extra_blocks=st.integers(0, 12),
         policy=st.sampled_from(["fcfs", "priority"]),
+        chunk_cap=st.one_of(st.none(), st.integers(1, 20)),
+        cut=st.booleans(),
     )
     def setup(
         self,
@@ -61,6 +73,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         budget: int,
         extra_blocks: int,
         policy: str,
+        chunk_cap: int | None,
+        cut: bool,
     ) -> None:
         model = _model(kind)
         # Bounded pools as the planner sizes them; the growing pool just big enough
@@ -99,7 +113,24 @@ class SchedulerMachine(RuleBasedStateMachine):
             max_num_seqs=max_num_seqs,
             policy=policy,
             max_model_len=MAX_MODEL_LEN,
+            long_prefill_token_threshold=chunk_cap,
+            cut_at_shared_prefix=cut,
         )
+        groups = [
+            RefGroup(g.kind, g.block_size, g.num_blocks, g.window, g.chunk_size)
+            for g in self.plan.groups
+        ]
+        self.ref = RefScheduler(
+            RefManager(groups, mode=self.plan.mamba_cache_mode),
+            budget=budget,
+            max_num_seqs=max_num_seqs,
+            policy=policy,
+            chunk_cap=chunk_cap,
+            cut_at_shared_prefix=cut,
+        )
+        assert self.ref.growing == [g.index for g in self.plan.groups if g.grows]
+        assert self.ref.align == self.sched.align
+        self.broken = False  # both raised "never fits": nothing more to compare
         self.bs = block_size
         self.budget = budget
         self.max_num_seqs = max_num_seqs
@@ -109,6 +140,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.computed: dict[int, int] = {}  # req id -> computed tokens (our mirror)
         self.expect_rehit: dict[int, int] = {}  # valid for the next schedule() only
         self.rehits_checked = 0
+        self.compared = 0
 
     @rule(
         base=st.integers(0, 1),
@@ -127,21 +159,23 @@ class SchedulerMachine(RuleBasedStateMachine):
         rid = self.next_id
         self.next_id += 1
         self.sched.add_request(rid, prompt, out_len, priority=priority)
+        self.ref.add(rid, prompt.tolist(), out_len, priority)
         self.want[rid] = out_len
         self.known[rid] = int(prompt.shape[0])
         self.computed[rid] = 0
 
-    @precondition(lambda self: self.sched.has_unfinished())
+    @precondition(lambda self: self.sched.has_unfinished() and not self.broken)
     @rule()
     def step(self) -> None:
         self._step()
 
-    @precondition(lambda self: self.sched.num_running > 0)
+    @precondition(lambda self: self.sched.num_running > 0 and not self.broken)
     @rule(data=st.data())
     def force_preempt(self, data: st.DataObject) -> None:
         running = self.sched.running_ids().tolist()
         rid = data.draw(st.sampled_from(running))
         self.sched.preempt([rid])
+        self.ref.preempt([rid])
         self.expect_rehit[rid] = self._rehit(rid)
         self.computed[rid] = 0
 
@@ -178,9 +212,43 @@ class SchedulerMachine(RuleBasedStateMachine):
                 return k * self.bs
         return 0
 
+    def _compare(self, out: SchedulerOutput, want: RefStep) -> None:
+        """The real step's decisions against the reference's, field by field."""
+        got = RefStep(
+            req_ids=out.req_ids.tolist(),
+            num_new_tokens=out.num_new_tokens.tolist(),
+            num_computed_before=out.num_computed_before.tolist(),
+            samples=out.samples.tolist(),
+            new=list(zip(out.new_req_ids.tolist(), out.new_hit_tokens.tolist(), strict=True)),
+            resumed=list(
+                zip(out.resumed_req_ids.tolist(), out.resumed_hit_tokens.tolist(), strict=True)
+            ),
+            preempted=out.preempted_req_ids.tolist(),
+            num_running=out.num_running,
+            num_waiting=out.num_waiting,
+        )
+        assert got == want, f"step {out.step}:\n real {got}\n  ref {want}"
+        ids = got.req_ids
+        for g in range(len(self.plan.groups)):
+            table = self.manager.block_table(g, ids) if ids else None
+            for i, rid in enumerate(ids):
+                assert table is not None
+                ref_table = self.ref.m.reqs[rid].tables[g]
+                row = table[i].tolist()
+                assert row[: len(ref_table)] == ref_table, (out.step, g, rid)
+                assert not any(row[len(ref_table) :]), (out.step, g, rid)
+
     def _step(self) -> None:
         before = self.alloc_calls
-        out = self.sched.schedule()
+        try:
+            out = self.sched.schedule()
+        except SchedulerError:
+            with pytest.raises(RefSchedulerError):
+                self.ref.schedule()
+            self.broken = True
+            return
+        self._compare(out, self.ref.schedule())
+        self.compared += 1
         ids = out.req_ids.tolist()
         assert self.alloc_calls - before <= 1
         assert self.alloc_calls - before == 1 or not ids
@@ -223,6 +291,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         sample_ids = out.sample_req_ids.tolist()
         toks = [_sampled(r, self.sched.num_output_tokens(r)) for r in sample_ids]
         done = self.sched.update_from_output(np.asarray(toks, dtype=np.int64))
+        ref_done = self.ref.update(dict(zip(sample_ids, toks, strict=True)))
+        assert sorted(ref_done) == sorted(f.req_id for f in done)
         for rid in sample_ids:
             self.known[rid] += 1
         for f in done:
@@ -245,8 +315,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.manager.check_invariants()
 
     def teardown(self) -> None:
-        if not hasattr(self, "sched") or self.sched._last is not None:
-            return  # not set up, or a check failed mid-step: that failure is reported
+        if not hasattr(self, "sched") or self.sched._last is not None or self.broken:
+            return  # not set up, a check failed mid-step (reported), or never fits
         for _ in range(20_000):
             if not self.sched.has_unfinished():
                 break
@@ -264,9 +334,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         STATS["preemptions"] += self.sched.num_preemptions
         STATS["rehits_checked"] += self.rehits_checked
         STATS["hit_tokens"] += stats.hit_tokens
+        STATS["steps_compared"] += self.compared
 
 
-STATS = {"runs": 0, "preemptions": 0, "rehits_checked": 0, "hit_tokens": 0}
+STATS = {"runs": 0, "preemptions": 0, "rehits_checked": 0, "hit_tokens": 0, "steps_compared": 0}
 
 
 def test_scheduler_machine() -> None:
@@ -277,3 +348,4 @@ def test_scheduler_machine() -> None:
     assert STATS["preemptions"] > 0
     assert STATS["rehits_checked"] > 0
     assert STATS["hit_tokens"] > 0
+    assert STATS["steps_compared"] > 0

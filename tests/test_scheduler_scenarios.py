@@ -183,7 +183,7 @@ def _hybrid_sched(cut: bool, budget: int = 64, like_vllm: bool = False) -> Sched
         max_num_seqs=4,
         max_model_len=64,
         cut_at_shared_prefix=cut,
-        align_like_vllm=like_vllm,
+        chunk_split="vllm" if like_vllm else "hybridkv",
     )
 
 
@@ -220,7 +220,7 @@ def _chunks(s: Scheduler, steps: int) -> list[list[tuple[int, int]]]:
 
 
 @pytest.mark.parametrize("like_vllm", [False, True])
-def test_align_like_vllm_chunking(like_vllm: bool) -> None:
+def test_vllm_chunk_split(like_vllm: bool) -> None:
     # Two 25-token prompts, 6 tokens per step, block 4: both rules cut the first
     # request's chunk to a boundary (4); the 2 tokens left run as a sub-block chunk of
     # the second request by default, while vLLM's rule stops admission there.

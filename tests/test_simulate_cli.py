@@ -36,6 +36,19 @@ def _replace(flag: str, value: str) -> list[str]:
         ([*BASE, "--state-cache-slots", "-1"], "--state-cache-slots"),
         ([*BASE, "--state-cache-slots", "many"], "--state-cache-slots"),
         ([*BASE, "--mamba-cache-mode", "all", "--state-cache-slots", "2"], "state_cache_slots"),
+        # An 80B bf16 model beside 8 GiB of KV cannot run on one 80 GB H100.
+        ([*BASE, "--num-gpus", "1"], "does not fit on 1 x NVIDIA H100 SXM"),
+        ([*BASE, "--num-gpus", "0"], "--num-gpus"),
+        ([*BASE, "--trace-start", "-3"], "--trace-start"),
+        ([*BASE, "--trace-end", "nan"], "--trace-end"),
+        ([*BASE, "--trace-start", "9", "--trace-end", "2"], "after its start"),
+        ([*BASE, "--trace-start", "1e9"], "no request in the window"),
+        ([*BASE, "--trace-max-requests", "0"], "--trace-max-requests"),
+        ([*BASE, "--time-scale", "0"], "--time-scale"),
+        ([*BASE, "--time-scale", "inf"], "--time-scale"),
+        ([*BASE, "--sharegpt-sessions", "3"], "--trace sharegpt"),
+        (_replace("--trace", "/no/such/trace.jsonl"), "no trace file"),
+        ([*BASE, "--seed", "-1"], "--seed"),
     ],
 )
 def test_bad_arguments_one_line_exit_2(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
-from hybridkv.cost_model import GPUS, CostModel, Params, _AttnGroup, _keys
-from hybridkv.errors import InvalidArgumentError
+from hybridkv.cost_model import GPU, GPUS, CostModel, Params, _AttnGroup, _keys
+from hybridkv.errors import InvalidArgumentError, PlanError
 from hybridkv.models import ModelSpec, load_model
 from hybridkv.planner import plan_memory
 from hybridkv.specs import ChunkedLocalSpec, FullAttentionSpec, SlidingWindowSpec, StateSpec
@@ -124,8 +126,10 @@ def test_moe_decode_reads_few_experts_and_big_batches_most() -> None:
     d_decode = dcm.step(np.array([1]), np.array([4096]), 1)
     assert d_decode.bytes / dcm.peak_bandwidth > 10 * d_decode.flops / dcm.peak_flops
     assert cm.step(np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64), 0).seconds == 0.0
-    two = CostModel(plan, num_gpus=2).step(np.array([8192]), np.array([0]), 1)
-    assert two.seconds == pytest.approx(prefill.seconds / 2)
+    # 80B bf16 weights need 4 H100s (sized); twice as many GPUs halve a step.
+    assert cm.num_gpus == 4
+    eight = CostModel(plan, num_gpus=8).step(np.array([8192]), np.array([0]), 1)
+    assert eight.seconds == pytest.approx(prefill.seconds / 2)
 
 
 def test_unknown_model_gets_the_dense_estimate_and_bad_args_raise() -> None:
@@ -139,3 +143,60 @@ def test_unknown_model_gets_the_dense_estimate_and_bad_args_raise() -> None:
         CostModel(plan, num_gpus=0)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError):
         CostModel(plan, weight_bytes=0)  # type: ignore[arg-type]
+
+
+# -- deployment sizing (weights + KV + activations must fit) -------------------------------
+
+_GIB = 2**30
+# Usable 9 GiB per GPU (0.9 of 10 GiB). _plan: 1 GiB of KV; activations of 1024 batched
+# tokens * 512 hidden * 48 bytes (24 MiB) + 8 logit rows * 1000 * 4 bytes.
+_TOY_GPU = GPU("toy", 1e12, 1e12, 10 * _GIB)
+
+
+def _with_heads(heads: int) -> ModelSpec:
+    return dataclasses.replace(_hybrid(), num_attention_heads=heads)
+
+
+def test_num_gpus_is_sized_to_hold_weights_kv_and_activations() -> None:
+    plan = _plan(_hybrid())
+    # 8 Gi params in bf16 = 16 GiB of weights: (16 + 1) / n + 0.02 <= 9 needs n = 2.
+    cm = CostModel(plan, gpu=_TOY_GPU, params=Params(8 * _GIB, 8 * _GIB))  # type: ignore[arg-type]
+    d = cm.deployment
+    assert (cm.num_gpus, d.sized) == (2, True)
+    assert d.weight_bytes == 16 * _GIB and d.kv_bytes == _GIB
+    assert d.activation_bytes == 1024 * 512 * 48 + 8 * 1000 * 4
+    assert cm.peak_flops == 2e12
+    assert cm.describe()["num_gpus_sized"] is True and "sized: 2 x toy" in d.note
+    # 32 GiB of weights: 33 / n + 0.02 <= 9 needs 4; 6 attention heads do not split 4
+    # (or 5) ways, so 6.
+    big = Params(16 * _GIB, 16 * _GIB)
+    assert CostModel(_plan(_with_heads(8)), gpu=_TOY_GPU, params=big).num_gpus == 4  # type: ignore[arg-type]
+    six = CostModel(_plan(_with_heads(6)), gpu=_TOY_GPU, params=big)  # type: ignore[arg-type]
+    assert six.num_gpus == 6 and "6 attention heads do not split 4 ways" in six.deployment.note
+
+
+def test_a_given_num_gpus_that_cannot_hold_the_model_is_refused() -> None:
+    plan = _plan(_with_heads(6))
+    big = Params(16 * _GIB, 16 * _GIB)
+    with pytest.raises(PlanError, match=r"does not fit on 3 x toy.*--num-gpus 4"):
+        CostModel(plan, gpu=_TOY_GPU, num_gpus=3, params=big)  # type: ignore[arg-type]
+    given = CostModel(plan, gpu=_TOY_GPU, num_gpus=4, params=big)  # type: ignore[arg-type]
+    assert (given.num_gpus, given.deployment.sized) == (4, False)  # the user's choice stands
+    with pytest.raises(PlanError, match="up to 64"):
+        CostModel(plan, gpu=_TOY_GPU, params=Params(1e15, 1e15))  # type: ignore[arg-type]
+
+
+def test_default_deployment_of_the_bundled_80b_model() -> None:
+    # 80B bf16 (149 GiB) + 16 GiB of KV cannot run on one 80 GB H100: sized to 4
+    # (3 hold the bytes; Qwen3-Next's 16 attention heads need a power-of-two split).
+    plan = plan_memory(
+        load_model("qwen3-next-80b-a3b"),
+        memory_bytes=16 * _GIB,
+        max_num_seqs=64,
+        max_model_len=8192,
+        max_num_batched_tokens=8192,
+    )
+    assert CostModel(plan).num_gpus == 4
+    with pytest.raises(PlanError, match="does not fit on 1 x NVIDIA H100 SXM"):
+        CostModel(plan, num_gpus=1)
+    assert CostModel(plan, gpu="h200").num_gpus == 2

@@ -81,11 +81,14 @@ class KVCacheManager:
         vocab_size: int | None,
         record_events: bool,
         arena: tuple[int, int, int, list[int], list[int]] | None = None,
+        shared_pool: bool = False,
     ) -> None: ...
     @property
     def num_groups(self) -> int: ...
     @property
     def num_requests(self) -> int: ...
+    @property
+    def shared_pool(self) -> bool: ...
     def add_requests(
         self,
         req_ids: IdsLike,

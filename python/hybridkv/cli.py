@@ -241,12 +241,19 @@ def run_plan(args: argparse.Namespace) -> int:
         )
     console = _console()
     console.print(table)
-    base = plan.unified_baseline
+    base = plan.vllm_baseline
     physical = (
         f"{plan.physical_token_limit:,.0f}" if plan.physical_token_limit is not None else "n/a"
     )
+    ratio = (
+        f"; hybridkv / vLLM runtime {plan.token_capacity / base.token_capacity:.2f}x"
+        if base.token_capacity
+        else ""
+    )
     baseline = (
-        f"{base.token_capacity:,} tokens (block {base.block_size}, {base.num_groups} groups)"
+        f"{base.token_capacity:,} tokens at runtime (one shared pool of {base.num_blocks:,} "
+        f"blocks, block {base.block_size}, {base.num_groups} groups of {base.group_size} "
+        f"layers, {plan.max_num_seqs} requests' state/window blocks reserved){ratio}"
         if base.token_capacity is not None
         else f"impossible ({base.reason})"
     )
@@ -254,8 +261,15 @@ def run_plan(args: argparse.Namespace) -> int:
         f"token capacity:   {plan.token_capacity:,} tokens (physical limit {physical})",
         f"max concurrency:  {plan.max_concurrency:.2f} requests of {plan.max_model_len:,} tokens",
         f"bounded pools:    {format_bytes(plan.bounded_bytes)}; unused {format_bytes(plan.unused_bytes)}",
-        f"unified baseline: {baseline}",
+        f"vLLM 0.33 baseline: {baseline}",
     ]
+    if base.token_capacity is not None:
+        lines.append(
+            f"  vLLM boot log prints: {base.boot_log_token_capacity:,} tokens "
+            "(num_blocks / blocks of one max_model_len request x max_model_len); "
+            f"equal split num_blocks // num_groups: {base.equal_split_token_capacity:,} "
+            "tokens (older boot logs). Neither is what its pool holds at runtime."
+        )
     if plan.arena is not None:
         a = plan.arena
         lines[2] = (

@@ -35,6 +35,19 @@ Bytes moved:
   and writes the new tokens; bytes per token come from the memory plan's page sizes;
 * state: each scheduled request reads and writes its state once per state group.
 
+Deployment
+----------
+The model has to fit. When ``num_gpus`` is not given, it is sized: the smallest count
+of the named GPU whose usable memory (``memory_utilization`` of what the card reports,
+0.9 as in vLLM) holds the weights (``total params * weight_bytes``), the plan's KV-cache
+memory and the activations of one step (estimated as ``max_num_batched_tokens * hidden
+* 2 bytes * 24`` plus ``max_num_seqs`` fp32 logit rows), weights and KV split evenly
+across the GPUs (ideal tensor parallelism), activations replicated on each, and that
+divides the attention head count (tensor-parallel ranks split heads). A given
+``num_gpus`` that cannot hold it all is refused with a :class:`PlanError` saying how
+much is needed and the smallest count that fits. :meth:`CostModel.describe` reports
+the sizing.
+
 Parameter counts come from the model cards (:data:`PUBLISHED_PARAMS`, facts) for the
 bundled models; any other model gets the dense estimate ``12 * L * d^2 + V * d``.
 """
@@ -47,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from hybridkv.errors import InvalidArgumentError
+from hybridkv.errors import InvalidArgumentError, PlanError
 
 if TYPE_CHECKING:
     from hybridkv.planner import MemoryPlan
@@ -58,21 +71,128 @@ F64 = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class GPU:
-    """Datasheet peaks of one accelerator: bf16 dense FLOP/s and memory bytes/s."""
+    """Datasheet peaks of one accelerator: bf16 dense FLOP/s, memory bytes/s, and its
+    memory in bytes (as the driver reports it)."""
 
     name: str
     peak_flops: float
     peak_bandwidth: float
+    memory_bytes: int
 
 
-#: Datasheet numbers (bf16 dense tensor core, no sparsity; HBM bandwidth).
+_MIB = 1 << 20
+_GIB = 1 << 30
+
+#: Datasheet numbers (bf16 dense tensor core, no sparsity; HBM bandwidth); memory as
+#: nvidia-smi reports it (an "80 GB" H100 shows 81559 MiB).
 GPUS: dict[str, GPU] = {
-    "h100-sxm": GPU("NVIDIA H100 SXM", 989e12, 3.35e12),
-    "h100-pcie": GPU("NVIDIA H100 PCIe", 756e12, 2.0e12),
-    "h200": GPU("NVIDIA H200 SXM", 989e12, 4.8e12),
-    "a100-80gb": GPU("NVIDIA A100 80GB SXM", 312e12, 2.039e12),
-    "b200": GPU("NVIDIA B200", 2250e12, 8.0e12),
+    "h100-sxm": GPU("NVIDIA H100 SXM", 989e12, 3.35e12, 81559 * _MIB),
+    "h100-pcie": GPU("NVIDIA H100 PCIe", 756e12, 2.0e12, 81559 * _MIB),
+    "h200": GPU("NVIDIA H200 SXM", 989e12, 4.8e12, 143771 * _MIB),
+    "a100-80gb": GPU("NVIDIA A100 80GB SXM", 312e12, 2.039e12, 81920 * _MIB),
+    "b200": GPU("NVIDIA B200", 2250e12, 8.0e12, 183359 * _MIB),
 }
+
+#: Share of a GPU's memory a serving engine may use (vLLM's gpu_memory_utilization).
+MEMORY_UTILIZATION = 0.9
+#: Most GPUs the sizing considers.
+MAX_GPUS = 64
+#: Activation bytes per batched token per hidden unit (bf16 hidden states, residual,
+#: QKV and MLP intermediates live at once: about 24 hidden-sized bf16 vectors).
+_ACT_BYTES_PER_TOKEN_HIDDEN = 2 * 24
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """How many GPUs serve the model and what each must hold (module docstring)."""
+
+    gpu: GPU
+    num_gpus: int
+    sized: bool  # True: chosen by the sizing; False: given
+    weight_bytes: float
+    kv_bytes: float
+    activation_bytes: float  # per GPU
+    usable_bytes_per_gpu: float
+    note: str
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "num_gpus": self.num_gpus,
+            "num_gpus_sized": self.sized,
+            "weights_gib": self.weight_bytes / _GIB,
+            "kv_cache_gib": self.kv_bytes / _GIB,
+            "activations_gib_per_gpu": self.activation_bytes / _GIB,
+            "usable_gib_per_gpu": self.usable_bytes_per_gpu / _GIB,
+            "memory_per_gpu_gib": self.per_gpu_bytes / _GIB,
+            "sizing": self.note,
+        }
+
+    @property
+    def per_gpu_bytes(self) -> float:
+        return (self.weight_bytes + self.kv_bytes) / self.num_gpus + self.activation_bytes
+
+
+def _fits(n: int, weights: float, kv: float, act: float, usable: float) -> bool:
+    return (weights + kv) / n + act <= usable
+
+
+def size_deployment(
+    plan: MemoryPlan,
+    gpu: GPU,
+    params: Params,
+    *,
+    num_gpus: int | None = None,
+    weight_bytes: float = 2.0,
+    memory_utilization: float = MEMORY_UTILIZATION,
+) -> Deployment:
+    """Size (``num_gpus=None``) or check (a given count) the GPUs for ``plan``: see the
+    module docstring. Raises :class:`PlanError` when nothing (or the given count) fits."""
+    model = plan.model
+    hidden = int(model.hidden_size or 4096)
+    vocab = int(model.vocab_size or 32000)
+    weights = params.total * weight_bytes
+    kv = float(plan.memory_bytes)
+    act = float(
+        plan.max_num_batched_tokens * hidden * _ACT_BYTES_PER_TOKEN_HIDDEN
+        + plan.max_num_seqs * vocab * 4
+    )
+    usable = gpu.memory_bytes * memory_utilization
+    need = f"{weights / _GIB:.1f} GiB of weights ({params.total / 1e9:.3g}B params at {weight_bytes:g} bytes) + {kv / _GIB:.1f} GiB of KV cache + {act / _GIB:.2f} GiB of activations per GPU"
+    heads = int(model.num_attention_heads or 0)
+    smallest = next((n for n in range(1, MAX_GPUS + 1) if _fits(n, weights, kv, act, usable)), None)
+    cap = f"one {gpu.name} offers {usable / _GIB:.1f} GiB ({memory_utilization:.0%} of {gpu.memory_bytes / _GIB:.1f} GiB)"
+    if num_gpus is not None:
+        if not _fits(num_gpus, weights, kv, act, usable):
+            hint = (
+                f"the smallest count that fits is {smallest} (--num-gpus {smallest}), or give less --memory"
+                if smallest is not None
+                else f"no count up to {MAX_GPUS} fits"
+            )
+            raise PlanError(
+                f"{plan.model.name} does not fit on {num_gpus} x {gpu.name}: {need}; {cap}; {hint}"
+            )
+        return Deployment(
+            gpu,
+            num_gpus,
+            False,
+            weights,
+            kv,
+            act,
+            usable,
+            f"given: {num_gpus} x {gpu.name}; {need}",
+        )
+    if smallest is None:
+        raise PlanError(
+            f"{plan.model.name} does not fit on up to {MAX_GPUS} x {gpu.name}: {need}; {cap}"
+        )
+    n = next(
+        (k for k in range(smallest, MAX_GPUS + 1) if not heads or heads % k == 0),
+        smallest,
+    )
+    why = f"sized: {n} x {gpu.name}, the smallest count that holds {need} ({cap})"
+    if n != smallest:
+        why += f"; {smallest} would hold the bytes but {heads} attention heads do not split {smallest} ways"
+    return Deployment(gpu, n, True, weights, kv, act, usable, why)
 
 
 @dataclass(frozen=True)
@@ -140,9 +260,10 @@ class CostModel:
         plan: MemoryPlan,
         *,
         gpu: str | GPU = "h100-sxm",
-        num_gpus: int = 1,
+        num_gpus: int | None = None,
         weight_bytes: float = 2.0,
         params: Params | None = None,
+        memory_utilization: float = MEMORY_UTILIZATION,
     ) -> None:
         if isinstance(gpu, str):
             try:
@@ -151,15 +272,18 @@ class CostModel:
                 raise InvalidArgumentError(
                     f"unknown GPU {gpu!r}; known: {', '.join(sorted(GPUS))}"
                 ) from None
-        if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
+        if num_gpus is not None and (
+            isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1
+        ):
             raise InvalidArgumentError(f"num_gpus must be a positive int, got {num_gpus!r}")
         if not weight_bytes > 0:
             raise InvalidArgumentError(f"weight_bytes must be > 0, got {weight_bytes!r}")
+        if not 0 < memory_utilization <= 1:
+            raise InvalidArgumentError(
+                f"memory_utilization must be in (0, 1], got {memory_utilization!r}"
+            )
         model = plan.model
         self.gpu = gpu
-        self.num_gpus = num_gpus
-        self.peak_flops = gpu.peak_flops * num_gpus
-        self.peak_bandwidth = gpu.peak_bandwidth * num_gpus
         self.weight_bytes = float(weight_bytes)
         hidden = int(model.hidden_size or 4096)
         vocab = int(model.vocab_size or 32000)
@@ -177,6 +301,17 @@ class CostModel:
             else "estimated 12*L*d^2+V*d"
         )
         p = self.params
+        self.deployment = size_deployment(
+            plan,
+            gpu,
+            p,
+            num_gpus=num_gpus,
+            weight_bytes=self.weight_bytes,
+            memory_utilization=memory_utilization,
+        )
+        self.num_gpus = self.deployment.num_gpus
+        self.peak_flops = gpu.peak_flops * self.num_gpus
+        self.peak_bandwidth = gpu.peak_bandwidth * self.num_gpus
         self.lm_head_params = float(vocab * hidden)
         self.body_params = max(p.active - 2.0 * self.lm_head_params, 0.1 * p.active)
         e, k = p.num_experts, p.experts_per_token
@@ -217,6 +352,7 @@ class CostModel:
             "active_params": self.params.active,
             "params_source": self.params_source,
             "weight_bytes_per_param": self.weight_bytes,
+            **self.deployment.describe(),
         }
 
     def step(self, num_new: I64, num_computed: I64, num_sampled: int) -> StepCost:
@@ -276,4 +412,14 @@ def _dense_estimate(layers: int, hidden: int, vocab: int) -> Params:
     return Params(total, total)
 
 
-__all__ = ["GPU", "GPUS", "PUBLISHED_PARAMS", "CostModel", "Params", "StepCost"]
+__all__ = [
+    "GPU",
+    "GPUS",
+    "MEMORY_UTILIZATION",
+    "PUBLISHED_PARAMS",
+    "CostModel",
+    "Deployment",
+    "Params",
+    "StepCost",
+    "size_deployment",
+]

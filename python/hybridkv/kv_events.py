@@ -5,7 +5,7 @@ exactly as vLLM publishes them (block hashes, parent hash, token ids, block size
 id, medium), with one addition: ``group``, the KV-cache group (pool) the event belongs
 to, since every group caches at its own block size in its own pool. Hashes are 128-bit
 Python ints (see :mod:`hybridkv.prefix_hash`). ``PrefixDisagreement`` reports a lookup
-where the groups' own longest hits differed.
+where some group holds cached blocks past the agreed hit.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class AllBlocksCleared:
 
 @dataclass(frozen=True)
 class PrefixDisagreement:
-    """A lookup where some group could serve more than the agreed hit ``hit_tokens``."""
+    """A lookup where some group holds cached blocks for more than the agreed hit
+    ``hit_tokens`` (``group_hit_tokens``: each group's own longest hit, cached or not)."""
 
     req_id: int
     hit_tokens: int

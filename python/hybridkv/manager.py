@@ -95,7 +95,8 @@ class ManagerStats:
 
     ``hit_rate`` is ``hit_tokens / query_tokens``; ``group_hit_tokens[g]`` is what group
     ``g`` alone could have served; ``disagreements`` counts lookups where some group
-    could serve more than the agreed hit. ``usage[g]`` is the fraction of pool ``g``'s
+    could serve more than the agreed hit from blocks it holds cached (those that report
+    a :meth:`~KVCacheManager.shared_prefix_boundary`). ``usage[g]`` is the fraction of pool ``g``'s
     non-null blocks in use, ``num_free``/``num_cached``/``num_in_use`` its block counts.
     Times are seconds spent in hashing, prefix lookup and allocation.
     """
@@ -275,6 +276,12 @@ class KVCacheManager:
     below ``vocab_size`` when given. KV events are recorded only with
     ``enable_kv_events=True``; drain them with :meth:`take_events` every step.
 
+    ``shared_pool`` (default: the plan's ``shared_pool`` attribute, else ``False``):
+    every group draws from ONE pool of the groups' common ``num_blocks`` (one id space,
+    one LRU free queue, a request fits when its groups' blocks together fit the free
+    count; prefix lookups stay per group), which is how vLLM lays out a hybrid model's
+    cache at runtime. ``usage()`` and ``stats()`` then report that pool for every group.
+
     Request ids are integers. Every method validates its whole input first: bad input
     raises a :class:`~hybridkv.errors.HybridKVError` subclass and changes nothing.
 
@@ -296,8 +303,13 @@ class KVCacheManager:
         hash_seed: int = 0,
         vocab_size: int | None = None,
         enable_kv_events: bool = False,
+        shared_pool: bool | None = None,
     ) -> None:
         groups = [_group_tuple(i, g) for i, g in enumerate(plan.groups)]
+        if shared_pool is None:
+            shared_pool = bool(getattr(plan, "shared_pool", False))
+        if not isinstance(shared_pool, bool | np.bool_):
+            raise InvalidArgumentError(f"shared_pool must be a bool, got {shared_pool!r}")
         if not (_is_int(hash_seed) and 0 <= int(hash_seed) < 1 << 64):
             raise InvalidArgumentError(
                 f"hash_seed must be a 64-bit unsigned int, got {hash_seed!r}"
@@ -310,6 +322,8 @@ class KVCacheManager:
         self.mamba_cache_mode = str(plan.mamba_cache_mode)
         self.enable_prefix_caching = bool(enable_prefix_caching)
         self.hash_seed = int(hash_seed)
+        #: Token ids must be below this (None: any non-negative int32).
+        self.vocab_size: int | None = None if vocab_size is None else int(vocab_size)
         arena = _arena_tuple(plan)
         self.elastic = arena is not None
         self._core = _core.KVCacheManager(
@@ -320,6 +334,7 @@ class KVCacheManager:
             None if vocab_size is None else int(vocab_size),
             bool(enable_kv_events),
             arena,
+            bool(shared_pool),
         )
 
     # -- properties -----------------------------------------------------------------
@@ -327,6 +342,11 @@ class KVCacheManager:
     @property
     def num_groups(self) -> int:
         return len(self.group_kinds)
+
+    @property
+    def shared_pool(self) -> bool:
+        """Whether every group draws from one shared pool (vLLM's runtime layout)."""
+        return bool(self._core.shared_pool)
 
     @property
     def num_requests(self) -> int:
@@ -504,7 +524,10 @@ class KVCacheManager:
 
     def shared_prefix_boundary(self, req_ids: npt.ArrayLike) -> I64:
         """Per request, from its last :meth:`get_computed_tokens`: the longest prefix some
-        single group could serve when that is longer than the agreed hit, else 0.
+        single group could serve from blocks it holds cached (the block ending there
+        among them) when that is longer than the agreed hit, else 0. Prefixes a group
+        serves with nothing cached (a chunked-local group at a chunk start, cross
+        attention anywhere) are no evidence of a shared prefix and never count.
 
         In align mode a state group only checkpoints where a step ends, so a scheduler
         that ends a prefill chunk exactly at this position (and at block boundaries)

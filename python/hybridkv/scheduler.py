@@ -48,10 +48,11 @@ transfer instead of compute.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +61,7 @@ from hybridkv.errors import (
     DuplicateRequestError,
     HybridKVError,
     InvalidArgumentError,
+    InvalidTokenError,
     UnknownRequestError,
 )
 
@@ -68,6 +70,8 @@ I32 = npt.NDArray[np.int32]
 BoolArray = npt.NDArray[np.bool_]
 
 POLICIES = ("fcfs", "priority")
+#: How align-mode prefill chunks are cut (see :class:`Scheduler`).
+CHUNK_SPLITS = ("hybridkv", "vllm")
 
 
 class SchedulerError(HybridKVError):
@@ -102,6 +106,7 @@ class _Req:
 
     __slots__ = (
         "arrival",
+        "boundary",
         "eos",
         "known",
         "lost",
@@ -145,6 +150,7 @@ class _Req:
         self.known = False  # added to the manager yet
         self.started = False  # kept in a step's output at least once
         self.lost = 0  # tokens computed when last preempted
+        self.boundary = 0  # shared-prefix boundary from its last prefix lookup
 
     def rank(self) -> tuple[int, int]:
         """Smaller runs first and is preempted last."""
@@ -203,6 +209,34 @@ class SchedulerOutput:
         return self.req_ids[self.samples]
 
 
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+#: Token ids are stored as int32 (the prefix hashes hash them as such).
+_TOKEN_END = 1 << 31
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _int_arg(x: object, what: str) -> int:
+    """An int64 from a Python or numpy integer; a bool, float or string is refused
+    (a float request id 1.5 would otherwise act on request 1)."""
+    if _is_int(x):
+        v = int(cast("int | np.integer[Any]", x))
+        if _I64_MIN <= v <= _I64_MAX:
+            return v
+    raise InvalidArgumentError(f"{what} must be an int in the int64 range, got {x!r}")
+
+
+#: Group kinds whose block tables grow with the sequence (when a group does not say).
+_GROWING_KINDS = ("full_attention", "mla", "sparse_mla")
+
+
+def _grows(g: Any) -> bool:
+    grows = getattr(g, "grows", None)
+    return bool(grows) if grows is not None else str(g.kind) in _GROWING_KINDS
+
+
 def _i64(values: Iterable[int]) -> I64:
     return np.fromiter(values, dtype=np.int64)
 
@@ -229,11 +263,20 @@ class Scheduler:
     by default: on the bundled traces it raised the agentic hit rate by 2 points but
     cost a step of latency per admission and, in a state pool with no spare slots,
     evicted more checkpoints than it made useful (chat: 0.475 -> 0.416).
-    ``align_like_vllm`` (align mode): cut prefill chunks by vLLM's rule instead
-    (``_aligned_vllm``): a chunk too short to reach a block boundary before the prompt's
-    end waits for a later step (a running request skips the step, admission stops
-    there), and the prompt's tail checkpoint lies before its last token. For
-    side-by-side runs with vLLM's scheduler (``benches/bench_scheduler.py``).
+
+    ``chunk_split="vllm"`` cuts align-mode prefill chunks by vLLM 0.33's rule
+    (``Scheduler._mamba_block_aligned_split``, default path: no fine-grained hits, no
+    in-prefill checkpoints) instead: while the request is in prefill (computed below
+    ``max(prompt, tokens - 1)``), a chunk ending before the prefill end is floored to a
+    block boundary (to nothing, when that is not past its start and a block fits the
+    prefill cap: the request then waits a step); a chunk starting mid-block stops at
+    the next boundary; no chunk runs past the last block boundary before the final
+    token (``(tokens - 1) // block * block``); and one stops at the shared-prefix
+    boundary of its last lookup, block-floored, on every chunk (it implies
+    ``cut_at_shared_prefix``).
+
+    With a manager whose groups share one pool (``manager.shared_pool``), admission
+    control counts every group's new blocks against that pool's free count.
     """
 
     def __init__(
@@ -249,7 +292,7 @@ class Scheduler:
         external: ExternalPrefixSource | None = None,
         align_block_size: int | None = None,
         cut_at_shared_prefix: bool = False,
-        align_like_vllm: bool = False,
+        chunk_split: str = "hybridkv",
     ) -> None:
         for name, v in (
             ("max_num_batched_tokens", max_num_batched_tokens),
@@ -259,6 +302,10 @@ class Scheduler:
                 raise InvalidArgumentError(f"{name} must be a positive int, got {v!r}")
         if policy not in POLICIES:
             raise InvalidArgumentError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if chunk_split not in CHUNK_SPLITS:
+            raise InvalidArgumentError(
+                f"chunk_split must be one of {CHUNK_SPLITS}, got {chunk_split!r}"
+            )
         if long_prefill_token_threshold is not None and long_prefill_token_threshold < 1:
             raise InvalidArgumentError("long_prefill_token_threshold must be >= 1")
         if max_model_len is not None and max_model_len < 1:
@@ -270,25 +317,42 @@ class Scheduler:
         self.chunk_cap = long_prefill_token_threshold or max_num_batched_tokens
         self.max_model_len = max_model_len
         plan = getattr(manager, "plan", None)
+        # (index, group) of the growing groups. A hand-written ManagerConfig's groups
+        # have no ``grows``/``index``: the kinds with unbounded tables grow.
+        grow = [(i, g) for i, g in enumerate(plan.groups) if _grows(g)] if plan is not None else []
         if block_size is None and plan is not None:
-            sizes = [g.block_size for g in plan.groups if g.grows] or [16]
+            sizes = [g.block_size for _, g in grow] or [16]
             block_size = min(sizes)
         self.block_size = int(block_size or 16)
-        # Growing pools, for admission control (block counts come from the plan).
-        grow = [g for g in plan.groups if g.grows] if plan is not None else []
-        self._grow_idx = np.asarray([g.index for g in grow], dtype=np.int64)
-        self._grow_bs = np.asarray([g.block_size for g in grow], dtype=np.int64)
-        self._grow_blocks = np.asarray([g.num_blocks for g in grow], dtype=np.int64)
-        self._free_at_start = np.zeros(len(grow), dtype=np.int64)
+        # Growing pools, for admission control (block counts come from the plan). With
+        # one shared pool every group draws from it: one row, needs summed over groups
+        # (``_share`` maps groups to that row; a state group takes one block per new
+        # block boundary its request crosses).
+        self._shared = bool(getattr(manager, "shared_pool", False)) and plan is not None
+        if self._shared:
+            assert plan is not None
+            grow = list(enumerate(plan.groups))
+        self._grow_idx = np.asarray([getattr(g, "index", i) for i, g in grow], dtype=np.int64)
+        self._grow_bs = np.asarray([g.block_size for _, g in grow], dtype=np.int64)
+        self._grow_blocks = np.asarray([g.num_blocks for _, g in grow], dtype=np.int64)
+        self._grow_cap = np.asarray(
+            [1 if g.kind == "state" and not _grows(g) else 1 << 62 for _, g in grow],
+            dtype=np.int64,
+        )
+        if self._shared and grow:
+            self._grow_idx = self._grow_idx[:1]
+            self._grow_blocks = self._grow_blocks[:1]
+        self._free_at_start = np.zeros(len(self._grow_idx), dtype=np.int64)
         self.external = external
         if align_block_size is None and plan is not None:
-            states = [g.block_size for g in plan.groups if g.kind == "state" and not g.grows]
+            states = [g.block_size for g in plan.groups if g.kind == "state" and not _grows(g)]
             if states and plan.mamba_cache_mode == "align":
                 align_block_size = states[0]
         #: Prefill chunks end on multiples of this (0: no alignment).
         self.align = int(align_block_size or 0)
-        self.cut_at_shared_prefix = bool(cut_at_shared_prefix)
-        self.align_like_vllm = bool(align_like_vllm)
+        self.chunk_split = chunk_split
+        self.cut_at_shared_prefix = bool(cut_at_shared_prefix) or chunk_split == "vllm"
+        self._prefill_cap = min(max_num_batched_tokens, self.chunk_cap)
         self._reqs: dict[int, _Req] = {}
         self._running: list[_Req] = []  # kept in rank order
         self._waiting_fifo: deque[_Req] = deque()
@@ -319,25 +383,89 @@ class Scheduler:
         arrival_time: float = 0.0,
     ) -> None:
         """Queue a request: ``max_tokens`` tokens are generated unless ``eos_token_id``
-        is sampled first. ``priority``: smaller runs first (policy ``"priority"``)."""
-        rid = int(req_id)
+        is sampled first. ``priority``: smaller runs first (policy ``"priority"``).
+
+        Everything is checked here, before anything is queued: ``req_id``,
+        ``max_tokens``, ``priority`` and ``eos_token_id`` must be integers (not bools or
+        floats) in the int64 range, the prompt a non-empty 1-D array of integer token
+        ids in ``0 .. 2**31 - 1`` (below the manager's ``vocab_size`` when it has one),
+        ``arrival_time`` a finite number. A bad request raises
+        :class:`~hybridkv.errors.InvalidArgumentError` (or ``InvalidTokenError``) and
+        leaves every queue as it was."""
+        rid = _int_arg(req_id, "request id")
         if rid in self._reqs:
             raise DuplicateRequestError(f"request {rid} is already queued or running")
-        prompt = np.ascontiguousarray(prompt_token_ids, dtype=np.int32).reshape(-1)
-        if prompt.shape[0] < 1:
-            raise InvalidArgumentError(f"request {rid}: empty prompt")
-        if isinstance(max_tokens, bool) or int(max_tokens) < 1:
-            raise InvalidArgumentError(f"request {rid}: max_tokens must be >= 1")
-        total = prompt.shape[0] + int(max_tokens)
+        prompt = self._check_prompt(rid, prompt_token_ids)
+        mt = _int_arg(max_tokens, f"request {rid}: max_tokens")
+        if mt < 1:
+            raise InvalidArgumentError(f"request {rid}: max_tokens must be >= 1, got {mt}")
+        prio = _int_arg(priority, f"request {rid}: priority")
+        eos = (
+            None if eos_token_id is None else _int_arg(eos_token_id, f"request {rid}: eos_token_id")
+        )
+        if isinstance(arrival_time, bool) or not isinstance(
+            arrival_time, (int, float, np.integer, np.floating)
+        ):
+            raise InvalidArgumentError(
+                f"request {rid}: arrival_time must be a number, got {arrival_time!r}"
+            )
+        if not math.isfinite(float(arrival_time)):
+            raise InvalidArgumentError(
+                f"request {rid}: arrival_time must be finite, got {arrival_time!r}"
+            )
+        total = prompt.shape[0] + mt
         if self.max_model_len is not None and total > self.max_model_len:
             raise InvalidArgumentError(
-                f"request {rid}: prompt {prompt.shape[0]} + max_tokens {max_tokens} = "
+                f"request {rid}: prompt {prompt.shape[0]} + max_tokens {mt} = "
                 f"{total} exceeds max_model_len {self.max_model_len}"
             )
-        r = _Req(rid, prompt, int(max_tokens), int(priority), self._seq, eos_token_id, arrival_time)
+        r = _Req(rid, prompt, mt, prio, self._seq, eos, float(arrival_time))
         self._seq += 1
         self._reqs[rid] = r
         self._push_waiting(r, front=False)
+
+    def _check_prompt(self, rid: int, prompt_token_ids: npt.ArrayLike) -> I32:
+        """The prompt as a fresh int32 array, or an error naming the first bad token
+        (never a silent cast: int64 ids >= 2**31 would wrap, floats truncate)."""
+        try:
+            a = np.asarray(prompt_token_ids)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise InvalidArgumentError(f"request {rid}: prompt is not an array: {e}") from None
+        if a.ndim != 1:
+            raise InvalidArgumentError(
+                f"request {rid}: prompt must be 1-D token ids, got shape {a.shape}"
+            )
+        if a.shape[0] < 1:
+            raise InvalidArgumentError(f"request {rid}: empty prompt")
+        if a.dtype.kind == "O":
+            # Python ints too large for any numpy integer dtype (or mixed objects).
+            bad = next(
+                (x for x in a.tolist() if not _is_int(x) or not 0 <= int(x) < _TOKEN_END), None
+            )
+            if bad is not None:
+                pos = a.tolist().index(bad)
+                raise InvalidTokenError(
+                    f"request {rid}: token id {bad!r} at position {pos} is out of range"
+                )
+            a = a.astype(np.int64)
+        elif a.dtype.kind not in "iu":
+            raise InvalidArgumentError(
+                f"request {rid}: prompt token ids must be integers, got dtype {a.dtype}"
+            )
+        hi = _TOKEN_END
+        vocab: Any = getattr(self.manager, "vocab_size", None)
+        if _is_int(vocab) and 0 < int(vocab) < hi:
+            hi = int(vocab)
+        bad_mask = (a < 0) | (a >= hi) if a.dtype.kind == "i" else a >= hi
+        if bool(bad_mask.any()):
+            pos = int(np.argmax(bad_mask))
+            raise InvalidTokenError(
+                f"request {rid}: token id {int(a[pos])} at position {pos} is out of range "
+                f"(0 <= id < {hi})"
+            )
+        return np.array(
+            a, dtype=np.int32
+        )  # a copy: later edits of the caller's array don't leak in
 
     def _push_waiting(self, r: _Req, *, front: bool) -> None:
         r.status = _WAITING
@@ -397,10 +525,12 @@ class Scheduler:
             n = min(r.num_tokens - r.num_computed, budget, cap)
             if n <= 0:
                 continue
-            if self.align and (n > 1 or self.align_like_vllm):
-                n = self._aligned(r.num_computed, n, r)
-                if n == 0:
-                    continue  # no whole block fits the budget: next step
+            if self.align and self.chunk_split == "vllm":
+                n = self._vllm_split(r, r.num_computed, n)
+                if n <= 0:
+                    continue
+            elif n > 1 and self.align:
+                n = self._aligned(r.num_computed, n)
             batch.append(r)
             new_tokens.append(n)
             computed.append(r.num_computed)
@@ -428,9 +558,22 @@ class Scheduler:
             ids = _i64(r.req_id for r in cands)
             fresh = [r for r in cands if not r.known]
             if fresh:
-                self.manager.add_requests(
-                    _i64(r.req_id for r in fresh), [self._tokens(r) for r in fresh], None
-                )
+                try:
+                    self.manager.add_requests(
+                        _i64(r.req_id for r in fresh), [self._tokens(r) for r in fresh], None
+                    )
+                except Exception:
+                    # The manager refused the batch (and changed nothing): nothing is
+                    # allocated yet this step, so give back the pins of the requests
+                    # admitted in earlier rounds and requeue them and the candidates
+                    # in order: no queue loses a request.
+                    back = [*admitted, *cands]
+                    if admitted:
+                        self.manager.preempt(_i64(r.req_id for r in admitted))
+                    for r in reversed(back):
+                        r.num_computed = 0
+                        self._push_waiting(r, front=True)
+                    raise
                 for r in fresh:
                     r.known = True
             hits = np.asarray(self.manager.get_computed_tokens(ids), dtype=np.int64)
@@ -464,26 +607,30 @@ class Scheduler:
                 if full or n <= 0 or slots <= 0:
                     leftovers.append(r)
                     continue
-                if self.align and (n > 1 or self.align_like_vllm):
-                    stop = b // self.align * self.align
-                    if h + x < stop < h + x + n:
-                        n = stop - h - x
-                    n = self._aligned(h + x, n, r)
-                    if n == 0:
-                        # No whole block fits the budget: admission stops here.
+                r.boundary = b
+                if self.align and self.chunk_split == "vllm":
+                    n = self._vllm_split(r, h + x, n)
+                    if n <= 0:
+                        # vLLM: no block-aligned chunk fits the budget; admission stops.
                         full = True
                         leftovers.append(r)
                         continue
+                elif n > 1 and self.align:
+                    stop = b // self.align * self.align
+                    if h + x < stop < h + x + n:
+                        n = stop - h - x
+                    n = self._aligned(h + x, n)
                 if room is not None:
                     need = self._blocks_needed(h, n + x)
                     if np.any(need > room):
                         # Shrink the chunk to what fits; if nothing does, admission
                         # stops here (strict queue order: a large request is not
                         # starved by smaller ones behind it).
-                        bs = self._grow_bs
-                        fit = int(np.min((-(-h // bs) + room) * bs)) - h - x
-                        if fit >= 1 and self.align and (fit > 1 or self.align_like_vllm):
-                            fit = self._aligned(h + x, fit, r)
+                        fit = self._fit(h, room) - h - x
+                        if fit >= 1 and self.align and self.chunk_split == "vllm":
+                            fit = self._vllm_split(r, h + x, fit)
+                        elif fit >= 1 and self.align and fit > 1:
+                            fit = self._aligned(h + x, fit)
                         if fit < 1:
                             full = True
                             head_blocked = not leftovers and r is cands[0]
@@ -598,9 +745,28 @@ class Scheduler:
         return np.rint((1.0 - used) * (self._grow_blocks - 1)).astype(np.int64)
 
     def _blocks_needed(self, c: int, n: int) -> I64:
-        """Blocks each growing group needs to go from ``c`` to ``c + n`` computed tokens."""
+        """Blocks each growing pool needs to go from ``c`` to ``c + n`` computed tokens
+        (a shared pool: the sum over its groups)."""
         bs = self._grow_bs
-        return -((-(c + n)) // bs) - (-((-c) // bs))
+        need: I64 = np.minimum(-((-(c + n)) // bs) - (-((-c) // bs)), self._grow_cap)
+        if self._shared:
+            return np.asarray([need.sum()], dtype=np.int64)
+        return need
+
+    def _fit(self, h: int, room: I64) -> int:
+        """The most computed tokens a request hit at ``h`` reaches within ``room``."""
+        bs = self._grow_bs
+        if not self._shared:
+            return int(np.min((-(-h // bs) + room) * bs))
+        # Shared pool: grow while the summed need fits (needs rise with the end).
+        lo, hi = h, h + int(room[0]) * int(bs.max()) + 1
+        while lo < hi:  # largest e with need(h, e - h) <= room
+            mid = (lo + hi + 1) // 2
+            if int(self._blocks_needed(h, mid - h)[0]) <= int(room[0]):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def _room(self, batch: list[_Req], new_tokens: list[int]) -> I64 | None:
         """Free growing-pool blocks after the running requests' growth this step, or
@@ -613,34 +779,36 @@ class Scheduler:
             c = np.fromiter((r.num_computed for r in batch), dtype=np.int64, count=len(batch))
             n = np.asarray(new_tokens, dtype=np.int64)
             bs = self._grow_bs[:, None]
-            room -= ((-(-(c + n) // bs)) - (-(-c // bs))).sum(axis=1)
+            need = np.minimum((-(-(c + n) // bs)) - (-(-c // bs)), self._grow_cap[:, None])
+            room -= need.sum() if self._shared else need.sum(axis=1)
         return room
 
-    def _aligned(self, c: int, n: int, r: _Req) -> int:
-        """Prefill chunk ``[c, c + n)`` of ``r`` cut back to end on a block boundary when
-        one lies inside it, so the state group records a checkpoint there (mode
-        ``align``); 0 when it must wait (``align_like_vllm`` only)."""
-        a = self.align
-        if self.align_like_vllm:
-            return self._aligned_vllm(c, n, r)
-        end = (c + n) // a * a
-        return end - c if end > c else n
-
-    def _aligned_vllm(self, c: int, n: int, r: _Req) -> int:
-        """vLLM's rule: before the prefill's end (the prompt, or a resumed request's
-        tokens but its last) a chunk ends on a boundary or does not run; a chunk that
-        starts mid-block stops at the next boundary; and none runs past the last
-        boundary before the request's last token (the checkpoint a re-hit can use)."""
-        a = self.align
+    def _vllm_split(self, r: _Req, start: int, n: int) -> int:
+        """vLLM 0.33's align-mode prefill chunk from ``start`` (class docstring)."""
+        bs = self.align
         prefill_end = max(r.prompt_len, r.num_tokens - 1)
-        if c >= prefill_end:
+        if start >= prefill_end:
             return n
-        end = c + n
+        last_cache = max((r.num_tokens - 1) // bs * bs, 0)
+        end = start + n
         if end < prefill_end:
-            end = end // a * a
-        stops = ((c // a + 1) * a if c % a else 0, (r.num_tokens - 1) // a * a)
-        end = min((s for s in stops if c < s < end), default=end)
-        return max(end - c, 0)
+            aligned = end // bs * bs
+            if aligned > start or bs <= self._prefill_cap:
+                end = aligned
+        junction = r.boundary
+        stops = (
+            (start // bs + 1) * bs if start % bs else 0,
+            last_cache,
+            start + (junction - start) // bs * bs if start < junction < end else 0,
+        )
+        end = min((x for x in stops if start < x < end), default=end)
+        return max(end - start, 0)
+
+    def _aligned(self, c: int, n: int) -> int:
+        """Prefill chunk ``[c, c + n)`` cut back to end on a block boundary when one lies
+        inside it, so the state group records a checkpoint there (mode ``align``)."""
+        end = (c + n) // self.align * self.align
+        return end - c if end > c else n
 
     def _tokens(self, r: _Req) -> I32:
         if not r.output:

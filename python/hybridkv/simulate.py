@@ -13,23 +13,24 @@ scheduler and every manager call it makes) is measured per step.
 
 Layouts
 -------
+A layout is a way to lay the same memory out; :func:`register_layout` adds one (a
+name and a builder from the run's config and hybridkv's plan to a
+:class:`LayoutSetup`: plan, manager factory, scheduler options). Without ``--layout``
+every registered layout runs and the report puts them side by side, with ``static``
+over the ``vllm`` baseline as ratios.
+
 ``static`` is hybridkv's plan (:func:`hybridkv.planner.plan_memory`): one pool per
 KV-cache group at its natural page size, bounded pools right-sized, the growing groups
 sharing the rest. In ``mamba_cache_mode="align"`` its state groups checkpoint every
-``state_checkpoint_tokens`` (default 256; the planner's ``state_checkpoint_tokens``): a state
-block is one whole state at any interval, so this costs no memory, but at the 16-token
-attention block size decoding would move every request's running state to a fresh
-block every 16 tokens and churn the small state pool, evicting the end-of-turn
-checkpoints that later turns need (measured at 16 GiB, per-group hit rate at a
-256-token vs a 16-token interval: agentic 0.655 vs 0.399, chat 0.475 vs 0.009, docqa
-0.953 vs 0.558). Separate pools let the state group pick its own interval; the
-unified layout is stuck with its one block size. The state pool itself is sized by
-the planner for ``max_num_seqs`` running states with no spare slots by default, so at
-full concurrency cached checkpoints survive only briefly; on the chat trace that leaves
-per-group's hit rate below unified's (whose divided pool has spare state blocks).
-``state_cache_slots`` (``--state-cache-slots N``) gives every per-group state pool
-``N`` spare blocks for cached checkpoints, paid for in token capacity; the unified
-layout, built from the baseline's one pool, is unaffected.
+``state_checkpoint_tokens`` (default 256; the planner's ``state_checkpoint_tokens``): a
+state block is one whole state at any interval, so this costs no memory, but at the
+16-token attention block size decoding would move every request's running state to a
+fresh block every 16 tokens and churn the small state pool, evicting the end-of-turn
+checkpoints that later turns need. The state pool itself is sized for
+``max_num_seqs`` running states with no spare slots by default;
+``state_cache_slots`` (``--state-cache-slots N``) gives every static state pool ``N``
+spare blocks for cached checkpoints, paid for in token capacity (the ``vllm`` layout,
+whose states share its one pool, is unaffected).
 
 ``elastic`` (the first layout, hybridkv's default) is ``plan_memory(layout="elastic")``:
 one arena shared by every group at its natural page size, bounded groups holding
@@ -39,17 +40,18 @@ bounds don't fit but the capped floors do, only ``elastic`` runs. Its report add
 ``arena``: region size, waste (bytes no group could use, mean and peak over steps and
 as a fraction of memory) and how many regions were granted and moved.
 
-``unified`` is the planner's unified-page baseline (today's engines): one pool, one
-page size, attention blocks inflated to ``B_u`` tokens so their page covers a state
-page, and capacity divided by the number of (equal-sized) layer groups. It is run as
-the plan :func:`unified_plan` gives: every group keeps ``B_u``-token blocks (so the
-last block of every request wastes up to ``B_u - 1`` tokens, prefix hits and state
-checkpoints land only on ``B_u`` boundaries) and gets ``num_blocks // num_groups``
-blocks of the one pool (its share when the pool is divided by groups), so growing
-groups hold exactly the baseline's ``token_capacity``. Separate pools of those sizes
-behave as the divided pool does; block ids staying per pool does not change any
-count. Where the baseline is impossible (page sizes that don't divide) there is no
-unified run and the report says why.
+``vllm`` is vLLM 0.33's runtime layout (:func:`hybridkv.planner.vllm_runtime_plan`):
+vLLM's layer groups of ``group_size`` layers, the attention block size raised until a
+page holds a state page (state pages padded to it), and ONE block pool shared by every
+group (a :class:`hybridkv.KVCacheManager` with ``shared_pool=True``: one id space, one
+LRU free queue where unhashed freed blocks go to the front and hashed ones to the back,
+allocation checked against the global free count, blocks that left a window released
+when their request is next allocated). Prefix hits and state checkpoints land on the
+inflated block (a prompt shorter than one block gets no hit). The scheduler cuts
+align-mode prefill chunks by vLLM's rule (``chunk_split="vllm"``: a state is cached
+only where a chunk ends on a block boundary; chunks stop at the last block boundary
+before the prompt's end and at the shared-prefix boundary). ``benches/
+bench_vllm_layout.py`` checks this model against vLLM's own ``KVCacheManager``.
 
 Offload hook: ``offload`` (see :class:`hybridkv.scheduler.ExternalPrefixSource`) is
 consulted on admission for tokens beyond the device hit; if it has
@@ -64,7 +66,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +75,12 @@ import numpy.typing as npt
 
 from hybridkv.cost_model import GPUS, CostModel
 from hybridkv.errors import HybridKVError, InvalidArgumentError, PlanError
-from hybridkv.planner import MemoryPlan, plan_memory, plan_with_blocks
+from hybridkv.ideal_hit import ideal_hit_rate
+from hybridkv.planner import MemoryPlan, plan_memory, vllm_runtime_plan, vllm_runtime_plan_for
 from hybridkv.scheduler import POLICIES, ExternalPrefixSource, Scheduler
-from hybridkv.traces import GENERATORS, Trace, load_trace
+from hybridkv.sharegpt_trace import ShareGPTOptions
+from hybridkv.trace_sources import open_trace
+from hybridkv.traces import Trace, TraceWindow
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -95,24 +100,29 @@ class SimConfig:
     mamba_cache_mode: str = "align"
     policy: str = "fcfs"
     gpu: str = "h100-sxm"
-    num_gpus: int = 1
+    #: ``None``: the smallest count that holds weights + KV + activations (cost model).
+    num_gpus: int | None = None
     seed: int | None = None
     long_prefill_token_threshold: int | None = None
     state_checkpoint_tokens: int | None = 256
     state_cache_slots: int = 0
+    #: Which part of the trace runs, and how fast (time window, first N, time scale).
+    trace_window: TraceWindow = field(default_factory=TraceWindow)
+    #: How ``--trace sharegpt`` builds its sessions (``None``: the defaults).
+    sharegpt: ShareGPTOptions | None = None
 
 
-def resolve_trace(name_or_path: str, seed: int | None = None) -> Trace:
-    """A bundled trace, or with ``seed`` a fresh generation of that bundled kind."""
-    if seed is not None:
-        gen = GENERATORS.get(name_or_path)
-        if gen is None:
-            raise InvalidArgumentError(
-                f"--seed regenerates a bundled trace kind ({', '.join(GENERATORS)}), "
-                f"not {name_or_path!r}"
-            )
-        return gen(seed=seed)
-    return load_trace(name_or_path)
+def resolve_trace(
+    name_or_path: str,
+    seed: int | None = None,
+    *,
+    window: TraceWindow | None = None,
+    sharegpt: ShareGPTOptions | None = None,
+) -> Trace:
+    """The trace ``--trace`` names (:func:`hybridkv.trace_sources.open_trace`): a bundled
+    trace (with ``seed`` a fresh generation of that kind), ``sharegpt``, a Mooncake
+    ``.jsonl`` file or a trace file, cut and scaled by ``window``."""
+    return open_trace(name_or_path, seed=seed, window=window, sharegpt=sharegpt)
 
 
 def default_max_model_len(trace: Trace, block_size: int) -> int:
@@ -152,6 +162,27 @@ def runnable_base_plan(cfg: SimConfig, trace: Trace) -> MemoryPlan:
         return base_plan(cfg, trace, layout="elastic")
 
 
+def cost_plan(cfg: SimConfig, trace: Trace) -> MemoryPlan:
+    """The plan the cost model reads, the same for every layout: the model's groups at
+    their natural page sizes (per-token bytes, layer counts) and the run's limits and
+    memory. That geometry does not depend on the pool sizes, so where hybridkv's own
+    layouts refuse the memory (their floors don't fit; ``vllm``, which reserves none,
+    may still run) it is the static plan at the smallest doubling of the memory that
+    fits, with ``memory_bytes`` set back to the run's (the GPU sizing reads it)."""
+    try:
+        return runnable_base_plan(cfg, trace)
+    except PlanError as first:
+        mem = cfg.memory_bytes
+        for _ in range(16):
+            mem *= 2
+            try:
+                plan = base_plan(replace(cfg, memory_bytes=mem), trace)
+            except PlanError:
+                continue
+            return replace(plan, memory_bytes=cfg.memory_bytes)
+        raise first
+
+
 # -- layouts --------------------------------------------------------------------------------
 
 
@@ -174,6 +205,11 @@ class LayoutSetup:
 LayoutBuilder = Callable[[SimConfig, MemoryPlan], LayoutSetup]
 
 
+#: Builds a layout from the run's config and trace alone, for where hybridkv's own plan
+#: of the config is refused (a peer's layout that reserves no floors may still run).
+PlanlessBuilder = Callable[[SimConfig, Trace], LayoutSetup]
+
+
 @dataclass(frozen=True)
 class Layout:
     """A named way to lay the KV-cache memory out (one column of the report)."""
@@ -181,17 +217,26 @@ class Layout:
     name: str
     help: str
     build: LayoutBuilder
+    build_without_plan: PlanlessBuilder | None = None
 
 
 #: Every layout ``simulate`` knows, in report order (see :func:`register_layout`).
 LAYOUTS: dict[str, Layout] = {}
 
 
-def register_layout(name: str, build: LayoutBuilder, help: str) -> None:
-    """Add a layout: ``build(cfg, plan)`` returns its :class:`LayoutSetup`."""
+def register_layout(
+    name: str,
+    build: LayoutBuilder,
+    help: str,
+    *,
+    build_without_plan: PlanlessBuilder | None = None,
+) -> None:
+    """Add a layout: ``build(cfg, plan)`` returns its :class:`LayoutSetup`;
+    ``build_without_plan(cfg, trace)``, if given, builds it where hybridkv's own plan
+    of ``cfg`` is refused (otherwise the layout reports that refusal)."""
     if name in LAYOUTS:
         raise InvalidArgumentError(f"layout {name!r} is already registered")
-    LAYOUTS[name] = Layout(name, help, build)
+    LAYOUTS[name] = Layout(name, help, build, build_without_plan)
 
 
 def _static(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
@@ -239,27 +284,37 @@ def _elastic(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
     )
 
 
-def unified_plan(plan: MemoryPlan) -> MemoryPlan:
-    """The unified-page baseline of ``plan`` as a runnable plan (module docstring)."""
-    ub = plan.unified_baseline
-    if ub.token_capacity is None or ub.block_size is None or ub.num_blocks is None:
-        raise PlanError(f"the unified-page layout is impossible for this model: {ub.reason}")
-    share = ub.num_blocks // max(ub.num_groups, 1)
-    if share < 1:
-        raise PlanError("the unified-page layout gets no block per group at this memory")
-    return plan_with_blocks(
-        plan.model,
-        share + 1,  # + the null block: growing groups hold exactly the baseline capacity
-        block_size=ub.block_size,
-        max_num_seqs=plan.max_num_seqs,
-        max_model_len=plan.max_model_len,
-        max_num_batched_tokens=plan.max_num_batched_tokens,
-        mamba_cache_mode=plan.mamba_cache_mode,
+def _vllm(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
+    return _vllm_setup(vllm_runtime_plan(plan))
+
+
+def _vllm_alone(cfg: SimConfig, trace: Trace) -> LayoutSetup:
+    # vLLM reserves no floors: it starts wherever one max_model_len request fits.
+    from hybridkv.models import load_model
+
+    return _vllm_setup(
+        vllm_runtime_plan_for(
+            load_model(cfg.model),
+            memory_bytes=cfg.memory_bytes,
+            max_num_seqs=cfg.max_num_seqs,
+            max_model_len=cfg.max_model_len or default_max_model_len(trace, cfg.block_size),
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
+            block_size=cfg.block_size,
+            mamba_cache_mode=cfg.mamba_cache_mode,
+        )
     )
 
 
-def _unified(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
-    return LayoutSetup(unified_plan(plan))
+def _vllm_setup(vplan: MemoryPlan) -> LayoutSetup:
+    # vLLM keeps prefix caching for a model with state layers only in align mode.
+    caching = vplan.mamba_cache_mode == "align" or all(g.kind != "state" for g in vplan.groups)
+
+    def manager(p: MemoryPlan) -> Any:
+        from hybridkv.manager import KVCacheManager
+
+        return KVCacheManager(p, enable_prefix_caching=caching, hash_seed=0)
+
+    return LayoutSetup(vplan, manager, {"chunk_split": "vllm"})
 
 
 register_layout(
@@ -269,18 +324,40 @@ register_layout(
     "bounded groups",
 )
 register_layout("static", _static, "hybridkv's per-group pools at natural page sizes (planner)")
-register_layout("unified", _unified, "equal split of one unified-page pool (to be replaced)")
+register_layout(
+    "vllm",
+    _vllm,
+    "vLLM 0.33's runtime layout: one shared pool at its inflated block size",
+    build_without_plan=_vllm_alone,
+)
 
 
 def make_layouts(
     cfg: SimConfig, trace: Trace, names: Sequence[str] | None = None
 ) -> dict[str, LayoutSetup | str]:
-    """Per layout (all registered ones by default): its setup, or why it cannot run."""
-    plan = runnable_base_plan(cfg, trace)
+    """Per layout (all registered ones by default): its setup, or why it cannot run.
+    Where hybridkv's own plan is refused, a layout with ``build_without_plan`` (vLLM's,
+    which reserves no floors) still runs; the others report the refusal."""
+    refused: dict[str, PlanError] = {}
+    plan: MemoryPlan | None = None
+    try:
+        plan = base_plan(cfg, trace)
+    except PlanError as e:
+        refused["static"] = e
+        try:
+            plan = base_plan(cfg, trace, layout="elastic")
+        except PlanError as e2:
+            refused["elastic"] = e2
     out: dict[str, LayoutSetup | str] = {}
     for name in names if names is not None else list(LAYOUTS):
+        lay = LAYOUTS[name]
         try:
-            out[name] = LAYOUTS[name].build(cfg, plan)
+            if plan is not None:
+                out[name] = lay.build(cfg, plan)
+            elif lay.build_without_plan is not None:
+                out[name] = lay.build_without_plan(cfg, trace)
+            else:
+                out[name] = str(refused.get(name, refused["elastic"]))
         except PlanError as e:
             out[name] = str(e)
     return out
@@ -375,7 +452,11 @@ def simulate_plan(
     first_tok = np.full(n, np.nan)
     finish = np.full(n, np.nan)
     n_out = np.zeros(n, dtype=np.int64)
-    out_toks: dict[int, list[int]] = {}
+    # Every request's output tokens in one flat array (one vectorised pass, not one
+    # list per request): the token request i samples next is out_flat[out_at[i] + n_out[i]].
+    out_flat = trace.segments_tokens(trace.output_seg)
+    out_at = np.concatenate([[0], np.cumsum(out_lens)[:-1]]).astype(np.int64)
+    wall0 = time.perf_counter()
     load_seconds = getattr(offload, "load_seconds", None)
     after_step = getattr(offload, "after_step", None)
     on_step = getattr(offload, "on_step", None)
@@ -409,7 +490,6 @@ def simulate_plan(
                 priority=int(trace.priority[i]),
                 arrival_time=t,
             )
-            out_toks[i] = trace.output_tokens(i).tolist()
         t0 = time.perf_counter_ns()
         out = sched.schedule()
         t1 = time.perf_counter_ns()
@@ -423,10 +503,10 @@ def simulate_plan(
             dt += float(load_seconds(int(ext.sum())))
         if on_step is not None:  # where an engine's forward pass runs: load, then store
             on_step(manager, out)
-        sample_ids = out.sample_req_ids.tolist()
-        tokens = [out_toks[i][n_out[i]] for i in sample_ids]
+        sidx = np.asarray(out.sample_req_ids, dtype=np.int64)
+        tokens = out_flat[out_at[sidx] + n_out[sidx]]
         t2 = time.perf_counter_ns()
-        done = sched.update_from_output(np.asarray(tokens, dtype=np.int32))
+        done = sched.update_from_output(tokens)
         t3 = time.perf_counter_ns()
         overhead_ns.append((t1 - t0) + (t3 - t2))
         if after_step is not None:
@@ -451,14 +531,12 @@ def simulate_plan(
         resumed_hits += int(out.resumed_hit_tokens.sum())
         preemptions += int(out.preempted_req_ids.size)
         ext_tokens += int(ext.sum())
-        if sample_ids:
-            sidx = np.asarray(sample_ids, dtype=np.int64)
+        if sidx.size:
             firsts = sidx[n_out[sidx] == 0]
             first_tok[firsts] = t
             n_out[sidx] += 1
         for f in done:
             finish[f.req_id] = t
-            out_toks.pop(f.req_id, None)
             done_count += 1
             for ch in children.get(f.req_id, ()):
                 heapq.heappush(pending, (t + float(trace.arrival[ch]), ch))
@@ -474,6 +552,7 @@ def simulate_plan(
     if on_progress is not None:
         on_progress(done_count, t)
     recomputed = sched.recomputed_tokens
+    wall = time.perf_counter() - wall0
 
     finished = ~np.isnan(finish)
     if not bool(finished.all()):
@@ -493,6 +572,7 @@ def simulate_plan(
     report: dict[str, Any] = {
         "layout": layout,
         "token_capacity": int(plan.token_capacity),
+        "physical_token_limit": plan.physical_token_limit,
         "block_size": int(grows[0].block_size if grows else plan.block_size),
         "pools": [
             {
@@ -528,6 +608,8 @@ def simulate_plan(
         "measured": {
             "scheduler_overhead_us_per_step": _dist(oh),
             "scheduler_overhead_s_total": float(oh.sum() / 1e6),
+            "sim_wall_s": wall,
+            "sim_requests_per_wall_s": n / wall if wall > 0 else 0.0,
         },
     }
     stats = getattr(manager, "stats", None)
@@ -570,17 +652,27 @@ class SimReport:
     results: dict[str, LayoutResult]
     cost: dict[str, Any]
     #: The layout the others are compared with (ratios ``static / baseline``).
-    baseline: str = "unified"
+    baseline: str = "vllm"
+    #: Share of prompt tokens an infinite cache would serve (:mod:`hybridkv.ideal_hit`).
+    ideal_hit_rate: float | None = None
+
+    @property
+    def sim_requests_per_wall_s(self) -> float:
+        """Simulated requests per wall-clock second over every layout's replay (measured)."""
+        wall = sum(r.report["measured"]["sim_wall_s"] for r in self.results.values())
+        done = sum(r.report["requests"] for r in self.results.values())
+        return done / wall if wall > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` shape. Wall-clock measurements sit under each layout's
-        ``measured`` key; everything else is a deterministic function of the inputs."""
+        """The ``--json`` shape. Wall-clock measurements sit under ``measured`` keys (the
+        run's and each layout's); everything else is a deterministic function of the inputs."""
         cfg = self.config
         plan = next(p for p in self.plans.values() if not isinstance(p, str))
         d: dict[str, Any] = {
             "model": cfg.model,
             "memory_bytes": cfg.memory_bytes,
             "trace": self.trace.summary(),
+            "ideal_hit_rate": self.ideal_hit_rate,
             "max_num_seqs": cfg.max_num_seqs,
             "max_num_batched_tokens": cfg.max_num_batched_tokens,
             "max_model_len": plan.max_model_len,
@@ -591,21 +683,28 @@ class SimReport:
             "cost_model": self.cost,
             "layouts": {k: v.report for k, v in self.results.items()},
             "skipped": {k: v for k, v in self.plans.items() if isinstance(v, str)},
+            "measured": {"sim_requests_per_wall_s": self.sim_requests_per_wall_s},
         }
-        if "static" in self.results and self.baseline in self.results:
-            a = self.results["static"].report
+        keys = (
+            "token_capacity",
+            "peak_concurrency",
+            "mean_concurrency",
+            "prefix_hit_rate",
+            "output_throughput_tok_s",
+        )
+        if self.baseline in self.results:
             b = self.results[self.baseline].report
-            d["ratios_vs"] = self.baseline
-            d["ratios"] = {
-                key: (a[key] / b[key] if b[key] else None)
-                for key in (
-                    "token_capacity",
-                    "peak_concurrency",
-                    "mean_concurrency",
-                    "prefix_hit_rate",
-                    "output_throughput_tok_s",
-                )
+            # Every other layout over the baseline; ``ratios`` is static's.
+            by = {
+                lay: {k: (r.report[k] / b[k] if b[k] else None) for k in keys}
+                for lay, r in self.results.items()
+                if lay != self.baseline
             }
+            if by:
+                d["ratios_vs"] = self.baseline
+                d["ratios_by_layout"] = by
+            if "static" in by:
+                d["ratios"] = by["static"]
         clean: dict[str, Any] = _finite(d)
         return clean
 
@@ -640,15 +739,15 @@ def run(
         raise InvalidArgumentError("no layout given")
     if cfg.policy not in POLICIES:
         raise InvalidArgumentError(f"policy must be one of {POLICIES}, got {cfg.policy!r}")
-    trace = resolve_trace(cfg.trace, cfg.seed)
+    trace = resolve_trace(cfg.trace, cfg.seed, window=cfg.trace_window, sharegpt=cfg.sharegpt)
     setups = make_layouts(cfg, trace, names)
     plans = {k: v if isinstance(v, str) else v.plan for k, v in setups.items()}
-    # Step times come from hybridkv's plan of the model, the same for every layout.
-    cost = CostModel(runnable_base_plan(cfg, trace), gpu=cfg.gpu, num_gpus=cfg.num_gpus)
-    results: dict[str, LayoutResult] = {}
     runnable = [(k, s) for k, s in setups.items() if not isinstance(s, str)]
     if not runnable:
         raise PlanError("; ".join(f"{k}: {v}" for k, v in plans.items()))
+    # Step times come from hybridkv's plan of the model, the same for every layout.
+    cost = CostModel(cost_plan(cfg, trace), gpu=cfg.gpu, num_gpus=cfg.num_gpus)
+    results: dict[str, LayoutResult] = {}
 
     def go(bar: Callable[[str], Callable[[int, float], None] | None]) -> None:
         for lay, setup in runnable:
@@ -684,7 +783,9 @@ def run(
             go(bar)
     else:
         go(lambda lay: None)
-    return SimReport(cfg, trace, plans, results, cost.describe())
+    return SimReport(
+        cfg, trace, plans, results, cost.describe(), ideal_hit_rate=ideal_hit_rate(trace)
+    )
 
 
 def _fmt_num(x: float) -> str:
@@ -714,6 +815,11 @@ TABLE_ROWS: tuple[tuple[str, str, Callable[[dict[str, Any]], float]], ...] = (
     ("TPOT p99", "ms", lambda r: 1e3 * r["tpot_s"]["p99"]),
     ("steps", "", lambda r: r["steps"]),
     (
+        "simulator speed",
+        "requests/wall s (measured)",
+        lambda r: r["measured"]["sim_requests_per_wall_s"],
+    ),
+    (
         "scheduler overhead",
         "µs/step mean (measured)",
         lambda r: r["measured"]["scheduler_overhead_us_per_step"]["mean"],
@@ -735,7 +841,8 @@ def render_table(report: SimReport) -> Any:
     s = report.trace.summary()
     title = (
         f"hybridkv simulate: {cfg.model}, {cfg.memory_bytes / 2**30:.1f} GiB KV, trace "
-        f"{s['name']} ({s['requests']} requests), {report.cost['gpu']} x{cfg.num_gpus} roofline"
+        f"{s['name']} ({s['requests']} requests), {report.cost['gpu']} x{report.cost['num_gpus']} "
+        "roofline"
     )
     plan = next(p for p in report.plans.values() if not isinstance(p, str))
     ckpt = cfg.state_checkpoint_tokens if plan.mamba_cache_mode == "align" else None
@@ -748,6 +855,12 @@ def render_table(report: SimReport) -> Any:
             if cfg.state_cache_slots
             else ""
         )
+        + (
+            f". Ideal hit rate (infinite cache, 16-token blocks): "
+            f"{100.0 * report.ideal_hit_rate:.1f}% of prompt tokens"
+            if report.ideal_hit_rate is not None
+            else ""
+        )
         + ". Modelled: roofline step times at datasheet peaks. Measured: wall clock of "
         "schedule() + update_from_output(), manager calls included."
     )
@@ -757,15 +870,16 @@ def render_table(report: SimReport) -> Any:
     for lay in lays:
         table.add_column(lay, justify="right")
     base = report.baseline
-    both = "static" in lays and base in lays
-    if both:
-        table.add_column(f"static / {base}", justify="right", style="bold")
+    others = [lay for lay in lays if lay != base] if base in lays else []
+    for lay in others:
+        table.add_column(f"{lay} / {base}", justify="right", style="bold")
     for name, unit, get in TABLE_ROWS:
         vals = [float(get(report.results[lay].report)) for lay in lays]
         cells = [_fmt_num(v) if math.isfinite(v) else "-" for v in vals]
-        if both:
-            a, b = vals[lays.index("static")], vals[lays.index(base)]
-            ok = b and math.isfinite(a / b) and not name.startswith("block size")
+        b = vals[lays.index(base)] if others else 0.0
+        for lay in others:
+            a = vals[lays.index(lay)]
+            ok = b and math.isfinite(a / b) and not name.startswith(("block size", "simulator"))
             cells.append(f"{a / b:.2f}x" if ok else "-")
         table.add_row(name, unit, *cells)
     return table
@@ -805,7 +919,7 @@ def write_plot(report: SimReport, path: str | Path) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``hybridkv simulate`` on an argparse subparsers object."""
-    from hybridkv.cli import add_state_cache_slots_argument
+    from hybridkv.cli import add_state_cache_slots_argument, non_negative_int
     from hybridkv.cli import positive_int as _positive
     from hybridkv.units import size_type as _size
 
@@ -820,7 +934,67 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="bundled model name or config.json path")
     p.add_argument("--memory", required=True, type=_size, help="KV-cache memory, e.g. 16GiB")
-    p.add_argument("--trace", required=True, help="bundled trace name or trace file path")
+    p.add_argument(
+        "--trace",
+        required=True,
+        help="a bundled trace (chat, docqa, agentic: small and fast), 'sharegpt' (multi-turn "
+        "ShareGPT sessions; needs the 'traces' extra), a Mooncake trace FILE.jsonl[.gz] "
+        "(timestamp ms, input_length, output_length, hash_ids of 512-token blocks), or a "
+        "hybridkv trace file (.json[.gz])",
+    )
+    win = p.add_argument_group(
+        "trace window (any trace)",
+        "which requests run and how fast; applied after the trace is read",
+    )
+    win.add_argument(
+        "--trace-start",
+        type=_seconds,
+        metavar="SECONDS",
+        help="keep requests arriving at or after this trace time (closed-loop turns "
+        "follow their session's first request); times are rebased so it is 0",
+    )
+    win.add_argument(
+        "--trace-end",
+        type=_seconds,
+        metavar="SECONDS",
+        help="keep requests arriving before this trace time",
+    )
+    win.add_argument(
+        "--trace-max-requests",
+        type=_positive,
+        metavar="N",
+        help="keep only the first N requests (of the window)",
+    )
+    win.add_argument(
+        "--time-scale",
+        type=_scale,
+        default=1.0,
+        metavar="FACTOR",
+        help="multiply every arrival time and think delay (0.5: the same requests twice "
+        "as fast; default 1)",
+    )
+    sg = p.add_argument_group("ShareGPT sessions (--trace sharegpt)")
+    sg.add_argument(
+        "--sharegpt-sessions", type=_positive, metavar="N", help="sessions to sample (100)"
+    )
+    sg.add_argument(
+        "--sharegpt-min-rounds",
+        type=_positive,
+        metavar="N",
+        help="keep conversations of at least N rounds (user message + reply; 4)",
+    )
+    sg.add_argument(
+        "--sharegpt-session-rate",
+        type=_scale,
+        metavar="PER_S",
+        help="sessions start as a Poisson process at this rate per second (1.0)",
+    )
+    sg.add_argument(
+        "--sharegpt-think-time",
+        type=_seconds,
+        metavar="SECONDS",
+        help="mean exponential think time between a reply and the next turn (5.0)",
+    )
     p.add_argument(
         "--layout",
         action="append",
@@ -846,9 +1020,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--long-prefill-token-threshold", type=_positive, help="cap one request's prefill chunk"
     )
     p.add_argument("--gpu", choices=sorted(GPUS), default="h100-sxm", help="roofline peaks")
-    p.add_argument("--num-gpus", type=_positive, default=1, help="aggregate peaks (ideal TP)")
     p.add_argument(
-        "--seed", type=int, help="regenerate the named bundled trace kind with this seed"
+        "--num-gpus",
+        type=_positive,
+        help="GPUs serving the model (aggregate peaks, ideal TP); default: the smallest "
+        "count that holds the weights + KV cache + activations; a count that cannot hold "
+        "them is refused",
+    )
+    p.add_argument(
+        "--seed",
+        type=non_negative_int,
+        help="regenerate the named bundled trace kind, or resample the ShareGPT sessions, "
+        "with this seed",
     )
     p.add_argument(
         "--offload",
@@ -861,6 +1044,39 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
     return p
+
+
+def _float_arg(text: str, *, positive: bool) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number {'> 0' if positive else '>= 0'}, got {text!r}"
+        )
+    return v
+
+
+def _seconds(text: str) -> float:
+    """``argparse`` type: finite seconds >= 0."""
+    return _float_arg(text, positive=False)
+
+
+def _scale(text: str) -> float:
+    """``argparse`` type: a finite factor or rate > 0."""
+    return _float_arg(text, positive=True)
+
+
+def _sharegpt_options(args: argparse.Namespace) -> ShareGPTOptions | None:
+    given = {
+        "sessions": getattr(args, "sharegpt_sessions", None),
+        "min_rounds": getattr(args, "sharegpt_min_rounds", None),
+        "session_rate": getattr(args, "sharegpt_session_rate", None),
+        "think_time_s": getattr(args, "sharegpt_think_time", None),
+    }
+    opts = {k: v for k, v in given.items() if v is not None}
+    return ShareGPTOptions(**opts) if opts else None
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -880,6 +1096,13 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         long_prefill_token_threshold=args.long_prefill_token_threshold,
         state_checkpoint_tokens=args.state_checkpoint_tokens,
         state_cache_slots=args.state_cache_slots,
+        trace_window=TraceWindow(
+            start_s=getattr(args, "trace_start", None),
+            end_s=getattr(args, "trace_end", None),
+            max_requests=getattr(args, "trace_max_requests", None),
+            time_scale=getattr(args, "time_scale", 1.0),
+        ),
+        sharegpt=_sharegpt_options(args),
     )
 
 
@@ -926,6 +1149,10 @@ def main(args: argparse.Namespace, offload: ExternalPrefixSource | None = None) 
         console.print(render_offload({k: v.report for k, v in report.results.items()}))
     for lay, why in report.to_dict()["skipped"].items():
         console.print(f"[yellow]{lay} layout skipped:[/] {why}")
+    console.print(f"GPUs: {report.cost['sizing']}")
+    console.print(
+        f"simulator: {report.sim_requests_per_wall_s:.1f} simulated requests per wall second"
+    )
     if args.plot:
         console.print(f"plot written to {args.plot}")
     return 0
@@ -937,11 +1164,13 @@ __all__ = [
     "LayoutBuilder",
     "LayoutResult",
     "LayoutSetup",
+    "PlanlessBuilder",
     "SimConfig",
     "SimReport",
     "add_parser",
     "base_plan",
     "config_from_args",
+    "cost_plan",
     "default_max_model_len",
     "main",
     "make_layouts",
@@ -951,6 +1180,5 @@ __all__ = [
     "resolve_trace",
     "run",
     "simulate_plan",
-    "unified_plan",
     "write_plot",
 ]

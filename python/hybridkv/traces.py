@@ -31,8 +31,10 @@ the generators below; a test checks the files match a fresh generation.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,11 +70,80 @@ def synth_tokens(seed: int, length: int, vocab_size: int = DEFAULT_VOCAB_SIZE) -
             f"(got {seed}, {length}, {vocab_size})"
         )
     x = (np.uint64(seed) << np.uint64(32)) + np.arange(length, dtype=np.uint64)
+    return _splitmix_tokens(x, vocab_size)
+
+
+def _splitmix_tokens(x: npt.NDArray[np.uint64], vocab_size: int) -> I32:
+    """SplitMix64 of each counter, folded into ``[1, vocab_size)``."""
     x = x + np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x = x ^ (x >> np.uint64(31))
     return (np.uint64(1) + x % np.uint64(vocab_size - 1)).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class TraceWindow:
+    """Which part of a trace to run, and how fast.
+
+    ``start_s``/``end_s`` keep the requests arriving in ``[start_s, end_s)`` seconds of
+    trace time (closed-loop turns follow their session's first request), rebased so
+    ``start_s`` is time 0; ``max_requests`` then keeps the first N of those in trace
+    order; ``time_scale`` multiplies every arrival time and think/tool delay (0.5 = the
+    same requests twice as fast)."""
+
+    start_s: float | None = None
+    end_s: float | None = None
+    max_requests: int | None = None
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("start_s", "end_s"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not math.isfinite(v) or v < 0):
+                raise TraceError(f"trace window {name} must be a finite number >= 0, got {v!r}")
+        if self.start_s is not None and self.end_s is not None and self.end_s <= self.start_s:
+            raise TraceError(
+                f"trace window end {self.end_s} s must come after its start {self.start_s} s"
+            )
+        m = self.max_requests
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise TraceError(f"max_requests must be a positive integer, got {m!r}")
+        ts = self.time_scale
+        if (
+            isinstance(ts, bool)
+            or not isinstance(ts, (int, float))
+            or not (math.isfinite(ts) and ts > 0)
+        ):
+            raise TraceError(f"time scale must be a finite number > 0, got {ts!r}")
+
+    @property
+    def is_everything(self) -> bool:
+        return (
+            self.start_s is None
+            and self.end_s is None
+            and self.max_requests is None
+            and self.time_scale == 1.0
+        )
+
+    def contains(self, t: float) -> bool:
+        """Whether an arrival at trace time ``t`` seconds lies in the window."""
+        return (self.start_s is None or t >= self.start_s) and (
+            self.end_s is None or t < self.end_s
+        )
+
+    def contains_array(self, t: F64) -> npt.NDArray[np.bool_]:
+        ok = np.ones(t.shape, dtype=bool)
+        if self.start_s is not None:
+            ok &= t >= self.start_s
+        if self.end_s is not None:
+            ok &= t < self.end_s
+        return ok
+
+    def rebase(self, t: F64) -> F64:
+        """Trace times moved so the window starts at 0."""
+        out: F64 = t - self.start_s if self.start_s is not None else t
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,14 +219,88 @@ class Trace:
             return lit
         return synth_tokens(int(self.seg_seed[index]), int(self.seg_len[index]), self.vocab_size)
 
+    def segments_tokens(self, segs: npt.ArrayLike) -> I32:
+        """The token ids of segments ``segs``, concatenated: one vectorised SplitMix
+        pass for all synthetic segments (what :meth:`segment` gives, piece by piece)."""
+        idx = np.asarray(segs, dtype=np.int64).reshape(-1)
+        lens = self.seg_len[idx]
+        total = int(lens.sum())
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        pos = np.arange(total, dtype=np.int64) - np.repeat(starts, lens)
+        seeds = np.repeat(self.seg_seed[idx], lens).astype(np.uint64)
+        toks = _splitmix_tokens((seeds << np.uint64(32)) + pos.astype(np.uint64), self.vocab_size)
+        if self.seg_tokens:
+            for k, sg in enumerate(idx.tolist()):
+                lit = self.seg_tokens.get(sg)
+                if lit is not None:
+                    toks[starts[k] : starts[k] + lens[k]] = lit
+        return toks
+
     def prompt_tokens(self, i: int) -> I32:
         """Request ``i``'s prompt token ids."""
         lo, hi = int(self.prompt_offsets[i]), int(self.prompt_offsets[i + 1])
-        return np.concatenate([self.segment(int(s)) for s in self.prompt_segs[lo:hi]])
+        return self.segments_tokens(self.prompt_segs[lo:hi])
 
     def output_tokens(self, i: int) -> I32:
         """The token ids request ``i`` generates, in order."""
         return self.segment(int(self.output_seg[i]))
+
+    def subset(self, keep: npt.NDArray[np.bool_]) -> Trace:
+        """The requests where ``keep`` is true, renumbered in order (segments are kept
+        whole). Every kept request's parent must be kept too."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (self.num_requests,):
+            raise TraceError(f"trace {self.name!r}: subset mask needs {self.num_requests} entries")
+        idx = np.flatnonzero(keep)
+        par = self.parent[idx]
+        if np.any(par >= 0) and not bool(keep[par[par >= 0]].all()):
+            raise TraceError(f"trace {self.name!r}: a subset must keep every kept request's parent")
+        new_id = np.cumsum(keep) - 1
+        parent = np.where(par >= 0, new_id[np.maximum(par, 0)], -1).astype(np.int64)
+        lo, hi = self.prompt_offsets[idx], self.prompt_offsets[idx + 1]
+        lens = hi - lo
+        # Gather every kept request's prompt segments in one vectorised pass.
+        starts = np.repeat(lo - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+        segs = self.prompt_segs[starts + np.arange(int(lens.sum()))]
+        return Trace(
+            name=self.name,
+            description=self.description,
+            vocab_size=self.vocab_size,
+            seg_seed=self.seg_seed,
+            seg_len=self.seg_len,
+            arrival=self.arrival[idx],
+            parent=parent,
+            priority=self.priority[idx],
+            output_seg=self.output_seg[idx],
+            prompt_segs=segs.astype(np.int64),
+            prompt_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+            seg_tokens=self.seg_tokens,
+        )
+
+    def scaled(self, factor: float) -> Trace:
+        """Every arrival time (absolute and closed-loop delays alike) times ``factor``."""
+        if factor == 1.0:
+            return self
+        if not (math.isfinite(factor) and factor > 0):
+            raise TraceError(f"time scale must be a finite number > 0, got {factor!r}")
+        return dataclasses.replace(self, arrival=self.arrival * float(factor))
+
+    def windowed(self, window: TraceWindow) -> Trace:
+        """The requests ``window`` selects, with its time scale applied (see
+        :class:`TraceWindow`)."""
+        if window.is_everything:
+            return self
+        root = self.parent < 0
+        keep = root & window.contains_array(self.arrival)
+        for i in np.flatnonzero(~root).tolist():  # parents come first: one pass
+            keep[i] = keep[int(self.parent[i])]
+        if window.max_requests is not None:
+            keep &= np.cumsum(keep) <= window.max_requests
+        if not keep.any():
+            raise TraceError(f"trace {self.name!r}: no request in the window asked for")
+        sub = self.subset(keep)
+        arrival = np.where(sub.parent < 0, window.rebase(sub.arrival), sub.arrival)
+        return dataclasses.replace(sub, arrival=arrival).scaled(window.time_scale)
 
     def summary(self) -> dict[str, Any]:
         """Sizes and sharing of the trace, for reports."""
@@ -286,11 +431,19 @@ class TraceBuilder:
         self._priority: list[int] = []
         self._output: list[int] = []
         self._prompt: list[list[int]] = []
+        self._literal: dict[int, I32] = {}
 
     def segment(self, length: int) -> int:
         """A fresh segment of ``length`` synthetic tokens; returns its index."""
         self._seg_len.append(max(0, int(length)))
         return len(self._seg_len) - 1
+
+    def literal(self, tokens: npt.ArrayLike) -> int:
+        """A segment of these literal token ids (e.g. a tokenized message); its index."""
+        toks = np.asarray(tokens, dtype=np.int32).reshape(-1)
+        idx = self.segment(toks.shape[0])
+        self._literal[idx] = toks
+        return idx
 
     def request(
         self,
@@ -300,9 +453,11 @@ class TraceBuilder:
         arrival: float,
         parent: int = -1,
         priority: int = 0,
+        output: int | None = None,
     ) -> tuple[int, int]:
-        """Add a request; returns ``(request index, output segment index)``."""
-        out = self.segment(max(1, output_len))
+        """Add a request; returns ``(request index, output segment index)``. The output
+        is a fresh segment of ``output_len`` tokens, or the given segment ``output``."""
+        out = self.segment(max(1, output_len)) if output is None else output
         self._prompt.append(list(prompt))
         self._output.append(out)
         self._arrival.append(float(arrival))
@@ -325,6 +480,7 @@ class TraceBuilder:
             output_seg=np.asarray(self._output, dtype=np.int64),
             prompt_segs=np.asarray([s for p in self._prompt for s in p], dtype=np.int64),
             prompt_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+            seg_tokens=dict(self._literal),
         )
 
 
@@ -459,6 +615,7 @@ __all__ = [
     "Trace",
     "TraceBuilder",
     "TraceError",
+    "TraceWindow",
     "list_traces",
     "load_trace",
     "make_agentic",

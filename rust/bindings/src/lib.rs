@@ -2,6 +2,20 @@
 //! (numpy in, numpy out), error mapping and GIL release. All state and loops live in
 //! the core crate.
 
+// A panic in library code would reach Python as a PanicException (or abort the
+// process): outside tests every failure is an Error. Clippy enforces it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::unreachable
+    )
+)]
+
 use pyo3::prelude::*;
 
 mod arrays;

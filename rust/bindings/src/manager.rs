@@ -244,11 +244,13 @@ pub struct PyManager {
 impl PyManager {
     /// `groups`: one `(kind, block_size, num_blocks, param)` per group, where `param` is
     /// the window, chunk size or max encoder length (0 where the kind has none).
+    /// `shared_pool`: every group draws from one pool of the (common) `num_blocks`.
     ///
     /// `arena`: `(bytes, region_bytes, null_bytes, page_bytes, floor_blocks)` for one
     /// elastic arena shared by all groups (`num_blocks` is then each group's view of it).
     #[new]
-    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, arena=None))]
+    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, arena=None, shared_pool=false))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python constructor's keywords
     fn new(
         groups: Vec<(String, i64, i64, i64)>,
         mamba_cache_mode: &str,
@@ -257,6 +259,7 @@ impl PyManager {
         vocab_size: Option<u64>,
         record_events: bool,
         arena: Option<ArenaArg>,
+        shared_pool: bool,
     ) -> PyResult<Self> {
         let mut cfgs = Vec::with_capacity(groups.len());
         for (i, (kind, bs, nb, param)) in groups.iter().enumerate() {
@@ -287,6 +290,7 @@ impl PyManager {
                     floor_blocks: floors.into_iter().map(|f| f as usize).collect(),
                 },
             ),
+            shared_pool,
         };
         let inner = Manager::new(cfg).py_err()?;
         Ok(PyManager {
@@ -575,17 +579,20 @@ impl PyManager {
         self.inner.with(py, |m| m.contains(id))
     }
 
-    /// Per pool: `(num_blocks, num_free, num_cached, num_in_use)`.
     /// Per group: blocks it could allocate now (for an elastic manager, counting memory
     /// it could take from the shared remainder).
     fn obtainable_blocks(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
         self.inner.with(py, |m| m.obtainable_blocks())
     }
 
-    /// Per group: non-null blocks backed by memory now.
+    /// Per group: non-null blocks backed by memory now (of the pool it draws from).
     fn present_blocks(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
-        self.inner
-            .with(py, |m| m.pools().iter().map(|p| p.num_present()).collect())
+        self.inner.with(py, |m| {
+            (0..m.num_groups())
+                .filter_map(|g| m.pool(g).ok())
+                .map(|p| p.num_present())
+                .collect()
+        })
     }
 
     /// The elastic arena (None for static pools): sizes, owners (-1: unowned), waste
@@ -628,13 +635,20 @@ impl PyManager {
         Ok(Some(d))
     }
 
+    /// Per group, of the pool it draws from: `(num_blocks, num_free, num_cached,
+    /// num_in_use)` (with a shared pool every group reports the same pool).
     fn pool_counts(&self, py: Python<'_>) -> PyResult<Vec<(usize, usize, usize, usize)>> {
         self.inner.with(py, |m| {
-            m.pools()
-                .iter()
+            (0..m.num_groups())
+                .filter_map(|g| m.pool(g).ok())
                 .map(|p| (p.num_blocks(), p.num_free(), p.num_cached(), p.num_in_use()))
                 .collect()
         })
+    }
+
+    #[getter]
+    fn shared_pool(&self, py: Python<'_>) -> PyResult<bool> {
+        self.inner.with(py, |m| m.shared_pool())
     }
 
     fn ref_counts<'py>(

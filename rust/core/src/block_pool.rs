@@ -8,8 +8,12 @@
 //! again, which evicts it.
 //!
 //! The free queue is an intrusive doubly linked list over block indices, so a prefix
-//! hit can pull a block out of the middle in O(1). Freed blocks join the tail in the
-//! order given and allocation pops from the head: least recently freed goes first.
+//! hit can pull a block out of the middle in O(1). Allocation pops from the head. A
+//! freed block that carries a hash (a prefix hit may still reuse it) joins the tail,
+//! so cached blocks are evicted least recently freed first; one without a hash can
+//! never be hit, so it joins the head and is reused before any cached block (as vLLM's
+//! pool does). Within one `free` call both kinds keep the order given: the first
+//! unhashed block given becomes the new head.
 //!
 //! Every public operation validates its whole input before mutating anything, so an
 //! error leaves the pool exactly as it was.
@@ -160,6 +164,8 @@ pub struct BlockPool {
     cached: FastMap<BlockHash, (u32, u32)>,
     events: Vec<PoolEvent>,
     record_events: bool,
+    /// Scratch for `free`: the unhashed blocks of one call, prepended in order.
+    to_head: Vec<u32>,
     /// Non-null blocks backed by memory (all of them unless the pool is elastic).
     num_present: usize,
     /// Elastic pools only: which ids are backed now, per-region counts (`regions.rs`).
@@ -202,6 +208,7 @@ impl BlockPool {
             cached,
             events: Vec::new(),
             record_events: true,
+            to_head: Vec::new(),
             num_present: n - 1,
             regions: None,
         };
@@ -471,8 +478,9 @@ impl BlockPool {
         Ok(())
     }
 
-    /// Drop one reference from each id (an id may repeat). Blocks reaching zero join
-    /// the tail of the free queue in the order they reach zero, keeping their hashes.
+    /// Drop one reference from each id (an id may repeat). Blocks reaching zero keep
+    /// their hashes; in the order they reach zero, hashed ones join the tail of the free
+    /// queue and unhashed ones the head (the first of them becomes the head).
     pub fn free(&mut self, ids: &[BlockId]) -> Result<()> {
         // Validate by decrementing tentatively (sequential semantics for repeated ids,
         // no auxiliary map), then undo, then apply for real.
@@ -491,26 +499,45 @@ impl BlockPool {
             }
         }
         self.undo_decrements(ids);
-        for &id in ids {
-            self.release_ref(id as u32);
-        }
+        self.release_refs(ids.iter().map(|&id| id as u32));
         Ok(())
     }
 
-    /// Drop one reference of a real block that has one; at zero it joins the free
-    /// queue's tail (and its region's free counts).
-    fn release_ref(&mut self, b: u32) {
-        let r = &mut self.ref_cnt[b as usize];
-        *r -= 1;
-        if *r == 0 {
-            self.push_tail(b);
+    /// Drop one reference of each block. In the order they reach zero, hashed ones join
+    /// the free queue's tail and unhashed ones its head, the first of them becoming the
+    /// head (vLLM's order). A block that is the null block, out of range or already at
+    /// zero is skipped (`free` has refused such a batch before; `free_held` trusts it).
+    fn release_refs(&mut self, blocks: impl Iterator<Item = u32>) {
+        let mut to_head = std::mem::take(&mut self.to_head);
+        to_head.clear();
+        for b in blocks {
+            let Some(r) = self
+                .ref_cnt
+                .get_mut(b as usize)
+                .filter(|r| b != 0 && **r > 0)
+            else {
+                continue;
+            };
+            *r -= 1;
+            if *r > 0 {
+                continue;
+            }
             if let Some(g) = self.regions.as_mut() {
                 g.released(b);
                 if !self.has_hash[b as usize] {
                     g.add_uncached(b);
                 }
             }
+            if self.has_hash[b as usize] {
+                self.push_tail(b);
+            } else {
+                to_head.push(b);
+            }
         }
+        for &b in to_head.iter().rev() {
+            self.push_head(b);
+        }
+        self.to_head = to_head;
     }
 
     /// Validate a `free` batch without changing anything: the error `free` would return.
@@ -609,16 +636,14 @@ impl BlockPool {
         Ok(())
     }
 
-    /// Drop one reference from a block the caller knows to be real and in use (the
-    /// manager, for blocks its tables hold): `free(&[id])` without the validation.
-    /// Cheap guards keep a broken caller from corrupting the pool: what `free` would
-    /// refuse is ignored, as the manager ignored `free`'s error before.
-    pub(crate) fn free_held(&mut self, id: BlockId) {
-        debug_assert!(self.check_real(id).is_ok() && self.ref_cnt[id as usize] > 0);
-        let b = id as u32;
-        if b != 0 && self.ref_cnt.get(b as usize).is_some_and(|&r| r > 0) {
-            self.release_ref(b);
-        }
+    /// Drop one reference from each block of `ids`, which the caller knows to be real
+    /// and in use (the manager, for blocks its tables hold): `free(ids)` without the
+    /// validation pass, with its queue order. Cheap guards keep a broken caller from
+    /// corrupting the pool: an id `free` would refuse is skipped, as the manager ignored
+    /// `free`'s error before.
+    pub(crate) fn free_held(&mut self, ids: &[BlockId]) {
+        debug_assert!(self.check_free(ids).is_ok());
+        self.release_refs(ids.iter().map(|&id| id as u32));
     }
 
     /// Cache a block the caller knows to be real, in use and uncached (the manager, for
@@ -974,6 +999,21 @@ impl BlockPool {
         }
     }
 
+    fn push_head(&mut self, b: u32) {
+        self.next[b as usize] = self.head;
+        self.prev[b as usize] = NIL;
+        if self.head == NIL {
+            self.tail = b;
+        } else {
+            self.prev[self.head as usize] = b;
+        }
+        self.head = b;
+        self.num_free += 1;
+        if self.has_hash[b as usize] {
+            self.num_cached_free += 1;
+        }
+    }
+
     fn unlink(&mut self, b: u32) {
         let (p, nx) = (self.prev[b as usize], self.next[b as usize]);
         if p == NIL {
@@ -1087,13 +1127,27 @@ mod tests {
     }
 
     #[test]
-    fn allocate_pops_head_free_pushes_tail_in_order() {
+    fn allocate_pops_head_unhashed_free_joins_head_in_order() {
         let mut p = BlockPool::new(6).unwrap();
         let a = p.allocate(3).unwrap();
         assert_eq!(a, vec![1, 2, 3]);
         p.free(&[3, 1]).unwrap();
-        assert_eq!(p.free_queue(), vec![4, 5, 3, 1]);
-        assert_eq!(p.allocate(3).unwrap(), vec![4, 5, 3]);
+        assert_eq!(p.free_queue(), vec![3, 1, 4, 5]);
+        assert_eq!(p.allocate(3).unwrap(), vec![3, 1, 4]);
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn hashed_free_joins_tail_unhashed_joins_head() {
+        let mut p = BlockPool::new(7).unwrap();
+        assert_eq!(p.allocate(4).unwrap(), vec![1, 2, 3, 4]);
+        p.cache_blocks(&[2, 4], &[20, 40]).unwrap();
+        // Tail first, as a request releases its table: 4 (hashed), 3, 2 (hashed), 1.
+        p.free(&[4, 3, 2, 1]).unwrap();
+        assert_eq!(p.free_queue(), vec![3, 1, 5, 6, 4, 2]);
+        // Reuse takes the never-hittable blocks first; cached ones survive longest.
+        assert_eq!(p.allocate(4).unwrap(), vec![3, 1, 5, 6]);
+        assert_eq!(p.lookup(&[20, 40]), vec![2, 4]);
         p.check_invariants().unwrap();
     }
 

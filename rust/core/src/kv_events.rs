@@ -24,7 +24,8 @@ pub enum KvEvent {
     },
     /// `group`'s whole prefix cache was cleared.
     AllCleared { group: usize },
-    /// A lookup where the groups' own longest hits differed; the request got `hit`.
+    /// A lookup where some group holds cached blocks for more than the agreed `hit`
+    /// (`group_hits`: each group's own longest hit, cached or not).
     Disagreement {
         req_id: i64,
         hit: usize,

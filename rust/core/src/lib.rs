@@ -11,6 +11,20 @@
 //!   `manager/tables.rs` hold its prefix hits, batched allocation and outputs).
 //! - [`stats`], [`kv_events`]: its counters and KV events.
 
+// A panic in library code would reach Python as a PanicException (or abort the
+// process): outside tests every failure is an Error. Clippy enforces it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::unreachable
+    )
+)]
+
 pub mod arena;
 pub mod block_pool;
 pub mod error;

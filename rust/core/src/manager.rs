@@ -1,6 +1,17 @@
 //! The KV-cache manager: one pool per group, per-request positional block tables, and
 //! prefix caching that every group must agree on.
 //!
+//! ## Shared-pool mode (vLLM's runtime layout)
+//! With `shared_pool` every group draws its blocks from ONE pool (one id space, one
+//! LRU free queue), as vLLM's hybrid coordinator does: a request fits when the sum of
+//! its groups' new blocks is at most the pool's free count, and groups allocate in
+//! group order. The pool's prefix index is keyed by (group, block hash) — each
+//! group's hashes are XOR-ed with a per-group salt — so lookups never cross groups,
+//! like vLLM's hash-with-group-id; events still carry the group and the plain hash.
+//! Blocks that left a window are released only when their request is allocated again
+//! (vLLM's `remove_skipped_blocks` inside `allocate_slots`), not at the start of every
+//! step: that is what makes the same pool run out at the same moment vLLM's does.
+//!
 //! ## Per step
 //! A scheduler calls `get_computed_tokens` once for a request it admits (prefix hit),
 //! then `allocate_slots` once per step for all requests it schedules. Each request is
@@ -71,6 +82,9 @@ pub struct ManagerConfig {
     pub vocab_size: Option<u64>,
     /// Record KV events (drain them with `take_events` every step).
     pub record_events: bool,
+    /// Every group draws from one pool (module docs); all groups must have the same
+    /// `num_blocks`, which is that pool's size.
+    pub shared_pool: bool,
     /// One shared arena for all groups (elastic memory, `arena.rs`); `None`: one fixed
     /// pool per group of `num_blocks`. With an arena each group's `num_blocks` is its
     /// view of the whole arena, whatever the config says.
@@ -88,6 +102,14 @@ pub struct NewRequest {
 pub struct Manager {
     groups: Vec<GroupConfig>,
     pools: Vec<BlockPool>,
+    /// Group -> its pool in `pools` (the identity, or all 0 with a shared pool).
+    pool_of: Vec<usize>,
+    shared: bool,
+    /// Per group: XOR-ed into its block hashes to key its pool's prefix index (all 0
+    /// without a shared pool, where each pool serves one group).
+    salt: Vec<BlockHash>,
+    /// Shared pool: the group whose hash each block carries (for `Removed` events).
+    owner: Vec<u32>,
     mode: MambaMode,
     caching: bool,
     root: BlockHash,
@@ -106,6 +128,8 @@ pub struct Manager {
     record_events: bool,
     buf: Vec<u8>,
     memo: Vec<Vec<i32>>,
+    /// Scratch for releasing a table's blocks in one `free` call.
+    release_buf: Vec<BlockId>,
     /// Per group: state blocks cached since the step began (not computed yet).
     states_this_step: Vec<BlockSet>,
     arena: Option<Arena>,
@@ -116,6 +140,13 @@ pub struct Manager {
     /// Per group: takes regions from the bottom of the arena (else the top).
     bottom: Vec<bool>,
     elastic: ElasticStats,
+}
+
+/// The salt of group `g` in a shared pool: a different 128-bit constant per group, so
+/// (group, hash) pairs of different groups collide only with probability 2**-128.
+fn group_salt(g: usize) -> BlockHash {
+    const MIX: u128 = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835;
+    (g as u128).wrapping_mul(MIX)
 }
 
 /// A set of block ids of one pool.
@@ -161,17 +192,49 @@ impl Manager {
         for g in &cfg.groups {
             g.validate()?;
         }
-        crate::block_pool::check_bookkeeping_fits(cfg.groups.iter().map(|g| g.num_blocks))?;
-        let mut pools = Vec::with_capacity(cfg.groups.len());
+        let shared = cfg.shared_pool;
+        if shared && arena.is_some() {
+            return Err(Error::InvalidArgument(
+                "a shared pool and an elastic arena are two different layouts: pick one".into(),
+            ));
+        }
+        if shared {
+            let n0 = cfg.groups[0].num_blocks;
+            if let Some((i, g)) = cfg
+                .groups
+                .iter()
+                .enumerate()
+                .find(|(_, g)| g.num_blocks != n0)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "a shared pool needs every group to have the same num_blocks: group 0 has \
+                     {n0}, group {i} has {}",
+                    g.num_blocks
+                )));
+            }
+            if cfg.groups.len() > u32::MAX as usize {
+                return Err(Error::InvalidArgument(format!(
+                    "{} groups are too many for a shared pool",
+                    cfg.groups.len()
+                )));
+            }
+            crate::block_pool::check_bookkeeping_fits([cfg.groups[0].num_blocks])?;
+        } else {
+            crate::block_pool::check_bookkeeping_fits(cfg.groups.iter().map(|g| g.num_blocks))?;
+        }
+        let n_pools = if shared { 1 } else { cfg.groups.len() };
+        let mut pools = Vec::with_capacity(n_pools);
         let mut sizes: Vec<usize> = Vec::new();
         let mut size_of = Vec::with_capacity(cfg.groups.len());
         for (gi, g) in cfg.groups.iter().enumerate() {
-            let mut p = match arena.as_ref() {
-                None => BlockPool::new(g.num_blocks)?,
-                Some(a) => BlockPool::new_elastic(a.region_map(gi), a.num_regions())?,
-            };
-            p.set_record_events(cfg.record_events);
-            pools.push(p);
+            if gi < n_pools {
+                let mut p = match arena.as_ref() {
+                    None => BlockPool::new(g.num_blocks)?,
+                    Some(a) => BlockPool::new_elastic(a.region_map(gi), a.num_regions())?,
+                };
+                p.set_record_events(cfg.record_events);
+                pools.push(p);
+            }
             let s = match sizes.iter().position(|&s| s == g.block_size) {
                 Some(i) => i,
                 None => {
@@ -195,6 +258,15 @@ impl Manager {
             _ => false,
         });
         let n = cfg.groups.len();
+        let pool_of = (0..n).map(|g| if shared { 0 } else { g }).collect();
+        let salt = (0..n)
+            .map(|g| if shared { group_salt(g) } else { 0 })
+            .collect();
+        let owner = if shared {
+            vec![0u32; cfg.groups[0].num_blocks]
+        } else {
+            Vec::new()
+        };
         let bottom = (0..n)
             .map(|g| elastic::from_bottom(arena.as_ref().map_or(0, |a| a.floor(g))))
             .collect();
@@ -216,6 +288,10 @@ impl Manager {
         let mut m = Manager {
             groups: cfg.groups,
             pools,
+            pool_of,
+            shared,
+            salt,
+            owner,
             mode: cfg.mamba_mode,
             caching: cfg.enable_caching,
             root: root_hash(cfg.hash_seed),
@@ -231,6 +307,7 @@ impl Manager {
             record_events: cfg.record_events,
             buf: Vec::with_capacity(256),
             memo: vec![Vec::new(); n],
+            release_buf: Vec::new(),
             states_this_step: vec![BlockSet::default(); n],
             arena,
             anchor_group,
@@ -253,11 +330,19 @@ impl Manager {
     pub fn pools(&self) -> &[BlockPool] {
         &self.pools
     }
+    /// The pool `group` draws from (with a shared pool, the same one for every group).
     pub fn pool(&self, group: usize) -> Result<&BlockPool> {
-        self.pools.get(group).ok_or(Error::UnknownGroup {
-            group: group as i64,
-            num_groups: self.pools.len(),
-        })
+        match self.pool_of.get(group) {
+            Some(&p) => Ok(&self.pools[p]),
+            None => Err(Error::UnknownGroup {
+                group: group as i64,
+                num_groups: self.groups.len(),
+            }),
+        }
+    }
+    /// Whether every group draws from one shared pool.
+    pub fn shared_pool(&self) -> bool {
+        self.shared
     }
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -454,21 +539,22 @@ impl Manager {
         if self.arena.is_some() {
             self.drop_unreachable_blocks(r);
         }
+        let mut batch = std::mem::take(&mut self.release_buf);
         for (g, table) in r.tables.iter_mut().enumerate() {
-            let pool = &mut self.pools[g];
-            // Tail first: a request's last blocks are the least likely to be shared, so
-            // they should be evicted first.
-            for &b in table.iter().rev() {
-                if b != NULL_BLOCK {
-                    // Every non-null entry holds one reference taken by this request.
-                    pool.free_held(b);
-                }
-            }
+            let pool = &mut self.pools[self.pool_of[g]];
+            // Tail first, in one call per group (so the pool's queue order is vLLM's): a
+            // request's last blocks are the least likely to be shared, so they should be
+            // evicted first.
+            batch.clear();
+            batch.extend(table.iter().rev().filter(|&&b| b != NULL_BLOCK));
+            // Every non-null entry holds one reference taken by this request.
+            pool.free_held(&batch);
             table.clear();
             r.first_live[g] = 0;
             r.num_cached[g] = 0;
             r.exported[g] = 0;
         }
+        self.release_buf = batch;
         if self.record_events {
             self.drain_pool_events();
         }
@@ -476,19 +562,34 @@ impl Manager {
 
     /// Move the pools' `Removed` / `AllCleared` events into the manager's log.
     pub(crate) fn drain_pool_events(&mut self) {
-        for (g, p) in self.pools.iter_mut().enumerate() {
-            for ev in p.take_events() {
+        let ng = self.groups.len();
+        for p in 0..self.pools.len() {
+            for ev in self.pools[p].take_events() {
                 match ev {
-                    PoolEvent::Removed { hash, .. } => match self.events.last_mut() {
-                        Some(KvEvent::Removed { group, hashes }) if *group == g => {
-                            hashes.push(hash)
+                    PoolEvent::Removed { block, hash } => {
+                        // A shared pool's block names its group; the key had its salt.
+                        let g = if self.shared {
+                            self.owner.get(block as usize).map_or(0, |&o| o as usize)
+                        } else {
+                            p
+                        };
+                        let hash = hash ^ self.salt[g];
+                        match self.events.last_mut() {
+                            Some(KvEvent::Removed { group, hashes }) if *group == g => {
+                                hashes.push(hash)
+                            }
+                            _ => self.events.push(KvEvent::Removed {
+                                group: g,
+                                hashes: vec![hash],
+                            }),
                         }
-                        _ => self.events.push(KvEvent::Removed {
-                            group: g,
-                            hashes: vec![hash],
-                        }),
-                    },
-                    PoolEvent::AllCleared => self.events.push(KvEvent::AllCleared { group: g }),
+                    }
+                    PoolEvent::AllCleared => {
+                        let gs = if self.shared { 0..ng } else { p..p + 1 };
+                        for g in gs {
+                            self.events.push(KvEvent::AllCleared { group: g });
+                        }
+                    }
                     PoolEvent::Stored { .. } => {}
                 }
             }
@@ -521,10 +622,17 @@ impl Manager {
     /// invariants. Returns the first violation.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         self.check_arena()?;
-        for (g, pool) in self.pools.iter().enumerate() {
+        let mut refs: Vec<Vec<u32>> = self
+            .pools
+            .iter()
+            .map(|p| vec![0u32; p.num_blocks()])
+            .collect();
+        for (p, pool) in self.pools.iter().enumerate() {
             pool.check_invariants()
-                .map_err(|m| format!("group {g}: {m}"))?;
-            let mut refs = vec![0u32; pool.num_blocks()];
+                .map_err(|m| format!("pool {p}: {m}"))?;
+        }
+        for g in 0..self.groups.len() {
+            let refs = &mut refs[self.pool_of[g]];
             for r in self.reqs.iter() {
                 for (k, &b) in r.tables[g].iter().enumerate() {
                     if b < 0 || b as usize >= refs.len() {
@@ -544,9 +652,11 @@ impl Manager {
                     }
                 }
             }
-            if refs != pool.ref_counts() {
+        }
+        for (p, pool) in self.pools.iter().enumerate() {
+            if refs[p] != pool.ref_counts() {
                 return Err(format!(
-                    "group {g}: pool reference counts differ from the block tables"
+                    "pool {p}: reference counts differ from the block tables"
                 ));
             }
         }

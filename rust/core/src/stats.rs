@@ -12,7 +12,8 @@ pub struct Stats {
     pub hit_tokens: u64,
     /// Per group: tokens that group alone could have served (its own longest hit).
     pub group_hit_tokens: Vec<u64>,
-    /// Lookups where some group could serve more than the agreed hit.
+    /// Lookups where some group could serve more than the agreed hit from blocks it
+    /// holds cached (the lookups that report a shared-prefix boundary).
     pub disagreements: u64,
     /// Requests given to `allocate_slots`, and how many did not fit.
     pub alloc_requests: u64,

@@ -69,6 +69,9 @@ impl Manager {
         if new_step {
             // The previous step's forward has run: its checkpoints are written.
             self.states_this_step.iter_mut().for_each(|s| s.clear());
+        }
+        // A shared pool releases per request, at its own allocation (module docs).
+        if new_step && !self.shared {
             self.release_finished_windows();
         }
         let mut out = Vec::with_capacity(ids.len());
@@ -123,15 +126,20 @@ impl Manager {
             if target <= start {
                 continue;
             }
-            let pool = &mut self.pools[g];
+            let pool = &mut self.pools[self.pool_of[g]];
             let table = &mut r.tables[g];
-            for b in &mut table[start..target] {
+            // Latest first, in one call (the pool's queue order is then vLLM's).
+            let mut batch = std::mem::take(&mut self.release_buf);
+            batch.clear();
+            for b in table[start..target].iter_mut().rev() {
                 if *b != NULL_BLOCK {
-                    // The request holds one reference on each non-null entry.
-                    pool.free_held(*b);
+                    batch.push(*b);
                     *b = NULL_BLOCK;
                 }
             }
+            // The request holds one reference on each non-null entry.
+            pool.free_held(&batch);
+            self.release_buf = batch;
             r.first_live[g] = target;
         }
     }
@@ -182,10 +190,15 @@ impl Manager {
             };
         }
         for g in 0..ng {
-            // Static pools: a count check. Elastic: may move whole free regions here.
-            if need[g] > 0 && !self.make_room(g, need[g], need) {
+            // Static pools: a count check. Elastic: may move whole free regions here. A
+            // shared pool checks the sum below instead.
+            if !self.shared && need[g] > 0 && !self.make_room(g, need[g], need) {
                 return false;
             }
+        }
+        // One pool for all groups: the request fits when the sum does (vLLM's check).
+        if self.shared && need.iter().sum::<usize>() > self.pools[0].num_free() {
+            return false;
         }
         for g in 0..ng {
             if need[g] == 0 {
@@ -197,15 +210,16 @@ impl Manager {
                 let w = cdiv(e, self.groups[g].block_size) - 1;
                 table.resize(w, NULL_BLOCK);
             }
-            // Checked above: the pool has `need[g]` free blocks.
-            let _ = self.pools[g].allocate_into(need[g], table);
+            // Checked above: the pool has `need[g]` free blocks (with a shared pool,
+            // the sum over groups), taken in group order.
+            let _ = self.pools[self.pool_of[g]].allocate_into(need[g], table);
         }
         if self.record_events {
             self.drain_pool_events();
         }
         r.num_computed = e;
         r.phase = Phase::Running;
-        if self.trims && n > 0 && !r.dirty {
+        if self.trims && n > 0 && !r.dirty && !self.shared {
             r.dirty = true;
             self.dirty.push(r.id);
         }
@@ -263,13 +277,17 @@ impl Manager {
                 // Entries from `num_cached` on were allocated by this request and never
                 // cached (only this function caches, and it advances `num_cached`); an
                 // align-mode state entry may be a checkpoint taken from a hit.
-                let fresh =
-                    b != NULL_BLOCK && (!check || matches!(self.pools[g].block_hash(b), Ok(None)));
-                debug_assert!(!fresh || self.pools[g].block_hash(b) == Ok(None));
+                let pool = &mut self.pools[self.pool_of[g]];
+                let fresh = b != NULL_BLOCK && (!check || matches!(pool.block_hash(b), Ok(None)));
+                debug_assert!(!fresh || pool.block_hash(b) == Ok(None));
                 if fresh {
                     let h = r.hashes[self.size_of[g]][k];
-                    // In use (held by this request) and unhashed.
-                    self.pools[g].cache_held(b, h);
+                    // In use (held by this request) and unhashed. A shared pool's index
+                    // is keyed per group (the group's salt).
+                    pool.cache_held(b, h ^ self.salt[g]);
+                    if self.shared {
+                        self.owner[b as usize] = g as u32;
+                    }
                     if cfg.kind == GroupKind::State {
                         self.states_this_step[g].insert(b);
                     }

@@ -5,7 +5,6 @@
 
 use super::Manager;
 use crate::arena::Arena;
-use crate::block_pool::BlockPool;
 use crate::block_pool::NULL_BLOCK;
 use crate::error::{Error, Result};
 use crate::group_policy::{GroupKind, MambaMode};
@@ -153,7 +152,7 @@ impl Manager {
     /// of group `h` this request already counts on. Returns whether `g` has them now.
     pub(super) fn make_room(&mut self, g: usize, need: usize, keep: &[usize]) -> bool {
         if self.arena.is_none() {
-            return need <= self.pools[g].num_free();
+            return need <= self.pools[self.pool_of[g]].num_free();
         }
         if self.pools[g].num_uncached_free() >= need {
             return true;
@@ -310,7 +309,10 @@ impl Manager {
     /// Equal to the pool's free count for static pools.
     pub fn obtainable_blocks(&self) -> Vec<usize> {
         let Some(arena) = self.arena.as_ref() else {
-            return self.pools.iter().map(BlockPool::num_free).collect();
+            // Static or shared pools: what the pool each group draws from has free.
+            return (0..self.groups.len())
+                .map(|g| self.pools[self.pool_of[g]].num_free())
+                .collect();
         };
         let ng = self.pools.len();
         // Blocks each owner may still give away without dropping below its floor.

@@ -26,6 +26,7 @@ fn elastic(state_floor: usize) -> Manager {
         hash_seed: 0,
         vocab_size: None,
         record_events: true,
+        shared_pool: false,
         arena: Some(ArenaConfig {
             bytes: 1000,
             region_bytes: 80,
@@ -66,6 +67,7 @@ fn floors_are_granted_at_construction() {
     assert_eq!(m.pools()[0].num_blocks(), 100);
     assert_eq!(m.pools()[1].num_blocks(), 25);
     assert!(Manager::new(ManagerConfig {
+        shared_pool: false,
         arena: Some(ArenaConfig {
             bytes: 1000,
             region_bytes: 80,
@@ -97,6 +99,7 @@ fn cfg_like() -> ManagerConfig {
         hash_seed: 0,
         vocab_size: None,
         record_events: false,
+        shared_pool: false,
         arena: None,
     }
 }

@@ -71,14 +71,14 @@ impl Manager {
         let mut own = vec![0usize; ng];
         for i in 0..ng {
             let g = self.hit_order[i];
-            own[g] = self.serve(g, r, cap);
+            own[g] = self.serve(g, r, cap, false);
         }
         let mut h = own.iter().copied().min().unwrap_or(0);
         loop {
             let mut nh = h;
             for i in 0..ng {
                 let g = self.hit_order[i];
-                nh = self.serve(g, r, nh);
+                nh = self.serve(g, r, nh, false);
             }
             if nh == h {
                 break;
@@ -89,9 +89,18 @@ impl Manager {
             self.stats.group_hit_tokens[g] += o as u64;
         }
         self.stats.hit_tokens += h as u64;
-        let longest = own.iter().copied().max().unwrap_or(0);
+        // The boundary only counts prefixes a group holds cached blocks for: a chunked
+        // local group serves a chunk start, and cross attention any prefix, with nothing
+        // cached, which is no evidence that an earlier request shared the prefix.
+        // Backed claims never exceed plain ones, so they are only needed past `h`.
+        let mut longest = 0;
+        if own.iter().any(|&o| o > h) {
+            for g in 0..ng {
+                longest = longest.max(self.serve(g, r, cap, true));
+            }
+        }
         r.prefix_boundary = if longest > h { longest } else { 0 };
-        if own.iter().any(|&o| o != h) {
+        if r.prefix_boundary > 0 {
             self.stats.disagreements += 1;
             if self.record_events {
                 self.events.push(KvEvent::Disagreement {
@@ -116,13 +125,16 @@ impl Manager {
             return v;
         }
         let h = r.hashes[self.size_of[g]][k];
-        let b = self.pools[g].lookup_one(h).unwrap_or(-1);
+        let b = self.pools[self.pool_of[g]]
+            .lookup_one(h ^ self.salt[g])
+            .unwrap_or(-1);
         self.memo[g][k] = b;
         b
     }
 
-    /// The longest prefix `h <= limit` group `g` alone can serve for `r`.
-    fn serve(&mut self, g: usize, r: &Request, limit: usize) -> usize {
+    /// The longest prefix `h <= limit` group `g` alone can serve for `r`. With `backed`,
+    /// only prefixes whose last block (the one ending at `h`) the group holds cached.
+    fn serve(&mut self, g: usize, r: &Request, limit: usize, backed: bool) -> usize {
         let cfg = self.groups[g];
         let bs = cfg.block_size;
         let kmax = limit / bs;
@@ -137,7 +149,10 @@ impl Manager {
             GroupKind::SlidingWindow { .. } | GroupKind::ChunkedLocal { .. } => {
                 let mut k = kmax;
                 'candidates: while k > 0 {
-                    let lo = cfg.first_needed_token(k * bs) / bs;
+                    let mut lo = cfg.first_needed_token(k * bs) / bs;
+                    if backed {
+                        lo = lo.min(k - 1);
+                    }
                     let mut j = k;
                     while j > lo {
                         j -= 1;
@@ -164,7 +179,14 @@ impl Manager {
                 }
                 0
             }
-            GroupKind::CrossAttention { .. } => limit,
+            // Encoder outputs are not prefix-cached: any prefix, none of it backed.
+            GroupKind::CrossAttention { .. } => {
+                if backed {
+                    0
+                } else {
+                    limit
+                }
+            }
         }
     }
 
@@ -192,7 +214,7 @@ impl Manager {
             }
             // The fixed point only stops at positions every group serves, so each
             // looked-up block exists (>= 1); touch validates ids anyway.
-            let _ = self.pools[g].touch(&table[lo..]);
+            let _ = self.pools[self.pool_of[g]].touch(&table[lo..]);
             r.tables[g] = table;
             r.first_live[g] = lo;
             r.num_cached[g] = k;
@@ -200,7 +222,8 @@ impl Manager {
     }
 
     /// Per request, from its last prefix lookup: the longest prefix some single group
-    /// could serve when it is longer than the agreed hit (else 0). A scheduler that
+    /// could serve from blocks it holds cached (the block ending there among them) when
+    /// it is longer than the agreed hit (else 0). A scheduler that
     /// ends a prefill chunk exactly there lets the lagging group (a state group in
     /// align mode, a sliding window) cache that position, so later requests sharing the
     /// prefix hit all of it.

@@ -18,6 +18,7 @@ fn mgr(groups: &[(GroupKind, usize)], mode: MambaMode) -> Manager {
         hash_seed: 0,
         vocab_size: None,
         record_events: false,
+        shared_pool: false,
         arena: None,
     })
     .unwrap()
@@ -113,6 +114,44 @@ fn chunk_boundary_needs_no_earlier_blocks() {
 }
 
 #[test]
+fn shared_prefix_boundary_needs_cached_blocks() {
+    // A chunked-local group serves a chunk start with nothing cached: that is no shared
+    // prefix, so a fresh request reports no boundary (and no disagreement).
+    let ch = GroupKind::ChunkedLocal { chunk: 8 };
+    let groups = [(GroupKind::Full, 64), (ch, 64), (GroupKind::State, 64)];
+    let mut m = mgr(&groups, MambaMode::Align);
+    let toks: Vec<i32> = (1..=14).collect();
+    add(&mut m, 1, &toks);
+    assert_eq!(m.get_computed_tokens(&[1]).unwrap(), vec![0]);
+    assert_eq!(m.shared_prefix_boundary(&[1]).unwrap(), vec![0]);
+    assert_eq!(m.stats().disagreements, 0);
+    // Request 1 computes 9 tokens in one step: blocks 0..2 cached, no state checkpoint.
+    assert!(m.allocate_slots(&[1], &[9], &[0], true).unwrap()[0]);
+    m.free(&[1]).unwrap();
+    // Request 2 shares those 8 tokens, then differs: the chunked group's plain claim is
+    // the chunk start 16, but only 8 tokens are backed by its cache.
+    let mut other = toks[..8].to_vec();
+    other.extend(100..112);
+    add(&mut m, 2, &other);
+    assert_eq!(m.get_computed_tokens(&[2]).unwrap(), vec![0]);
+    assert_eq!(m.shared_prefix_boundary(&[2]).unwrap(), vec![8]);
+    assert_eq!(m.stats().disagreements, 1);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn cross_attention_backs_no_boundary() {
+    let cross = GroupKind::CrossAttention {
+        max_encoder_len: 16,
+    };
+    let mut m = mgr(&[(GroupKind::Full, 64), (cross, 64)], MambaMode::Align);
+    let toks: Vec<i32> = (1..=14).collect();
+    add(&mut m, 1, &toks);
+    assert_eq!(m.get_computed_tokens(&[1]).unwrap(), vec![0]);
+    assert_eq!(m.shared_prefix_boundary(&[1]).unwrap(), vec![0]);
+}
+
+#[test]
 fn state_align_checkpoints_on_block_boundaries_only() {
     let mut m = mgr(
         &[(GroupKind::Full, 64), (GroupKind::State, 8)],
@@ -174,12 +213,136 @@ fn pools_beyond_memory_are_an_error_not_an_abort() {
         hash_seed: 0,
         vocab_size: None,
         record_events: false,
+        shared_pool: false,
         arena: None,
     };
     match Manager::new(cfg) {
         Err(Error::InvalidArgument(msg)) => assert!(msg.contains("does not fit"), "{msg}"),
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a 170 TB manager was built"),
+    }
+}
+
+fn shared(groups: &[GroupKind], num_blocks: usize, events: bool) -> Manager {
+    Manager::new(ManagerConfig {
+        groups: groups
+            .iter()
+            .map(|&kind| GroupConfig {
+                kind,
+                block_size: 4,
+                num_blocks,
+            })
+            .collect(),
+        mamba_mode: MambaMode::Align,
+        enable_caching: true,
+        hash_seed: 0,
+        vocab_size: None,
+        record_events: events,
+        shared_pool: true,
+        arena: None,
+    })
+    .unwrap()
+}
+
+#[test]
+fn shared_pool_admits_on_the_global_free_count() {
+    // 4 usable blocks for both groups together.
+    let mut m = shared(&[GroupKind::Full, GroupKind::State], 5, false);
+    let toks: Vec<i32> = (1..=12).collect();
+    add(&mut m, 1, &toks[..8]);
+    add(&mut m, 2, &toks[..4]);
+    m.get_computed_tokens(&[1, 2]).unwrap();
+    // Request 1: 2 attention blocks + 1 state block = 3; request 2 needs 2 but 1 is left
+    // (separate pools of 5 blocks each would have taken both).
+    assert_eq!(
+        m.allocate_slots(&[1, 2], &[8, 4], &[0, 0], true).unwrap(),
+        vec![true, false]
+    );
+    assert_eq!(m.pool(0).unwrap().num_free(), 1);
+    assert_eq!(m.pool(1).unwrap().num_free(), 1); // the same pool
+                                                  // Ids come from one space: no id is in two groups' tables.
+    let (a, s) = (table(&m, 0, 1), table(&m, 1, 1));
+    assert!(a.iter().all(|b| !s.contains(b) || *b == 0));
+    m.check_invariants().unwrap();
+    m.free(&[1]).unwrap();
+    assert_eq!(m.pool(0).unwrap().num_free(), 4);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn shared_pool_keys_lookups_per_group() {
+    // Two full-attention groups hash the same tokens to the same block hashes: the
+    // shared index must still answer each group with its own blocks.
+    let mut m = shared(&[GroupKind::Full, GroupKind::Full], 17, true);
+    let toks: Vec<i32> = (1..=9).collect();
+    add(&mut m, 1, &toks);
+    m.get_computed_tokens(&[1]).unwrap();
+    assert!(m.allocate_slots(&[1], &[9], &[0], true).unwrap()[0]);
+    add(&mut m, 2, &toks);
+    assert_eq!(m.get_computed_tokens(&[2]).unwrap(), vec![8]);
+    assert_eq!(table(&m, 0, 2), table(&m, 0, 1)[..2].to_vec());
+    assert_eq!(table(&m, 1, 2), table(&m, 1, 1)[..2].to_vec());
+    assert_ne!(table(&m, 0, 2), table(&m, 1, 2));
+    m.check_invariants().unwrap();
+    // Events carry the group and the plain hash (no salt leaks out).
+    let evs = m.take_events();
+    let stored: Vec<(usize, Vec<BlockHash>)> = evs
+        .iter()
+        .filter_map(|e| match e {
+            KvEvent::Stored { group, hashes, .. } => Some((*group, hashes.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].1, stored[1].1);
+    assert_eq!((stored[0].0, stored[1].0), (0, 1));
+    let plain = stored[0].1.clone();
+    m.free(&[1, 2]).unwrap();
+    // Reallocating everything evicts the cached blocks of both groups.
+    add(&mut m, 3, &[50; 60]);
+    m.get_computed_tokens(&[3]).unwrap();
+    assert!(m.allocate_slots(&[3], &[32], &[0], true).unwrap()[0]);
+    let mut removed: Vec<(usize, BlockHash)> = Vec::new();
+    for e in m.take_events() {
+        if let KvEvent::Removed { group, hashes } = e {
+            removed.extend(hashes.into_iter().map(|h| (group, h)));
+        }
+    }
+    removed.sort_unstable();
+    let mut want: Vec<(usize, BlockHash)> = (0..2)
+        .flat_map(|g| plain.iter().map(move |&h| (g, h)))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(removed, want);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn shared_pool_needs_equal_block_counts() {
+    let cfg = ManagerConfig {
+        groups: vec![
+            GroupConfig {
+                kind: GroupKind::Full,
+                block_size: 4,
+                num_blocks: 8,
+            },
+            GroupConfig {
+                kind: GroupKind::State,
+                block_size: 4,
+                num_blocks: 9,
+            },
+        ],
+        mamba_mode: MambaMode::Align,
+        enable_caching: true,
+        hash_seed: 0,
+        vocab_size: None,
+        record_events: false,
+        shared_pool: true,
+        arena: None,
+    };
+    match Manager::new(cfg) {
+        Err(Error::InvalidArgument(msg)) => assert!(msg.contains("same num_blocks"), "{msg}"),
+        _ => panic!("unequal shared pools accepted"),
     }
 }
 
