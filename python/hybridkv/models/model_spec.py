@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hybridkv.errors import InvalidArgumentError
-from hybridkv.specs import SPEC_TYPES, KVSpec
+from hybridkv.models.specs import SPEC_TYPES, KVSpec
 
 
 @dataclass(frozen=True)

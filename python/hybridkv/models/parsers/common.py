@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from hybridkv.errors import ModelConfigError
-from hybridkv.specs import DTYPE_BYTES, FullAttentionSpec, StateSpec
+from hybridkv.models.specs import DTYPE_BYTES, FullAttentionSpec, StateSpec
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from hybridkv.models.parsers.common import (
     state_kwargs,
     text_config,
 )
-from hybridkv.specs import (
+from hybridkv.models.specs import (
     ChunkedLocalSpec,
     FullAttentionSpec,
     MLASpec,

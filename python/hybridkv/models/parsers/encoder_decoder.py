@@ -33,7 +33,7 @@ from hybridkv.models.parsers.common import (
     opt_int,
     parsed,
 )
-from hybridkv.specs import CrossAttentionSpec, EncoderOnlySpec, FullAttentionSpec
+from hybridkv.models.specs import CrossAttentionSpec, EncoderOnlySpec, FullAttentionSpec
 
 T5_TYPES = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
 BART_TYPES = (

@@ -17,7 +17,7 @@ from hybridkv.models.parsers.common import (
     opt_int,
     parsed,
 )
-from hybridkv.specs import CrossAttentionSpec, EncoderOnlySpec, FullAttentionSpec
+from hybridkv.models.specs import CrossAttentionSpec, EncoderOnlySpec, FullAttentionSpec
 
 MODEL_TYPES = ("whisper",)
 

@@ -83,7 +83,7 @@ keep cached state checkpoints in it while the growing groups don't need it, and 
 growing groups take it back region by region. ``token_capacity`` is what the growing
 groups hold when they own everything but the floors: memory minus floors, over growing
 bytes per token, less the arena's null area and region edges
-(:mod:`hybridkv.arena_plan`). A plan whose static bounds don't fit but whose capped
+(:mod:`hybridkv.cache.arena_plan`). A plan whose static bounds don't fit but whose capped
 floors do, plans.
 """
 
@@ -94,10 +94,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hybridkv.arena_plan import ArenaPlan, choose_region_bytes
+from hybridkv.cache.arena_plan import ArenaPlan, choose_region_bytes
 from hybridkv.errors import PlanError
 from hybridkv.models.model_spec import ModelSpec
-from hybridkv.specs import (
+from hybridkv.models.specs import (
     MAMBA_CACHE_MODES,
     ChunkedLocalSpec,
     CrossAttentionSpec,

@@ -1,11 +1,11 @@
 """Serving simulation: a trace through the scheduler and the real KV-cache manager, no GPU.
 
 ``hybridkv simulate --model NAME --memory SIZE --trace NAME|PATH`` plans the memory,
-builds a :class:`hybridkv.KVCacheManager` and a :class:`hybridkv.scheduler.Scheduler`
+builds a :class:`hybridkv.KVCacheManager` and a :class:`hybridkv.serving.scheduler.Scheduler`
 over it, and replays the trace as a discrete-event simulation: every step the
 scheduler plans a batch (real allocation, real prefix lookups, real preemptions) and
 the clock advances by that batch's modelled duration from the roofline
-:class:`hybridkv.cost_model.CostModel`. Requests arrive at their trace times (or,
+:class:`hybridkv.serving.cost_model.CostModel`. Requests arrive at their trace times (or,
 closed-loop, a think/tool delay after their parent finished); each sampled token is
 the trace's next output token, so later turns really hit the blocks earlier turns
 wrote. The wall-clock time of ``schedule()`` plus ``update_from_output()`` (the
@@ -19,7 +19,7 @@ name and a builder from the run's config and hybridkv's plan to a
 every registered layout runs and the report puts them side by side, with ``static``
 over the ``vllm`` baseline as ratios.
 
-``static`` is hybridkv's plan (:func:`hybridkv.planner.plan_memory`): one pool per
+``static`` is hybridkv's plan (:func:`hybridkv.planning.planner.plan_memory`): one pool per
 KV-cache group at its natural page size, bounded pools right-sized, the growing groups
 sharing the rest. In ``mamba_cache_mode="align"`` its state groups checkpoint every
 ``state_checkpoint_tokens`` (default 256; the planner's ``state_checkpoint_tokens``): a
@@ -40,7 +40,7 @@ bounds don't fit but the capped floors do, only ``elastic`` runs. Its report add
 ``arena``: region size, waste (bytes no group could use, mean and peak over steps and
 as a fraction of memory) and how many regions were granted and moved.
 
-``vllm`` is vLLM 0.33's runtime layout (:func:`hybridkv.planner.vllm_runtime_plan`):
+``vllm`` is vLLM 0.33's runtime layout (:func:`hybridkv.planning.planner.vllm_runtime_plan`):
 vLLM's layer groups of ``group_size`` layers, the attention block size raised until a
 page holds a state page (state pages padded to it), and ONE block pool shared by every
 group (a :class:`hybridkv.KVCacheManager` with ``shared_pool=True``: one id space, one
@@ -53,7 +53,7 @@ only where a chunk ends on a block boundary; chunks stop at the last block bound
 before the prompt's end and at the shared-prefix boundary). ``benches/
 bench_vllm_layout.py`` checks this model against vLLM's own ``KVCacheManager``.
 
-Offload hook: ``offload`` (see :class:`hybridkv.scheduler.ExternalPrefixSource`) is
+Offload hook: ``offload`` (see :class:`hybridkv.serving.scheduler.ExternalPrefixSource`) is
 consulted on admission for tokens beyond the device hit; if it has
 ``load_seconds(tokens) -> float`` the clock is charged that, and ``after_step(manager,
 output)`` is called after every step so it can store what it needs.
@@ -73,14 +73,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hybridkv.cost_model import GPUS, CostModel
 from hybridkv.errors import HybridKVError, InvalidArgumentError, PlanError
-from hybridkv.ideal_hit import ideal_hit_rate
-from hybridkv.planner import MemoryPlan, plan_memory, vllm_runtime_plan, vllm_runtime_plan_for
-from hybridkv.scheduler import POLICIES, ExternalPrefixSource, Scheduler
-from hybridkv.sharegpt_trace import ShareGPTOptions
-from hybridkv.trace_sources import open_trace
-from hybridkv.traces import Trace, TraceWindow
+from hybridkv.planning.planner import (
+    MemoryPlan,
+    plan_memory,
+    vllm_runtime_plan,
+    vllm_runtime_plan_for,
+)
+from hybridkv.serving.cost_model import GPUS, CostModel
+from hybridkv.serving.ideal_hit import ideal_hit_rate
+from hybridkv.serving.scheduler import POLICIES, ExternalPrefixSource, Scheduler
+from hybridkv.serving.sharegpt_trace import ShareGPTOptions
+from hybridkv.serving.trace_sources import open_trace
+from hybridkv.serving.traces import Trace, TraceWindow
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -119,7 +124,7 @@ def resolve_trace(
     window: TraceWindow | None = None,
     sharegpt: ShareGPTOptions | None = None,
 ) -> Trace:
-    """The trace ``--trace`` names (:func:`hybridkv.trace_sources.open_trace`): a bundled
+    """The trace ``--trace`` names (:func:`hybridkv.serving.trace_sources.open_trace`): a bundled
     trace (with ``seed`` a fresh generation of that kind), ``sharegpt``, a Mooncake
     ``.jsonl`` file or a trace file, cut and scaled by ``window``."""
     return open_trace(name_or_path, seed=seed, window=window, sharegpt=sharegpt)
@@ -192,7 +197,7 @@ class LayoutSetup:
 
     ``manager_factory`` builds the manager from ``plan`` (``None``: a
     :class:`hybridkv.KVCacheManager` over ``plan`` with prefix caching on);
-    ``scheduler_options`` are extra :class:`hybridkv.scheduler.Scheduler` keyword
+    ``scheduler_options`` are extra :class:`hybridkv.serving.scheduler.Scheduler` keyword
     arguments (e.g. vLLM's chunk-split rule)."""
 
     plan: MemoryPlan
@@ -310,7 +315,7 @@ def _vllm_setup(vplan: MemoryPlan) -> LayoutSetup:
     caching = vplan.mamba_cache_mode == "align" or all(g.kind != "state" for g in vplan.groups)
 
     def manager(p: MemoryPlan) -> Any:
-        from hybridkv.manager import KVCacheManager
+        from hybridkv.cache.manager import KVCacheManager
 
         return KVCacheManager(p, enable_prefix_caching=caching, hash_seed=0)
 
@@ -424,7 +429,7 @@ def simulate_plan(
             f"{plan.max_model_len}"
         )
     if manager_factory is None:
-        from hybridkv.manager import KVCacheManager
+        from hybridkv.cache.manager import KVCacheManager
 
         manager = KVCacheManager(plan, enable_prefix_caching=True, hash_seed=0)
     else:
@@ -653,7 +658,7 @@ class SimReport:
     cost: dict[str, Any]
     #: The layout the others are compared with (ratios ``static / baseline``).
     baseline: str = "vllm"
-    #: Share of prompt tokens an infinite cache would serve (:mod:`hybridkv.ideal_hit`).
+    #: Share of prompt tokens an infinite cache would serve (:mod:`hybridkv.serving.ideal_hit`).
     ideal_hit_rate: float | None = None
 
     @property
