@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hybridkv.cli import main
 from hybridkv.models.registry import CONFIG_DIR
-from hybridkv.traces import make_agentic
+from hybridkv.serving.traces import make_agentic
 
 MODEL = "bamba-9b"
 PLAN = ["plan", "--model", MODEL, "--memory", "16GiB"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hybridkv.errors import PlanError
 from hybridkv.models import load_model
-from hybridkv.planner import MAX_MEMORY_BYTES, plan_memory
+from hybridkv.planning.planner import MAX_MEMORY_BYTES, plan_memory
 
 LIMITS = {"max_num_seqs": 4, "max_model_len": 4096, "max_num_batched_tokens": 2048}
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hybridkv.cache.manager import KVCacheManager
 from hybridkv.errors import InvalidArgumentError
-from hybridkv.manager import KVCacheManager
 from hybridkv.offload import BlockKey, CpuTier, model_fingerprint, parse_offload_spec
 from hybridkv.offload.connector import OffloadConnector
 from hybridkv.offload.pages import HostPages
