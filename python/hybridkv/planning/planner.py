@@ -287,6 +287,10 @@ class MemoryPlan:
 # ---------------------------------------------------------------------------
 
 
+#: The most KV-cache memory a plan takes: byte counts are int64 everywhere below.
+MAX_MEMORY_BYTES = (1 << 63) - 1
+
+
 def _check_int(name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PlanError(f"{name} must be an int, got {value!r}")
@@ -648,6 +652,13 @@ def _plan_memory(
         model, block_size, max_num_seqs, max_model_len, max_num_batched_tokens, mamba_cache_mode
     )
     _check_int("memory_bytes", memory_bytes)
+    if memory_bytes > MAX_MEMORY_BYTES:
+        # Byte and block counts are int64 in the core and in numpy; far beyond any
+        # machine, and the float arithmetic of the plan would overflow long before.
+        raise PlanError(
+            f"memory_bytes (about 2**{memory_bytes.bit_length() - 1}) is more than the "
+            f"2**63 - 1 bytes (8 EiB) a plan can hold"
+        )
     if layout not in PLAN_LAYOUTS:
         raise PlanError(f"layout must be one of {PLAN_LAYOUTS}, got {layout!r}")
     if bounded_sizing not in BOUNDED_SIZINGS:
