@@ -66,7 +66,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ import numpy.typing as npt
 from hybridkv.cost_model import GPUS, CostModel
 from hybridkv.errors import HybridKVError, InvalidArgumentError, PlanError
 from hybridkv.ideal_hit import ideal_hit_rate
-from hybridkv.planner import MemoryPlan, plan_memory, vllm_runtime_plan
+from hybridkv.planner import MemoryPlan, plan_memory, vllm_runtime_plan, vllm_runtime_plan_for
 from hybridkv.scheduler import POLICIES, ExternalPrefixSource, Scheduler
 from hybridkv.sharegpt_trace import ShareGPTOptions
 from hybridkv.trace_sources import open_trace
@@ -162,6 +162,27 @@ def runnable_base_plan(cfg: SimConfig, trace: Trace) -> MemoryPlan:
         return base_plan(cfg, trace, layout="elastic")
 
 
+def cost_plan(cfg: SimConfig, trace: Trace) -> MemoryPlan:
+    """The plan the cost model reads, the same for every layout: the model's groups at
+    their natural page sizes (per-token bytes, layer counts) and the run's limits and
+    memory. That geometry does not depend on the pool sizes, so where hybridkv's own
+    layouts refuse the memory (their floors don't fit; ``vllm``, which reserves none,
+    may still run) it is the static plan at the smallest doubling of the memory that
+    fits, with ``memory_bytes`` set back to the run's (the GPU sizing reads it)."""
+    try:
+        return runnable_base_plan(cfg, trace)
+    except PlanError as first:
+        mem = cfg.memory_bytes
+        for _ in range(16):
+            mem *= 2
+            try:
+                plan = base_plan(replace(cfg, memory_bytes=mem), trace)
+            except PlanError:
+                continue
+            return replace(plan, memory_bytes=cfg.memory_bytes)
+        raise first
+
+
 # -- layouts --------------------------------------------------------------------------------
 
 
@@ -184,6 +205,11 @@ class LayoutSetup:
 LayoutBuilder = Callable[[SimConfig, MemoryPlan], LayoutSetup]
 
 
+#: Builds a layout from the run's config and trace alone, for where hybridkv's own plan
+#: of the config is refused (a peer's layout that reserves no floors may still run).
+PlanlessBuilder = Callable[[SimConfig, Trace], LayoutSetup]
+
+
 @dataclass(frozen=True)
 class Layout:
     """A named way to lay the KV-cache memory out (one column of the report)."""
@@ -191,17 +217,26 @@ class Layout:
     name: str
     help: str
     build: LayoutBuilder
+    build_without_plan: PlanlessBuilder | None = None
 
 
 #: Every layout ``simulate`` knows, in report order (see :func:`register_layout`).
 LAYOUTS: dict[str, Layout] = {}
 
 
-def register_layout(name: str, build: LayoutBuilder, help: str) -> None:
-    """Add a layout: ``build(cfg, plan)`` returns its :class:`LayoutSetup`."""
+def register_layout(
+    name: str,
+    build: LayoutBuilder,
+    help: str,
+    *,
+    build_without_plan: PlanlessBuilder | None = None,
+) -> None:
+    """Add a layout: ``build(cfg, plan)`` returns its :class:`LayoutSetup`;
+    ``build_without_plan(cfg, trace)``, if given, builds it where hybridkv's own plan
+    of ``cfg`` is refused (otherwise the layout reports that refusal)."""
     if name in LAYOUTS:
         raise InvalidArgumentError(f"layout {name!r} is already registered")
-    LAYOUTS[name] = Layout(name, help, build)
+    LAYOUTS[name] = Layout(name, help, build, build_without_plan)
 
 
 def _static(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
@@ -250,7 +285,27 @@ def _elastic(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
 
 
 def _vllm(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
-    vplan = vllm_runtime_plan(plan)
+    return _vllm_setup(vllm_runtime_plan(plan))
+
+
+def _vllm_alone(cfg: SimConfig, trace: Trace) -> LayoutSetup:
+    # vLLM reserves no floors: it starts wherever one max_model_len request fits.
+    from hybridkv.models import load_model
+
+    return _vllm_setup(
+        vllm_runtime_plan_for(
+            load_model(cfg.model),
+            memory_bytes=cfg.memory_bytes,
+            max_num_seqs=cfg.max_num_seqs,
+            max_model_len=cfg.max_model_len or default_max_model_len(trace, cfg.block_size),
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
+            block_size=cfg.block_size,
+            mamba_cache_mode=cfg.mamba_cache_mode,
+        )
+    )
+
+
+def _vllm_setup(vplan: MemoryPlan) -> LayoutSetup:
     # vLLM keeps prefix caching for a model with state layers only in align mode.
     caching = vplan.mamba_cache_mode == "align" or all(g.kind != "state" for g in vplan.groups)
 
@@ -270,19 +325,39 @@ register_layout(
 )
 register_layout("static", _static, "hybridkv's per-group pools at natural page sizes (planner)")
 register_layout(
-    "vllm", _vllm, "vLLM 0.33's runtime layout: one shared pool at its inflated block size"
+    "vllm",
+    _vllm,
+    "vLLM 0.33's runtime layout: one shared pool at its inflated block size",
+    build_without_plan=_vllm_alone,
 )
 
 
 def make_layouts(
     cfg: SimConfig, trace: Trace, names: Sequence[str] | None = None
 ) -> dict[str, LayoutSetup | str]:
-    """Per layout (all registered ones by default): its setup, or why it cannot run."""
-    plan = runnable_base_plan(cfg, trace)
+    """Per layout (all registered ones by default): its setup, or why it cannot run.
+    Where hybridkv's own plan is refused, a layout with ``build_without_plan`` (vLLM's,
+    which reserves no floors) still runs; the others report the refusal."""
+    refused: dict[str, PlanError] = {}
+    plan: MemoryPlan | None = None
+    try:
+        plan = base_plan(cfg, trace)
+    except PlanError as e:
+        refused["static"] = e
+        try:
+            plan = base_plan(cfg, trace, layout="elastic")
+        except PlanError as e2:
+            refused["elastic"] = e2
     out: dict[str, LayoutSetup | str] = {}
     for name in names if names is not None else list(LAYOUTS):
+        lay = LAYOUTS[name]
         try:
-            out[name] = LAYOUTS[name].build(cfg, plan)
+            if plan is not None:
+                out[name] = lay.build(cfg, plan)
+            elif lay.build_without_plan is not None:
+                out[name] = lay.build_without_plan(cfg, trace)
+            else:
+                out[name] = str(refused.get(name, refused["elastic"]))
         except PlanError as e:
             out[name] = str(e)
     return out
@@ -667,12 +742,12 @@ def run(
     trace = resolve_trace(cfg.trace, cfg.seed, window=cfg.trace_window, sharegpt=cfg.sharegpt)
     setups = make_layouts(cfg, trace, names)
     plans = {k: v if isinstance(v, str) else v.plan for k, v in setups.items()}
-    # Step times come from hybridkv's plan of the model, the same for every layout.
-    cost = CostModel(runnable_base_plan(cfg, trace), gpu=cfg.gpu, num_gpus=cfg.num_gpus)
-    results: dict[str, LayoutResult] = {}
     runnable = [(k, s) for k, s in setups.items() if not isinstance(s, str)]
     if not runnable:
         raise PlanError("; ".join(f"{k}: {v}" for k, v in plans.items()))
+    # Step times come from hybridkv's plan of the model, the same for every layout.
+    cost = CostModel(cost_plan(cfg, trace), gpu=cfg.gpu, num_gpus=cfg.num_gpus)
+    results: dict[str, LayoutResult] = {}
 
     def go(bar: Callable[[str], Callable[[int, float], None] | None]) -> None:
         for lay, setup in runnable:
@@ -1089,11 +1164,13 @@ __all__ = [
     "LayoutBuilder",
     "LayoutResult",
     "LayoutSetup",
+    "PlanlessBuilder",
     "SimConfig",
     "SimReport",
     "add_parser",
     "base_plan",
     "config_from_args",
+    "cost_plan",
     "default_max_model_len",
     "main",
     "make_layouts",
