@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hybridkv.cache.manager import _int64 as int64_array
 from hybridkv.errors import InvalidArgumentError
-from hybridkv.manager import _int64 as int64_array
 from hybridkv.offload.config import OffloadConfig
 from hybridkv.offload.keys import BlockKey, block_keys, model_fingerprint
 from hybridkv.offload.pages import PageIO
