@@ -40,6 +40,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
             "hybridkv.errors",
             "hybridkv.units",
             "hybridkv.argtypes",
+            "hybridkv.bounded_read",
             "hybridkv._aliases",
         ),
     ),

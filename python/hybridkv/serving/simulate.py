@@ -927,7 +927,7 @@ MAX_NUM_GPUS = 1 << 16
 
 
 def _gpu_count(text: str) -> int:
-    from hybridkv.cli import positive_int
+    from hybridkv.argtypes import positive_int
 
     n = positive_int(text)
     if n > MAX_NUM_GPUS:
