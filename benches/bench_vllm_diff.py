@@ -55,8 +55,21 @@ CONFIGS: dict[str, tuple[str, ...]] = {
 INSTALL = "bash ../shared/peers/install_vllm_core.sh /work/vllm-venv"
 
 
-def _longer_boundary(h: list[Any], v: list[Any]) -> bool:
+def _longer_boundary(h: list[Any], v: list[Any], before: list[list[Any]]) -> bool:
     return h[0] == v[0] == "boundary" and h[:3] == v[:3] and h[3] > v[3]
+
+
+def _refused_hit_requeued(h: list[Any], v: list[Any], before: list[list[Any]]) -> bool:
+    """Block ids differ (same table shapes) after an admission with a prefix hit was
+    refused earlier in the stream."""
+    if not (h[0] == v[0] == "ids" and h[:3] == v[:3]):
+        return False
+    if [[len(r) for r in x[3]] for x in (h, v)] != [[len(r) for r in h[3]]] * 2:
+        return False
+    return any(
+        x[0] == "hit" and x[3] > 0 and y[0] == "boundary" and z[0] == "alloc" and not z[4]
+        for x, y, z in zip(before, before[1:], before[2:], strict=False)
+    )
 
 
 # Intended differences: name -> (why it is right, predicate over the hybridkv and vLLM
@@ -70,6 +83,16 @@ INTENDED: dict[str, tuple[str, Any]] = {
         "first) is lost. The hint only steers where an align-mode scheduler ends a "
         "chunk; a longer one keeps a state checkpoint at a real branch point.",
         _longer_boundary,
+    ),
+    "refused hit re-queued": (
+        "get_computed_tokens takes the references on the hit blocks (so nothing can "
+        "evict them between lookup and allocation); when the admission is then refused "
+        "the scheduler releases them (preempt) and they re-enter the free queue at the "
+        "tail, as most recently used. vLLM takes the references only inside a "
+        "successful allocate_slots, so its free-queue order is untouched. The blocks a "
+        "waiting request is about to hit are kept longer; the shared pool then hands "
+        "out other block ids, with the same table shapes (eviction choices can follow).",
+        _refused_hit_requeued,
     ),
 }
 
@@ -475,7 +498,7 @@ def compare(
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x == y:
             continue
-        name = next((k for k, (_, ok) in INTENDED.items() if ok(x, y)), None)
+        name = next((k for k, (_, ok) in INTENDED.items() if ok(x, y, a[:i])), None)
         if name is None:
             return intended, (i, x, y)
         intended[name] = intended.get(name, 0) + 1
