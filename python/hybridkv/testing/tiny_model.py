@@ -13,7 +13,7 @@ pre-norm residual block ``x + mixer(rms(x))`` followed by a gated MLP.
   head_dim]``), the conv and recurrent states of the Mamba-2 / gated-delta layers in
   their state group's pool (one slot per block id), all read and written through the
   Triton kernels at the block tables and slot mappings the manager gives.
-- :func:`serve` drives :class:`~hybridkv.scheduler.Scheduler` +
+- :func:`serve` drives :class:`~hybridkv.serving.scheduler.Scheduler` +
   :class:`~hybridkv.KVCacheManager` + :class:`CachedRunner` to greedy completion.
 
 State group convention (the manager's): table entry ``k`` of a state group holds the
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from hybridkv import ops
 from hybridkv.models.model_spec import ModelSpec
-from hybridkv.specs import (
+from hybridkv.models.specs import (
     ChunkedLocalSpec,
     FullAttentionSpec,
     KVSpec,
@@ -423,11 +423,11 @@ class StepTrace:
 class CachedRunner:
     """Runs scheduler steps of a :class:`TinyHybridLM` over hybridkv's paged caches.
 
-    ``plan`` is the :class:`~hybridkv.planner.MemoryPlan` the manager was built from:
+    ``plan`` is the :class:`~hybridkv.planning.planner.MemoryPlan` the manager was built from:
     each layer's cache tensors are sized by its group's pool (``num_blocks``), and
     block 0 (the null block) is filled with NaN so that any read of it would show. An
     elastic plan (``plan.arena`` set) puts every layer's tensors in ONE
-    :class:`~hybridkv.arena_backend.TorchArena` (strided views over one byte tensor,
+    :class:`~hybridkv.cache.arena_backend.TorchArena` (strided views over one byte tensor,
     all NaN to start), so groups really share memory as the manager moves it.
     """
 
@@ -443,7 +443,7 @@ class CachedRunner:
         self.caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.arena: Any = None
         if getattr(plan, "arena", None) is not None:
-            from hybridkv.arena_backend import TorchArena
+            from hybridkv.cache.arena_backend import TorchArena
 
             self.arena = TorchArena(plan)
         for i, kind in enumerate(c.layers):
@@ -765,8 +765,8 @@ def serve(
     ``arrivals`` (request id -> step) holds requests back until that step, so later
     ones can hit prefixes cached by earlier ones.
     """
-    from hybridkv import KVCacheManager
-    from hybridkv.scheduler import Scheduler
+    from hybridkv.cache.manager import KVCacheManager
+    from hybridkv.serving.scheduler import Scheduler
 
     manager = KVCacheManager(plan)
     sched = Scheduler(
