@@ -215,6 +215,12 @@ impl Manager {
             // The fixed point only stops at positions every group serves, so each
             // looked-up block exists (>= 1); touch validates ids anyway.
             let _ = self.pools[self.pool_of[g]].touch(&table[lo..]);
+            if cfg.kind == GroupKind::State {
+                // Only the consumed checkpoint is refreshed, never its ancestors.
+                if let Some(&b) = table.get(lo) {
+                    self.checkpoint_hit(g, b, h);
+                }
+            }
             r.tables[g] = table;
             r.first_live[g] = lo;
             r.num_cached[g] = k;

@@ -19,6 +19,7 @@ fn mgr(groups: &[(GroupKind, usize)], mode: MambaMode) -> Manager {
         vocab_size: None,
         record_events: false,
         shared_pool: false,
+        checkpoint_policy: CheckpointPolicy::Reuse,
         arena: None,
     })
     .unwrap()
@@ -214,6 +215,7 @@ fn pools_beyond_memory_are_an_error_not_an_abort() {
         vocab_size: None,
         record_events: false,
         shared_pool: false,
+        checkpoint_policy: CheckpointPolicy::Reuse,
         arena: None,
     };
     match Manager::new(cfg) {
@@ -239,6 +241,7 @@ fn shared(groups: &[GroupKind], num_blocks: usize, events: bool) -> Manager {
         vocab_size: None,
         record_events: events,
         shared_pool: true,
+        checkpoint_policy: CheckpointPolicy::Lru,
         arena: None,
     })
     .unwrap()
@@ -338,6 +341,7 @@ fn shared_pool_needs_equal_block_counts() {
         vocab_size: None,
         record_events: false,
         shared_pool: true,
+        checkpoint_policy: CheckpointPolicy::Lru,
         arena: None,
     };
     match Manager::new(cfg) {
