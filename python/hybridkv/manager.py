@@ -117,6 +117,8 @@ class ManagerStats:
     hash_seconds: float
     lookup_seconds: float
     alloc_seconds: float
+    #: Interior state checkpoints dropped at release (``checkpoint_policy="reuse"``).
+    interior_checkpoints_dropped: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -617,6 +619,7 @@ class KVCacheManager:
             hash_seconds=d["ns_hash"] * 1e-9,
             lookup_seconds=d["ns_lookup"] * 1e-9,
             alloc_seconds=d["ns_alloc"] * 1e-9,
+            interior_checkpoints_dropped=d["interior_checkpoints_dropped"],
         )
 
     # -- introspection (tests, debugging) -------------------------------------------

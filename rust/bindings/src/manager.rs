@@ -710,6 +710,7 @@ impl PyManager {
         d.set_item("alloc_requests", s.alloc_requests)?;
         d.set_item("alloc_failures", s.alloc_failures)?;
         d.set_item("preemptions", s.preemptions)?;
+        d.set_item("interior_checkpoints_dropped", s.interior_checkpoints_dropped)?;
         d.set_item("ns_hash", s.ns_hash)?;
         d.set_item("ns_lookup", s.ns_lookup)?;
         d.set_item("ns_alloc", s.ns_alloc)?;

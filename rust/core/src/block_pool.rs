@@ -662,39 +662,6 @@ impl BlockPool {
         }
     }
 
-    /// Whether allocating one block now evicts a cached one: a static pool takes the
-    /// queue head, an elastic pool any free uncached block before the head.
-    pub(crate) fn next_allocation_evicts(&self) -> bool {
-        if self.num_free == 0 {
-            return false;
-        }
-        match self.regions.as_ref() {
-            Some(_) => self.num_uncached_free() == 0,
-            None => self.has_hash.get(self.head as usize).copied().unwrap_or(false),
-        }
-    }
-
-    /// Drop the hash of the free cached block `id` and make it the next block allocation
-    /// takes (the queue head of a static pool; an elastic pool takes free uncached blocks
-    /// first anyway), so a caller's chosen victim goes instead of the LRU head. Returns
-    /// false, changing nothing, unless `id` is a real, free, cached block.
-    pub(crate) fn evict_to_front(&mut self, id: BlockId) -> bool {
-        let Ok(b) = self.check_real(id) else {
-            return false;
-        };
-        let bi = b as usize;
-        if self.ref_cnt[bi] != 0 || !self.has_hash[bi] {
-            return false;
-        }
-        self.drop_hash(b);
-        if self.regions.is_none() {
-            // Free and now unhashed: still linked in the queue, so relink at the head.
-            self.unlink(b);
-            self.push_head(b);
-        }
-        true
-    }
-
     /// The block caching `hash` (the oldest, when several do), if any.
     pub fn lookup_one(&self, hash: BlockHash) -> Option<BlockId> {
         self.cached.get(&hash).map(|&(first, _)| first as BlockId)

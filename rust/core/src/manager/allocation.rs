@@ -213,10 +213,6 @@ impl Manager {
                 let w = cdiv(e, self.groups[g].block_size) - 1;
                 table.resize(w, NULL_BLOCK);
             }
-            if self.ckpt[g].is_some() {
-                self.evict_interior_first(g);
-            }
-            let table = &mut r.tables[g];
             // Checked above: the pool has `need[g]` free blocks (with a shared pool,
             // the sum over groups), taken in group order.
             let _ = self.pools[self.pool_of[g]].allocate_into(need[g], table);

@@ -180,9 +180,7 @@ impl Manager {
             if !short {
                 // Evicting our own LRU cached block instead: compare value per byte.
                 let page = self.arena.as_ref().map_or(1, |a| a.page(g)) as f64;
-                // A state group's cheapest victim is an interior checkpoint (value 0).
                 let own = pool.next_victim_value().unwrap_or(0) as f64 / page;
-                let own = if self.has_interior(g) { 0.0 } else { own };
                 // Only for a clear gain (half the value per byte), so two groups with
                 // similar caches don't pass regions back and forth.
                 if 2.0 * vpb >= own {

@@ -213,14 +213,10 @@ impl Manager {
                 table.push(b);
             }
             // The fixed point only stops at positions every group serves, so each
-            // looked-up block exists (>= 1); touch validates ids anyway.
+            // looked-up block exists (>= 1); touch validates ids anyway. A state group
+            // touches only the checkpoint it consumes (entry `k - 1`), never its
+            // ancestors: they are not refreshed by a hit past them.
             let _ = self.pools[self.pool_of[g]].touch(&table[lo..]);
-            if cfg.kind == GroupKind::State {
-                // Only the consumed checkpoint is refreshed, never its ancestors.
-                if let Some(&b) = table.get(lo) {
-                    self.checkpoint_hit(g, b, h);
-                }
-            }
             r.tables[g] = table;
             r.first_live[g] = lo;
             r.num_cached[g] = k;
