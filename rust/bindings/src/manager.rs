@@ -4,7 +4,8 @@
 
 use hybridkv_core::prefix_hash::{hash_token_blocks as core_hash_blocks, ExtraKeys, MediaItem};
 use hybridkv_core::{
-    ArenaConfig, CheckpointPolicy, GroupConfig, GroupKind, KvEvent, MambaMode, Manager, ManagerConfig, NewRequest,
+    ArenaConfig, CheckpointPolicy, GroupConfig, GroupKind, KvEvent, MambaMode, Manager,
+    ManagerConfig, NewRequest,
 };
 use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -710,7 +711,10 @@ impl PyManager {
         d.set_item("alloc_requests", s.alloc_requests)?;
         d.set_item("alloc_failures", s.alloc_failures)?;
         d.set_item("preemptions", s.preemptions)?;
-        d.set_item("interior_checkpoints_dropped", s.interior_checkpoints_dropped)?;
+        d.set_item(
+            "interior_checkpoints_dropped",
+            s.interior_checkpoints_dropped,
+        )?;
         d.set_item("ns_hash", s.ns_hash)?;
         d.set_item("ns_lookup", s.ns_lookup)?;
         d.set_item("ns_alloc", s.ns_alloc)?;
