@@ -51,8 +51,9 @@ test: build lint test-rust test-py
 
 # The bundled default: Qwen3-Next-80B-A3B (12 full-attention + 36 gated-delta-net
 # layers) with 16 GiB of KV cache, planned, then serving the bundled agentic trace on
-# every layout side by side (static: hybridkv's per-group pools; vllm: vLLM 0.33's
-# runtime layout, one shared pool at its inflated block size), H100 SXM roofline.
+# every layout side by side (elastic: hybridkv's default, one arena at natural page
+# sizes; static: hybridkv's per-group pools; vllm: vLLM 0.33's runtime layout, one
+# shared pool at its inflated block size), H100 SXM roofline.
 RUN_MODEL ?= qwen3-next-80b-a3b
 RUN_MEMORY ?= 16GiB
 RUN_TRACE ?= agentic

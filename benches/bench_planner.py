@@ -49,7 +49,7 @@ def capacity_table(max_num_seqs: int) -> Table:
         table.add_column(col, justify="left" if col in ("model", "groups") else "right")
     for name in list_models():
         model = load_model(name)
-        max_len = 448 if name.startswith("whisper") else MAX_MODEL_LEN
+        max_len = min(MAX_MODEL_LEN, model.max_model_len or MAX_MODEL_LEN)
         kw = {
             "memory_bytes": MEMORY,
             "max_num_seqs": max_num_seqs,

@@ -10,7 +10,10 @@ frees, preemptions) goes into a log. A subprocess in vLLM's own venv (default
 ../shared/peers/install_vllm_core.sh /work/vllm-venv``) replays the log on vLLM's real
 ``KVCacheManager`` built with the same groups, block size and pool size, so both
 managers see the same scheduler decisions, and compares every outcome: hit tokens per
-lookup, allocation success per request, and blocks in use after every step.
+lookup, allocation success per request, and blocks in use after every step. Hit
+tokens are summed over every lookup the scheduler makes (a waiting request looked up
+again each step it is not admitted, a preempted one again on resuming), so they measure
+the managers' agreement, not the run's prefix hit rate (printed beside it).
 
 Lockstep details (the scheduler's, not the manager's): hybridkv's scheduler looks
 prefixes up for its admissions before the step's one allocation call, and a lookup
@@ -148,7 +151,7 @@ def mooncake_slice(n: int) -> Any:
 
 def run_hybridkv(trace_name: str, memory: int, mooncake_requests: int) -> dict[str, Any]:
     from hybridkv.cost_model import CostModel
-    from hybridkv.simulate import SimConfig, make_layouts, runnable_base_plan, simulate_plan
+    from hybridkv.simulate import SimConfig, cost_plan, make_layouts, simulate_plan
     from hybridkv.traces import load_trace
 
     trace = (
@@ -167,7 +170,7 @@ def run_hybridkv(trace_name: str, memory: int, mooncake_requests: int) -> dict[s
         rec.append(r)
         return r
 
-    cost = CostModel(runnable_base_plan(cfg, trace))
+    cost = CostModel(cost_plan(cfg, trace))
     t0 = time.perf_counter()
     res = simulate_plan(
         plan,
@@ -397,8 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "trace",
         "KV",
         "requests",
-        "hit tokens vLLM",
-        "hit tokens model",
+        "lookup hit tokens vLLM",
+        "lookup hit tokens model",
         "gap",
         "alloc fails vLLM",
         "alloc fails model",

@@ -1,4 +1,4 @@
-"""Regenerate the bundled serving traces (python/hybridkv/data/traces/*.json.gz).
+"""Regenerate the bundled serving traces (python/hybridkv/serving/data/traces/*.json.gz).
 
 Deterministic: the same generator code and seeds always give the same bytes, and
 tests/test_traces_bundled.py checks the committed files against a fresh generation.

@@ -419,7 +419,7 @@ def test_model_spec_by_hand() -> None:
 def test_every_bundled_model_plans() -> None:
     for name in list_models():
         m = load_model(name)
-        limit = 448 if name.startswith("whisper") else M
+        limit = min(M, m.max_model_len or M)
         p = plan(m, max_model_len=limit)
         assert p.token_capacity > 0 and p.total_bytes <= MEM
         covered = sorted([i for g in p.groups for i in g.layers] + list(p.encoder_only_layers))

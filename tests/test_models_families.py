@@ -576,3 +576,17 @@ def test_minimax_legacy_attn_type_list() -> None:
     c["attn_type_list"] = [0, 1]
     with pytest.raises(ModelConfigError, match="attn_type_list must list 80"):
         model_from_config(c)
+
+
+@pytest.mark.parametrize(("name", "bound"), [("whisper-large-v3", 448), ("bart-large", 1024)])
+def test_learned_positions_bound_max_model_len(name: str, bound: int) -> None:
+    from hybridkv.errors import PlanError
+
+    model = load_model(name)
+    assert model.max_model_len == bound
+    kw = {"memory_bytes": 8 << 30, "max_num_seqs": 4, "max_num_batched_tokens": 512}
+    plan_memory(model, max_model_len=bound, **kw)  # type: ignore[arg-type]
+    with pytest.raises(PlanError, match=f"exceeds the {bound} positions.*--max-model-len {bound}"):
+        plan_memory(model, max_model_len=bound + 1, **kw)  # type: ignore[arg-type]
+    assert load_model("t5-base").max_model_len is None  # relative positions: no bound
+    assert load_model("llama-3.1-8b").max_model_len is None

@@ -44,7 +44,9 @@ def test_bundled_traces_match_a_fresh_generation(tmp_path: Path) -> None:
     for name, make in GENERATORS.items():
         fresh = tmp_path / f"{name}.json.gz"
         make().save(fresh)
-        bundled = Path(__file__).parents[1] / "python/hybridkv/data/traces" / f"{name}.json.gz"
+        bundled = (
+            Path(__file__).parents[1] / "python/hybridkv/serving/data/traces" / f"{name}.json.gz"
+        )
         assert fresh.read_bytes() == bundled.read_bytes(), f"{name}: rerun scripts/make_traces.py"
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from hybridkv import KVCacheManager, ManagerConfig, ManagerGroup
 from hybridkv.cli import main
+from hybridkv.errors import PlanError
 from hybridkv.models import load_model
-from hybridkv.planner import plan_memory, vllm_runtime_plan
+from hybridkv.planner import plan_memory, vllm_runtime_plan, vllm_runtime_plan_for
 from hybridkv.scheduler import Scheduler
 
 B = 544
@@ -201,3 +202,43 @@ def test_cli_rejects_an_unknown_layout(capsys: pytest.CaptureFixture[str]) -> No
     base = ["simulate", "--model", "qwen3-next-80b-a3b", "--memory", "16GiB"]
     assert main([*base, "--trace", "chat", "--layout", "unified"]) == 2
     assert "--layout" in capsys.readouterr().err
+
+
+PAGE = B * 2048  # one layer's page: 544 tokens of full attention, one padded state
+
+
+def test_vllm_start_up_check_sums_every_layer() -> None:
+    # vLLM's check_enough_kv_cache_memory, by hand for max_model_len 8192: 12 attention
+    # layers x cdiv(8192, 544) = 16 pages, 36 state layers x 2 pages (align): 264 pages,
+    # plus one 12-page pool block (the null block) held back. Exactly that starts (it
+    # runs with fewer blocks than 8 requests' states need: vLLM reserves no floors).
+    model = load_model("qwen3-next-80b-a3b")
+    limits = {"max_num_seqs": 8, "max_model_len": 8192, "max_num_batched_tokens": 8192}
+    need = (12 * 16 + 36 * 2 + 12) * PAGE
+    p = vllm_runtime_plan_for(model, memory_bytes=need, **limits)
+    assert {g.num_blocks for g in p.groups} == {need // (12 * PAGE)} == {23}
+    with pytest.raises(PlanError, match="vLLM refuses to start") as e:
+        vllm_runtime_plan_for(model, memory_bytes=need - 1, **limits)
+    assert f"at least {need} bytes" in str(e.value)
+    # hybridkv's own planner refuses both: 8 requests' floors don't fit.
+    with pytest.raises(PlanError):
+        plan_memory(model, memory_bytes=need, **limits)
+
+
+def test_vllm_runs_where_hybridkv_refuses(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    # 4 GiB, 64 sequences: 321 pool blocks of 12 pages (320 usable); 64 requests'
+    # align-mode states alone would need 64 x 3 x 2 = 384. vLLM starts (one request fits) and preempts;
+    # hybridkv's layouts refuse the floors and say why.
+    argv = ["simulate", "--model", "qwen3-next-80b-a3b", "--memory", "4GiB", "--json"]
+    assert main([*argv, "--trace", "chat", "--seed", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["layouts"]) == ["vllm"]
+    assert set(out["skipped"]) == {"static", "elastic"}
+    assert "bounded pools need" in out["skipped"]["static"]
+    assert "floors need" in out["skipped"]["elastic"]
+    v = out["layouts"]["vllm"]
+    assert {p["num_blocks"] for p in v["pools"]} == {(4 << 30) // (12 * PAGE)} == {321}
+    assert v["token_capacity"] == 0  # runtime capacity beside 64 requests' states
+    assert v["preemptions"] > 0 and v["peak_concurrency"] < 64

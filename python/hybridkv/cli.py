@@ -18,7 +18,7 @@ from hybridkv.errors import HybridKVError
 from hybridkv.units import format_bytes, size_type
 
 #: Modules whose ``add_parser(subparsers)`` adds a subcommand, when they exist.
-SUBCOMMAND_MODULES = ("hybridkv.simulate",)
+SUBCOMMAND_MODULES = ("hybridkv.serving.simulate",)
 
 
 class UsageError(Exception):
@@ -41,7 +41,7 @@ def _console() -> Any:
 
 def kv_dtype_type(text: str) -> str | int:
     """``--kv-dtype``: a dtype name (bf16, fp8, ...) or bytes per token per layer."""
-    from hybridkv.specs import DTYPE_BYTES
+    from hybridkv.models.specs import DTYPE_BYTES
 
     if text.isdigit():
         value = int(text)
@@ -94,8 +94,8 @@ def add_state_cache_slots_argument(p: argparse.ArgumentParser) -> None:
 
 def add_plan_parser(subparsers: Any) -> None:
     """Register ``hybridkv plan``."""
-    from hybridkv.planner import BOUNDED_SIZINGS
-    from hybridkv.specs import MAMBA_CACHE_MODES
+    from hybridkv.models.specs import MAMBA_CACHE_MODES
+    from hybridkv.planning.planner import BOUNDED_SIZINGS
 
     p = subparsers.add_parser(
         "plan",
@@ -188,7 +188,7 @@ def _layers_cell(model: Any, positions: Sequence[int]) -> str:
 def run_plan(args: argparse.Namespace) -> int:
     """``hybridkv plan``: print the plan as a table or JSON."""
     from hybridkv.models import load_model
-    from hybridkv.planner import plan_memory
+    from hybridkv.planning.planner import plan_memory
 
     model = load_model(
         args.model or args.config, tp=args.tp, kv_dtype=args.kv_dtype, resolve=args.resolve

@@ -44,18 +44,21 @@ def _free_port() -> int:
 class RedisServer:
     """One redis-server process bound to 127.0.0.1."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: Sequence[str] = (), password: str = "") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make redis` (Debian package)")
         self.binary = binary
         self.workdir = workdir
+        self.password = password
+        self.extra_args = [*extra_args, *(["--requirepass", password] if password else [])]
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start on the current port (a fresh free one the first time)."""
@@ -73,6 +76,7 @@ class RedisServer:
                     "--appendonly", "no",
                     "--dir", str(self.workdir),
                     "--loglevel", "warning",
+                    *self.extra_args,
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -91,7 +95,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    reply = s.recv(64)
+                    if reply.startswith(b"+PONG") or (self.password and b"NOAUTH" in reply):
                         return True
             except OSError:
                 pass

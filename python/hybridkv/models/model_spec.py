@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hybridkv.errors import InvalidArgumentError
-from hybridkv.specs import SPEC_TYPES, KVSpec
+from hybridkv.models.specs import SPEC_TYPES, KVSpec
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class ModelSpec:
     from a list of specs, or
     with :func:`hybridkv.models.load_model`. ``hidden_size``, ``vocab_size`` and
     ``num_attention_heads`` are informative (cost models), taken from the config.
+    ``max_model_len``, when set, is the longest sequence the model can run (decoders
+    with learned positions: Whisper's 448, BART's 1024); the planner refuses more.
     """
 
     name: str
@@ -37,6 +39,7 @@ class ModelSpec:
     num_attention_heads: int | None = None
     notes: Sequence[str] = field(default=(), compare=False)
     layer_indices: Sequence[int] = ()
+    max_model_len: int | None = None
 
     def __post_init__(self) -> None:
         specs = self.layer_specs
@@ -63,6 +66,13 @@ class ModelSpec:
         ):
             raise InvalidArgumentError(
                 f"layer_indices of {self.name!r} must be {len(specs)} non-negative ints"
+            )
+        bound = self.max_model_len
+        if bound is not None and (
+            isinstance(bound, bool) or not isinstance(bound, int) or bound < 1
+        ):
+            raise InvalidArgumentError(
+                f"max_model_len of {self.name!r} must be a positive int or None, got {bound!r}"
             )
         if isinstance(self.tp, bool) or not isinstance(self.tp, int) or self.tp < 1:
             raise InvalidArgumentError(f"tp must be a positive int, got {self.tp!r}")

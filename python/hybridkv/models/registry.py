@@ -13,7 +13,7 @@ from hybridkv.errors import InvalidArgumentError, ModelConfigError, ModelConfigW
 from hybridkv.models.model_spec import ModelSpec
 from hybridkv.models.parsers import PARSERS, REFUSED, Parsed, ParseOptions, Parser, decoder
 from hybridkv.models.parsers.common import text_config
-from hybridkv.specs import DTYPE_BYTES
+from hybridkv.models.specs import DTYPE_BYTES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -108,6 +108,7 @@ def model_from_config(
         vocab_size=_int_or_none(parsed.vocab_size),
         num_attention_heads=_int_or_none(parsed.num_attention_heads),
         notes=parsed.notes,
+        max_model_len=parsed.max_model_len,
     )
 
 

@@ -19,10 +19,11 @@ Sizes: a number with an optional unit, ``B``, ``KiB``/``MiB``/``GiB``/``TiB`` (o
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from hybridkv.errors import OffloadConfigError
+from hybridkv.offload.redact import redact_text, redact_url
 
 WritePolicy = Literal["write-through", "write-back"]
 WRITE_POLICIES: tuple[WritePolicy, ...] = ("write-through", "write-back")
@@ -97,20 +98,32 @@ class DiskTierConfig:
 
 @dataclass(frozen=True)
 class RedisTierConfig:
-    """Remote tier: a Redis (or Valkey) server reached with short timeouts."""
+    """Remote tier: a Redis (or Valkey) server reached with short timeouts and an
+    overall deadline per call. The URL may hold credentials: the repr and
+    :meth:`describe` mask them (:func:`~hybridkv.offload.redact.redact_url`)."""
 
-    url: str
+    url: str = field(repr=False)
     budget_bytes: int | None = None
     socket_timeout_s: float = 0.25
     connect_timeout_s: float = 0.25
     retry_interval_s: float = 5.0
     ttl_s: int | None = None
+    call_timeout_s: float = 2.0
 
     kind = "redis"
 
+    def __repr__(self) -> str:
+        return (
+            f"RedisTierConfig(url={redact_url(self.url)!r}, budget_bytes={self.budget_bytes!r}, "
+            f"socket_timeout_s={self.socket_timeout_s!r}, "
+            f"connect_timeout_s={self.connect_timeout_s!r}, "
+            f"retry_interval_s={self.retry_interval_s!r}, ttl_s={self.ttl_s!r}, "
+            f"call_timeout_s={self.call_timeout_s!r})"
+        )
+
     def describe(self) -> str:
         size = "" if self.budget_bytes is None else f":{format_size(self.budget_bytes)}"
-        return f"{self.url}{size}"
+        return f"{redact_url(self.url)}{size}"
 
 
 TierConfig = CpuTierConfig | DiskTierConfig | RedisTierConfig
@@ -145,7 +158,17 @@ class OffloadConfig:
 
 
 def parse_offload_spec(spec: str) -> OffloadConfig:
-    """Parse an ``--offload`` spec string (see the module docstring) into a config."""
+    """Parse an ``--offload`` spec string (see the module docstring) into a config.
+
+    Errors quote the spec with any URL credentials masked.
+    """
+    try:
+        return _parse_offload_spec(spec)
+    except OffloadConfigError as exc:
+        raise OffloadConfigError(redact_text(str(exc))) from None
+
+
+def _parse_offload_spec(spec: str) -> OffloadConfig:
     if not isinstance(spec, str) or not spec.strip():
         raise OffloadConfigError("empty offload spec (e.g. cpu:8GiB,disk:/path:100GiB)")
     tiers: list[TierConfig] = []

@@ -137,7 +137,14 @@ class OffloadConnector:
             self.stack = tiers
             max_pending = 1 << 30
         else:
-            self.stack = TierStack.from_config(tiers, self.fingerprint, redis_client=redis_client)
+            self.stack = TierStack.from_config(
+                tiers,
+                self.fingerprint,
+                redis_client=redis_client,
+                max_block_bytes=max(
+                    (int(pages.page_bytes(g)) for g in range(len(plan.groups))), default=None
+                ),
+            )
             max_pending = tiers.max_pending_bytes
         self.worker = StoreWorker(self.stack, max_pending_bytes=max_pending) if background else None
         self.groups = list(plan.groups)

@@ -10,10 +10,17 @@ Cluster or Valkey cluster the client can route every key to its own slot. The ke
 carry no ``{hash tag}`` on purpose: a tag would put a whole model on one slot, hence
 one node, which defeats spreading a large cache over a cluster.
 
-The server being down or slow must never crash or stall a step: sockets time out in a
-fraction of a second, the client never retries, and after a failure the tier answers
-"miss" without touching the network for ``retry_interval_s``; each outage logs one
-warning and the recovery one info line. A budget, when given, trims the keys this
+The server being down, slow or hostile must never crash or stall a step, nor take
+unbounded memory: sockets time out in a fraction of a second, every call (one pipeline,
+connection handshake included) has an overall deadline (``call_timeout_s``: a server
+that drips a byte at a time cannot stretch it) and a bound on the bytes its reply may
+take (``max_value_bytes`` per value read, a little per other reply), the client never
+retries, and after a failure the tier answers "miss" without touching the network for
+``retry_interval_s``; each outage logs one warning and the recovery one info line. A
+key holding another type (``WRONGTYPE``) or a value that is not a block of this key is
+treated as corrupt: deleted, counted in ``corrupt_removed``, the rest of the batch
+served. Credentials in the URL never appear in a log line, a description, a report or
+an error (:mod:`hybridkv.offload.redact`). A budget, when given, trims the keys this
 process wrote (least recently used first); across processes the server's own
 ``maxmemory`` policy is the authority.
 """
@@ -22,17 +29,105 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hybridkv.errors import OffloadConfigError
+from hybridkv.errors import InvalidArgumentError, OffloadConfigError
 from hybridkv.offload import block_format
 from hybridkv.offload.block_format import CorruptBlockError
 from hybridkv.offload.keys import FORMAT_VERSION, BlockKey
-from hybridkv.offload.tier import ByteLRU, Payload, Tier, as_bytes_view
+from hybridkv.offload.redact import redact_text, redact_url, url_secrets
+from hybridkv.offload.tier import ByteLRU, Payload, Tier
 
 log = logging.getLogger("hybridkv.offload")
+
+#: The largest value a read accepts when the caller does not say (the connector passes
+#: its largest page plus the block header).
+DEFAULT_MAX_VALUE_BYTES = 64 << 20
+#: Reply bytes allowed per command beside the values (status, integers, RESP framing).
+_REPLY_SLACK_PER_COMMAND = 64
+#: Reply bytes allowed per call for the connection handshake (AUTH, SELECT, HELLO).
+_REPLY_SLACK_PER_CALL = 16 << 10
+
+
+class ReplyTooLargeError(OSError):
+    """A Redis reply outgrew the bound of its call (an ``OSError``, so the client drops
+    the connection, whose stream is now out of step, and reports a connection error)."""
+
+
+class _CallBudget(threading.local):
+    """The deadline and reply bytes left of the call this thread is making."""
+
+    deadline = math.inf
+    bytes_left = math.inf
+
+
+class _GuardedSocket:
+    """A socket whose reads and writes stop at the call's deadline and whose reads stop
+    at the call's reply bound; everything else is the wrapped socket's."""
+
+    def __init__(self, sock: Any, budget: _CallBudget) -> None:
+        self._sock = sock
+        self._budget = budget
+        self._timeout: float | None = sock.gettimeout()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def settimeout(self, value: float | None) -> None:
+        self._timeout = value
+        self._sock.settimeout(value)
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def _arm(self) -> None:
+        remaining = self._budget.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the call's deadline passed")  # socket.timeout is this
+        if self._timeout is None or self._timeout > remaining:
+            self._sock.settimeout(remaining)
+        else:
+            self._sock.settimeout(self._timeout)
+
+    def _count(self, n: int) -> None:
+        budget = self._budget
+        budget.bytes_left -= n
+        if budget.bytes_left < 0:
+            raise ReplyTooLargeError("the reply is larger than this call's bound")
+
+    def recv(self, bufsize: int, *flags: int) -> bytes:
+        self._arm()
+        data: bytes = self._sock.recv(bufsize, *flags)
+        self._count(len(data))
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, *flags: int) -> int:
+        self._arm()
+        n: int = self._sock.recv_into(buffer, nbytes, *flags)
+        self._count(n)
+        return n
+
+    def sendall(self, data: Any, *flags: int) -> None:
+        self._arm()
+        self._sock.sendall(data, *flags)
+
+    def send(self, data: Any, *flags: int) -> int:
+        self._arm()
+        n: int = self._sock.send(data, *flags)
+        return n
+
+
+def _guarded_connection_class(base: type, budget: _CallBudget) -> type:
+    """``base`` (the URL scheme's connection class) with its socket guarded."""
+
+    def _connect(self: Any) -> Any:
+        return _GuardedSocket(base._connect(self), budget)  # type: ignore[attr-defined]
+
+    return type(f"Guarded{base.__name__}", (base,), {"_connect": _connect})
 
 
 class RedisTier(Tier):
@@ -50,16 +145,44 @@ class RedisTier(Tier):
         connect_timeout_s: float = 0.25,
         retry_interval_s: float = 5.0,
         ttl_s: int | None = None,
+        call_timeout_s: float = 2.0,
+        max_value_bytes: int | None = None,
         client: Any = None,
     ) -> None:
         super().__init__(budget_bytes)
-        self.url = url
+        for name, value in (
+            ("socket_timeout_s", socket_timeout_s),
+            ("connect_timeout_s", connect_timeout_s),
+            ("call_timeout_s", call_timeout_s),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidArgumentError(f"{name} must be a number of seconds, got {value!r}")
+            if not 0 < value < math.inf:
+                raise InvalidArgumentError(f"{name} must be positive and finite, got {value}")
+        if max_value_bytes is not None and (
+            isinstance(max_value_bytes, bool)
+            or not isinstance(max_value_bytes, int)
+            or max_value_bytes < 1
+        ):
+            raise InvalidArgumentError(
+                f"max_value_bytes must be a positive int, got {max_value_bytes!r}"
+            )
+        self._url = url
+        self._secrets = url_secrets(url) if isinstance(url, str) else ()
+        #: The server's URL with any credentials masked (what logs and reports show).
+        self.url = redact_url(url) if isinstance(url, str) else "<not a URL>"
         self.fingerprint = fingerprint
         self.retry_interval_s = retry_interval_s
         self.ttl_s = ttl_s
+        self.call_timeout_s = float(call_timeout_s)
+        self.max_value_bytes = (
+            DEFAULT_MAX_VALUE_BYTES if max_value_bytes is None else int(max_value_bytes)
+        )
         self.prefix = f"hkv:v{FORMAT_VERSION}:{fingerprint.hex()}:"
         self._down_until = 0.0
         self._down = False
+        self._budget = _CallBudget()
+        self._logged_errors: set[str] = set()
         #: Pipelines actually sent (a circuit-open call sends none).
         self.round_trips = 0
         self._client = (
@@ -68,17 +191,25 @@ class RedisTier(Tier):
             else self._connect(url, socket_timeout_s, connect_timeout_s)
         )
 
-    @staticmethod
-    def _connect(url: str, socket_timeout_s: float, connect_timeout_s: float) -> Any:
+    def __repr__(self) -> str:
+        return f"RedisTier({self.describe()})"
+
+    def _connect(self, url: str, socket_timeout_s: float, connect_timeout_s: float) -> Any:
         try:
             import redis
             from redis.backoff import NoBackoff
+            from redis.connection import parse_url
             from redis.retry import Retry
         except ImportError as exc:
             raise OffloadConfigError(
                 "the Redis tier needs the redis client: pip install 'hybridkv[redis]'"
             ) from exc
+        if not isinstance(url, str):
+            raise OffloadConfigError(f"a redis URL is a string, got {type(url).__name__}")
         try:
+            base = parse_url(url).get(  # type: ignore[no-untyped-call]
+                "connection_class", redis.connection.Connection
+            )
             return redis.Redis.from_url(
                 url,
                 socket_timeout=socket_timeout_s,
@@ -86,9 +217,12 @@ class RedisTier(Tier):
                 retry=Retry(NoBackoff(), 0),
                 retry_on_timeout=False,
                 health_check_interval=0,
+                connection_class=_guarded_connection_class(base, self._budget),
             )
-        except ValueError as exc:
-            raise OffloadConfigError(f"bad redis URL {url!r}: {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise OffloadConfigError(
+                f"bad redis URL {self.url!r}: {redact_text(str(exc), self._secrets)}"
+            ) from None
 
     def redis_key(self, key: BlockKey) -> str:
         """The server-side key of a block."""
@@ -111,8 +245,25 @@ class RedisTier(Tier):
                 "retrying in %.1fs",
                 self.url,
                 type(exc).__name__,
-                exc,
+                redact_text(str(exc), self._secrets),
                 self.retry_interval_s,
+            )
+
+    def _key_error(self, exc: Exception, what: str) -> None:
+        """An error answer about one key: counted; the first of each code logged."""
+        code = _error_code(exc)
+        with self._lock:
+            self.stats.errors += 1
+            first = code not in self._logged_errors
+            self._logged_errors.add(code)
+        if first:
+            log.warning(
+                "redis offload tier %s refused a %s (%s): that block is a miss or not "
+                "stored; further %s answers are counted, not logged",
+                self.url,
+                what,
+                redact_text(str(exc), self._secrets)[:200],
+                code,
             )
 
     def _succeeded(self) -> None:
@@ -122,20 +273,46 @@ class RedisTier(Tier):
             if was_down:
                 log.info("redis offload tier %s is back", self.url)
 
-    def _execute(self, fill: Any) -> list[Any] | None:
-        """Run one pipeline (``fill(pipe)`` queues the commands); None on failure."""
+    def _execute(
+        self, fill: Any, *, value_replies: int = 0, per_key_errors: bool = False
+    ) -> list[Any] | None:
+        """Run one pipeline (``fill(pipe)`` queues the commands); None on failure.
+
+        The call must finish within ``call_timeout_s`` and its reply may take
+        ``value_replies`` values of at most ``max_value_bytes`` plus a little per
+        command: beyond either it is an outage. With ``per_key_errors`` the error
+        answers that concern one key (:data:`PER_KEY_ERRORS`) stay in the results for
+        the caller; any other error answer (the server, not the key, is unwell) is an
+        outage.
+        """
         if not self._available():
             return None
+        budget = self._budget
         try:
             pipe = self._client.pipeline(transaction=False)
             fill(pipe)
+            commands = len(pipe)
+            budget.deadline = time.monotonic() + self.call_timeout_s
+            budget.bytes_left = (
+                _REPLY_SLACK_PER_CALL
+                + commands * _REPLY_SLACK_PER_COMMAND
+                + value_replies * self.max_value_bytes
+            )
             self.round_trips += 1
             results = list(pipe.execute(raise_on_error=False))
         except Exception as exc:  # any client or socket failure is a miss, never a crash
             self._failed(exc)
             return None
+        finally:
+            budget.deadline = math.inf
+            budget.bytes_left = math.inf
+        if len(results) != commands:
+            self._failed(RuntimeError(f"{len(results)} replies to {commands} commands"))
+            return None
         for r in results:
-            if isinstance(r, Exception):
+            if isinstance(r, Exception) and not (
+                per_key_errors and _error_code(r) in PER_KEY_ERRORS
+            ):
                 self._failed(r)
                 return None
         self._succeeded()
@@ -149,6 +326,7 @@ class RedisTier(Tier):
     # ---------------------------------------------------------------- tier interface
 
     def contains(self, keys: Sequence[BlockKey]) -> list[bool]:
+        keys = self._checked_keys(keys)
         if not keys:
             return []
         names = [self.redis_key(k) for k in keys]
@@ -162,9 +340,10 @@ class RedisTier(Tier):
             self.stats.lookups += len(keys)
         if results is None:
             return [False] * len(keys)
-        return [bool(r) for r in results]
+        return [r is True or (isinstance(r, int) and r > 0) for r in results]
 
     def get(self, keys: Sequence[BlockKey]) -> list[memoryview | None]:
+        keys = self._checked_keys(keys)
         if not keys:
             return []
         names = [self.redis_key(k) for k in keys]
@@ -173,7 +352,7 @@ class RedisTier(Tier):
             for name in names:
                 pipe.get(name)
 
-        results = self._execute(fill)
+        results = self._execute(fill, value_replies=len(keys), per_key_errors=True)
         if results is None:
             return [None] * len(keys)
         out: list[memoryview | None] = []
@@ -184,7 +363,13 @@ class RedisTier(Tier):
                     self._lru.remove(key)
                     out.append(None)
                     continue
+                if isinstance(value, Exception) and _error_code(value) != "WRONGTYPE":
+                    self._key_error(value, "read")
+                    out.append(None)
+                    continue
                 try:
+                    if not isinstance(value, bytes):  # WRONGTYPE, or a hostile reply
+                        raise CorruptBlockError(f"not a string value: {type(value).__name__}")
                     payload = block_format.decode(key, value)
                 except CorruptBlockError:
                     bad.append(name)
@@ -201,13 +386,15 @@ class RedisTier(Tier):
         self, items: Sequence[tuple[BlockKey, Payload]], *, want_evicted: bool = False
     ) -> list[tuple[BlockKey, memoryview]]:
         """Store blocks; evicted blocks are deleted, never returned (nothing is below)."""
-        if not items or not self._available():
+        checked = self._checked_items(items)
+        if not checked or not self._available():
             return []
         sets: list[tuple[BlockKey, bytes]] = []
         with self._lock:
-            for key, data in items:
-                view = as_bytes_view(data)
-                if not self._lru.fits(view.nbytes):
+            for key, view in checked:
+                if not self._lru.fits(view.nbytes) or (
+                    view.nbytes + block_format.HEADER_BYTES > self.max_value_bytes
+                ):
                     self.stats.rejected += 1
                     continue
                 sets.append((key, block_format.encode(key, view)))
@@ -219,11 +406,16 @@ class RedisTier(Tier):
             for key, value in sets:
                 pipe.set(self.redis_key(key), value, ex=ttl)
 
-        if self._execute(fill) is None:
+        results = self._execute(fill, per_key_errors=True)
+        if results is None:
             return []
         victims: list[BlockKey] = []
         with self._lock:
-            for key, value in sets:
+            for (key, value), result in zip(sets, results, strict=True):
+                if isinstance(result, Exception):  # e.g. OOM: this store is dropped
+                    self._key_error(result, "store")
+                    self.stats.rejected += 1
+                    continue
                 nbytes = len(value) - block_format.HEADER_BYTES
                 victims.extend(v for v, _ in self._lru.victims_for(nbytes))
                 self._lru.add(key, nbytes)
@@ -236,7 +428,7 @@ class RedisTier(Tier):
         return []
 
     def discard(self, keys: Iterable[BlockKey]) -> None:
-        keys = list(keys)
+        keys = self._checked_keys(keys)
         with self._lock:
             for key in keys:
                 self._lru.remove(key)
@@ -248,16 +440,24 @@ class RedisTier(Tier):
         if not self._available():
             return 0
         removed = 0
-        try:
-            batch: list[Any] = []
-            for name in self._client.scan_iter(match=f"{self.prefix}*", count=1000):
-                batch.append(name)
-                if len(batch) >= 1000:
-                    removed += self._delete_names(batch)
-                    batch = []
-            removed += self._delete_names(batch)
-        except Exception as exc:
-            self._failed(exc)
+        cursor: Any = 0
+        while True:
+            scanned = self._execute(
+                lambda pipe, c=cursor: pipe.scan(c, match=f"{self.prefix}*", count=1000),
+                value_replies=1,
+            )
+            if scanned is None:
+                break
+            reply = scanned[0]
+            if not (isinstance(reply, tuple | list) and len(reply) == 2):
+                self._failed(RuntimeError("a malformed SCAN reply"))
+                break
+            cursor, names = reply
+            removed += self._delete_names(
+                [n for n in names if isinstance(n, bytes) and n.startswith(self.prefix.encode())]
+            )
+            if cursor in (0, b"0", "0"):
+                break
         with self._lock:
             self._lru = ByteLRU(self._lru.budget_bytes)
         return removed
@@ -266,7 +466,7 @@ class RedisTier(Tier):
         if not names:
             return 0
         results = self._execute(lambda pipe: [pipe.delete(n) for n in names])
-        return 0 if results is None else sum(int(r) for r in results)
+        return 0 if results is None else sum(1 for r in results if r == 1)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -275,3 +475,27 @@ class RedisTier(Tier):
     def describe(self) -> str:
         budget = "" if self.budget_bytes is None else f", {self.budget_bytes} B"
         return f"redis({self.url}{budget})"
+
+
+#: Error answers about one key, not the server: ``WRONGTYPE`` (the key holds a list,
+#: hash, ...: a corrupt value, deleted) and ``OOM`` (a full server with ``noeviction``
+#: refuses that store but still serves reads).
+PER_KEY_ERRORS = frozenset({"WRONGTYPE", "OOM"})
+
+
+def _error_code(exc: Exception) -> str:
+    """The code of a server's error answer (its first word: ``WRONGTYPE``, ``OOM``);
+    empty for errors of the client or the connection, which are never per key."""
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import OutOfMemoryError, ResponseError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover - a custom client without redis installed
+        return str(exc).split(" ", 1)[0]
+    if not isinstance(exc, ResponseError) or isinstance(
+        exc, RedisConnectionError | RedisTimeoutError
+    ):
+        return ""
+    if isinstance(exc, OutOfMemoryError):  # the client strips the code from its text
+        return "OOM"
+    return str(exc).split(" ", 1)[0]

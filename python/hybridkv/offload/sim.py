@@ -48,7 +48,7 @@ class SimOffload:
 
     def manager_factory(self, plan: Any) -> Any:
         """Make the layout's manager and bind a fresh connector to it."""
-        from hybridkv.manager import KVCacheManager
+        from hybridkv.cache.manager import KVCacheManager
 
         self._finish()
         manager = KVCacheManager(plan, enable_prefix_caching=True, hash_seed=self.hash_seed)

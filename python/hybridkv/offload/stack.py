@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hybridkv.errors import OffloadConfigError
+from hybridkv.offload.block_format import HEADER_BYTES
 from hybridkv.offload.config import (
     CpuTierConfig,
     DiskTierConfig,
@@ -46,9 +47,18 @@ class TierStack:
 
     @classmethod
     def from_config(
-        cls, config: OffloadConfig, fingerprint: bytes, *, redis_client: Any = None
+        cls,
+        config: OffloadConfig,
+        fingerprint: bytes,
+        *,
+        redis_client: Any = None,
+        max_block_bytes: int | None = None,
     ) -> TierStack:
-        """Open every tier of ``config`` for the model ``fingerprint``."""
+        """Open every tier of ``config`` for the model ``fingerprint``.
+
+        ``max_block_bytes`` (the model's largest page) bounds what a remote read may
+        return per block; without it the Redis tier's default bound applies.
+        """
         from hybridkv.offload.cpu_tier import CpuTier
         from hybridkv.offload.disk_tier import DiskTier
         from hybridkv.offload.redis_tier import RedisTier
@@ -70,6 +80,10 @@ class TierStack:
                             connect_timeout_s=tc.connect_timeout_s,
                             retry_interval_s=tc.retry_interval_s,
                             ttl_s=tc.ttl_s,
+                            call_timeout_s=tc.call_timeout_s,
+                            max_value_bytes=None
+                            if max_block_bytes is None
+                            else max_block_bytes + HEADER_BYTES,
                             client=redis_client,
                         )
                     )

@@ -1,7 +1,8 @@
 """A tiny random-weight hybrid LM with a dense path and a paged, cached path.
 
 Six layers (default order: full attention, sliding window, Mamba-2, sliding window,
-gated delta net, full attention), vocabulary 256, hidden size 64. Every layer is a
+gated delta net, full attention; any mix of those and chunked-local attention can be
+configured), vocabulary 256, hidden size 64. Every layer is a
 pre-norm residual block ``x + mixer(rms(x))`` followed by a gated MLP.
 
 - :meth:`TinyHybridLM.dense_logits` runs a whole sequence with no cache in plain
@@ -12,7 +13,7 @@ pre-norm residual block ``x + mixer(rms(x))`` followed by a gated MLP.
   head_dim]``), the conv and recurrent states of the Mamba-2 / gated-delta layers in
   their state group's pool (one slot per block id), all read and written through the
   Triton kernels at the block tables and slot mappings the manager gives.
-- :func:`serve` drives :class:`~hybridkv.scheduler.Scheduler` +
+- :func:`serve` drives :class:`~hybridkv.serving.scheduler.Scheduler` +
   :class:`~hybridkv.KVCacheManager` + :class:`CachedRunner` to greedy completion.
 
 State group convention (the manager's): table entry ``k`` of a state group holds the
@@ -34,10 +35,18 @@ import torch.nn.functional as F
 
 from hybridkv import ops
 from hybridkv.models.model_spec import ModelSpec
-from hybridkv.specs import FullAttentionSpec, KVSpec, SlidingWindowSpec, StateSpec
+from hybridkv.models.specs import (
+    ChunkedLocalSpec,
+    FullAttentionSpec,
+    KVSpec,
+    SlidingWindowSpec,
+    StateSpec,
+)
 
 FULL, SLIDING, MAMBA2, GDN = "full_attention", "sliding_window", "mamba2", "gated_delta"
-LAYER_KINDS = (FULL, SLIDING, MAMBA2, GDN)
+CHUNKED = "chunked_local"
+LAYER_KINDS = (FULL, SLIDING, MAMBA2, GDN, CHUNKED)
+ATTENTION_KINDS = (FULL, SLIDING, CHUNKED)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class TinyConfig:
     hidden: int = 64
     layers: tuple[str, ...] = (FULL, SLIDING, MAMBA2, SLIDING, GDN, FULL)
     window: int = 8
+    #: Chunk of the chunked-local layers (a query sees earlier tokens of its chunk).
+    chunk: int = 8
     # attention (GQA 2:1, RoPE)
     num_heads: int = 4
     num_kv_heads: int = 2
@@ -148,7 +159,7 @@ class TinyHybridLM:
             w[p + "mlp_norm"] = 1.0 + 0.1 * torch.randn(c.hidden, generator=g)
             lin(p + "mlp_up", c.hidden, 2 * c.mlp_hidden)
             lin(p + "mlp_down", c.mlp_hidden, c.hidden, 0.5)
-            if kind in (FULL, SLIDING):
+            if kind in ATTENTION_KINDS:
                 lin(p + "q", c.hidden, c.num_heads * c.head_dim)
                 lin(p + "k", c.hidden, c.num_kv_heads * c.head_dim)
                 lin(p + "v", c.hidden, c.num_kv_heads * c.head_dim)
@@ -194,6 +205,15 @@ class TinyHybridLM:
                 specs.append(
                     SlidingWindowSpec(
                         num_kv_heads=c.num_kv_heads, head_size=c.head_dim, dtype=dt, window=c.window
+                    )
+                )
+            elif kind == CHUNKED:
+                specs.append(
+                    ChunkedLocalSpec(
+                        num_kv_heads=c.num_kv_heads,
+                        head_size=c.head_dim,
+                        dtype=dt,
+                        chunk_size=c.chunk,
                     )
                 )
             elif kind == MAMBA2:
@@ -287,7 +307,7 @@ class TinyHybridLM:
         x = w["embed"][ids]
         for i, kind in enumerate(c.layers):
             h = _rms(x, w[f"{i}.norm"], c.eps)
-            if kind in (FULL, SLIDING):
+            if kind in ATTENTION_KINDS:
                 q, k, v = self._qkv(i, h, pos)
                 rep = c.num_heads // c.num_kv_heads
                 k = k.repeat_interleave(rep, dim=1).float()
@@ -295,6 +315,8 @@ class TinyHybridLM:
                 mask = pos[None, :] <= pos[:, None]
                 if kind == SLIDING:
                     mask &= pos[None, :] > pos[:, None] - c.window
+                elif kind == CHUNKED:
+                    mask &= pos[None, :] // c.chunk == pos[:, None] // c.chunk
                 s = torch.einsum("qhd,khd->hqk", q.float(), k) / math.sqrt(c.head_dim)
                 p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
                 o = torch.einsum("hqk,khd->qhd", p, v).to(x.dtype)
@@ -401,11 +423,11 @@ class StepTrace:
 class CachedRunner:
     """Runs scheduler steps of a :class:`TinyHybridLM` over hybridkv's paged caches.
 
-    ``plan`` is the :class:`~hybridkv.planner.MemoryPlan` the manager was built from:
+    ``plan`` is the :class:`~hybridkv.planning.planner.MemoryPlan` the manager was built from:
     each layer's cache tensors are sized by its group's pool (``num_blocks``), and
     block 0 (the null block) is filled with NaN so that any read of it would show. An
     elastic plan (``plan.arena`` set) puts every layer's tensors in ONE
-    :class:`~hybridkv.arena_backend.TorchArena` (strided views over one byte tensor,
+    :class:`~hybridkv.cache.arena_backend.TorchArena` (strided views over one byte tensor,
     all NaN to start), so groups really share memory as the manager moves it.
     """
 
@@ -421,13 +443,13 @@ class CachedRunner:
         self.caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.arena: Any = None
         if getattr(plan, "arena", None) is not None:
-            from hybridkv.arena_backend import TorchArena
+            from hybridkv.cache.arena_backend import TorchArena
 
             self.arena = TorchArena(plan)
         for i, kind in enumerate(c.layers):
             g = plan.groups[self.group_of[i]]
             nb = int(g.num_blocks)
-            if kind in (FULL, SLIDING):
+            if kind in ATTENTION_KINDS:
                 shape: tuple[tuple[int, ...], tuple[int, ...]] = (
                     (nb, int(g.block_size), c.num_kv_heads, c.head_dim),
                 ) * 2
@@ -441,7 +463,7 @@ class CachedRunner:
                     (nb, c.d_conv - 1, c.gdn_conv_dim),
                     (nb, c.gdn_v_heads, c.gdn_v_dim, c.gdn_k_dim),
                 )
-            dtypes = (model.dtype, model.dtype if kind in (FULL, SLIDING) else torch.float32)
+            dtypes = (model.dtype, model.dtype if kind in ATTENTION_KINDS else torch.float32)
             if self.arena is not None:
                 j = g.layers.index(i)
                 k, v = self.arena.layer_views(
@@ -553,7 +575,7 @@ class CachedRunner:
         for i, kind in enumerate(c.layers):
             gi = self.group_of[i]
             h = _rms(x, w[f"{i}.norm"], c.eps)
-            if kind in (FULL, SLIDING):
+            if kind in ATTENTION_KINDS:
                 q, k, v = self.model._qkv(i, h, pos)
                 kc, vc = self.caches[i]
                 ops.write_kv(k.contiguous(), v.contiguous(), kc, vc, slots[gi])
@@ -565,6 +587,7 @@ class CachedRunner:
                     seq_lens,
                     qsl,
                     sliding_window=c.window if kind == SLIDING else None,
+                    chunk_size=c.chunk if kind == CHUNKED else None,
                 )
                 x = x + o.reshape(o.shape[0], -1) @ w[f"{i}.o"].T
             elif kind == MAMBA2:
@@ -743,7 +766,7 @@ def serve(
     ones can hit prefixes cached by earlier ones.
     """
     from hybridkv import KVCacheManager
-    from hybridkv.scheduler import Scheduler
+    from hybridkv.serving.scheduler import Scheduler
 
     manager = KVCacheManager(plan)
     sched = Scheduler(
@@ -805,6 +828,8 @@ def serve(
 
 
 __all__ = [
+    "ATTENTION_KINDS",
+    "CHUNKED",
     "FULL",
     "GDN",
     "LAYER_KINDS",

@@ -11,7 +11,7 @@ use crate::arrays::{count, hashes, hashes_to_py, ids_to_py, int_arg, with_block_
 use crate::errors::{to_py, IntoPy};
 use crate::shared::Shared;
 
-/// Event kind codes in `take_event_arrays` (and `hybridkv.events.EventKind`).
+/// Event kind codes in `take_event_arrays` (and `hybridkv.cache.pool_events.EventKind`).
 pub const EV_STORED: u8 = 0;
 pub const EV_REMOVED: u8 = 1;
 pub const EV_CLEARED: u8 = 2;

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from hybridkv.errors import ModelConfigError
-from hybridkv.specs import DTYPE_BYTES, FullAttentionSpec, StateSpec
+from hybridkv.models.specs import DTYPE_BYTES, FullAttentionSpec, StateSpec
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class Parsed:
     notes: tuple[str, ...] = ()
     #: The model's layer number of each cache layer; empty: read from the names.
     layer_indices: tuple[int, ...] = ()
+    #: The longest sequence the model's learned positions allow; None: unbounded.
+    max_model_len: int | None = None
 
 
 #: Keys under which wrappers (VL, speech, OCR models) nest their language model's config.
@@ -389,6 +391,7 @@ def parsed(
     notes: tuple[str, ...] = (),
     hidden_size: int | None = None,
     num_attention_heads: int | None = None,
+    max_model_len: int | None = None,
 ) -> Parsed:
     """A :class:`Parsed` of ``specs`` (named ``layers.{i}`` unless ``names`` is given).
 
@@ -406,4 +409,5 @@ def parsed(
             cfg.get("num_attention_heads") if num_attention_heads is None else num_attention_heads
         ),
         notes=notes,
+        max_model_len=max_model_len,
     )

@@ -37,7 +37,7 @@ from hybridkv.models.parsers.common import (
     specs_by_kind,
     tp_split,
 )
-from hybridkv.specs import FullAttentionSpec, SlidingWindowSpec, StateSpec
+from hybridkv.models.specs import FullAttentionSpec, SlidingWindowSpec, StateSpec
 
 MODEL_TYPES = ("lfm2", "lfm2_moe", "lfm3", "recurrent_gemma")
 

@@ -14,6 +14,7 @@ Model types transformers knows but hybridkv has no family entry for plan through
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from hybridkv.models.parsers.common import (
     state_kwargs,
     text_config,
 )
-from hybridkv.specs import (
+from hybridkv.models.specs import (
     ChunkedLocalSpec,
     FullAttentionSpec,
     MLASpec,
@@ -355,6 +356,10 @@ def build(
                 if kind == "linear_attention"
                 else ""
             )
+            if kind in UNSUPPORTED_KINDS:
+                raise ModelConfigError(
+                    f"{model_type}: layer {i} is {kind!r}: {UNSUPPORTED_KINDS[kind]}"
+                )
             raise ModelConfigError(
                 f"{model_type}: unknown layer type {kind!r} at layer {i} (an attention-only "
                 f"decoder has {', '.join(ATTENTION_KINDS)}{extra})"
@@ -452,12 +457,68 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
     return build(cfg, opts, model_type, FAMILIES[model_type], outer=config, notes=notes)
 
 
-#: GPT-2-era key names (transformers' ``attribute_map``s) -> the standard ones.
+#: Older key names -> the standard ones, as the families' ``attribute_map``s alias them
+#: (GPT-2 ``n_layer``; XGLMConfig ``num_layers`` / ``attention_heads`` / ``d_model``;
+#: XLMConfig ``n_layers`` / ``n_heads`` / ``emb_dim``; TrOCRConfig ``decoder_layers`` /
+#: ``decoder_attention_heads``; Kosmos2TextConfig ``layers`` / ``embed_dim``).
 _ALIASES = {
-    "num_hidden_layers": ("n_layer", "num_layers", "n_layers"),
-    "num_attention_heads": ("n_head", "num_heads", "n_heads"),
-    "hidden_size": ("n_embd", "d_model"),
+    "num_hidden_layers": ("n_layer", "num_layers", "n_layers", "decoder_layers", "layers"),
+    "num_attention_heads": (
+        "n_head",
+        "num_heads",
+        "n_heads",
+        "attention_heads",
+        "decoder_attention_heads",
+    ),
+    "hidden_size": ("n_embd", "d_model", "emb_dim", "embed_dim"),
 }
+
+#: Layer kinds transformers' caches know that no hybridkv spec describes yet, and why
+#: (``cache_utils.DYNAMIC_LAYER_TYPE_MAPPING``).
+UNSUPPORTED_KINDS = {
+    "hybrid": (
+        "a layer holding both a linear-attention state and a full-attention KV cache "
+        "(transformers' LinearAttentionAndFullAttentionLayer); hybridkv has no reader for "
+        "this family's state shape"
+    ),
+    "hybrid_sliding": (
+        "a layer holding both a linear-attention state and a sliding-window KV cache "
+        "(LinearAttentionAndSlidingWindowAttentionLayer); hybridkv has no reader for this "
+        "family's state shape"
+    ),
+    "compressed_sparse_attention": (
+        "DeepSeek-V4 compressed attention: a sliding-window KV beside KV compressed "
+        "compress_rates-fold per token and indexer keys; hybridkv has no compressed-KV spec kind"
+    ),
+    "heavily_compressed_attention": (
+        "DeepSeek-V4 compressed attention: a sliding-window KV beside KV compressed "
+        "compress_rates-fold per token; hybridkv has no compressed-KV spec kind"
+    ),
+    "reference_sliding_attention": (
+        "a sliding window that also keeps every image and prompt token: its cache is "
+        "bounded by the prompt, not the window, which no hybridkv spec expresses"
+    ),
+    "conv": "a short-convolution state whose shape only a family parser (lfm2) knows",
+}
+
+#: Families whose learned absolute positions bound the sequence to
+#: ``max_position_embeddings``: the flag that chooses them, the value that means
+#: learned, and the flag's default (TrOCRConfig.use_learned_position_embeddings = True;
+#: XLMConfig.sinusoidal_embeddings = False).
+_LEARNED_POSITIONS = {
+    "trocr": ("use_learned_position_embeddings", True, True),
+    "xlm": ("sinusoidal_embeddings", False, False),
+}
+
+
+def _learned_bound(cfg: Mapping[str, Any], model_type: str) -> int | None:
+    rule = _LEARNED_POSITIONS.get(model_type)
+    if rule is None or cfg.get("max_position_embeddings") is None:
+        return None
+    key, learned, default = rule
+    if bool(cfg.get(key, default)) is not learned:
+        return None
+    return need_int(cfg, "max_position_embeddings", model_type)
 
 
 def _standard_names(cfg: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
@@ -481,10 +542,24 @@ def _standard_names(cfg: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str
 def parse_unknown(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
     """An unknown ``model_type`` read as a plain attention decoder, saying so."""
     cfg = text_config(config)
+    if isinstance(config.get("encoder"), Mapping) and isinstance(config.get("decoder"), Mapping):
+        raise ModelConfigError(
+            "it is a composite of an encoder config and a decoder config whose cross "
+            "attention is bounded by the encoder's input length, which only a family "
+            "parser knows (t5, bart families, whisper); plan the checkpoint's own "
+            "encoder-decoder config instead"
+        )
     if cfg.get("is_encoder_decoder") or config.get("is_encoder_decoder"):
-        raise ModelConfigError("it is an encoder-decoder model, which needs its own parser")
+        raise ModelConfigError(
+            "it is an encoder-decoder model (is_encoder_decoder): its decoder's cross "
+            "attention is bounded by the encoder's input length, which only a family parser "
+            "knows; encoder-decoder parsers exist for the t5 and bart families and whisper"
+        )
     if cfg.get("vocab_size") is None:
-        raise ModelConfigError("it has no vocab_size, so it is not a language model")
+        raise ModelConfigError(
+            "it has no vocab_size (nor a text_config with one), so it is not read as a "
+            "language model"
+        )
     wrapped = cfg is not config
     cfg, renamed = _standard_names(cfg)
     inner = cfg.get("model_type")
@@ -504,4 +579,8 @@ def parse_unknown(config: Mapping[str, Any], opts: ParseOptions, model_type: str
         assumed.append("no num_key_value_heads: one KV head per attention head")
     if cfg.get("head_dim") is None and cfg.get("kv_lora_rank") is None:
         assumed.append("no head_dim: hidden_size / num_attention_heads")
-    return build(cfg, opts, model_type, family, outer=config, notes=tuple(assumed))
+    bound = _learned_bound(cfg, model_type)
+    if bound is not None:
+        assumed.append(f"learned positions bound sequences to {bound} tokens")
+    out = build(cfg, opts, model_type, family, outer=config, notes=tuple(assumed))
+    return out if bound is None else dataclasses.replace(out, max_model_len=bound)

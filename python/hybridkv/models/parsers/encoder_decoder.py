@@ -33,7 +33,7 @@ from hybridkv.models.parsers.common import (
     opt_int,
     parsed,
 )
-from hybridkv.specs import CrossAttentionSpec, EncoderOnlySpec, FullAttentionSpec
+from hybridkv.models.specs import CrossAttentionSpec, EncoderOnlySpec, FullAttentionSpec
 
 T5_TYPES = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
 BART_TYPES = (
@@ -65,6 +65,7 @@ def encoder_decoder(
     hidden: int,
     heads: int,
     notes: tuple[str, ...],
+    max_model_len: int | None = None,
 ) -> Parsed:
     """Specs and names: ``enc`` encoder layers, then self + cross attention per decoder layer."""
     self_attn = FullAttentionSpec(**kwargs)
@@ -75,7 +76,15 @@ def encoder_decoder(
         for i in range(dec)
         for name in (f"decoder.layers.{i}.self_attn", f"decoder.layers.{i}.encoder_attn")
     ]
-    return parsed(config, specs, names, hidden_size=hidden, num_attention_heads=heads, notes=notes)
+    return parsed(
+        config,
+        specs,
+        names,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        notes=notes,
+        max_model_len=max_model_len,
+    )
 
 
 def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Parsed:
@@ -130,4 +139,5 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
         hidden=d_model,
         heads=heads,
         notes=(note,),
+        max_model_len=dec_bound,
     )

@@ -14,7 +14,7 @@ from hybridkv.models.parsers.common import (
     need_int,
     parsed,
 )
-from hybridkv.specs import FullAttentionSpec
+from hybridkv.models.specs import FullAttentionSpec
 
 MODEL_TYPES = ("falcon_h1",)
 

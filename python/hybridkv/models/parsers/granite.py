@@ -23,7 +23,7 @@ from hybridkv.models.parsers.common import (
     read_layer_kinds,
     specs_by_kind,
 )
-from hybridkv.specs import FullAttentionSpec
+from hybridkv.models.specs import FullAttentionSpec
 
 MODEL_TYPES = ("granitemoehybrid", "bamba")
 

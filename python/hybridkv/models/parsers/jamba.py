@@ -24,7 +24,7 @@ from hybridkv.models.parsers.common import (
     specs_by_kind,
     state_kwargs,
 )
-from hybridkv.specs import FullAttentionSpec
+from hybridkv.models.specs import FullAttentionSpec
 
 MODEL_TYPES = ("jamba",)
 

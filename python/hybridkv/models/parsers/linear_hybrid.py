@@ -41,7 +41,7 @@ from hybridkv.models.parsers.common import (
     state_kwargs,
     tp_split,
 )
-from hybridkv.specs import FullAttentionSpec, MLASpec, StateSpec
+from hybridkv.models.specs import FullAttentionSpec, MLASpec, StateSpec
 
 #: transformers' MiniMaxConfig, and the remote-code spellings of MiniMax-Text-01 / M1.
 MINIMAX_TYPES = ("minimax", "minimax_text_01", "minimax_m1")

@@ -23,7 +23,7 @@ from hybridkv.models.parsers.common import (
     parsed,
     text_config,
 )
-from hybridkv.specs import CrossAttentionSpec, FullAttentionSpec, cdiv
+from hybridkv.models.specs import CrossAttentionSpec, FullAttentionSpec, cdiv
 
 MODEL_TYPES = ("mllama",)
 

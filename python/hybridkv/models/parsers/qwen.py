@@ -23,7 +23,7 @@ from hybridkv.models.parsers.common import (
     state_kwargs,
     text_config,
 )
-from hybridkv.specs import FullAttentionSpec
+from hybridkv.models.specs import FullAttentionSpec
 
 MODEL_TYPES = ("qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text")
 

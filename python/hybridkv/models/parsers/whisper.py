@@ -14,9 +14,10 @@ from hybridkv.models.parsers.common import (
     attention_kwargs,
     model_dtype,
     need_int,
+    opt_int,
     parsed,
 )
-from hybridkv.specs import CrossAttentionSpec, EncoderOnlySpec, FullAttentionSpec
+from hybridkv.models.specs import CrossAttentionSpec, EncoderOnlySpec, FullAttentionSpec
 
 MODEL_TYPES = ("whisper",)
 
@@ -39,14 +40,17 @@ def parse(config: Mapping[str, Any], opts: ParseOptions, model_type: str) -> Par
         for i in range(dec)
         for name in (f"decoder.layers.{i}.self_attn", f"decoder.layers.{i}.encoder_attn")
     ]
+    # WhisperConfig.max_target_positions = 448: the decoder's learned positions.
+    bound = opt_int(config, "max_target_positions", model_type, 448)
     return parsed(
         config,
         specs,
         names,
         hidden_size=d_model,
         num_attention_heads=heads,
+        max_model_len=bound,
         notes=(
-            f"decoder self-attention is bounded by max_target_positions="
-            f"{config.get('max_target_positions')}; plan with max_model_len at most that",
+            f"decoder self-attention is bounded by max_target_positions={bound}; "
+            f"plan with max_model_len at most that",
         ),
     )

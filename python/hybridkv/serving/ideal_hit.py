@@ -11,7 +11,7 @@ later turn whose prompt feeds the output back hits it.
 time, a closed-loop turn its think delay after its parent *arrived* (an infinite,
 instant server finishes every request on arrival), ties in trace order, so a turn always
 follows its parent. Blocks are keyed by the low 64 bits of the manager's chained block
-hash (:func:`hybridkv.prefix_hash.hash_token_blocks`), one Rust call per request, in one
+hash (:func:`hybridkv.cache.prefix_hash.hash_token_blocks`), one Rust call per request, in one
 Python set.
 """
 
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from hybridkv.cache.prefix_hash import hash_token_blocks
 from hybridkv.errors import InvalidArgumentError
-from hybridkv.prefix_hash import hash_token_blocks
-from hybridkv.traces import I64, Trace
+from hybridkv.serving.traces import I64, Trace
 
 IDEAL_BLOCK_SIZE = 16
 

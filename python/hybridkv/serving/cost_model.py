@@ -63,7 +63,7 @@ import numpy.typing as npt
 from hybridkv.errors import InvalidArgumentError, PlanError
 
 if TYPE_CHECKING:
-    from hybridkv.planner import MemoryPlan
+    from hybridkv.planning.planner import MemoryPlan
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]

@@ -15,7 +15,7 @@ user message and reply) plus user message ``k`` and outputs reply ``k``, so the 
 turn's prompt starts with everything this turn computed. Sessions start as a Poisson
 process (``session_rate`` per second); each later turn arrives an exponentially
 distributed think time (mean ``think_time_s``) after the previous turn finished: the
-closed-loop ``parent`` arrivals of :mod:`hybridkv.traces`, as the bundled chat trace uses.
+closed-loop ``parent`` arrivals of :mod:`hybridkv.serving.traces`, as the bundled chat trace uses.
 
 Tokens: no tokenizer weights can be downloaded, so text is cut by a documented proxy,
 :func:`proxy_tokenize`: runs of up to 4 ASCII letters (with an optional leading space),
@@ -38,7 +38,7 @@ from typing import IO, Any
 import numpy as np
 
 from hybridkv.errors import InvalidArgumentError
-from hybridkv.traces import DEFAULT_VOCAB_SIZE, I32, Trace, TraceBuilder, TraceError
+from hybridkv.serving.traces import DEFAULT_VOCAB_SIZE, I32, Trace, TraceBuilder, TraceError
 
 #: The ``--trace`` name of this source.
 SHAREGPT = "sharegpt"

@@ -83,7 +83,7 @@ keep cached state checkpoints in it while the growing groups don't need it, and 
 growing groups take it back region by region. ``token_capacity`` is what the growing
 groups hold when they own everything but the floors: memory minus floors, over growing
 bytes per token, less the arena's null area and region edges
-(:mod:`hybridkv.arena_plan`). A plan whose static bounds don't fit but whose capped
+(:mod:`hybridkv.cache.arena_plan`). A plan whose static bounds don't fit but whose capped
 floors do, plans.
 """
 
@@ -94,10 +94,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hybridkv.arena_plan import ArenaPlan, choose_region_bytes
+from hybridkv.cache.arena_plan import ArenaPlan, choose_region_bytes
 from hybridkv.errors import PlanError
 from hybridkv.models.model_spec import ModelSpec
-from hybridkv.specs import (
+from hybridkv.models.specs import (
     MAMBA_CACHE_MODES,
     ChunkedLocalSpec,
     CrossAttentionSpec,
@@ -443,6 +443,12 @@ def _check_common(
     if not isinstance(mamba_cache_mode, str) or mamba_cache_mode not in MAMBA_CACHE_MODES:
         raise PlanError(
             f"mamba_cache_mode must be one of {MAMBA_CACHE_MODES}, got {mamba_cache_mode!r}"
+        )
+    bound = model.max_model_len
+    if bound is not None and sizes[2] > bound:
+        raise PlanError(
+            f"max_model_len {sizes[2]} exceeds the {bound} positions {model.name!r} can run "
+            f"(its learned position embeddings); plan with --max-model-len {bound} or less"
         )
     return _Limits(*sizes, mamba_cache_mode=mamba_cache_mode)
 
@@ -1138,27 +1144,82 @@ def vllm_runtime_plan(plan: MemoryPlan) -> MemoryPlan:
     vLLM group (its layers, its inflated block size), every group with the shared pool's
     ``num_blocks``, ``shared_pool=True`` (build the manager with it: one id space, one
     LRU queue). ``token_capacity`` is :attr:`VllmBaseline.token_capacity`. Raises
-    :class:`PlanError` where vLLM cannot lay the model out, or in ``mamba_cache_mode``
+    :class:`PlanError` where vLLM cannot lay the model out, where vLLM's start-up check
+    refuses the memory (see :func:`vllm_runtime_plan_for`), or in ``mamba_cache_mode``
     ``all`` (vLLM caches state prefixes only in ``align``)."""
-    vb = plan.vllm_baseline
+    return _vllm_runtime(
+        plan.model,
+        plan.vllm_baseline,
+        _limits_of(plan),
+        memory_bytes=plan.memory_bytes,
+        encoder_only=plan.encoder_only_layers,
+    )
+
+
+def vllm_runtime_plan_for(
+    model: ModelSpec,
+    *,
+    memory_bytes: int,
+    max_num_seqs: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    block_size: int = 16,
+    mamba_cache_mode: str = "align",
+) -> MemoryPlan:
+    """:func:`vllm_runtime_plan` straight from the model and limits, without hybridkv's
+    own plan: vLLM reserves no floors for bounded groups, so it starts where hybridkv's
+    planner refuses (``max_num_seqs`` requests' states need not fit: vLLM admits what
+    the pool holds and preempts the rest). What it does refuse is vLLM's start-up check
+    (``check_enough_kv_cache_memory``): the memory, less one block for the null block,
+    must hold one ``max_model_len`` request in every layer at once (full attention
+    ``cdiv(max_model_len, block)`` pages per layer, a state layer 2 pages in align mode
+    and 1 otherwise, windows their bound)."""
+    limits = _check_common(
+        model, block_size, max_num_seqs, max_model_len, max_num_batched_tokens, mamba_cache_mode
+    )
+    _check_int("memory_bytes", memory_bytes)
+    vb = vllm_baseline(model, memory_bytes=memory_bytes, limits=limits)
+    _, encoder_only = group_layers(model)
+    return _vllm_runtime(model, vb, limits, memory_bytes=memory_bytes, encoder_only=encoder_only)
+
+
+def _vllm_runtime(
+    model: ModelSpec,
+    vb: VllmBaseline,
+    limits: _Limits,
+    *,
+    memory_bytes: int,
+    encoder_only: tuple[int, ...],
+) -> MemoryPlan:
     if vb.num_blocks is None or vb.block_size is None or vb.page_size_bytes is None:
         raise PlanError(f"vLLM cannot lay this model out: {vb.reason}")
-    if plan.mamba_cache_mode == "all" and any(k == "state" for k, _, _ in vb.groups):
+    if limits.mamba_cache_mode == "all" and any(k == "state" for k, _, _ in vb.groups):
         raise PlanError(
             "vLLM 0.33 keeps Mamba prefix caches only in mamba_cache_mode 'align' (not 'all')"
         )
-    need = max(cdiv(plan.max_model_len, bs) for _, _, bs in vb.groups)
-    if vb.num_blocks < need + 1:
+    specs = model.layer_specs
+    mml = limits.max_model_len
+    # vLLM's start-up check sums every layer's most for one request (its own padded
+    # page) and compares with the memory less one pool block (the null block).
+    need_pages = 0
+    for _kind, layers, bs in vb.groups:
+        per, _ = _vllm_reserve_blocks(specs[layers[0]], bs, limits)
+        need_pages += len(layers) * (per or cdiv(mml, bs))
+    block_bytes = vb.page_size_bytes * vb.group_size
+    need = need_pages * vb.page_size_bytes
+    if memory_bytes - block_bytes < need:
         raise PlanError(
-            f"vLLM's shared pool gets {vb.num_blocks} blocks of {vb.page_size_bytes * vb.group_size}"
-            f" bytes: fewer than one max_model_len={plan.max_model_len} request needs"
+            f"vLLM refuses to start: one max_model_len={mml} request needs {need} bytes of "
+            f"KV cache in every layer at once ({need_pages} pages of {vb.page_size_bytes} "
+            f"bytes), but memory_bytes {memory_bytes} less one {block_bytes}-byte block "
+            f"leaves {memory_bytes - block_bytes}; raise --memory to at least "
+            f"{need + block_bytes} bytes or lower --max-model-len"
         )
-    specs = plan.model.layer_specs
     pool_bytes = vb.num_blocks * vb.page_size_bytes * vb.group_size
     groups = []
     for i, (kind, layers, bs) in enumerate(vb.groups):
         spec = specs[layers[0]]
-        grows = kind != "state" and _vllm_reserve_blocks(spec, bs, _limits_of(plan))[0] == 0
+        grows = kind != "state" and _vllm_reserve_blocks(spec, bs, limits)[0] == 0
         groups.append(
             GroupPlan(
                 index=i,
@@ -1184,25 +1245,25 @@ def vllm_runtime_plan(plan: MemoryPlan) -> MemoryPlan:
     growing_page = sum(g.page_size_bytes for g in growing)
     return MemoryPlan(
         groups=tuple(groups),
-        encoder_only_layers=plan.encoder_only_layers,
+        encoder_only_layers=encoder_only,
         token_capacity=vb.token_capacity or 0,
         max_concurrency=min(
-            float(plan.max_num_seqs),
-            (vb.token_capacity or 0) // vb.block_size / cdiv(plan.max_model_len, vb.block_size),
+            float(limits.max_num_seqs),
+            (vb.token_capacity or 0) // vb.block_size / cdiv(mml, vb.block_size),
         ),
-        unused_bytes=plan.memory_bytes - pool_bytes,
-        memory_bytes=plan.memory_bytes,
-        max_num_seqs=plan.max_num_seqs,
-        max_model_len=plan.max_model_len,
-        max_num_batched_tokens=plan.max_num_batched_tokens,
+        unused_bytes=memory_bytes - pool_bytes,
+        memory_bytes=memory_bytes,
+        max_num_seqs=limits.max_num_seqs,
+        max_model_len=mml,
+        max_num_batched_tokens=limits.max_num_batched_tokens,
         block_size=vb.block_size,
-        mamba_cache_mode=plan.mamba_cache_mode,
+        mamba_cache_mode=limits.mamba_cache_mode,
         bounded_sizing="shared",
         bounded_bytes=0,
         growing_bytes_per_token=growing_page / vb.block_size if growing else 0.0,
         physical_token_limit=None,
         vllm_baseline=vb,
-        model=plan.model,
+        model=model,
         shared_pool=True,
     )
 
@@ -1228,6 +1289,7 @@ __all__ = [
     "plan_with_blocks",
     "vllm_baseline",
     "vllm_runtime_plan",
+    "vllm_runtime_plan_for",
     "window_pool_blocks",
     "window_request_blocks",
 ]

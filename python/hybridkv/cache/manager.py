@@ -1,7 +1,7 @@
 """The KV-cache manager a serving engine's scheduler calls every step.
 
 :class:`KVCacheManager` owns one block pool per group of a
-:class:`~hybridkv.planner.MemoryPlan` and keeps, per request, one positional block
+:class:`~hybridkv.planning.planner.MemoryPlan` and keeps, per request, one positional block
 table per group. All state and loops are in Rust (``hybridkv._core``); every method
 takes and returns numpy arrays for a whole batch, and releases the GIL while it works.
 
@@ -24,9 +24,9 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridkv import _core
+from hybridkv.cache.manager_events import KVEvent, events_from_tuples
+from hybridkv.cache.prefix_hash import MediaItem, media_arrays, salt_bytes
 from hybridkv.errors import InvalidArgumentError
-from hybridkv.kv_events import KVEvent, events_from_tuples
-from hybridkv.prefix_hash import MediaItem, media_arrays, salt_bytes
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
@@ -271,7 +271,7 @@ def _per_request(value: npt.ArrayLike | None, n: int, what: str) -> I64:
 class KVCacheManager:
     """Per-request block tables across a hybrid model's KV-cache groups.
 
-    ``plan`` is a :class:`~hybridkv.planner.MemoryPlan` (or anything with ``groups``,
+    ``plan`` is a :class:`~hybridkv.planning.planner.MemoryPlan` (or anything with ``groups``,
     each with ``kind``/``block_size``/``num_blocks``/``window``/``chunk_size``/
     ``max_encoder_len``, and ``mamba_cache_mode``). Block hashes are seeded by
     ``hash_seed`` (never by ``PYTHONHASHSEED``). Token ids must be non-negative and

@@ -172,8 +172,8 @@ class _Windowed(_Bounded):
     def max_blocks_per_request(
         self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
     ) -> int | None:
-        """Most blocks one request holds at once (see :mod:`hybridkv.planner`)."""
-        from hybridkv.planner import window_request_blocks
+        """Most blocks one request holds at once (see :mod:`hybridkv.planning.planner`)."""
+        from hybridkv.planning.planner import window_request_blocks
 
         return window_request_blocks(
             self.kind, self.span, block_size, max_model_len, max_num_batched_tokens

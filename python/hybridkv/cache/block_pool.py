@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hybridkv import _core
-from hybridkv.events import EventBatch
+from hybridkv.cache.pool_events import EventBatch
 
 
 class BlockPool(_core.BlockPool):
@@ -20,7 +20,7 @@ class BlockPool(_core.BlockPool):
     drops every hash and is refused while a block is in use.
 
     Ids are int32 arrays (any integer array-like is converted); hashes are ``(n, 2)``
-    uint64 arrays, row ``[low 64 bits, high 64 bits]`` (see :mod:`hybridkv.hashes`).
+    uint64 arrays, row ``[low 64 bits, high 64 bits]`` (see :mod:`hybridkv.cache.hashes`).
     Every error is a :class:`hybridkv.errors.HybridKVError` and leaves the pool
     exactly as it was. ``record_events=False`` stops recording events (for pools
     nobody drains). Safe to share between threads: each call is atomic (a lock in the

@@ -1,11 +1,11 @@
 """Serving simulation: a trace through the scheduler and the real KV-cache manager, no GPU.
 
 ``hybridkv simulate --model NAME --memory SIZE --trace NAME|PATH`` plans the memory,
-builds a :class:`hybridkv.KVCacheManager` and a :class:`hybridkv.scheduler.Scheduler`
+builds a :class:`hybridkv.KVCacheManager` and a :class:`hybridkv.serving.scheduler.Scheduler`
 over it, and replays the trace as a discrete-event simulation: every step the
 scheduler plans a batch (real allocation, real prefix lookups, real preemptions) and
 the clock advances by that batch's modelled duration from the roofline
-:class:`hybridkv.cost_model.CostModel`. Requests arrive at their trace times (or,
+:class:`hybridkv.serving.cost_model.CostModel`. Requests arrive at their trace times (or,
 closed-loop, a think/tool delay after their parent finished); each sampled token is
 the trace's next output token, so later turns really hit the blocks earlier turns
 wrote. The wall-clock time of ``schedule()`` plus ``update_from_output()`` (the
@@ -19,7 +19,7 @@ name and a builder from the run's config and hybridkv's plan to a
 every registered layout runs and the report puts them side by side, with ``static``
 over the ``vllm`` baseline as ratios.
 
-``static`` is hybridkv's plan (:func:`hybridkv.planner.plan_memory`): one pool per
+``static`` is hybridkv's plan (:func:`hybridkv.planning.planner.plan_memory`): one pool per
 KV-cache group at its natural page size, bounded pools right-sized, the growing groups
 sharing the rest. In ``mamba_cache_mode="align"`` its state groups checkpoint every
 ``state_checkpoint_tokens`` (default 256; the planner's ``state_checkpoint_tokens``): a
@@ -40,7 +40,7 @@ bounds don't fit but the capped floors do, only ``elastic`` runs. Its report add
 ``arena``: region size, waste (bytes no group could use, mean and peak over steps and
 as a fraction of memory) and how many regions were granted and moved.
 
-``vllm`` is vLLM 0.33's runtime layout (:func:`hybridkv.planner.vllm_runtime_plan`):
+``vllm`` is vLLM 0.33's runtime layout (:func:`hybridkv.planning.planner.vllm_runtime_plan`):
 vLLM's layer groups of ``group_size`` layers, the attention block size raised until a
 page holds a state page (state pages padded to it), and ONE block pool shared by every
 group (a :class:`hybridkv.KVCacheManager` with ``shared_pool=True``: one id space, one
@@ -53,7 +53,7 @@ only where a chunk ends on a block boundary; chunks stop at the last block bound
 before the prompt's end and at the shared-prefix boundary). ``benches/
 bench_vllm_layout.py`` checks this model against vLLM's own ``KVCacheManager``.
 
-Offload hook: ``offload`` (see :class:`hybridkv.scheduler.ExternalPrefixSource`) is
+Offload hook: ``offload`` (see :class:`hybridkv.serving.scheduler.ExternalPrefixSource`) is
 consulted on admission for tokens beyond the device hit; if it has
 ``load_seconds(tokens) -> float`` the clock is charged that, and ``after_step(manager,
 output)`` is called after every step so it can store what it needs.
@@ -66,21 +66,26 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from hybridkv.cost_model import GPUS, CostModel
 from hybridkv.errors import HybridKVError, InvalidArgumentError, PlanError
-from hybridkv.ideal_hit import ideal_hit_rate
-from hybridkv.planner import MemoryPlan, plan_memory, vllm_runtime_plan
-from hybridkv.scheduler import POLICIES, ExternalPrefixSource, Scheduler
-from hybridkv.sharegpt_trace import ShareGPTOptions
-from hybridkv.trace_sources import open_trace
-from hybridkv.traces import Trace, TraceWindow
+from hybridkv.planning.planner import (
+    MemoryPlan,
+    plan_memory,
+    vllm_runtime_plan,
+    vllm_runtime_plan_for,
+)
+from hybridkv.serving.cost_model import GPUS, CostModel
+from hybridkv.serving.ideal_hit import ideal_hit_rate
+from hybridkv.serving.scheduler import POLICIES, ExternalPrefixSource, Scheduler
+from hybridkv.serving.sharegpt_trace import ShareGPTOptions
+from hybridkv.serving.trace_sources import open_trace
+from hybridkv.serving.traces import Trace, TraceWindow
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -119,7 +124,7 @@ def resolve_trace(
     window: TraceWindow | None = None,
     sharegpt: ShareGPTOptions | None = None,
 ) -> Trace:
-    """The trace ``--trace`` names (:func:`hybridkv.trace_sources.open_trace`): a bundled
+    """The trace ``--trace`` names (:func:`hybridkv.serving.trace_sources.open_trace`): a bundled
     trace (with ``seed`` a fresh generation of that kind), ``sharegpt``, a Mooncake
     ``.jsonl`` file or a trace file, cut and scaled by ``window``."""
     return open_trace(name_or_path, seed=seed, window=window, sharegpt=sharegpt)
@@ -162,6 +167,27 @@ def runnable_base_plan(cfg: SimConfig, trace: Trace) -> MemoryPlan:
         return base_plan(cfg, trace, layout="elastic")
 
 
+def cost_plan(cfg: SimConfig, trace: Trace) -> MemoryPlan:
+    """The plan the cost model reads, the same for every layout: the model's groups at
+    their natural page sizes (per-token bytes, layer counts) and the run's limits and
+    memory. That geometry does not depend on the pool sizes, so where hybridkv's own
+    layouts refuse the memory (their floors don't fit; ``vllm``, which reserves none,
+    may still run) it is the static plan at the smallest doubling of the memory that
+    fits, with ``memory_bytes`` set back to the run's (the GPU sizing reads it)."""
+    try:
+        return runnable_base_plan(cfg, trace)
+    except PlanError as first:
+        mem = cfg.memory_bytes
+        for _ in range(16):
+            mem *= 2
+            try:
+                plan = base_plan(replace(cfg, memory_bytes=mem), trace)
+            except PlanError:
+                continue
+            return replace(plan, memory_bytes=cfg.memory_bytes)
+        raise first
+
+
 # -- layouts --------------------------------------------------------------------------------
 
 
@@ -171,7 +197,7 @@ class LayoutSetup:
 
     ``manager_factory`` builds the manager from ``plan`` (``None``: a
     :class:`hybridkv.KVCacheManager` over ``plan`` with prefix caching on);
-    ``scheduler_options`` are extra :class:`hybridkv.scheduler.Scheduler` keyword
+    ``scheduler_options`` are extra :class:`hybridkv.serving.scheduler.Scheduler` keyword
     arguments (e.g. vLLM's chunk-split rule)."""
 
     plan: MemoryPlan
@@ -184,6 +210,11 @@ class LayoutSetup:
 LayoutBuilder = Callable[[SimConfig, MemoryPlan], LayoutSetup]
 
 
+#: Builds a layout from the run's config and trace alone, for where hybridkv's own plan
+#: of the config is refused (a peer's layout that reserves no floors may still run).
+PlanlessBuilder = Callable[[SimConfig, Trace], LayoutSetup]
+
+
 @dataclass(frozen=True)
 class Layout:
     """A named way to lay the KV-cache memory out (one column of the report)."""
@@ -191,17 +222,26 @@ class Layout:
     name: str
     help: str
     build: LayoutBuilder
+    build_without_plan: PlanlessBuilder | None = None
 
 
 #: Every layout ``simulate`` knows, in report order (see :func:`register_layout`).
 LAYOUTS: dict[str, Layout] = {}
 
 
-def register_layout(name: str, build: LayoutBuilder, help: str) -> None:
-    """Add a layout: ``build(cfg, plan)`` returns its :class:`LayoutSetup`."""
+def register_layout(
+    name: str,
+    build: LayoutBuilder,
+    help: str,
+    *,
+    build_without_plan: PlanlessBuilder | None = None,
+) -> None:
+    """Add a layout: ``build(cfg, plan)`` returns its :class:`LayoutSetup`;
+    ``build_without_plan(cfg, trace)``, if given, builds it where hybridkv's own plan
+    of ``cfg`` is refused (otherwise the layout reports that refusal)."""
     if name in LAYOUTS:
         raise InvalidArgumentError(f"layout {name!r} is already registered")
-    LAYOUTS[name] = Layout(name, help, build)
+    LAYOUTS[name] = Layout(name, help, build, build_without_plan)
 
 
 def _static(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
@@ -250,12 +290,32 @@ def _elastic(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
 
 
 def _vllm(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
-    vplan = vllm_runtime_plan(plan)
+    return _vllm_setup(vllm_runtime_plan(plan))
+
+
+def _vllm_alone(cfg: SimConfig, trace: Trace) -> LayoutSetup:
+    # vLLM reserves no floors: it starts wherever one max_model_len request fits.
+    from hybridkv.models import load_model
+
+    return _vllm_setup(
+        vllm_runtime_plan_for(
+            load_model(cfg.model),
+            memory_bytes=cfg.memory_bytes,
+            max_num_seqs=cfg.max_num_seqs,
+            max_model_len=cfg.max_model_len or default_max_model_len(trace, cfg.block_size),
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
+            block_size=cfg.block_size,
+            mamba_cache_mode=cfg.mamba_cache_mode,
+        )
+    )
+
+
+def _vllm_setup(vplan: MemoryPlan) -> LayoutSetup:
     # vLLM keeps prefix caching for a model with state layers only in align mode.
     caching = vplan.mamba_cache_mode == "align" or all(g.kind != "state" for g in vplan.groups)
 
     def manager(p: MemoryPlan) -> Any:
-        from hybridkv.manager import KVCacheManager
+        from hybridkv.cache.manager import KVCacheManager
 
         return KVCacheManager(p, enable_prefix_caching=caching, hash_seed=0)
 
@@ -270,19 +330,39 @@ register_layout(
 )
 register_layout("static", _static, "hybridkv's per-group pools at natural page sizes (planner)")
 register_layout(
-    "vllm", _vllm, "vLLM 0.33's runtime layout: one shared pool at its inflated block size"
+    "vllm",
+    _vllm,
+    "vLLM 0.33's runtime layout: one shared pool at its inflated block size",
+    build_without_plan=_vllm_alone,
 )
 
 
 def make_layouts(
     cfg: SimConfig, trace: Trace, names: Sequence[str] | None = None
 ) -> dict[str, LayoutSetup | str]:
-    """Per layout (all registered ones by default): its setup, or why it cannot run."""
-    plan = runnable_base_plan(cfg, trace)
+    """Per layout (all registered ones by default): its setup, or why it cannot run.
+    Where hybridkv's own plan is refused, a layout with ``build_without_plan`` (vLLM's,
+    which reserves no floors) still runs; the others report the refusal."""
+    refused: dict[str, PlanError] = {}
+    plan: MemoryPlan | None = None
+    try:
+        plan = base_plan(cfg, trace)
+    except PlanError as e:
+        refused["static"] = e
+        try:
+            plan = base_plan(cfg, trace, layout="elastic")
+        except PlanError as e2:
+            refused["elastic"] = e2
     out: dict[str, LayoutSetup | str] = {}
     for name in names if names is not None else list(LAYOUTS):
+        lay = LAYOUTS[name]
         try:
-            out[name] = LAYOUTS[name].build(cfg, plan)
+            if plan is not None:
+                out[name] = lay.build(cfg, plan)
+            elif lay.build_without_plan is not None:
+                out[name] = lay.build_without_plan(cfg, trace)
+            else:
+                out[name] = str(refused.get(name, refused["elastic"]))
         except PlanError as e:
             out[name] = str(e)
     return out
@@ -349,7 +429,7 @@ def simulate_plan(
             f"{plan.max_model_len}"
         )
     if manager_factory is None:
-        from hybridkv.manager import KVCacheManager
+        from hybridkv.cache.manager import KVCacheManager
 
         manager = KVCacheManager(plan, enable_prefix_caching=True, hash_seed=0)
     else:
@@ -578,7 +658,7 @@ class SimReport:
     cost: dict[str, Any]
     #: The layout the others are compared with (ratios ``static / baseline``).
     baseline: str = "vllm"
-    #: Share of prompt tokens an infinite cache would serve (:mod:`hybridkv.ideal_hit`).
+    #: Share of prompt tokens an infinite cache would serve (:mod:`hybridkv.serving.ideal_hit`).
     ideal_hit_rate: float | None = None
 
     @property
@@ -667,12 +747,12 @@ def run(
     trace = resolve_trace(cfg.trace, cfg.seed, window=cfg.trace_window, sharegpt=cfg.sharegpt)
     setups = make_layouts(cfg, trace, names)
     plans = {k: v if isinstance(v, str) else v.plan for k, v in setups.items()}
-    # Step times come from hybridkv's plan of the model, the same for every layout.
-    cost = CostModel(runnable_base_plan(cfg, trace), gpu=cfg.gpu, num_gpus=cfg.num_gpus)
-    results: dict[str, LayoutResult] = {}
     runnable = [(k, s) for k, s in setups.items() if not isinstance(s, str)]
     if not runnable:
         raise PlanError("; ".join(f"{k}: {v}" for k, v in plans.items()))
+    # Step times come from hybridkv's plan of the model, the same for every layout.
+    cost = CostModel(cost_plan(cfg, trace), gpu=cfg.gpu, num_gpus=cfg.num_gpus)
+    results: dict[str, LayoutResult] = {}
 
     def go(bar: Callable[[str], Callable[[int, float], None] | None]) -> None:
         for lay, setup in runnable:
@@ -1089,11 +1169,13 @@ __all__ = [
     "LayoutBuilder",
     "LayoutResult",
     "LayoutSetup",
+    "PlanlessBuilder",
     "SimConfig",
     "SimReport",
     "add_parser",
     "base_plan",
     "config_from_args",
+    "cost_plan",
     "default_max_model_len",
     "main",
     "make_layouts",

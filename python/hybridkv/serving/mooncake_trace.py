@@ -10,7 +10,7 @@ of the prompt (the last block holds ``input_length - 512 * (len(hash_ids) - 1)``
 tokens, 1 to 512). Equal ids mean equal content, so prefix sharing is exact at block
 granularity.
 
-Each hash id ``h`` becomes the segment of seed ``h`` (:func:`hybridkv.traces.synth_tokens`:
+Each hash id ``h`` becomes the segment of seed ``h`` (:func:`hybridkv.serving.traces.synth_tokens`:
 counter-based, the same on every machine and under every ``PYTHONHASHSEED``); a partial
 last block is the first tokens of its id's block, so the same id always gives the same
 tokens. Outputs are fresh segments of seeds ``2**31 + request index``, disjoint from every
@@ -33,7 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from hybridkv.traces import DEFAULT_VOCAB_SIZE, Trace, TraceError, TraceWindow
+from hybridkv.serving.traces import DEFAULT_VOCAB_SIZE, Trace, TraceError, TraceWindow
 
 #: Tokens per hash id in the Mooncake release.
 MOONCAKE_BLOCK_TOKENS = 512

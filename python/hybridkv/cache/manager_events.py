@@ -4,7 +4,7 @@ Cache-aware routers consume ``BlockStored`` / ``BlockRemoved`` / ``AllBlocksClea
 exactly as vLLM publishes them (block hashes, parent hash, token ids, block size, LoRA
 id, medium), with one addition: ``group``, the KV-cache group (pool) the event belongs
 to, since every group caches at its own block size in its own pool. Hashes are 128-bit
-Python ints (see :mod:`hybridkv.prefix_hash`). ``PrefixDisagreement`` reports a lookup
+Python ints (see :mod:`hybridkv.cache.prefix_hash`). ``PrefixDisagreement`` reports a lookup
 where some group holds cached blocks past the agreed hit.
 """
 

@@ -1,6 +1,6 @@
 """Physical backing of an elastic plan: one torch byte tensor, every layer a strided view.
 
-An elastic :class:`~hybridkv.planner.MemoryPlan` (``layout="elastic"``) puts every
+An elastic :class:`~hybridkv.planning.planner.MemoryPlan` (``layout="elastic"``) puts every
 KV-cache group in one arena (``rust/core/src/arena.rs``): block ``b`` of group ``g`` is
 bytes ``[b * page_g, (b + 1) * page_g)``. :class:`TorchArena` allocates those bytes
 once (CPU or CUDA) and hands out, per layer, tensors of shape
