@@ -26,6 +26,7 @@ build: venv
 	$(BIN)/maturin develop --release --quiet
 
 lint: venv
+	$(PY) scripts/check_imports.py
 	$(BIN)/ruff check $(PY_PATHS)
 	$(BIN)/ruff format --check $(PY_PATHS)
 	$(BIN)/mypy

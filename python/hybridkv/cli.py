@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from hybridkv.argtypes import add_state_cache_slots_argument, positive_int
 from hybridkv.errors import HybridKVError
 from hybridkv.units import format_bytes, size_type
 
@@ -53,38 +54,6 @@ def kv_dtype_type(text: str) -> str | int:
             f"unknown kv dtype {text!r}: use bf16, fp16, fp8, fp32 or bytes per token"
         )
     return text.lower()
-
-
-def _int_at_least(text: str, minimum: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """An ``argparse`` type for integers >= 1."""
-    return _int_at_least(text, 1, "positive")
-
-
-def non_negative_int(text: str) -> int:
-    """An ``argparse`` type for integers >= 0."""
-    return _int_at_least(text, 0, "non-negative")
-
-
-def add_state_cache_slots_argument(p: argparse.ArgumentParser) -> None:
-    """``--state-cache-slots N``: spare state blocks for cached checkpoints."""
-    p.add_argument(
-        "--state-cache-slots",
-        type=non_negative_int,
-        default=0,
-        metavar="N",
-        help="spare blocks per state group (modes none/align) that keep finished turns' "
-        "state checkpoints cached; paid for in token capacity",
-    )
 
 
 # ---------------------------------------------------------------------------

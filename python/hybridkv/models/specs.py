@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
 from hybridkv.errors import InvalidArgumentError
+from hybridkv.models.window_bound import window_request_blocks
 
 #: Bytes per element of the dtype names accepted by specs and ``--kv-dtype``.
 DTYPE_BYTES: dict[str, int] = {
@@ -172,9 +173,7 @@ class _Windowed(_Bounded):
     def max_blocks_per_request(
         self, block_size: int, *, max_model_len: int, max_num_batched_tokens: int
     ) -> int | None:
-        """Most blocks one request holds at once (see :mod:`hybridkv.planning.planner`)."""
-        from hybridkv.planning.planner import window_request_blocks
-
+        """Most blocks one request holds at once (see :mod:`hybridkv.models.window_bound`)."""
         return window_request_blocks(
             self.kind, self.span, block_size, max_model_len, max_num_batched_tokens
         )

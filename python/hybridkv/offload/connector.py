@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hybridkv.cache.manager import _int64 as int64_array
 from hybridkv.errors import InvalidArgumentError
 from hybridkv.offload.config import OffloadConfig
 from hybridkv.offload.keys import BlockKey, block_keys, model_fingerprint
@@ -171,6 +172,15 @@ class OffloadConnector:
 
     # ------------------------------------------------------------------ helpers
 
+    def _known_ids(self, req_ids: npt.ArrayLike) -> I64:
+        """Request ids as int64, refusing floats, bools and ids the manager does not
+        hold (before anything changes)."""
+        ids = int64_array(req_ids, "request ids")
+        for rid in ids.tolist():
+            if rid not in self.manager:
+                raise InvalidArgumentError(f"request {rid} is not in the manager")
+        return ids
+
     def _hashes(self, group: int, req_id: int) -> npt.NDArray[np.uint64]:
         out: npt.NDArray[np.uint64] = np.asarray(
             self.manager.block_hashes(group, int(req_id)), dtype=np.uint64
@@ -245,16 +255,25 @@ class OffloadConnector:
         hit are fetched now and held for :meth:`load_scheduled`; a block that vanished
         since the index said it was there lowers the hit (``fetch_shortfalls``).
         """
-        ids = np.asarray(req_ids, dtype=np.int64).reshape(-1)
+        ids = self._known_ids(req_ids)
         n, num_groups = ids.shape[0], len(self.groups)
         device = (
             np.zeros(n, dtype=np.int64)
             if device_hit_tokens is None
-            else np.asarray(device_hit_tokens, dtype=np.int64).reshape(-1)
+            else int64_array(device_hit_tokens, "device_hit_tokens")
         )
         if device.shape[0] != n:
-            raise InvalidArgumentError("device_hit_tokens must have one entry per request")
+            raise InvalidArgumentError(
+                f"device_hit_tokens must have one entry per request ({n}), got {device.shape[0]}"
+            )
         lengths = np.asarray(self.manager.num_tokens(ids), dtype=np.int64).reshape(-1)
+        bad = np.flatnonzero((device < 0) | (device > lengths))
+        if bad.size:
+            r = int(bad[0])
+            raise InvalidArgumentError(
+                f"request {int(ids[r])}: device_hit_tokens {int(device[r])} is not in "
+                f"[0, {int(lengths[r])}] (the request's tokens)"
+            )
         active = [g for g in range(num_groups) if self.kinds[g] not in _SKIP_KINDS]
         group_tokens = np.full((n, num_groups), -1, dtype=np.int64)
         hits = device.copy()
@@ -386,13 +405,18 @@ class OffloadConnector:
         scheduled keep what they hold for their next lookup (up to ``max_held_bytes``).
         """
         written = 0
-        rows = zip(
-            np.asarray(req_ids, dtype=np.int64).reshape(-1).tolist(),
-            np.asarray(computed_before, dtype=np.int64).reshape(-1).tolist(),
-            np.asarray(num_new_tokens, dtype=np.int64).reshape(-1).tolist(),
-            np.asarray(external, dtype=np.int64).reshape(-1).tolist(),
-            strict=True,
-        )
+        ids = int64_array(req_ids, "request ids")
+        columns = [
+            int64_array(computed_before, "computed_before"),
+            int64_array(num_new_tokens, "num_new_tokens"),
+            int64_array(external, "external"),
+        ]
+        if any(c.shape != ids.shape for c in columns):
+            raise InvalidArgumentError(
+                "req_ids, computed_before, num_new_tokens and external must have one entry "
+                f"per request, got lengths {[ids.shape[0], *(c.shape[0] for c in columns)]}"
+            )
+        rows = zip(ids.tolist(), *(c.tolist() for c in columns), strict=True)
         try:
             for rid, start, new, ext in rows:
                 if ext <= 0:
@@ -429,7 +453,7 @@ class OffloadConnector:
                 self.stats.external_tokens_loaded += ext
         finally:
             # Requests scheduled without external tokens don't need what they held.
-            for rid in np.asarray(req_ids, dtype=np.int64).reshape(-1).tolist():
+            for rid in ids.tolist():
                 self._drop_pending(rid)
         self.stats.loaded_blocks += written
         return written
@@ -445,7 +469,7 @@ class OffloadConnector:
         Snapshots are taken now; the tier writes run on the worker thread. Returns the
         number of blocks queued.
         """
-        ids = np.asarray(req_ids, dtype=np.int64).reshape(-1)
+        ids = int64_array(req_ids, "request ids")
         ids = ids[[int(r) in self.manager for r in ids.tolist()]]  # finished ones are gone
         if ids.size == 0:
             return 0
@@ -509,7 +533,7 @@ class OffloadConnector:
 
     def forget(self, req_ids: npt.ArrayLike) -> None:
         """Drop the bookkeeping of finished requests."""
-        for rid in np.asarray(req_ids, dtype=np.int64).reshape(-1).tolist():
+        for rid in int64_array(req_ids, "request ids").tolist():
             for g in range(len(self.groups)):
                 self._stored_upto.pop((rid, g), None)
                 self._key_cache.pop((rid, g), None)

@@ -33,10 +33,12 @@ even when they are empty raises :class:`SchedulerError`.
 In ``mamba_cache_mode="align"`` a state group only checkpoints where a step ends on a
 block boundary, so prefill chunks are cut to end on one (see ``align_block_size``).
 
-No Python loop runs over blocks: per step the Python work is a loop over the
-scheduled requests (a few attribute updates each), one ``get_computed_tokens`` call
-per admission round (usually one), one ``allocate_slots``, one ``append_tokens`` and
-one ``free``.
+No Python loop runs over blocks: per step the Python work is a few numpy passes over
+the running requests (those with one token left, decoding, are planned in bulk; the
+chunk rules run one by one only for those with more), one loop over the scheduled
+requests (their computed counts) and one over the sampled ones (their outputs), one
+``get_computed_tokens`` call per admission round (usually one), one
+``allocate_slots``, one ``append_tokens`` and one ``free``.
 
 ``external`` is the hook for a tier below the device cache (issue 8's offload): on
 admission it is asked how many tokens beyond the device hit it can load; those tokens
@@ -47,8 +49,10 @@ transfer instead of compute.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
+import operator
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,6 +122,7 @@ class _Req:
         "priority",
         "prompt",
         "prompt_len",
+        "rank_key",
         "req_id",
         "seq",
         "started",
@@ -141,6 +146,7 @@ class _Req:
         self.max_tokens = max_tokens
         self.priority = priority
         self.seq = seq
+        self.rank_key = (priority, seq)  # rank(), precomputed for sorting
         self.eos = eos
         self.arrival = arrival
         self.num_computed = 0
@@ -154,7 +160,7 @@ class _Req:
 
     def rank(self) -> tuple[int, int]:
         """Smaller runs first and is preempted last."""
-        return (self.priority, self.seq)
+        return self.rank_key
 
 
 @dataclass(frozen=True)
@@ -242,6 +248,10 @@ def _i64(values: Iterable[int]) -> I64:
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_REQ_ID = operator.attrgetter("req_id")
+_RANK = operator.attrgetter("rank_key")
+_NUM_COMPUTED = operator.attrgetter("num_computed")
+_NUM_TOKENS = operator.attrgetter("num_tokens")
 
 
 class Scheduler:
@@ -513,29 +523,14 @@ class Scheduler:
         """Plan one step and allocate its slots (one ``allocate_slots`` call)."""
         if self._last is not None:
             raise InvalidArgumentError("update_from_output() must follow every schedule()")
-        budget = self.max_num_batched_tokens
-        batch: list[_Req] = []
-        new_tokens: list[int] = []
+        cap = self.chunk_cap
+        # Running requests first, in rank order (the per-request chunk rules).
+        run_sel, run_n, run_c, run_t, budget = self._plan_running(self.max_num_batched_tokens)
+        running = self._running
+        batch: list[_Req] = [running[i] for i in run_sel.tolist()]
+        new_tokens: list[int] = []  # admitted requests' rows, after the running ones
         computed: list[int] = []
         external: list[int] = []
-        cap = self.chunk_cap
-        for r in self._running:
-            if budget == 0:
-                break
-            n = min(r.num_tokens - r.num_computed, budget, cap)
-            if n <= 0:
-                continue
-            if self.align and self.chunk_split == "vllm":
-                n = self._vllm_split(r, r.num_computed, n)
-                if n <= 0:
-                    continue
-            elif n > 1 and self.align:
-                n = self._aligned(r.num_computed, n)
-            batch.append(r)
-            new_tokens.append(n)
-            computed.append(r.num_computed)
-            external.append(0)
-            budget -= n
 
         admitted: list[_Req] = []
         admit_hits: list[int] = []
@@ -548,7 +543,7 @@ class Scheduler:
         # Free blocks per growing pool left once the running requests have grown.
         if not self.num_waiting:
             slots = 0
-        room = self._room(batch, new_tokens) if slots > 0 and budget > 0 else None
+        room = self._room(run_c, run_n) if slots > 0 and budget > 0 else None
         full = False
         per_round = slots  # lowered to 1 when other candidates' pins crowd out the head
         while budget > 0 and slots > 0 and not full:
@@ -672,8 +667,10 @@ class Scheduler:
                     )
                 break
 
-        ids = _i64(r.req_id for r in batch)
-        n_arr = np.asarray(new_tokens, dtype=np.int64)
+        ids = np.concatenate([self._running_ids()[run_sel], _i64(r.req_id for r in admitted)])
+        n_arr = np.concatenate([run_n, np.asarray(new_tokens, dtype=np.int64)])
+        c_arr = np.concatenate([run_c, np.asarray(computed, dtype=np.int64)])
+        t_arr = np.concatenate([run_t, _i64(r.num_tokens for r in admitted)])
         ok = (
             np.asarray(self.manager.allocate_slots(ids, n_arr), dtype=bool)
             if batch
@@ -682,13 +679,14 @@ class Scheduler:
         preempted = self._handle_failures(batch, n_arr, ok, admitted)
 
         keep = ok
-        kept_reqs = [r for r, k in zip(batch, keep.tolist(), strict=True) if k]
-        n_kept = n_arr[keep]
+        all_kept = bool(keep.all())
+        kept_reqs = (
+            batch if all_kept else [r for r, k in zip(batch, keep.tolist(), strict=True) if k]
+        )
+        n_kept = n_arr if all_kept else n_arr[keep]
         for r, n in zip(kept_reqs, n_kept.tolist(), strict=True):
             r.num_computed += n
-        samples = np.fromiter(
-            (r.num_computed == r.num_tokens for r in kept_reqs), dtype=bool, count=len(kept_reqs)
-        )
+        samples = (c_arr + n_arr == t_arr)[keep]
 
         new_ids: list[int] = []
         new_lens: list[int] = []
@@ -700,7 +698,8 @@ class Scheduler:
             if r.req_id not in adm_ok:
                 continue
             r.status = _RUNNING
-            self._running.append(r)
+            # The running list stays in rank order (an insertion, not a re-sort).
+            bisect.insort(self._running, r, key=_RANK)
             if r.started:
                 res_ids.append(r.req_id)
                 res_hits.append(h)
@@ -709,17 +708,17 @@ class Scheduler:
                 new_ids.append(r.req_id)
                 new_lens.append(r.prompt_len)
                 new_hits.append(h)
-        for r in kept_reqs:
-            r.started = True
-        if admitted:
-            self._running.sort(key=_Req.rank)
+        for r in admitted:
+            r.started = r.started or r.req_id in adm_ok
 
         out = SchedulerOutput(
             step=self._step,
-            req_ids=_i64(r.req_id for r in kept_reqs),
+            req_ids=ids[keep],
             num_new_tokens=n_kept,
-            num_computed_before=np.asarray(computed, dtype=np.int64)[keep],
-            num_external_tokens=np.asarray(external, dtype=np.int64)[keep],
+            num_computed_before=c_arr[keep],
+            num_external_tokens=np.concatenate(
+                [np.zeros(run_n.shape[0], dtype=np.int64), np.asarray(external, dtype=np.int64)]
+            )[keep],
             samples=samples,
             new_req_ids=_i64(new_ids),
             new_prompt_lens=_i64(new_lens),
@@ -733,6 +732,55 @@ class Scheduler:
         self._step += 1
         self._last = out
         return out
+
+    def _running_ids(self) -> I64:
+        return np.fromiter(map(_REQ_ID, self._running), np.int64, len(self._running))
+
+    def _plan_running(self, budget: int) -> tuple[I64, I64, I64, I64, int]:
+        """This step's chunks of the running requests, in rank order, within ``budget``
+        tokens: ``(rows, num_new, computed, num_tokens, budget left)`` where ``rows``
+        index ``self._running`` (requests with a chunk of at least one token).
+
+        A request takes ``min(remaining, budget left, chunk cap)`` tokens, cut by the
+        align-mode chunk rule; once the budget is spent nobody else runs. A request
+        with one token left (decoding, or the last prompt token) takes exactly that
+        token (no chunk rule shortens a one-token chunk), so those are counted off in
+        bulk and only the others go through the rules one by one."""
+        running = self._running
+        nr = len(running)
+        c = np.fromiter(map(_NUM_COMPUTED, running), np.int64, nr)
+        t = np.fromiter(map(_NUM_TOKENS, running), np.int64, nr)
+        n = (t - c == 1).astype(np.int64)
+        # ones[i]: one-token requests among rows [0, i).
+        ones = np.concatenate([[0], np.cumsum(n)])
+        stop = nr  # rows from here on get nothing (the budget ran out before them)
+        pos = 0
+        for i in [*np.flatnonzero(t - c > 1).tolist(), nr]:
+            k = int(ones[i] - ones[pos])
+            if k >= budget:
+                # The budget runs out inside this run of one-token requests.
+                stop = pos + int(np.searchsorted(ones[pos:], ones[pos] + budget, "left"))
+                budget = 0
+                break
+            budget -= k
+            if i == nr:
+                break
+            r = running[i]
+            m = min(int(t[i] - c[i]), budget, self.chunk_cap)
+            if self.align and self.chunk_split == "vllm":
+                m = self._vllm_split(r, r.num_computed, m)
+            elif m > 1 and self.align:
+                m = self._aligned(r.num_computed, m)
+            m = max(m, 0)
+            n[i] = m
+            budget -= m
+            pos = i + 1
+            if budget == 0:
+                stop = pos
+                break
+        n[stop:] = 0
+        rows = np.flatnonzero(n)
+        return rows, n[rows], c[rows], t[rows], budget
 
     def _free_blocks(self) -> I64:
         """Free blocks of each growing pool (from ``manager.usage()``; an elastic
@@ -768,16 +816,15 @@ class Scheduler:
                 hi = mid - 1
         return lo
 
-    def _room(self, batch: list[_Req], new_tokens: list[int]) -> I64 | None:
-        """Free growing-pool blocks after the running requests' growth this step, or
-        ``None`` when the manager does not report usage (no admission control)."""
+    def _room(self, c: I64, n: I64) -> I64 | None:
+        """Free growing-pool blocks after the running requests' growth this step (from
+        ``c`` computed by ``n`` tokens each), or ``None`` when the manager does not
+        report usage (no admission control)."""
         if self._grow_idx.size == 0 or not hasattr(self.manager, "usage"):
             return None
         self._free_at_start = self._free_blocks()
         room = self._free_at_start.copy()
-        if batch:
-            c = np.fromiter((r.num_computed for r in batch), dtype=np.int64, count=len(batch))
-            n = np.asarray(new_tokens, dtype=np.int64)
+        if c.size:
             bs = self._grow_bs[:, None]
             need = np.minimum((-(-(c + n) // bs)) - (-(-c // bs)), self._grow_cap[:, None])
             room -= need.sum() if self._shared else need.sum(axis=1)
@@ -949,25 +996,30 @@ class Scheduler:
                 raise InvalidArgumentError(
                     f"{arr.shape[0]} sampled tokens for {sample_ids.shape[0]} sampling requests"
                 )
-            toks = [int(t) for t in arr.tolist()]
+            toks = arr.tolist() if arr.dtype.kind in "iu" else [int(t) for t in arr.tolist()]
         self._last = None
         done: list[FinishedRequest] = []
-        cont_ids: list[int] = []
-        cont_toks: list[int] = []
+        reqs = self._reqs
         for rid, tok in zip(sample_ids.tolist(), toks, strict=True):
-            r = self._reqs[rid]
-            r.output.append(tok)
+            r = reqs[rid]
+            output = r.output
+            output.append(tok)
             r.num_tokens += 1
-            if len(r.output) >= r.max_tokens or (r.eos is not None and tok == r.eos):
-                reason = "length" if len(r.output) >= r.max_tokens else "stop"
-                done.append(FinishedRequest(rid, r.output, r.prompt_len, r.num_preemptions, reason))
-            else:
-                cont_ids.append(rid)
-                cont_toks.append(tok)
-        if cont_ids:
+            if len(output) >= r.max_tokens or tok == r.eos:
+                reason = "length" if len(output) >= r.max_tokens else "stop"
+                done.append(FinishedRequest(rid, output, r.prompt_len, r.num_preemptions, reason))
+        cont_ids: I64 | list[int] = sample_ids
+        cont_toks = toks
+        if done:
+            gone_ids = {f.req_id for f in done}
+            pairs = zip(sample_ids.tolist(), toks, strict=True)
+            cont = [(rid, tok) for rid, tok in pairs if rid not in gone_ids]
+            cont_ids = [rid for rid, _ in cont]
+            cont_toks = [tok for _, tok in cont]
+        if len(cont_ids):
             n = len(cont_ids)
             self.manager.append_tokens(
-                _i64(cont_ids),
+                np.asarray(cont_ids, dtype=np.int64),
                 np.asarray(cont_toks, dtype=np.int32),
                 np.arange(n + 1, dtype=np.int64),
             )

@@ -924,8 +924,8 @@ def write_plot(report: SimReport, path: str | Path) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``hybridkv simulate`` on an argparse subparsers object."""
-    from hybridkv.cli import add_state_cache_slots_argument, non_negative_int
-    from hybridkv.cli import positive_int as _positive
+    from hybridkv.argtypes import add_state_cache_slots_argument, non_negative_int
+    from hybridkv.argtypes import positive_int as _positive
     from hybridkv.units import size_type as _size
 
     p: argparse.ArgumentParser = subparsers.add_parser(

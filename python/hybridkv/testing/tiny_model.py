@@ -765,7 +765,7 @@ def serve(
     ``arrivals`` (request id -> step) holds requests back until that step, so later
     ones can hit prefixes cached by earlier ones.
     """
-    from hybridkv import KVCacheManager
+    from hybridkv.cache.manager import KVCacheManager
     from hybridkv.serving.scheduler import Scheduler
 
     manager = KVCacheManager(plan)

@@ -18,13 +18,14 @@
 //! Every public operation validates its whole input before mutating anything, so an
 //! error leaves the pool exactly as it was.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::{Error, Result};
 
+mod hash_index;
 mod regions;
+use hash_index::{HashIndex, Probe};
 use regions::Regions;
 
 /// A block id, local to one pool. `i32` because block tables cross into numpy as int32.
@@ -36,8 +37,6 @@ pub type BlockHash = u128;
 pub const NULL_BLOCK: BlockId = 0;
 
 const NIL: u32 = u32::MAX;
-/// Most hash-map entries a pool reserves up front.
-const MAX_PRESIZED: usize = 1 << 24;
 
 /// Bytes of bookkeeping a pool keeps per block (reference count, 128-bit hash, hash
 /// flag, free-queue and hash-chain links), rounded up.
@@ -153,15 +152,16 @@ pub struct BlockPool {
     prev: Vec<u32>,
     next: Vec<u32>,
     // Doubly linked chain of the blocks sharing one hash, oldest first, so appending
-    // and removing from the middle are O(1) however many copies a hash has.
+    // and removing from the middle are O(1) however many copies a hash has. The
+    // chain's first block's `hash_prev` is its last block (the chain's tail).
     hash_prev: Vec<u32>,
     hash_next: Vec<u32>,
     head: u32,
     tail: u32,
     num_free: usize,
     num_cached_free: usize,
-    /// hash -> (first, last) block of its chain.
-    cached: FastMap<BlockHash, (u32, u32)>,
+    /// hash -> first block of its chain (`hash_index.rs`).
+    index: HashIndex,
     events: Vec<PoolEvent>,
     record_events: bool,
     /// Scratch for `free`: the unhashed blocks of one call, prepended in order.
@@ -188,11 +188,9 @@ impl BlockPool {
         }
         let n = num_blocks;
         check_bookkeeping_fits([n])?;
-        // At most one hash per block: a map presized for every block never rehashes
+        // At most one chain per block: an index presized for every block never grows
         // (a rehash inside a step costs a page-faulting copy of the whole table).
-        // Capped, and fallible: past the cap (16 M blocks) it grows as needed.
-        let mut cached = FastMap::default();
-        let _ = cached.try_reserve(n.saturating_sub(1).min(MAX_PRESIZED));
+        let index = HashIndex::with_capacity(n - 1);
         let mut pool = BlockPool {
             ref_cnt: try_vec(n, 0)?,
             hash: try_vec(n, 0)?,
@@ -205,7 +203,7 @@ impl BlockPool {
             tail: NIL,
             num_free: 0,
             num_cached_free: 0,
-            cached,
+            index,
             events: Vec::new(),
             record_events: true,
             to_head: Vec::new(),
@@ -249,6 +247,7 @@ impl BlockPool {
         pool.next = vec![NIL; n];
         pool.hash_prev = vec![NIL; n];
         pool.hash_next = vec![NIL; n];
+        pool.index = HashIndex::with_capacity(n - 1);
         pool.num_present = 0;
         pool.regions = Some(Box::new(Regions::new(region_of, num_regions)));
         Ok(pool)
@@ -664,7 +663,9 @@ impl BlockPool {
 
     /// The block caching `hash` (the oldest, when several do), if any.
     pub fn lookup_one(&self, hash: BlockHash) -> Option<BlockId> {
-        self.cached.get(&hash).map(|&(first, _)| first as BlockId)
+        self.index
+            .get(hash, &self.hash)
+            .map(|first| first as BlockId)
     }
 
     /// One block id per hash, `-1` for a miss.
@@ -703,7 +704,7 @@ impl BlockPool {
                 }
             }
         }
-        self.cached.clear();
+        self.index.clear();
         self.has_hash.iter_mut().for_each(|h| *h = false);
         self.hash_prev.iter_mut().for_each(|n| *n = NIL);
         self.hash_next.iter_mut().for_each(|n| *n = NIL);
@@ -752,9 +753,9 @@ impl BlockPool {
     /// in ascending order.
     pub fn hash_entries(&self) -> Vec<(BlockHash, BlockId)> {
         let mut keys: Vec<_> = self
-            .cached
-            .iter()
-            .map(|(&h, &(first, _))| (h, first))
+            .index
+            .blocks()
+            .map(|first| (self.hash[first as usize], first))
             .collect();
         keys.sort_unstable();
         let mut out = Vec::with_capacity(keys.len());
@@ -829,8 +830,12 @@ impl BlockPool {
                 self.num_cached_free
             ));
         }
-        for (&h, &(first, last)) in &self.cached {
-            if self.hash_prev[first as usize] != NIL || self.hash_next[last as usize] != NIL {
+        self.index.check(&self.hash)?;
+        for first in self.index.blocks() {
+            let h = self.hash[first as usize];
+            let last = self.hash_prev[first as usize];
+            if !self.has_hash[first as usize] || last == NIL || self.hash_next[last as usize] != NIL
+            {
                 return Err(format!("chain of hash {h:#x} has a dangling end"));
             }
             let mut cur = first;
@@ -1043,23 +1048,23 @@ impl BlockPool {
         self.hash[bi] = h;
         self.has_hash[bi] = true;
         self.hash_next[bi] = NIL;
-        // One probe: the entry either is new or extends its chain.
-        match self.cached.entry(h) {
-            Entry::Vacant(v) => {
-                self.hash_prev[bi] = NIL;
-                v.insert((b, b));
+        // One probe: the hash either is new or extends its chain.
+        match self.index.probe(h, &self.hash) {
+            Probe::Vacant(slot) => {
+                self.hash_prev[bi] = b;
+                self.index.insert_vacant(slot, h, b);
             }
-            Entry::Occupied(mut o) => {
-                let ends = o.get_mut();
-                let last = ends.1;
+            Probe::Found(slot) => {
+                let first = self.index.block_at(slot) as usize;
+                let last = self.hash_prev[first];
                 self.hash_prev[bi] = last;
                 self.hash_next[last as usize] = b;
-                ends.1 = b;
+                self.hash_prev[first] = b;
             }
         }
     }
 
-    /// Remove `b` from the hash map (if cached) and record a `Removed` event.
+    /// Remove `b` from its hash chain (if cached) and record a `Removed` event.
     fn drop_hash(&mut self, b: u32) {
         let bi = b as usize;
         if !self.has_hash[bi] {
@@ -1067,20 +1072,25 @@ impl BlockPool {
         }
         let h = self.hash[bi];
         let (p, nx) = (self.hash_prev[bi], self.hash_next[bi]);
-        if p != NIL {
-            self.hash_next[p as usize] = nx;
-        }
-        if nx != NIL {
-            self.hash_prev[nx as usize] = p;
-        }
-        if p == NIL && nx == NIL {
-            self.cached.remove(&h);
-        } else if let Some(ends) = self.cached.get_mut(&h) {
-            if p == NIL {
-                ends.0 = nx;
+        // The first block is the one whose `hash_prev` (the tail) does not link back.
+        let first = self.hash_next[p as usize] != b;
+        if first {
+            if let Probe::Found(slot) = self.index.probe(h, &self.hash) {
+                if nx == NIL {
+                    self.index.remove_at(slot);
+                } else {
+                    self.index.set_block(slot, nx);
+                    self.hash_prev[nx as usize] = p;
+                }
             }
-            if nx == NIL {
-                ends.1 = p;
+        } else {
+            self.hash_next[p as usize] = nx;
+            if nx != NIL {
+                self.hash_prev[nx as usize] = p;
+            } else if let Probe::Found(slot) = self.index.probe(h, &self.hash) {
+                // `b` was the tail: the first block now points at the new one.
+                let head = self.index.block_at(slot) as usize;
+                self.hash_prev[head] = p;
             }
         }
         self.hash_prev[bi] = NIL;
