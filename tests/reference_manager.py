@@ -118,15 +118,23 @@ class RefRequest:
     num_cached: list[int] = field(default_factory=list)
     dirty: bool = False
     boundary: int = 0
+    prompt_len: int = 0
 
 
 class RefManager:
     def __init__(
-        self, groups: Sequence[RefGroup], mode: str = "align", caching: bool = True
+        self,
+        groups: Sequence[RefGroup],
+        mode: str = "align",
+        caching: bool = True,
+        checkpoint_policy: str = "reuse",
     ) -> None:
         self.groups = list(groups)
         self.mode = mode
         self.caching = caching
+        # Align mode, "reuse": per state block, requests that moved past its checkpoint.
+        self.reuse = checkpoint_policy == "reuse" and mode == "align" and caching
+        self.extensions: list[dict[int, int]] = [{} for _ in groups]
         self.pools = [RefPool(g.num_blocks) for g in groups]
         self.reqs: dict[int, RefRequest] = {}
         self.dirty: list[int] = []
@@ -151,7 +159,13 @@ class RefManager:
         assert rid not in self.reqs and tokens
         n = len(self.groups)
         self.reqs[rid] = RefRequest(
-            rid, list(tokens), extra, encoder_len, tables=[[] for _ in range(n)], num_cached=[0] * n
+            rid,
+            list(tokens),
+            extra,
+            encoder_len,
+            tables=[[] for _ in range(n)],
+            num_cached=[0] * n,
+            prompt_len=len(tokens),
         )
 
     def append(self, rid: int, tokens: Sequence[int]) -> None:
@@ -265,11 +279,29 @@ class RefManager:
         for g in range(len(self.groups)):
             table = r.tables[g]
             batch = []
-            for k in reversed(range(min(self.first_live(g, r.computed), len(table)))):
+            upto = min(self.first_live(g, r.computed), len(table))
+            if self.reuse and self.groups[g].kind == "state":
+                self._pass_checkpoints(r, g, upto)
+            for k in reversed(range(upto)):
                 if table[k]:
                     batch.append(table[k])
                     table[k] = 0
             self.pools[g].free(batch)
+
+    def _pass_checkpoints(self, r: RefRequest, g: int, upto: int) -> None:
+        """``r`` moved past its state entries below ``upto``: each cached checkpoint
+        there gains an extension; one only ``r`` holds that is neither ``r``'s prompt
+        end nor extended twice (a fork point) loses its key before it is freed."""
+        bs = self.groups[g].block_size
+        pool = self.pools[g]
+        for k in range(upto):
+            b = r.tables[g][k]
+            if not b or pool.key[b] is None:
+                continue
+            ext = self.extensions[g][b] = self.extensions[g].get(b, 0) + 1
+            keep = (k + 1) * bs == r.prompt_len // bs * bs or ext >= 2
+            if not keep and pool.ref[b] == 1:
+                pool._drop(b)
 
     def allocate(
         self,
@@ -367,6 +399,10 @@ class RefManager:
                     self.pools[g].cache(b, self.key(r, g, k))
                     if grp.kind == "state":
                         self.states_this_step[g].add(b)
+                        # A checkpoint at the branch point a lookup found counts as
+                        # extended once already.
+                        at = r.boundary > 0 and (k + 1) * bs == r.boundary // bs * bs
+                        self.extensions[g][b] = int(at)
             r.num_cached[g] = max(r.num_cached[g], e // bs)
 
     def reset_prefix_cache(self) -> bool:

@@ -95,7 +95,7 @@ def test_built_from_a_memory_plan() -> None:
     m.check_invariants()
 
 
-def _churn_then_rehit(spare: int, churn: int) -> int:
+def _churn_then_rehit(spare: int, churn: int, policy: str = "lru") -> int:
     """A finishes a 16-token prompt (align checkpoints at 8 and 16); S-1 requests stay
     running with full state use; ``churn`` other requests then run and finish one at a
     time. Returns A's follow-up turn's hit length."""
@@ -114,7 +114,7 @@ def _churn_then_rehit(spare: int, churn: int) -> int:
         block_size=BS,
         state_cache_slots=spare,
     )
-    m = KVCacheManager(plan)
+    m = KVCacheManager(plan, checkpoint_policy=policy)
     assert m.stats().num_blocks[1] == 2 * s + spare + 1
     p = seq(16)
     m.add_requests([1], [p])
@@ -591,3 +591,11 @@ def test_bad_configs() -> None:
         KVCacheManager(ManagerConfig(()))
     with pytest.raises(errors.InvalidArgumentError):
         KVCacheManager(cfg(), hash_seed=-1)
+
+
+@pytest.mark.parametrize("churn", [1, 2])
+def test_reuse_policy_keeps_a_finished_turn_through_churn_without_spare_slots(churn: int) -> None:
+    # Under "reuse" each churned request's checkpoint at 8 is interior (it moved past
+    # it; its prompt end is 16) and loses its hash at release, so the churn reuses
+    # those blocks and A's turn end survives with no spare slots ("lru": 0 above).
+    assert _churn_then_rehit(spare=0, churn=churn, policy="reuse") == 16

@@ -17,7 +17,12 @@ BS = 4
 FULL, SWA, STATE = 0, 1, 2
 
 
-def manager(full: int = 64, swa: int = 64, state: int = 64) -> KVCacheManager:
+def manager(
+    full: int = 64, swa: int = 64, state: int = 64, checkpoint_policy: str = "lru"
+) -> KVCacheManager:
+    """Scenario manager. Default ``checkpoint_policy="lru"``: these scenarios hit
+    interior state checkpoints (a prefill chunk end), which ``"reuse"`` drops at
+    release (``tests/test_checkpoint_policy.py`` covers that policy)."""
     cfg = ManagerConfig(
         (
             ManagerGroup("full_attention", BS, full),
@@ -26,7 +31,7 @@ def manager(full: int = 64, swa: int = 64, state: int = 64) -> KVCacheManager:
         ),
         "align",
     )
-    return KVCacheManager(cfg, enable_kv_events=True)
+    return KVCacheManager(cfg, enable_kv_events=True, checkpoint_policy=checkpoint_policy)
 
 
 def prefill(m: KVCacheManager, rid: int, tokens: list[int], chunk: int = BS) -> int:

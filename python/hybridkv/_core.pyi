@@ -82,6 +82,7 @@ class KVCacheManager:
         record_events: bool,
         arena: tuple[int, int, int, list[int], list[int]] | None = None,
         shared_pool: bool = False,
+        checkpoint_policy: str = "reuse",
     ) -> None: ...
     @property
     def num_groups(self) -> int: ...

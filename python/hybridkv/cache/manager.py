@@ -117,6 +117,8 @@ class ManagerStats:
     hash_seconds: float
     lookup_seconds: float
     alloc_seconds: float
+    #: Interior state checkpoints dropped at release (``checkpoint_policy="reuse"``).
+    interior_checkpoints_dropped: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -282,6 +284,14 @@ class KVCacheManager:
     count; prefix lookups stay per group), which is how vLLM lays out a hybrid model's
     cache at runtime. ``usage()`` and ``stats()`` then report that pool for every group.
 
+    ``checkpoint_policy`` (``mamba_cache_mode="align"``): which cached state checkpoints
+    a state group evicts first. ``"reuse"`` (the default, except with a shared pool):
+    checkpoints a request moved past that are neither its prompt end nor a fork point
+    (two requests extended them, or a lookup's shared-prefix boundary) go first,
+    shallowest first, then least recently used; turn ends (what a request holds when it
+    finishes) and fork points stay. ``"lru"``: least recently used only, as vLLM does
+    (the only choice with a shared pool). See ``rust/core/src/manager/checkpoints.rs``.
+
     Request ids are integers. Every method validates its whole input first: bad input
     raises a :class:`~hybridkv.errors.HybridKVError` subclass and changes nothing.
 
@@ -304,12 +314,19 @@ class KVCacheManager:
         vocab_size: int | None = None,
         enable_kv_events: bool = False,
         shared_pool: bool | None = None,
+        checkpoint_policy: str | None = None,
     ) -> None:
         groups = [_group_tuple(i, g) for i, g in enumerate(plan.groups)]
         if shared_pool is None:
             shared_pool = bool(getattr(plan, "shared_pool", False))
         if not isinstance(shared_pool, bool | np.bool_):
             raise InvalidArgumentError(f"shared_pool must be a bool, got {shared_pool!r}")
+        if checkpoint_policy is None:
+            checkpoint_policy = "lru" if shared_pool else "reuse"
+        if checkpoint_policy not in ("reuse", "lru"):
+            raise InvalidArgumentError(
+                f"checkpoint_policy must be 'reuse' or 'lru', got {checkpoint_policy!r}"
+            )
         if not (_is_int(hash_seed) and 0 <= int(hash_seed) < 1 << 64):
             raise InvalidArgumentError(
                 f"hash_seed must be a 64-bit unsigned int, got {hash_seed!r}"
@@ -335,7 +352,10 @@ class KVCacheManager:
             bool(enable_kv_events),
             arena,
             bool(shared_pool),
+            str(checkpoint_policy),
         )
+        #: Which cached state checkpoints go first (``"reuse"`` or ``"lru"``).
+        self.checkpoint_policy: str = str(checkpoint_policy)
 
     # -- properties -----------------------------------------------------------------
 
@@ -599,6 +619,7 @@ class KVCacheManager:
             hash_seconds=d["ns_hash"] * 1e-9,
             lookup_seconds=d["ns_lookup"] * 1e-9,
             alloc_seconds=d["ns_alloc"] * 1e-9,
+            interior_checkpoints_dropped=d["interior_checkpoints_dropped"],
         )
 
     # -- introspection (tests, debugging) -------------------------------------------

@@ -4,7 +4,8 @@
 
 use hybridkv_core::prefix_hash::{hash_token_blocks as core_hash_blocks, ExtraKeys, MediaItem};
 use hybridkv_core::{
-    ArenaConfig, GroupConfig, GroupKind, KvEvent, MambaMode, Manager, ManagerConfig, NewRequest,
+    ArenaConfig, CheckpointPolicy, GroupConfig, GroupKind, KvEvent, MambaMode, Manager,
+    ManagerConfig, NewRequest,
 };
 use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -249,7 +250,8 @@ impl PyManager {
     /// `arena`: `(bytes, region_bytes, null_bytes, page_bytes, floor_blocks)` for one
     /// elastic arena shared by all groups (`num_blocks` is then each group's view of it).
     #[new]
-    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, arena=None, shared_pool=false))]
+    /// `checkpoint_policy`: `"reuse"` or `"lru"` (which cached state checkpoints go first).
+    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, arena=None, shared_pool=false, checkpoint_policy="reuse"))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python constructor's keywords
     fn new(
         groups: Vec<(String, i64, i64, i64)>,
@@ -260,6 +262,7 @@ impl PyManager {
         record_events: bool,
         arena: Option<ArenaArg>,
         shared_pool: bool,
+        checkpoint_policy: &str,
     ) -> PyResult<Self> {
         let mut cfgs = Vec::with_capacity(groups.len());
         for (i, (kind, bs, nb, param)) in groups.iter().enumerate() {
@@ -291,6 +294,7 @@ impl PyManager {
                 },
             ),
             shared_pool,
+            checkpoint_policy: CheckpointPolicy::parse(checkpoint_policy).py_err()?,
         };
         let inner = Manager::new(cfg).py_err()?;
         Ok(PyManager {
@@ -707,6 +711,10 @@ impl PyManager {
         d.set_item("alloc_requests", s.alloc_requests)?;
         d.set_item("alloc_failures", s.alloc_failures)?;
         d.set_item("preemptions", s.preemptions)?;
+        d.set_item(
+            "interior_checkpoints_dropped",
+            s.interior_checkpoints_dropped,
+        )?;
         d.set_item("ns_hash", s.ns_hash)?;
         d.set_item("ns_lookup", s.ns_lookup)?;
         d.set_item("ns_alloc", s.ns_alloc)?;

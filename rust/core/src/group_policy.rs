@@ -36,6 +36,29 @@ impl MambaMode {
     }
 }
 
+/// Which cached state checkpoints (align mode) a state group's allocation evicts when
+/// it must evict one (`manager/checkpoints.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointPolicy {
+    /// Interior checkpoints (a request moved past them, not at its prompt end, not a
+    /// fork point) first, shallowest first; then least recently used.
+    Reuse,
+    /// Least recently used only (vLLM's order; the policy before `Reuse`).
+    Lru,
+}
+
+impl CheckpointPolicy {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "reuse" => Ok(CheckpointPolicy::Reuse),
+            "lru" => Ok(CheckpointPolicy::Lru),
+            other => Err(Error::InvalidArgument(format!(
+                "checkpoint_policy must be 'reuse' or 'lru', got {other:?}"
+            ))),
+        }
+    }
+}
+
 /// What a group's layers are, with the parameter its rules need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupKind {

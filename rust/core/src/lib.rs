@@ -39,7 +39,7 @@ pub mod stats;
 pub use arena::{Arena, ArenaConfig};
 pub use block_pool::{BlockHash, BlockId, BlockPool, PoolEvent, NULL_BLOCK};
 pub use error::{Error, Result};
-pub use group_policy::{GroupConfig, GroupKind, MambaMode};
+pub use group_policy::{CheckpointPolicy, GroupConfig, GroupKind, MambaMode};
 pub use kv_events::KvEvent;
 pub use manager::{ElasticStats, Manager, ManagerConfig, NewRequest};
 pub use prefix_hash::{ExtraKeys, MediaItem};

@@ -55,13 +55,14 @@ use std::hash::BuildHasherDefault;
 use crate::arena::{Arena, ArenaConfig};
 use crate::block_pool::{BlockHash, BlockId, BlockPool, FoldHasher, PoolEvent, NULL_BLOCK};
 use crate::error::{Error, Result};
-use crate::group_policy::{GroupConfig, GroupKind, MambaMode};
+use crate::group_policy::{CheckpointPolicy, GroupConfig, GroupKind, MambaMode};
 use crate::kv_events::KvEvent;
 use crate::prefix_hash::{root_hash, ExtraKeys};
 use crate::request::{first_repeat, Phase, Request, Requests, Resolve};
 use crate::stats::Stats;
 
 mod allocation;
+mod checkpoints;
 mod elastic;
 mod prefix_hit;
 
@@ -89,6 +90,9 @@ pub struct ManagerConfig {
     /// pool per group of `num_blocks`. With an arena each group's `num_blocks` is its
     /// view of the whole arena, whatever the config says.
     pub arena: Option<ArenaConfig>,
+    /// Which cached state checkpoints go first (align mode, `manager/checkpoints.rs`);
+    /// a shared pool (vLLM's layout) needs `Lru`.
+    pub checkpoint_policy: CheckpointPolicy,
 }
 
 /// A request to add.
@@ -140,6 +144,9 @@ pub struct Manager {
     /// Per group: takes regions from the bottom of the arena (else the top).
     bottom: Vec<bool>,
     elastic: ElasticStats,
+    /// Per group: checkpoint retention of a state group under `CheckpointPolicy::Reuse`
+    /// in align mode with caching (`None` otherwise).
+    ckpt: Vec<Option<checkpoints::GroupCheckpoints>>,
 }
 
 /// The salt of group `g` in a shared pool: a different 128-bit constant per group, so
@@ -193,6 +200,13 @@ impl Manager {
             g.validate()?;
         }
         let shared = cfg.shared_pool;
+        if shared && cfg.checkpoint_policy != CheckpointPolicy::Lru {
+            return Err(Error::InvalidArgument(
+                "a shared pool evicts state checkpoints least recently used first, as vLLM \
+                 does: use checkpoint_policy 'lru'"
+                    .into(),
+            ));
+        }
         if shared && arena.is_some() {
             return Err(Error::InvalidArgument(
                 "a shared pool and an elastic arena are two different layouts: pick one".into(),
@@ -285,6 +299,17 @@ impl Manager {
                 _ => Vec::new(),
             })
             .collect();
+        let reuse = cfg.checkpoint_policy == CheckpointPolicy::Reuse
+            && cfg.mamba_mode == MambaMode::Align
+            && cfg.enable_caching;
+        let ckpt = cfg
+            .groups
+            .iter()
+            .map(|g| {
+                (reuse && g.kind == GroupKind::State)
+                    .then(|| checkpoints::GroupCheckpoints::new(g.num_blocks))
+            })
+            .collect();
         let mut m = Manager {
             groups: cfg.groups,
             pools,
@@ -314,6 +339,7 @@ impl Manager {
             anchors,
             bottom,
             elastic: ElasticStats::default(),
+            ckpt,
         };
         m.grant_floors()?;
         Ok(m)

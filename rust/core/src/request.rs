@@ -43,6 +43,8 @@ pub enum Phase {
 pub struct Request {
     pub id: i64,
     pub tokens: Vec<i32>,
+    /// Tokens it was added with (its prompt): where its prompt-end checkpoint lies.
+    pub prompt_len: usize,
     pub num_computed: usize,
     pub phase: Phase,
     pub extra: ExtraKeys,
@@ -77,6 +79,7 @@ impl Request {
     ) -> Self {
         Request {
             id,
+            prompt_len: tokens.len(),
             tokens,
             num_computed: 0,
             phase: Phase::Waiting,

@@ -19,6 +19,9 @@ pub struct Stats {
     pub alloc_requests: u64,
     pub alloc_failures: u64,
     pub preemptions: u64,
+    /// Interior state checkpoints whose hash was dropped at release (align mode,
+    /// `CheckpointPolicy::Reuse`: `manager/checkpoints.rs`).
+    pub interior_checkpoints_dropped: u64,
     /// Nanoseconds spent hashing blocks, looking up prefixes (excluding hashing) and
     /// allocating (excluding hashing).
     pub ns_hash: u64,

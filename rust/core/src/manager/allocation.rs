@@ -126,6 +126,9 @@ impl Manager {
             if target <= start {
                 continue;
             }
+            if self.ckpt[g].is_some() {
+                self.checkpoints_passed(r, g, start, target);
+            }
             let pool = &mut self.pools[self.pool_of[g]];
             let table = &mut r.tables[g];
             // Latest first, in one call (the pool's queue order is then vLLM's).
@@ -303,6 +306,9 @@ impl Manager {
                         if cfg.kind == GroupKind::State {
                             self.anchor_checkpoint(r, g, b, (k + 1) * bs);
                         }
+                    }
+                    if cfg.kind == GroupKind::State {
+                        self.checkpoint_cached(r, g, b, (k + 1) * bs);
                     }
                     if run_start == usize::MAX {
                         run_start = k;

@@ -27,6 +27,7 @@ fn elastic(state_floor: usize) -> Manager {
         vocab_size: None,
         record_events: true,
         shared_pool: false,
+        checkpoint_policy: CheckpointPolicy::Reuse,
         arena: Some(ArenaConfig {
             bytes: 1000,
             region_bytes: 80,
@@ -68,6 +69,7 @@ fn floors_are_granted_at_construction() {
     assert_eq!(m.pools()[1].num_blocks(), 25);
     assert!(Manager::new(ManagerConfig {
         shared_pool: false,
+        checkpoint_policy: CheckpointPolicy::Reuse,
         arena: Some(ArenaConfig {
             bytes: 1000,
             region_bytes: 80,
@@ -100,6 +102,7 @@ fn cfg_like() -> ManagerConfig {
         vocab_size: None,
         record_events: false,
         shared_pool: false,
+        checkpoint_policy: CheckpointPolicy::Reuse,
         arena: None,
     }
 }

@@ -213,7 +213,9 @@ impl Manager {
                 table.push(b);
             }
             // The fixed point only stops at positions every group serves, so each
-            // looked-up block exists (>= 1); touch validates ids anyway.
+            // looked-up block exists (>= 1); touch validates ids anyway. A state group
+            // touches only the checkpoint it consumes (entry `k - 1`), never its
+            // ancestors: they are not refreshed by a hit past them.
             let _ = self.pools[self.pool_of[g]].touch(&table[lo..]);
             r.tables[g] = table;
             r.first_live[g] = lo;

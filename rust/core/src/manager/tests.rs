@@ -19,6 +19,7 @@ fn mgr(groups: &[(GroupKind, usize)], mode: MambaMode) -> Manager {
         vocab_size: None,
         record_events: false,
         shared_pool: false,
+        checkpoint_policy: CheckpointPolicy::Reuse,
         arena: None,
     })
     .unwrap()
@@ -214,6 +215,7 @@ fn pools_beyond_memory_are_an_error_not_an_abort() {
         vocab_size: None,
         record_events: false,
         shared_pool: false,
+        checkpoint_policy: CheckpointPolicy::Reuse,
         arena: None,
     };
     match Manager::new(cfg) {
@@ -239,6 +241,7 @@ fn shared(groups: &[GroupKind], num_blocks: usize, events: bool) -> Manager {
         vocab_size: None,
         record_events: events,
         shared_pool: true,
+        checkpoint_policy: CheckpointPolicy::Lru,
         arena: None,
     })
     .unwrap()
@@ -338,6 +341,7 @@ fn shared_pool_needs_equal_block_counts() {
         vocab_size: None,
         record_events: false,
         shared_pool: true,
+        checkpoint_policy: CheckpointPolicy::Lru,
         arena: None,
     };
     match Manager::new(cfg) {
@@ -370,4 +374,108 @@ fn a_state_hit_cached_this_step_waits_for_the_next_step() {
         assert!(m.allocate_slots(&[2], &[1], &[0], true).unwrap()[0]);
         m.check_invariants().unwrap();
     }
+}
+
+fn mgr_policy(policy: CheckpointPolicy) -> Manager {
+    let mut m = mgr(
+        &[(GroupKind::Full, 64), (GroupKind::State, 16)],
+        MambaMode::Align,
+    );
+    if policy == CheckpointPolicy::Lru {
+        m = Manager::new(ManagerConfig {
+            groups: m.groups().to_vec(),
+            mamba_mode: MambaMode::Align,
+            enable_caching: true,
+            hash_seed: 0,
+            vocab_size: None,
+            record_events: false,
+            shared_pool: false,
+            checkpoint_policy: CheckpointPolicy::Lru,
+            arena: None,
+        })
+        .unwrap();
+    }
+    m
+}
+
+/// Request 1: a 9-token prompt computed 4 + 4 + 1 tokens, then decoded to 16 tokens,
+/// one token per step (checkpoints at 4, 8 = prompt end, 12, 16 = turn end).
+fn run_turn(m: &mut Manager, toks: &[i32]) {
+    add(m, 1, &toks[..9]);
+    m.get_computed_tokens(&[1]).unwrap();
+    for n in [4, 4, 1] {
+        assert!(m.allocate_slots(&[1], &[n], &[0], true).unwrap()[0]);
+    }
+    for i in 9..16 {
+        m.append_tokens(&[1], &toks[i..i + 1], &[0, 1]).unwrap();
+        assert!(m.allocate_slots(&[1], &[1], &[0], true).unwrap()[0]);
+        m.check_invariants().unwrap();
+    }
+    m.free(&[1]).unwrap();
+}
+
+fn hit_of(m: &mut Manager, id: i64, tokens: &[i32]) -> i64 {
+    add(m, id, tokens);
+    let h = m.get_computed_tokens(&[id]).unwrap()[0];
+    m.free(&[id]).unwrap();
+    h
+}
+
+#[test]
+fn reuse_keeps_prompt_end_and_turn_end_and_drops_interior_checkpoints() {
+    let toks: Vec<i32> = (1..=20).collect();
+    for policy in [CheckpointPolicy::Reuse, CheckpointPolicy::Lru] {
+        let mut m = mgr_policy(policy);
+        run_turn(&mut m, &toks);
+        let reuse = policy == CheckpointPolicy::Reuse;
+        // The next turn starts from the turn end (16); the prompt end (8) stays.
+        let next: Vec<i32> = toks[..16].iter().copied().chain([77, 78]).collect();
+        assert_eq!(hit_of(&mut m, 2, &next), 16);
+        let retry: Vec<i32> = toks[..8].iter().copied().chain([55, 56]).collect();
+        assert_eq!(hit_of(&mut m, 3, &retry), 8);
+        // Interior: 12 (decode crossed it) and 4 (a prefill chunk end) are dropped
+        // under `Reuse`, kept under `Lru`.
+        let mid: Vec<i32> = toks[..13].iter().copied().chain([66]).collect();
+        assert_eq!(hit_of(&mut m, 4, &mid), if reuse { 8 } else { 12 });
+        let short: Vec<i32> = toks[..5].iter().copied().chain([44]).collect();
+        assert_eq!(hit_of(&mut m, 5, &short), if reuse { 0 } else { 4 });
+        assert_eq!(
+            m.stats().interior_checkpoints_dropped,
+            if reuse { 2 } else { 0 }
+        );
+        m.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn a_checkpoint_two_requests_extend_is_a_fork_point_and_stays() {
+    let toks: Vec<i32> = (1..=20).collect();
+    let mut m = mgr_policy(CheckpointPolicy::Reuse);
+    run_turn(&mut m, &toks);
+    // Two requests start from the turn end (16) and go different ways: after the
+    // first moves past it, the checkpoint is interior (dropped only once nobody else
+    // holds it); the second holds it too, so it is a fork point and survives.
+    let a: Vec<i32> = toks[..16]
+        .iter()
+        .copied()
+        .chain([70, 71, 72, 73, 74])
+        .collect();
+    let b: Vec<i32> = toks[..16]
+        .iter()
+        .copied()
+        .chain([80, 81, 82, 83, 84])
+        .collect();
+    add(&mut m, 10, &a);
+    add(&mut m, 11, &b);
+    assert_eq!(m.get_computed_tokens(&[10, 11]).unwrap(), vec![16, 16]);
+    assert!(m.allocate_slots(&[10, 11], &[5, 5], &[0, 0], true).unwrap()[0]);
+    // The next step releases the entries they moved past.
+    assert_eq!(
+        m.allocate_slots(&[10, 11], &[0, 0], &[0, 0], true).unwrap(),
+        vec![true, true]
+    );
+    m.free(&[10, 11]).unwrap();
+    let c: Vec<i32> = toks[..16].iter().copied().chain([90, 91]).collect();
+    assert_eq!(hit_of(&mut m, 12, &c), 16);
+    m.check_invariants().unwrap();
 }
