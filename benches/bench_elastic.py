@@ -8,7 +8,18 @@ p50/p99, modelled output throughput, and the arena waste (peak fraction of memor
 group could use) with the regions moved.
 
     .venv/bin/python benches/bench_elastic.py [--jobs 2] [--json out.json]
-        [--models M ...] [--traces T ...] [--quick]
+        [--models M ...] [--traces T ...] [--mooncake-end-s S] [--quick]
+
+Traces: the three bundled ones, ``mooncake`` (the Mooncake conversation trace at
+``--mooncake-path``, the first ``--mooncake-end-s`` seconds; 0 = the whole hour) and
+``sharegpt`` (ShareGPT multi-turn sessions, the ``traces`` extra). Each row also checks
+the issue's goals (``goals`` column): hit rate never below ``vllm`` or ``static``
+(``H``), at least 1.15x ``vllm`` on multi-turn traces unless that exceeds the ideal
+(``M``; ``M*`` when 1.15x ``vllm`` is above the ideal hit rate, so no cache can reach
+it), capacity at least ``vllm``'s and within one block per growing group of the
+physical limit (``C``), TTFT p50 and p99 no worse than ``vllm`` (``T``), output
+throughput at least ``vllm``'s (``X``), arena waste at most 1 % (``W``); a failed goal
+is shown in lower case.
 
 ``--quick`` runs one small configuration (a smoke run for CI).
 """
@@ -26,16 +37,28 @@ DEFAULT_RUNS: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("nemotron-nano-9b-v2", (16, 32)),
     ("gpt-oss-20b", (8, 16)),
 )
-TRACES = ("chat", "agentic", "docqa")
+TRACES = ("chat", "agentic", "docqa", "mooncake", "sharegpt")
+#: Traces whose requests continue earlier ones (the 1.15x goal applies to them).
+MULTI_TURN = frozenset({"chat", "agentic", "mooncake", "sharegpt"})
+MOONCAKE_PATH = "/work/shared/traces/mooncake_conversation_trace.jsonl"
 
 
-def one(model: str, gib: int, trace: str) -> dict[str, Any]:
+def one(
+    model: str, gib: int, trace: str, mooncake_path: str = MOONCAKE_PATH, mooncake_end_s: float = 0
+) -> dict[str, Any]:
     from hybridkv.errors import HybridKVError
+    from hybridkv.serving.traces import TraceWindow
     from hybridkv.simulate import SimConfig, run
 
     t0 = time.perf_counter()
+    spec, window = trace, TraceWindow()
+    if trace == "mooncake":
+        spec = mooncake_path
+        if mooncake_end_s > 0:
+            window = TraceWindow(end_s=mooncake_end_s)
     try:
-        rep = run(SimConfig(model=model, memory_bytes=gib << 30, trace=trace)).to_dict()
+        cfg = SimConfig(model=model, memory_bytes=gib << 30, trace=spec, trace_window=window)
+        rep = run(cfg).to_dict()
     except HybridKVError as e:  # a configuration no layout can plan: say so in its row
         rep = {"layouts": {}, "skipped": {"elastic": f"{type(e).__name__}: {e}"}}
     return {
@@ -43,15 +66,46 @@ def one(model: str, gib: int, trace: str) -> dict[str, Any]:
         "gib": gib,
         "trace": trace,
         "wall_s": time.perf_counter() - t0,
+        "ideal_hit_rate": rep.get("ideal_hit_rate"),
         "layouts": rep["layouts"],
         "skipped": rep["skipped"],
     }
 
 
+def goals(r: dict[str, Any]) -> str:
+    """The issue's goals for one row (module docstring): upper case held, lower failed."""
+    lays = r["layouts"]
+    e, v, s = lays.get("elastic"), lays.get("vllm"), lays.get("static")
+    if e is None:
+        return "-"
+    out = []
+    hit = e["prefix_hit_rate"]
+    floor = max([x["prefix_hit_rate"] for x in (v, s) if x is not None], default=0.0)
+    out.append("H" if hit >= floor - 1e-9 else "h")
+    if r["trace"] in MULTI_TURN and v is not None:
+        want = 1.15 * v["prefix_hit_rate"]
+        ideal = r.get("ideal_hit_rate")
+        star = "*" if ideal is not None and want > ideal else ""
+        out.append(("M" if hit >= want - 1e-9 else "m") + star)
+    if v is not None:
+        phys = e.get("physical_token_limit") or 0.0
+        grow = [p for p in e["pools"] if p.get("grows")]
+        slack = sum(p["block_size"] for p in grow) or e["block_size"]
+        ok = e["token_capacity"] >= v["token_capacity"] and e["token_capacity"] >= phys - slack
+        out.append("C" if ok else "c")
+        ok = e["ttft_p50"] <= v["ttft_p50"] + 1e-9 and e["ttft_p99"] <= v["ttft_p99"] + 1e-9
+        out.append("T" if ok else "t")
+        out.append("X" if e["output_throughput"] >= v["output_throughput"] - 1e-9 else "x")
+    waste = e.get("arena", {}).get("waste_fraction_peak", 0.0)
+    out.append("W" if waste <= 0.01 else "w")
+    return " ".join(out)
+
+
 def _row(r: dict[str, Any], others: list[str]) -> str:
     lays = r["layouts"]
     e = lays.get("elastic")
-    cells = [r["model"], f"{r['gib']} GiB", r["trace"]]
+    ideal = r.get("ideal_hit_rate")
+    cells = [r["model"], f"{r['gib']} GiB", r["trace"], f"{ideal:.3f}" if ideal else "-"]
     if e is None:
         return " | ".join([*cells, f"elastic skipped: {r['skipped'].get('elastic')}"])
     hits = [f"{e['prefix_hit_rate']:.3f}"]
@@ -76,7 +130,7 @@ def _row(r: dict[str, Any], others: list[str]) -> str:
         thr.append(f"{x['output_throughput']:.0f}" if x else "-")
     a = e.get("arena", {})
     waste = f"{100 * a.get('waste_fraction_peak', 0.0):.2f} % ({a.get('region_moves', 0)} moves)"
-    return " | ".join([*cells, *hits, *caps, *ttft, *thr, waste])
+    return " | ".join([*cells, *hits, *caps, *ttft, *thr, waste, goals(r)])
 
 
 def main() -> None:
@@ -85,6 +139,10 @@ def main() -> None:
     ap.add_argument("--json", help="write the raw reports here")
     ap.add_argument("--models", nargs="*")
     ap.add_argument("--traces", nargs="*", default=list(TRACES))
+    ap.add_argument("--mooncake-path", default=MOONCAKE_PATH)
+    ap.add_argument(
+        "--mooncake-end-s", type=float, default=0, help="first S seconds (0: the whole hour)"
+    )
     ap.add_argument("--quick", action="store_true", help="one small run")
     args = ap.parse_args()
     runs = [
@@ -96,22 +154,30 @@ def main() -> None:
     ]
     if args.quick:
         runs = [("gpt-oss-20b", 8, "docqa")]
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as ex:
-        results = list(ex.map(one, *zip(*runs, strict=True)))
-    others = sorted({k for r in results for k in r["layouts"] if k != "elastic"})
-    head = ["model", "memory", "trace", "hit elastic"]
+    n = len(runs)
+    others = ["static", "vllm"]
+    head = ["model", "memory", "trace", "ideal hit", "hit elastic"]
     head += [f"hit {o}" for o in others]
     head += ["capacity elastic", "physical limit"] + [f"capacity {o}" for o in others]
     head += ["TTFT p50/p99 elastic"] + [f"TTFT {o}" for o in others]
     head += ["out tok/s elastic"] + [f"out tok/s {o}" for o in others]
-    head += ["arena waste peak"]
+    head += ["arena waste peak", "goals"]
     print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for r in results:
-        print("| " + _row(r, others) + " |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    print("|" + "---|" * len(head), flush=True)
+    results = []
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as ex:
+        # Rows print as they finish (in order), and the JSON is rewritten after each.
+        for r in ex.map(
+            one,
+            *zip(*runs, strict=True),
+            [args.mooncake_path] * n,
+            [args.mooncake_end_s] * n,
+        ):
+            results.append(r)
+            print("| " + _row(r, others) + " |", flush=True)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -227,6 +228,32 @@ def run_driver(
 # --- hybridkv ------------------------------------------------------------------------
 
 
+#: Bytes per block of each group kind in the elastic comparison (a full-attention and
+#: a window page of 16 tokens x 8 KiB, one Mamba state of 2 MiB): the same blocks as the
+#: static pools, in one arena whose floors are the bounded pools' sizes.
+_ELASTIC_PAGES = {"full_attention": 16 << 13, "sliding_window": 16 << 13, "state": 2 << 20}
+
+
+@dataclass(frozen=True)
+class _ElasticConfig:
+    groups: tuple[Any, ...]
+    mamba_cache_mode: str
+    arena: Any
+
+
+def _elastic_config(cfg: Any) -> _ElasticConfig:
+    """``cfg``'s groups in one elastic arena holding as many bytes as its static pools
+    (bounded groups' pool sizes as floors; ``--elastic-vs-static``)."""
+    from hybridkv.cache.arena_plan import choose_region_bytes
+
+    pages = [_ELASTIC_PAGES[g.kind] for g in cfg.groups]
+    growing = [g.kind == "full_attention" for g in cfg.groups]
+    floors = [0 if gr else g.num_blocks - 1 for g, gr in zip(cfg.groups, growing, strict=True)]
+    memory = sum(p * g.num_blocks for p, g in zip(pages, cfg.groups, strict=True))
+    arena = choose_region_bytes(memory, pages, floors, growing)
+    return _ElasticConfig(cfg.groups, cfg.mamba_cache_mode, arena)
+
+
 class HybridSide(Side):
     name = "hybridkv"
 
@@ -236,6 +263,7 @@ class HybridSide(Side):
         max_tokens: int = 8192 + 256,
         swa_groups: int = 1,
         state: bool = True,
+        elastic: bool = False,
     ) -> None:
         from hybridkv import KVCacheManager, ManagerConfig, ManagerGroup
 
@@ -245,7 +273,9 @@ class HybridSide(Side):
         groups += [ManagerGroup("sliding_window", BS, swa_blocks, window=WINDOW)] * swa_groups
         if state:
             groups.append(ManagerGroup("state", BS, MAX_SEQS * 2 + 4096))
-        cfg = ManagerConfig(tuple(groups), "align")
+        cfg: Any = ManagerConfig(tuple(groups), "align")
+        if elastic:
+            cfg = _elastic_config(cfg)
         self.m = KVCacheManager(cfg, enable_prefix_caching=True, hash_seed=0)
         self.clock = clock
         self.spent = 0.0
@@ -510,6 +540,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=3,
         help="the sliding-window sweep runs full attention + 0..N window groups (0 skips)",
     )
+    ap.add_argument(
+        "--elastic-vs-static",
+        type=int,
+        metavar="RUNS",
+        help="only compare hybridkv's elastic arena with its static pools on the main "
+        "workload, RUNS times each, alternating",
+    )
     ap.add_argument("--vllm-side", metavar="WORKLOAD", help=argparse.SUPPRESS)
     ap.add_argument("--max-tokens", type=int, default=8192 + 256, help=argparse.SUPPRESS)
     ap.add_argument("--decode-only", action="store_true", help=argparse.SUPPRESS)
@@ -523,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     random.seed(a.seed)
     wl = make_workload(a.requests, a.seed)
+    if a.elastic_vs_static:
+        return elastic_vs_static(wl, a)
     side = HybridSide(CLOCK)
     res = run_driver(side, wl, a.steps, a.warmup, CLOCK)
     st = side.m.stats()
@@ -614,6 +653,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     decode_section(con, a)
     context_section(con, a)
     swa_section(con, a)
+    return 0
+
+
+def elastic_vs_static(wl: dict[str, Any], a: argparse.Namespace) -> int:
+    """``--elastic-vs-static``: the main workload on static pools and on one elastic
+    arena of the same bytes, alternating, CPU µs per step of each and their ratio."""
+    rows = []
+    for i in range(a.elastic_vs_static):
+        st = run_driver(HybridSide(CLOCK), wl, a.steps, a.warmup, CLOCK)
+        el = run_driver(HybridSide(CLOCK, elastic=True), wl, a.steps, a.warmup, CLOCK)
+        rows.append((st, el))
+        print(
+            f"run {i + 1}: static {st['us_per_step']:.0f} µs/step (p50 {st['us_p50']:.0f}, "
+            f"hit {100 * st['hit_rate']:.1f} %), elastic {el['us_per_step']:.0f} µs/step "
+            f"(p50 {el['us_p50']:.0f}, hit {100 * el['hit_rate']:.1f} %): elastic/static "
+            f"{el['us_per_step'] / st['us_per_step']:.2f}x mean, "
+            f"{el['us_p50'] / st['us_p50']:.2f}x p50",
+            flush=True,
+        )
+    mean = sum(e["us_per_step"] for _, e in rows) / sum(s["us_per_step"] for s, _ in rows)
+    print(f"elastic/static over {len(rows)} runs: {mean:.2f}x mean CPU per step (goal <= 1.2x)")
     return 0
 
 

@@ -135,6 +135,9 @@ class RefManager:
         # Align mode, "reuse": per state block, requests that moved past its checkpoint.
         self.reuse = checkpoint_policy == "reuse" and mode == "align" and caching
         self.extensions: list[dict[int, int]] = [{} for _ in groups]
+        # Per group: each running request's pending tail (block, key): the deepest
+        # checkpoint it moved past that only it had extended.
+        self.tails: list[dict[int, tuple[int, Key]]] = [{} for _ in groups]
         self.pools = [RefPool(g.num_blocks) for g in groups]
         self.reqs: dict[int, RefRequest] = {}
         self.dirty: list[int] = []
@@ -171,7 +174,33 @@ class RefManager:
     def append(self, rid: int, tokens: Sequence[int]) -> None:
         self.reqs[rid].tokens.extend(tokens)
 
+    def _superseded(self, r: RefRequest, g: int, k: int) -> None:
+        """A hit on the checkpoint at entry ``k - 1``: the nearest shallower checkpoint
+        cached on ``r``'s path (within 1024 entries) is interior now."""
+        for j in range(k - 1, max(k - 1024, 1) - 1, -1):
+            key = self.key(r, g, j - 1)
+            b = self.pools[g].lookup(key)
+            if b is not None:
+                self._drop_interior(g, (b, key))
+                return
+
+    def _drop_interior(self, g: int, tail: tuple[int, Key]) -> None:
+        """Drop the checkpoint ``tail`` if its block still holds it, nobody holds it and
+        it is no fork point."""
+        b, k = tail
+        pool = self.pools[g]
+        if self.extensions[g].get(b, 0) < 2 and pool.key[b] == k and pool.ref[b] == 0:
+            pool._drop(b)
+
     def _release_all(self, r: RefRequest) -> None:
+        if self.reuse:
+            # The pending tail stays, unless the state ``r`` holds now is a deeper one.
+            for g, table in enumerate(r.tables):
+                old = self.tails[g].pop(r.rid, None)
+                live = [b for b in table if b]
+                pool = self.pools[g]
+                if old is not None and live and live[-1] != old[0] and pool.key[live[-1]]:
+                    self._drop_interior(g, old)
         for g, table in enumerate(r.tables):
             self.pools[g].free([b for b in reversed(table) if b])
             table.clear()
@@ -260,6 +289,8 @@ class RefManager:
                         self.pools[g].touch(b)
                     r.tables[g] = table
                     r.num_cached[g] = k
+                    if self.reuse and grp.kind == "state":
+                        self._superseded(r, g, k)
             r.computed = h
             r.phase = "queried"
             out.append(h)
@@ -291,17 +322,29 @@ class RefManager:
     def _pass_checkpoints(self, r: RefRequest, g: int, upto: int) -> None:
         """``r`` moved past its state entries below ``upto``: each cached checkpoint
         there gains an extension; one only ``r`` holds that is neither ``r``'s prompt
-        end nor extended twice (a fork point) loses its key before it is freed."""
+        end nor extended twice (a fork point) loses its key when ``r`` holds a deeper
+        cached checkpoint; otherwise it becomes ``r``'s pending tail, and the pending
+        tail it replaces loses its key if nobody holds it and it is still no fork
+        point."""
         bs = self.groups[g].block_size
         pool = self.pools[g]
         for k in range(upto):
             b = r.tables[g][k]
             if not b or pool.key[b] is None:
                 continue
+            # A deeper cached checkpoint in r's table makes this one interior.
+            deeper_held = any(d and pool.key[d] is not None for d in r.tables[g][k + 1 :])
             ext = self.extensions[g][b] = self.extensions[g].get(b, 0) + 1
             keep = (k + 1) * bs == r.prompt_len // bs * bs or ext >= 2
-            if not keep and pool.ref[b] == 1:
+            if not keep and pool.ref[b] == 1 and deeper_held:
                 pool._drop(b)
+            elif not keep and pool.ref[b] == 1:
+                key = pool.key[b]
+                assert key is not None
+                old = self.tails[g].get(r.rid)
+                self.tails[g][r.rid] = (b, key)
+                if old is not None:
+                    self._drop_interior(g, old)
 
     def allocate(
         self,

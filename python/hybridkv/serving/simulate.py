@@ -35,7 +35,11 @@ whose states share its one pool, is unaffected).
 ``elastic`` (the first layout, hybridkv's default) is ``plan_memory(layout="elastic")``:
 one arena shared by every group at its natural page size, bounded groups holding
 floors and the rest flowing between groups region by region
-(``rust/core/src/arena.rs``); same checkpoint interval as ``static``. Where the static
+(``rust/core/src/arena.rs``). In align mode its state block is the attention block
+(``elastic_checkpoint_tokens``, default ``block_size``), so its checkpoint policy, not an
+interval, decides where checkpoints land (prompt ends, turn ends, and the branch points
+lookups find: the scheduler ends an admitted request's first chunk there,
+``cut_at_shared_prefix``). Where the static
 bounds don't fit but the capped floors do, only ``elastic`` runs. Its report adds
 ``arena``: region size, waste (bytes no group could use, mean and peak over steps and
 as a fraction of memory) and how many regions were granted and moved.
@@ -110,6 +114,10 @@ class SimConfig:
     seed: int | None = None
     long_prefill_token_threshold: int | None = None
     state_checkpoint_tokens: int | None = 256
+    #: The ``elastic`` layout's state block size in align mode (``None``: ``block_size``:
+    #: checkpoints land only where its checkpoint policy puts them: prompt ends, turn
+    #: ends, branch points; ``rust/core/src/manager/checkpoints.rs``).
+    elastic_checkpoint_tokens: int | None = None
     state_cache_slots: int = 0
     #: Which part of the trace runs, and how fast (time window, first N, time scale).
     trace_window: TraceWindow = field(default_factory=TraceWindow)
@@ -270,8 +278,18 @@ def plan_error_static(cfg: SimConfig, plan: MemoryPlan) -> PlanError:
 
 
 def _elastic(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
-    if plan.layout == "elastic":
-        return LayoutSetup(plan)
+    ckpt = (
+        cfg.elastic_checkpoint_tokens or plan.block_size
+        if plan.mamba_cache_mode == "align"
+        else None
+    )
+    # Align mode: the first chunk of an admitted request ends at the branch point its
+    # lookup found, so the state checkpoints the shared prefix (checkpoint policy).
+    sched = {"cut_at_shared_prefix": True} if plan.mamba_cache_mode == "align" else {}
+    if plan.layout == "elastic" and (plan.state_checkpoint_tokens or plan.block_size) == (
+        ckpt or plan.block_size
+    ):
+        return LayoutSetup(plan, scheduler_options=sched)
     return LayoutSetup(
         plan_memory(
             plan.model,
@@ -283,9 +301,10 @@ def _elastic(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
             mamba_cache_mode=plan.mamba_cache_mode,
             bounded_sizing=plan.bounded_sizing,
             state_cache_slots=plan.state_cache_slots,
-            state_checkpoint_tokens=plan.state_checkpoint_tokens,
+            state_checkpoint_tokens=ckpt,
             layout="elastic",
-        )
+        ),
+        scheduler_options=sched,
     )
 
 
@@ -583,6 +602,7 @@ def simulate_plan(
             {
                 "group": g.index,
                 "kind": g.kind,
+                "grows": g.grows,
                 "layers": len(g.layers),
                 "block_size": g.block_size,
                 "num_blocks": g.num_blocks,
@@ -1033,6 +1053,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=256,
         help="static layout, align mode: state checkpoint interval in tokens",
     )
+    p.add_argument(
+        "--elastic-checkpoint-tokens",
+        type=_positive,
+        help="elastic layout, align mode: state block size (default: --block-size; "
+        "checkpoints then land where the checkpoint policy puts them)",
+    )
     add_state_cache_slots_argument(p)
     p.add_argument(
         "--long-prefill-token-threshold", type=_positive, help="cap one request's prefill chunk"
@@ -1113,6 +1139,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         seed=args.seed,
         long_prefill_token_threshold=args.long_prefill_token_threshold,
         state_checkpoint_tokens=args.state_checkpoint_tokens,
+        elastic_checkpoint_tokens=getattr(args, "elastic_checkpoint_tokens", None),
         state_cache_slots=args.state_cache_slots,
         trace_window=TraceWindow(
             start_s=getattr(args, "trace_start", None),

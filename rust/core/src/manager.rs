@@ -144,6 +144,8 @@ pub struct Manager {
     /// Per group: takes regions from the bottom of the arena (else the top).
     bottom: Vec<bool>,
     elastic: ElasticStats,
+    /// Where the next bounded orphan sweep resumes (state group, block id).
+    orphan_cursor: (usize, usize),
     /// Per group: checkpoint retention of a state group under `CheckpointPolicy::Reuse`
     /// in align mode with caching (`None` otherwise).
     ckpt: Vec<Option<checkpoints::GroupCheckpoints>>,
@@ -339,6 +341,7 @@ impl Manager {
             anchors,
             bottom,
             elastic: ElasticStats::default(),
+            orphan_cursor: (0, 0),
             ckpt,
         };
         m.grant_floors()?;
@@ -564,6 +567,9 @@ impl Manager {
     fn release_all(&mut self, r: &mut Request) {
         if self.arena.is_some() {
             self.drop_unreachable_blocks(r);
+        }
+        if self.ckpt.iter().any(Option::is_some) {
+            self.checkpoints_released(r);
         }
         let mut batch = std::mem::take(&mut self.release_buf);
         for (g, table) in r.tables.iter_mut().enumerate() {

@@ -7,8 +7,13 @@
 //! request paths through them, counted per checkpoint as *extensions*: requests whose
 //! running state moved past it (its creator, or a request that hit it and computed on).
 //!
-//! - A request's *tail* (the checkpoint it holds when it finishes or is preempted: its
-//!   turn end) stays cached: the next turn of a conversation starts there.
+//! - A request's *tail* stays cached: the deepest checkpoint it reached, i.e. after
+//!   the last block boundary its decode crossed (the turn's end: the next turn of a
+//!   conversation starts there), or the state it holds when it finishes or is preempted
+//!   on a boundary. A turn rarely ends on a boundary, and the running state moves past
+//!   its last boundary checkpoint at the next token, so that checkpoint is not dropped
+//!   when passed: it is the request's pending tail until a deeper one replaces it (then
+//!   it is interior and dropped, unless it became a fork point or a prompt end).
 //! - A *fork point* stays: a checkpoint two requests extended (their next blocks differ,
 //!   or the second would have hit deeper), or one cached at the branch point a lookup
 //!   discovered (another request already diverged there: one extension from the start).
@@ -31,20 +36,25 @@
 //! recently used order (vLLM's rule, and the only one a shared pool takes).
 
 use super::Manager;
-use crate::block_pool::NULL_BLOCK;
-use crate::request::Request;
+use crate::block_pool::{BlockHash, BlockId, NULL_BLOCK};
+use crate::request::{IdMap, Request};
 
 /// One state group's checkpoint bookkeeping, per block id of its pool.
 #[derive(Debug, Clone, Default)]
 pub(super) struct GroupCheckpoints {
     /// Requests that moved past the checkpoint this block holds (saturating).
     extensions: Vec<u8>,
+    /// Per running request: its pending tail, the deepest checkpoint it moved past
+    /// that only it had extended (block and hash: the block may be evicted and reused
+    /// meanwhile, so the hash tells whether it still holds that checkpoint).
+    tails: IdMap<(BlockId, BlockHash)>,
 }
 
 impl GroupCheckpoints {
     pub(super) fn new(num_blocks: usize) -> Self {
         GroupCheckpoints {
             extensions: vec![0; num_blocks],
+            tails: IdMap::default(),
         }
     }
 }
@@ -66,8 +76,11 @@ impl Manager {
 
     /// `r`'s running state moved past entries `from..to` of its state table in group
     /// `g` (they are released next): count one extension on each cached checkpoint among
-    /// them, and drop the hash of each interior one that only `r` holds (not `r`'s
-    /// prompt end, not a fork point). Another holder decides when it releases it.
+    /// them. One only `r` holds that is neither `r`'s prompt end nor a fork point is
+    /// interior when `r` holds a deeper checkpoint already (it loses its hash now);
+    /// otherwise it becomes `r`'s pending tail, and the tail it replaces (interior now)
+    /// loses its hash if nobody holds it and it is still not a fork point. Another
+    /// holder decides when it releases it.
     pub(super) fn checkpoints_passed(&mut self, r: &Request, g: usize, from: usize, to: usize) {
         let bs = self.groups[g].block_size;
         let prompt_end = r.prompt_len / bs * bs;
@@ -76,21 +89,99 @@ impl Manager {
         };
         let pool = &mut self.pools[g];
         for k in from..to.min(r.tables[g].len()) {
+            // A deeper checkpoint in `r`'s table (a prefill chunk ended on a boundary
+            // past this one) makes this one interior: it is no pending tail.
+            let deeper_held = r.tables[g][k + 1..]
+                .iter()
+                .any(|&b| b != NULL_BLOCK && matches!(pool.block_hash(b), Ok(Some(_))));
             let b = r.tables[g][k];
-            if b == NULL_BLOCK || !matches!(pool.block_hash(b), Ok(Some(_))) {
+            let Ok(Some(h)) = (if b == NULL_BLOCK {
+                Ok(None)
+            } else {
+                pool.block_hash(b)
+            }) else {
                 continue;
-            }
+            };
             let Some(e) = c.extensions.get_mut(b as usize) else {
                 continue;
             };
             *e = e.saturating_add(1);
             let keep = (k + 1) * bs == prompt_end || *e >= 2;
-            if !keep && pool.ref_count(b) == Ok(1) {
+            if !keep && pool.ref_count(b) == Ok(1) && deeper_held {
                 // In use by `r` (it stays so until the caller frees it): the block then
                 // joins the free queue's head, uncached, like any unhashed block.
                 let _ = pool.evict(&[b]);
                 self.stats.interior_checkpoints_dropped += 1;
+            } else if !keep && pool.ref_count(b) == Ok(1) {
+                if let Some(old) = c.tails.insert(r.id, (b, h)) {
+                    if drop_interior(pool, &c.extensions, old) {
+                        self.stats.interior_checkpoints_dropped += 1;
+                    }
+                }
             }
         }
     }
+
+    /// `r` releases all its blocks (finished or preempted): its pending tail stays
+    /// cached, unless `r` holds a deeper checkpoint (its state ends on a block boundary
+    /// now), which is then its tail and makes the pending one interior.
+    pub(super) fn checkpoints_released(&mut self, r: &Request) {
+        for g in 0..self.groups.len() {
+            let Some(c) = self.ckpt.get_mut(g).and_then(Option::as_mut) else {
+                continue;
+            };
+            let pool = &mut self.pools[g];
+            let held = r.tables[g]
+                .iter()
+                .rev()
+                .find(|&&b| b != NULL_BLOCK)
+                .is_some_and(|&b| matches!(pool.block_hash(b), Ok(Some(_))));
+            if let Some(old) = c.tails.remove(&r.id) {
+                if held && drop_interior(pool, &c.extensions, old) {
+                    self.stats.interior_checkpoints_dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// `r` just took a hit on the checkpoint at entry `k - 1` of group `g`: the
+    /// nearest shallower checkpoint cached on its path (looked for in at most
+    /// `SUPERSEDED_SCAN` entries) is interior to that path now, so it loses its hash
+    /// unless it is a fork point or someone holds it. Shallow interior checkpoints go
+    /// first: a conversation keeps the one it continues from, not every turn's.
+    pub(super) fn checkpoint_hit(&mut self, r: &Request, g: usize, k: usize) {
+        let Some(c) = self.ckpt.get(g).and_then(Option::as_ref) else {
+            return;
+        };
+        let hs = &r.hashes[self.size_of[g]];
+        let pool = &mut self.pools[g];
+        let lo = k.saturating_sub(SUPERSEDED_SCAN).max(1);
+        for j in (lo..k.min(hs.len() + 1)).rev() {
+            let h = hs[j - 1];
+            if let Some(b) = pool.lookup_one(h) {
+                if drop_interior(pool, &c.extensions, (b, h)) {
+                    self.stats.interior_checkpoints_dropped += 1;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// How far below a hit `checkpoint_hit` looks for the checkpoint it supersedes.
+const SUPERSEDED_SCAN: usize = 1024;
+
+/// Drop the hash of the checkpoint `(b, h)` if block `b` still holds it, nobody holds
+/// it and it is no fork point (it joins the free queue's head, uncached). Returns
+/// whether it did.
+fn drop_interior(
+    pool: &mut crate::block_pool::BlockPool,
+    extensions: &[u8],
+    (b, h): (BlockId, BlockHash),
+) -> bool {
+    let fork = extensions.get(b as usize).is_some_and(|&e| e >= 2);
+    if fork || pool.block_hash(b) != Ok(Some(h)) || pool.ref_count(b) != Ok(0) {
+        return false;
+    }
+    pool.evict(&[b]).is_ok()
 }

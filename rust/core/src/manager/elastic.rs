@@ -23,6 +23,9 @@ pub struct ElasticStats {
     pub orphans: u64,
 }
 
+/// State blocks a bounded orphan sweep looks at (see `make_room`).
+const ORPHAN_SWEEP: usize = 64;
+
 /// Growing groups (no floor) draw regions from the bottom of the arena, bounded groups
 /// (floors granted first) from the top.
 pub(super) fn from_bottom(floor: usize) -> bool {
@@ -157,8 +160,17 @@ impl Manager {
         if self.pools[g].num_uncached_free() >= need {
             return true;
         }
-        // Slow path: first drop checkpoints that can no longer serve a hit anywhere.
-        self.drop_orphan_checkpoints();
+        // Slow path: first drop checkpoints that can no longer serve a hit anywhere
+        // (their value is gone and their regions may empty). All of them when `g`
+        // cannot even evict enough of its own cached blocks; otherwise the next
+        // `ORPHAN_SWEEP` state blocks only: a group whose pool is full of cached blocks
+        // comes here at every allocation, and a full sweep reads every state block.
+        let limit = if self.pools[g].num_free() < need {
+            usize::MAX
+        } else {
+            ORPHAN_SWEEP
+        };
+        self.drop_orphan_checkpoints(limit);
         while self.pools[g].num_uncached_free() < need {
             match self.unowned_region(g) {
                 Some(r) => {
@@ -259,38 +271,56 @@ impl Manager {
         }
     }
 
-    /// Evict every free cached state checkpoint whose anchoring attention block is no
-    /// longer cached: it cannot produce a hybrid hit, so its memory is free for the
-    /// taking (and its region may empty).
-    fn drop_orphan_checkpoints(&mut self) {
+    /// Evict free cached state checkpoints whose anchoring attention block is no longer
+    /// cached: they cannot produce a hybrid hit, so their memory is free for the taking
+    /// (and their region may empty). Looks at up to `limit` state blocks, resuming where
+    /// the previous sweep stopped (`usize::MAX`: all of them).
+    fn drop_orphan_checkpoints(&mut self, limit: usize) {
         let Some(a) = self.anchor_group else {
             return;
         };
-        for g in 0..self.groups.len() {
-            if self.anchors[g].is_empty() {
+        let ng = self.groups.len();
+        let total: usize = self.anchors.iter().map(Vec::len).sum();
+        let mut budget = limit.min(total);
+        let (mut g, mut b) = self.orphan_cursor;
+        let mut dead = Vec::new();
+        while budget > 0 {
+            if g >= ng {
+                g = 0;
+                b = 0;
+            }
+            let n = self.anchors[g].len();
+            if b >= n {
+                if !dead.is_empty() {
+                    let _ = self.pools[g].evict(&dead);
+                    self.elastic.orphans += dead.len() as u64;
+                    dead.clear();
+                }
+                g += 1;
+                b = 0;
                 continue;
             }
-            let mut dead = Vec::new();
-            for (b, anchor) in self.anchors[g].iter_mut().enumerate() {
-                let Some(h) = *anchor else { continue };
-                let pool = &self.pools[g];
-                match pool.block_hash(b as i32) {
-                    Ok(Some(_)) => {}
-                    _ => {
-                        *anchor = None; // the checkpoint itself is gone
-                        continue;
-                    }
-                }
-                if pool.ref_count(b as i32) == Ok(0) && self.pools[a].lookup_one(h).is_none() {
-                    dead.push(b as i32);
-                    *anchor = None;
-                }
+            budget -= 1;
+            let i = b;
+            b += 1;
+            let Some(h) = self.anchors[g][i] else {
+                continue;
+            };
+            let pool = &self.pools[g];
+            if !matches!(pool.block_hash(i as i32), Ok(Some(_))) {
+                self.anchors[g][i] = None; // the checkpoint itself is gone
+                continue;
             }
-            if !dead.is_empty() {
-                let _ = self.pools[g].evict(&dead);
-                self.elastic.orphans += dead.len() as u64;
+            if pool.ref_count(i as i32) == Ok(0) && self.pools[a].lookup_one(h).is_none() {
+                dead.push(i as i32);
+                self.anchors[g][i] = None;
             }
         }
+        if !dead.is_empty() && g < ng {
+            let _ = self.pools[g].evict(&dead);
+            self.elastic.orphans += dead.len() as u64;
+        }
+        self.orphan_cursor = (g, b);
     }
 
     // --- reports -------------------------------------------------------------------
