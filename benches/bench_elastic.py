@@ -8,7 +8,8 @@ p50/p99, modelled output throughput, and the arena waste (peak fraction of memor
 group could use) with the regions moved.
 
     .venv/bin/python benches/bench_elastic.py [--jobs 2] [--json out.json]
-        [--models M ...] [--traces T ...] [--mooncake-end-s S] [--quick]
+        [--models M ...] [--traces T ...] [--mooncake-end-s S] [--max-requests N]
+        [--quick]
 
 Traces: the three bundled ones, ``mooncake`` (the Mooncake conversation trace at
 ``--mooncake-path``, the first ``--mooncake-end-s`` seconds; 0 = the whole hour) and
@@ -44,18 +45,23 @@ MOONCAKE_PATH = "/work/shared/traces/mooncake_conversation_trace.jsonl"
 
 
 def one(
-    model: str, gib: int, trace: str, mooncake_path: str = MOONCAKE_PATH, mooncake_end_s: float = 0
+    model: str,
+    gib: int,
+    trace: str,
+    mooncake_path: str = MOONCAKE_PATH,
+    mooncake_end_s: float = 0,
+    max_requests: int | None = None,
 ) -> dict[str, Any]:
     from hybridkv.errors import HybridKVError
     from hybridkv.serving.traces import TraceWindow
     from hybridkv.simulate import SimConfig, run
 
     t0 = time.perf_counter()
-    spec, window = trace, TraceWindow()
+    spec, window = trace, TraceWindow(max_requests=max_requests)
     if trace == "mooncake":
         spec = mooncake_path
         if mooncake_end_s > 0:
-            window = TraceWindow(end_s=mooncake_end_s)
+            window = TraceWindow(end_s=mooncake_end_s, max_requests=max_requests)
     try:
         cfg = SimConfig(model=model, memory_bytes=gib << 30, trace=spec, trace_window=window)
         rep = run(cfg).to_dict()
@@ -143,6 +149,9 @@ def main() -> None:
     ap.add_argument(
         "--mooncake-end-s", type=float, default=0, help="first S seconds (0: the whole hour)"
     )
+    ap.add_argument(
+        "--max-requests", type=int, help="run only each trace's first N requests (all: default)"
+    )
     ap.add_argument("--quick", action="store_true", help="one small run")
     args = ap.parse_args()
     runs = [
@@ -172,6 +181,7 @@ def main() -> None:
             *zip(*runs, strict=True),
             [args.mooncake_path] * n,
             [args.mooncake_end_s] * n,
+            [args.max_requests] * n,
         ):
             results.append(r)
             print("| " + _row(r, others) + " |", flush=True)

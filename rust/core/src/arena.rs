@@ -72,6 +72,8 @@ pub struct Arena {
     first: u64,
     num_regions: usize,
     owner: Vec<u32>,
+    /// Regions with no owner.
+    unowned: usize,
 }
 
 impl Arena {
@@ -128,6 +130,7 @@ impl Arena {
             first,
             num_regions: n,
             owner: vec![NONE; n],
+            unowned: n,
         })
     }
 
@@ -204,7 +207,18 @@ impl Arena {
     }
 
     pub(crate) fn set_owner(&mut self, r: usize, g: Option<usize>) {
-        self.owner[r] = g.map_or(NONE, |g| g as u32);
+        let new = g.map_or(NONE, |g| g as u32);
+        let old = std::mem::replace(&mut self.owner[r], new);
+        match (old == NONE, new == NONE) {
+            (true, false) => self.unowned -= 1,
+            (false, true) => self.unowned += 1,
+            _ => {}
+        }
+    }
+
+    /// Regions no group owns now.
+    pub fn num_unowned(&self) -> usize {
+        self.unowned
     }
 
     /// Bytes no group can use now: the null area plus the edges of owned regions.

@@ -66,6 +66,9 @@ impl Manager {
     /// ids): the lowest for growing groups, the highest for bounded ones.
     fn unowned_region(&self, g: usize) -> Option<usize> {
         let arena = self.arena.as_ref()?;
+        if arena.num_unowned() == 0 {
+            return None;
+        }
         let n = arena.num_regions();
         let usable = |r: &usize| {
             let (lo, hi) = arena.ids_in(g, *r);
@@ -119,6 +122,18 @@ impl Manager {
     /// blocks this request already counts on.
     fn best_reclaim(&self, g: usize, keep: &[usize]) -> Option<(usize, usize, f64)> {
         let arena = self.arena.as_ref()?;
+        // Cheap test first (this runs at every allocation of a group whose pool is
+        // full of cached blocks): some other group must hold blocks above its floor
+        // and free blocks beyond the ones this request counts on.
+        let gives = |h: usize| {
+            let p = &self.pools[h];
+            h != g
+                && p.num_present() > arena.floor(h)
+                && p.num_free() > keep.get(h).copied().unwrap_or(0)
+        };
+        if !(0..self.pools.len()).any(gives) {
+            return None;
+        }
         let mut best: Option<(usize, usize, f64)> = None;
         for r in 0..arena.num_regions() {
             let Some(h) = arena.owner(r) else { continue };
