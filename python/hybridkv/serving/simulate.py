@@ -285,16 +285,9 @@ def _elastic(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
     )
     # Align mode: the first chunk of an admitted request ends at the branch point its
     # lookup found, so the state checkpoints the shared prefix (checkpoint policy).
-    # Prefill chunks end on multiples of the static interval (``state_checkpoint_tokens``,
-    # 256), a prompt's checkpoint then lies at or before the shared part of prompts that
-    # differ only in a short tail (a question after one document); decode tails keep the
-    # fine state block.
-    sched: dict[str, Any] = {}
-    if plan.mamba_cache_mode == "align":
-        sched = {
-            "cut_at_shared_prefix": True,
-            "align_block_size": cfg.state_checkpoint_tokens or plan.block_size,
-        }
+    sched: dict[str, Any] = (
+        {"cut_at_shared_prefix": True} if plan.mamba_cache_mode == "align" else {}
+    )
     if plan.layout == "elastic" and (plan.state_checkpoint_tokens or plan.block_size) == (
         ckpt or plan.block_size
     ):
