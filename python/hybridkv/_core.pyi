@@ -93,8 +93,8 @@ class KVCacheManager:
     def add_requests(
         self,
         req_ids: IdsLike,
-        token_ids: IdsLike,
-        offsets: IdsLike,
+        token_ids: IdsLike | list[IdsLike],
+        offsets: IdsLike | None,
         lora_ids: IdsLike | None = None,
         cache_salts: list[bytes | None] | None = None,
         mm_offsets: IdsLike | None = None,
@@ -123,6 +123,9 @@ class KVCacheManager:
     def block_tables(self, req_ids: IdsLike) -> list[npt.NDArray[np.int32]]: ...
     def new_block_ids(
         self, group: int, req_ids: IdsLike
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], IdArray]: ...
+    def new_block_ids_all(
+        self, req_ids: IdsLike
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], IdArray]: ...
     def slot_mapping(
         self, group: int, req_ids: IdsLike, positions: IdsLike

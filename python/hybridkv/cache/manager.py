@@ -403,7 +403,20 @@ class KVCacheManager:
         """
         ids = _ids(req_ids)
         n = ids.shape[0]
-        flat, offs = _ragged(token_ids, offsets)
+        flat: Any
+        offs: I64 | None
+        if offsets is None:
+            # One array per prompt goes to Rust as it is: each is copied once, into
+            # the request that keeps it (no concatenation here first).
+            if isinstance(token_ids, np.ndarray):
+                raise InvalidArgumentError("a flat token array needs offsets (length n + 1)")
+            if not isinstance(token_ids, Sequence):
+                raise InvalidArgumentError(
+                    "token_ids must be a flat array with offsets or a list of arrays"
+                )
+            flat, offs = list(token_ids), None
+        else:
+            flat, offs = _ragged(token_ids, offsets)
         loras = None
         if lora_ids is not None:
             lora_list = _per_request_list(lora_ids, n, "lora_ids")
@@ -524,6 +537,20 @@ class KVCacheManager:
         are not re-sent: a runner never reads a request's table outside its window.
         """
         return self._core.new_block_ids(group, _ids(req_ids))
+
+    def new_block_ids_all(
+        self, req_ids: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        """:meth:`new_block_ids` of every group in one call (one crossing into Rust).
+
+        Returns ``(start, offsets, block_ids)`` with ``start`` of shape
+        ``(num_groups, n)`` and ``offsets`` of shape ``(num_groups, n + 1)``: group
+        ``g``'s new entries of request ``i`` are
+        ``block_ids[offsets[g, i]:offsets[g, i + 1]]``, written from column
+        ``start[g, i]`` on. Same rules as :meth:`new_block_ids`; each group's export
+        state advances exactly as one ``new_block_ids(g, req_ids)`` call per group would.
+        """
+        return self._core.new_block_ids_all(_ids(req_ids))
 
     def block_tables(self, req_ids: npt.ArrayLike) -> list[npt.NDArray[np.int32]]:
         """:meth:`block_table` of every group (in group order) for one request order."""

@@ -48,6 +48,33 @@ fn token_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i32>> {
     Ok(out)
 }
 
+/// The prompts of `add_requests`: flat tokens with offsets, or one vector per prompt.
+enum Prompts {
+    Flat(Vec<i32>, Vec<i64>),
+    Parts(Vec<Vec<i32>>),
+}
+
+/// One token vector per prompt from a sequence of `n` 1-D integer arrays (int32 read
+/// directly; other dtypes range-checked as `token_vec` does).
+fn prompt_parts(obj: &Bound<'_, PyAny>, n: usize) -> PyResult<Vec<Vec<i32>>> {
+    let seq = obj
+        .cast::<PyList>()
+        .map(|l| l.iter().collect::<Vec<_>>())
+        .or_else(|_| obj.cast::<PyTuple>().map(|t| t.iter().collect::<Vec<_>>()))
+        .map_err(|_| {
+            invalid_arg("token_ids: without offsets, a list (or tuple) of 1-D token arrays")
+        })?;
+    if seq.len() != n {
+        return Err(invalid_arg(format!(
+            "token_ids has {} prompts for {n} request ids",
+            seq.len()
+        )));
+    }
+    seq.iter()
+        .map(|part| token_vec(part, "token ids"))
+        .collect()
+}
+
 /// Request ids (int64 array-likes; a plain int, numpy integer or 0-d array is a batch
 /// of one). Values outside int64 (uint64 above `i64::MAX`) are refused, never wrapped.
 fn id_vec(obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
@@ -331,8 +358,16 @@ impl PyManager {
     ) -> PyResult<()> {
         let ids = id_vec(req_ids)?;
         let n = ids.len();
-        let tokens = token_vec(token_ids, "token_ids")?;
-        let offs = int_vec(offsets, "offsets")?;
+        // Flat tokens with offsets, or (offsets None) one array per prompt: each part is
+        // copied once, straight into the vector its request keeps.
+        let input = if offsets.is_none() {
+            Prompts::Parts(prompt_parts(token_ids, n)?)
+        } else {
+            Prompts::Flat(
+                token_vec(token_ids, "token_ids")?,
+                int_vec(offsets, "offsets")?,
+            )
+        };
         let loras = opt_i64_vec(lora_ids, "lora_ids", n)?;
         let encs = opt_i64_vec(encoder_lens, "encoder_lens", n)?;
         let salts = salt_list(cache_salts, n)?;
@@ -357,7 +392,10 @@ impl PyManager {
             });
         }
         self.inner
-            .detached(py, |m| m.add_requests(new, &tokens, &offs))?
+            .detached(py, |m| match input {
+                Prompts::Flat(tokens, offs) => m.add_requests(new, &tokens, &offs),
+                Prompts::Parts(parts) => m.add_requests_owned(new, parts),
+            })?
             .py_err()
     }
 
@@ -495,6 +533,38 @@ impl PyManager {
         Ok((
             starts.into_pyarray(py),
             offs.into_pyarray(py),
+            blocks.into_pyarray(py),
+        ))
+    }
+
+    /// `new_block_ids` of every group in one call: `(starts (groups, n), offsets
+    /// (groups, n + 1), block ids)`; group `g`'s new ids of request `i` are
+    /// `ids[offsets[g, i]:offsets[g, i + 1]]`, to be written from column `starts[g, i]`.
+    #[allow(clippy::type_complexity)]
+    fn new_block_ids_all<'py>(
+        &self,
+        py: Python<'py>,
+        req_ids: &Bound<'py, PyAny>,
+    ) -> PyResult<(
+        Bound<'py, PyArray2<i64>>,
+        Bound<'py, PyArray2<i64>>,
+        Bound<'py, PyArray1<i32>>,
+    )> {
+        let ids = id_vec(req_ids)?;
+        let n = ids.len();
+        let ng = self.num_groups;
+        let (starts, offs, blocks) = self
+            .inner
+            .detached(py, |m| m.new_block_ids_all(&ids))?
+            .py_err()?;
+        let shape = |rows: usize, cols: usize, v: Vec<i64>| {
+            numpy::ndarray::Array2::from_shape_vec((rows, cols), v)
+                .map(|a| PyArray2::from_owned_array(py, a))
+                .map_err(|e| invalid_arg(format!("new block ids shape: {e}")))
+        };
+        Ok((
+            shape(ng, n, starts)?,
+            shape(ng, n + 1, offs)?,
             blocks.into_pyarray(py),
         ))
     }
