@@ -610,6 +610,11 @@ class KVCacheManager:
             [(u / (n - 1)) if n > 1 else 0.0 for n, _f, _c, u in counts], dtype=np.float64
         )
 
+    def free_blocks(self) -> I64:
+        """Per pool: free blocks, cached or not (what an allocation can take without
+        moving memory; a shared pool reports itself for every group)."""
+        return self._core.free_blocks()
+
     def obtainable_blocks(self) -> I64:
         """Per pool: blocks an allocation could get now. Static pools: their free
         blocks. Elastic: also what the group could take from the shared remainder

@@ -659,6 +659,17 @@ impl PyManager {
         self.inner.with(py, |m| m.obtainable_blocks())
     }
 
+    /// Per group: free blocks (cached or not) of the pool it draws from, as int64.
+    fn free_blocks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let v = self.inner.with(py, |m| {
+            (0..m.num_groups())
+                .filter_map(|g| m.pool(g).ok())
+                .map(|p| p.num_free() as i64)
+                .collect::<Vec<i64>>()
+        })?;
+        Ok(v.into_pyarray(py))
+    }
+
     /// Per group: non-null blocks backed by memory now (of the pool it draws from).
     fn present_blocks(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
         self.inner.with(py, |m| {

@@ -291,6 +291,16 @@ impl Manager {
                 }
                 _ => (r.num_cached[g], e / bs),
             };
+            if to > from + 1 {
+                // Many blocks (a prefill chunk): their index slots load together.
+                let pool = &self.pools[self.pool_of[g]];
+                let hs = &r.hashes[self.size_of[g]];
+                for k in from..to {
+                    if let Some(&h) = hs.get(k) {
+                        pool.prefetch_index(h ^ self.salt[g]);
+                    }
+                }
+            }
             let mut run_start = usize::MAX;
             let check = cfg.kind == GroupKind::State && self.mode == MambaMode::Align;
             for k in from..to {

@@ -10,6 +10,11 @@ use crate::group_policy::{GroupKind, MambaMode};
 use crate::kv_events::KvEvent;
 use crate::request::{Phase, Request};
 
+/// Most index slots a lookup prefetches per group: the blocks just below its limit,
+/// where sliding-window and state groups look from (a prompt of up to this many blocks
+/// is covered whole).
+const PREFETCH_BLOCKS: usize = 512;
+
 impl Manager {
     // --- prefix hits ---------------------------------------------------------------
 
@@ -79,6 +84,16 @@ impl Manager {
             let m = &mut self.memo[g];
             m.clear();
             m.resize(cap / self.groups[g].block_size, UNKNOWN);
+            // The lookups below probe one index slot per block, one after another:
+            // start loading the slots first, so their cache misses overlap.
+            if !matches!(self.groups[g].kind, GroupKind::CrossAttention { .. }) {
+                let pool = &self.pools[self.pool_of[g]];
+                let hs = &r.hashes[self.size_of[g]];
+                let k = m.len().min(hs.len());
+                for &h in &hs[k.saturating_sub(PREFETCH_BLOCKS)..k] {
+                    pool.prefetch_index(h ^ self.salt[g]);
+                }
+            }
         }
         let ng = self.groups.len();
         let mut own = vec![0usize; ng];
