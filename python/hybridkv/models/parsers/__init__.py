@@ -65,6 +65,11 @@ REFUSED: dict[str, str] = {
         "(kv_source_layers) and rescore a pooled candidate set; no hybridkv spec expresses "
         "cross-layer KV reuse among indexed layers"
     ),
+    "glm5_next": (
+        "GLM-5-Next's indexed-attention layers cache, per token, the indexer key, its "
+        "kpool-compression gate scores and a validity channel (transformers packs them into "
+        "one indexer cache), a layout no engine spec fixes yet; hybridkv does not guess it"
+    ),
     "blt": (
         "the Byte Latent Transformer keeps byte-level local encoder/decoder caches beside a "
         "patch-level global cache whose length entropy patching decides at run time; no "
