@@ -367,6 +367,30 @@ def test_bundled_configs_resolved_by_transformers_give_the_same_model() -> None:
         ), name
 
 
+def test_builtin_defaults_are_transformers_defaults_for_every_parser() -> None:
+    """A config that spells only what differs from transformers' defaults (what
+    ``to_diff_dict`` keeps: here, nothing but ``model_type``) plans exactly like the
+    config transformers fills in: every default the built-in reader falls back to is
+    the family's transformers default."""
+    from hybridkv.models import supported_model_types
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    checked = []
+    for model_type in supported_model_types():
+        if model_type not in CONFIG_MAPPING:  # remote-code spellings (kimi_k2, minimax_m1, ...)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = CONFIG_MAPPING[model_type]()
+            full = json.loads(config.to_json_string())
+            sparse = json.loads(config.to_json_string(use_diff=True))
+        sparse["model_type"] = model_type
+        filled = model_from_config(full)
+        assert model_from_config(sparse).layer_specs == filled.layer_specs, model_type
+        checked.append(model_type)
+    assert len(checked) >= 100, checked
+
+
 def test_every_transformers_config_plans_or_is_refused_clearly(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
