@@ -26,6 +26,7 @@ def warm(tmp_path: Path) -> OffloadConnector:
         KVCacheManager(plan, enable_prefix_caching=True),
         parse_offload_spec(f"disk:{tmp_path}:64MiB"),
         HostPages(plan),
+        weights="test",
         background=False,
     )
     m = c.manager
