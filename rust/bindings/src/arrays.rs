@@ -1,7 +1,8 @@
 //! numpy at the boundary. A contiguous 1-D int32 id array and a C-ordered `(n, 2)`
 //! uint64 hash array are read in place (no Python objects touched per element); any
-//! other integer array-like (another integer dtype, a strided view, a list of ints) is
-//! converted once, with range checks. Floats, bools, objects and wrong shapes raise
+//! other integer array-like (another integer dtype, a strided view, a list of ints, a
+//! list of Python ints too large for one numpy dtype) is converted once, with range
+//! checks. Floats, bools, non-int objects and wrong shapes raise
 //! `InvalidArgumentError` naming the argument.
 //!
 //! Hash layout: a 128-bit hash `h` is the row `[h & (2**64-1), h >> 64]` of a C-ordered
@@ -54,6 +55,10 @@ pub fn int_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
     if shape[0] == 0 {
         return Ok(Vec::new());
     }
+    if kind == 'O' {
+        // Python ints numpy could not fit in one integer dtype: each must fit int64.
+        return object_ints(&arr, what);
+    }
     if kind != 'i' && kind != 'u' {
         return Err(invalid_arg(format!(
             "{what} must have an integer dtype, got {}",
@@ -73,6 +78,28 @@ pub fn int_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
     let a = converted.cast::<PyArray1<i64>>()?;
     let ro = a.try_readonly().map_err(|_| borrow_error(what))?;
     Ok(ro.as_array().to_vec())
+}
+
+/// The values of a 1-D object array holding only Python ints, each in int64.
+fn object_ints(arr: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    let mut out = Vec::new();
+    for x in arr.try_iter()? {
+        let x = x?;
+        if x.is_instance_of::<pyo3::types::PyBool>() || !x.is_instance_of::<pyo3::types::PyInt>() {
+            return Err(invalid_arg(format!(
+                "{what} must have an integer dtype, got {}",
+                dtype_name(arr)
+            )));
+        }
+        out.push(x.extract::<i64>().map_err(|_| {
+            let shown = x
+                .str()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|_| "?".into());
+            invalid_arg(format!("{what}: {shown} is outside the int64 range"))
+        })?);
+    }
+    Ok(out)
 }
 
 fn ids_from_i64(v: Vec<i64>, what: &str) -> PyResult<Vec<i32>> {
