@@ -157,13 +157,14 @@ class KVCacheManager:
 def hash_token_blocks(
     token_ids: IdsLike,
     block_size: int,
-    seed: int = 0,
+    seed: int | None = None,
     parent: int | None = None,
     lora_id: int | None = None,
-    cache_salt: bytes | None = None,
+    cache_salt: str | bytes | None = None,
     mm_hashes: HashesLike | None = None,
     mm_starts: IdsLike | None = None,
     mm_lens: IdsLike | None = None,
+    mm_features: Sequence[tuple[int, int, int]] | None = None,
 ) -> HashArray: ...
 def int64_array(value: IdsLike, what: str) -> npt.NDArray[np.int64]:
     """A 1-D int64 array from an integer array-like (a scalar is a batch of one);

@@ -6,7 +6,7 @@ use hybridkv_core::prefix_hash::{hash_token_blocks as core_hash_blocks, ExtraKey
 use hybridkv_core::{KvEvent, MambaMode, Manager, ManagerConfig, NewRequest};
 use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::arrays::{hashes, hashes_to_py, int_arg, int_vec};
 use crate::errors::{invalid_arg, py_error, IntoPy};
@@ -764,26 +764,38 @@ impl PyManager {
 /// Chained block hashes of `token_ids` at `block_size` as an `(n, 2)` uint64 array
 /// (see `hybridkv_core::prefix_hash` for the algorithm and byte layout).
 #[pyfunction]
-#[pyo3(signature = (token_ids, block_size, seed=0, parent=None, lora_id=None, cache_salt=None,
-    mm_hashes=None, mm_starts=None, mm_lens=None))]
+#[pyo3(signature = (token_ids, block_size, seed=None, parent=None, lora_id=None, cache_salt=None,
+    mm_hashes=None, mm_starts=None, mm_lens=None, mm_features=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn hash_token_blocks<'py>(
     py: Python<'py>,
     token_ids: &Bound<'py, PyAny>,
-    block_size: i64,
-    seed: u64,
-    parent: Option<u128>,
-    lora_id: Option<i64>,
-    cache_salt: Option<&Bound<'py, PyBytes>>,
+    block_size: &Bound<'py, PyAny>,
+    seed: Option<&Bound<'py, PyAny>>,
+    parent: Option<&Bound<'py, PyAny>>,
+    lora_id: Option<&Bound<'py, PyAny>>,
+    cache_salt: Option<&Bound<'py, PyAny>>,
     mm_hashes: Option<&Bound<'py, PyAny>>,
     mm_starts: Option<&Bound<'py, PyAny>>,
     mm_lens: Option<&Bound<'py, PyAny>>,
+    mm_features: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<u64>>> {
-    if block_size <= 0 {
-        return Err(invalid_arg(format!(
-            "block_size must be positive, got {block_size}"
-        )));
-    }
+    use manager_args::given;
+    let bs = manager_args::int_in(block_size, 1, Some(1 << 63), "block_size")? as usize;
+    let seed = match given(seed) {
+        None => 0,
+        Some(s) => manager_args::int_in(s, 0, Some(1 << 64), "seed")? as u64,
+    };
+    let parent = given(parent)
+        .map(|p| manager_args::int_in(p, 0, None, "parent"))
+        .transpose()?;
+    let lora_id = given(lora_id)
+        .map(|l| manager_args::int_in(l, 0, Some(1 << 63), "lora_id").map(|v| v as i64))
+        .transpose()?;
+    let cache_salt = match given(cache_salt) {
+        None => None,
+        Some(s) => manager_args::salt(s)?,
+    };
     let tokens = token_vec(token_ids, "token_ids")?;
     if let Some(pos) = tokens.iter().position(|&t| t < 0) {
         return Err(py_error(
@@ -792,9 +804,13 @@ pub fn hash_token_blocks<'py>(
             format!("token id {} at position {pos} is out of range", tokens[pos]),
         ));
     }
-    let media = match mm_hashes {
-        None => Vec::new(),
-        Some(h) => {
+    let media = match (given(mm_features), given(mm_hashes)) {
+        (Some(_), Some(_)) => {
+            return Err(invalid_arg("give mm_features or mm_hashes, not both"));
+        }
+        (Some(f), None) => manager_args::media_items(f)?,
+        (None, None) => Vec::new(),
+        (None, Some(h)) => {
             let offs = vec![0i64, hashes(h, "mm_hashes")?.len() as i64].into_pyarray(py);
             media_lists(1, Some(offs.as_any()), Some(h), mm_starts, mm_lens)?
                 .pop()
@@ -803,10 +819,9 @@ pub fn hash_token_blocks<'py>(
     };
     let extra = ExtraKeys {
         lora_id,
-        cache_salt: cache_salt.map(|b| b.as_bytes().to_vec()),
+        cache_salt,
         media,
     };
-    let bs = block_size as usize;
     let hs = py.detach(|| core_hash_blocks(&tokens, bs, seed, parent, &extra));
     Ok(hashes_to_py(py, hs.into_iter()))
 }

@@ -28,6 +28,11 @@ const MANAGED_KINDS: [&str; 7] = [
     "cross_attention",
 ];
 
+/// An optional argument that was given and is not None.
+pub fn given<'a, 'py>(obj: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+    obj.filter(|o| !o.is_none())
+}
+
 fn repr(obj: &Bound<'_, PyAny>) -> String {
     obj.repr()
         .map(|r| r.to_string())
@@ -220,25 +225,52 @@ pub fn cache_salts(obj: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Vec<Opt
     };
     per_request_list(obj, n, "cache_salts")?
         .iter()
-        .map(|s| {
-            if s.is_none() {
-                Ok(None)
-            } else if let Ok(b) = s.cast::<PyBytes>() {
-                Ok(Some(b.as_bytes().to_vec()))
-            } else if let Ok(t) = s.cast::<PyString>() {
-                t.to_str()
-                    .map(|t| Some(t.as_bytes().to_vec()))
-                    .map_err(|_| {
-                        invalid_arg(format!("cache salt {} is not valid UTF-8 text", repr(s)))
-                    })
-            } else {
-                Err(invalid_arg(format!(
-                    "cache salt must be str, bytes or None, got {}",
-                    type_name(s)
-                )))
-            }
-        })
+        .map(salt)
         .collect()
+}
+
+/// One cache salt: bytes, str (UTF-8 encoded) or None.
+pub fn salt(s: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u8>>> {
+    if s.is_none() {
+        Ok(None)
+    } else if let Ok(b) = s.cast::<PyBytes>() {
+        Ok(Some(b.as_bytes().to_vec()))
+    } else if let Ok(t) = s.cast::<PyString>() {
+        t.to_str()
+            .map(|t| Some(t.as_bytes().to_vec()))
+            .map_err(|_| invalid_arg(format!("cache salt {} is not valid UTF-8 text", repr(s))))
+    } else {
+        Err(invalid_arg(format!(
+            "cache salt must be str, bytes or None, got {}",
+            type_name(s)
+        )))
+    }
+}
+
+/// An int (never a bool or float) in `[lo, hi)`, `hi` at most 2**128.
+pub fn int_in(obj: &Bound<'_, PyAny>, lo: u128, hi: Option<u128>, what: &str) -> PyResult<u128> {
+    let v = is_int(obj)
+        .then(|| obj.extract::<u128>().ok())
+        .flatten()
+        .filter(|&v| v >= lo && hi.is_none_or(|h| v < h));
+    v.ok_or_else(|| {
+        let hi = hi.map_or("2**128".to_string(), |h| h.to_string());
+        invalid_arg(format!(
+            "{what} must be an int in [{lo}, {hi}), got {}",
+            repr(obj)
+        ))
+    })
+}
+
+/// The multimodal items of one sequence: a sequence of `(hash, start, length)`.
+pub fn media_items(obj: &Bound<'_, PyAny>) -> PyResult<Vec<MediaItem>> {
+    if !(is_sequence(obj) || obj.cast::<PyUntypedArray>().is_ok()) {
+        return Err(invalid_arg(format!(
+            "multimodal items must be a sequence of (hash, start, length), got {}",
+            repr(obj)
+        )));
+    }
+    items(obj)?.iter().map(media_item).collect()
 }
 
 /// One multimodal item `(content hash, start, length)`: ints, the hash below 2**128,
