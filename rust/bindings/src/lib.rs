@@ -33,6 +33,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<registry::PyPoolRegistry>()?;
     m.add_class::<manager::PyManager>()?;
     m.add_function(wrap_pyfunction!(manager::hash_token_blocks, m)?)?;
-    m.add_function(wrap_pyfunction!(manager_args::int64_array, m)?)?;
+    m.add_function(wrap_pyfunction!(arrays::int64_array, m)?)?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedA
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::arrays::{hashes, hashes_to_py, int_arg, int_vec};
+use crate::arrays::{self, hashes, hashes_to_py, int_arg, int_vec};
 use crate::errors::{invalid_arg, py_error, IntoPy};
 use crate::manager_args;
 use crate::shared::Shared;
@@ -239,15 +239,15 @@ impl PyManager {
         })?;
         let shared_pool = match shared_pool.filter(|o| !o.is_none()) {
             None => false,
-            Some(b) => manager_args::flag(b, "shared_pool")?,
+            Some(b) => arrays::flag(b, "shared_pool")?,
         };
         let cfg = ManagerConfig {
             groups,
             mamba_mode: MambaMode::parse(&mode).py_err()?,
-            enable_caching: manager_args::flag(enable_caching, "enable_caching")?,
+            enable_caching: arrays::flag(enable_caching, "enable_caching")?,
             hash_seed: manager_args::hash_seed(hash_seed)?,
             vocab_size: manager_args::vocab_size(vocab_size)?,
-            record_events: manager_args::flag(record_events, "record_events")?,
+            record_events: arrays::flag(record_events, "record_events")?,
             arena: manager_args::arena_config(arena)?,
             shared_pool,
             checkpoint_policy: manager_args::checkpoint_policy(checkpoint_policy, shared_pool)?,
@@ -780,17 +780,17 @@ pub fn hash_token_blocks<'py>(
     mm_lens: Option<&Bound<'py, PyAny>>,
     mm_features: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<u64>>> {
-    use manager_args::given;
-    let bs = manager_args::int_in(block_size, 1, Some(1 << 63), "block_size")? as usize;
+    use crate::arrays::given;
+    let bs = arrays::int_in(block_size, 1, Some(1 << 63), "block_size")? as usize;
     let seed = match given(seed) {
         None => 0,
-        Some(s) => manager_args::int_in(s, 0, Some(1 << 64), "seed")? as u64,
+        Some(s) => arrays::int_in(s, 0, Some(1 << 64), "seed")? as u64,
     };
     let parent = given(parent)
-        .map(|p| manager_args::int_in(p, 0, None, "parent"))
+        .map(|p| arrays::int_in(p, 0, None, "parent"))
         .transpose()?;
     let lora_id = given(lora_id)
-        .map(|l| manager_args::int_in(l, 0, Some(1 << 63), "lora_id").map(|v| v as i64))
+        .map(|l| arrays::int_in(l, 0, Some(1 << 63), "lora_id").map(|v| v as i64))
         .transpose()?;
     let cache_salt = match given(cache_salt) {
         None => None,

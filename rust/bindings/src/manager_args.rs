@@ -12,9 +12,11 @@ use hybridkv_core::prefix_hash::MediaItem;
 use hybridkv_core::{ArenaConfig, CheckpointPolicy, GroupConfig, GroupKind};
 use numpy::{PyArray1, PyArrayMethods, PyUntypedArray};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyString, PyTuple};
 
-use crate::arrays::{int_arg, int_vec};
+use crate::arrays::{
+    int_arg, int_batch, int_vec, is_int, is_scalar, is_sequence, items, repr, type_name,
+};
 use crate::errors::{invalid_arg, py_error, IntoPy};
 
 /// Kinds the manager gives a pool (encoder-only layers have no KV cache).
@@ -27,59 +29,6 @@ const MANAGED_KINDS: [&str; 7] = [
     "state",
     "cross_attention",
 ];
-
-/// An optional argument that was given and is not None.
-pub fn given<'a, 'py>(obj: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
-    obj.filter(|o| !o.is_none())
-}
-
-fn repr(obj: &Bound<'_, PyAny>) -> String {
-    obj.repr()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
-/// A Python int or numpy integer (never a bool, float or string).
-fn is_int(obj: &Bound<'_, PyAny>) -> bool {
-    if obj.is_instance_of::<PyBool>() {
-        return false;
-    }
-    if obj.is_instance_of::<PyInt>() {
-        return true;
-    }
-    // numpy integer scalars (np.bool_ is not an integer: it has no `__index__`).
-    obj.py()
-        .import("numpy")
-        .and_then(|np| np.getattr("integer"))
-        .and_then(|t| obj.is_instance(&t))
-        .unwrap_or(false)
-}
-
-/// A plain int, numpy scalar or 0-d array: a batch of one.
-fn is_scalar(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
-    if obj.is_instance_of::<PyInt>() {
-        return Ok(true);
-    }
-    if obj.cast::<PyUntypedArray>().is_ok() || obj.hasattr("shape")? {
-        return Ok(obj.getattr("shape")?.len()? == 0);
-    }
-    Ok(false)
-}
-
-/// A 1-D int64 batch from an integer array-like; a scalar is a batch of one.
-pub fn int_batch(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
-    if is_scalar(obj)? {
-        return Ok(vec![int_arg(obj, what)?]);
-    }
-    int_vec(obj, what)
-}
 
 /// Request ids (`req_ids`): int64 array-likes, a scalar is a batch of one.
 pub fn request_ids(obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
@@ -94,26 +43,6 @@ pub fn per_request(obj: Option<&Bound<'_, PyAny>>, n: usize, what: &str) -> PyRe
         Some(o) if is_scalar(o)? => Ok(vec![int_arg(o, what)?; n]),
         Some(o) => int_vec(o, what),
     }
-}
-
-/// Whether `obj` is a sequence (list, tuple or any `collections.abc.Sequence`), not
-/// text or bytes.
-fn is_sequence(obj: &Bound<'_, PyAny>) -> bool {
-    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
-        return true;
-    }
-    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
-        return false;
-    }
-    obj.py()
-        .import("collections.abc")
-        .and_then(|m| m.getattr("Sequence"))
-        .and_then(|t| obj.is_instance(&t))
-        .unwrap_or(false)
-}
-
-fn items<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
-    obj.try_iter()?.collect()
 }
 
 /// A per-request sequence (or array) of exactly `n` entries.
@@ -245,21 +174,6 @@ pub fn salt(s: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u8>>> {
             type_name(s)
         )))
     }
-}
-
-/// An int (never a bool or float) in `[lo, hi)`, `hi` at most 2**128.
-pub fn int_in(obj: &Bound<'_, PyAny>, lo: u128, hi: Option<u128>, what: &str) -> PyResult<u128> {
-    let v = is_int(obj)
-        .then(|| obj.extract::<u128>().ok())
-        .flatten()
-        .filter(|&v| v >= lo && hi.is_none_or(|h| v < h));
-    v.ok_or_else(|| {
-        let hi = hi.map_or("2**128".to_string(), |h| h.to_string());
-        invalid_arg(format!(
-            "{what} must be an int in [{lo}, {hi}), got {}",
-            repr(obj)
-        ))
-    })
 }
 
 /// The multimodal items of one sequence: a sequence of `(hash, start, length)`.
@@ -491,12 +405,6 @@ pub fn vocab_size(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
     }
 }
 
-/// A flag that must be a real bool (or numpy bool), not any truthy object.
-pub fn flag(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<bool> {
-    obj.extract::<bool>()
-        .map_err(|_| invalid_arg(format!("{what} must be a bool, got {}", repr(obj))))
-}
-
 /// `checkpoint_policy`: `"reuse"` or `"lru"`; None picks the default (`"lru"` with a
 /// shared pool, the only policy it supports, else `"reuse"`).
 pub fn checkpoint_policy(
@@ -514,16 +422,4 @@ pub fn checkpoint_policy(
             ))),
         },
     }
-}
-
-/// `hybridkv._core.int64_array(value, what)`: a 1-D int64 array from an integer
-/// array-like (a scalar is a batch of one), refused as `InvalidArgumentError` naming
-/// `what` exactly as the manager's own arguments are: for Python code that takes
-/// request ids beside the manager (the offload connector).
-#[pyfunction]
-pub fn int64_array<'py>(
-    value: &Bound<'py, PyAny>,
-    what: &str,
-) -> PyResult<Bound<'py, numpy::PyArray1<i64>>> {
-    Ok(PyArray1::from_vec(value.py(), int_batch(value, what)?))
 }
