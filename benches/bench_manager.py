@@ -11,9 +11,10 @@ Each side runs the same driver; only the manager calls are timed: request intake
 vLLM's block hashing at request creation), prefix lookups, allocation (one batched call
 for hybridkv, one call per request for vLLM), the per-step block-table export (the new
 block ids a scheduler hands a model runner that keeps persistent tables: hybridkv's
-``new_block_ids`` per group, vLLM's ``get_block_ids()`` of the blocks ``allocate_slots``
-returned), appending sampled tokens and freeing finished requests. The cost of exporting
-hybridkv's full ``(n, width)`` tables of every group (``block_tables``) is shown apart. Times are the calling thread's CPU time (the GIL is
+``new_block_ids_all``, every group in one call; vLLM's ``get_block_ids()`` of the
+blocks ``allocate_slots`` returned), appending sampled tokens and freeing finished
+requests. The cost of exporting hybridkv's full ``(n, width)`` tables of every group
+(``block_tables``) is shown apart. Times are the calling thread's CPU time (the GIL is
 released inside hybridkv, but its work runs on the calling thread).
 
 vLLM runs in a subprocess with the python of a separate venv (default
@@ -314,8 +315,7 @@ class HybridSide(Side):
 
     def export(self, ids: list[int]) -> None:
         a = np.asarray(ids, dtype=np.int64)
-        ng = self.m.num_groups
-        self._timed(lambda: [self.m.new_block_ids(g, a) for g in range(ng)], export=True)
+        self._timed(lambda: self.m.new_block_ids_all(a), export=True)
         # The full tables, for the breakdown only (every 10th step, not in the totals).
         self.n_export += 1
         if self.n_export % 10 == 0:

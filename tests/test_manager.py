@@ -268,6 +268,41 @@ def test_new_block_ids_rebuild_the_tables_incrementally() -> None:
         m.new_block_ids(0, [1, 7])
 
 
+def test_new_block_ids_all_equals_one_call_per_group() -> None:
+    """The one-call export gives every group what its own ``new_block_ids`` would, and
+    advances each group's export state the same way."""
+    a, b = KVCacheManager(cfg()), KVCacheManager(cfg())
+    for m in (a, b):
+        m.add_requests([1, 2, 3], [seq(6), seq(13, 50), seq(40, 7)])
+        m.get_computed_tokens([1, 2, 3])
+    rng = np.random.default_rng(3)
+    ids = [1, 2, 3]
+    for step in range(30):
+        nums = [int(rng.integers(1, 9)) for _ in ids]
+        for m in (a, b):
+            left = m.num_tokens(ids) - m.num_computed_tokens(ids)
+            n = np.minimum(np.asarray(nums), left)
+            assert m.allocate_slots(ids, n).all()
+        asked = [ids[i] for i in rng.permutation(len(ids))[: int(rng.integers(0, 4))]]
+        start, offs, got = a.new_block_ids_all(asked)
+        assert start.shape == (3, len(asked)) and offs.shape == (3, len(asked) + 1)
+        for g in range(3):
+            s1, o1, i1 = b.new_block_ids(g, asked)
+            assert start[g].tolist() == s1.tolist()
+            seg = got[offs[g, 0] : offs[g, -1]]
+            assert (offs[g] - offs[g, 0]).tolist() == o1.tolist()
+            assert seg.tolist() == i1.tolist()
+        for m in (a, b):
+            done = m.num_computed_tokens(ids) == m.num_tokens(ids)
+            m.append_tokens(ids, [toks(5) if d else toks() for d in done])
+        if step == 12:
+            for m in (a, b):
+                m.preempt([2])
+                m.get_computed_tokens([2])
+    with pytest.raises(errors.UnknownRequestError):
+        a.new_block_ids_all([1, 7])
+
+
 def test_all_or_nothing_per_request() -> None:
     # Full pool of 6 usable blocks; the SWA pool is tiny so the second request fails
     # on the SWA group alone and must leave nothing allocated anywhere.

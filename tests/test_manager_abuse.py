@@ -80,6 +80,7 @@ CORE_ARITY = {
     "block_table": 3,
     "block_table_into": 3,
     "new_block_ids": 2,
+    "new_block_ids_all": 1,
     "block_tables": 1,
     "slot_mapping": 3,
     "num_computed_tokens": 1,
@@ -313,7 +314,10 @@ class ManagerAbuse(RuleBasedStateMachine):
         call = self.m.append_tokens if append else self.m.add_requests
         self.attempt(lambda: call(ids, tokens, offsets))
 
-    @rule(data=st.data(), method=st.sampled_from(["free", "preempt", "get_computed_tokens"]))
+    @rule(
+        data=st.data(),
+        method=st.sampled_from(["free", "preempt", "get_computed_tokens", "new_block_ids_all"]),
+    )
     def abuse_lifecycle(self, data: st.DataObject, method: str) -> None:
         ids = data.draw(args(self.pool()))
         self.attempt(lambda: getattr(self.m, method)(ids))

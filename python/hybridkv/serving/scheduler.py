@@ -693,9 +693,10 @@ class Scheduler:
         new_hits: list[int] = []
         res_ids: list[int] = []
         res_hits: list[int] = []
-        adm_ok = {r.req_id for r in kept_reqs}
-        for r, h in zip(admitted, admit_hits, strict=True):
-            if r.req_id not in adm_ok:
+        # Admitted requests are the batch's last rows: only their outcomes matter here.
+        adm_ok = ok[len(batch) - len(admitted) :].tolist()
+        for r, h, good in zip(admitted, admit_hits, adm_ok, strict=True):
+            if not good:
                 continue
             r.status = _RUNNING
             # The running list stays in rank order (an insertion, not a re-sort).
@@ -708,8 +709,8 @@ class Scheduler:
                 new_ids.append(r.req_id)
                 new_lens.append(r.prompt_len)
                 new_hits.append(h)
-        for r in admitted:
-            r.started = r.started or r.req_id in adm_ok
+        for r, good in zip(admitted, adm_ok, strict=True):
+            r.started = r.started or good
 
         out = SchedulerOutput(
             step=self._step,
@@ -788,6 +789,11 @@ class Scheduler:
         obtainable = getattr(self.manager, "obtainable_blocks", None)
         if getattr(self.manager, "elastic", False) and obtainable is not None:
             got = np.asarray(obtainable(), dtype=np.int64)
+            return got[self._grow_idx]
+        free_blocks = getattr(self.manager, "free_blocks", None)
+        if free_blocks is not None:
+            # The pools' free counts themselves (what the usage fractions encode).
+            got = np.asarray(free_blocks(), dtype=np.int64)
             return got[self._grow_idx]
         used = np.asarray(self.manager.usage(), dtype=np.float64)[self._grow_idx]
         return np.rint((1.0 - used) * (self._grow_blocks - 1)).astype(np.int64)

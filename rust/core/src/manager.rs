@@ -466,6 +466,45 @@ impl Manager {
         let n = new.len();
         Self::check_offsets(offsets, n, tokens.len(), false)?;
         self.check_tokens(tokens)?;
+        let prompts = (0..n)
+            .map(|i| tokens[offsets[i] as usize..offsets[i + 1] as usize].to_vec())
+            .collect();
+        self.add_requests_owned(new, prompts)
+    }
+
+    /// `add_requests` with one prompt vector per request, moved in as they are (a
+    /// caller that built them, e.g. from a list of arrays, copies the tokens once).
+    pub fn add_requests_owned(
+        &mut self,
+        new: Vec<NewRequest>,
+        prompts: Vec<Vec<i32>>,
+    ) -> Result<()> {
+        let n = new.len();
+        if prompts.len() != n {
+            return Err(Error::LengthMismatch {
+                what: "prompts vs request ids",
+                left: prompts.len(),
+                right: n,
+            });
+        }
+        let mut at = 0usize;
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "every prompt needs a token: prompt {i} of this call is empty"
+                )));
+            }
+            // Positions count through the batch as if the prompts were concatenated
+            // (what the flat form reports).
+            self.check_tokens(p).map_err(|e| match e {
+                Error::InvalidToken { token, position } => Error::InvalidToken {
+                    token,
+                    position: at + position,
+                },
+                e => e,
+            })?;
+            at += p.len();
+        }
         let ids: Vec<i64> = new.iter().map(|r| r.id).collect();
         if let Some(id) = first_repeat(&ids) {
             return Err(Error::DuplicateRequest {
@@ -513,8 +552,7 @@ impl Manager {
             }
         }
         let (ns, ng) = (self.sizes.len(), self.groups.len());
-        for (i, r) in new.into_iter().enumerate() {
-            let toks = tokens[offsets[i] as usize..offsets[i + 1] as usize].to_vec();
+        for (r, toks) in new.into_iter().zip(prompts) {
             self.reqs
                 .insert(Request::new(r.id, toks, r.extra, r.encoder_len, ns, ng));
         }

@@ -64,8 +64,29 @@ impl Manager {
                 }
             }
         }
+        // Hash first, every request at once (the clock read once per phase, not per
+        // request): the blocks this call can complete, `[.., computed + num_new)`. Pure
+        // (only the request's tokens decide them), so a request that then does not fit
+        // loses nothing; its hashes are kept for later.
         let t0 = Instant::now();
-        let ns_hash0 = self.stats.ns_hash;
+        if self.caching {
+            for (i, &s) in slots.iter().enumerate() {
+                let Some(r) = self.reqs.get_mut(s) else {
+                    continue;
+                };
+                if num_new[i] == 0 {
+                    continue;
+                }
+                let e = r.num_computed + num_new[i] as usize;
+                for (si, &bs) in self.sizes.iter().enumerate() {
+                    if e / bs > r.hashes[si].len() {
+                        r.ensure_hashes(si, bs, e, self.root, &mut self.buf);
+                    }
+                }
+            }
+        }
+        let t1 = Instant::now();
+        self.stats.ns_hash += (t1 - t0).as_nanos() as u64;
         if new_step {
             // The previous step's forward has run: its checkpoints are written.
             self.states_this_step.iter_mut().for_each(|s| s.clear());
@@ -88,8 +109,7 @@ impl Manager {
             }
             out.push(ok);
         }
-        let spent = t0.elapsed().as_nanos() as u64;
-        self.stats.ns_alloc += spent.saturating_sub(self.stats.ns_hash - ns_hash0);
+        self.stats.ns_alloc += t1.elapsed().as_nanos() as u64;
         Ok(out)
     }
 
@@ -249,12 +269,10 @@ impl Manager {
     /// Cache the blocks that the tokens `[c, e)` of this step complete.
     fn cache_full_blocks(&mut self, r: &mut Request, c: usize, e: usize) {
         for s in 0..self.sizes.len() {
+            // `allocate_slots` hashed these blocks already; this only guards the rule
+            // that every block cached here has its hash.
             if e / self.sizes[s] > r.hashes[s].len() {
-                // Timed only when there is hashing to do (a decode step rarely
-                // completes a block): a clock read costs as much as the rest.
-                let t0 = Instant::now();
                 r.ensure_hashes(s, self.sizes[s], e, self.root, &mut self.buf);
-                self.stats.ns_hash += t0.elapsed().as_nanos() as u64;
             }
         }
         for g in 0..self.groups.len() {
@@ -273,6 +291,16 @@ impl Manager {
                 }
                 _ => (r.num_cached[g], e / bs),
             };
+            if to > from + 1 {
+                // Many blocks (a prefill chunk): their index slots load together.
+                let pool = &self.pools[self.pool_of[g]];
+                let hs = &r.hashes[self.size_of[g]];
+                for k in from..to {
+                    if let Some(&h) = hs.get(k) {
+                        pool.prefetch_index(h ^ self.salt[g]);
+                    }
+                }
+            }
             let mut run_start = usize::MAX;
             let check = cfg.kind == GroupKind::State && self.mode == MambaMode::Align;
             for k in from..to {

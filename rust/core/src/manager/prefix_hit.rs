@@ -10,6 +10,11 @@ use crate::group_policy::{GroupKind, MambaMode};
 use crate::kv_events::KvEvent;
 use crate::request::{Phase, Request};
 
+/// Most index slots a lookup prefetches per group: the blocks just below its limit,
+/// where sliding-window and state groups look from (a prompt of up to this many blocks
+/// is covered whole).
+const PREFETCH_BLOCKS: usize = 512;
+
 impl Manager {
     // --- prefix hits ---------------------------------------------------------------
 
@@ -31,6 +36,23 @@ impl Manager {
                 }
             }
         }
+        // The clock is read once per phase of the call, not per request: hash every
+        // request's prompt blocks first (pure: only its tokens decide them), then look
+        // the prefixes up.
+        let t0 = Instant::now();
+        if self.caching {
+            for &s in &slots {
+                let Some(r) = self.reqs.get_mut(s) else {
+                    continue;
+                };
+                let cap = r.tokens.len().saturating_sub(1);
+                for (si, &bs) in self.sizes.iter().enumerate() {
+                    r.ensure_hashes(si, bs, cap, self.root, &mut self.buf);
+                }
+            }
+        }
+        let t1 = Instant::now();
+        self.stats.ns_hash += (t1 - t0).as_nanos() as u64;
         let mut out = Vec::with_capacity(slots.len());
         for &s in &slots {
             let Some(mut r) = self.reqs.take(s) else {
@@ -45,9 +67,11 @@ impl Manager {
             out.push(h as i64);
             self.reqs.put(s, r);
         }
+        self.stats.ns_lookup += t1.elapsed().as_nanos() as u64;
         Ok(out)
     }
 
+    /// The agreed hit of `r` (its blocks hashed up to `num_tokens - 1` already).
     fn find_and_take_hit(&mut self, r: &mut Request) -> usize {
         let n = r.tokens.len();
         self.stats.queries += 1;
@@ -56,16 +80,20 @@ impl Manager {
             return 0;
         }
         let cap = n - 1;
-        let t0 = Instant::now();
-        for s in 0..self.sizes.len() {
-            r.ensure_hashes(s, self.sizes[s], cap, self.root, &mut self.buf);
-        }
-        let t1 = Instant::now();
-        self.stats.ns_hash += (t1 - t0).as_nanos() as u64;
         for g in 0..self.groups.len() {
             let m = &mut self.memo[g];
             m.clear();
             m.resize(cap / self.groups[g].block_size, UNKNOWN);
+            // The lookups below probe one index slot per block, one after another:
+            // start loading the slots first, so their cache misses overlap.
+            if !matches!(self.groups[g].kind, GroupKind::CrossAttention { .. }) {
+                let pool = &self.pools[self.pool_of[g]];
+                let hs = &r.hashes[self.size_of[g]];
+                let k = m.len().min(hs.len());
+                for &h in &hs[k.saturating_sub(PREFETCH_BLOCKS)..k] {
+                    pool.prefetch_index(h ^ self.salt[g]);
+                }
+            }
         }
         let ng = self.groups.len();
         let mut own = vec![0usize; ng];
@@ -113,7 +141,6 @@ impl Manager {
         if h > 0 {
             self.take_hit_blocks(r, h);
         }
-        self.stats.ns_lookup += t1.elapsed().as_nanos() as u64;
         h
     }
 

@@ -141,6 +141,40 @@ impl Manager {
         Ok((starts, offsets, out))
     }
 
+    /// `new_block_ids` of every group at once (one id resolution, one set of outputs):
+    /// `starts[g * n + i]` is request `i`'s first new column in group `g`, and its new
+    /// ids are `blocks[offsets[g * (n + 1) + i]..offsets[g * (n + 1) + i + 1]]` (group
+    /// after group in one flat array; the offsets index that whole array).
+    pub fn new_block_ids_all(&mut self, ids: &[i64]) -> Result<(Vec<i64>, Vec<i64>, Vec<i32>)> {
+        let slots: Vec<u32> = ids
+            .iter()
+            .map(|&id| {
+                self.reqs.slot_of(id).ok_or_else(|| Error::UnknownRequest {
+                    req_id: id.to_string(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let ng = self.groups.len();
+        let n = ids.len();
+        let mut starts = Vec::with_capacity(ng * n);
+        let mut offsets = Vec::with_capacity(ng * (n + 1));
+        let mut out = Vec::new();
+        for g in 0..ng {
+            offsets.push(out.len() as i64);
+            for &s in &slots {
+                if let Some(r) = self.reqs.get_mut(s) {
+                    let t = &r.tables[g];
+                    let from = r.exported[g].min(t.len());
+                    starts.push(from as i64);
+                    out.extend_from_slice(&t[from..]);
+                    r.exported[g] = t.len();
+                }
+                offsets.push(out.len() as i64);
+            }
+        }
+        Ok((starts, offsets, out))
+    }
+
     pub fn block_tables(&self, ids: &[i64]) -> Result<Vec<(Vec<i32>, usize)>> {
         let mut reqs: Vec<&Request> = Vec::with_capacity(ids.len());
         for &id in ids {
