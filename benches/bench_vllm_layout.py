@@ -428,6 +428,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 continue
             gap = (run["hit_tokens"] - v["hit_tokens"]) / max(v["hit_tokens"], 1)
+            # One line per row as it completes (a long run keeps what it measured).
+            row = {k: run[k] for k in ("trace", "requests", "memory_gib", "num_blocks")}
+            row |= {f"model_{k}": run[k] for k in ("hit_tokens", "alloc_failures", "peak_blocks")}
+            row |= {f"vllm_{k}": val for k, val in v.items()}
+            row |= {"preemptions": run["preemptions"], "prefix_hit_rate": run["prefix_hit_rate"]}
+            print("row " + json.dumps(row), flush=True)
             t.add_row(
                 run["trace"],
                 f"{mem:g} GiB",
