@@ -59,7 +59,7 @@ from hybridkv.offload.tier import Payload, Tier
 from rich.console import Console
 from rich.table import Table
 
-FP = model_fingerprint({"bench": "offload"})
+FP = model_fingerprint({"bench": "offload"}, weights="test")
 BATCH = 16
 
 
@@ -247,7 +247,7 @@ class RecordingOffload(SimOffload):
     """SimOffload that records every request's first-admission hit."""
 
     def __init__(self, config: OffloadConfig) -> None:
-        super().__init__(config)
+        super().__init__(config, weights="bench-weights")
         self.hits: dict[int, int] = {}
 
     def on_step(self, manager: Any, output: Any) -> None:

@@ -88,10 +88,85 @@ def capacity_table(max_num_seqs: int) -> Table:
     return table
 
 
+#: The closing note of issue 12: every family at one operator-sized budget.
+FAMILY_MEMORY = 40 << 30
+FAMILY_SEQS = 64
+#: model_types with a parser before issue 12 (the first 14 bundled models' parsers).
+MODEL_TYPES_BEFORE = 22
+
+
+def family_rows() -> list[tuple[str, str, str, str, str, str]]:
+    """One row per family (``model_type``), each planned from its bundled config at
+    40 GiB / 64 seqs / max_model_len 32768 (or the model's learned-position bound) /
+    8192 batched tokens: hybridkv's tokens, vLLM 0.33's runtime tokens (the planner's
+    ``vllm_baseline``) and their ratio, or the refusal message where it does not fit."""
+    first: dict[str, str] = {}
+    for name in list_models():
+        first.setdefault(load_model(name).model_type or name, name)
+    rows = []
+    for family, name in sorted(first.items()):
+        model = load_model(name)
+        max_len = min(MAX_MODEL_LEN, model.max_model_len or MAX_MODEL_LEN)
+        groups = ", ".join(f"{n} {k}" for k, n in model.kind_counts().items())
+        label = name if max_len == MAX_MODEL_LEN else f"{name} (len {max_len})"
+        try:
+            plan = plan_memory(
+                model,
+                memory_bytes=FAMILY_MEMORY,
+                max_num_seqs=FAMILY_SEQS,
+                max_model_len=max_len,
+                max_num_batched_tokens=MAX_BATCHED,
+                block_size=BLOCK,
+            )
+        except PlanError as exc:
+            rows.append((family, label, groups, "refused", "", str(exc)))
+            continue
+        base = plan.vllm_baseline.token_capacity
+        ratio = f"{plan.token_capacity / base:.2f}x" if base else "n/a"
+        vllm = f"{base:,}" if base is not None else f"impossible: {plan.vllm_baseline.reason}"
+        rows.append((family, label, groups, f"{plan.token_capacity:,}", vllm, ratio))
+    return rows
+
+
+def family_table() -> str:
+    """The family table as Markdown (what benches/RESULTS.md records), with the
+    supported ``model_type`` counts before and after."""
+    from hybridkv.models import supported_model_types
+
+    lines = [
+        f"capacity at {format_bytes(FAMILY_MEMORY)}, {FAMILY_SEQS} seqs, max_model_len "
+        f"{MAX_MODEL_LEN} (learned-position models: their bound), {MAX_BATCHED} batched "
+        f"tokens, block {BLOCK}, model dtype, tp=1, mamba_cache_mode align",
+        "",
+        "| family | bundled config | cache layers | hybridkv tokens | vLLM runtime tokens "
+        "| hybridkv / vLLM |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = family_rows()
+    for family, label, groups, mine, vllm, ratio in rows:
+        if mine == "refused":
+            lines.append(f"| {family} | {label} | {groups} | refused: {ratio} | | |")
+        else:
+            lines.append(f"| {family} | {label} | {groups} | {mine} | {vllm} | {ratio} |")
+    lines += [
+        "",
+        f"families: {len(rows)}; model_types with a parser: {MODEL_TYPES_BEFORE} before "
+        f"issue 12, {len(supported_model_types())} now (more plan through the generic "
+        "reader and text_config wrappers: see tests/test_models_transformers.py's sweep)",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
+    import sys
+
+    if "--families" in sys.argv[1:]:
+        print(family_table())
+        return
     console = Console(width=200)
     for seqs in (256, 32):
         console.print(capacity_table(seqs))
+    print(family_table())
 
 
 if __name__ == "__main__":

@@ -170,6 +170,7 @@ def expected_layers(name: str) -> list[Layer]:
     if mt in (
         "llama",
         "qwen2",
+        "qwen3",
         "qwen3_moe",
         "glm4_moe",
         "minimax_m2",

@@ -87,10 +87,18 @@ def test_report_shape_and_layout_facts(capsys: pytest.CaptureFixture[str]) -> No
         assert lay["ttft_s"]["p50"] <= lay["ttft_s"]["p99"]
         assert lay["tpot_s"]["p50"] <= lay["tpot_s"]["p99"]
         assert all(0.0 <= p["peak_usage"] <= 1.0 for p in lay["pools"])
-    # The ratio against the planner's own figures (not the report's).
+    # The ratios' arithmetic is test_ratios_are_static_over_baseline's (known inputs,
+    # known ratios); here only what this run's ratio claims: per-group pools at natural
+    # page sizes hold more tokens than vLLM's one pool of 544-token pages.
     assert r["ratios_vs"] == "vllm"
-    expected = plan.token_capacity / plan.vllm_baseline.token_capacity
-    assert r["ratios"]["token_capacity"] == pytest.approx(expected)
+    assert set(r["ratios"]) == {
+        "token_capacity",
+        "peak_concurrency",
+        "mean_concurrency",
+        "prefix_hit_rate",
+        "output_throughput_tok_s",
+    }
+    assert r["ratios"]["token_capacity"] > 1
     one = _json([*ARGS, "--trace", "agentic", "--layout", "vllm"], capsys)
     assert set(one["layouts"]) == {"vllm"} and "ratios" not in one
     assert _strip_measured(one)["layouts"]["vllm"] == _strip_measured(r)["layouts"]["vllm"]

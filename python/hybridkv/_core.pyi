@@ -4,6 +4,7 @@ Block ids are int32; 128-bit hashes are rows ``[low, high]`` of ``(n, 2)`` uint6
 arrays. Id and hash arguments accept any integer array-like, converted once.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -74,16 +75,20 @@ class PoolRegistry:
 class KVCacheManager:
     def __init__(
         self,
-        groups: list[tuple[str, int, int, int]],
+        groups: Sequence[Any],
         mamba_cache_mode: str,
         enable_caching: bool,
         hash_seed: int,
         vocab_size: int | None,
         record_events: bool,
-        arena: tuple[int, int, int, list[int], list[int]] | None = None,
-        shared_pool: bool = False,
-        checkpoint_policy: str = "reuse",
-    ) -> None: ...
+        arena: Any | None = None,
+        shared_pool: bool | None = None,
+        checkpoint_policy: str | None = None,
+    ) -> None:
+        """``groups``: objects with ``kind``, ``block_size``, ``num_blocks``, ``window``,
+        ``chunk_size``, ``max_encoder_len`` (or ``(kind, block_size, num_blocks,
+        param)`` tuples); ``arena``: an object with ``memory_bytes``, ``region_bytes``,
+        ``null_bytes``, ``page_bytes``, ``floor_blocks``. Every argument is checked."""
     @property
     def num_groups(self) -> int: ...
     @property
@@ -93,23 +98,29 @@ class KVCacheManager:
     def add_requests(
         self,
         req_ids: IdsLike,
-        token_ids: IdsLike,
-        offsets: IdsLike,
-        lora_ids: IdsLike | None = None,
-        cache_salts: list[bytes | None] | None = None,
+        token_ids: IdsLike | Sequence[IdsLike],
+        offsets: IdsLike | None = None,
+        lora_ids: Sequence[int | None] | None = None,
+        cache_salts: Sequence[str | bytes | None] | None = None,
         mm_offsets: IdsLike | None = None,
         mm_hashes: HashesLike | None = None,
         mm_starts: IdsLike | None = None,
         mm_lens: IdsLike | None = None,
         encoder_lens: IdsLike | None = None,
+        mm_features: Sequence[Sequence[tuple[int, int, int]] | None] | None = None,
     ) -> None: ...
-    def append_tokens(self, req_ids: IdsLike, token_ids: IdsLike, offsets: IdsLike) -> None: ...
+    def append_tokens(
+        self,
+        req_ids: IdsLike,
+        token_ids: IdsLike | Sequence[IdsLike],
+        offsets: IdsLike | None = None,
+    ) -> None: ...
     def get_computed_tokens(self, req_ids: IdsLike) -> npt.NDArray[np.int64]: ...
     def allocate_slots(
         self,
         req_ids: IdsLike,
         num_new_tokens: IdsLike,
-        num_lookahead_tokens: IdsLike,
+        num_lookahead_tokens: IdsLike | None = None,
         new_step: bool = True,
     ) -> npt.NDArray[np.bool_]: ...
     def free(self, req_ids: IdsLike) -> None: ...
@@ -117,9 +128,7 @@ class KVCacheManager:
     def block_table(
         self, group: int, req_ids: IdsLike, max_blocks: int | None = None
     ) -> npt.NDArray[np.int32]: ...
-    def block_table_into(
-        self, group: int, req_ids: IdsLike, out: npt.NDArray[np.int32]
-    ) -> None: ...
+    def block_table_into(self, group: int, req_ids: IdsLike, out: npt.NDArray[np.int32]) -> int: ...
     def block_tables(self, req_ids: IdsLike) -> list[npt.NDArray[np.int32]]: ...
     def new_block_ids(
         self, group: int, req_ids: IdsLike
@@ -148,11 +157,15 @@ class KVCacheManager:
 def hash_token_blocks(
     token_ids: IdsLike,
     block_size: int,
-    seed: int = 0,
+    seed: int | None = None,
     parent: int | None = None,
     lora_id: int | None = None,
-    cache_salt: bytes | None = None,
+    cache_salt: str | bytes | None = None,
     mm_hashes: HashesLike | None = None,
     mm_starts: IdsLike | None = None,
     mm_lens: IdsLike | None = None,
+    mm_features: Sequence[tuple[int, int, int]] | None = None,
 ) -> HashArray: ...
+def int64_array(value: IdsLike, what: str) -> npt.NDArray[np.int64]:
+    """A 1-D int64 array from an integer array-like (a scalar is a batch of one);
+    ``InvalidArgumentError`` naming ``what`` otherwise."""

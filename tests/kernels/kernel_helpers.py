@@ -156,3 +156,49 @@ def prefill_batches(draw: st.DrawFn, n: int, max_len: int, num_slots: int) -> Pr
     return PrefillBatch(
         lengths, offsets(lengths), torch.tensor(src), torch.tensor(dst), checkpoints
     )
+
+
+@st.composite
+def own_source_batches(draw: st.DrawFn, n: int, max_len: int, num_slots: int) -> PrefillBatch:
+    """A prefill step in which every request that has a source slot and at least two
+    new tokens writes a mid-step checkpoint into that very slot, as the manager hands
+    out in mode ``all`` when a step starts mid-block and crosses that block's end.
+
+    Steps are short (1 to ``max_len`` tokens; pass about the conv width so that many
+    have fewer new tokens than ``width - 1``: the final state then still needs the
+    source's old inputs, which is where a kernel that stores the checkpoint before
+    reading the source goes wrong). Other checkpoint columns get slots no other
+    request reads or writes, or none.
+    """
+    lengths = draw(st.lists(st.integers(1, max_len), min_size=n, max_size=n))
+    src, dst = draw(slot_pairs(n, num_slots))
+    if not any(s >= 0 and ln >= 2 for s, ln in zip(src, lengths, strict=True)):
+        lengths[0] = max(lengths[0], 2)  # request 0 always has a source
+    free = [s for s in range(num_slots) if s not in set(src) | set(dst)]
+    cols = draw(st.integers(1, 3))
+    every = draw(st.integers(1, 4))
+    picked = draw(st.permutations(free))[: n * cols]
+    slots = [
+        [picked[r * cols + j] if draw(st.booleans()) else -1 for j in range(cols)] for r in range(n)
+    ]
+    first = []
+    for r in range(n):
+        if src[r] >= 0 and lengths[r] >= 2:
+            # Column j, the state after `at` new tokens (strictly inside the step); a
+            # column that cannot end there (first >= 1) falls back to column 0.
+            j = draw(st.integers(0, cols - 1))
+            at = draw(st.integers(1, lengths[r] - 1))
+            if at - j * every < 1:
+                j = 0
+            first.append(at - j * every)
+            slots[r][j] = src[r]
+        else:
+            first.append(draw(st.integers(1, 8)))
+    checkpoints: dict[str, object] = {
+        "checkpoint_slots": torch.tensor(slots, dtype=torch.int64),
+        "checkpoint_first": torch.tensor(first, dtype=torch.int64),
+        "checkpoint_every": every,
+    }
+    return PrefillBatch(
+        lengths, offsets(lengths), torch.tensor(src), torch.tensor(dst), checkpoints
+    )

@@ -16,6 +16,7 @@ from kernel_helpers import (
     check_state_op,
     dtypes,
     offsets,
+    own_source_batches,
     prefill_batches,
     token_rows,
 )
@@ -114,6 +115,23 @@ def test_gated_delta_checkpoint_into_the_requests_own_source_slot() -> None:
         "checkpoint_first": torch.tensor([1, 2]),
         "checkpoint_every": 4,
     }
+    check_state_op(
+        lambda s: ops.gated_delta_rule(s, *args, **ck),
+        lambda s: reference.gated_delta_rule(s, *args, **ck),
+        a["state"],
+        "gdn, checkpoint into own source",
+    )
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=st.data(), n=st.integers(1, 3), dtype=dtypes)
+def test_gated_delta_checkpoint_into_own_source_matches_reference(
+    data: st.DataObject, n: int, dtype: torch.dtype
+) -> None:
+    batch = data.draw(own_source_batches(n, 6, NUM_SLOTS))
+    a = _inputs(batch.num_tokens, 1, 2, 4, 4, dtype, batch.num_tokens)
+    args = [*(a[k] for k in _ARGS), batch.qsl, batch.src, batch.dst]
+    ck = batch.checkpoints
     check_state_op(
         lambda s: ops.gated_delta_rule(s, *args, **ck),
         lambda s: reference.gated_delta_rule(s, *args, **ck),

@@ -16,6 +16,7 @@ from kernel_helpers import (
     check_state_op,
     dtypes,
     offsets,
+    own_source_batches,
     prefill_batches,
     slot_pairs,
     token_rows,
@@ -64,6 +65,32 @@ def test_conv1d_prefill_matches_reference(
         lambda s: reference.causal_conv1d(x, s, weight, b, *slots, activation=activation, **ck),
         state,
         "conv",
+        exact_state=True,
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(1, 3),
+    conv_dim=st.integers(1, 24),
+    width=st.integers(3, 6),
+    dtype=dtypes,
+)
+def test_conv1d_prefill_checkpoint_into_own_source_matches_reference(
+    data: st.DataObject, n: int, conv_dim: int, width: int, dtype: torch.dtype
+) -> None:
+    # Mode "all" from mid-block across the block's end: the checkpoint goes to the slot
+    # the step started from, often with fewer new tokens than width - 1.
+    batch = data.draw(own_source_batches(n, width, NUM_SLOTS))
+    x, state, weight, bias = _conv_inputs(batch.lengths, conv_dim, width, dtype, batch.num_tokens)
+    slots = (batch.qsl, batch.src, batch.dst)
+    ck = batch.checkpoints
+    check_state_op(
+        lambda s: ops.causal_conv1d_prefill(x, s, weight, bias, *slots, **ck),
+        lambda s: reference.causal_conv1d(x, s, weight, bias, *slots, **ck),
+        state,
+        "conv, checkpoint into own source",
         exact_state=True,
     )
 
@@ -326,6 +353,23 @@ def test_conv_checkpoint_into_the_requests_own_source_slot(
     after = state.clone()
     ops.causal_conv1d_prefill(x, after, weight, bias, qsl, src, dst, **ck)
     assert torch.equal(after[5], whole[5])
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=st.data(), n=st.integers(1, 3), chunk=st.sampled_from([1, 2, 4]), dtype=dtypes)
+def test_ssd_prefill_checkpoint_into_own_source_matches_recurrence(
+    data: st.DataObject, n: int, chunk: int, dtype: torch.dtype
+) -> None:
+    batch = data.draw(own_source_batches(n, 6, NUM_SLOTS))
+    a = _ssm_inputs(batch.num_tokens, 2, 4, 1, 4, dtype, batch.num_tokens)
+    args = [*(a[k] for k in _ARGS), a["D"], a["dt_bias"], batch.qsl, batch.src, batch.dst]
+    ck = batch.checkpoints
+    check_state_op(
+        lambda s: ops.ssd_prefill(s, *args, chunk=chunk, **ck),
+        lambda s: reference.mamba2_ssm(s, *args, **ck),
+        a["state"],
+        "ssd, checkpoint into own source",
+    )
 
 
 def test_ssd_checkpoint_into_the_requests_own_source_slot() -> None:

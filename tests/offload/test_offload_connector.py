@@ -62,14 +62,14 @@ def test_three_groups_reload_byte_exact_after_restart(
     plan = hybrid_plan()
     spec = f"cpu:1MiB,disk:{tmp_path}:64MiB" if tiers == "disk" else f"cpu:1MiB,{redis_server.url}"
     cfg = parse_offload_spec(spec)
-    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     serve_once(first, 1, PROMPT, [1056, 944])
     # Full attention 125 blocks, the window 3, the state one checkpoint (1056: only
     # where a step ended on a boundary).
     assert first.stats.stored_blocks == 125 + 3 + 1
     first.close()
 
-    restarted = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    restarted = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     longer = np.concatenate([PROMPT, np.arange(1, 101, dtype=np.int32)])
     hit, written = load_into_fresh(restarted, 7, longer)
     # Full attention holds 2000 tokens, the window up to 1584, the state only 1056:
@@ -86,7 +86,7 @@ def test_three_groups_reload_byte_exact_after_restart(
 def test_restart_in_a_new_process(tmp_path: Path) -> None:
     plan = hybrid_plan()
     cfg = parse_offload_spec(f"disk:{tmp_path}:64MiB")
-    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     serve_once(first, 1, PROMPT, [528, 528, 944])
     first.close()
     code = textwrap.dedent(
@@ -101,7 +101,7 @@ def test_restart_in_a_new_process(tmp_path: Path) -> None:
         from hybridkv.offload.pages import HostPages
         plan = hybrid_plan()
         c = OffloadConnector(KVCacheManager(plan), parse_offload_spec({f"disk:{tmp_path}:64MiB"!r}),
-                             HostPages(plan))
+                             HostPages(plan), weights="test")
         prompt = np.random.default_rng(0).integers(1, 1000, 2000).astype(np.int32)
         c.manager.add_requests([3], [prompt])
         dev = c.manager.get_computed_tokens([3])
@@ -127,11 +127,11 @@ def test_state_all_mode_loads_every_checkpoint(tmp_path: Path) -> None:
     so a load fills every checkpoint entry up to the hit, each into its own block."""
     plan = hybrid_plan((400, 40, 40), mode="all")
     cfg = parse_offload_spec(f"disk:{tmp_path}:64MiB")
-    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     serve_once(first, 1, PROMPT, [2000])
     assert first.stats.stored_blocks == 125 + 3 + 3  # checkpoints at 528, 1056, 1584
     first.close()
-    again = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    again = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     hit, written = load_into_fresh(again, 2, PROMPT)
     assert hit == 1584 and written == 99 + 3 + 3
     again.close()
@@ -140,10 +140,12 @@ def test_state_all_mode_loads_every_checkpoint(tmp_path: Path) -> None:
 def test_other_model_or_rank_gets_no_hits(tmp_path: Path) -> None:
     plan = hybrid_plan()
     cfg = parse_offload_spec(f"disk:{tmp_path}:64MiB")
-    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     serve_once(first, 1, PROMPT, [1056, 944])
     first.close()
-    other_rank = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), tp_rank=1, tp_size=2)
+    other_rank = OffloadConnector(
+        KVCacheManager(plan), cfg, HostPages(plan), weights="test", tp_rank=1, tp_size=2
+    )
     m = other_rank.manager
     m.add_requests([1], [PROMPT])
     found = other_rank.lookup_external([1], m.get_computed_tokens([1]))
@@ -154,10 +156,10 @@ def test_other_model_or_rank_gets_no_hits(tmp_path: Path) -> None:
 def test_vanished_blocks_lower_the_hit_never_serve_garbage(tmp_path: Path) -> None:
     plan = hybrid_plan()
     cfg = parse_offload_spec(f"disk:{tmp_path}:64MiB")
-    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     serve_once(first, 1, PROMPT, [528, 528, 944])
     first.close()
-    again = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    again = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     # Corrupt the full-attention block holding tokens [800, 816): the index still lists
     # it, the read refuses it, and the hit falls back to the checkpoint at 528.
     m = again.manager
@@ -184,7 +186,10 @@ def test_vanished_blocks_lower_the_hit_never_serve_garbage(tmp_path: Path) -> No
 def test_load_without_a_held_lookup_is_refused(tmp_path: Path) -> None:
     plan = hybrid_plan()
     c = OffloadConnector(
-        KVCacheManager(plan), parse_offload_spec(f"disk:{tmp_path}:1MiB"), HostPages(plan)
+        KVCacheManager(plan),
+        parse_offload_spec(f"disk:{tmp_path}:1MiB"),
+        HostPages(plan),
+        weights="test",
     )
     c.manager.add_requests([1], [PROMPT])
     c.manager.get_computed_tokens([1])
@@ -197,11 +202,11 @@ def test_load_without_a_held_lookup_is_refused(tmp_path: Path) -> None:
 def test_redis_down_means_no_external_hits_and_no_crash(own_redis: RedisServer) -> None:
     plan = hybrid_plan()
     cfg = parse_offload_spec(own_redis.url)
-    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     serve_once(first, 1, PROMPT, [1056, 944])
     first.close()
     own_redis.stop()
-    again = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    again = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     again.manager.add_requests([2], [PROMPT])
     found = again.lookup_external([2], again.manager.get_computed_tokens([2]))
     assert found.hit_tokens.tolist() == [0]
@@ -249,11 +254,11 @@ def test_scheduler_restart_gets_its_prefixes_back(tmp_path: Path) -> None:
         i: np.concatenate([shared, rng.integers(1, 1000, 300 + 50 * i).astype(np.int32)])
         for i in range(4)
     }
-    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    first = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     cold = run_scheduler(first, prompts)
     assert cold["external"] == 0
     first.close()
-    restarted = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan))
+    restarted = OffloadConnector(KVCacheManager(plan), cfg, HostPages(plan), weights="test")
     warm = run_scheduler(restarted, {i + 10: p for i, p in prompts.items()})
     assert warm["external"] > 0
     # Everything the first server computed at checkpoint granularity comes back

@@ -26,6 +26,7 @@ def warm(tmp_path: Path) -> OffloadConnector:
         KVCacheManager(plan, enable_prefix_caching=True),
         parse_offload_spec(f"disk:{tmp_path}:64MiB"),
         HostPages(plan),
+        weights="test",
         background=False,
     )
     m = c.manager
@@ -163,3 +164,66 @@ def test_cpu_tier_refuses_another_models_key() -> None:
     with pytest.raises(InvalidArgumentError):
         tier.put([(BlockKey(own, 0, 1), b"x"), (BlockKey(model_fingerprint({"n": 2}), 0, 1), b"y")])
     assert len(tier) == 0
+
+
+def _pages_digest(c: OffloadConnector) -> str:
+    import hashlib
+
+    h = hashlib.blake2b()
+    for arr in c.pages.arrays:  # type: ignore[attr-defined]
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("how", ["behind", "twice", "short"])
+def test_a_bad_row_after_a_good_one_writes_nothing(warm: OffloadConnector, how: str) -> None:
+    """Found by the connector machine: ``load_scheduled`` wrote a good row's pages and
+    dropped its hold before it reached a bad row (another request with no hold, the
+    same request twice, fewer new tokens than external ones)."""
+    dev = warm.manager.get_computed_tokens([2])
+    x = int(warm.lookup_external([2], dev).external_tokens[0])
+    assert x > 0 and warm.manager.allocate_slots([2], [x + 1])[0]
+    d = int(dev[0])
+    bad = {
+        "behind": ([2, 77], [d, 0], [x + 1, 600], [x, 528]),
+        "twice": ([2, 2], [d, d], [x + 1, x + 1], [x, x]),
+        "short": ([2], [d], [x - 1], [x]),
+    }[how]
+    before, pages = _state(warm), _pages_digest(warm)
+    with pytest.raises(InvalidArgumentError):
+        warm.load_scheduled(*bad)
+    assert _state(warm) == before and _pages_digest(warm) == pages
+    assert warm.load_scheduled([2], dev, [x + 1], [x]) > 0  # the hold is still there
+
+
+def test_an_unaligned_step_never_offloads_a_running_state_as_a_checkpoint() -> None:
+    """Found by the connector machine: in align mode a step ending mid-block leaves the
+    running state in a table entry; when the next step ran past that block's boundary
+    the entry stayed in the table and ``store`` offloaded it as the checkpoint at the
+    boundary, so a later request loaded a wrong state (the bytes after 16 tokens as
+    the state after 528)."""
+    plan = hybrid_plan()
+    c = OffloadConnector(
+        KVCacheManager(plan, enable_prefix_caching=True),
+        parse_offload_spec("cpu:64MiB"),
+        HostPages(plan),
+        background=False,
+    )
+    m = c.manager
+    m.add_requests([1], [PROMPT])
+    m.get_computed_tokens([1])
+    done = 0
+    for n in (16, 528, 528):  # ends at 16 (mid-block), 544 (past 528), 1072 (past 1056)
+        assert m.allocate_slots([1], [n])[0]
+        model_step(m, c.pages, c.fingerprint, 1, done, done + n)
+        done += n
+        c.store([1])
+    state = next(g for g, grp in enumerate(plan.groups) if grp.kind == "state")
+    assert all(k.group != state for k in c._offloaded)  # no step ended on a boundary
+    m.free([1])
+    assert m.reset_prefix_cache()
+    m.add_requests([2], [PROMPT])
+    dev = m.get_computed_tokens([2])
+    found = c.lookup_external([2], dev)
+    assert found.hit_tokens.tolist() == [0]  # no checkpoint, so no state to start from
+    c.close()

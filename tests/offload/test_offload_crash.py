@@ -14,7 +14,7 @@ from hybridkv.offload import BlockKey, DiskTier, model_fingerprint
 from hybridkv.offload.block_format import HEADER_BYTES
 from offload_helpers import payload_for
 
-FP = model_fingerprint({"name": "crash-test"})
+FP = model_fingerprint({"name": "crash-test"}, weights="test")
 SIZES = {0: 1 << 20, 1: 3 * 528 * 64 + 17, 2: 40_000}  # odd sizes on purpose
 
 WRITER = textwrap.dedent(

@@ -15,7 +15,7 @@ from hybridkv.offload import BlockKey, DiskTier, model_fingerprint
 from hybridkv.offload.block_format import HEADER_BYTES
 from offload_helpers import PAGES, items
 
-FP = model_fingerprint({"name": "disk-hostile"})
+FP = model_fingerprint({"name": "disk-hostile"}, weights="test")
 
 
 def _victim(tmp_path: Path) -> Path:

@@ -23,21 +23,24 @@ DESC = {
 }
 
 # The documented derivation spelled out: BLAKE2b-128 of the canonical JSON. Pinned so
-# that an accidental change (which would orphan every stored block) fails here.
+# that an accidental change (which would orphan every stored block) fails here. (The
+# weights field joined it deliberately in issue 15 item 12: blocks stored before named
+# no weights, so nothing can tell which model computed them; they are orphaned.)
 CANONICAL = (
     '{"extra":{},"format_version":1,"source":{"description":{"groups":['
     '{"block_size":16,"dtype":"bf16","kind":"full_attention","layers":[0,2]},'
     '{"block_size":528,"dtype":"fp32","kind":"state","shapes":[[3,64],[4,16,8]]}],'
-    '"name":"toy-hybrid"}},"tp_rank":0,"tp_size":1}'
+    '"name":"toy-hybrid"}},"tp_rank":0,"tp_size":1,"weights":"rev-1"}'
 )
-GOLDEN = "71a1d450f2ee2e1d21a7faf71b054017"
+GOLDEN = "89a6a7d12e091982863cd43c09dba0b0"
 
 
 def test_fingerprint_is_16_bytes_and_stable_across_hash_seeds() -> None:
-    fp = model_fingerprint(DESC)
+    fp = model_fingerprint(DESC, weights="rev-1")
     assert isinstance(fp, bytes) and len(fp) == 16
     code = (
-        f"from hybridkv.offload import model_fingerprint;print(model_fingerprint({DESC!r}).hex())"
+        "from hybridkv.offload import model_fingerprint;"
+        f"print(model_fingerprint({DESC!r}, weights='rev-1').hex())"
     )
     outs = set()
     for seed in ("0", "1", "12345"):
@@ -133,6 +136,25 @@ def test_block_keys_from_rows_and_ints() -> None:
         block_keys(fp, 0, [1 << 128])
     with pytest.raises(InvalidArgumentError):
         block_keys(b"short", 0, [1])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.array([[-1, 0]], dtype=np.int64),  # used to wrap to 2**64 - 1
+        np.array([[5, -(2**63)]], dtype=np.int64),
+        np.array([[1.0, 0.0]]),
+        np.array([[True, False]]),
+        [-1],
+        [1.5],
+        [True],
+    ],
+)
+def test_block_keys_refuse_what_they_would_wrap_or_truncate(bad: object) -> None:
+    """Issue 15 item 11: ``block_keys`` wrapped a -1 word to ``2**64 - 1`` (a key for
+    another block) instead of refusing it."""
+    with pytest.raises(InvalidArgumentError):
+        block_keys(model_fingerprint(DESC), 0, bad)  # type: ignore[arg-type]
 
 
 def test_block_format_roundtrip_and_every_mismatch() -> None:

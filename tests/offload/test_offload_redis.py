@@ -25,7 +25,7 @@ from offload_helpers import PAGES, RedisServer
 
 
 def fp_for(name: str) -> bytes:
-    return model_fingerprint({"name": name})
+    return model_fingerprint({"name": name}, weights="test")
 
 
 def make_items(fp: bytes, group: int, hashes: range | list[int]) -> list[tuple[BlockKey, bytes]]:

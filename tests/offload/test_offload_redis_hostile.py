@@ -23,7 +23,7 @@ Answer = Callable[[list[bytes]], bytes | Iterator[bytes]]
 
 
 def fp_for(name: str) -> bytes:
-    return model_fingerprint({"name": name})
+    return model_fingerprint({"name": name}, weights="test")
 
 
 def _parse(buf: bytes) -> tuple[list[bytes] | None, bytes]:
@@ -249,7 +249,7 @@ def test_the_connector_bounds_values_by_its_largest_page() -> None:
     manager = KVCacheManager(plan, enable_prefix_caching=True)
     pages = HostPages(plan)
     cfg = OffloadConfig(tiers=(RedisTierConfig(url="redis://127.0.0.1:1/0"),))
-    conn = OffloadConnector(manager, cfg, pages, background=False)
+    conn = OffloadConnector(manager, cfg, pages, weights="test", background=False)
     (tier,) = conn.stack.tiers
     assert isinstance(tier, RedisTier)
     largest = max(pages.page_bytes(g) for g in range(len(plan.groups)))
@@ -415,7 +415,7 @@ def test_simulate_json_names_no_credential(
     code = main(
         ["simulate", "--model", "qwen3-next-80b-a3b", "--memory", "16GiB", "--trace",
          str(trace), "--layout", "static", "--no-progress", "--json", "--offload",
-         f"cpu:64MiB,redis://admin:{SECRET}@127.0.0.1:1/0"]
+         f"cpu:64MiB,redis://admin:{SECRET}@127.0.0.1:1/0", "--offload-weights", "w"]
     )  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0

@@ -20,7 +20,8 @@ def small_trace(tmp_path_factory: pytest.TempPathFactory) -> str:
 def simulate(trace: str, offload: str, capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
     code = main(
         ["simulate", "--model", "qwen3-next-80b-a3b", "--memory", "16GiB", "--trace", trace,
-         "--layout", "static", "--no-progress", "--json", "--offload", offload]
+         "--layout", "static", "--no-progress", "--json", "--offload", offload,
+         "--offload-weights", "test-weights"]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0

@@ -52,7 +52,7 @@ class TierStackMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         TierStackMachine.counter += 1
-        self.fp = model_fingerprint({"machine": TierStackMachine.counter})
+        self.fp = model_fingerprint({"machine": TierStackMachine.counter}, weights="test")
         self.dir = Path(tempfile.mkdtemp(prefix="hkv-machine-"))
         self.reference: dict[BlockKey, set[bytes]] = {}
         self.redis_up = True

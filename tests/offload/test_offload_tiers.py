@@ -25,8 +25,8 @@ from hybridkv.offload.tier import Payload
 from offload_helpers import PAGES
 from offload_helpers import items as _items
 
-FP = model_fingerprint({"name": "tiers-test"})
-OTHER_FP = model_fingerprint({"name": "another-model"})
+FP = model_fingerprint({"name": "tiers-test"}, weights="test")
+OTHER_FP = model_fingerprint({"name": "another-model"}, weights="test")
 
 
 def items(group: int, hashes: Sequence[int], fp: bytes = FP) -> list[tuple[BlockKey, Payload]]:

@@ -45,7 +45,8 @@ class PoolRegistry(_core.PoolRegistry):
 
     Block ids are local to their group's pool: an id is only ever applied to the pool
     of the group the call names, so evicting or freeing in one group can never touch
-    another group's blocks, hashes or events.
+    another group's blocks, hashes or events. Safe to share between threads: each call
+    is atomic (a lock in the bindings), concurrent calls are serialised.
     """
 
     def take_events(self) -> EventBatch:

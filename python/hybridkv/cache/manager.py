@@ -18,29 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from hybridkv import _core
 from hybridkv.cache.manager_events import KVEvent, events_from_tuples
-from hybridkv.cache.prefix_hash import MediaItem, media_arrays, salt_bytes
-from hybridkv.errors import InvalidArgumentError
+from hybridkv.cache.prefix_hash import MediaItem
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
-
-#: Kinds the manager gives a pool (encoder-only layers have no KV cache).
-MANAGED_KINDS = (
-    "full_attention",
-    "mla",
-    "sparse_mla",
-    "sliding_window",
-    "chunked_local",
-    "state",
-    "cross_attention",
-)
 
 
 class GroupLike(Protocol):
@@ -125,147 +113,9 @@ class ManagerStats:
         return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
 
 
-def _arena_tuple(plan: PlanLike) -> tuple[int, int, int, list[int], list[int]] | None:
-    """The core's arena argument for an elastic plan (``plan.arena`` set), else None."""
-    arena = getattr(plan, "arena", None)
-    if arena is None:
-        return None
-    return (
-        int(arena.memory_bytes),
-        int(arena.region_bytes),
-        int(arena.null_bytes),
-        [int(p) for p in arena.page_bytes],
-        [int(f) for f in arena.floor_blocks],
-    )
-
-
-def _group_tuple(i: int, g: GroupLike) -> tuple[str, int, int, int]:
-    kind = str(g.kind)
-    if kind not in MANAGED_KINDS:
-        raise InvalidArgumentError(
-            f"group {i}: kind {kind!r} has no pool (expected one of {', '.join(MANAGED_KINDS)})"
-        )
-    param = {
-        "sliding_window": g.window,
-        "chunked_local": g.chunk_size,
-        "cross_attention": g.max_encoder_len,
-    }.get(kind, 0)
-    if param is None:
-        what = {"sliding_window": "window", "chunked_local": "chunk_size"}.get(
-            kind, "max_encoder_len"
-        )
-        raise InvalidArgumentError(f"group {i}: a {kind} group needs {what}")
-    return (
-        kind,
-        _int_scalar(g.block_size, f"group {i}: block_size"),
-        _int_scalar(g.num_blocks, f"group {i}: num_blocks"),
-        _int_scalar(param, f"group {i}: parameter"),
-    )
-
-
-_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
-
-
-def _int64(value: object, what: str) -> I64:
-    """A 1-D int64 array from an integer array-like (a scalar is a batch of one).
-
-    Refuses, never wraps or truncates: floats, bools, non-numbers, nested or ragged
-    input, and values outside int64 (uint64 above ``2**63 - 1``, huge Python ints)
-    raise :class:`InvalidArgumentError` naming ``what`` (and the value when one is out
-    of range)."""
-    try:
-        a = np.asarray(value)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise InvalidArgumentError(f"{what} must be a 1-D integer array ({e})") from None
-    if a.ndim == 0:
-        a = a.reshape(1)
-    if a.ndim != 1:
-        raise InvalidArgumentError(f"{what} must be 1-D, got shape {a.shape}")
-    if a.dtype == np.int64:
-        return a
-    if a.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if a.dtype.kind == "O" and all(type(x) is int for x in a):
-        # Python ints numpy could not fit in one integer dtype.
-        bad = [x for x in a if not _I64_MIN <= x <= _I64_MAX]
-        if bad:
-            raise InvalidArgumentError(f"{what}: {bad[0]} is outside the int64 range")
-        return a.astype(np.int64)
-    if a.dtype.kind not in "iu":
-        raise InvalidArgumentError(f"{what} must be integers, got dtype {a.dtype}")
-    if a.dtype.kind == "u" and int(a.max()) > _I64_MAX:
-        raise InvalidArgumentError(f"{what}: {int(a.max())} is outside the int64 range")
-    return a.astype(np.int64)
-
-
-def _ids(req_ids: npt.ArrayLike) -> I64:
-    return _int64(req_ids, "request ids")
-
-
-def _ragged(
-    token_ids: npt.ArrayLike | Sequence[npt.ArrayLike], offsets: npt.ArrayLike | None
-) -> tuple[npt.ArrayLike, I64]:
-    """Flat tokens + offsets from either form the API accepts."""
-    if offsets is not None:
-        flat_in: npt.ArrayLike = token_ids  # type: ignore[assignment]
-        return flat_in, _int64(offsets, "offsets")
-    if isinstance(token_ids, np.ndarray):
-        raise InvalidArgumentError("a flat token array needs offsets (length n + 1)")
-    if not isinstance(token_ids, Sequence):
-        raise InvalidArgumentError(
-            "token_ids must be a flat array with offsets or a list of arrays"
-        )
-    # int32 parts go through as they are; others are range-checked into int64 first
-    # (concatenating mixed int64/uint64 parts would give float64).
-    parts = [
-        t
-        if isinstance(t, np.ndarray) and t.dtype == np.int32 and t.ndim == 1
-        else _int64(t, "token ids")
-        for t in token_ids
-    ]
-    lens = np.fromiter((p.shape[0] for p in parts), dtype=np.int64, count=len(parts))
-    offs = np.zeros(len(parts) + 1, dtype=np.int64)
-    np.cumsum(lens, out=offs[1:])
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-    if flat.dtype != np.int32:
-        big = flat.size and (int(flat.min()) < -(2**31) or int(flat.max()) >= 2**31)
-        flat = flat if big else flat.astype(np.int32)
-    return flat, offs
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _int_scalar(x: object, what: str) -> int:
-    """An int64 from a Python or numpy integer (not a bool, float or string)."""
-    if _is_int(x):
-        v = int(cast("int | np.integer[Any]", x))
-        if _I64_MIN <= v <= _I64_MAX:
-            return v
-    raise InvalidArgumentError(f"{what} must be an int in the int64 range, got {x!r}")
-
-
-def _per_request_list(value: object, n: int, what: str) -> list[Any]:
-    """A per-request sequence as a list of exactly ``n`` entries."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise InvalidArgumentError(f"{what} must be a sequence, got {type(value).__name__}")
-    out = list(value)
-    if len(out) != n:
-        raise InvalidArgumentError(f"{what} has {len(out)} entries for {n} requests")
-    return out
-
-
-def _per_request(value: npt.ArrayLike | None, n: int, what: str) -> I64:
-    """One int64 per request; a scalar applies to all ``n``."""
-    if value is None:
-        return np.zeros(n, dtype=np.int64)
-    try:
-        scalar = np.ndim(value) == 0
-    except (ValueError, TypeError):
-        scalar = False  # ragged: _int64 says what is wrong
-    a = _int64(value, what)
-    return np.full(n, a[0], dtype=np.int64) if scalar else a
+#: The bindings' integer-batch conversion, for Python code that takes request ids beside
+#: the manager (``hybridkv.offload.connector`` imports it under this name).
+_int64 = _core.int64_array
 
 
 class KVCacheManager:
@@ -292,8 +142,10 @@ class KVCacheManager:
     finishes) and fork points stay. ``"lru"``: least recently used only, as vLLM does
     (the only choice with a shared pool). See ``rust/core/src/manager/checkpoints.rs``.
 
-    Request ids are integers. Every method validates its whole input first: bad input
-    raises a :class:`~hybridkv.errors.HybridKVError` subclass and changes nothing.
+    Request ids are integers. This class only documents and types: the bindings check
+    every argument once (``rust/bindings/src/manager_args.rs``), before anything
+    changes, so bad input raises a :class:`~hybridkv.errors.HybridKVError` subclass
+    naming the bad value and changes nothing.
 
     Threads: a manager may be shared by several threads. Each call is atomic: the
     bindings hold a lock around the Rust state (taken with the GIL released, so a
@@ -316,46 +168,35 @@ class KVCacheManager:
         shared_pool: bool | None = None,
         checkpoint_policy: str | None = None,
     ) -> None:
-        groups = [_group_tuple(i, g) for i, g in enumerate(plan.groups)]
         if shared_pool is None:
-            shared_pool = bool(getattr(plan, "shared_pool", False))
-        if not isinstance(shared_pool, bool | np.bool_):
-            raise InvalidArgumentError(f"shared_pool must be a bool, got {shared_pool!r}")
-        if checkpoint_policy is None:
-            checkpoint_policy = "lru" if shared_pool else "reuse"
-        if checkpoint_policy not in ("reuse", "lru"):
-            raise InvalidArgumentError(
-                f"checkpoint_policy must be 'reuse' or 'lru', got {checkpoint_policy!r}"
-            )
-        if not (_is_int(hash_seed) and 0 <= int(hash_seed) < 1 << 64):
-            raise InvalidArgumentError(
-                f"hash_seed must be a 64-bit unsigned int, got {hash_seed!r}"
-            )
-        if vocab_size is not None and not (_is_int(vocab_size) and 0 < int(vocab_size) < 1 << 64):
-            raise InvalidArgumentError(f"vocab_size must be a positive int, got {vocab_size!r}")
+            shared_pool = getattr(plan, "shared_pool", False)
+        # The bindings check every argument (``rust/bindings/src/manager_args.rs``).
+        self._core = _core.KVCacheManager(
+            plan.groups,
+            plan.mamba_cache_mode,
+            bool(enable_prefix_caching),
+            hash_seed,
+            vocab_size,
+            bool(enable_kv_events),
+            getattr(plan, "arena", None),
+            shared_pool,
+            checkpoint_policy,
+        )
         self.plan = plan
-        self.group_kinds: tuple[str, ...] = tuple(g[0] for g in groups)
-        self.block_sizes: tuple[int, ...] = tuple(g[1] for g in groups)
+        self.group_kinds: tuple[str, ...] = tuple(str(g.kind) for g in plan.groups)
+        self.block_sizes: tuple[int, ...] = tuple(int(g.block_size) for g in plan.groups)
         self.mamba_cache_mode = str(plan.mamba_cache_mode)
         self.enable_prefix_caching = bool(enable_prefix_caching)
         self.hash_seed = int(hash_seed)
         #: Token ids must be below this (None: any non-negative int32).
         self.vocab_size: int | None = None if vocab_size is None else int(vocab_size)
-        arena = _arena_tuple(plan)
-        self.elastic = arena is not None
-        self._core = _core.KVCacheManager(
-            groups,
-            self.mamba_cache_mode,
-            self.enable_prefix_caching,
-            self.hash_seed,
-            None if vocab_size is None else int(vocab_size),
-            bool(enable_kv_events),
-            arena,
-            bool(shared_pool),
-            str(checkpoint_policy),
-        )
+        self.elastic = getattr(plan, "arena", None) is not None
         #: Which cached state checkpoints go first (``"reuse"`` or ``"lru"``).
-        self.checkpoint_policy: str = str(checkpoint_policy)
+        self.checkpoint_policy: str = (
+            ("lru" if self._core.shared_pool else "reuse")
+            if checkpoint_policy is None
+            else str(checkpoint_policy)
+        )
 
     # -- properties -----------------------------------------------------------------
 
@@ -401,37 +242,15 @@ class KVCacheManager:
         ``(content hash, start, length)`` entering the hashes of the blocks they
         overlap). ``encoder_lens`` sizes cross-attention tables.
         """
-        ids = _ids(req_ids)
-        n = ids.shape[0]
-        flat, offs = _ragged(token_ids, offsets)
-        loras = None
-        if lora_ids is not None:
-            lora_list = _per_request_list(lora_ids, n, "lora_ids")
-            for x in lora_list:
-                if x is not None and not (_is_int(x) and 0 <= int(x) <= _I64_MAX):
-                    raise InvalidArgumentError(
-                        f"LoRA ids must be non-negative int64 (None for no LoRA), got {x!r}"
-                    )
-            loras = np.fromiter((-1 if x is None else int(x) for x in lora_list), np.int64, n)
-        salts = None
-        if cache_salts is not None:
-            salts = [salt_bytes(s) for s in _per_request_list(cache_salts, n, "cache_salts")]
-        mm: tuple[Any, Any, Any, Any] = (None, None, None, None)
-        if mm_features is not None:
-            items = []
-            for m in _per_request_list(mm_features, n, "mm_features"):
-                try:
-                    items.append(list(m or ()))
-                except TypeError:
-                    raise InvalidArgumentError(
-                        f"mm_features entries must be sequences of items or None, got {m!r}"
-                    ) from None
-            mm_offs = np.zeros(n + 1, dtype=np.int64)
-            np.cumsum([len(m) for m in items], out=mm_offs[1:])
-            hs, starts, lens = media_arrays([x for m in items for x in m])
-            mm = (mm_offs, hs, starts, lens)
-        enc = None if encoder_lens is None else _per_request(encoder_lens, n, "encoder_lens")
-        self._core.add_requests(ids, flat, offs, loras, salts, mm[0], mm[1], mm[2], mm[3], enc)
+        self._core.add_requests(
+            req_ids,
+            token_ids,
+            offsets,
+            lora_ids,
+            cache_salts,
+            encoder_lens=encoder_lens,
+            mm_features=mm_features,
+        )
 
     def append_tokens(
         self,
@@ -440,17 +259,16 @@ class KVCacheManager:
         offsets: npt.ArrayLike | None = None,
     ) -> None:
         """Append generated tokens (same ragged forms as :meth:`add_requests`)."""
-        flat, offs = _ragged(token_ids, offsets)
-        self._core.append_tokens(_ids(req_ids), flat, offs)
+        self._core.append_tokens(req_ids, token_ids, offsets)
 
     def free(self, req_ids: npt.ArrayLike) -> None:
         """Drop finished requests; their blocks go back (cached ones stay findable)."""
-        self._core.free(_ids(req_ids))
+        self._core.free(req_ids)
 
     def preempt(self, req_ids: npt.ArrayLike) -> None:
         """Release the requests' blocks and make them wait again; their tokens and
         hashes stay, so :meth:`get_computed_tokens` re-hits their cached prefix."""
-        self._core.preempt(_ids(req_ids))
+        self._core.preempt(req_ids)
 
     # -- per step -------------------------------------------------------------------
 
@@ -461,7 +279,7 @@ class KVCacheManager:
         the hit. At most ``num_tokens - 1``: the last token is always computed. The
         requests must be waiting (added or preempted), not running.
         """
-        return self._core.get_computed_tokens(_ids(req_ids))
+        return self._core.get_computed_tokens(req_ids)
 
     def allocate_slots(
         self,
@@ -483,14 +301,7 @@ class KVCacheManager:
         computed until this step's forward) reports ``False`` and keeps its hit: it
         fits the next step.
         """
-        ids = _ids(req_ids)
-        n = ids.shape[0]
-        return self._core.allocate_slots(
-            ids,
-            _per_request(num_new_tokens, n, "num_new_tokens"),
-            _per_request(num_lookahead_tokens, n, "num_lookahead_tokens"),
-            new_step,
-        )
+        return self._core.allocate_slots(req_ids, num_new_tokens, num_lookahead_tokens, new_step)
 
     def block_table(
         self, group: int, req_ids: npt.ArrayLike, max_blocks: int | None = None
@@ -498,7 +309,7 @@ class KVCacheManager:
         """``(n, width)`` int32 block ids of ``group`` (0 = null block), row ``i`` for
         ``req_ids[i]``; entry ``k`` covers tokens ``[k * bs, (k + 1) * bs)``. ``width``
         is the longest table, or ``max_blocks`` when given."""
-        return self._core.block_table(group, _ids(req_ids), max_blocks)
+        return self._core.block_table(group, req_ids, max_blocks)
 
     def block_table_into(
         self, group: int, req_ids: npt.ArrayLike, out: npt.NDArray[np.int32]
@@ -507,9 +318,7 @@ class KVCacheManager:
         persistent C-contiguous int32 ``(rows, max_blocks)`` buffer, e.g. sized
         ``(max_num_seqs, cdiv(max_model_len, block_size))``), zero padding each row, so a
         step allocates nothing. Returns the filled view ``out[:len(req_ids)]``."""
-        ids = _ids(req_ids)
-        self._core.block_table_into(group, ids, out)
-        return out[: ids.shape[0]]
+        return out[: self._core.block_table_into(group, req_ids, out)]
 
     def new_block_ids(
         self, group: int, req_ids: npt.ArrayLike
@@ -523,24 +332,24 @@ class KVCacheManager:
         again at column 0. Entries later released to the null block (left a window)
         are not re-sent: a runner never reads a request's table outside its window.
         """
-        return self._core.new_block_ids(group, _ids(req_ids))
+        return self._core.new_block_ids(group, req_ids)
 
     def block_tables(self, req_ids: npt.ArrayLike) -> list[npt.NDArray[np.int32]]:
         """:meth:`block_table` of every group (in group order) for one request order."""
-        return self._core.block_tables(_ids(req_ids))
+        return self._core.block_tables(req_ids)
 
     def slot_mapping(self, group: int, req_ids: npt.ArrayLike, positions: npt.ArrayLike) -> I64:
         """Slots ``block * block_size + position % block_size`` in ``group``'s address
         space for parallel arrays of request ids and token positions (-1 where the
         entry is the null block)."""
-        return self._core.slot_mapping(group, _ids(req_ids), _int64(positions, "positions"))
+        return self._core.slot_mapping(group, req_ids, positions)
 
     def num_computed_tokens(self, req_ids: npt.ArrayLike) -> I64:
-        return self._core.num_computed_tokens(_ids(req_ids))
+        return self._core.num_computed_tokens(req_ids)
 
     def num_tokens(self, req_ids: npt.ArrayLike) -> I64:
         """Known tokens (prompt + appended) per request."""
-        return self._core.num_tokens(_ids(req_ids))
+        return self._core.num_tokens(req_ids)
 
     def shared_prefix_boundary(self, req_ids: npt.ArrayLike) -> I64:
         """Per request, from its last :meth:`get_computed_tokens`: the longest prefix some
@@ -553,7 +362,7 @@ class KVCacheManager:
         that ends a prefill chunk exactly at this position (and at block boundaries)
         lets the next request sharing the prefix hit all of it.
         """
-        return self._core.shared_prefix_boundary(_ids(req_ids))
+        return self._core.shared_prefix_boundary(req_ids)
 
     def block_hashes(self, group: int, req_id: int) -> npt.NDArray[np.uint64]:
         """The request's full-block hashes at ``group``'s block size, ``(n, 2)`` uint64."""

@@ -32,7 +32,8 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
         from transformers import AutoConfig
     except ImportError:
         raise ModelConfigError(
-            "resolving a config through transformers needs `pip install transformers`"
+            "resolving a config through transformers needs `pip install 'hybridkv[hf]'` "
+            "(transformers >= 5)"
         ) from None
     model_type = config.get("model_type")
     if not isinstance(model_type, str):

@@ -4,7 +4,9 @@ Every group offloads at its own block size (no LCM across groups): a block is ke
 ``(model fingerprint, group, block hash)``; a state group's checkpoint is keyed by the
 prefix hash at its position. Each tier has one byte budget and one LRU for all groups.
 Stores run on a background thread; ``redis`` and ``torch`` are imported only when a
-Redis tier or pinned memory is used.
+Redis tier or pinned memory is used. The fingerprint names the weights (``weights=``, a
+revision or checksum); the disk and Redis tiers, whose blocks outlive the process,
+refuse a fingerprint made without it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from hybridkv.offload.config import (
 from hybridkv.offload.connector import ExternalLookup, OffloadConnector
 from hybridkv.offload.cpu_tier import CpuTier
 from hybridkv.offload.disk_tier import DiskTier
-from hybridkv.offload.keys import FORMAT_VERSION, BlockKey, block_keys, model_fingerprint
+from hybridkv.offload.keys import (
+    FORMAT_VERSION,
+    BlockKey,
+    ModelFingerprint,
+    block_keys,
+    model_fingerprint,
+    weights_checksum,
+)
 from hybridkv.offload.pages import HostPages, PageIO, SyntheticPages
 from hybridkv.offload.redis_tier import RedisTier
 from hybridkv.offload.stack import TierStack
@@ -40,6 +49,7 @@ __all__ = [
     "DiskTierConfig",
     "ExternalLookup",
     "HostPages",
+    "ModelFingerprint",
     "OffloadConfig",
     "OffloadConnector",
     "PageIO",
@@ -57,4 +67,5 @@ __all__ = [
     "model_fingerprint",
     "parse_offload_spec",
     "parse_size",
+    "weights_checksum",
 ]

@@ -77,6 +77,8 @@ class CpuTierConfig:
     pin_memory: bool | None = None  # None: pinned exactly when torch sees CUDA
 
     kind = "cpu"
+    #: Whether blocks outlive the process (then the fingerprint must name the weights).
+    persistent = False
 
     def describe(self) -> str:
         return f"cpu:{format_size(self.budget_bytes)}"
@@ -91,6 +93,7 @@ class DiskTierConfig:
     fsync: bool = True
 
     kind = "disk"
+    persistent = True
 
     def describe(self) -> str:
         return f"disk:{self.path}:{format_size(self.budget_bytes)}"
@@ -111,6 +114,7 @@ class RedisTierConfig:
     call_timeout_s: float = 2.0
 
     kind = "redis"
+    persistent = True
 
     def __repr__(self) -> str:
         return (
@@ -151,6 +155,11 @@ class OffloadConfig:
             )
         if self.max_pending_bytes < 1:
             raise OffloadConfigError("max_pending_bytes must be positive")
+
+    def persistent_kinds(self) -> tuple[str, ...]:
+        """The kinds of the tiers whose blocks outlive the process (disk, redis): their
+        fingerprint must name the weights (:func:`hybridkv.offload.keys.require_weights`)."""
+        return tuple(t.kind for t in self.tiers if t.persistent)
 
     def describe(self) -> str:
         """The config as a spec string (sizes rounded for display)."""

@@ -39,7 +39,7 @@ import numpy.typing as npt
 from hybridkv.cache.manager import _int64 as int64_array
 from hybridkv.errors import InvalidArgumentError
 from hybridkv.offload.config import OffloadConfig
-from hybridkv.offload.keys import BlockKey, block_keys, model_fingerprint
+from hybridkv.offload.keys import BlockKey, block_keys, model_fingerprint, require_weights
 from hybridkv.offload.pages import PageIO
 from hybridkv.offload.stack import TierStack
 from hybridkv.offload.tier import Payload
@@ -107,7 +107,18 @@ class ConnectorStats:
 class OffloadConnector:
     """Per-group offload for one manager: :meth:`store`, :meth:`lookup_external`,
     :meth:`load_scheduled`; also the scheduler's ``external`` hook (:meth:`lookup`) and
-    the simulator's (``on_step``, ``load_seconds``)."""
+    the simulator's (``on_step``, ``load_seconds``).
+
+    ``weights`` names the weights the engine loaded (a revision such as a Hugging Face
+    commit hash, or :func:`~hybridkv.offload.keys.weights_checksum` of the files); it
+    goes into the fingerprint that keys every block, so blocks computed with other
+    weights under the same config are never served. A disk or Redis tier (blocks that
+    outlive the process) is refused without it (an ``OffloadConfigError`` before any
+    tier opens); a CPU-only stack dies with the process and may omit it. ``fingerprint``
+    replaces the derived digest with the caller's own, which must then cover the
+    weights (a digest from :func:`~hybridkv.offload.keys.model_fingerprint` made
+    without ``weights`` is refused by the persistent tiers all the same).
+    """
 
     def __init__(
         self,
@@ -115,6 +126,7 @@ class OffloadConnector:
         tiers: OffloadConfig | TierStack,
         pages: PageIO,
         *,
+        weights: str | None = None,
         fingerprint: bytes | None = None,
         tp_rank: int = 0,
         tp_size: int = 1,
@@ -128,12 +140,22 @@ class OffloadConnector:
         plan = getattr(manager, "plan", None)
         if plan is None:
             raise InvalidArgumentError("the offload connector needs a manager with a .plan")
+        if fingerprint is not None and weights is not None:
+            raise InvalidArgumentError(
+                "pass weights (the connector derives the fingerprint) or fingerprint "
+                "(your own digest, which must cover the weights), not both"
+            )
         self.manager = manager
         self.plan = plan
         self.pages = pages
         self.fingerprint = fingerprint or model_fingerprint(
-            plan, tp_rank=tp_rank, tp_size=tp_size, extra=extra
+            plan, weights=weights, tp_rank=tp_rank, tp_size=tp_size, extra=extra
         )
+        if isinstance(tiers, OffloadConfig):
+            # Before any tier opens: a tier that outlives the process needs the weights
+            # in the fingerprint (the tiers check it too, for callers that open them).
+            for kind in tiers.persistent_kinds():
+                require_weights(self.fingerprint, kind)
         if isinstance(tiers, TierStack):
             self.stack = tiers
             max_pending = 1 << 30
@@ -416,43 +438,58 @@ class OffloadConnector:
                 "req_ids, computed_before, num_new_tokens and external must have one entry "
                 f"per request, got lengths {[ids.shape[0], *(c.shape[0] for c in columns)]}"
             )
+        # Every row is checked before any page is written or any hold dropped: a bad
+        # row anywhere leaves the connector, the pages and every hold as they were.
+        plans: list[tuple[int, int, list[tuple[int, I32, list[BlockKey], list[Payload]]]]] = []
         rows = zip(ids.tolist(), *(c.tolist() for c in columns), strict=True)
-        try:
-            for rid, start, new, ext in rows:
-                if ext <= 0:
-                    continue
-                pending = self._pending.get(rid)
-                self._drop_pending(rid)
-                if pending is None or pending.start != start or pending.hit != start + ext:
+        seen: set[int] = set()
+        for rid, start, new, ext in rows:
+            if ext <= 0:
+                continue
+            if rid in seen:
+                raise InvalidArgumentError(f"request {rid} is listed twice with external tokens")
+            seen.add(rid)
+            pending = self._pending.get(rid)
+            if pending is None or pending.start != start or pending.hit != start + ext:
+                raise InvalidArgumentError(
+                    f"request {rid}: no held lookup for {ext} external tokens from {start}"
+                )
+            if new < ext:
+                raise InvalidArgumentError(
+                    f"request {rid}: {new} new tokens cannot hold {ext} external ones"
+                )
+            end = start + new
+            writes = []
+            for g, loads in pending.loads.items():
+                bs = self.block_sizes[g]
+                table = np.asarray(self.manager.block_table(g, np.array([rid])))[0]
+                if self._checkpoint_only(g):
+                    entries = [-(-end // bs) - 1] * len(loads)
+                else:
+                    entries = [k for k, _, _ in loads]
+                if max(entries) >= table.shape[0]:
                     raise InvalidArgumentError(
-                        f"request {rid}: no held lookup for {ext} external tokens from {start}"
+                        f"request {rid}: group {g} has no table entry for a loaded page"
                     )
-                end = start + new
-                for g, loads in pending.loads.items():
-                    bs = self.block_sizes[g]
-                    table = np.asarray(self.manager.block_table(g, np.array([rid])))[0]
-                    if self._checkpoint_only(g):
-                        entries = [-(-end // bs) - 1] * len(loads)
-                    else:
-                        entries = [k for k, _, _ in loads]
-                    if max(entries) >= table.shape[0]:
-                        raise InvalidArgumentError(
-                            f"request {rid}: group {g} has no table entry for a loaded page"
-                        )
-                    block_ids = table[np.asarray(entries, dtype=np.int64)].astype(np.int32)
-                    if (block_ids == 0).any():
-                        raise InvalidArgumentError(
-                            f"request {rid}: group {g} has no block allocated for a loaded page"
-                        )
-                    load_keys = [k for _, k, _ in loads]
-                    self.pages.write(g, block_ids, load_keys, [p for _, _, p in loads])
+                block_ids = table[np.asarray(entries, dtype=np.int64)].astype(np.int32)
+                if (block_ids == 0).any():
+                    raise InvalidArgumentError(
+                        f"request {rid}: group {g} has no block allocated for a loaded page"
+                    )
+                writes.append((g, block_ids, [k for _, k, _ in loads], [p for _, _, p in loads]))
+            plans.append((rid, ext, writes))
+        try:
+            for _rid, ext, writes in plans:
+                for g, block_ids, load_keys, payloads in writes:
+                    self.pages.write(g, block_ids, load_keys, payloads)
                     for key in load_keys:
                         self._offloaded[key] = None
-                    written += len(loads)
-                    self.stats.loaded_bytes += len(loads) * int(self.groups[g].page_size_bytes)
+                    written += len(load_keys)
+                    self.stats.loaded_bytes += len(load_keys) * int(self.groups[g].page_size_bytes)
                 self.stats.external_tokens_loaded += ext
         finally:
-            # Requests scheduled without external tokens don't need what they held.
+            # What was held is used (or, if a write failed, stale); requests scheduled
+            # without external tokens don't need what they held.
             for rid in ids.tolist():
                 self._drop_pending(rid)
         self.stats.loaded_blocks += written
@@ -464,8 +501,12 @@ class OffloadConnector:
         """Queue every computed, cached block of these requests not offloaded yet.
 
         A block qualifies when its tokens are all computed (entry ``k`` with
-        ``(k + 1) * bs <= num_computed``; for a state group that entry holds the
-        checkpoint after exactly ``(k + 1) * bs`` tokens) and the table still holds it.
+        ``(k + 1) * bs <= num_computed``) and the table still holds it. A
+        checkpoint-only state group (align mode) qualifies only the entry where the
+        step just ended, when it ended on a boundary (``num_computed == (k + 1) * bs``):
+        an earlier entry the table still holds may be a running state a step carried
+        past its boundary (an unaligned chunk), not the checkpoint at that boundary, so
+        ``store`` must run after every step for every checkpoint to be offloaded.
         Snapshots are taken now; the tier writes run on the worker thread. Returns the
         number of blocks queued.
         """
@@ -503,10 +544,15 @@ class OffloadConnector:
                     continue
                 block_ids = table[row, done:upto].astype(np.int32)
                 keys = block_keys(self.fingerprint, g, hashes[done:upto])
+                # Align mode: only the checkpoint the step just ended on is one.
+                ends_here = int(computed[r]) // bs - 1 - done
+                only = ends_here if self._checkpoint_only(g) else None
+                if only is not None and int(computed[r]) % bs:
+                    continue
                 fresh = [
                     j
                     for j, (b, k) in enumerate(zip(block_ids.tolist(), keys, strict=True))
-                    if b != 0 and k not in self._offloaded
+                    if b != 0 and k not in self._offloaded and (only is None or j == only)
                 ]
                 if not fresh:
                     continue

@@ -44,7 +44,7 @@ from typing import TypeVar
 from hybridkv.errors import InvalidArgumentError, OffloadConfigError
 from hybridkv.offload import block_format
 from hybridkv.offload.block_format import HEADER_BYTES, CorruptBlockError
-from hybridkv.offload.keys import FORMAT_VERSION, MAX_GROUP, BlockKey
+from hybridkv.offload.keys import FORMAT_VERSION, MAX_GROUP, BlockKey, require_weights
 from hybridkv.offload.tier import ByteLRU, Payload, Tier
 
 _T = TypeVar("_T")
@@ -114,6 +114,7 @@ class DiskTier(Tier):
         super().__init__(budget_bytes)
         if not isinstance(fingerprint, bytes) or len(fingerprint) != 16:
             raise InvalidArgumentError(f"a model fingerprint is 16 bytes, got {fingerprint!r}")
+        require_weights(fingerprint, "disk")
         if isinstance(max_block_bytes, bool) or not isinstance(max_block_bytes, int):
             raise InvalidArgumentError(f"max_block_bytes must be an int, got {max_block_bytes!r}")
         if max_block_bytes < 1:

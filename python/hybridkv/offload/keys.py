@@ -10,6 +10,13 @@ by the group's prefix hash there, so it needs nothing special.
 The fingerprint is a 16-byte BLAKE2b digest of a canonical JSON description (sorted
 keys, no whitespace), never Python's ``hash``: it is stable across processes, machines
 and ``PYTHONHASHSEED``, which is what lets a restarted server find its old blocks.
+
+Weights: a model config says nothing about the weights loaded with it (a fine-tune, a
+new checkpoint, a re-quantisation keep the config and change every block). So the
+fingerprint takes ``weights``, an identity of the weights (a revision such as a Hugging
+Face commit, or :func:`weights_checksum` of the files), and a tier that outlives the
+process (disk, Redis) refuses a fingerprint made without one: see
+:func:`require_weights` and :class:`ModelFingerprint`.
 """
 
 from __future__ import annotations
@@ -18,19 +25,76 @@ import dataclasses
 import enum
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from hybridkv.errors import InvalidArgumentError
+from hybridkv.errors import InvalidArgumentError, OffloadConfigError
 
 #: Version of the offload key derivation and of the stored block format. Bumping it
 #: makes every old block a miss (old files are recognised as foreign and removed).
 FORMAT_VERSION = 1
 
 FINGERPRINT_BYTES = 16
+
+#: The longest weights identity accepted (a revision, a tag, a checksum).
+MAX_WEIGHTS_CHARS = 1024
+
+
+class ModelFingerprint(bytes):
+    """The 16 bytes :func:`model_fingerprint` returns, remembering the weights identity
+    that went into them (``None``: made without one).
+
+    It is ``bytes`` everywhere a fingerprint is used; the attribute only lets the
+    persistent tiers refuse a fingerprint that cannot tell two sets of weights apart
+    (:func:`require_weights`). Plain ``bytes`` from elsewhere (a caller's own digest)
+    carry no such record and are taken as given.
+    """
+
+    weights: str | None
+
+    def __new__(cls, digest: bytes, weights: str | None = None) -> ModelFingerprint:
+        self = super().__new__(cls, digest)
+        self.weights = weights
+        return self
+
+    def __repr__(self) -> str:
+        return f"ModelFingerprint({bytes(self)!r}, weights={self.weights!r})"
+
+
+def check_weights(weights: object) -> str | None:
+    """``weights`` if it is ``None`` or a usable weights identity: a non-blank ``str`` of
+    at most :data:`MAX_WEIGHTS_CHARS` printable characters."""
+    if weights is None:
+        return None
+    if not isinstance(weights, str):
+        raise InvalidArgumentError(
+            f"a weights identity is a str (a revision or checksum), got {weights!r}"
+        )
+    if not weights.strip() or len(weights) > MAX_WEIGHTS_CHARS or not weights.isprintable():
+        shown = weights if len(weights) <= 80 else weights[:80] + "..."
+        raise InvalidArgumentError(
+            f"a weights identity is 1 to {MAX_WEIGHTS_CHARS} printable characters, "
+            f"not blank, got {shown!r}"
+        )
+    return weights
+
+
+def require_weights(fingerprint: bytes, tier: str) -> None:
+    """Refuse to open the persistent ``tier`` (its blocks outlive this process) for a
+    fingerprint :func:`model_fingerprint` made without a weights identity: blocks kept
+    there from another model's weights under the same config would be served."""
+    if isinstance(fingerprint, ModelFingerprint) and fingerprint.weights is None:
+        raise OffloadConfigError(
+            f"the {tier} tier keeps blocks across restarts, so its fingerprint must name "
+            "the weights: pass weights='<revision or checksum>' (the CLI: "
+            "--offload-weights); without it, blocks computed with other weights under the "
+            "same config would be served"
+        )
 
 
 class BlockKey(NamedTuple):
@@ -130,30 +194,76 @@ def _check_fingerprint(fingerprint: bytes) -> None:
 def model_fingerprint(
     source: Any,
     *,
+    weights: str | None = None,
     tp_rank: int = 0,
     tp_size: int = 1,
     extra: Mapping[str, Any] | None = None,
-) -> bytes:
+) -> ModelFingerprint:
     """The 16-byte digest that namespaces a model's offloaded blocks.
 
     ``source`` is a ``MemoryPlan`` (preferred: it carries each group's layers, spec and
     block size), a ``ModelSpec``, or a plain description dict (anything JSON-like).
     Only what changes a block's bytes goes in: the model name, every group's kind,
-    layers, spec and block size, the TP rank and size, the format version, and
-    ``extra`` (e.g. a weights revision). The pool sizes and memory budget stay out, so a
-    server restarted with another budget still finds its blocks.
+    layers, spec and block size, ``weights`` (a revision or checksum of the weights:
+    the config alone does not tell a fine-tune from its base model), the TP rank and
+    size, the format version, and ``extra``. The pool sizes and memory budget stay out,
+    so a server restarted with another budget still finds its blocks.
+
+    Without ``weights`` the fingerprint serves process-local tiers only: the disk and
+    Redis tiers refuse it (:func:`require_weights`).
     """
+    weights = check_weights(weights)
     if tp_size < 1 or not 0 <= tp_rank < tp_size:
         raise InvalidArgumentError(f"tp_rank {tp_rank} is not in range for tp_size {tp_size}")
     description = {
         "format_version": FORMAT_VERSION,
         "source": describe_source(source),
+        "weights": weights,
         "tp_rank": int(tp_rank),
         "tp_size": int(tp_size),
         "extra": _canonical(dict(extra) if extra is not None else {}),
     }
     text = json.dumps(description, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.blake2b(text.encode(), digest_size=FINGERPRINT_BYTES).digest()
+    digest = hashlib.blake2b(text.encode(), digest_size=FINGERPRINT_BYTES).digest()
+    return ModelFingerprint(digest, weights)
+
+
+#: File names :func:`weights_checksum` reads in a directory.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_checksum(path: str | os.PathLike[str]) -> str:
+    """A weights identity from the files themselves: ``blake2b:<hex>`` over every weight
+    file (:data:`WEIGHT_SUFFIXES`) of a directory, in name order, or over one file.
+
+    Each file's relative name and whole content go in, so a changed tensor changes the
+    identity; it reads every byte (minutes for hundreds of GB), so an engine that knows
+    its revision can pass that instead. Symbolic links to files are followed (a Hugging
+    Face snapshot links into its blob store); anything that is not a regular file is
+    refused.
+    """
+    root = Path(path)
+    if root.is_file():
+        files = [root]
+        names = [root.name]
+    elif root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+        names = [p.relative_to(root).as_posix() for p in files]
+    else:
+        raise InvalidArgumentError(f"weights_checksum: {str(root)!r} is not a file or directory")
+    if not files:
+        raise InvalidArgumentError(
+            f"weights_checksum: no weight files ({', '.join(WEIGHT_SUFFIXES)}) under {str(root)!r}"
+        )
+    h = hashlib.blake2b(digest_size=FINGERPRINT_BYTES)
+    for name, file in zip(names, files, strict=True):
+        h.update(name.encode() + b"\0")
+        with open(file, "rb") as f:  # a regular file (checked above), links followed
+            size = os.fstat(f.fileno()).st_size
+            h.update(size.to_bytes(8, "little"))
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return f"blake2b:{h.hexdigest()}"
 
 
 def describe_source(source: Any) -> Any:

@@ -38,7 +38,7 @@ from typing import Any
 from hybridkv.errors import InvalidArgumentError, OffloadConfigError
 from hybridkv.offload import block_format
 from hybridkv.offload.block_format import CorruptBlockError
-from hybridkv.offload.keys import FORMAT_VERSION, BlockKey
+from hybridkv.offload.keys import FINGERPRINT_BYTES, FORMAT_VERSION, BlockKey, require_weights
 from hybridkv.offload.redact import redact_text, redact_url, url_secrets
 from hybridkv.offload.tier import ByteLRU, Payload, Tier
 
@@ -150,6 +150,9 @@ class RedisTier(Tier):
         client: Any = None,
     ) -> None:
         super().__init__(budget_bytes)
+        if not isinstance(fingerprint, bytes) or len(fingerprint) != FINGERPRINT_BYTES:
+            raise InvalidArgumentError(f"a model fingerprint is 16 bytes, got {fingerprint!r}")
+        require_weights(fingerprint, "redis")
         for name, value in (
             ("socket_timeout_s", socket_timeout_s),
             ("connect_timeout_s", connect_timeout_s),

@@ -10,7 +10,9 @@ needs no power-loss durability; writes stay atomic). Stores run inline rather th
 the worker thread: in simulated time a store is off the critical path either way, and
 inline stores keep the report deterministic (a worker racing the simulated clock would
 make hits depend on the host's speed). A disk directory or Redis server
-kept from an earlier run gives cross-restart hits, as a restarted server would.
+kept from an earlier run gives cross-restart hits, as a restarted server would, for
+the same ``--offload-weights`` only: that identity is required with a disk or Redis
+tier, and goes into the fingerprint.
 
 Load time is modelled: bytes over a per-tier bandwidth (defaults below: PCIe host
 copies, an NVMe drive, 10 GbE to Redis), weighted by where loaded blocks came from.
@@ -24,8 +26,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hybridkv.errors import OffloadConfigError
 from hybridkv.offload.config import DiskTierConfig, OffloadConfig, format_size
 from hybridkv.offload.connector import OffloadConnector
+from hybridkv.offload.keys import check_weights
 from hybridkv.offload.pages import SyntheticPages
 
 #: Modelled load bandwidth per tier kind, bytes/s.
@@ -37,7 +41,20 @@ I64 = npt.NDArray[np.int64]
 class SimOffload:
     """The simulator's offload hooks over one connector per simulated layout."""
 
-    def __init__(self, config: OffloadConfig, *, hash_seed: int = 0) -> None:
+    def __init__(
+        self, config: OffloadConfig, *, hash_seed: int = 0, weights: str | None = None
+    ) -> None:
+        self.weights = check_weights(weights)
+        persistent = config.persistent_kinds()
+        if persistent and self.weights is None:
+            # Checked before the run: blocks kept from a run with other weights under
+            # the same config would otherwise be served (and counted as hits).
+            raise OffloadConfigError(
+                f"--offload with a {' and a '.join(persistent)} tier needs --offload-weights "
+                "ID (the weights' revision or checksum): those tiers keep blocks across "
+                "runs, and blocks computed with other weights under the same model config "
+                "would be served"
+            )
         tiers = tuple(
             replace(t, fsync=False) if isinstance(t, DiskTierConfig) else t for t in config.tiers
         )
@@ -54,7 +71,11 @@ class SimOffload:
         manager = KVCacheManager(plan, enable_prefix_caching=True, hash_seed=self.hash_seed)
         pages = SyntheticPages.for_budget(plan)
         self.connector = OffloadConnector(
-            manager, pages.scaled_config(self.config), pages, background=False
+            manager,
+            pages.scaled_config(self.config),
+            pages,
+            weights=self.weights,
+            background=False,
         )
         return manager
 

@@ -8,13 +8,12 @@ from typing import Any
 
 import torch
 
-from hybridkv.kernels.mamba2 import (
+from hybridkv.kernels.conv1d import (
     conv1d_state_kernel,
     conv1d_update_kernel,
     conv1d_varlen_kernel,
-    selective_state_update_kernel,
-    ssd_chunk_scan_kernel,
 )
+from hybridkv.kernels.mamba2 import selective_state_update_kernel, ssd_chunk_scan_kernel
 from hybridkv.ops._launch import (
     check_device,
     check_prefill_slots,

@@ -1057,6 +1057,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="offload tiers, e.g. cpu:8GiB,disk:/path:100GiB,redis://127.0.0.1:6379 "
         "(optionally ,write-back); reports external hits per tier",
     )
+    p.add_argument(
+        "--offload-weights",
+        metavar="ID",
+        help="the weights' revision or checksum, part of every offloaded block's key; "
+        "required with a disk or redis tier (they keep blocks across runs: without it, "
+        "blocks computed with other weights under the same config would be served)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a PNG of pool usage and hit rate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -1157,12 +1164,15 @@ def main(args: argparse.Namespace, offload: ExternalPrefixSource | None = None) 
     layouts = args.layout or None
     show = not args.no_progress and not args.json and sys.stderr.isatty()
     sim_offload = None
+    weights = getattr(args, "offload_weights", None)
+    if weights is not None and getattr(args, "offload", None) is None:
+        raise InvalidArgumentError("--offload-weights names the weights of --offload's tiers")
     # An empty --offload is an error (parse_offload_spec says so), not a silent no-op.
     if offload is None and getattr(args, "offload", None) is not None:
         from hybridkv.offload import parse_offload_spec
         from hybridkv.offload.sim import SimOffload
 
-        sim_offload = SimOffload(parse_offload_spec(args.offload))
+        sim_offload = SimOffload(parse_offload_spec(args.offload), weights=weights)
         offload = sim_offload
     try:
         report = run(

@@ -1,14 +1,20 @@
 //! numpy at the boundary. A contiguous 1-D int32 id array and a C-ordered `(n, 2)`
 //! uint64 hash array are read in place (no Python objects touched per element); any
-//! other integer array-like (another integer dtype, a strided view, a list of ints) is
-//! converted once, with range checks. Floats, bools, objects and wrong shapes raise
+//! other integer array-like (another integer dtype, a strided view, a list of ints, a
+//! list of Python ints too large for one numpy dtype) is converted once, with range
+//! checks. Floats, bools, non-int objects and wrong shapes raise
 //! `InvalidArgumentError` naming the argument.
+//!
+//! Also the checks of single Python values every binding shares: an int that is not a
+//! bool, an int in a range, a real bool, a sequence that is not text, and
+//! `_core.int64_array` (the integer-batch conversion for Python code beside the manager).
 //!
 //! Hash layout: a 128-bit hash `h` is the row `[h & (2**64-1), h >> 64]` of a C-ordered
 //! `(n, 2)` uint64 array, i.e. its 16 little-endian bytes on a little-endian machine.
 
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyInt, PyList, PyString, PyTuple};
 
 use crate::errors::invalid_arg;
 
@@ -54,6 +60,10 @@ pub fn int_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
     if shape[0] == 0 {
         return Ok(Vec::new());
     }
+    if kind == 'O' {
+        // Python ints numpy could not fit in one integer dtype: each must fit int64.
+        return object_ints(&arr, what);
+    }
     if kind != 'i' && kind != 'u' {
         return Err(invalid_arg(format!(
             "{what} must have an integer dtype, got {}",
@@ -73,6 +83,28 @@ pub fn int_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
     let a = converted.cast::<PyArray1<i64>>()?;
     let ro = a.try_readonly().map_err(|_| borrow_error(what))?;
     Ok(ro.as_array().to_vec())
+}
+
+/// The values of a 1-D object array holding only Python ints, each in int64.
+fn object_ints(arr: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    let mut out = Vec::new();
+    for x in arr.try_iter()? {
+        let x = x?;
+        if x.is_instance_of::<pyo3::types::PyBool>() || !x.is_instance_of::<pyo3::types::PyInt>() {
+            return Err(invalid_arg(format!(
+                "{what} must have an integer dtype, got {}",
+                dtype_name(arr)
+            )));
+        }
+        out.push(x.extract::<i64>().map_err(|_| {
+            let shown = x
+                .str()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|_| "?".into());
+            invalid_arg(format!("{what}: {shown} is outside the int64 range"))
+        })?);
+    }
+    Ok(out)
 }
 
 fn ids_from_i64(v: Vec<i64>, what: &str) -> PyResult<Vec<i32>> {
@@ -226,4 +258,110 @@ pub fn count(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
         return Err(invalid_arg(format!("{what} must be non-negative, got {v}")));
     }
     Ok(v as usize)
+}
+
+/// An optional argument that was given and is not None.
+pub fn given<'a, 'py>(obj: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+    obj.filter(|o| !o.is_none())
+}
+
+pub fn repr(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A Python int or numpy integer (never a bool, float or string).
+pub fn is_int(obj: &Bound<'_, PyAny>) -> bool {
+    if obj.is_instance_of::<PyBool>() {
+        return false;
+    }
+    if obj.is_instance_of::<PyInt>() {
+        return true;
+    }
+    // numpy integer scalars (np.bool_ is not an integer: it has no `__index__`).
+    obj.py()
+        .import("numpy")
+        .and_then(|np| np.getattr("integer"))
+        .and_then(|t| obj.is_instance(&t))
+        .unwrap_or(false)
+}
+
+/// A plain int, numpy scalar or 0-d array: a batch of one.
+pub fn is_scalar(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if obj.is_instance_of::<PyInt>() {
+        return Ok(true);
+    }
+    if obj.cast::<PyUntypedArray>().is_ok() || obj.hasattr("shape")? {
+        return Ok(obj.getattr("shape")?.len()? == 0);
+    }
+    Ok(false)
+}
+
+/// A 1-D int64 batch from an integer array-like; a scalar is a batch of one.
+pub fn int_batch(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    if is_scalar(obj)? {
+        return Ok(vec![int_arg(obj, what)?]);
+    }
+    int_vec(obj, what)
+}
+
+/// Whether `obj` is a sequence (list, tuple or any `collections.abc.Sequence`), not
+/// text or bytes.
+pub fn is_sequence(obj: &Bound<'_, PyAny>) -> bool {
+    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        return true;
+    }
+    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
+        return false;
+    }
+    obj.py()
+        .import("collections.abc")
+        .and_then(|m| m.getattr("Sequence"))
+        .and_then(|t| obj.is_instance(&t))
+        .unwrap_or(false)
+}
+
+pub fn items<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    obj.try_iter()?.collect()
+}
+
+/// An int (never a bool or float) in `[lo, hi)`, `hi` at most 2**128.
+pub fn int_in(obj: &Bound<'_, PyAny>, lo: u128, hi: Option<u128>, what: &str) -> PyResult<u128> {
+    let v = is_int(obj)
+        .then(|| obj.extract::<u128>().ok())
+        .flatten()
+        .filter(|&v| v >= lo && hi.is_none_or(|h| v < h));
+    v.ok_or_else(|| {
+        let hi = hi.map_or("2**128".to_string(), |h| h.to_string());
+        invalid_arg(format!(
+            "{what} must be an int in [{lo}, {hi}), got {}",
+            repr(obj)
+        ))
+    })
+}
+
+/// A flag that must be a real bool (or numpy bool), not any truthy object.
+pub fn flag(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<bool> {
+    obj.extract::<bool>()
+        .map_err(|_| invalid_arg(format!("{what} must be a bool, got {}", repr(obj))))
+}
+
+/// `hybridkv._core.int64_array(value, what)`: a 1-D int64 array from an integer
+/// array-like (a scalar is a batch of one), refused as `InvalidArgumentError` naming
+/// `what` exactly as the manager's own arguments are: for Python code that takes
+/// request ids beside the manager (the offload connector).
+#[pyfunction]
+pub fn int64_array<'py>(
+    value: &Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    Ok(PyArray1::from_vec(value.py(), int_batch(value, what)?))
 }

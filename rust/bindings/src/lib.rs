@@ -22,6 +22,7 @@ mod arrays;
 mod block_pool;
 mod errors;
 mod manager;
+mod manager_args;
 mod registry;
 mod shared;
 
@@ -32,5 +33,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<registry::PyPoolRegistry>()?;
     m.add_class::<manager::PyManager>()?;
     m.add_function(wrap_pyfunction!(manager::hash_token_blocks, m)?)?;
+    m.add_function(wrap_pyfunction!(arrays::int64_array, m)?)?;
     Ok(())
 }

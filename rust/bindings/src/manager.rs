@@ -3,16 +3,14 @@
 //! wraps it with the plan conversion and Python-level conveniences.
 
 use hybridkv_core::prefix_hash::{hash_token_blocks as core_hash_blocks, ExtraKeys, MediaItem};
-use hybridkv_core::{
-    ArenaConfig, CheckpointPolicy, GroupConfig, GroupKind, KvEvent, MambaMode, Manager,
-    ManagerConfig, NewRequest,
-};
+use hybridkv_core::{KvEvent, MambaMode, Manager, ManagerConfig, NewRequest};
 use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::arrays::{hashes, hashes_to_py, int_arg, int_vec};
+use crate::arrays::{self, hashes, hashes_to_py, int_arg, int_vec};
 use crate::errors::{invalid_arg, py_error, IntoPy};
+use crate::manager_args;
 use crate::shared::Shared;
 
 /// Token ids as i32 (zero-copy read for int32 arrays; other integer dtypes are converted
@@ -51,12 +49,7 @@ fn token_vec(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i32>> {
 /// Request ids (int64 array-likes; a plain int, numpy integer or 0-d array is a batch
 /// of one). Values outside int64 (uint64 above `i64::MAX`) are refused, never wrapped.
 fn id_vec(obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
-    let scalar = obj.is_instance_of::<PyInt>()
-        || (obj.hasattr("shape")? && obj.getattr("shape")?.len()? == 0);
-    if scalar {
-        return Ok(vec![int_arg(obj, "request id")?]);
-    }
-    int_vec(obj, "req_ids")
+    manager_args::request_ids(obj)
 }
 
 /// A group index from a Python int (anything else is an `InvalidArgumentError`).
@@ -129,7 +122,7 @@ fn opt_i64_vec(obj: Option<&Bound<'_, PyAny>>, what: &str, n: usize) -> PyResult
         None => Ok(None),
         Some(o) if o.is_none() => Ok(None),
         Some(o) => {
-            let v = int_vec(o, what)?;
+            let v = manager_args::per_request(Some(o), n, what)?;
             if v.len() != n {
                 return Err(invalid_arg(format!(
                     "{what} has {} entries for {n} requests",
@@ -199,37 +192,6 @@ fn media_lists(
     Ok(out)
 }
 
-fn salt_list(obj: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Vec<Option<Vec<u8>>>> {
-    let Some(obj) = obj.filter(|o| !o.is_none()) else {
-        return Ok(vec![None; n]);
-    };
-    let items: Vec<Bound<'_, PyAny>> = obj
-        .try_iter()
-        .map_err(|_| invalid_arg("cache_salts must be a sequence of bytes or None"))?
-        .collect::<PyResult<_>>()?;
-    if items.len() != n {
-        return Err(invalid_arg(format!(
-            "cache_salts has {} entries for {n} requests",
-            items.len()
-        )));
-    }
-    items
-        .iter()
-        .map(|o| {
-            if o.is_none() {
-                Ok(None)
-            } else if let Ok(b) = o.cast::<PyBytes>() {
-                Ok(Some(b.as_bytes().to_vec()))
-            } else {
-                Err(invalid_arg("cache_salts entries must be bytes or None"))
-            }
-        })
-        .collect()
-}
-
-/// `(bytes, region_bytes, null_bytes, page_bytes, floor_blocks)` of an elastic arena.
-type ArenaArg = (u64, u64, u64, Vec<u64>, Vec<u64>);
-
 /// The KV-cache manager core (see `hybridkv.KVCacheManager` for the documented API).
 ///
 /// Safe to share between threads: calls are serialised by a mutex (`shared.rs`), long
@@ -243,58 +205,52 @@ pub struct PyManager {
 
 #[pymethods]
 impl PyManager {
-    /// `groups`: one `(kind, block_size, num_blocks, param)` per group, where `param` is
-    /// the window, chunk size or max encoder length (0 where the kind has none).
+    /// `groups`: the plan's groups (each with `kind`, `block_size`, `num_blocks`,
+    /// `window`, `chunk_size`, `max_encoder_len`) or `(kind, block_size, num_blocks,
+    /// param)` tuples, `param` the window, chunk size or max encoder length (0 where
+    /// the kind has none). `arena`: the plan's elastic arena (`memory_bytes`,
+    /// `region_bytes`, `null_bytes`, `page_bytes`, `floor_blocks`) or None.
     /// `shared_pool`: every group draws from one pool of the (common) `num_blocks`.
-    ///
-    /// `arena`: `(bytes, region_bytes, null_bytes, page_bytes, floor_blocks)` for one
-    /// elastic arena shared by all groups (`num_blocks` is then each group's view of it).
+    /// `checkpoint_policy`: `"reuse"`, `"lru"` or None (`"lru"` with a shared pool,
+    /// else `"reuse"`). Every argument is checked here (`manager_args.rs`).
     #[new]
-    /// `checkpoint_policy`: `"reuse"` or `"lru"` (which cached state checkpoints go first).
-    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, arena=None, shared_pool=false, checkpoint_policy="reuse"))]
+    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, arena=None, shared_pool=None, checkpoint_policy=None))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python constructor's keywords
     fn new(
-        groups: Vec<(String, i64, i64, i64)>,
-        mamba_cache_mode: &str,
-        enable_caching: bool,
-        hash_seed: u64,
-        vocab_size: Option<u64>,
-        record_events: bool,
-        arena: Option<ArenaArg>,
-        shared_pool: bool,
-        checkpoint_policy: &str,
+        groups: &Bound<'_, PyAny>,
+        mamba_cache_mode: &Bound<'_, PyAny>,
+        enable_caching: &Bound<'_, PyAny>,
+        hash_seed: &Bound<'_, PyAny>,
+        vocab_size: Option<&Bound<'_, PyAny>>,
+        record_events: &Bound<'_, PyAny>,
+        arena: Option<&Bound<'_, PyAny>>,
+        shared_pool: Option<&Bound<'_, PyAny>>,
+        checkpoint_policy: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let mut cfgs = Vec::with_capacity(groups.len());
-        for (i, (kind, bs, nb, param)) in groups.iter().enumerate() {
-            if *bs <= 0 || *nb <= 0 || *param < 0 {
-                return Err(invalid_arg(format!(
-                    "group {i}: block_size {bs} and num_blocks {nb} must be positive, parameter {param} non-negative"
-                )));
-            }
-            cfgs.push(GroupConfig {
-                kind: GroupKind::from_name(kind, *param as usize).py_err()?,
-                block_size: *bs as usize,
-                num_blocks: *nb as usize,
-            });
-        }
+        let groups = manager_args::group_configs(groups)?;
+        let mode: String = mamba_cache_mode.extract().map_err(|_| {
+            invalid_arg(format!(
+                "mamba_cache_mode must be 'none', 'align' or 'all', got {}",
+                mamba_cache_mode
+                    .repr()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        let shared_pool = match shared_pool.filter(|o| !o.is_none()) {
+            None => false,
+            Some(b) => arrays::flag(b, "shared_pool")?,
+        };
         let cfg = ManagerConfig {
-            groups: cfgs,
-            mamba_mode: MambaMode::parse(mamba_cache_mode).py_err()?,
-            enable_caching,
-            hash_seed,
-            vocab_size,
-            record_events,
-            arena: arena.map(
-                |(bytes, region_bytes, null_bytes, pages, floors)| ArenaConfig {
-                    bytes,
-                    region_bytes,
-                    null_bytes,
-                    page_bytes: pages,
-                    floor_blocks: floors.into_iter().map(|f| f as usize).collect(),
-                },
-            ),
+            groups,
+            mamba_mode: MambaMode::parse(&mode).py_err()?,
+            enable_caching: arrays::flag(enable_caching, "enable_caching")?,
+            hash_seed: manager_args::hash_seed(hash_seed)?,
+            vocab_size: manager_args::vocab_size(vocab_size)?,
+            record_events: arrays::flag(record_events, "record_events")?,
+            arena: manager_args::arena_config(arena)?,
             shared_pool,
-            checkpoint_policy: CheckpointPolicy::parse(checkpoint_policy).py_err()?,
+            checkpoint_policy: manager_args::checkpoint_policy(checkpoint_policy, shared_pool)?,
         };
         let inner = Manager::new(cfg).py_err()?;
         Ok(PyManager {
@@ -312,15 +268,19 @@ impl PyManager {
         self.inner.with(py, |m| m.num_requests())
     }
 
-    #[pyo3(signature = (req_ids, token_ids, offsets, lora_ids=None, cache_salts=None,
-        mm_offsets=None, mm_hashes=None, mm_starts=None, mm_lens=None, encoder_lens=None))]
+    /// `token_ids`: flat with `offsets`, or a list of per-request arrays with `offsets`
+    /// None. Multimodal items: `mm_features` (per request None or `(hash, start,
+    /// length)` items) or the flat `mm_offsets`/`mm_hashes`/`mm_starts`/`mm_lens`.
+    #[pyo3(signature = (req_ids, token_ids, offsets=None, lora_ids=None, cache_salts=None,
+        mm_offsets=None, mm_hashes=None, mm_starts=None, mm_lens=None, encoder_lens=None,
+        mm_features=None))]
     #[allow(clippy::too_many_arguments)]
     fn add_requests(
         &self,
         py: Python<'_>,
         req_ids: &Bound<'_, PyAny>,
         token_ids: &Bound<'_, PyAny>,
-        offsets: &Bound<'_, PyAny>,
+        offsets: Option<&Bound<'_, PyAny>>,
         lora_ids: Option<&Bound<'_, PyAny>>,
         cache_salts: Option<&Bound<'_, PyAny>>,
         mm_offsets: Option<&Bound<'_, PyAny>>,
@@ -328,15 +288,22 @@ impl PyManager {
         mm_starts: Option<&Bound<'_, PyAny>>,
         mm_lens: Option<&Bound<'_, PyAny>>,
         encoder_lens: Option<&Bound<'_, PyAny>>,
+        mm_features: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let ids = id_vec(req_ids)?;
         let n = ids.len();
-        let tokens = token_vec(token_ids, "token_ids")?;
-        let offs = int_vec(offsets, "offsets")?;
-        let loras = opt_i64_vec(lora_ids, "lora_ids", n)?;
+        let (tokens, offs) =
+            manager_args::ragged_tokens(token_ids, offsets, |t| token_vec(t, "token_ids"))?;
+        let loras = manager_args::lora_ids(lora_ids, n)?;
+        let salts = manager_args::cache_salts(cache_salts, n)?;
+        let media = match mm_features.filter(|m| !m.is_none()) {
+            Some(_) if mm_offsets.is_some_and(|o| !o.is_none()) => {
+                return Err(invalid_arg("give mm_features or mm_offsets, not both"))
+            }
+            Some(m) => manager_args::media_features(m, n)?,
+            None => media_lists(n, mm_offsets, mm_hashes, mm_starts, mm_lens)?,
+        };
         let encs = opt_i64_vec(encoder_lens, "encoder_lens", n)?;
-        let salts = salt_list(cache_salts, n)?;
-        let media = media_lists(n, mm_offsets, mm_hashes, mm_starts, mm_lens)?;
         let mut new = Vec::with_capacity(n);
         for (i, ((&id, salt), items)) in ids.iter().zip(salts).zip(media).enumerate() {
             let enc = encs.as_ref().map_or(0, |e| e[i]);
@@ -361,16 +328,18 @@ impl PyManager {
             .py_err()
     }
 
+    /// Same prompt forms as `add_requests`.
+    #[pyo3(signature = (req_ids, token_ids, offsets=None))]
     fn append_tokens(
         &self,
         py: Python<'_>,
         req_ids: &Bound<'_, PyAny>,
         token_ids: &Bound<'_, PyAny>,
-        offsets: &Bound<'_, PyAny>,
+        offsets: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let ids = id_vec(req_ids)?;
-        let tokens = token_vec(token_ids, "token_ids")?;
-        let offs = int_vec(offsets, "offsets")?;
+        let (tokens, offs) =
+            manager_args::ragged_tokens(token_ids, offsets, |t| token_vec(t, "token_ids"))?;
         self.inner
             .detached(py, |m| m.append_tokens(&ids, &tokens, &offs))?
             .py_err()
@@ -386,24 +355,30 @@ impl PyManager {
         })
     }
 
-    #[pyo3(signature = (req_ids, num_new_tokens, num_lookahead_tokens, new_step=None))]
+    /// `num_new_tokens` and `num_lookahead_tokens` (None: zeros): one per request, or
+    /// a scalar for all of them.
+    #[pyo3(signature = (req_ids, num_new_tokens, num_lookahead_tokens=None, new_step=None))]
     fn allocate_slots<'py>(
         &self,
         py: Python<'py>,
         req_ids: &Bound<'py, PyAny>,
         num_new_tokens: &Bound<'py, PyAny>,
-        num_lookahead_tokens: &Bound<'py, PyAny>,
+        num_lookahead_tokens: Option<&Bound<'py, PyAny>>,
         new_step: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray1<bool>>> {
-        let n = int_vec(num_new_tokens, "num_new_tokens")?;
-        let la = int_vec(num_lookahead_tokens, "num_lookahead_tokens")?;
+        let ids = id_vec(req_ids)?;
+        let n = manager_args::per_request(Some(num_new_tokens), ids.len(), "num_new_tokens")?;
+        let la =
+            manager_args::per_request(num_lookahead_tokens, ids.len(), "num_lookahead_tokens")?;
         let new_step = match new_step {
             None => true,
             Some(b) => bool_arg(b, "new_step")?,
         };
-        per_request(py, &self.inner, req_ids, |m, ids| {
-            m.allocate_slots(ids, &n, &la, new_step)
-        })
+        let out = self
+            .inner
+            .detached(py, |m| m.allocate_slots(&ids, &n, &la, new_step))?
+            .py_err()?;
+        Ok(out.into_pyarray(py))
     }
 
     fn free(&self, py: Python<'_>, req_ids: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -439,13 +414,14 @@ impl PyManager {
 
     /// Write `group`'s tables for `req_ids` into the first rows of `out`, a C-contiguous
     /// int32 `(rows, width)` array (rows >= len(req_ids)), zero padding every row.
+    /// Returns the number of rows written.
     fn block_table_into(
         &self,
         py: Python<'_>,
         group: &Bound<'_, PyAny>,
         req_ids: &Bound<'_, PyAny>,
         out: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
+    ) -> PyResult<usize> {
         let g = group_arg(group, self.num_groups)?;
         let ids = id_vec(req_ids)?;
         let arr = out
@@ -470,7 +446,8 @@ impl PyManager {
             .map_err(|_| invalid_arg("out must be C-contiguous"))?;
         self.inner
             .detached(py, |m| m.block_table_into(g, &ids, slice, width))?
-            .py_err()
+            .py_err()?;
+        Ok(ids.len())
     }
 
     /// Entries appended to `group`'s tables since the previous call, per request:
@@ -787,26 +764,38 @@ impl PyManager {
 /// Chained block hashes of `token_ids` at `block_size` as an `(n, 2)` uint64 array
 /// (see `hybridkv_core::prefix_hash` for the algorithm and byte layout).
 #[pyfunction]
-#[pyo3(signature = (token_ids, block_size, seed=0, parent=None, lora_id=None, cache_salt=None,
-    mm_hashes=None, mm_starts=None, mm_lens=None))]
+#[pyo3(signature = (token_ids, block_size, seed=None, parent=None, lora_id=None, cache_salt=None,
+    mm_hashes=None, mm_starts=None, mm_lens=None, mm_features=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn hash_token_blocks<'py>(
     py: Python<'py>,
     token_ids: &Bound<'py, PyAny>,
-    block_size: i64,
-    seed: u64,
-    parent: Option<u128>,
-    lora_id: Option<i64>,
-    cache_salt: Option<&Bound<'py, PyBytes>>,
+    block_size: &Bound<'py, PyAny>,
+    seed: Option<&Bound<'py, PyAny>>,
+    parent: Option<&Bound<'py, PyAny>>,
+    lora_id: Option<&Bound<'py, PyAny>>,
+    cache_salt: Option<&Bound<'py, PyAny>>,
     mm_hashes: Option<&Bound<'py, PyAny>>,
     mm_starts: Option<&Bound<'py, PyAny>>,
     mm_lens: Option<&Bound<'py, PyAny>>,
+    mm_features: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<u64>>> {
-    if block_size <= 0 {
-        return Err(invalid_arg(format!(
-            "block_size must be positive, got {block_size}"
-        )));
-    }
+    use crate::arrays::given;
+    let bs = arrays::int_in(block_size, 1, Some(1 << 63), "block_size")? as usize;
+    let seed = match given(seed) {
+        None => 0,
+        Some(s) => arrays::int_in(s, 0, Some(1 << 64), "seed")? as u64,
+    };
+    let parent = given(parent)
+        .map(|p| arrays::int_in(p, 0, None, "parent"))
+        .transpose()?;
+    let lora_id = given(lora_id)
+        .map(|l| arrays::int_in(l, 0, Some(1 << 63), "lora_id").map(|v| v as i64))
+        .transpose()?;
+    let cache_salt = match given(cache_salt) {
+        None => None,
+        Some(s) => manager_args::salt(s)?,
+    };
     let tokens = token_vec(token_ids, "token_ids")?;
     if let Some(pos) = tokens.iter().position(|&t| t < 0) {
         return Err(py_error(
@@ -815,9 +804,13 @@ pub fn hash_token_blocks<'py>(
             format!("token id {} at position {pos} is out of range", tokens[pos]),
         ));
     }
-    let media = match mm_hashes {
-        None => Vec::new(),
-        Some(h) => {
+    let media = match (given(mm_features), given(mm_hashes)) {
+        (Some(_), Some(_)) => {
+            return Err(invalid_arg("give mm_features or mm_hashes, not both"));
+        }
+        (Some(f), None) => manager_args::media_items(f)?,
+        (None, None) => Vec::new(),
+        (None, Some(h)) => {
             let offs = vec![0i64, hashes(h, "mm_hashes")?.len() as i64].into_pyarray(py);
             media_lists(1, Some(offs.as_any()), Some(h), mm_starts, mm_lens)?
                 .pop()
@@ -826,10 +819,9 @@ pub fn hash_token_blocks<'py>(
     };
     let extra = ExtraKeys {
         lora_id,
-        cache_salt: cache_salt.map(|b| b.as_bytes().to_vec()),
+        cache_salt,
         media,
     };
-    let bs = block_size as usize;
     let hs = py.detach(|| core_hash_blocks(&tokens, bs, seed, parent, &extra));
     Ok(hashes_to_py(py, hs.into_iter()))
 }

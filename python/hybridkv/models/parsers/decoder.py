@@ -372,19 +372,41 @@ def build(
     table: dict[str, Any] = {}
     if mla is not None:
         table["full_attention"] = mla
-    if "indexed_attention" in kinds:
+    qsa = "indexed_attention" in kinds and sparse is None and mla is None
+    if "indexed_attention" in kinds and not qsa:
         if sparse is None:
             raise ModelConfigError(
                 f"{model_type}: indexed_attention layers need kv_lora_rank and index_head_dim"
             )
         table["indexed_attention"] = sparse
+    if qsa and cfg.get("indexer_head_dim") is None:
+        raise ModelConfigError(
+            f"{model_type}: indexed_attention layers need kv_lora_rank and index_head_dim "
+            "(DSA over MLA) or indexer_head_dim (a QSA indexer over GQA attention)"
+        )
     attn_kinds = {"full_attention", "sliding_attention", "chunked_attention"} - set(table)
+    if qsa:
+        attn_kinds.add("indexed_attention")
     if attn_kinds & set(kinds):
         heads = need_int(cfg, "num_attention_heads", model_type)
         # transformers' default when num_key_value_heads is null: num_attention_heads.
         kv_heads = opt_int(cfg, "num_key_value_heads", model_type, heads)
         kwargs = attention_kwargs(kv_heads, head_dim(cfg, model_type), dtype, opts)
         table.setdefault("full_attention", FullAttentionSpec(**kwargs))
+        if qsa:
+            # Qwen4ExpTextQSAIndexer: beside K and V, every token keeps its raw indexer
+            # key, indexer_kv_heads (1) x indexer_head_dim in the model dtype
+            # (cache.update_indexer); one page holds both, so the key rides as extra
+            # bytes per token.
+            index_bytes = (
+                opt_int(cfg, "indexer_kv_heads", model_type, 1)
+                * need_int(cfg, "indexer_head_dim", model_type)
+                * dtype_bytes(dtype)
+            )
+            table["indexed_attention"] = FullAttentionSpec(
+                **kwargs, scale_bytes_per_token=index_bytes
+            )
+            notes = (*notes, "indexed_attention layers keep K, V and a QSA indexer key per token")
         if "sliding_attention" in kinds:
             if window is None:
                 # A sliding layer without a window attends to everything (transformers
@@ -432,6 +454,14 @@ def build(
         raise ModelConfigError(f"{model_type}: num_kv_shared_layers must be an int >= 0")
     if shared:
         first = n - shared
+        if first == 0:
+            # Gemma4UnifiedTextConfig.kv_sharing_modes: every layer "reuse"s (the
+            # assistant / drafter models reuse their target model's cache).
+            raise ModelConfigError(
+                f"{model_type}: num_kv_shared_layers={shared} equals num_hidden_layers: every "
+                "layer reuses KV another model computes (a drafter / assistant reading its "
+                "target model's cache), so it keeps no cache of its own; plan the target model"
+            )
         if first < 1 or set(kinds[first:]) - set(kinds[:first]):
             raise ModelConfigError(
                 f"{model_type}: num_kv_shared_layers={shared} leaves no earlier layer of "
