@@ -10,7 +10,8 @@ per wall second, the modelled makespan, the prefix hit rate beside the trace's
 ``ideal_hit_rate``, and the load averages before and after (the machine is shared: say
 so next to the figures). A summary gives each layout's median and range over the runs,
 and the whole run's wall time (reading the trace, planning and ``ideal_hit_rate``
-included).
+included). ``--json`` also keeps the first run's whole report (what ``hybridkv
+simulate --json`` prints), so one bench run gives the trace's side-by-side figures too.
 
     .venv/bin/python benches/bench_sim_speed.py [--layout static] [--runs 3]
         [--trace-max-requests N] [--trace PATH] [--json OUT.json]
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     totals: list[float] = []
     sizing = ""
+    first_report: dict[str, Any] | None = None
     for r in range(1, args.runs + 1):
         before = load()
         t0 = time.perf_counter()
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         totals.append(time.perf_counter() - t0)
         after = load()
         sizing = str(rep.cost["sizing"])
+        if first_report is None:
+            first_report = rep.to_dict()
         for lay, res in rep.results.items():
             rr = res.report
             m = rr["measured"]
@@ -147,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"GPUs: {sizing}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "whole_run_s": totals, "gpus": sizing}, f, indent=2)
+            json.dump(
+                {"rows": rows, "whole_run_s": totals, "gpus": sizing, "report": first_report},
+                f,
+                indent=2,
+            )
     return 0
 
 

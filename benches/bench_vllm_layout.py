@@ -24,10 +24,11 @@ again), so the running requests allocated earlier in the step cannot evict them 
 either manager. Where a hit differs, vLLM is allocated from its own hit to the same
 end position, so the two stay comparable.
 
-Traces: the bundled chat, docqa and agentic traces and a slice of the Mooncake
-conversation trace (``/work/shared/traces/mooncake_conversation_trace.jsonl``; read
-with :mod:`hybridkv.mooncake_trace` when present, else parsed here the same way: each
-512-token hash block becomes deterministic tokens). Model Qwen3-Next-80B-A3B (vLLM's
+Traces: the bundled chat, docqa and agentic traces, a slice of the Mooncake
+conversation trace (``shared/traces/mooncake_conversation_trace.jsonl`` beside the
+checkout, read by the simulator's own reader: each 512-token hash block becomes
+deterministic tokens) and ``sharegpt`` (the simulator's default ShareGPT multi-turn
+sessions, seed 0; needs the ``traces`` extra). Model Qwen3-Next-80B-A3B (vLLM's
 block: 544 tokens), at 16 GiB (``make run``'s setting) and at a tight 4 GiB where the
 pool runs out.
 """
@@ -114,49 +115,33 @@ class Recorder:
         self.ops.append(("preempt", np.asarray(ids).tolist()))
 
 
-def mooncake_slice(n: int) -> Any:
-    """The first ``n`` requests of the Mooncake conversation trace as a Trace."""
-    try:
-        from hybridkv.mooncake_trace import read_mooncake  # type: ignore[import-not-found]
-        from hybridkv.traces import TraceWindow  # type: ignore[attr-defined]
+def find_mooncake() -> Path:
+    """``shared/traces/<name>`` beside the nearest ancestor of this checkout that has it
+    (``main`` and every worktree), else the integrator's path."""
+    for parent in Path(__file__).resolve().parents:
+        p = parent / "shared" / "traces" / MOONCAKE.name
+        if p.is_file():
+            return p
+    return MOONCAKE
 
-        return read_mooncake(MOONCAKE, window=TraceWindow(max_requests=n))
-    except ImportError:
-        pass
-    from hybridkv.traces import TraceBuilder
 
-    b = TraceBuilder(
-        f"mooncake[:{n}]", "Mooncake conversation trace slice", seed=7, vocab_size=150_000
-    )
-    segs: dict[tuple[int, int], int] = {}
-    with MOONCAKE.open() as f:
-        for _ in range(n):
-            line = f.readline()
-            if not line:
-                break
-            rec = json.loads(line)
-            hids, length = rec["hash_ids"], int(rec["input_length"])
-            prompt = []
-            for k, h in enumerate(hids):
-                part = min(512, length - 512 * k)
-                if part <= 0:
-                    break
-                key = (int(h), part)
-                if key not in segs:
-                    segs[key] = b.segment(part)
-                prompt.append(segs[key])
-            b.request(prompt, int(rec["output_length"]), arrival=rec["timestamp"] / 1000.0)
-    return b.build()
+def bench_trace(name: str, mooncake_requests: int) -> Any:
+    """The trace a row runs: a bundled one, ``sharegpt`` (the simulator's default
+    sessions, seed 0) or ``mooncake`` (its first ``mooncake_requests`` requests, read by
+    the simulator's own reader)."""
+    from hybridkv.serving.trace_sources import open_trace
+    from hybridkv.serving.traces import TraceWindow
+
+    if name == "mooncake":
+        return open_trace(str(find_mooncake()), window=TraceWindow(max_requests=mooncake_requests))
+    return open_trace(name)
 
 
 def run_hybridkv(trace_name: str, memory: int, mooncake_requests: int) -> dict[str, Any]:
     from hybridkv.cost_model import CostModel
     from hybridkv.simulate import SimConfig, cost_plan, make_layouts, simulate_plan
-    from hybridkv.traces import load_trace
 
-    trace = (
-        mooncake_slice(mooncake_requests) if trace_name == "mooncake" else load_trace(trace_name)
-    )
+    trace = bench_trace(trace_name, mooncake_requests)
     cfg = SimConfig(model=MODEL, memory_bytes=memory, trace=trace_name)
     setup = make_layouts(cfg, trace, ["vllm"])["vllm"]
     if isinstance(setup, str):
@@ -378,7 +363,7 @@ def run_vllm(run: dict[str, Any]) -> dict[str, Any] | str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--traces", default="chat,docqa,agentic,mooncake")
+    ap.add_argument("--traces", default="chat,docqa,agentic,mooncake,sharegpt")
     ap.add_argument("--memory-gib", default="16,4", help="comma-separated KV sizes")
     ap.add_argument("--mooncake-requests", type=int, default=300)
     ap.add_argument("--vllm-side", metavar="LOG", help=argparse.SUPPRESS)
@@ -415,8 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     for mem in (float(x) for x in a.memory_gib.split(",")):
         for name in a.traces.split(","):
-            if name == "mooncake" and not MOONCAKE.exists():
-                notes.append(f"{MOONCAKE} missing: mooncake skipped")
+            if name == "mooncake" and not find_mooncake().exists():
+                notes.append(f"{MOONCAKE.name} not found beside the checkout: mooncake skipped")
                 continue
             try:
                 run = run_hybridkv(name, int(mem * 2**30), a.mooncake_requests)
@@ -443,6 +428,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 continue
             gap = (run["hit_tokens"] - v["hit_tokens"]) / max(v["hit_tokens"], 1)
+            # One line per row as it completes (a long run keeps what it measured).
+            row = {k: run[k] for k in ("trace", "requests", "memory_gib", "num_blocks")}
+            row |= {f"model_{k}": run[k] for k in ("hit_tokens", "alloc_failures", "peak_blocks")}
+            row |= {f"vllm_{k}": val for k, val in v.items()}
+            row |= {"preemptions": run["preemptions"], "prefix_hit_rate": run["prefix_hit_rate"]}
+            print("row " + json.dumps(row), flush=True)
             t.add_row(
                 run["trace"],
                 f"{mem:g} GiB",

@@ -70,6 +70,70 @@ def test_reader_keeps_every_complete_record_of_a_truncated_array() -> None:
         list(iter_json_array(io.BytesIO(b'[{"a": "\xff\xfe"}]'), source="t"))
 
 
+class _Chunks(io.BytesIO):
+    """Reads at most ``n`` bytes at a time (records split at every possible place)."""
+
+    def __init__(self, data: bytes, n: int) -> None:
+        super().__init__(data)
+        self.n = n
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(self.n)
+
+
+# Every kind of JSON token a cut can split: numbers, literals, escapes (a surrogate
+# pair's two halves), multi-byte UTF-8, nested arrays.
+TRICKY = [
+    {
+        "id": "t1",
+        "n": -12.5e-3,
+        "t": True,
+        "f": False,
+        "z": None,
+        "big": 123456789,
+        "conversations": [{"from": "human", "value": 'caf\u00e9 \U0001f600 "q" \\ x\ny'}],
+    },
+    {"id": "t2", "x": [1, 2.0, -3, 4e10, [True, None]], "s": "\u0001tab\t"},
+    {"id": "t3", "conversations": []},
+]
+
+
+@pytest.mark.parametrize("ascii_only", [True, False])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_every_truncation_keeps_the_complete_records(ascii_only: bool, indent: int | None) -> None:
+    data = json.dumps(TRICKY, indent=indent, ensure_ascii=ascii_only).encode()
+    ids = [r["id"] for r in TRICKY]
+    kept = set()
+    for cut in range(1, len(data) + 1):
+        got = [r["id"] for r in iter_json_array(io.BytesIO(data[:cut]), source="t")]
+        assert got == ids[: len(got)], cut
+        kept.add(len(got))
+    assert kept == {0, 1, 2, 3}
+    for n in range(1, 8):  # whole file, split every n bytes
+        assert [r["id"] for r in iter_json_array(_Chunks(data, n), source="t")] == ids
+
+
+@pytest.mark.parametrize(
+    ("bad", "record", "line"),
+    [
+        ('{"id": "x" "conversations": []}', 2, 22),  # missing comma
+        ("{'id': 'x'}", 2, 22),  # single quotes
+        ('{"id": tru}', 2, 22),  # a broken literal, more text after it
+        ("garbage", 2, 22),
+        ('{"id": "x"}}', 3, 22),  # a stray brace after a complete record
+    ],
+)
+def test_a_malformed_record_names_its_record_and_line(bad: str, record: int, line: int) -> None:
+    first = json.dumps(RECORDS[0], indent=2)  # 21 lines: the bad record starts on line 22
+    assert first.count("\n") == 20
+    data = f"[{first},\n{bad},\n{json.dumps(RECORDS[1])}]".encode()
+    for f in (io.BytesIO(data), _Chunks(data, 1), _Chunks(data, 5)):
+        with pytest.raises(
+            TraceError, match=rf"t: record {record} \(line {line}\): not valid JSON"
+        ):
+            list(iter_json_array(f, source="t"))
+
+
 def test_sessions_are_marconi_style_closed_loop_turns() -> None:
     opts = ShareGPTOptions(sessions=10, min_rounds=2, session_rate=2.0, think_time_s=3.0)
     convs = sample_conversations(io.BytesIO(_truncated(RECORDS)), opts, source="t")

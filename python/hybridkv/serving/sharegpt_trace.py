@@ -97,34 +97,62 @@ def proxy_tokenize(
     return np.asarray(ids, dtype=np.int32)
 
 
+#: What a JSON value cut off by the end of the text read so far can leave where the
+#: decoder gave up: part of a number, of a literal (``true``, ``false``, ``null``,
+#: ``NaN``, ``Infinity``) or of a ``\uXXXX`` escape (a surrogate pair's two), then only
+#: whitespace.
+_CUT_TAIL = re.compile(
+    r"(?:[-+0-9.eE]*|t(?:r(?:u(?:e)?)?)?|f(?:a(?:l(?:s(?:e)?)?)?)?|n(?:u(?:l(?:l)?)?)?"
+    r"|N(?:a(?:N)?)?|-?I(?:n(?:f(?:i(?:n(?:i(?:t(?:y)?)?)?)?)?)?)?"
+    r"|u[0-9a-fA-F]{0,4}(?:\\(?:u[0-9a-fA-F]{0,3})?)?)\s*"
+)
+
+
+def _cut_off(buf: str, e: json.JSONDecodeError) -> bool:
+    """Whether decoding ``buf`` failed only because the text ends too soon (more text,
+    or the end of a truncated file, explains it), not because what is there is wrong."""
+    return e.msg.startswith("Unterminated string") or _CUT_TAIL.fullmatch(buf, e.pos) is not None
+
+
 def iter_json_array(
     f: IO[bytes], *, source: str, max_record_bytes: int = MAX_RECORD_BYTES
 ) -> Iterator[Any]:
     """The elements of the JSON array in ``f``, one at a time, in bounded memory.
 
     Stops quietly where the file ends inside an element (a truncated file keeps every
-    complete element); a record that does not parse within ``max_record_bytes`` bytes,
-    or a file that is not an array, raises :class:`TraceError`."""
+    complete element). A record that is not valid JSON (wrong whatever text follows it)
+    raises :class:`TraceError` naming the record and the line it starts on, as does a
+    record that does not parse within ``max_record_bytes`` bytes or a file that is not
+    an array."""
     dec = json.JSONDecoder()
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="strict")
     buf = ""
     pos = 0
     eof = False
     started = False
+    lines_before = 0  # newlines in the text dropped from the front of ``buf``
+    records = 0
 
     def more() -> bool:
-        nonlocal buf, pos, eof
+        nonlocal buf, pos, eof, lines_before
         if eof:
             return False
         chunk = f.read(_CHUNK)
         try:
             text = utf8.decode(chunk, final=not chunk)
         except UnicodeDecodeError as e:
-            raise TraceError(f"{source}: not UTF-8 text ({e})") from None
+            if chunk:
+                raise TraceError(f"{source}: not UTF-8 text ({e})") from None
+            text = ""  # the file ends inside a character (inside a string): truncated
+        lines_before += buf.count("\n", 0, pos)
         buf = buf[pos:] + text
         pos = 0
         eof = not chunk
         return True
+
+    def where(at: int) -> str:
+        line = lines_before + buf.count("\n", 0, at) + 1
+        return f"{source}: record {records + 1} (line {line})"
 
     while True:
         while pos < len(buf) and buf[pos] in " \t\r\n,":
@@ -141,20 +169,27 @@ def iter_json_array(
             continue
         if buf[pos] == "]":
             return
-        too_big = f"{source}: a record does not parse within {max_record_bytes} bytes"
         try:
             obj, end = dec.raw_decode(buf, pos)
-        except ValueError:
+        except json.JSONDecodeError as e:
+            if not _cut_off(buf, e):
+                raise TraceError(
+                    f"{where(pos)}: not valid JSON ({e.msg} at line "
+                    f"{lines_before + e.lineno}, column {e.colno})"
+                ) from None
             if len(buf) - pos > max_record_bytes:
-                raise TraceError(too_big) from None
+                raise TraceError(
+                    f"{where(pos)}: does not parse within {max_record_bytes} bytes"
+                ) from None
             if not more():
                 return  # the file ends inside this record: it was truncated here
             continue
         if end - pos > max_record_bytes:
-            raise TraceError(too_big)
+            raise TraceError(f"{where(pos)}: does not parse within {max_record_bytes} bytes")
         if end >= len(buf) and more():
             continue  # a number or literal may go on in the next chunk: parse it whole
         yield obj
+        records += 1
         pos = end
 
 
