@@ -175,8 +175,14 @@ class RefManager:
         self.reqs[rid].tokens.extend(tokens)
 
     def _superseded(self, r: RefRequest, g: int, k: int) -> None:
-        """A hit on the checkpoint at entry ``k - 1``: the nearest shallower checkpoint
+        """A hit on the checkpoint at entry ``k - 1``: if another request moved past it
+        already, ``r`` branches there (a fork point); the nearest shallower checkpoint
         cached on ``r``'s path (within 1024 entries) is interior now."""
+        if k < 1:
+            return
+        b = r.tables[g][k - 1]
+        if self.extensions[g].get(b, 0) >= 1:
+            self.extensions[g][b] = max(self.extensions[g][b], 2)
         for j in range(k - 1, max(k - 1024, 1) - 1, -1):
             key = self.key(r, g, j - 1)
             b = self.pools[g].lookup(key)
@@ -335,7 +341,13 @@ class RefManager:
             # A deeper cached checkpoint in r's table makes this one interior.
             deeper_held = any(d and pool.key[d] is not None for d in r.tables[g][k + 1 :])
             ext = self.extensions[g][b] = self.extensions[g].get(b, 0) + 1
-            keep = (k + 1) * bs == r.prompt_len // bs * bs or ext >= 2
+            # The prompt's last checkpoint (the deepest cached one at or below the
+            # prompt's last block boundary in r's table) stays.
+            pe = r.prompt_len // bs
+            prompt_last = k + 1 <= pe and not any(
+                d and pool.key[d] is not None for d in r.tables[g][k + 1 : pe]
+            )
+            keep = prompt_last or ext >= 2
             if not keep and pool.ref[b] == 1 and deeper_held:
                 pool._drop(b)
             elif not keep and pool.ref[b] == 1:

@@ -50,6 +50,7 @@ class RefReq:
     started: bool = False  # ran a step at least once
     running: bool = False
     lost: int = 0
+    boundary: int = 0  # shared-prefix boundary from its last lookup (0: none or cut off)
 
     @property
     def num_tokens(self) -> int:
@@ -129,6 +130,11 @@ class RefScheduler:
 
     # -- helpers --------------------------------------------------------------------
 
+    def cut_at(self, bound: int, c: int, n: int) -> int:
+        # Every prefill chunk crossing the shared-prefix boundary ends there.
+        stop = bound // self.align * self.align
+        return stop - c if c < stop < c + n else n
+
     def aligned(self, c: int, n: int) -> int:
         end = (c + n) // self.align * self.align
         return end - c if end > c else n
@@ -158,7 +164,7 @@ class RefScheduler:
             if n <= 0:
                 continue
             if n > 1 and self.align:
-                n = self.aligned(r.computed, n)
+                n = self.aligned(r.computed, self.cut_at(r.boundary, r.computed, n))
             batch.append((r, n, r.computed))
             budget -= n
 
@@ -205,11 +211,9 @@ class RefScheduler:
                 if full or n <= 0 or slots <= 0:
                     leftovers.append(r)
                     continue
+                r.boundary = bound
                 if n > 1 and self.align:
-                    stop = bound // self.align * self.align
-                    if h < stop < h + n:
-                        n = stop - h
-                    n = self.aligned(h, n)
+                    n = self.aligned(h, self.cut_at(bound, h, n))
                 if room is not None:
                     need = self.blocks_needed(h, n)
                     if any(a > b for a, b in zip(need, room, strict=True)):

@@ -46,9 +46,35 @@ def test_interior_checkpoints_go_turn_and_prompt_ends_stay(policy: str) -> None:
     assert _hit(m, 4, [*toks[:13], 66]) == (8 if policy == "reuse" else 12)  # interior
     assert m.stats().interior_checkpoints_dropped == (2 if policy == "reuse" else 0)
     assert _hit(m, 2, [*toks[:16], 77]) == 16  # turn end
-    # A hit past the prompt end makes it interior to the path continued: it goes.
+    # Request 3 branched at the prompt end after the turn had moved past it: a fork
+    # point, which a later hit past it keeps.
+    assert _hit(m, 5, [*toks[:8], 55]) == 8
+    assert m.stats().interior_checkpoints_dropped == (2 if policy == "reuse" else 0)
+
+
+@pytest.mark.parametrize("policy", ["reuse", "lru"])
+def test_a_hit_past_a_prompt_end_nobody_branched_from_drops_it(policy: str) -> None:
+    toks = list(range(1, 21))
+    m = KVCacheManager(_plan(), checkpoint_policy=policy)
+    _turn(m, toks)
+    assert _hit(m, 2, [*toks[:16], 77]) == 16
+    # Only the turn moved past its prompt end: the hit makes it interior, it goes.
     assert _hit(m, 5, [*toks[:8], 55]) == (0 if policy == "reuse" else 8)
     assert m.stats().interior_checkpoints_dropped == (3 if policy == "reuse" else 0)
+
+
+def test_a_hit_on_a_checkpoint_another_request_extended_is_a_fork_point() -> None:
+    # Request 3 hits the prompt end (8) that the turn moved past and is preempted
+    # before its state moves past it: the checkpoint is a branch point already, so a
+    # deeper hit on the turn's path (16) keeps it and request 3 re-hits it.
+    toks = list(range(1, 21))
+    m = KVCacheManager(_plan(), checkpoint_policy="reuse")
+    _turn(m, toks)
+    m.add_requests([3], [np.asarray([*toks[:8], 55, 56], dtype=np.int32)])
+    assert m.get_computed_tokens([3]).tolist() == [8]
+    m.preempt([3])
+    assert _hit(m, 2, [*toks[:16], 77]) == 16
+    assert m.get_computed_tokens([3]).tolist() == [8]
 
 
 def test_default_policy_and_bad_values() -> None:

@@ -237,3 +237,27 @@ def test_vllm_chunk_split(like_vllm: bool) -> None:
     s = _hybrid_sched(False, like_vllm=like_vllm)
     s.add_request(0, np.arange(1, 25, dtype=np.int32), 2)
     assert _chunks(s, 2) == ([[(0, 20)], [(0, 4)]] if like_vllm else [[(0, 24)], [(0, 1)]])
+
+
+def test_shared_prefix_cut_applies_to_later_prefill_chunks() -> None:
+    # The branch point a lookup discovers can lie past the request's first chunk (a
+    # long shared document behind a small step budget): the chunk that crosses it must
+    # still end there, so the state checkpoints the shared prefix and the third request
+    # hits all of it (docqa regression: the cut applied to the first chunk only).
+    s = _hybrid_sched(True, budget=12)
+    shared = np.arange(1, 23, dtype=np.int32)  # 22 shared tokens: boundary at 20
+    hits: list[int] = []
+    ends: list[list[int]] = []
+    for i in range(3):
+        s.add_request(i, np.concatenate([shared, np.full(7, 40 + i, dtype=np.int32)]), 1)
+        mine: list[int] = []
+        while s.has_unfinished():
+            out = s.schedule()
+            hits += out.new_hit_tokens.tolist()
+            mine += (out.num_computed_before + out.num_new_tokens).tolist()
+            s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+        ends.append(mine)
+    # Request 1 found the branch point at 20 (past its first 12-token chunk): one of
+    # its chunks ends there.
+    assert hits[1] < 12 and 20 in ends[1]
+    assert hits[2] == 20

@@ -286,7 +286,9 @@ def _elastic(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
     # Align mode: the first chunk of an admitted request ends at the branch point its
     # lookup found, so the state checkpoints the shared prefix (checkpoint policy).
     sched: dict[str, Any] = (
-        {"cut_at_shared_prefix": True} if plan.mamba_cache_mode == "align" else {}
+        {"cut_at_shared_prefix": True, "prompt_cut": cfg.state_checkpoint_tokens or 0}
+        if plan.mamba_cache_mode == "align"
+        else {}
     )
     if plan.layout == "elastic" and (plan.state_checkpoint_tokens or plan.block_size) == (
         ckpt or plan.block_size

@@ -106,7 +106,15 @@ impl Manager {
                 continue;
             };
             *e = e.saturating_add(1);
-            let keep = (k + 1) * bs == prompt_end || *e >= 2;
+            // The prompt's last checkpoint stays: the deepest one at or below the
+            // prompt's last block boundary that `r` cached or passed (the boundary
+            // itself, or where a coarse prompt cut or a prefill chunk ended when the
+            // rest of the prompt ran off a boundary).
+            let prompt_last = (k + 1) * bs <= prompt_end
+                && !r.tables[g][k + 1..(prompt_end / bs).min(r.tables[g].len())]
+                    .iter()
+                    .any(|&b| b != NULL_BLOCK && matches!(pool.block_hash(b), Ok(Some(_))));
+            let keep = prompt_last || *e >= 2;
             if !keep && pool.ref_count(b) == Ok(1) && deeper_held {
                 // In use by `r` (it stays so until the caller frees it): the block then
                 // joins the free queue's head, uncached, like any unhashed block.
@@ -144,15 +152,26 @@ impl Manager {
         }
     }
 
-    /// `r` just took a hit on the checkpoint at entry `k - 1` of group `g`: the
-    /// nearest shallower checkpoint cached on its path (looked for in at most
-    /// `SUPERSEDED_SCAN` entries) is interior to that path now, so it loses its hash
-    /// unless it is a fork point or someone holds it. Shallow interior checkpoints go
-    /// first: a conversation keeps the one it continues from, not every turn's.
+    /// `r` just took a hit on the checkpoint at entry `k - 1` of group `g` (`k >= 1`).
+    /// If another request moved past it already, `r` branches there (its hit would
+    /// otherwise reach deeper): a fork point, which stays (a request preempted after
+    /// hitting it re-hits it). The nearest shallower checkpoint cached on its path
+    /// (looked for in at most `SUPERSEDED_SCAN` entries) is interior to that path now,
+    /// so it loses its hash unless it is a fork point or someone holds it. Shallow
+    /// interior checkpoints go first: a conversation keeps the one it continues from,
+    /// not every turn's.
     pub(super) fn checkpoint_hit(&mut self, r: &Request, g: usize, k: usize) {
-        let Some(c) = self.ckpt.get(g).and_then(Option::as_ref) else {
+        let Some(c) = self.ckpt.get_mut(g).and_then(Option::as_mut) else {
             return;
         };
+        if let Some(e) = r.tables[g]
+            .get(k.wrapping_sub(1))
+            .and_then(|&b| c.extensions.get_mut(b as usize))
+        {
+            if *e >= 1 {
+                *e = (*e).max(2);
+            }
+        }
         let hs = &r.hashes[self.size_of[g]];
         let pool = &mut self.pools[g];
         let lo = k.saturating_sub(SUPERSEDED_SCAN).max(1);

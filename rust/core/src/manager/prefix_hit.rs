@@ -247,7 +247,7 @@ impl Manager {
             r.tables[g] = table;
             r.first_live[g] = lo;
             r.num_cached[g] = k;
-            if cfg.kind == GroupKind::State && k > 1 && self.ckpt[g].is_some() {
+            if cfg.kind == GroupKind::State && k >= 1 && self.ckpt[g].is_some() {
                 self.checkpoint_hit(r, g, k);
             }
         }

@@ -424,14 +424,13 @@ fn hit_of(m: &mut Manager, id: i64, tokens: &[i32]) -> i64 {
 #[test]
 fn reuse_keeps_prompt_end_and_turn_end_and_drops_interior_checkpoints() {
     let toks: Vec<i32> = (1..=20).collect();
+    let retry: Vec<i32> = toks[..8].iter().copied().chain([55, 56]).collect();
+    let next: Vec<i32> = toks[..16].iter().copied().chain([77, 78]).collect();
     for policy in [CheckpointPolicy::Reuse, CheckpointPolicy::Lru] {
         let mut m = mgr_policy(policy);
         run_turn(&mut m, &toks);
         let reuse = policy == CheckpointPolicy::Reuse;
-        // The next turn starts from the turn end (16); the prompt end (8) stays.
-        let next: Vec<i32> = toks[..16].iter().copied().chain([77, 78]).collect();
-        assert_eq!(hit_of(&mut m, 2, &next), 16);
-        let retry: Vec<i32> = toks[..8].iter().copied().chain([55, 56]).collect();
+        // The prompt end (8) stays; a retry branching there makes it a fork point.
         assert_eq!(hit_of(&mut m, 3, &retry), 8);
         // Interior: 12 (decode crossed it) and 4 (a prefill chunk end) are dropped
         // under `Reuse`, kept under `Lru`.
@@ -439,10 +438,30 @@ fn reuse_keeps_prompt_end_and_turn_end_and_drops_interior_checkpoints() {
         assert_eq!(hit_of(&mut m, 4, &mid), if reuse { 8 } else { 12 });
         let short: Vec<i32> = toks[..5].iter().copied().chain([44]).collect();
         assert_eq!(hit_of(&mut m, 5, &short), if reuse { 0 } else { 4 });
+        // The next turn starts from the turn end (16); the fork point below stays.
+        assert_eq!(hit_of(&mut m, 2, &next), 16);
+        assert_eq!(hit_of(&mut m, 6, &retry), 8);
         assert_eq!(
             m.stats().interior_checkpoints_dropped,
             if reuse { 2 } else { 0 }
         );
+        m.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn a_hit_past_a_prompt_end_nobody_branched_from_drops_it() {
+    // Only the turn itself moved past its prompt end (8): the next turn's hit at 16
+    // makes it interior to the path continued, so it goes under `Reuse`.
+    let toks: Vec<i32> = (1..=20).collect();
+    let retry: Vec<i32> = toks[..8].iter().copied().chain([55, 56]).collect();
+    let next: Vec<i32> = toks[..16].iter().copied().chain([77, 78]).collect();
+    for policy in [CheckpointPolicy::Reuse, CheckpointPolicy::Lru] {
+        let mut m = mgr_policy(policy);
+        run_turn(&mut m, &toks);
+        assert_eq!(hit_of(&mut m, 2, &next), 16);
+        let reuse = policy == CheckpointPolicy::Reuse;
+        assert_eq!(hit_of(&mut m, 3, &retry), if reuse { 0 } else { 8 });
         m.check_invariants().unwrap();
     }
 }
