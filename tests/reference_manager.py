@@ -135,6 +135,8 @@ class RefManager:
         # Align mode, "reuse": per state block, requests that moved past its checkpoint.
         self.reuse = checkpoint_policy == "reuse" and mode == "align" and caching
         self.extensions: list[dict[int, int]] = [{} for _ in groups]
+        # Per checkpoint block: the token after it on the first extender's path.
+        self.next_token: list[dict[int, int]] = [{} for _ in groups]
         # Per group: each running request's pending tail (block, key): the deepest
         # checkpoint it moved past that only it had extended.
         self.tails: list[dict[int, tuple[int, Key]]] = [{} for _ in groups]
@@ -180,15 +182,28 @@ class RefManager:
         cached on ``r``'s path (within 1024 entries) is interior now."""
         if k < 1:
             return
-        b = r.tables[g][k - 1]
-        if self.extensions[g].get(b, 0) >= 1:
-            self.extensions[g][b] = max(self.extensions[g][b], 2)
+        bs = self.groups[g].block_size
+        self._mark_branch(g, r.tables[g][k - 1], r, k * bs)
         for j in range(k - 1, max(k - 1024, 1) - 1, -1):
             key = self.key(r, g, j - 1)
             b = self.pools[g].lookup(key)
             if b is not None:
-                self._drop_interior(g, (b, key))
+                self._mark_branch(g, b, r, j * bs)
+                if self.extensions[g].get(b, 0) >= 1:  # else another path's tail
+                    self._drop_interior(g, (b, key))
                 return
+
+    def _mark_branch(self, g: int, b: int, r: RefRequest, at: int) -> None:
+        """``r`` reaches checkpoint ``b`` and goes on with its token at ``at``: a fork
+        point if the first request past it went on with another token."""
+        t = self.next_token[g].get(b)
+        if (
+            self.extensions[g].get(b, 0) >= 1
+            and t is not None
+            and at < len(r.tokens)
+            and r.tokens[at] != t
+        ):
+            self.extensions[g][b] = max(self.extensions[g][b], 2)
 
     def _drop_interior(self, g: int, tail: tuple[int, Key]) -> None:
         """Drop the checkpoint ``tail`` if its block still holds it, nobody holds it and
@@ -340,7 +355,9 @@ class RefManager:
                 continue
             # A deeper cached checkpoint in r's table makes this one interior.
             deeper_held = any(d and pool.key[d] is not None for d in r.tables[g][k + 1 :])
-            ext = self.extensions[g][b] = self.extensions[g].get(b, 0) + 1
+            if b not in self.next_token[g] and (k + 1) * bs < len(r.tokens):
+                self.next_token[g][b] = r.tokens[(k + 1) * bs]
+            ext = self.extensions[g][b] = min(self.extensions[g].get(b, 0) + 1, 255)
             # The prompt's last checkpoint (the deepest cached one at or below the
             # prompt's last block boundary in r's table) stays.
             pe = r.prompt_len // bs
@@ -458,6 +475,9 @@ class RefManager:
                         # extended once already.
                         at = r.boundary > 0 and (k + 1) * bs == r.boundary // bs * bs
                         self.extensions[g][b] = int(at)
+                        self.next_token[g].pop(b, None)
+                        if at and (k + 1) * bs < len(r.tokens):
+                            self.next_token[g][b] = r.tokens[(k + 1) * bs]
             r.num_cached[g] = max(r.num_cached[g], e // bs)
 
     def reset_prefix_cache(self) -> bool:

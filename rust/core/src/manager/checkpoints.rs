@@ -44,6 +44,10 @@ use crate::request::{IdMap, Request};
 pub(super) struct GroupCheckpoints {
     /// Requests that moved past the checkpoint this block holds (saturating).
     extensions: Vec<u8>,
+    /// The token after the checkpoint on the path of the first request that moved
+    /// past it (`NO_TOKEN`: none yet): a request reaching it with another next token
+    /// branches there.
+    next_token: Vec<i32>,
     /// Per running request: its pending tail, the deepest checkpoint it moved past
     /// that only it had extended (block and hash: the block may be evicted and reused
     /// meanwhile, so the hash tells whether it still holds that checkpoint).
@@ -54,6 +58,7 @@ impl GroupCheckpoints {
     pub(super) fn new(num_blocks: usize) -> Self {
         GroupCheckpoints {
             extensions: vec![0; num_blocks],
+            next_token: vec![NO_TOKEN; num_blocks],
             tails: IdMap::default(),
         }
     }
@@ -71,6 +76,14 @@ impl Manager {
         let branch = r.prefix_boundary > 0 && depth == r.prefix_boundary / bs * bs;
         if let Some(e) = c.extensions.get_mut(b as usize) {
             *e = u8::from(branch);
+        }
+        if let Some(t) = c.next_token.get_mut(b as usize) {
+            // At a branch point `r` goes on with its own next token (the request that
+            // diverged there had another).
+            *t = match r.tokens.get(depth) {
+                Some(&x) if branch => x,
+                _ => NO_TOKEN,
+            };
         }
     }
 
@@ -105,6 +118,13 @@ impl Manager {
             let Some(e) = c.extensions.get_mut(b as usize) else {
                 continue;
             };
+            if let (Some(t), Some(&x)) =
+                (c.next_token.get_mut(b as usize), r.tokens.get((k + 1) * bs))
+            {
+                if *t == NO_TOKEN {
+                    *t = x;
+                }
+            }
             *e = e.saturating_add(1);
             // The prompt's last checkpoint stays: the deepest one at or below the
             // prompt's last block boundary that `r` cached or passed (the boundary
@@ -164,21 +184,23 @@ impl Manager {
         let Some(c) = self.ckpt.get_mut(g).and_then(Option::as_mut) else {
             return;
         };
-        if let Some(e) = r.tables[g]
-            .get(k.wrapping_sub(1))
-            .and_then(|&b| c.extensions.get_mut(b as usize))
-        {
-            if *e >= 1 {
-                *e = (*e).max(2);
-            }
+        if let Some(&b) = r.tables[g].get(k.wrapping_sub(1)) {
+            c.mark_branch(b, r.tokens.get(k * self.groups[g].block_size));
         }
+        let bs = self.groups[g].block_size;
         let hs = &r.hashes[self.size_of[g]];
         let pool = &mut self.pools[g];
         let lo = k.saturating_sub(SUPERSEDED_SCAN).max(1);
         for j in (lo..k.min(hs.len() + 1)).rev() {
             let h = hs[j - 1];
             if let Some(b) = pool.lookup_one(h) {
-                if drop_interior(pool, &c.extensions, (b, h)) {
+                // `r`'s path goes on past it: a fork point if `r` leaves it with
+                // another next token than the request that moved past it first.
+                c.mark_branch(b, r.tokens.get(j * bs));
+                // Nobody moved past it: it is the tail of another path (recreated
+                // since `r`'s path was computed), not interior to `r`'s.
+                let passed = c.extensions.get(b as usize).is_some_and(|&e| e >= 1);
+                if passed && drop_interior(pool, &c.extensions, (b, h)) {
                     self.stats.interior_checkpoints_dropped += 1;
                 }
                 return;
@@ -186,6 +208,26 @@ impl Manager {
         }
     }
 }
+
+impl GroupCheckpoints {
+    /// A request reaches the checkpoint in block `b` and continues with `next` (the
+    /// token after it; `None`: none known yet): if another request moved past it with
+    /// a different next token, the two branch there and it is a fork point.
+    fn mark_branch(&mut self, b: BlockId, next: Option<&i32>) {
+        let (Some(e), Some(&t)) = (
+            self.extensions.get_mut(b as usize),
+            self.next_token.get(b as usize),
+        ) else {
+            return;
+        };
+        if *e >= 1 && t != NO_TOKEN && next.is_some_and(|&x| x != t) {
+            *e = (*e).max(2);
+        }
+    }
+}
+
+/// `GroupCheckpoints::next_token` of a checkpoint nobody moved past yet.
+const NO_TOKEN: i32 = -1;
 
 /// How far below a hit `checkpoint_hit` looks for the checkpoint it supersedes.
 const SUPERSEDED_SCAN: usize = 1024;
