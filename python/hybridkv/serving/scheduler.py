@@ -883,7 +883,7 @@ class Scheduler:
         g = self.prompt_cut
         if g:
             q = r.prompt_len // g * g
-            if q - r.hit >= int(__import__("os").environ.get("CUTK", PROMPT_CUT_MIN)) * g and c < q < c + n:
+            if q - r.hit >= PROMPT_CUT_MIN * g and c < q < c + n:
                 return q - c
             if c == q and c + n >= r.prompt_len:
                 # The rest of a prompt whose state is checkpointed at its coarse cut
