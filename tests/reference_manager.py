@@ -235,9 +235,24 @@ class RefManager:
     def preempt(self, rids: Sequence[int]) -> None:
         for rid in rids:
             r = self.reqs[rid]
+            if self.reuse:
+                self._keep_resume_point(r)
             self._release_all(r)
             r.computed = 0
             r.phase = "waiting"
+
+    def _keep_resume_point(self, r: RefRequest) -> None:
+        """A preempted request resumes from the deepest checkpoint cached on its path
+        (within 1024 entries): kept like a fork point."""
+        for g, grp in enumerate(self.groups):
+            if grp.kind != "state" or self.mode != "align":
+                continue
+            top = r.computed // grp.block_size
+            for k in range(top, max(top - 1024, 1) - 1, -1):
+                b = self.pools[g].lookup(self.key(r, g, k - 1))
+                if b is not None:
+                    self.extensions[g][b] = max(self.extensions[g].get(b, 0), 2)
+                    break
 
     # -- hits ---------------------------------------------------------------------------
 

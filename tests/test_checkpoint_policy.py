@@ -138,3 +138,18 @@ def test_a_hit_keeps_fork_points_below_it(policy: str) -> None:
     m.free([7])
     assert _hit(m, 2, [*toks[:16], 77]) == 16
     assert _hit(m, 3, [*toks[:8], 55]) == 8
+
+
+def test_a_preempted_request_keeps_its_resume_checkpoint() -> None:
+    # Request 3 retries the turn's prompt (same token after the prompt end, so no
+    # branch is seen there), computes past the prompt end and is preempted. The next
+    # turn's hit at 16 passes the prompt end, but request 3 resumes from it: it stays.
+    toks = list(range(1, 21))
+    m = KVCacheManager(_plan(), checkpoint_policy="reuse")
+    _turn(m, toks)
+    m.add_requests([3], [np.asarray([*toks[:9], 55], dtype=np.int32)])
+    assert m.get_computed_tokens([3]).tolist() == [8]
+    assert m.allocate_slots([3], [2]).tolist() == [True]
+    m.preempt([3])
+    assert _hit(m, 2, [*toks[:16], 77]) == 16
+    assert m.get_computed_tokens([3]).tolist() == [8]

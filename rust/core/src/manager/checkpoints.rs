@@ -172,6 +172,29 @@ impl Manager {
         }
     }
 
+    /// `r` is preempted (before it releases its blocks): the deepest checkpoint cached
+    /// on its path (looked for in at most `SUPERSEDED_SCAN` entries) is where it resumes,
+    /// so it is kept like a fork point: another request's deeper hit past it must not
+    /// drop it as interior meanwhile.
+    pub(super) fn checkpoints_preempted(&mut self, r: &Request) {
+        for g in 0..self.groups.len() {
+            let Some(c) = self.ckpt.get_mut(g).and_then(Option::as_mut) else {
+                continue;
+            };
+            let hs = &r.hashes[self.size_of[g]];
+            let pool = &self.pools[g];
+            let top = (r.num_computed / self.groups[g].block_size).min(hs.len());
+            for k in (top.saturating_sub(SUPERSEDED_SCAN).max(1)..=top).rev() {
+                if let Some(b) = pool.lookup_one(hs[k - 1]) {
+                    if let Some(e) = c.extensions.get_mut(b as usize) {
+                        *e = (*e).max(2);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
     /// `r` just took a hit on the checkpoint at entry `k - 1` of group `g` (`k >= 1`).
     /// If another request moved past it already, `r` branches there (its hit would
     /// otherwise reach deeper): a fork point, which stays (a request preempted after

@@ -190,6 +190,9 @@ impl Manager {
         let slots = self.reqs.resolve(ids).map_err(unresolved)?;
         for &s in &slots {
             if let Some(mut r) = self.reqs.take(s) {
+                if self.ckpt.iter().any(Option::is_some) {
+                    self.checkpoints_preempted(&r);
+                }
                 self.release_all(&mut r);
                 r.num_computed = 0;
                 r.phase = Phase::Waiting;
