@@ -261,3 +261,49 @@ def test_shared_prefix_cut_applies_to_later_prefill_chunks() -> None:
     # its chunks ends there.
     assert hits[1] < 12 and 20 in ends[1]
     assert hits[2] == 20
+
+
+def _long_sched(prompt_cut: int) -> Scheduler:
+    full = FullAttentionSpec(num_kv_heads=1, head_size=8)
+    state = StateSpec(shapes=((2, 8),), dtypes=("fp32",))
+    plan = plan_with_blocks(
+        ModelSpec("h", (full, state)),
+        256,
+        block_size=BS,
+        max_num_seqs=2,
+        max_model_len=512,
+        max_num_batched_tokens=512,
+    )
+    return Scheduler(
+        KVCacheManager(plan),
+        max_num_batched_tokens=512,
+        max_num_seqs=2,
+        max_model_len=512,
+        prompt_cut=prompt_cut,
+    )
+
+
+@pytest.mark.parametrize("prompt_cut", [0, 8])
+def test_prompt_cut_ends_a_long_prefill_on_its_coarse_boundary(prompt_cut: int) -> None:
+    # A 301-token prompt computed from nothing (>= PROMPT_CUT_MIN x 8 tokens): with
+    # prompt_cut 8 its prefill ends a chunk at 296 (the prompt's last multiple of 8)
+    # and runs the rest whole; the state checkpoint there serves a prompt sharing the
+    # first 298 tokens. Without it the chunk ends at 300 and that prompt hits nothing.
+    s = _long_sched(prompt_cut)
+    shared = np.arange(1, 299, dtype=np.int32)
+    s.add_request(0, np.concatenate([shared, np.asarray([7, 7, 7], dtype=np.int32)]), 1)
+    chunks = []
+    while s.has_unfinished():
+        out = s.schedule()
+        chunks.append(out.num_new_tokens.tolist())
+        s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    assert chunks == ([[296], [5]] if prompt_cut else [[300], [1]])
+    s.add_request(1, np.concatenate([shared, np.asarray([9, 9], dtype=np.int32)]), 1)
+    out = s.schedule()
+    assert out.new_hit_tokens.tolist() == ([296] if prompt_cut else [0])
+
+
+@pytest.mark.parametrize("bad", [-1, True, 6, 2.0])
+def test_prompt_cut_refuses_bad_values(bad: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="prompt_cut"):
+        _long_sched(bad)  # type: ignore[arg-type]
