@@ -189,8 +189,7 @@ class RefManager:
             b = self.pools[g].lookup(key)
             if b is not None:
                 self._mark_branch(g, b, r, j * bs)
-                if self.extensions[g].get(b, 0) >= 1:  # else another path's tail
-                    self._drop_interior(g, (b, key))
+                self._drop_interior(g, (b, key))
                 return
 
     def _mark_branch(self, g: int, b: int, r: RefRequest, at: int) -> None:

@@ -307,3 +307,25 @@ def test_prompt_cut_ends_a_long_prefill_on_its_coarse_boundary(prompt_cut: int) 
 def test_prompt_cut_refuses_bad_values(bad: object) -> None:
     with pytest.raises(InvalidArgumentError, match="prompt_cut"):
         _long_sched(bad)  # type: ignore[arg-type]
+
+
+def test_prompt_cut_leaves_a_short_prefill_from_a_coarse_hit_alone() -> None:
+    # Request 1 hits request 0's checkpoint at 256, which is also its prompt's last
+    # multiple of prompt_cut, and computes 6 new tokens: no coarse cut applies, so its
+    # prefill still ends on the prompt's last block boundary (260) for a prompt-end
+    # checkpoint (the rest of a prompt runs whole only after a coarse cut).
+    s = _long_sched(8)
+    base = np.arange(1, 257, dtype=np.int32)
+    s.add_request(0, np.concatenate([base, np.asarray([7, 7, 7], dtype=np.int32)]), 1)
+    while s.has_unfinished():
+        out = s.schedule()
+        s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    s.add_request(1, np.concatenate([base, np.arange(500, 506, dtype=np.int32)]), 1)
+    chunks = []
+    while s.has_unfinished():
+        out = s.schedule()
+        chunks.append(out.num_new_tokens.tolist())
+        if out.new_hit_tokens.size:
+            assert out.new_hit_tokens.tolist() == [256]
+        s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    assert chunks == [[4], [2]]

@@ -104,11 +104,11 @@ class KVManager(Protocol):
 
 _WAITING, _RUNNING, _FINISHED = 0, 1, 2
 #: ``prompt_cut`` applies to prefills computing at least this many multiples of it
-#: from their hit to the cut (long ones: 8192 tokens at the simulator's 256). Measured
-#: on the bundled traces (Qwen3-Next, 16 GiB, first 120 requests): at 4 the cut also
-#: hit chat 0.879 vs 0.867, but agentic TTFT p99 rose from 0.024 s to 0.030 s (vLLM's
-#: layout: 0.024 s); at 32 docqa keeps its gain (0.934 vs 0.901 without the cut) and
-#: the other traces' hit rates and TTFT are as without it.
+#: past both their hit and their shared-prefix boundary (long new content: 8192 tokens
+#: at the simulator's 256). Measured (Qwen3-Next, 16 GiB): at 4 the bundled chat
+#: trace's first 120 requests hit 0.879 (0.867 at 32) but the whole trace 0.693
+#: (0.726 at 32, as without the cut); docqa (first 120) hits 0.934 at both (0.901
+#: without the cut).
 PROMPT_CUT_MIN = 32
 
 
@@ -284,6 +284,12 @@ class Scheduler:
     by default: on the bundled traces it raised the agentic hit rate by 2 points but
     cost a step of latency per admission and, in a state pool with no spare slots,
     evicted more checkpoints than it made useful (chat: 0.475 -> 0.416).
+
+    ``prompt_cut`` (align mode, hybridkv's split; 0: off): a prefill computing at least
+    ``PROMPT_CUT_MIN`` multiples of it past both its hit and its shared-prefix boundary
+    ends a chunk on the prompt's last multiple of it and runs the rest of the prompt
+    whole, so its prompt-end checkpoint lies before a short final segment (a question
+    after a long document) where later prompts sharing all but that segment branch.
 
     ``chunk_split="vllm"`` cuts align-mode prefill chunks by vLLM 0.33's rule
     (``Scheduler._mamba_block_aligned_split``, default path: no fine-grained hits, no
@@ -885,9 +891,10 @@ class Scheduler:
         g = self.prompt_cut
         if g:
             q = r.prompt_len // g * g
-            if q - r.hit >= PROMPT_CUT_MIN * g and c < q < c + n:
+            long = q - max(r.hit, r.boundary) >= PROMPT_CUT_MIN * g
+            if long and c < q < c + n:
                 return q - c
-            if c == q and c + n >= r.prompt_len:
+            if long and c == q and c + n >= r.prompt_len:
                 # The rest of a prompt whose state is checkpointed at its coarse cut
                 # runs whole (no extra step for a finer prompt-end checkpoint).
                 return n

@@ -220,10 +220,7 @@ impl Manager {
                 // `r`'s path goes on past it: a fork point if `r` leaves it with
                 // another next token than the request that moved past it first.
                 c.mark_branch(b, r.tokens.get(j * bs));
-                // Nobody moved past it: it is the tail of another path (recreated
-                // since `r`'s path was computed), not interior to `r`'s.
-                let passed = c.extensions.get(b as usize).is_some_and(|&e| e >= 1);
-                if passed && drop_interior(pool, &c.extensions, (b, h)) {
+                if drop_interior(pool, &c.extensions, (b, h)) {
                     self.stats.interior_checkpoints_dropped += 1;
                 }
                 return;
