@@ -33,11 +33,12 @@ even when they are empty raises :class:`SchedulerError`.
 In ``mamba_cache_mode="align"`` a state group only checkpoints where a step ends on a
 block boundary, so prefill chunks are cut to end on one (see ``align_block_size``).
 
-No Python loop runs over blocks: per step the Python work is a few numpy passes over
+No Python loop runs over blocks: the requests' token counters live in numpy arrays by
+slot (``request_table.py``), so per step the Python work is a few numpy passes over
 the running requests (those with one token left, decoding, are planned in bulk; the
-chunk rules run one by one only for those with more), one loop over the scheduled
-requests (their computed counts) and one over the sampled ones (their outputs), one
-``get_computed_tokens`` call per admission round (usually one), one
+chunk rules run one by one only for those with more; computed counts advance in one
+vectorised update), one loop appending each sampled token to its request's output,
+one ``get_computed_tokens`` call per admission round (usually one), one
 ``allocate_slots``, one ``append_tokens`` and one ``free``.
 
 ``external`` is the hook for a tier below the device cache (issue 8's offload): on
@@ -67,6 +68,14 @@ from hybridkv.errors import (
     InvalidArgumentError,
     InvalidTokenError,
     UnknownRequestError,
+)
+from hybridkv.serving.request_table import (
+    FINISHED,
+    RUNNING,
+    WAITING,
+    Req,
+    RequestTable,
+    keep_rows,
 )
 
 I64 = npt.NDArray[np.int64]
@@ -102,65 +111,8 @@ class KVManager(Protocol):
     def usage(self) -> Any: ...
 
 
-_WAITING, _RUNNING, _FINISHED = 0, 1, 2
-
-
-class _Req:
-    """Per-request bookkeeping (Python scalars only; blocks live in the manager)."""
-
-    __slots__ = (
-        "arrival",
-        "boundary",
-        "eos",
-        "known",
-        "lost",
-        "max_tokens",
-        "num_computed",
-        "num_preemptions",
-        "num_tokens",
-        "output",
-        "priority",
-        "prompt",
-        "prompt_len",
-        "rank_key",
-        "req_id",
-        "seq",
-        "started",
-        "status",
-    )
-
-    def __init__(
-        self,
-        req_id: int,
-        prompt: I32,
-        max_tokens: int,
-        priority: int,
-        seq: int,
-        eos: int | None,
-        arrival: float,
-    ) -> None:
-        self.req_id = req_id
-        self.prompt = prompt
-        self.prompt_len = int(prompt.shape[0])
-        self.num_tokens = self.prompt_len
-        self.max_tokens = max_tokens
-        self.priority = priority
-        self.seq = seq
-        self.rank_key = (priority, seq)  # rank(), precomputed for sorting
-        self.eos = eos
-        self.arrival = arrival
-        self.num_computed = 0
-        self.num_preemptions = 0
-        self.output: list[int] = []
-        self.status = _WAITING
-        self.known = False  # added to the manager yet
-        self.started = False  # kept in a step's output at least once
-        self.lost = 0  # tokens computed when last preempted
-        self.boundary = 0  # shared-prefix boundary from its last prefix lookup
-
-    def rank(self) -> tuple[int, int]:
-        """Smaller runs first and is preempted last."""
-        return self.rank_key
+_WAITING, _RUNNING, _FINISHED = WAITING, RUNNING, FINISHED
+_Req = Req
 
 
 @dataclass(frozen=True)
@@ -243,15 +195,23 @@ def _grows(g: Any) -> bool:
     return bool(grows) if grows is not None else str(g.kind) in _GROWING_KINDS
 
 
+def _inserted(a: I64, i: int, x: int) -> I64:
+    """``a`` with ``x`` inserted before row ``i`` (``np.insert`` without its overhead)."""
+    out = np.empty(a.shape[0] + 1, dtype=a.dtype)
+    out[:i] = a[:i]
+    out[i] = x
+    out[i + 1 :] = a[i:]
+    return out
+
+
 def _i64(values: Iterable[int]) -> I64:
     return np.fromiter(values, dtype=np.int64)
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _REQ_ID = operator.attrgetter("req_id")
+_SLOT = operator.attrgetter("slot")
 _RANK = operator.attrgetter("rank_key")
-_NUM_COMPUTED = operator.attrgetter("num_computed")
-_NUM_TOKENS = operator.attrgetter("num_tokens")
 
 
 class Scheduler:
@@ -364,7 +324,14 @@ class Scheduler:
         self.cut_at_shared_prefix = bool(cut_at_shared_prefix) or chunk_split == "vllm"
         self._prefill_cap = min(max_num_batched_tokens, self.chunk_cap)
         self._reqs: dict[int, _Req] = {}
+        # Token counters by slot (``request_table.py``).
+        self._table = RequestTable()
         self._running: list[_Req] = []  # kept in rank order
+        # The running requests' slots and ids, row for row (``_set_running``).
+        self._run_slots = _EMPTY
+        self._run_ids = _EMPTY
+        # The slots of the last step's sampling rows, in row order.
+        self._sample_slots = _EMPTY
         self._waiting_fifo: deque[_Req] = deque()
         self._waiting_heap: list[tuple[int, int, int]] = []
         self._seq = 0
@@ -429,10 +396,18 @@ class Scheduler:
                 f"request {rid}: prompt {prompt.shape[0]} + max_tokens {mt} = "
                 f"{total} exceeds max_model_len {self.max_model_len}"
             )
-        r = _Req(rid, prompt, mt, prio, self._seq, eos, float(arrival_time))
+        r = _Req(self._table, rid, prompt, mt, prio, self._seq, eos, float(arrival_time))
         self._seq += 1
         self._reqs[rid] = r
         self._push_waiting(r, front=False)
+
+    def _token_end(self) -> int:
+        """One past the largest token id the manager accepts."""
+        hi = _TOKEN_END
+        vocab: Any = getattr(self.manager, "vocab_size", None)
+        if _is_int(vocab) and 0 < int(vocab) < hi:
+            hi = int(vocab)
+        return hi
 
     def _check_prompt(self, rid: int, prompt_token_ids: npt.ArrayLike) -> I32:
         """The prompt as a fresh int32 array, or an error naming the first bad token
@@ -462,12 +437,11 @@ class Scheduler:
             raise InvalidArgumentError(
                 f"request {rid}: prompt token ids must be integers, got dtype {a.dtype}"
             )
-        hi = _TOKEN_END
-        vocab: Any = getattr(self.manager, "vocab_size", None)
-        if _is_int(vocab) and 0 < int(vocab) < hi:
-            hi = int(vocab)
-        bad_mask = (a < 0) | (a >= hi) if a.dtype.kind == "i" else a >= hi
-        if bool(bad_mask.any()):
+        hi = self._token_end()
+        # Two reductions find whether any id is out of range; only then is the first
+        # bad position located.
+        if (a.dtype.kind == "i" and int(a.min()) < 0) or int(a.max()) >= hi:
+            bad_mask = (a < 0) | (a >= hi) if a.dtype.kind == "i" else a >= hi
             pos = int(np.argmax(bad_mask))
             raise InvalidTokenError(
                 f"request {rid}: token id {int(a[pos])} at position {pos} is out of range "
@@ -506,10 +480,30 @@ class Scheduler:
         return bool(self._reqs)
 
     def running_ids(self) -> I64:
-        return _i64(r.req_id for r in self._running)
+        return self._run_ids.copy()
 
     def num_output_tokens(self, req_id: int) -> int:
         return len(self._get(req_id).output)
+
+    def _set_running(self, running: list[_Req]) -> None:
+        """Replace the running list (rank order), its slots and ids with it."""
+        self._running = running
+        n = len(running)
+        self._run_slots = np.fromiter(map(_SLOT, running), np.int64, n)
+        self._run_ids = np.fromiter(map(_REQ_ID, running), np.int64, n)
+
+    def _keep_running(self, keep: BoolArray) -> None:
+        """Keep the running rows where ``keep`` is set."""
+        self._running = keep_rows(self._running, keep)
+        self._run_slots = self._run_slots[keep]
+        self._run_ids = self._run_ids[keep]
+
+    def _insert_running(self, r: _Req) -> None:
+        """Insert ``r`` at its rank (the list stays in rank order: no re-sort)."""
+        i = bisect.bisect_right(self._running, r.rank_key, key=_RANK)
+        self._running.insert(i, r)
+        self._run_slots = _inserted(self._run_slots, i, r.slot)
+        self._run_ids = _inserted(self._run_ids, i, r.req_id)
 
     def _get(self, req_id: int) -> _Req:
         r = self._reqs.get(int(req_id))
@@ -527,7 +521,7 @@ class Scheduler:
         # Running requests first, in rank order (the per-request chunk rules).
         run_sel, run_n, run_c, run_t, budget = self._plan_running(self.max_num_batched_tokens)
         running = self._running
-        batch: list[_Req] = [running[i] for i in run_sel.tolist()]
+        n_run = run_sel.shape[0]  # the batch: these running rows, then `admitted`
         new_tokens: list[int] = []  # admitted requests' rows, after the running ones
         computed: list[int] = []
         external: list[int] = []
@@ -635,7 +629,6 @@ class Scheduler:
                         need = self._blocks_needed(h, n + x)
                     room = room - need
                 r.num_computed = h
-                batch.append(r)
                 new_tokens.append(n + x)
                 computed.append(h)
                 external.append(x)
@@ -659,7 +652,7 @@ class Scheduler:
                     room = room + (now - self._free_at_start)
                     self._free_at_start = now
                     continue
-                if head_blocked and not batch and not self._running:
+                if head_blocked and not n_run and not admitted and not self._running:
                     head = cands[0]
                     raise SchedulerError(
                         f"request {head.req_id} ({head.num_tokens} tokens) does not fit the "
@@ -667,26 +660,31 @@ class Scheduler:
                     )
                 break
 
-        ids = np.concatenate([self._running_ids()[run_sel], _i64(r.req_id for r in admitted)])
+        ids = np.concatenate([self._run_ids[run_sel], _i64(r.req_id for r in admitted)])
+        slots_arr = np.concatenate([self._run_slots[run_sel], _i64(r.slot for r in admitted)])
         n_arr = np.concatenate([run_n, np.asarray(new_tokens, dtype=np.int64)])
         c_arr = np.concatenate([run_c, np.asarray(computed, dtype=np.int64)])
         t_arr = np.concatenate([run_t, _i64(r.num_tokens for r in admitted)])
         ok = (
             np.asarray(self.manager.allocate_slots(ids, n_arr), dtype=bool)
-            if batch
+            if ids.shape[0]
             else np.zeros(0, dtype=bool)
         )
-        preempted = self._handle_failures(batch, n_arr, ok, admitted)
+        all_kept = bool(ok.all())
+        preempted: list[_Req] = []
+        if not all_kept:
+            batch = [*(running[i] for i in run_sel.tolist()), *admitted]
+            preempted = self._handle_failures(batch, n_arr, ok, admitted)
+        else:
+            self._handle_failures([], n_arr, ok, admitted)
 
         keep = ok
-        all_kept = bool(keep.all())
-        kept_reqs = (
-            batch if all_kept else [r for r, k in zip(batch, keep.tolist(), strict=True) if k]
-        )
         n_kept = n_arr if all_kept else n_arr[keep]
-        for r, n in zip(kept_reqs, n_kept.tolist(), strict=True):
-            r.num_computed += n
+        kept_slots = slots_arr if all_kept else slots_arr[keep]
+        # Computed counts advance by the step's tokens (slots are unique in a batch).
+        self._table.num_computed[kept_slots] += n_kept
         samples = (c_arr + n_arr == t_arr)[keep]
+        self._sample_slots = kept_slots[samples]
 
         new_ids: list[int] = []
         new_lens: list[int] = []
@@ -694,13 +692,13 @@ class Scheduler:
         res_ids: list[int] = []
         res_hits: list[int] = []
         # Admitted requests are the batch's last rows: only their outcomes matter here.
-        adm_ok = ok[len(batch) - len(admitted) :].tolist()
+        adm_ok = ok[n_run:].tolist()
         for r, h, good in zip(admitted, admit_hits, adm_ok, strict=True):
             if not good:
                 continue
             r.status = _RUNNING
             # The running list stays in rank order (an insertion, not a re-sort).
-            bisect.insort(self._running, r, key=_RANK)
+            self._insert_running(r)
             if r.started:
                 res_ids.append(r.req_id)
                 res_hits.append(h)
@@ -734,9 +732,6 @@ class Scheduler:
         self._last = out
         return out
 
-    def _running_ids(self) -> I64:
-        return np.fromiter(map(_REQ_ID, self._running), np.int64, len(self._running))
-
     def _plan_running(self, budget: int) -> tuple[I64, I64, I64, I64, int]:
         """This step's chunks of the running requests, in rank order, within ``budget``
         tokens: ``(rows, num_new, computed, num_tokens, budget left)`` where ``rows``
@@ -749,29 +744,36 @@ class Scheduler:
         bulk and only the others go through the rules one by one."""
         running = self._running
         nr = len(running)
-        c = np.fromiter(map(_NUM_COMPUTED, running), np.int64, nr)
-        t = np.fromiter(map(_NUM_TOKENS, running), np.int64, nr)
-        n = (t - c == 1).astype(np.int64)
+        slots = self._run_slots
+        c = self._table.num_computed[slots]
+        t = self._table.num_tokens[slots]
+        left = t - c
+        n = (left == 1).astype(np.int64)
         # ones[i]: one-token requests among rows [0, i).
-        ones = np.concatenate([[0], np.cumsum(n)])
+        ones_arr = np.concatenate([[0], np.cumsum(n)])
+        ones = ones_arr.tolist()
         stop = nr  # rows from here on get nothing (the budget ran out before them)
         pos = 0
-        for i in [*np.flatnonzero(t - c > 1).tolist(), nr]:
-            k = int(ones[i] - ones[pos])
+        multi = np.flatnonzero(left > 1)
+        multi_c = c[multi].tolist()
+        multi_left = left[multi].tolist()
+        vllm_split = self.align and self.chunk_split == "vllm"
+        for j, i in enumerate([*multi.tolist(), nr]):
+            k = ones[i] - ones[pos]
             if k >= budget:
                 # The budget runs out inside this run of one-token requests.
-                stop = pos + int(np.searchsorted(ones[pos:], ones[pos] + budget, "left"))
+                stop = pos + int(np.searchsorted(ones_arr[pos:], ones[pos] + budget, "left"))
                 budget = 0
                 break
             budget -= k
             if i == nr:
                 break
-            r = running[i]
-            m = min(int(t[i] - c[i]), budget, self.chunk_cap)
-            if self.align and self.chunk_split == "vllm":
-                m = self._vllm_split(r, r.num_computed, m)
+            ci = multi_c[j]
+            m = min(multi_left[j], budget, self.chunk_cap)
+            if vllm_split:
+                m = self._vllm_split(running[i], ci, m)
             elif m > 1 and self.align:
-                m = self._aligned(r.num_computed, m)
+                m = self._aligned(ci, m)
             m = max(m, 0)
             n[i] = m
             budget -= m
@@ -964,7 +966,7 @@ class Scheduler:
             return
         self.manager.preempt(_i64(v.req_id for v in victims))
         gone = {v.req_id for v in victims}
-        self._running = [r for r in self._running if r.req_id not in gone]
+        self._set_running([r for r in self._running if r.req_id not in gone])
         for v in reversed(victims):  # the highest-ranked victim ends up at the front
             v.lost = v.num_computed
             v.num_preemptions += 1
@@ -1003,38 +1005,55 @@ class Scheduler:
                     f"{arr.shape[0]} sampled tokens for {sample_ids.shape[0]} sampling requests"
                 )
             toks = arr.tolist() if arr.dtype.kind in "iu" else [int(t) for t in arr.tolist()]
+        slots = self._sample_slots
+        try:
+            tok_arr = np.asarray(toks, dtype=np.int64)
+        except OverflowError:
+            bad = next(t for t in toks if not _I64_MIN <= t <= _I64_MAX)
+            raise InvalidTokenError(f"sampled token id {bad} is out of range") from None
+        fin, by_length = self._table.finishing(slots, tok_arr)
+        cont = ~fin
+        any_done = bool(fin.any())
+        cont_ids = sample_ids[cont] if any_done else sample_ids
+        cont_toks = tok_arr[cont] if any_done else tok_arr
+        # The continuing requests' tokens go to the manager: checked first, so a bad
+        # one changes nothing.
+        hi = self._token_end()
+        bad_mask = (cont_toks < 0) | (cont_toks >= hi)
+        if bool(bad_mask.any()):
+            i = int(np.argmax(bad_mask))
+            raise InvalidTokenError(
+                f"request {int(cont_ids[i])}: sampled token id {int(cont_toks[i])} is out of "
+                f"range (0 <= id < {hi})"
+            )
         self._last = None
+        self._table.append_sampled(slots, toks)
         done: list[FinishedRequest] = []
-        reqs = self._reqs
-        for rid, tok in zip(sample_ids.tolist(), toks, strict=True):
-            r = reqs[rid]
-            output = r.output
-            output.append(tok)
-            r.num_tokens += 1
-            if len(output) >= r.max_tokens or tok == r.eos:
-                reason = "length" if len(output) >= r.max_tokens else "stop"
-                done.append(FinishedRequest(rid, output, r.prompt_len, r.num_preemptions, reason))
-        cont_ids: I64 | list[int] = sample_ids
-        cont_toks = toks
-        if done:
-            gone_ids = {f.req_id for f in done}
-            pairs = zip(sample_ids.tolist(), toks, strict=True)
-            cont = [(rid, tok) for rid, tok in pairs if rid not in gone_ids]
-            cont_ids = [rid for rid, _ in cont]
-            cont_toks = [tok for _, tok in cont]
-        if len(cont_ids):
-            n = len(cont_ids)
+        if any_done:
+            reqs = self._reqs
+            rows = np.flatnonzero(fin).tolist()
+            for rid, length in zip(
+                sample_ids[rows].tolist(), by_length[rows].tolist(), strict=True
+            ):
+                r = reqs[rid]
+                reason = "length" if length else "stop"
+                done.append(FinishedRequest(rid, r.output, r.prompt_len, r.num_preemptions, reason))
+        if cont_ids.shape[0]:
+            n = cont_ids.shape[0]
             self.manager.append_tokens(
-                np.asarray(cont_ids, dtype=np.int64),
-                np.asarray(cont_toks, dtype=np.int32),
-                np.arange(n + 1, dtype=np.int64),
+                cont_ids, cont_toks.astype(np.int32), np.arange(n + 1, dtype=np.int64)
             )
         if done:
-            gone = {f.req_id for f in done}
-            self.manager.free(_i64(f.req_id for f in done))
-            self._running = [r for r in self._running if r.req_id not in gone]
+            gone = [f.req_id for f in done]
+            self.manager.free(_i64(gone))
+            keep = np.ones(self._run_ids.shape[0], dtype=bool)
+            for rid in gone:  # a step finishes a few requests: one pass each
+                keep &= self._run_ids != rid
+            self._keep_running(keep)
             for f in done:
-                self._reqs.pop(f.req_id).status = _FINISHED
+                r = self._reqs.pop(f.req_id)
+                r.status = _FINISHED
+                self._table.give_back(r.slot)
             self.finished.extend(done)
         if self._deferred:
             victims = [v for v in self._deferred if v.status == _RUNNING]
