@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 
 mod hash_index;
 mod regions;
-use hash_index::{prefetch_read, HashIndex, Probe};
+pub(crate) use hash_index::prefetch_read;
+use hash_index::{HashIndex, Probe};
 use regions::Regions;
 
 /// A block id, local to one pool. `i32` because block tables cross into numpy as int32.

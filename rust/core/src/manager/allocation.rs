@@ -38,6 +38,7 @@ impl Manager {
             });
         }
         let slots = self.reqs.resolve(ids).map_err(unresolved)?;
+        self.reqs.prefetch(&slots);
         for (i, &s) in slots.iter().enumerate() {
             if num_new[i] < 0 {
                 return Err(Error::NegativeCount {
