@@ -398,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         t.add_column(col, justify="left" if col == "trace" else "right")
     notes: list[str] = []
+    # The model is exact today (RESULTS.md): any disagreement with vLLM's own code, or a
+    # vLLM side that ran and failed, fails the bench so `make bench` cannot hide it.
+    disagreements = 0
     for mem in (float(x) for x in a.memory_gib.split(",")):
         for name in a.traces.split(","):
             if name == "mooncake" and not find_mooncake().exists():
@@ -411,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             v = run_vllm(run)
             if isinstance(v, str):
                 notes.append(v)
+                disagreements += int(v.startswith("vLLM side failed"))
                 t.add_row(
                     run["trace"],
                     f"{mem:g} GiB",
@@ -449,6 +453,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 str(v["alloc_mismatches"]),
                 str(v["steps_with_other_usage"]),
             )
+            disagreements += int(
+                v["hit_mismatches"] > 0
+                or v["alloc_mismatches"] > 0
+                or v["steps_with_other_usage"] > 0
+                or v["hit_tokens"] != run["hit_tokens"]
+            )
             if v["first_mismatch"]:
                 notes.append(f"{run['trace']} {mem:g} GiB first mismatch: {v['first_mismatch']}")
             version = v["version"]
@@ -460,6 +470,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     con.print(t)
     for n in notes:
         con.print(n, highlight=False)
+    if disagreements:
+        con.print(f"{disagreements} row(s) disagree with vLLM's own KVCacheManager", style="red")
+        return 1
     return 0
 
 
