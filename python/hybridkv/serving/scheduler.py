@@ -46,6 +46,14 @@ admission it is asked how many tokens beyond the device hit it can load; those t
 are allocated in the same ``allocate_slots`` call but cost no token budget, and the
 step output reports them (``num_external_tokens``) so a simulator can charge the
 transfer instead of compute.
+
+Layout (issue 16): this module is the step itself, ``schedule`` (admission rounds,
+the single allocation, failure handling and preemption) and ``update_from_output``,
+over one shared state; kept whole (about 870 lines with these docs) because the
+admission, failure and preemption paths read and requeue the same queues and must be
+read together. Apart: the public types and argument checks (``scheduler_api.py``),
+the admission arithmetic and chunk rules (``chunk_rules.py``) and the per-request
+counters by slot (``request_table.py``).
 """
 
 from __future__ import annotations
@@ -56,19 +64,18 @@ import math
 import operator
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from hybridkv.errors import (
     DuplicateRequestError,
-    HybridKVError,
     InvalidArgumentError,
     InvalidTokenError,
     UnknownRequestError,
 )
+from hybridkv.serving.chunk_rules import ChunkRules
 from hybridkv.serving.request_table import (
     FINISHED,
     RUNNING,
@@ -77,113 +84,28 @@ from hybridkv.serving.request_table import (
     RequestTable,
     keep_rows,
 )
+from hybridkv.serving.scheduler_api import (
+    _I64_MAX,
+    _I64_MIN,
+    _TOKEN_END,
+    CHUNK_SPLITS,
+    POLICIES,
+    ExternalPrefixSource,
+    FinishedRequest,
+    KVManager,
+    SchedulerError,
+    SchedulerOutput,
+    _int_arg,
+    _is_int,
+    check_prompt,
+)
 
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 BoolArray = npt.NDArray[np.bool_]
 
-POLICIES = ("fcfs", "priority")
-#: How align-mode prefill chunks are cut (see :class:`Scheduler`).
-CHUNK_SPLITS = ("hybridkv", "vllm")
-
-
-class SchedulerError(HybridKVError):
-    """The scheduler cannot make progress (a request that can never fit the pools)."""
-
-
-class ExternalPrefixSource(Protocol):
-    """A cache tier below the device pools that can supply prefix tokens (offload)."""
-
-    def lookup(self, req_ids: I64, device_hit_tokens: I64) -> I64:
-        """Tokens each request can load beyond its device hit (0 where none)."""
-        ...
-
-
-class KVManager(Protocol):
-    """The part of :class:`hybridkv.KVCacheManager` the scheduler drives."""
-
-    def add_requests(self, req_ids: Any, token_ids: Any, offsets: Any = None) -> None: ...
-    def get_computed_tokens(self, req_ids: Any) -> Any: ...
-    def allocate_slots(self, req_ids: Any, num_new_tokens: Any) -> Any: ...
-    def append_tokens(self, req_ids: Any, token_ids: Any, offsets: Any) -> None: ...
-    def free(self, req_ids: Any) -> None: ...
-    def preempt(self, req_ids: Any) -> None: ...
-    def usage(self) -> Any: ...
-
-
 _WAITING, _RUNNING, _FINISHED = WAITING, RUNNING, FINISHED
 _Req = Req
-
-
-@dataclass(frozen=True)
-class FinishedRequest:
-    """A request that produced all its tokens."""
-
-    req_id: int
-    output_token_ids: list[int]
-    prompt_len: int
-    num_preemptions: int
-    reason: str  # "length" or "stop"
-
-
-@dataclass(frozen=True)
-class SchedulerOutput:
-    """What one step computes. Row ``i`` of the arrays is one scheduled request, in the
-    order passed to ``allocate_slots``."""
-
-    step: int
-    req_ids: I64
-    #: Tokens computed this step (external tokens included, see ``num_external_tokens``).
-    num_new_tokens: I64
-    #: Tokens already computed (or cache-hit) before this step.
-    num_computed_before: I64
-    #: Tokens of ``num_new_tokens`` loaded from the external tier instead of computed.
-    num_external_tokens: I64
-    #: Whether the request yields a sampled token at the end of this step.
-    samples: BoolArray
-    #: Requests admitted for the first time, their prompt lengths and prefix hits.
-    new_req_ids: I64
-    new_prompt_lens: I64
-    new_hit_tokens: I64
-    #: Requests readmitted after a preemption and the tokens they re-hit.
-    resumed_req_ids: I64
-    resumed_hit_tokens: I64
-    #: Requests preempted by this step: those not in ``req_ids`` at once, those in it
-    #: (they were allocated before the failure was known) when the step ends, unless
-    #: that step finishes them.
-    preempted_req_ids: I64
-    num_running: int
-    num_waiting: int
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_scheduled_tokens(self) -> int:
-        """Budgeted tokens: computed ones, not external loads."""
-        return int(self.num_new_tokens.sum() - self.num_external_tokens.sum())
-
-    @property
-    def sample_req_ids(self) -> I64:
-        """The requests that sample a token this step, in row order."""
-        return self.req_ids[self.samples]
-
-
-_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
-#: Token ids are stored as int32 (the prefix hashes hash them as such).
-_TOKEN_END = 1 << 31
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _int_arg(x: object, what: str) -> int:
-    """An int64 from a Python or numpy integer; a bool, float or string is refused
-    (a float request id 1.5 would otherwise act on request 1)."""
-    if _is_int(x):
-        v = int(cast("int | np.integer[Any]", x))
-        if _I64_MIN <= v <= _I64_MAX:
-            return v
-    raise InvalidArgumentError(f"{what} must be an int in the int64 range, got {x!r}")
 
 
 #: Group kinds whose block tables grow with the sequence (when a group does not say).
@@ -214,7 +136,7 @@ _SLOT = operator.attrgetter("slot")
 _RANK = operator.attrgetter("rank_key")
 
 
-class Scheduler:
+class Scheduler(ChunkRules):
     """Continuous batching with chunked prefill, prefix hits and preemption by recompute.
 
     ``add_request`` queues a request, ``schedule`` plans (and allocates) one step,
@@ -410,46 +332,7 @@ class Scheduler:
         return hi
 
     def _check_prompt(self, rid: int, prompt_token_ids: npt.ArrayLike) -> I32:
-        """The prompt as a fresh int32 array, or an error naming the first bad token
-        (never a silent cast: int64 ids >= 2**31 would wrap, floats truncate)."""
-        try:
-            a = np.asarray(prompt_token_ids)
-        except (ValueError, TypeError, OverflowError) as e:
-            raise InvalidArgumentError(f"request {rid}: prompt is not an array: {e}") from None
-        if a.ndim != 1:
-            raise InvalidArgumentError(
-                f"request {rid}: prompt must be 1-D token ids, got shape {a.shape}"
-            )
-        if a.shape[0] < 1:
-            raise InvalidArgumentError(f"request {rid}: empty prompt")
-        if a.dtype.kind == "O":
-            # Python ints too large for any numpy integer dtype (or mixed objects).
-            bad = next(
-                (x for x in a.tolist() if not _is_int(x) or not 0 <= int(x) < _TOKEN_END), None
-            )
-            if bad is not None:
-                pos = a.tolist().index(bad)
-                raise InvalidTokenError(
-                    f"request {rid}: token id {bad!r} at position {pos} is out of range"
-                )
-            a = a.astype(np.int64)
-        elif a.dtype.kind not in "iu":
-            raise InvalidArgumentError(
-                f"request {rid}: prompt token ids must be integers, got dtype {a.dtype}"
-            )
-        hi = self._token_end()
-        # Two reductions find whether any id is out of range; only then is the first
-        # bad position located.
-        if (a.dtype.kind == "i" and int(a.min()) < 0) or int(a.max()) >= hi:
-            bad_mask = (a < 0) | (a >= hi) if a.dtype.kind == "i" else a >= hi
-            pos = int(np.argmax(bad_mask))
-            raise InvalidTokenError(
-                f"request {rid}: token id {int(a[pos])} at position {pos} is out of range "
-                f"(0 <= id < {hi})"
-            )
-        return np.array(
-            a, dtype=np.int32
-        )  # a copy: later edits of the caller's array don't leak in
+        return check_prompt(rid, prompt_token_ids, self._token_end())
 
     def _push_waiting(self, r: _Req, *, front: bool) -> None:
         r.status = _WAITING
@@ -784,86 +667,6 @@ class Scheduler:
         n[stop:] = 0
         rows = np.flatnonzero(n)
         return rows, n[rows], c[rows], t[rows], budget
-
-    def _free_blocks(self) -> I64:
-        """Free blocks of each growing pool (from ``manager.usage()``; an elastic
-        manager's ``obtainable_blocks()`` also counts memory it can take over)."""
-        obtainable = getattr(self.manager, "obtainable_blocks", None)
-        if getattr(self.manager, "elastic", False) and obtainable is not None:
-            got = np.asarray(obtainable(), dtype=np.int64)
-            return got[self._grow_idx]
-        free_blocks = getattr(self.manager, "free_blocks", None)
-        if free_blocks is not None:
-            # The pools' free counts themselves (what the usage fractions encode).
-            got = np.asarray(free_blocks(), dtype=np.int64)
-            return got[self._grow_idx]
-        used = np.asarray(self.manager.usage(), dtype=np.float64)[self._grow_idx]
-        return np.rint((1.0 - used) * (self._grow_blocks - 1)).astype(np.int64)
-
-    def _blocks_needed(self, c: int, n: int) -> I64:
-        """Blocks each growing pool needs to go from ``c`` to ``c + n`` computed tokens
-        (a shared pool: the sum over its groups)."""
-        bs = self._grow_bs
-        need: I64 = np.minimum(-((-(c + n)) // bs) - (-((-c) // bs)), self._grow_cap)
-        if self._shared:
-            return np.asarray([need.sum()], dtype=np.int64)
-        return need
-
-    def _fit(self, h: int, room: I64) -> int:
-        """The most computed tokens a request hit at ``h`` reaches within ``room``."""
-        bs = self._grow_bs
-        if not self._shared:
-            return int(np.min((-(-h // bs) + room) * bs))
-        # Shared pool: grow while the summed need fits (needs rise with the end).
-        lo, hi = h, h + int(room[0]) * int(bs.max()) + 1
-        while lo < hi:  # largest e with need(h, e - h) <= room
-            mid = (lo + hi + 1) // 2
-            if int(self._blocks_needed(h, mid - h)[0]) <= int(room[0]):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def _room(self, c: I64, n: I64) -> I64 | None:
-        """Free growing-pool blocks after the running requests' growth this step (from
-        ``c`` computed by ``n`` tokens each), or ``None`` when the manager does not
-        report usage (no admission control)."""
-        if self._grow_idx.size == 0 or not hasattr(self.manager, "usage"):
-            return None
-        self._free_at_start = self._free_blocks()
-        room = self._free_at_start.copy()
-        if c.size:
-            bs = self._grow_bs[:, None]
-            need = np.minimum((-(-(c + n) // bs)) - (-(-c // bs)), self._grow_cap[:, None])
-            room -= need.sum() if self._shared else need.sum(axis=1)
-        return room
-
-    def _vllm_split(self, r: _Req, start: int, n: int) -> int:
-        """vLLM 0.33's align-mode prefill chunk from ``start`` (class docstring)."""
-        bs = self.align
-        prefill_end = max(r.prompt_len, r.num_tokens - 1)
-        if start >= prefill_end:
-            return n
-        last_cache = max((r.num_tokens - 1) // bs * bs, 0)
-        end = start + n
-        if end < prefill_end:
-            aligned = end // bs * bs
-            if aligned > start or bs <= self._prefill_cap:
-                end = aligned
-        junction = r.boundary
-        stops = (
-            (start // bs + 1) * bs if start % bs else 0,
-            last_cache,
-            start + (junction - start) // bs * bs if start < junction < end else 0,
-        )
-        end = min((x for x in stops if start < x < end), default=end)
-        return max(end - start, 0)
-
-    def _aligned(self, c: int, n: int) -> int:
-        """Prefill chunk ``[c, c + n)`` cut back to end on a block boundary when one lies
-        inside it, so the state group records a checkpoint there (mode ``align``)."""
-        end = (c + n) // self.align * self.align
-        return end - c if end > c else n
 
     def _tokens(self, r: _Req) -> I32:
         if not r.output:
