@@ -162,7 +162,6 @@ impl Manager {
         Self::check_offsets(offsets, ids.len(), tokens.len(), true)?;
         self.check_tokens(tokens)?;
         let slots = self.reqs.resolve(ids).map_err(unresolved)?;
-        self.reqs.prefetch(&slots);
         for (i, &s) in slots.iter().enumerate() {
             if let Some(r) = self.reqs.get_mut(s) {
                 r.tokens

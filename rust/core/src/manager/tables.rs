@@ -154,7 +154,6 @@ impl Manager {
                 })
             })
             .collect::<Result<_>>()?;
-        self.reqs.prefetch(&slots);
         let ng = self.groups.len();
         let n = ids.len();
         let mut starts = Vec::with_capacity(ng * n);
