@@ -113,11 +113,6 @@ class ManagerStats:
         return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
 
 
-#: The bindings' integer-batch conversion, for Python code that takes request ids beside
-#: the manager (``hybridkv.offload.connector`` imports it under this name).
-_int64 = _core.int64_array
-
-
 class KVCacheManager:
     """Per-request block tables across a hybrid model's KV-cache groups.
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import secrets
 import stat
 import weakref
@@ -44,56 +43,26 @@ from typing import TypeVar
 from hybridkv.errors import InvalidArgumentError, OffloadConfigError
 from hybridkv.offload import block_format
 from hybridkv.offload.block_format import HEADER_BYTES, CorruptBlockError
+from hybridkv.offload.disk_fs import (
+    _BLOCK_NAME,
+    _CLOEXEC,
+    _GROUP_NAME,
+    _READ_FLAGS,
+    _SHARD_NAME,
+    _TMP_NAME,
+    _WRITE_FLAGS,
+    _close_fds,
+    _open_dir,
+    _pid_alive,
+)
 from hybridkv.offload.keys import FORMAT_VERSION, MAX_GROUP, BlockKey, require_weights
 from hybridkv.offload.tier import ByteLRU, Payload, Tier
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
-# O_NONBLOCK: opening a FIFO for reading must not wait for a writer (regular files
-# ignore the flag).
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
-_BLOCK_NAME = re.compile(r"^([0-9a-f]{32})\.blk$")
-_SHARD_NAME = re.compile(r"^[0-9a-f]{2}$")
-_GROUP_NAME = re.compile(r"^g(0|[1-9][0-9]{0,9})$")
-_TMP_NAME = re.compile(r"^([0-9]{1,10})-[0-9a-f]{1,64}\.tmp$")
 #: Default bound on one block's payload: a larger file is never indexed or read.
 DEFAULT_MAX_BLOCK_BYTES = 1 << 30
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
-def _open_dir(name: str, dir_fd: int, *, create: bool = False) -> int:
-    """``name`` under ``dir_fd`` opened as a directory without following a link
-    (created first when ``create``)."""
-    if create:
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-        except FileNotFoundError:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(name, dir_fd=dir_fd)
-    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-
-
-def _close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    fds.clear()
 
 
 class DiskTier(Tier):

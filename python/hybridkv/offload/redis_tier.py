@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -40,6 +39,13 @@ from hybridkv.offload import block_format
 from hybridkv.offload.block_format import CorruptBlockError
 from hybridkv.offload.keys import FINGERPRINT_BYTES, FORMAT_VERSION, BlockKey, require_weights
 from hybridkv.offload.redact import redact_text, redact_url, url_secrets
+from hybridkv.offload.redis_guard import (
+    _REPLY_SLACK_PER_CALL,
+    _REPLY_SLACK_PER_COMMAND,
+    _CallBudget,
+    _guarded_connection_class,
+)
+from hybridkv.offload.redis_guard import ReplyTooLargeError as ReplyTooLargeError
 from hybridkv.offload.tier import ByteLRU, Payload, Tier
 
 log = logging.getLogger("hybridkv.offload")
@@ -47,87 +53,6 @@ log = logging.getLogger("hybridkv.offload")
 #: The largest value a read accepts when the caller does not say (the connector passes
 #: its largest page plus the block header).
 DEFAULT_MAX_VALUE_BYTES = 64 << 20
-#: Reply bytes allowed per command beside the values (status, integers, RESP framing).
-_REPLY_SLACK_PER_COMMAND = 64
-#: Reply bytes allowed per call for the connection handshake (AUTH, SELECT, HELLO).
-_REPLY_SLACK_PER_CALL = 16 << 10
-
-
-class ReplyTooLargeError(OSError):
-    """A Redis reply outgrew the bound of its call (an ``OSError``, so the client drops
-    the connection, whose stream is now out of step, and reports a connection error)."""
-
-
-class _CallBudget(threading.local):
-    """The deadline and reply bytes left of the call this thread is making."""
-
-    deadline = math.inf
-    bytes_left = math.inf
-
-
-class _GuardedSocket:
-    """A socket whose reads and writes stop at the call's deadline and whose reads stop
-    at the call's reply bound; everything else is the wrapped socket's."""
-
-    def __init__(self, sock: Any, budget: _CallBudget) -> None:
-        self._sock = sock
-        self._budget = budget
-        self._timeout: float | None = sock.gettimeout()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-    def settimeout(self, value: float | None) -> None:
-        self._timeout = value
-        self._sock.settimeout(value)
-
-    def gettimeout(self) -> float | None:
-        return self._timeout
-
-    def _arm(self) -> None:
-        remaining = self._budget.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the call's deadline passed")  # socket.timeout is this
-        if self._timeout is None or self._timeout > remaining:
-            self._sock.settimeout(remaining)
-        else:
-            self._sock.settimeout(self._timeout)
-
-    def _count(self, n: int) -> None:
-        budget = self._budget
-        budget.bytes_left -= n
-        if budget.bytes_left < 0:
-            raise ReplyTooLargeError("the reply is larger than this call's bound")
-
-    def recv(self, bufsize: int, *flags: int) -> bytes:
-        self._arm()
-        data: bytes = self._sock.recv(bufsize, *flags)
-        self._count(len(data))
-        return data
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, *flags: int) -> int:
-        self._arm()
-        n: int = self._sock.recv_into(buffer, nbytes, *flags)
-        self._count(n)
-        return n
-
-    def sendall(self, data: Any, *flags: int) -> None:
-        self._arm()
-        self._sock.sendall(data, *flags)
-
-    def send(self, data: Any, *flags: int) -> int:
-        self._arm()
-        n: int = self._sock.send(data, *flags)
-        return n
-
-
-def _guarded_connection_class(base: type, budget: _CallBudget) -> type:
-    """``base`` (the URL scheme's connection class) with its socket guarded."""
-
-    def _connect(self: Any) -> Any:
-        return _GuardedSocket(base._connect(self), budget)  # type: ignore[attr-defined]
-
-    return type(f"Guarded{base.__name__}", (base,), {"_connect": _connect})
 
 
 class RedisTier(Tier):

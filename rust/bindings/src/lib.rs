@@ -23,6 +23,7 @@ mod block_pool;
 mod errors;
 mod manager;
 mod manager_args;
+mod prefix_hash;
 mod registry;
 mod shared;
 
@@ -32,7 +33,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<block_pool::PyBlockPool>()?;
     m.add_class::<registry::PyPoolRegistry>()?;
     m.add_class::<manager::PyManager>()?;
-    m.add_function(wrap_pyfunction!(manager::hash_token_blocks, m)?)?;
+    m.add_function(wrap_pyfunction!(prefix_hash::hash_token_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(arrays::int64_array, m)?)?;
     Ok(())
 }

@@ -1,0 +1,139 @@
+"""The elastic layout of :func:`hybridkv.planning.planner.plan_memory`
+(``layout="elastic"``; :mod:`hybridkv.planning.planner`, "Layouts"): bounded groups get
+floors (windows capped at what the growing groups hold), one arena holds them and the
+growing groups, and the growing groups' capacity is what the arena leaves beside the
+floors."""
+
+from __future__ import annotations
+
+from hybridkv.cache.arena_plan import ArenaPlan, choose_region_bytes
+from hybridkv.errors import PlanError
+from hybridkv.models.model_spec import ModelSpec
+from hybridkv.models.specs import ChunkedLocalSpec, SlidingWindowSpec, StateSpec, cdiv
+from hybridkv.planning.assemble import _finish, _group_plan
+from hybridkv.planning.grouping import _Group
+from hybridkv.planning.limits import _Limits, _Unfit
+from hybridkv.planning.plan import MemoryPlan
+
+
+def _plan_elastic(
+    model: ModelSpec,
+    pending: list[_Group],
+    encoder_only: tuple[int, ...],
+    limits: _Limits,
+    bounded: dict[int, tuple[int, str]],
+    *,
+    memory_bytes: int,
+    bounded_sizing: str,
+    state_cache_slots: int,
+    ckpt: int,
+) -> MemoryPlan:
+    """The elastic layout of :func:`plan_memory` (:mod:`hybridkv.planning.planner`, "Layouts")."""
+    b = limits.block_size
+    pages = [g.page_size_bytes for g in pending]
+    growing = [g.grows for g in pending]
+    tight = [bounded[i][0] - 1 if i in bounded else 0 for i in range(len(pending))]
+    windows = [
+        i
+        for i, g in enumerate(pending)
+        if isinstance(g.spec, SlidingWindowSpec | ChunkedLocalSpec) and not g.grows
+    ]
+
+    def layout(cap: int | None) -> ArenaPlan:
+        floors = [
+            min(t, cap) if cap is not None and i in windows else t for i, t in enumerate(tight)
+        ]
+        return choose_region_bytes(memory_bytes, pages, floors, growing)
+
+    try:
+        arena = layout(None)
+    except PlanError:
+        arena = None
+    if (
+        windows
+        and any(growing)
+        and (arena is None or max(tight[i] for i in windows) > arena.growing_blocks)
+    ):
+        # Cap window floors at what the growing pools hold: the largest cap x with
+        # x <= growing_blocks(x) (growing_blocks falls as x rises).
+        lo, hi = 0, max(tight[i] for i in windows)
+        best: ArenaPlan | None = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            try:
+                a = layout(mid)
+            except PlanError:
+                hi = mid - 1
+                continue
+            if mid <= a.growing_blocks:
+                best, lo = a, mid + 1
+            else:
+                hi = mid - 1
+        arena = best
+    if arena is None:
+        floors_bytes = sum(t * p for t, p in zip(tight, pages, strict=True))
+        raise _Unfit(
+            f"floors need {floors_bytes} bytes but memory_bytes is {memory_bytes}: short by "
+            f"{max(floors_bytes - memory_bytes, 0)} bytes (plus the arena's null area)"
+        )
+    growing_blocks = arena.growing_blocks
+    need = cdiv(limits.max_model_len, b)
+    if any(growing) and growing_blocks < need:
+        raise _Unfit(
+            f"growing groups get {growing_blocks * b} tokens beside floors of "
+            f"{memory_bytes - arena.elastic_bytes} bytes, but one request of max_model_len="
+            f"{limits.max_model_len} needs {need} blocks of "
+            f"{sum(p for p, g in zip(pages, growing, strict=True) if g)} bytes"
+        )
+    plans = []
+    for i, g in enumerate(pending):
+        view = memory_bytes // g.page_size_bytes
+        floor = arena.floor_blocks[i]
+        if g.grows:
+            sizing, held = "growing", growing_blocks
+        else:
+            sizing = bounded[i][1] if floor == tight[i] else "capped"
+            held = floor
+        plans.append(
+            _group_plan(
+                i,
+                g,
+                ckpt if isinstance(g.spec, StateSpec) and not g.grows else b,
+                view,
+                sizing,
+                floor_blocks=floor,
+                bytes_=held * g.page_size_bytes,
+            )
+        )
+    plan = _finish(
+        model,
+        plans,
+        encoder_only,
+        limits,
+        memory_bytes=memory_bytes,
+        bounded_sizing=bounded_sizing,
+        state_cache_slots=state_cache_slots,
+        state_checkpoint_tokens=ckpt,
+    )
+    growing_page = sum(p for p, gr in zip(pages, growing, strict=True) if gr)
+    floors_bytes = sum(f * p for f, p in zip(arena.floor_blocks, pages, strict=True))
+    from dataclasses import replace
+
+    if growing_page:
+        capacity = growing_blocks * b
+        concurrency = min(float(limits.max_num_seqs), growing_blocks / need)
+        physical: float | None = (memory_bytes - floors_bytes) / (growing_page / b)
+    else:
+        capacity = limits.max_num_seqs * limits.max_model_len
+        concurrency = float(limits.max_num_seqs)
+        physical = None
+    return replace(
+        plan,
+        token_capacity=capacity,
+        max_concurrency=concurrency,
+        unused_bytes=arena.elastic_bytes - growing_blocks * growing_page,
+        bounded_bytes=floors_bytes,
+        physical_token_limit=physical,
+        layout="elastic",
+        arena=arena,
+    )
