@@ -634,3 +634,29 @@ def test_reuse_policy_keeps_a_finished_turn_through_churn_without_spare_slots(ch
     # it; its prompt end is 16) and loses its hash at release, so the churn reuses
     # those blocks and A's turn end survives with no spare slots ("lru": 0 above).
     assert _churn_then_rehit(spare=0, churn=churn, policy="reuse") == 16
+
+
+def test_list_of_prompts_checked_like_the_flat_form() -> None:
+    """The list form (each prompt copied once into its request) refuses what the flat
+    form refuses, names a bad token's position through the batch, and adds nothing."""
+    m = KVCacheManager(cfg(), vocab_size=100)
+    with pytest.raises(errors.InvalidTokenError, match="position 5"):
+        m.add_requests([1, 2], [toks(1, 2, 3), toks(4, 5, 100)])
+    with pytest.raises(errors.InvalidTokenError, match="position 4"):
+        m.add_requests([1, 2], [[1, 2, 3], [4, 1 << 40]])
+    with pytest.raises(errors.HybridKVError, match="needs a token"):
+        m.add_requests([1, 2], [toks(1, 2), toks()])
+    with pytest.raises(errors.HybridKVError):
+        m.add_requests([1, 2], [toks(1, 2)])
+    with pytest.raises(errors.DuplicateRequestError):
+        m.add_requests([1, 1], [toks(1, 2), toks(3)])
+    assert m.num_requests == 0
+    m.add_requests([1, 2], [toks(1, 2, 3, 4, 5), [6, 7]])
+    flat = KVCacheManager(cfg(), vocab_size=100)
+    flat.add_requests([1, 2], toks(1, 2, 3, 4, 5, 6, 7), [0, 5, 7])
+    assert m.num_requests == flat.num_requests == 2
+    for mm in (m, flat):
+        assert mm.get_computed_tokens([1, 2]).tolist() == [0, 0]
+        assert mm.allocate_slots([1, 2], [5, 2]).tolist() == [True, True]
+    for g in range(3):
+        assert m.block_table(g, [1, 2]).tolist() == flat.block_table(g, [1, 2]).tolist()

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hybridkv.errors import DuplicateRequestError, InvalidArgumentError, UnknownRequestError
+from hybridkv.errors import (
+    DuplicateRequestError,
+    InvalidArgumentError,
+    InvalidTokenError,
+    UnknownRequestError,
+)
 from hybridkv.manager import KVCacheManager
 from hybridkv.models import ModelSpec
 from hybridkv.planner import plan_with_blocks
@@ -143,6 +148,11 @@ def test_bad_input_raises_named_errors_and_changes_nothing() -> None:
     with pytest.raises(InvalidArgumentError):
         s.preempt([1])  # mid-step
     assert out.req_ids.tolist() == [1]
+    # A sampled token the manager would refuse is refused first: nothing changes.
+    for bad_tok in ([-1], [1 << 31], [1 << 70]):
+        with pytest.raises(InvalidTokenError):
+            s.update_from_output(bad_tok)
+        assert s.num_output_tokens(1) == 0
     s.update_from_output([4])
     assert s.num_output_tokens(1) == 1
     assert _finish_all(s) == [1]

@@ -33,11 +33,12 @@ even when they are empty raises :class:`SchedulerError`.
 In ``mamba_cache_mode="align"`` a state group only checkpoints where a step ends on a
 block boundary, so prefill chunks are cut to end on one (see ``align_block_size``).
 
-No Python loop runs over blocks: per step the Python work is a few numpy passes over
+No Python loop runs over blocks: the requests' token counters live in numpy arrays by
+slot (``request_table.py``), so per step the Python work is a few numpy passes over
 the running requests (those with one token left, decoding, are planned in bulk; the
-chunk rules run one by one only for those with more), one loop over the scheduled
-requests (their computed counts) and one over the sampled ones (their outputs), one
-``get_computed_tokens`` call per admission round (usually one), one
+chunk rules run one by one only for those with more; computed counts advance in one
+vectorised update), one loop appending each sampled token to its request's output,
+one ``get_computed_tokens`` call per admission round (usually one), one
 ``allocate_slots``, one ``append_tokens`` and one ``free``.
 
 ``external`` is the hook for a tier below the device cache (issue 8's offload): on
@@ -45,6 +46,14 @@ admission it is asked how many tokens beyond the device hit it can load; those t
 are allocated in the same ``allocate_slots`` call but cost no token budget, and the
 step output reports them (``num_external_tokens``) so a simulator can charge the
 transfer instead of compute.
+
+Layout (issue 16): this module is the step itself, ``schedule`` (admission rounds,
+the single allocation, failure handling and preemption) and ``update_from_output``,
+over one shared state; kept whole (about 870 lines with these docs) because the
+admission, failure and preemption paths read and requeue the same queues and must be
+read together. Apart: the public types and argument checks (``scheduler_api.py``),
+the admission arithmetic and chunk rules (``chunk_rules.py``) and the per-request
+counters by slot (``request_table.py``).
 """
 
 from __future__ import annotations
@@ -55,192 +64,48 @@ import math
 import operator
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from hybridkv.errors import (
     DuplicateRequestError,
-    HybridKVError,
     InvalidArgumentError,
     InvalidTokenError,
     UnknownRequestError,
+)
+from hybridkv.serving.chunk_rules import ChunkRules
+from hybridkv.serving.request_table import (
+    FINISHED,
+    RUNNING,
+    WAITING,
+    Req,
+    RequestTable,
+    keep_rows,
+)
+from hybridkv.serving.scheduler_api import (
+    _I64_MAX,
+    _I64_MIN,
+    _TOKEN_END,
+    CHUNK_SPLITS,
+    POLICIES,
+    ExternalPrefixSource,
+    FinishedRequest,
+    KVManager,
+    SchedulerError,
+    SchedulerOutput,
+    _int_arg,
+    _is_int,
+    check_prompt,
 )
 
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 BoolArray = npt.NDArray[np.bool_]
 
-POLICIES = ("fcfs", "priority")
-#: How align-mode prefill chunks are cut (see :class:`Scheduler`).
-CHUNK_SPLITS = ("hybridkv", "vllm")
-
-
-class SchedulerError(HybridKVError):
-    """The scheduler cannot make progress (a request that can never fit the pools)."""
-
-
-class ExternalPrefixSource(Protocol):
-    """A cache tier below the device pools that can supply prefix tokens (offload)."""
-
-    def lookup(self, req_ids: I64, device_hit_tokens: I64) -> I64:
-        """Tokens each request can load beyond its device hit (0 where none)."""
-        ...
-
-
-class KVManager(Protocol):
-    """The part of :class:`hybridkv.KVCacheManager` the scheduler drives."""
-
-    def add_requests(self, req_ids: Any, token_ids: Any, offsets: Any = None) -> None: ...
-    def get_computed_tokens(self, req_ids: Any) -> Any: ...
-    def allocate_slots(self, req_ids: Any, num_new_tokens: Any) -> Any: ...
-    def append_tokens(self, req_ids: Any, token_ids: Any, offsets: Any) -> None: ...
-    def free(self, req_ids: Any) -> None: ...
-    def preempt(self, req_ids: Any) -> None: ...
-    def usage(self) -> Any: ...
-
-
-_WAITING, _RUNNING, _FINISHED = 0, 1, 2
-#: ``prompt_cut`` applies to prefills computing at least this many multiples of it
-#: past both their hit and their shared-prefix boundary (long new content: 8192 tokens
-#: at the simulator's 256). Measured (Qwen3-Next, 16 GiB): at 4 the bundled chat
-#: trace's first 120 requests hit 0.879 (0.867 at 32) but the whole trace 0.693
-#: (0.726 at 32, as without the cut); docqa (first 120) hits 0.934 at both (0.901
-#: without the cut).
-PROMPT_CUT_MIN = 32
-
-
-class _Req:
-    """Per-request bookkeeping (Python scalars only; blocks live in the manager)."""
-
-    __slots__ = (
-        "arrival",
-        "boundary",
-        "eos",
-        "hit",
-        "known",
-        "lost",
-        "max_tokens",
-        "num_computed",
-        "num_preemptions",
-        "num_tokens",
-        "output",
-        "priority",
-        "prompt",
-        "prompt_len",
-        "rank_key",
-        "req_id",
-        "seq",
-        "started",
-        "status",
-    )
-
-    def __init__(
-        self,
-        req_id: int,
-        prompt: I32,
-        max_tokens: int,
-        priority: int,
-        seq: int,
-        eos: int | None,
-        arrival: float,
-    ) -> None:
-        self.req_id = req_id
-        self.prompt = prompt
-        self.prompt_len = int(prompt.shape[0])
-        self.num_tokens = self.prompt_len
-        self.max_tokens = max_tokens
-        self.priority = priority
-        self.seq = seq
-        self.rank_key = (priority, seq)  # rank(), precomputed for sorting
-        self.eos = eos
-        self.arrival = arrival
-        self.num_computed = 0
-        self.num_preemptions = 0
-        self.output: list[int] = []
-        self.status = _WAITING
-        self.known = False  # added to the manager yet
-        self.started = False  # kept in a step's output at least once
-        self.lost = 0  # tokens computed when last preempted
-        self.boundary = 0  # shared-prefix boundary from its last prefix lookup
-        self.hit = 0  # tokens hit (cache and external) at its last admission
-
-    def rank(self) -> tuple[int, int]:
-        """Smaller runs first and is preempted last."""
-        return self.rank_key
-
-
-@dataclass(frozen=True)
-class FinishedRequest:
-    """A request that produced all its tokens."""
-
-    req_id: int
-    output_token_ids: list[int]
-    prompt_len: int
-    num_preemptions: int
-    reason: str  # "length" or "stop"
-
-
-@dataclass(frozen=True)
-class SchedulerOutput:
-    """What one step computes. Row ``i`` of the arrays is one scheduled request, in the
-    order passed to ``allocate_slots``."""
-
-    step: int
-    req_ids: I64
-    #: Tokens computed this step (external tokens included, see ``num_external_tokens``).
-    num_new_tokens: I64
-    #: Tokens already computed (or cache-hit) before this step.
-    num_computed_before: I64
-    #: Tokens of ``num_new_tokens`` loaded from the external tier instead of computed.
-    num_external_tokens: I64
-    #: Whether the request yields a sampled token at the end of this step.
-    samples: BoolArray
-    #: Requests admitted for the first time, their prompt lengths and prefix hits.
-    new_req_ids: I64
-    new_prompt_lens: I64
-    new_hit_tokens: I64
-    #: Requests readmitted after a preemption and the tokens they re-hit.
-    resumed_req_ids: I64
-    resumed_hit_tokens: I64
-    #: Requests preempted by this step: those not in ``req_ids`` at once, those in it
-    #: (they were allocated before the failure was known) when the step ends, unless
-    #: that step finishes them.
-    preempted_req_ids: I64
-    num_running: int
-    num_waiting: int
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_scheduled_tokens(self) -> int:
-        """Budgeted tokens: computed ones, not external loads."""
-        return int(self.num_new_tokens.sum() - self.num_external_tokens.sum())
-
-    @property
-    def sample_req_ids(self) -> I64:
-        """The requests that sample a token this step, in row order."""
-        return self.req_ids[self.samples]
-
-
-_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
-#: Token ids are stored as int32 (the prefix hashes hash them as such).
-_TOKEN_END = 1 << 31
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _int_arg(x: object, what: str) -> int:
-    """An int64 from a Python or numpy integer; a bool, float or string is refused
-    (a float request id 1.5 would otherwise act on request 1)."""
-    if _is_int(x):
-        v = int(cast("int | np.integer[Any]", x))
-        if _I64_MIN <= v <= _I64_MAX:
-            return v
-    raise InvalidArgumentError(f"{what} must be an int in the int64 range, got {x!r}")
+_WAITING, _RUNNING, _FINISHED = WAITING, RUNNING, FINISHED
+_Req = Req
 
 
 #: Group kinds whose block tables grow with the sequence (when a group does not say).
@@ -252,18 +117,26 @@ def _grows(g: Any) -> bool:
     return bool(grows) if grows is not None else str(g.kind) in _GROWING_KINDS
 
 
+def _inserted(a: I64, i: int, x: int) -> I64:
+    """``a`` with ``x`` inserted before row ``i`` (``np.insert`` without its overhead)."""
+    out = np.empty(a.shape[0] + 1, dtype=a.dtype)
+    out[:i] = a[:i]
+    out[i] = x
+    out[i + 1 :] = a[i:]
+    return out
+
+
 def _i64(values: Iterable[int]) -> I64:
     return np.fromiter(values, dtype=np.int64)
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _REQ_ID = operator.attrgetter("req_id")
+_SLOT = operator.attrgetter("slot")
 _RANK = operator.attrgetter("rank_key")
-_NUM_COMPUTED = operator.attrgetter("num_computed")
-_NUM_TOKENS = operator.attrgetter("num_tokens")
 
 
-class Scheduler:
+class Scheduler(ChunkRules):
     """Continuous batching with chunked prefill, prefix hits and preemption by recompute.
 
     ``add_request`` queues a request, ``schedule`` plans (and allocates) one step,
@@ -387,12 +260,19 @@ class Scheduler:
                 f"prompt_cut must be a multiple of the align block size {self.align}, "
                 f"got {prompt_cut}"
             )
-        #: Align mode, hybridkv split: a prefill chunk that computes at least this many
-        #: tokens before the last multiple of it in the prompt ends there (0: off).
+        #: Align mode, hybridkv split: a long prefill ends a chunk on the prompt's last
+        #: multiple of this (0: off; ``PROMPT_CUT_MIN``).
         self.prompt_cut = prompt_cut if self.align else 0
         self._prefill_cap = min(max_num_batched_tokens, self.chunk_cap)
         self._reqs: dict[int, _Req] = {}
+        # Token counters by slot (``request_table.py``).
+        self._table = RequestTable()
         self._running: list[_Req] = []  # kept in rank order
+        # The running requests' slots and ids, row for row (``_set_running``).
+        self._run_slots = _EMPTY
+        self._run_ids = _EMPTY
+        # The slots of the last step's sampling rows, in row order.
+        self._sample_slots = _EMPTY
         self._waiting_fifo: deque[_Req] = deque()
         self._waiting_heap: list[tuple[int, int, int]] = []
         self._seq = 0
@@ -457,53 +337,21 @@ class Scheduler:
                 f"request {rid}: prompt {prompt.shape[0]} + max_tokens {mt} = "
                 f"{total} exceeds max_model_len {self.max_model_len}"
             )
-        r = _Req(rid, prompt, mt, prio, self._seq, eos, float(arrival_time))
+        r = _Req(self._table, rid, prompt, mt, prio, self._seq, eos, float(arrival_time))
         self._seq += 1
         self._reqs[rid] = r
         self._push_waiting(r, front=False)
 
-    def _check_prompt(self, rid: int, prompt_token_ids: npt.ArrayLike) -> I32:
-        """The prompt as a fresh int32 array, or an error naming the first bad token
-        (never a silent cast: int64 ids >= 2**31 would wrap, floats truncate)."""
-        try:
-            a = np.asarray(prompt_token_ids)
-        except (ValueError, TypeError, OverflowError) as e:
-            raise InvalidArgumentError(f"request {rid}: prompt is not an array: {e}") from None
-        if a.ndim != 1:
-            raise InvalidArgumentError(
-                f"request {rid}: prompt must be 1-D token ids, got shape {a.shape}"
-            )
-        if a.shape[0] < 1:
-            raise InvalidArgumentError(f"request {rid}: empty prompt")
-        if a.dtype.kind == "O":
-            # Python ints too large for any numpy integer dtype (or mixed objects).
-            bad = next(
-                (x for x in a.tolist() if not _is_int(x) or not 0 <= int(x) < _TOKEN_END), None
-            )
-            if bad is not None:
-                pos = a.tolist().index(bad)
-                raise InvalidTokenError(
-                    f"request {rid}: token id {bad!r} at position {pos} is out of range"
-                )
-            a = a.astype(np.int64)
-        elif a.dtype.kind not in "iu":
-            raise InvalidArgumentError(
-                f"request {rid}: prompt token ids must be integers, got dtype {a.dtype}"
-            )
+    def _token_end(self) -> int:
+        """One past the largest token id the manager accepts."""
         hi = _TOKEN_END
         vocab: Any = getattr(self.manager, "vocab_size", None)
         if _is_int(vocab) and 0 < int(vocab) < hi:
             hi = int(vocab)
-        bad_mask = (a < 0) | (a >= hi) if a.dtype.kind == "i" else a >= hi
-        if bool(bad_mask.any()):
-            pos = int(np.argmax(bad_mask))
-            raise InvalidTokenError(
-                f"request {rid}: token id {int(a[pos])} at position {pos} is out of range "
-                f"(0 <= id < {hi})"
-            )
-        return np.array(
-            a, dtype=np.int32
-        )  # a copy: later edits of the caller's array don't leak in
+        return hi
+
+    def _check_prompt(self, rid: int, prompt_token_ids: npt.ArrayLike) -> I32:
+        return check_prompt(rid, prompt_token_ids, self._token_end())
 
     def _push_waiting(self, r: _Req, *, front: bool) -> None:
         r.status = _WAITING
@@ -534,10 +382,30 @@ class Scheduler:
         return bool(self._reqs)
 
     def running_ids(self) -> I64:
-        return _i64(r.req_id for r in self._running)
+        return self._run_ids.copy()
 
     def num_output_tokens(self, req_id: int) -> int:
         return len(self._get(req_id).output)
+
+    def _set_running(self, running: list[_Req]) -> None:
+        """Replace the running list (rank order), its slots and ids with it."""
+        self._running = running
+        n = len(running)
+        self._run_slots = np.fromiter(map(_SLOT, running), np.int64, n)
+        self._run_ids = np.fromiter(map(_REQ_ID, running), np.int64, n)
+
+    def _keep_running(self, keep: BoolArray) -> None:
+        """Keep the running rows where ``keep`` is set."""
+        self._running = keep_rows(self._running, keep)
+        self._run_slots = self._run_slots[keep]
+        self._run_ids = self._run_ids[keep]
+
+    def _insert_running(self, r: _Req) -> None:
+        """Insert ``r`` at its rank (the list stays in rank order: no re-sort)."""
+        i = bisect.bisect_right(self._running, r.rank_key, key=_RANK)
+        self._running.insert(i, r)
+        self._run_slots = _inserted(self._run_slots, i, r.slot)
+        self._run_ids = _inserted(self._run_ids, i, r.req_id)
 
     def _get(self, req_id: int) -> _Req:
         r = self._reqs.get(int(req_id))
@@ -555,7 +423,7 @@ class Scheduler:
         # Running requests first, in rank order (the per-request chunk rules).
         run_sel, run_n, run_c, run_t, budget = self._plan_running(self.max_num_batched_tokens)
         running = self._running
-        batch: list[_Req] = [running[i] for i in run_sel.tolist()]
+        n_run = run_sel.shape[0]  # the batch: these running rows, then `admitted`
         new_tokens: list[int] = []  # admitted requests' rows, after the running ones
         computed: list[int] = []
         external: list[int] = []
@@ -661,7 +529,6 @@ class Scheduler:
                         need = self._blocks_needed(h, n + x)
                     room = room - need
                 r.num_computed = h
-                batch.append(r)
                 new_tokens.append(n + x)
                 computed.append(h)
                 external.append(x)
@@ -685,7 +552,7 @@ class Scheduler:
                     room = room + (now - self._free_at_start)
                     self._free_at_start = now
                     continue
-                if head_blocked and not batch and not self._running:
+                if head_blocked and not n_run and not admitted and not self._running:
                     head = cands[0]
                     raise SchedulerError(
                         f"request {head.req_id} ({head.num_tokens} tokens) does not fit the "
@@ -693,26 +560,31 @@ class Scheduler:
                     )
                 break
 
-        ids = np.concatenate([self._running_ids()[run_sel], _i64(r.req_id for r in admitted)])
+        ids = np.concatenate([self._run_ids[run_sel], _i64(r.req_id for r in admitted)])
+        slots_arr = np.concatenate([self._run_slots[run_sel], _i64(r.slot for r in admitted)])
         n_arr = np.concatenate([run_n, np.asarray(new_tokens, dtype=np.int64)])
         c_arr = np.concatenate([run_c, np.asarray(computed, dtype=np.int64)])
         t_arr = np.concatenate([run_t, _i64(r.num_tokens for r in admitted)])
         ok = (
             np.asarray(self.manager.allocate_slots(ids, n_arr), dtype=bool)
-            if batch
+            if ids.shape[0]
             else np.zeros(0, dtype=bool)
         )
-        preempted = self._handle_failures(batch, n_arr, ok, admitted)
+        all_kept = bool(ok.all())
+        preempted: list[_Req] = []
+        if not all_kept:
+            batch = [*(running[i] for i in run_sel.tolist()), *admitted]
+            preempted = self._handle_failures(batch, n_arr, ok, admitted)
+        else:
+            self._handle_failures([], n_arr, ok, admitted)
 
         keep = ok
-        all_kept = bool(keep.all())
-        kept_reqs = (
-            batch if all_kept else [r for r, k in zip(batch, keep.tolist(), strict=True) if k]
-        )
         n_kept = n_arr if all_kept else n_arr[keep]
-        for r, n in zip(kept_reqs, n_kept.tolist(), strict=True):
-            r.num_computed += n
+        kept_slots = slots_arr if all_kept else slots_arr[keep]
+        # Computed counts advance by the step's tokens (slots are unique in a batch).
+        self._table.num_computed[kept_slots] += n_kept
         samples = (c_arr + n_arr == t_arr)[keep]
+        self._sample_slots = kept_slots[samples]
 
         new_ids: list[int] = []
         new_lens: list[int] = []
@@ -720,13 +592,13 @@ class Scheduler:
         res_ids: list[int] = []
         res_hits: list[int] = []
         # Admitted requests are the batch's last rows: only their outcomes matter here.
-        adm_ok = ok[len(batch) - len(admitted) :].tolist()
+        adm_ok = ok[n_run:].tolist()
         for r, h, good in zip(admitted, admit_hits, adm_ok, strict=True):
             if not good:
                 continue
             r.status = _RUNNING
             # The running list stays in rank order (an insertion, not a re-sort).
-            bisect.insort(self._running, r, key=_RANK)
+            self._insert_running(r)
             if r.started:
                 res_ids.append(r.req_id)
                 res_hits.append(h)
@@ -760,9 +632,6 @@ class Scheduler:
         self._last = out
         return out
 
-    def _running_ids(self) -> I64:
-        return np.fromiter(map(_REQ_ID, self._running), np.int64, len(self._running))
-
     def _plan_running(self, budget: int) -> tuple[I64, I64, I64, I64, int]:
         """This step's chunks of the running requests, in rank order, within ``budget``
         tokens: ``(rows, num_new, computed, num_tokens, budget left)`` where ``rows``
@@ -775,29 +644,36 @@ class Scheduler:
         bulk and only the others go through the rules one by one."""
         running = self._running
         nr = len(running)
-        c = np.fromiter(map(_NUM_COMPUTED, running), np.int64, nr)
-        t = np.fromiter(map(_NUM_TOKENS, running), np.int64, nr)
-        n = (t - c == 1).astype(np.int64)
+        slots = self._run_slots
+        c = self._table.num_computed[slots]
+        t = self._table.num_tokens[slots]
+        left = t - c
+        n = (left == 1).astype(np.int64)
         # ones[i]: one-token requests among rows [0, i).
-        ones = np.concatenate([[0], np.cumsum(n)])
+        ones_arr = np.concatenate([[0], np.cumsum(n)])
+        ones = ones_arr.tolist()
         stop = nr  # rows from here on get nothing (the budget ran out before them)
         pos = 0
-        for i in [*np.flatnonzero(t - c > 1).tolist(), nr]:
-            k = int(ones[i] - ones[pos])
+        multi = np.flatnonzero(left > 1)
+        multi_c = c[multi].tolist()
+        multi_left = left[multi].tolist()
+        vllm_split = self.align and self.chunk_split == "vllm"
+        for j, i in enumerate([*multi.tolist(), nr]):
+            k = ones[i] - ones[pos]
             if k >= budget:
                 # The budget runs out inside this run of one-token requests.
-                stop = pos + int(np.searchsorted(ones[pos:], ones[pos] + budget, "left"))
+                stop = pos + int(np.searchsorted(ones_arr[pos:], ones[pos] + budget, "left"))
                 budget = 0
                 break
             budget -= k
             if i == nr:
                 break
-            r = running[i]
-            m = min(int(t[i] - c[i]), budget, self.chunk_cap)
-            if self.align and self.chunk_split == "vllm":
-                m = self._vllm_split(r, r.num_computed, m)
+            ci = multi_c[j]
+            m = min(multi_left[j], budget, self.chunk_cap)
+            if vllm_split:
+                m = self._vllm_split(running[i], ci, m)
             elif m > 1 and self.align:
-                m = self._chunk(r, r.num_computed, m)
+                m = self._chunk(running[i], ci, m)
             m = max(m, 0)
             n[i] = m
             budget -= m
@@ -808,111 +684,6 @@ class Scheduler:
         n[stop:] = 0
         rows = np.flatnonzero(n)
         return rows, n[rows], c[rows], t[rows], budget
-
-    def _free_blocks(self) -> I64:
-        """Free blocks of each growing pool (from ``manager.usage()``; an elastic
-        manager's ``obtainable_blocks()`` also counts memory it can take over)."""
-        obtainable = getattr(self.manager, "obtainable_blocks", None)
-        if getattr(self.manager, "elastic", False) and obtainable is not None:
-            got = np.asarray(obtainable(), dtype=np.int64)
-            return got[self._grow_idx]
-        free_blocks = getattr(self.manager, "free_blocks", None)
-        if free_blocks is not None:
-            # The pools' free counts themselves (what the usage fractions encode).
-            got = np.asarray(free_blocks(), dtype=np.int64)
-            return got[self._grow_idx]
-        used = np.asarray(self.manager.usage(), dtype=np.float64)[self._grow_idx]
-        return np.rint((1.0 - used) * (self._grow_blocks - 1)).astype(np.int64)
-
-    def _blocks_needed(self, c: int, n: int) -> I64:
-        """Blocks each growing pool needs to go from ``c`` to ``c + n`` computed tokens
-        (a shared pool: the sum over its groups)."""
-        bs = self._grow_bs
-        need: I64 = np.minimum(-((-(c + n)) // bs) - (-((-c) // bs)), self._grow_cap)
-        if self._shared:
-            return np.asarray([need.sum()], dtype=np.int64)
-        return need
-
-    def _fit(self, h: int, room: I64) -> int:
-        """The most computed tokens a request hit at ``h`` reaches within ``room``."""
-        bs = self._grow_bs
-        if not self._shared:
-            return int(np.min((-(-h // bs) + room) * bs))
-        # Shared pool: grow while the summed need fits (needs rise with the end).
-        lo, hi = h, h + int(room[0]) * int(bs.max()) + 1
-        while lo < hi:  # largest e with need(h, e - h) <= room
-            mid = (lo + hi + 1) // 2
-            if int(self._blocks_needed(h, mid - h)[0]) <= int(room[0]):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def _room(self, c: I64, n: I64) -> I64 | None:
-        """Free growing-pool blocks after the running requests' growth this step (from
-        ``c`` computed by ``n`` tokens each), or ``None`` when the manager does not
-        report usage (no admission control)."""
-        if self._grow_idx.size == 0 or not hasattr(self.manager, "usage"):
-            return None
-        self._free_at_start = self._free_blocks()
-        room = self._free_at_start.copy()
-        if c.size:
-            bs = self._grow_bs[:, None]
-            need = np.minimum((-(-(c + n) // bs)) - (-(-c // bs)), self._grow_cap[:, None])
-            room -= need.sum() if self._shared else need.sum(axis=1)
-        return room
-
-    def _vllm_split(self, r: _Req, start: int, n: int) -> int:
-        """vLLM 0.33's align-mode prefill chunk from ``start`` (class docstring)."""
-        bs = self.align
-        prefill_end = max(r.prompt_len, r.num_tokens - 1)
-        if start >= prefill_end:
-            return n
-        last_cache = max((r.num_tokens - 1) // bs * bs, 0)
-        end = start + n
-        if end < prefill_end:
-            aligned = end // bs * bs
-            if aligned > start or bs <= self._prefill_cap:
-                end = aligned
-        junction = r.boundary
-        stops = (
-            (start // bs + 1) * bs if start % bs else 0,
-            last_cache,
-            start + (junction - start) // bs * bs if start < junction < end else 0,
-        )
-        end = min((x for x in stops if start < x < end), default=end)
-        return max(end - start, 0)
-
-    def _chunk(self, r: _Req, c: int, n: int) -> int:
-        """Align-mode prefill chunk ``[c, c + n)`` of ``r`` (hybridkv's split): cut at
-        the shared-prefix boundary, then at the coarse prompt cut, else on a block
-        boundary (``_aligned``)."""
-        n = self._cut(r, c, n)
-        g = self.prompt_cut
-        if g:
-            q = r.prompt_len // g * g
-            long = q - max(r.hit, r.boundary) >= PROMPT_CUT_MIN * g
-            if long and c < q < c + n:
-                return q - c
-            if long and c == q and c + n >= r.prompt_len:
-                # The rest of a prompt whose state is checkpointed at its coarse cut
-                # runs whole (no extra step for a finer prompt-end checkpoint).
-                return n
-        return self._aligned(c, n)
-
-    def _cut(self, r: _Req, c: int, n: int) -> int:
-        """Prefill chunk ``[c, c + n)`` cut back to end at ``r``'s shared-prefix boundary
-        (block-floored) when it lies inside: on every chunk, not only the first, since
-        the branch point of a long shared prefix (a document) often lies past the first
-        chunk, and a state checkpoint there is what later requests sharing it hit."""
-        stop = r.boundary // self.align * self.align
-        return stop - c if c < stop < c + n else n
-
-    def _aligned(self, c: int, n: int) -> int:
-        """Prefill chunk ``[c, c + n)`` cut back to end on a block boundary when one lies
-        inside it, so the state group records a checkpoint there (mode ``align``)."""
-        end = (c + n) // self.align * self.align
-        return end - c if end > c else n
 
     def _tokens(self, r: _Req) -> I32:
         if not r.output:
@@ -1015,7 +786,7 @@ class Scheduler:
             return
         self.manager.preempt(_i64(v.req_id for v in victims))
         gone = {v.req_id for v in victims}
-        self._running = [r for r in self._running if r.req_id not in gone]
+        self._set_running([r for r in self._running if r.req_id not in gone])
         for v in reversed(victims):  # the highest-ranked victim ends up at the front
             v.lost = v.num_computed
             v.num_preemptions += 1
@@ -1054,38 +825,55 @@ class Scheduler:
                     f"{arr.shape[0]} sampled tokens for {sample_ids.shape[0]} sampling requests"
                 )
             toks = arr.tolist() if arr.dtype.kind in "iu" else [int(t) for t in arr.tolist()]
+        slots = self._sample_slots
+        try:
+            tok_arr = np.asarray(toks, dtype=np.int64)
+        except OverflowError:
+            bad = next(t for t in toks if not _I64_MIN <= t <= _I64_MAX)
+            raise InvalidTokenError(f"sampled token id {bad} is out of range") from None
+        fin, by_length = self._table.finishing(slots, tok_arr)
+        cont = ~fin
+        any_done = bool(fin.any())
+        cont_ids = sample_ids[cont] if any_done else sample_ids
+        cont_toks = tok_arr[cont] if any_done else tok_arr
+        # The continuing requests' tokens go to the manager: checked first, so a bad
+        # one changes nothing.
+        hi = self._token_end()
+        bad_mask = (cont_toks < 0) | (cont_toks >= hi)
+        if bool(bad_mask.any()):
+            i = int(np.argmax(bad_mask))
+            raise InvalidTokenError(
+                f"request {int(cont_ids[i])}: sampled token id {int(cont_toks[i])} is out of "
+                f"range (0 <= id < {hi})"
+            )
         self._last = None
+        self._table.append_sampled(slots, toks)
         done: list[FinishedRequest] = []
-        reqs = self._reqs
-        for rid, tok in zip(sample_ids.tolist(), toks, strict=True):
-            r = reqs[rid]
-            output = r.output
-            output.append(tok)
-            r.num_tokens += 1
-            if len(output) >= r.max_tokens or tok == r.eos:
-                reason = "length" if len(output) >= r.max_tokens else "stop"
-                done.append(FinishedRequest(rid, output, r.prompt_len, r.num_preemptions, reason))
-        cont_ids: I64 | list[int] = sample_ids
-        cont_toks = toks
-        if done:
-            gone_ids = {f.req_id for f in done}
-            pairs = zip(sample_ids.tolist(), toks, strict=True)
-            cont = [(rid, tok) for rid, tok in pairs if rid not in gone_ids]
-            cont_ids = [rid for rid, _ in cont]
-            cont_toks = [tok for _, tok in cont]
-        if len(cont_ids):
-            n = len(cont_ids)
+        if any_done:
+            reqs = self._reqs
+            rows = np.flatnonzero(fin).tolist()
+            for rid, length in zip(
+                sample_ids[rows].tolist(), by_length[rows].tolist(), strict=True
+            ):
+                r = reqs[rid]
+                reason = "length" if length else "stop"
+                done.append(FinishedRequest(rid, r.output, r.prompt_len, r.num_preemptions, reason))
+        if cont_ids.shape[0]:
+            n = cont_ids.shape[0]
             self.manager.append_tokens(
-                np.asarray(cont_ids, dtype=np.int64),
-                np.asarray(cont_toks, dtype=np.int32),
-                np.arange(n + 1, dtype=np.int64),
+                cont_ids, cont_toks.astype(np.int32), np.arange(n + 1, dtype=np.int64)
             )
         if done:
-            gone = {f.req_id for f in done}
-            self.manager.free(_i64(f.req_id for f in done))
-            self._running = [r for r in self._running if r.req_id not in gone]
+            gone = [f.req_id for f in done]
+            self.manager.free(_i64(gone))
+            keep = np.ones(self._run_ids.shape[0], dtype=bool)
+            for rid in gone:  # a step finishes a few requests: one pass each
+                keep &= self._run_ids != rid
+            self._keep_running(keep)
             for f in done:
-                self._reqs.pop(f.req_id).status = _FINISHED
+                r = self._reqs.pop(f.req_id)
+                r.status = _FINISHED
+                self._table.give_back(r.slot)
             self.finished.extend(done)
         if self._deferred:
             victims = [v for v in self._deferred if v.status == _RUNNING]

@@ -15,7 +15,7 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::arrays::{self, hashes_to_py, int_arg, int_vec};
 use crate::errors::{invalid_arg, IntoPy};
-use crate::manager_args;
+use crate::manager_args::{self, Ragged};
 use crate::shared::Shared;
 
 pub(crate) mod convert;
@@ -125,8 +125,8 @@ impl PyManager {
     ) -> PyResult<()> {
         let ids = id_vec(req_ids)?;
         let n = ids.len();
-        let (tokens, offs) =
-            manager_args::ragged_tokens(token_ids, offsets, |t| token_vec(t, "token_ids"))?;
+        let prompts =
+            manager_args::ragged_prompts(token_ids, offsets, |t| token_vec(t, "token_ids"))?;
         let loras = manager_args::lora_ids(lora_ids, n)?;
         let salts = manager_args::cache_salts(cache_salts, n)?;
         let media = match mm_features.filter(|m| !m.is_none()) {
@@ -157,7 +157,10 @@ impl PyManager {
             });
         }
         self.inner
-            .detached(py, |m| m.add_requests(new, &tokens, &offs))?
+            .detached(py, |m| match prompts {
+                Ragged::Flat { tokens, offsets } => m.add_requests(new, &tokens, &offsets),
+                Ragged::Parts(parts) => m.add_requests_owned(new, parts),
+            })?
             .py_err()
     }
 

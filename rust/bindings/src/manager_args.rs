@@ -67,7 +67,15 @@ fn per_request_list<'py>(
     Ok(out)
 }
 
-fn push_tokens(out: &mut Vec<i32>, obj: &Bound<'_, PyAny>, values: Vec<i64>) -> PyResult<()> {
+/// Append `values` to `out` as int32 token ids; `at`: the position of `out[0]` in the
+/// whole batch (errors name a token's position as if the prompts were concatenated).
+fn push_tokens(
+    out: &mut Vec<i32>,
+    at: usize,
+    obj: &Bound<'_, PyAny>,
+    values: Vec<i64>,
+) -> PyResult<()> {
+    out.reserve(values.len());
     for t in values {
         match i32::try_from(t) {
             Ok(x) => out.push(x),
@@ -75,7 +83,10 @@ fn push_tokens(out: &mut Vec<i32>, obj: &Bound<'_, PyAny>, values: Vec<i64>) -> 
                 return Err(py_error(
                     obj.py(),
                     "InvalidTokenError",
-                    format!("token id {t} at position {} is out of range", out.len()),
+                    format!(
+                        "token id {t} at position {} is out of range",
+                        at + out.len()
+                    ),
                 ))
             }
         }
@@ -83,15 +94,25 @@ fn push_tokens(out: &mut Vec<i32>, obj: &Bound<'_, PyAny>, values: Vec<i64>) -> 
     Ok(())
 }
 
-/// Flat tokens and offsets from either prompt form: `token_ids` flat with `offsets`
-/// (`n + 1` of them), or, with `offsets` None, a list of per-request 1-D arrays.
-pub fn ragged_tokens(
+/// Prompts as the caller gave them: flat with offsets, or one vector per request
+/// (each copied once from its array, moved into its request as it is).
+pub enum Ragged {
+    Flat { tokens: Vec<i32>, offsets: Vec<i64> },
+    Parts(Vec<Vec<i32>>),
+}
+
+/// Either prompt form: `token_ids` flat with `offsets` (`n + 1` of them), or, with
+/// `offsets` None, a list of per-request 1-D arrays (kept apart: no concatenation).
+pub fn ragged_prompts(
     token_ids: &Bound<'_, PyAny>,
     offsets: Option<&Bound<'_, PyAny>>,
     flat: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<Vec<i32>>,
-) -> PyResult<(Vec<i32>, Vec<i64>)> {
+) -> PyResult<Ragged> {
     if let Some(offs) = offsets.filter(|o| !o.is_none()) {
-        return Ok((flat(token_ids)?, int_batch(offs, "offsets")?));
+        return Ok(Ragged::Flat {
+            tokens: flat(token_ids)?,
+            offsets: int_batch(offs, "offsets")?,
+        });
     }
     if token_ids.cast::<PyUntypedArray>().is_ok() {
         return Err(invalid_arg(
@@ -104,24 +125,46 @@ pub fn ragged_tokens(
         ));
     }
     let parts = items(token_ids)?;
-    let mut tokens = Vec::new();
-    let mut offs = Vec::with_capacity(parts.len() + 1);
-    offs.push(0i64);
+    let mut out = Vec::with_capacity(parts.len());
+    let mut at = 0usize;
     for part in &parts {
+        let mut v = Vec::new();
         if let Ok(a) = part.cast::<PyArray1<i32>>() {
             let ro = a.try_readonly().map_err(|_| {
                 invalid_arg("token ids: the array is being written elsewhere and cannot be read")
             })?;
             match ro.as_slice() {
-                Ok(s) => tokens.extend_from_slice(s),
-                Err(_) => tokens.extend(ro.as_array().iter()),
+                Ok(s) => v.extend_from_slice(s),
+                Err(_) => v.extend(ro.as_array().iter()),
             }
         } else {
-            push_tokens(&mut tokens, part, int_batch(part, "token ids")?)?;
+            push_tokens(&mut v, at, part, int_batch(part, "token ids")?)?;
         }
-        offs.push(tokens.len() as i64);
+        at += v.len();
+        out.push(v);
     }
-    Ok((tokens, offs))
+    Ok(Ragged::Parts(out))
+}
+
+/// Flat tokens and offsets from either prompt form (`ragged_prompts`, concatenated).
+pub fn ragged_tokens(
+    token_ids: &Bound<'_, PyAny>,
+    offsets: Option<&Bound<'_, PyAny>>,
+    flat: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<Vec<i32>>,
+) -> PyResult<(Vec<i32>, Vec<i64>)> {
+    match ragged_prompts(token_ids, offsets, flat)? {
+        Ragged::Flat { tokens, offsets } => Ok((tokens, offsets)),
+        Ragged::Parts(parts) => {
+            let mut tokens = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+            let mut offs = Vec::with_capacity(parts.len() + 1);
+            offs.push(0i64);
+            for p in &parts {
+                tokens.extend_from_slice(p);
+                offs.push(tokens.len() as i64);
+            }
+            Ok((tokens, offs))
+        }
+    }
 }
 
 /// LoRA ids per request (`-1`: none), or None when not given.

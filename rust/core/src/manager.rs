@@ -130,7 +130,9 @@ pub struct Manager {
     /// Whether any group releases blocks as requests advance.
     trims: bool,
     reqs: Requests,
-    dirty: Vec<i64>,
+    /// Requests to release window blocks for at the next step: `(slot, id)` (the id
+    /// guards against a slot reused by another request since).
+    dirty: Vec<(u32, i64)>,
     stats: Stats,
     events: Vec<KvEvent>,
     record_events: bool,

@@ -1,7 +1,7 @@
 //! Per-request state: tokens, computed count, block hashes per distinct block size and
 //! one positional block table per group.
 
-use crate::block_pool::{BlockHash, BlockId, FastMap};
+use crate::block_pool::{prefetch_read, BlockHash, BlockId, FastMap};
 use crate::prefix_hash::{hash_blocks_into, ExtraKeys};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -201,6 +201,52 @@ impl Requests {
     }
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Request> {
         self.slots.iter_mut().filter_map(|r| r.as_deref_mut())
+    }
+
+    /// Start loading the bookkeeping of the requests in `slots` into the cache: their
+    /// records, then the per-group vectors they point to, then the ends of their
+    /// tables and hash lists (where a step reads and appends). A hint with no effect
+    /// on results: a batch call touches hundreds of requests, and issuing the loads
+    /// level by level lets their cache misses overlap instead of following one another.
+    pub fn prefetch(&self, slots: &[u32]) {
+        let live = || slots.iter().filter_map(|&s| self.get(s));
+        for r in live() {
+            prefetch_read(&r.id);
+            prefetch_read(&r.tokens);
+            prefetch_read(&r.hashes);
+            prefetch_read(&r.tables);
+            prefetch_read(&r.first_live);
+            prefetch_read(&r.num_cached);
+            prefetch_read(&r.exported);
+        }
+        for r in live() {
+            if let Some(t) = r.tokens.last() {
+                prefetch_read(t);
+            }
+            if let Some(h) = r.hashes.first() {
+                prefetch_read(h);
+            }
+            if let Some(t) = r.tables.first() {
+                prefetch_read(t);
+            }
+            for v in [&r.first_live, &r.num_cached, &r.exported] {
+                if let Some(x) = v.first() {
+                    prefetch_read(x);
+                }
+            }
+        }
+        for r in live() {
+            for t in &r.tables {
+                if let Some(b) = t.last() {
+                    prefetch_read(b);
+                }
+            }
+            for h in &r.hashes {
+                if let Some(x) = h.last() {
+                    prefetch_read(x);
+                }
+            }
+        }
     }
 
     /// Slots of `ids`, or the first unknown / repeated id.

@@ -38,6 +38,7 @@ impl Manager {
             });
         }
         let slots = self.reqs.resolve(ids).map_err(unresolved)?;
+        self.reqs.prefetch(&slots);
         for (i, &s) in slots.iter().enumerate() {
             if num_new[i] < 0 {
                 return Err(Error::NegativeCount {
@@ -101,7 +102,7 @@ impl Manager {
                 out.push(false);
                 continue;
             };
-            let ok = self.allocate_one(&mut r, num_new[i] as usize, lookahead[i] as usize);
+            let ok = self.allocate_one(&mut r, s, num_new[i] as usize, lookahead[i] as usize);
             self.reqs.put(s, r);
             self.stats.alloc_requests += 1;
             if !ok {
@@ -117,13 +118,16 @@ impl Manager {
     /// computed tokens no longer need.
     fn release_finished_windows(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
-        for &id in &dirty {
-            let Some(s) = self.reqs.slot_of(id) else {
-                continue;
-            };
+        for &(s, id) in &dirty {
+            // By slot, no id lookup; a slot freed since holds nothing or another
+            // request (whose id differs: left alone, as a lookup by id would have).
             let Some(mut r) = self.reqs.take(s) else {
                 continue;
             };
+            if r.id != id {
+                self.reqs.put(s, r);
+                continue;
+            }
             r.dirty = false;
             let c = r.num_computed;
             self.release_unneeded(&mut r, c);
@@ -168,7 +172,7 @@ impl Manager {
     }
 
     #[allow(clippy::needless_range_loop)] // `g` indexes groups, pools, tables and `need`
-    fn allocate_one(&mut self, r: &mut Request, n: usize, la: usize) -> bool {
+    fn allocate_one(&mut self, r: &mut Request, slot: u32, n: usize, la: usize) -> bool {
         let c = r.num_computed;
         self.release_unneeded(r, c);
         if n == 0 && la == 0 {
@@ -244,7 +248,7 @@ impl Manager {
         r.phase = Phase::Running;
         if self.trims && n > 0 && !r.dirty && !self.shared {
             r.dirty = true;
-            self.dirty.push(r.id);
+            self.dirty.push((slot, r.id));
         }
         if self.caching && n > 0 {
             self.cache_full_blocks(r, c, e);

@@ -24,6 +24,7 @@ impl Manager {
     /// previous hit.
     pub fn get_computed_tokens(&mut self, ids: &[i64]) -> Result<Vec<i64>> {
         let slots = self.reqs.resolve(ids).map_err(unresolved)?;
+        self.reqs.prefetch(&slots);
         for &s in &slots {
             if let Some(r) = self.reqs.get(s) {
                 if r.phase == Phase::Running {

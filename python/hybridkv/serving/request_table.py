@@ -1,0 +1,174 @@
+"""The scheduler's per-request state: counters in numpy arrays indexed by slot.
+
+A :class:`~hybridkv.serving.scheduler.Scheduler` step touches every running request
+(its computed and total token counts, the token it sampled, whether it finished). Kept
+as attributes of one Python object per request, those touches are a Python loop over
+the batch, twice per step; kept here, one array per counter and one slot per live
+request, a step reads and updates them with a few numpy operations over the batch's
+slots. The policy code that looks at one request at a time (admission, chunk rules,
+preemption) still reads ``r.num_computed`` / ``r.num_tokens``: they are properties
+over these arrays (:class:`Req`).
+
+A slot is taken when a request is queued and given back when it finishes; a preempted
+request keeps its slot. Sampled tokens are kept per request in a plain list (the
+request's ``output``, also held here by slot so a step appends to all of them in one
+C-level pass).
+"""
+
+from __future__ import annotations
+
+from itertools import compress
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+BoolArray = npt.NDArray[np.bool_]
+
+WAITING, RUNNING, FINISHED = 0, 1, 2
+
+
+class RequestTable:
+    """Counters of every live request, one slot each (see the module docs)."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        cap = max(1, capacity)
+        self.num_computed = np.zeros(cap, dtype=np.int64)
+        self.num_tokens = np.zeros(cap, dtype=np.int64)
+        self.prompt_len = np.zeros(cap, dtype=np.int64)
+        self.max_tokens = np.zeros(cap, dtype=np.int64)
+        self.eos = np.zeros(cap, dtype=np.int64)
+        self.has_eos = np.zeros(cap, dtype=bool)
+        #: The output list of the request in each slot (None: a free slot).
+        self.outs: list[list[int] | None] = [None] * cap
+        self._free: list[int] = list(range(cap - 1, -1, -1))
+
+    def take(self, prompt_len: int, max_tokens: int, eos: int | None, output: list[int]) -> int:
+        """A slot for a new request (its counters set: nothing computed yet)."""
+        if not self._free:
+            self._grow()
+        s = self._free.pop()
+        self.num_computed[s] = 0
+        self.num_tokens[s] = prompt_len
+        self.prompt_len[s] = prompt_len
+        self.max_tokens[s] = max_tokens
+        self.has_eos[s] = eos is not None
+        self.eos[s] = 0 if eos is None else eos
+        self.outs[s] = output
+        return s
+
+    def give_back(self, slot: int) -> None:
+        """Free a finished request's slot."""
+        self.outs[slot] = None
+        self._free.append(slot)
+
+    def _grow(self) -> None:
+        old = self.num_computed.shape[0]
+        new = 2 * old
+        for name in ("num_computed", "num_tokens", "prompt_len", "max_tokens", "eos", "has_eos"):
+            a = getattr(self, name)
+            b = np.zeros(new, dtype=a.dtype)
+            b[:old] = a
+            setattr(self, name, b)
+        self.outs.extend([None] * old)
+        self._free.extend(range(new - 1, old - 1, -1))
+
+    def finishing(self, slots: I64, toks: I64) -> tuple[BoolArray, BoolArray]:
+        """For requests sampling ``toks`` now: ``(finished, by length)``. A request
+        finishes when it has ``max_tokens`` outputs or samples its ``eos`` token."""
+        k = self.num_tokens[slots] + 1 - self.prompt_len[slots]
+        length = k >= self.max_tokens[slots]
+        stop = self.has_eos[slots] & (toks == self.eos[slots])
+        return length | stop, length
+
+    def append_sampled(self, slots: I64, toks: list[int]) -> None:
+        """One sampled token more for each slot (its list and its token count)."""
+        self.num_tokens[slots] += 1
+        outs = self.outs
+        for s, t in zip(slots.tolist(), toks, strict=True):
+            out = outs[s]
+            if out is not None:
+                out.append(t)
+
+
+def keep_rows(items: list[Any], mask: BoolArray) -> list[Any]:
+    """``items`` where ``mask`` is set (a C-level pass)."""
+    return list(compress(items, mask.tolist()))
+
+
+class Req:
+    """One request's bookkeeping: its identity and policy fields as attributes, its
+    token counters in the scheduler's :class:`RequestTable` (``slot``)."""
+
+    __slots__ = (
+        "arrival",
+        "boundary",
+        "eos",
+        "hit",
+        "known",
+        "lost",
+        "max_tokens",
+        "num_preemptions",
+        "output",
+        "priority",
+        "prompt",
+        "prompt_len",
+        "rank_key",
+        "req_id",
+        "seq",
+        "slot",
+        "started",
+        "status",
+        "table",
+    )
+
+    def __init__(
+        self,
+        table: RequestTable,
+        req_id: int,
+        prompt: I32,
+        max_tokens: int,
+        priority: int,
+        seq: int,
+        eos: int | None,
+        arrival: float,
+    ) -> None:
+        self.req_id = req_id
+        self.prompt = prompt
+        self.prompt_len = int(prompt.shape[0])
+        self.max_tokens = max_tokens
+        self.priority = priority
+        self.seq = seq
+        self.rank_key = (priority, seq)  # rank(), precomputed for sorting
+        self.eos = eos
+        self.arrival = arrival
+        self.num_preemptions = 0
+        self.output: list[int] = []
+        self.status = WAITING
+        self.known = False  # added to the manager yet
+        self.started = False  # kept in a step's output at least once
+        self.lost = 0  # tokens computed when last preempted
+        self.boundary = 0  # shared-prefix boundary from its last prefix lookup
+        self.hit = 0  # tokens hit (cache and external) at its last admission
+        self.table = table
+        self.slot = table.take(self.prompt_len, max_tokens, eos, self.output)
+
+    @property
+    def num_computed(self) -> int:
+        """Tokens computed (or cache-hit) so far."""
+        return int(self.table.num_computed[self.slot])
+
+    @num_computed.setter
+    def num_computed(self, v: int) -> None:
+        self.table.num_computed[self.slot] = v
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus sampled tokens."""
+        return int(self.table.num_tokens[self.slot])
+
+    def rank(self) -> tuple[int, int]:
+        """Smaller runs first and is preempted last."""
+        return self.rank_key
