@@ -101,13 +101,18 @@ impl Manager {
             return;
         };
         let pool = &mut self.pools[g];
-        for k in from..to.min(r.tables[g].len()) {
+        let table = &r.tables[g];
+        // The deepest cached checkpoint in `r`'s table, and the deepest one within its
+        // prompt, found once: the loop below changes only entries at or below `k`, so
+        // what lies past `k` is the same on every pass (one scan, not one per entry).
+        let cached = |b: BlockId| b != NULL_BLOCK && matches!(pool.block_hash(b), Ok(Some(_)));
+        let deepest = table.iter().rposition(|&b| cached(b));
+        let prompt_blocks = (prompt_end / bs).min(table.len());
+        let deepest_in_prompt = table[..prompt_blocks].iter().rposition(|&b| cached(b));
+        for (k, &b) in table.iter().enumerate().take(to).skip(from) {
             // A deeper checkpoint in `r`'s table (a prefill chunk ended on a boundary
             // past this one) makes this one interior: it is no pending tail.
-            let deeper_held = r.tables[g][k + 1..]
-                .iter()
-                .any(|&b| b != NULL_BLOCK && matches!(pool.block_hash(b), Ok(Some(_))));
-            let b = r.tables[g][k];
+            let deeper_held = deepest.is_some_and(|d| d > k);
             let Ok(Some(h)) = (if b == NULL_BLOCK {
                 Ok(None)
             } else {
@@ -130,10 +135,8 @@ impl Manager {
             // prompt's last block boundary that `r` cached or passed (the boundary
             // itself, or where a coarse prompt cut or a prefill chunk ended when the
             // rest of the prompt ran off a boundary).
-            let prompt_last = (k + 1) * bs <= prompt_end
-                && !r.tables[g][k + 1..(prompt_end / bs).min(r.tables[g].len())]
-                    .iter()
-                    .any(|&b| b != NULL_BLOCK && matches!(pool.block_hash(b), Ok(Some(_))));
+            let prompt_last =
+                (k + 1) * bs <= prompt_end && deepest_in_prompt.is_none_or(|d| d <= k);
             let keep = prompt_last || *e >= 2;
             if !keep && pool.ref_count(b) == Ok(1) && deeper_held {
                 // In use by `r` (it stays so until the caller frees it): the block then
