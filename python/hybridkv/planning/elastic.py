@@ -6,6 +6,8 @@ floors."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hybridkv.cache.arena_plan import ArenaPlan, choose_region_bytes
 from hybridkv.errors import PlanError
 from hybridkv.models.model_spec import ModelSpec
@@ -117,8 +119,6 @@ def _plan_elastic(
     )
     growing_page = sum(p for p, gr in zip(pages, growing, strict=True) if gr)
     floors_bytes = sum(f * p for f, p in zip(arena.floor_blocks, pages, strict=True))
-    from dataclasses import replace
-
     if growing_page:
         capacity = growing_blocks * b
         concurrency = min(float(limits.max_num_seqs), growing_blocks / need)

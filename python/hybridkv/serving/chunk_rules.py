@@ -29,6 +29,13 @@ I64 = npt.NDArray[np.int64]
 PROMPT_CUT_MIN = 32
 
 
+def _blocks_between(c: Any, e: Any, bs: I64, cap: I64) -> I64:
+    """Blocks of size ``bs`` a request adds going from ``c`` to ``e`` computed tokens
+    (``cdiv(e) - cdiv(c)``), capped at a pool's per-request ``cap``; broadcasts."""
+    need: I64 = np.minimum(-(-e // bs) + (-c // bs), cap)  # ceil(e/bs) - ceil(c/bs)
+    return need
+
+
 class ChunkRules:
     """Set by :class:`~hybridkv.serving.scheduler.Scheduler`'s constructor."""
 
@@ -61,8 +68,7 @@ class ChunkRules:
     def _blocks_needed(self, c: int, n: int) -> I64:
         """Blocks each growing pool needs to go from ``c`` to ``c + n`` computed tokens
         (a shared pool: the sum over its groups)."""
-        bs = self._grow_bs
-        need: I64 = np.minimum(-((-(c + n)) // bs) - (-((-c) // bs)), self._grow_cap)
+        need = _blocks_between(c, c + n, self._grow_bs, self._grow_cap)
         if self._shared:
             return np.asarray([need.sum()], dtype=np.int64)
         return need
@@ -91,8 +97,7 @@ class ChunkRules:
         self._free_at_start = self._free_blocks()
         room = self._free_at_start.copy()
         if c.size:
-            bs = self._grow_bs[:, None]
-            need = np.minimum((-(-(c + n) // bs)) - (-(-c // bs)), self._grow_cap[:, None])
+            need = _blocks_between(c, c + n, self._grow_bs[:, None], self._grow_cap[:, None])
             room -= need.sum() if self._shared else need.sum(axis=1)
         return room
 
