@@ -27,7 +27,6 @@ from hybridkv.offload.tier import Payload
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 
-_PREFIX_KINDS = ("full_attention", "mla", "sparse_mla")
 _SKIP_KINDS = ("encoder_only", "cross_attention")
 
 
