@@ -34,7 +34,7 @@ mod invariants;
 mod links;
 mod regions;
 pub use fold_hasher::{FastMap, FoldHasher};
-pub(crate) use hash_index::prefetch_read;
+pub(crate) use hash_index::{huge_pages, prefetch_read};
 use hash_index::{HashIndex, Probe};
 use regions::Regions;
 
@@ -82,6 +82,7 @@ pub fn check_bookkeeping_fits(num_blocks: impl IntoIterator<Item = usize> + Clon
 
 /// `n` copies of `value` in a vector allocated fallibly (an error, never an abort,
 /// when the allocator refuses: the total was checked, but memory can run out between).
+/// A large one is backed by huge pages where the system offers them (`huge_pages`).
 fn try_vec<T: Clone>(n: usize, value: T) -> Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
@@ -89,6 +90,7 @@ fn try_vec<T: Clone>(n: usize, value: T) -> Result<Vec<T>> {
             "a pool of {n} blocks: its bookkeeping does not fit in memory"
         ))
     })?;
+    huge_pages(&v);
     v.resize(n, value);
     Ok(v)
 }

@@ -3,7 +3,7 @@
 //! counts and cached-block values the manager uses to choose which region to empty
 //! (the bookkeeping itself is in `regions.rs`).
 
-use super::{BlockId, BlockPool, HashIndex, Regions, NIL};
+use super::{try_vec, BlockId, BlockPool, HashIndex, Regions, NIL};
 use crate::error::{Error, Result};
 
 impl BlockPool {
@@ -31,13 +31,13 @@ impl BlockPool {
             )));
         }
         let mut pool = BlockPool::new(1)?;
-        pool.ref_cnt = vec![0; n];
-        pool.hash = vec![0; n];
-        pool.has_hash = vec![false; n];
-        pool.prev = vec![NIL; n];
-        pool.next = vec![NIL; n];
-        pool.hash_prev = vec![NIL; n];
-        pool.hash_next = vec![NIL; n];
+        pool.ref_cnt = try_vec(n, 0)?;
+        pool.hash = try_vec(n, 0)?;
+        pool.has_hash = try_vec(n, false)?;
+        pool.prev = try_vec(n, NIL)?;
+        pool.next = try_vec(n, NIL)?;
+        pool.hash_prev = try_vec(n, NIL)?;
+        pool.hash_next = try_vec(n, NIL)?;
         pool.index = HashIndex::with_capacity(n - 1);
         pool.num_present = 0;
         pool.regions = Some(Box::new(Regions::new(region_of, num_regions)));
