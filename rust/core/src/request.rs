@@ -273,8 +273,23 @@ impl Requests {
     /// on results: a batch call touches hundreds of requests, and issuing the loads
     /// level by level lets their cache misses overlap instead of following one another.
     pub fn prefetch(&self, slots: &[u32]) {
-        let live = || slots.iter().filter_map(|&s| self.get(s));
-        for r in live() {
+        self.prefetch_where(slots, |_, _| true);
+    }
+
+    /// `prefetch`, loading the ends of a request's token list, tables and hash lists
+    /// only where `deep(i, request)` says the call will touch them (its record always).
+    /// A prefetch that misses the TLB still walks the page tables: a decode step
+    /// touches those ends only when a request crosses a block boundary, and at long
+    /// contexts (hundreds of pages of vectors) prefetching them for every request cost
+    /// more than it hid.
+    pub fn prefetch_where(&self, slots: &[u32], deep: impl Fn(usize, &Request) -> bool) {
+        let live = || {
+            slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &s)| self.get(s).map(|r| (i, r)))
+        };
+        for (_, r) in live() {
             prefetch_read(&r.id);
             prefetch_read(&r.tokens);
             prefetch_read(&r.hashes);
@@ -283,7 +298,10 @@ impl Requests {
             prefetch_read(&r.num_cached);
             prefetch_read(&r.exported);
         }
-        for r in live() {
+        for (i, r) in live() {
+            if !deep(i, r) {
+                continue;
+            }
             if let Some(t) = r.tokens.last() {
                 prefetch_read(t);
             }

@@ -67,7 +67,9 @@ impl BlockPool {
         for first in self.index.blocks() {
             let h = self.hash[first as usize];
             let last = self.m[first as usize].hash_prev;
-            if !self.m[first as usize].has_hash || last == NIL || self.m[last as usize].hash_next != NIL
+            if !self.m[first as usize].has_hash
+                || last == NIL
+                || self.m[last as usize].hash_next != NIL
             {
                 return Err(format!("chain of hash {h:#x} has a dangling end"));
             }

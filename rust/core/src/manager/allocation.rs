@@ -38,7 +38,18 @@ impl Manager {
             });
         }
         let slots = self.reqs.resolve(ids).map_err(unresolved)?;
-        self.reqs.prefetch(&slots);
+        // A one-token step (decode) reads a request's token, table and hash-list ends
+        // only next to a block boundary (it allocates, caches, releases or hashes a
+        // block there); elsewhere it touches the record alone.
+        let sizes = &self.sizes;
+        self.reqs.prefetch_where(&slots, |i, r| {
+            num_new.get(i) != Some(&1)
+                || lookahead.get(i) != Some(&0)
+                || sizes.iter().any(|&bs| {
+                    let m = r.num_computed % bs.max(1);
+                    m <= 1 || m + 1 == bs
+                })
+        });
         for (i, &s) in slots.iter().enumerate() {
             if num_new[i] < 0 {
                 return Err(Error::NegativeCount {
