@@ -124,6 +124,10 @@ pub struct Request {
     pub num_cached: PerGroup<usize>,
     /// Queued for the release of blocks that left its window at the next step.
     pub dirty: bool,
+    /// The `Requests::epoch` (batch call) in which its finished-token release last
+    /// ran: within one call nothing else changes it, so a second release would be a
+    /// no-op (`allocate_slots` skips it).
+    pub released_in: u64,
     /// After a lookup where some group could serve more than the agreed hit: the
     /// longest single-group hit (a prefill chunk ending there lets the lagging group
     /// cache it for the next request); 0 otherwise.
@@ -155,6 +159,7 @@ impl Request {
             num_cached: PerGroup::filled(num_groups, 0),
             exported: PerGroup::filled(num_groups, 0),
             dirty: false,
+            released_in: 0,
             prefix_boundary: 0,
         }
     }
@@ -316,6 +321,11 @@ impl Requests {
                 }
             }
         }
+    }
+
+    /// The current batch call (`resolve` starts a new one; never 0).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Slots of `ids`, or the first unknown / repeated id.

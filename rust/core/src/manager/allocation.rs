@@ -142,6 +142,7 @@ impl Manager {
             r.dirty = false;
             let c = r.num_computed;
             self.release_unneeded(&mut r, c);
+            r.released_in = self.reqs.epoch();
             self.reqs.put(s, r);
         }
         self.dirty = dirty;
@@ -185,7 +186,11 @@ impl Manager {
     #[allow(clippy::needless_range_loop)] // `g` indexes groups, pools, tables and `need`
     fn allocate_one(&mut self, r: &mut Request, slot: u32, n: usize, la: usize) -> bool {
         let c = r.num_computed;
-        self.release_unneeded(r, c);
+        // Released at `c` already in this call (`release_finished_windows`, with
+        // nothing changed since): a second release would find nothing.
+        if r.released_in != self.reqs.epoch() {
+            self.release_unneeded(r, c);
+        }
         if n == 0 && la == 0 {
             return true;
         }
