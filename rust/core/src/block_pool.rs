@@ -34,7 +34,7 @@ mod invariants;
 mod links;
 mod regions;
 pub use fold_hasher::{FastMap, FoldHasher};
-pub(crate) use hash_index::prefetch_read;
+pub(crate) use hash_index::{huge_pages, prefetch_read};
 use hash_index::{HashIndex, Probe};
 use regions::Regions;
 
@@ -48,9 +48,9 @@ pub const NULL_BLOCK: BlockId = 0;
 
 const NIL: u32 = u32::MAX;
 
-/// Bytes of bookkeeping a pool keeps per block (reference count, 128-bit hash, hash
-/// flag, free-queue and hash-chain links), rounded up.
-pub const POOL_BYTES_PER_BLOCK: usize = 40;
+/// Bytes of bookkeeping a pool keeps per block (reference count, hash flag, free-queue
+/// and hash-chain links in one 32-byte record, and the 128-bit hash).
+pub const POOL_BYTES_PER_BLOCK: usize = 48;
 
 /// The one rule every constructor that builds pools follows (`BlockPool::new`,
 /// `PoolRegistry::new`, `Manager::new`): the bookkeeping of all the pools it is about
@@ -82,6 +82,7 @@ pub fn check_bookkeeping_fits(num_blocks: impl IntoIterator<Item = usize> + Clon
 
 /// `n` copies of `value` in a vector allocated fallibly (an error, never an abort,
 /// when the allocator refuses: the total was checked, but memory can run out between).
+/// A large one is backed by huge pages where the system offers them (`huge_pages`).
 fn try_vec<T: Clone>(n: usize, value: T) -> Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
@@ -89,6 +90,7 @@ fn try_vec<T: Clone>(n: usize, value: T) -> Result<Vec<T>> {
             "a pool of {n} blocks: its bookkeeping does not fit in memory"
         ))
     })?;
+    huge_pages(&v);
     v.resize(n, value);
     Ok(v)
 }
@@ -107,21 +109,41 @@ pub enum PoolEvent {
     AllCleared,
 }
 
-/// The pool of one KV-cache group. See the module docs for the invariants.
-#[derive(Debug, Clone)]
-pub struct BlockPool {
-    ref_cnt: Vec<u32>,
-    /// The block's hash; meaningful only where `has_hash` is set (otherwise scratch).
-    hash: Vec<BlockHash>,
-    has_hash: Vec<bool>,
+/// One block's bookkeeping, together in one aligned 32-byte record: an operation on a
+/// block (allocate, free, cache, evict) touches one cache line of it, not one line in
+/// each of six arrays (its 128-bit hash, which prefix probes compare, stays apart).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+struct Meta {
+    ref_cnt: u32,
     // Free-queue links (valid only while the block is free).
-    prev: Vec<u32>,
-    next: Vec<u32>,
+    prev: u32,
+    next: u32,
     // Doubly linked chain of the blocks sharing one hash, oldest first, so appending
     // and removing from the middle are O(1) however many copies a hash has. The
     // chain's first block's `hash_prev` is its last block (the chain's tail).
-    hash_prev: Vec<u32>,
-    hash_next: Vec<u32>,
+    hash_prev: u32,
+    hash_next: u32,
+    has_hash: bool,
+}
+
+/// A free, uncached block's record (every block's when a pool is built).
+const FREE_META: Meta = Meta {
+    ref_cnt: 0,
+    prev: NIL,
+    next: NIL,
+    hash_prev: NIL,
+    hash_next: NIL,
+    has_hash: false,
+};
+
+/// The pool of one KV-cache group. See the module docs for the invariants.
+#[derive(Debug, Clone)]
+pub struct BlockPool {
+    /// Per block: reference count, queue and hash-chain links, hash flag (`Meta`).
+    m: Vec<Meta>,
+    /// The block's hash; meaningful only where `has_hash` is set (otherwise scratch).
+    hash: Vec<BlockHash>,
     head: u32,
     tail: u32,
     num_free: usize,
@@ -158,13 +180,8 @@ impl BlockPool {
         // (a rehash inside a step costs a page-faulting copy of the whole table).
         let index = HashIndex::with_capacity(n - 1);
         let mut pool = BlockPool {
-            ref_cnt: try_vec(n, 0)?,
+            m: try_vec(n, FREE_META)?,
             hash: try_vec(n, 0)?,
-            has_hash: try_vec(n, false)?,
-            prev: try_vec(n, NIL)?,
-            next: try_vec(n, NIL)?,
-            hash_prev: try_vec(n, NIL)?,
-            hash_next: try_vec(n, NIL)?,
             head: NIL,
             tail: NIL,
             num_free: 0,
@@ -207,7 +224,7 @@ impl BlockPool {
     }
 
     pub fn num_blocks(&self) -> usize {
-        self.ref_cnt.len()
+        self.m.len()
     }
     /// Free blocks, cached or not (the null block is never counted).
     pub fn num_free(&self) -> usize {
@@ -233,12 +250,12 @@ impl BlockPool {
 
     pub fn ref_count(&self, id: BlockId) -> Result<u32> {
         let b = self.check_id(id)?;
-        Ok(self.ref_cnt[b as usize])
+        Ok(self.m[b as usize].ref_cnt)
     }
 
     pub fn block_hash(&self, id: BlockId) -> Result<Option<BlockHash>> {
         let b = self.check_id(id)? as usize;
-        Ok(self.has_hash[b].then_some(self.hash[b]))
+        Ok(self.m[b].has_hash.then_some(self.hash[b]))
     }
 
     /// Hand out `n` blocks from the head of the free queue (least recently freed first),
@@ -275,7 +292,7 @@ impl BlockPool {
             if let Some(g) = self.regions.as_mut() {
                 g.used(b);
             }
-            self.ref_cnt[b as usize] = 1;
+            self.m[b as usize].ref_cnt = 1;
             self.drop_hash(b);
             out.push(b as BlockId);
         }
@@ -291,29 +308,24 @@ impl BlockPool {
         let start = out.len();
         let mut b = self.head;
         for _ in 0..n {
-            let Some(&nx) = self.next.get(b as usize) else {
+            let Some(nx) = self.m.get(b as usize).map(|m| m.next) else {
                 break; // `n <= num_free`: the queue holds `n` blocks (never reached)
             };
             let bi = b as usize;
             prefetch_read(&self.hash[bi]);
-            prefetch_read(&self.has_hash[bi]);
-            prefetch_read(&self.ref_cnt[bi]);
-            prefetch_read(&self.hash_prev[bi]);
-            prefetch_read(&self.hash_next[bi]);
-            prefetch_read(&self.prev[bi]);
             out.push(b as BlockId);
             b = nx;
         }
         for &id in &out[start..] {
             let bi = id as usize;
-            if self.has_hash[bi] {
+            if self.m[bi].has_hash {
                 self.index.prefetch(self.hash[bi]);
             }
         }
         for &id in &out[start..] {
             let b = id as u32;
             self.unlink(b);
-            self.ref_cnt[b as usize] = 1;
+            self.m[b as usize].ref_cnt = 1;
             self.drop_hash(b);
         }
     }
@@ -334,11 +346,11 @@ impl BlockPool {
         for (i, &id) in ids.iter().enumerate() {
             let ok = match self.check_real(id) {
                 Err(e) => Err(e),
-                Ok(b) if self.ref_cnt[b as usize] == 0 => Err(Error::DoubleFree { id }),
+                Ok(b) if self.m[b as usize].ref_cnt == 0 => Err(Error::DoubleFree { id }),
                 Ok(b) => Ok(b),
             };
             match ok {
-                Ok(b) => self.ref_cnt[b as usize] -= 1,
+                Ok(b) => self.m[b as usize].ref_cnt -= 1,
                 Err(e) => {
                     self.undo_decrements(&ids[..i]);
                     return Err(e);
@@ -359,8 +371,9 @@ impl BlockPool {
         to_head.clear();
         for b in blocks {
             let Some(r) = self
-                .ref_cnt
+                .m
                 .get_mut(b as usize)
+                .map(|m| &mut m.ref_cnt)
                 .filter(|r| b != 0 && **r > 0)
             else {
                 continue;
@@ -371,11 +384,11 @@ impl BlockPool {
             }
             if let Some(g) = self.regions.as_mut() {
                 g.released(b);
-                if !self.has_hash[b as usize] {
+                if !self.m[b as usize].has_hash {
                     g.add_uncached(b);
                 }
             }
-            if self.has_hash[b as usize] {
+            if self.m[b as usize].has_hash {
                 self.push_tail(b);
             } else {
                 to_head.push(b);
@@ -392,7 +405,7 @@ impl BlockPool {
         let mut seen: Option<FastMap<u32, u32>> = None;
         for (i, &id) in ids.iter().enumerate() {
             let b = self.check_real(id)?;
-            let refs = self.ref_cnt[b as usize];
+            let refs = self.m[b as usize].ref_cnt;
             if refs == 0 {
                 return Err(Error::DoubleFree { id });
             }
@@ -421,7 +434,7 @@ impl BlockPool {
         }
         for &id in ids {
             let b = id as u32;
-            if self.ref_cnt[b as usize] == 0 {
+            if self.m[b as usize].ref_cnt == 0 {
                 self.unlink(b);
                 if let Some(g) = self.regions.as_mut() {
                     g.used(b);
@@ -429,7 +442,7 @@ impl BlockPool {
             }
             // A u32 count cannot overflow in practice: it would take 2^32 references
             // to one block, each held by a live request.
-            self.ref_cnt[b as usize] += 1;
+            self.m[b as usize].ref_cnt += 1;
         }
         Ok(())
     }
@@ -452,14 +465,14 @@ impl BlockPool {
                 Err(e) => Some(e),
                 Ok(b) => {
                     let b = b as usize;
-                    if self.ref_cnt[b] == 0 {
+                    if self.m[b].ref_cnt == 0 {
                         Some(Error::NotInUse { id })
-                    } else if self.has_hash[b] || self.hash_next[b] == SEEN {
+                    } else if self.m[b].has_hash || self.m[b].hash_next == SEEN {
                         // Cached already, or tentatively earlier in this batch.
                         (self.hash[b] != h).then_some(Error::AlreadyCached { id })
                     } else {
                         self.hash[b] = h;
-                        self.hash_next[b] = SEEN;
+                        self.m[b].hash_next = SEEN;
                         None
                     }
                 }
@@ -471,7 +484,7 @@ impl BlockPool {
         }
         for (&id, &h) in ids.iter().zip(hashes) {
             let b = id as u32;
-            if self.has_hash[b as usize] {
+            if self.m[b as usize].has_hash {
                 continue;
             }
             // Validated in use above, so `num_cached` (free and hashed) is unchanged.
@@ -499,11 +512,11 @@ impl BlockPool {
     /// A block that is not real, not in use or already cached is left alone, as
     /// `cache_blocks` would have refused it.
     pub(crate) fn cache_held(&mut self, id: BlockId, h: BlockHash) {
-        debug_assert!(self.check_real(id).is_ok() && self.ref_cnt[id as usize] > 0);
+        debug_assert!(self.check_real(id).is_ok() && self.m[id as usize].ref_cnt > 0);
         let b = id as u32;
         let ok = b != 0
-            && self.ref_cnt.get(b as usize).is_some_and(|&r| r > 0)
-            && !self.has_hash[b as usize];
+            && self.m.get(b as usize).is_some_and(|m| m.ref_cnt > 0)
+            && !self.m[b as usize].has_hash;
         if ok {
             self.link_hash(b, h);
         }
@@ -545,17 +558,19 @@ impl BlockPool {
         }
         if let Some(g) = self.regions.as_mut() {
             // Every cached block is free here: it becomes a free uncached block.
-            for b in 0..self.has_hash.len() {
-                if self.has_hash[b] {
+            for b in 0..self.m.len() {
+                if self.m[b].has_hash {
                     g.uncache(b as u32);
                     g.add_uncached(b as u32);
                 }
             }
         }
         self.index.clear();
-        self.has_hash.iter_mut().for_each(|h| *h = false);
-        self.hash_prev.iter_mut().for_each(|n| *n = NIL);
-        self.hash_next.iter_mut().for_each(|n| *n = NIL);
+        for m in self.m.iter_mut() {
+            m.has_hash = false;
+            m.hash_prev = NIL;
+            m.hash_next = NIL;
+        }
         self.num_cached_free = 0;
         if self.record_events {
             self.events.push(PoolEvent::AllCleared);
@@ -579,20 +594,20 @@ impl BlockPool {
         let mut cur = self.head;
         while cur != NIL && out.len() <= self.num_free {
             out.push(cur as BlockId);
-            cur = self.next[cur as usize];
+            cur = self.m[cur as usize].next;
         }
         out
     }
 
     /// All reference counts, indexed by block id (entry 0 is the null block: 0).
-    pub fn ref_counts(&self) -> &[u32] {
-        &self.ref_cnt
+    pub fn ref_counts(&self) -> Vec<u32> {
+        self.m.iter().map(|m| m.ref_cnt).collect()
     }
 
     /// `(block, hash)` for every cached block, in block-id order.
     pub fn cached_blocks(&self) -> Vec<(BlockId, BlockHash)> {
         (0..self.num_blocks())
-            .filter(|&b| self.has_hash[b])
+            .filter(|&b| self.m[b].has_hash)
             .map(|b| (b as BlockId, self.hash[b]))
             .collect()
     }
@@ -613,7 +628,7 @@ impl BlockPool {
             let mut steps = 0;
             while cur != NIL && steps < self.num_blocks() {
                 out.push((h, cur as BlockId));
-                cur = self.hash_next[cur as usize];
+                cur = self.m[cur as usize].hash_next;
                 steps += 1;
             }
         }

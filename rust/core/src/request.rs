@@ -39,6 +39,70 @@ pub enum Phase {
     Running,
 }
 
+/// Groups (or block sizes) whose per-request state is kept inside the request record.
+pub const INLINE_GROUPS: usize = 4;
+
+/// One value per group (or per distinct block size), kept inside the request record
+/// when there are at most `INLINE_GROUPS` of them (every model so far), else in a
+/// vector. A step reads a request's tables, hash lists and counters for every group:
+/// inline, they come with the record instead of one more dependent cache miss per
+/// vector. Reads and writes go through the slice (`Deref`).
+#[derive(Debug, Clone)]
+pub struct PerGroup<T> {
+    len: usize,
+    inline: [T; INLINE_GROUPS],
+    spill: Vec<T>,
+}
+
+impl<T: Clone + Default> PerGroup<T> {
+    /// `n` copies of `value`.
+    pub fn filled(n: usize, value: T) -> Self {
+        let mut inline: [T; INLINE_GROUPS] = Default::default();
+        let spill = if n <= INLINE_GROUPS {
+            inline[..n].fill(value);
+            Vec::new()
+        } else {
+            vec![value; n]
+        };
+        PerGroup {
+            len: n,
+            inline,
+            spill,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for PerGroup<T> {
+    type Target = [T];
+    #[inline]
+    fn deref(&self) -> &[T] {
+        if self.len <= INLINE_GROUPS {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+}
+
+impl<T> std::ops::DerefMut for PerGroup<T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [T] {
+        if self.len <= INLINE_GROUPS {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spill
+        }
+    }
+}
+
+impl<'a, T> IntoIterator for &'a PerGroup<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Request {
     pub id: i64,
@@ -51,21 +115,25 @@ pub struct Request {
     /// Encoder tokens (cross-attention groups allocate blocks for them).
     pub encoder_len: usize,
     /// Full-block hashes per distinct block size, computed incrementally.
-    pub hashes: Vec<Vec<BlockHash>>,
+    pub hashes: PerGroup<Vec<BlockHash>>,
     /// One positional table per group (0 = null block).
-    pub tables: Vec<Vec<BlockId>>,
+    pub tables: PerGroup<Vec<BlockId>>,
     /// Per group: entries below this index are all null (released or never needed).
-    pub first_live: Vec<usize>,
+    pub first_live: PerGroup<usize>,
     /// Per group: entries below this index are cached or were skipped for caching.
-    pub num_cached: Vec<usize>,
+    pub num_cached: PerGroup<usize>,
     /// Queued for the release of blocks that left its window at the next step.
     pub dirty: bool,
+    /// The `Requests::epoch` (batch call) in which its finished-token release last
+    /// ran: within one call nothing else changes it, so a second release would be a
+    /// no-op (`allocate_slots` skips it).
+    pub released_in: u64,
     /// After a lookup where some group could serve more than the agreed hit: the
     /// longest single-group hit (a prefill chunk ending there lets the lagging group
     /// cache it for the next request); 0 otherwise.
     pub prefix_boundary: usize,
     /// Per group: table entries already handed out by `new_block_ids`.
-    pub exported: Vec<usize>,
+    pub exported: PerGroup<usize>,
 }
 
 impl Request {
@@ -85,12 +153,13 @@ impl Request {
             phase: Phase::Waiting,
             extra,
             encoder_len,
-            hashes: vec![Vec::new(); num_sizes],
-            tables: vec![Vec::new(); num_groups],
-            first_live: vec![0; num_groups],
-            num_cached: vec![0; num_groups],
-            exported: vec![0; num_groups],
+            hashes: PerGroup::filled(num_sizes, Vec::new()),
+            tables: PerGroup::filled(num_groups, Vec::new()),
+            first_live: PerGroup::filled(num_groups, 0),
+            num_cached: PerGroup::filled(num_groups, 0),
+            exported: PerGroup::filled(num_groups, 0),
             dirty: false,
+            released_in: 0,
             prefix_boundary: 0,
         }
     }
@@ -209,8 +278,23 @@ impl Requests {
     /// on results: a batch call touches hundreds of requests, and issuing the loads
     /// level by level lets their cache misses overlap instead of following one another.
     pub fn prefetch(&self, slots: &[u32]) {
-        let live = || slots.iter().filter_map(|&s| self.get(s));
-        for r in live() {
+        self.prefetch_where(slots, |_, _| true);
+    }
+
+    /// `prefetch`, loading the ends of a request's token list, tables and hash lists
+    /// only where `deep(i, request)` says the call will touch them (its record always).
+    /// A prefetch that misses the TLB still walks the page tables: a decode step
+    /// touches those ends only when a request crosses a block boundary, and at long
+    /// contexts (hundreds of pages of vectors) prefetching them for every request cost
+    /// more than it hid.
+    pub fn prefetch_where(&self, slots: &[u32], deep: impl Fn(usize, &Request) -> bool) {
+        let live = || {
+            slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &s)| self.get(s).map(|r| (i, r)))
+        };
+        for (_, r) in live() {
             prefetch_read(&r.id);
             prefetch_read(&r.tokens);
             prefetch_read(&r.hashes);
@@ -219,23 +303,13 @@ impl Requests {
             prefetch_read(&r.num_cached);
             prefetch_read(&r.exported);
         }
-        for r in live() {
+        for (i, r) in live() {
+            if !deep(i, r) {
+                continue;
+            }
             if let Some(t) = r.tokens.last() {
                 prefetch_read(t);
             }
-            if let Some(h) = r.hashes.first() {
-                prefetch_read(h);
-            }
-            if let Some(t) = r.tables.first() {
-                prefetch_read(t);
-            }
-            for v in [&r.first_live, &r.num_cached, &r.exported] {
-                if let Some(x) = v.first() {
-                    prefetch_read(x);
-                }
-            }
-        }
-        for r in live() {
             for t in &r.tables {
                 if let Some(b) = t.last() {
                     prefetch_read(b);
@@ -247,6 +321,11 @@ impl Requests {
                 }
             }
         }
+    }
+
+    /// The current batch call (`resolve` starts a new one; never 0).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Slots of `ids`, or the first unknown / repeated id.
@@ -286,4 +365,34 @@ pub fn first_repeat(ids: &[i64]) -> Option<i64> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PerGroup, INLINE_GROUPS};
+
+    /// Up to `INLINE_GROUPS` values live in the record, more in a vector: both read and
+    /// write through the same slice.
+    #[test]
+    fn per_group_inline_and_spilled() {
+        for n in [0, 1, INLINE_GROUPS, INLINE_GROUPS + 1, 3 * INLINE_GROUPS] {
+            let mut v = PerGroup::filled(n, 7usize);
+            assert_eq!(v.len(), n);
+            assert!(v.iter().all(|&x| x == 7));
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = i;
+            }
+            let w = v.clone();
+            assert_eq!(
+                w.iter().copied().collect::<Vec<_>>(),
+                (0..n).collect::<Vec<_>>()
+            );
+            let mut t = PerGroup::filled(n, Vec::<i32>::new());
+            if n > 0 {
+                t[n - 1].push(3);
+                assert_eq!(std::mem::take(&mut t[n - 1]), vec![3]);
+            }
+            assert!((&t).into_iter().all(Vec::is_empty));
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! counts and cached-block values the manager uses to choose which region to empty
 //! (the bookkeeping itself is in `regions.rs`).
 
-use super::{BlockId, BlockPool, HashIndex, Regions, NIL};
+use super::{try_vec, BlockId, BlockPool, HashIndex, Regions, FREE_META, NIL};
 use crate::error::{Error, Result};
 
 impl BlockPool {
@@ -31,13 +31,8 @@ impl BlockPool {
             )));
         }
         let mut pool = BlockPool::new(1)?;
-        pool.ref_cnt = vec![0; n];
-        pool.hash = vec![0; n];
-        pool.has_hash = vec![false; n];
-        pool.prev = vec![NIL; n];
-        pool.next = vec![NIL; n];
-        pool.hash_prev = vec![NIL; n];
-        pool.hash_next = vec![NIL; n];
+        pool.m = try_vec(n, FREE_META)?;
+        pool.hash = try_vec(n, 0)?;
         pool.index = HashIndex::with_capacity(n - 1);
         pool.num_present = 0;
         pool.regions = Some(Box::new(Regions::new(region_of, num_regions)));
@@ -90,7 +85,7 @@ impl BlockPool {
     /// if the head is a cached block.
     pub fn next_victim_value(&self) -> Option<u32> {
         let b = self.head;
-        if b == NIL || !self.has_hash[b as usize] {
+        if b == NIL || !self.m[b as usize].has_hash {
             return None;
         }
         Some(self.block_value(b as BlockId))
@@ -100,7 +95,7 @@ impl BlockPool {
     /// for choosing which region to empty. No-op on a static pool or an uncached block.
     pub fn set_block_value(&mut self, id: BlockId, value: u32) -> Result<()> {
         let b = self.check_real(id)?;
-        if !self.has_hash[b as usize] {
+        if !self.m[b as usize].has_hash {
             return Ok(());
         }
         if let Some(g) = self.regions.as_mut() {

@@ -54,11 +54,50 @@ pub(crate) fn prefetch_read<T>(x: &T) {
     let _ = x;
 }
 
+/// Bytes from which a vector's spare capacity is worth backing with huge pages.
+const HUGE_FROM: usize = 4 << 20;
+
+/// Ask the kernel to back the reserved, not yet written capacity of a large vector with
+/// transparent huge pages (a hint, called before the first write, so the pages are
+/// faulted in huge). A pool's bookkeeping is touched at random block ids: with 4 KiB
+/// pages every access to a pool of a million blocks also misses the TLB, which made a
+/// decode step's cost grow with the pools' size (context). No effect on results, nor
+/// where the system has no transparent huge pages (`madvise` then fails, ignored).
+pub(crate) fn huge_pages<T>(v: &Vec<T>) {
+    let bytes = v.capacity().saturating_mul(std::mem::size_of::<T>());
+    if bytes < HUGE_FROM {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        const MADV_HUGEPAGE: std::ffi::c_int = 14;
+        extern "C" {
+            fn madvise(
+                addr: *mut std::ffi::c_void,
+                len: usize,
+                advice: std::ffi::c_int,
+            ) -> std::ffi::c_int;
+        }
+        let start = v.as_ptr() as usize;
+        let lo = start.div_ceil(PAGE) * PAGE;
+        let hi = (start + bytes) / PAGE * PAGE;
+        if hi > lo {
+            // SAFETY: `[lo, hi)` lies inside the vector's own allocation (page-aligned
+            // inward), which this process owns; MADV_HUGEPAGE only changes how the
+            // kernel backs those pages (their contents and the mapping stay as they
+            // are), and a failure is only a return value, ignored.
+            let _ = unsafe { madvise(lo as *mut std::ffi::c_void, hi - lo, MADV_HUGEPAGE) };
+        }
+    }
+}
+
 fn table(cap: usize) -> Vec<u64> {
     let mut v = Vec::new();
     // Fallible: a table that does not fit starts small and grows (the pool's own
     // bookkeeping was checked to fit; the caller is never aborted for this).
     if v.try_reserve_exact(cap).is_ok() {
+        huge_pages(&v);
         v.resize(cap, EMPTY);
     }
     v

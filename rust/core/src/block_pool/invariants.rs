@@ -9,7 +9,7 @@ impl BlockPool {
     #[allow(clippy::needless_range_loop)]
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let n = self.num_blocks();
-        if self.ref_cnt[0] != 0 || self.has_hash[0] {
+        if self.m[0].ref_cnt != 0 || self.m[0].has_hash {
             return Err("null block has a reference or a hash".into());
         }
         let q = self.free_queue();
@@ -26,7 +26,7 @@ impl BlockPool {
             if b == 0 || in_queue[b as usize] {
                 return Err(format!("block {b} queued twice or null in queue"));
             }
-            if self.prev[b as usize] != prev {
+            if self.m[b as usize].prev != prev {
                 return Err(format!("block {b}: broken back link in the free queue"));
             }
             in_queue[b as usize] = true;
@@ -38,22 +38,22 @@ impl BlockPool {
         let present = |b: usize| self.regions.as_ref().is_none_or(|g| g.present[b]);
         let mut cached_free = 0;
         for b in 1..n {
-            if !present(b) && (self.ref_cnt[b] != 0 || self.has_hash[b]) {
+            if !present(b) && (self.m[b].ref_cnt != 0 || self.m[b].has_hash) {
                 return Err(format!("absent block {b} has a reference or a hash"));
             }
-            if (self.ref_cnt[b] == 0 && present(b)) != in_queue[b] {
+            if (self.m[b].ref_cnt == 0 && present(b)) != in_queue[b] {
                 return Err(format!(
                     "block {b}: ref {} but in_queue {}",
-                    self.ref_cnt[b], in_queue[b]
+                    self.m[b].ref_cnt, in_queue[b]
                 ));
             }
-            if !in_queue[b] && (self.prev[b] != NIL || self.next[b] != NIL) {
+            if !in_queue[b] && (self.m[b].prev != NIL || self.m[b].next != NIL) {
                 return Err(format!("block {b} is in use but keeps free-queue links"));
             }
-            if !self.has_hash[b] && (self.hash_prev[b] != NIL || self.hash_next[b] != NIL) {
+            if !self.m[b].has_hash && (self.m[b].hash_prev != NIL || self.m[b].hash_next != NIL) {
                 return Err(format!("uncached block {b} keeps hash-chain links"));
             }
-            if in_queue[b] && self.has_hash[b] {
+            if in_queue[b] && self.m[b].has_hash {
                 cached_free += 1;
             }
         }
@@ -66,16 +66,18 @@ impl BlockPool {
         self.index.check(&self.hash)?;
         for first in self.index.blocks() {
             let h = self.hash[first as usize];
-            let last = self.hash_prev[first as usize];
-            if !self.has_hash[first as usize] || last == NIL || self.hash_next[last as usize] != NIL
+            let last = self.m[first as usize].hash_prev;
+            if !self.m[first as usize].has_hash
+                || last == NIL
+                || self.m[last as usize].hash_next != NIL
             {
                 return Err(format!("chain of hash {h:#x} has a dangling end"));
             }
             let mut cur = first;
             let mut steps = 0;
-            while self.hash_next[cur as usize] != NIL {
-                let nx = self.hash_next[cur as usize];
-                if self.hash_prev[nx as usize] != cur || steps > n {
+            while self.m[cur as usize].hash_next != NIL {
+                let nx = self.m[cur as usize].hash_next;
+                if self.m[nx as usize].hash_prev != cur || steps > n {
                     return Err(format!("chain of hash {h:#x} is broken at block {nx}"));
                 }
                 cur = nx;
@@ -86,7 +88,7 @@ impl BlockPool {
             }
         }
         let entries = self.hash_entries();
-        let carried = self.has_hash.iter().filter(|&&h| h).count();
+        let carried = self.m.iter().filter(|m| m.has_hash).count();
         if entries.len() != carried {
             return Err(format!(
                 "{} map entries but {carried} hashed blocks",
@@ -94,7 +96,7 @@ impl BlockPool {
             ));
         }
         for (h, b) in entries {
-            if !self.has_hash[b as usize] || self.hash[b as usize] != h {
+            if !self.m[b as usize].has_hash || self.hash[b as usize] != h {
                 return Err(format!("map entry for block {b} does not match its hash"));
             }
         }
@@ -133,12 +135,12 @@ impl BlockPool {
                 continue;
             }
             blocks[r] += 1;
-            if self.ref_cnt[b] > 0 {
+            if self.m[b].ref_cnt > 0 {
                 in_use[r] += 1;
-            } else if !self.has_hash[b] {
+            } else if !self.m[b].has_hash {
                 ucount[r] += 1;
             }
-            if self.has_hash[b] {
+            if self.m[b].has_hash {
                 value[r] += g.value[b] as u64;
             } else if g.value[b] != 0 {
                 return Err(format!("uncached block {b} keeps a value"));
@@ -159,7 +161,7 @@ impl BlockPool {
             let mut len = 0;
             while cur != NIL && len <= ucount[r] {
                 let c = cur as usize;
-                if self.ref_cnt[c] != 0 || self.has_hash[c] || g.region_of[c] as usize != r {
+                if self.m[c].ref_cnt != 0 || self.m[c].has_hash || g.region_of[c] as usize != r {
                     return Err(format!("region {r}: block {cur} wrongly on its free list"));
                 }
                 len += 1;

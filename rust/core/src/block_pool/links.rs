@@ -37,7 +37,7 @@ impl BlockPool {
     /// Re-add the references `free`'s validation took from `ids` (all valid ids).
     pub(super) fn undo_decrements(&mut self, ids: &[BlockId]) {
         for &id in ids {
-            self.ref_cnt[id as usize] += 1;
+            self.m[id as usize].ref_cnt += 1;
         }
     }
 
@@ -45,61 +45,61 @@ impl BlockPool {
     pub(super) fn clear_seen(&mut self, ids: &[BlockId]) {
         for &id in ids {
             let b = id as usize;
-            if !self.has_hash[b] {
-                self.hash_next[b] = NIL;
+            if !self.m[b].has_hash {
+                self.m[b].hash_next = NIL;
             }
         }
     }
 
     #[inline]
     pub(super) fn push_tail(&mut self, b: u32) {
-        self.prev[b as usize] = self.tail;
-        self.next[b as usize] = NIL;
+        self.m[b as usize].prev = self.tail;
+        self.m[b as usize].next = NIL;
         if self.tail == NIL {
             self.head = b;
         } else {
-            self.next[self.tail as usize] = b;
+            self.m[self.tail as usize].next = b;
         }
         self.tail = b;
         self.num_free += 1;
-        if self.has_hash[b as usize] {
+        if self.m[b as usize].has_hash {
             self.num_cached_free += 1;
         }
     }
 
     #[inline]
     pub(super) fn push_head(&mut self, b: u32) {
-        self.next[b as usize] = self.head;
-        self.prev[b as usize] = NIL;
+        self.m[b as usize].next = self.head;
+        self.m[b as usize].prev = NIL;
         if self.head == NIL {
             self.tail = b;
         } else {
-            self.prev[self.head as usize] = b;
+            self.m[self.head as usize].prev = b;
         }
         self.head = b;
         self.num_free += 1;
-        if self.has_hash[b as usize] {
+        if self.m[b as usize].has_hash {
             self.num_cached_free += 1;
         }
     }
 
     #[inline]
     pub(super) fn unlink(&mut self, b: u32) {
-        let (p, nx) = (self.prev[b as usize], self.next[b as usize]);
+        let (p, nx) = (self.m[b as usize].prev, self.m[b as usize].next);
         if p == NIL {
             self.head = nx;
         } else {
-            self.next[p as usize] = nx;
+            self.m[p as usize].next = nx;
         }
         if nx == NIL {
             self.tail = p;
         } else {
-            self.prev[nx as usize] = p;
+            self.m[nx as usize].prev = p;
         }
-        self.prev[b as usize] = NIL;
-        self.next[b as usize] = NIL;
+        self.m[b as usize].prev = NIL;
+        self.m[b as usize].next = NIL;
         self.num_free -= 1;
-        if self.has_hash[b as usize] {
+        if self.m[b as usize].has_hash {
             self.num_cached_free -= 1;
         } else if let Some(g) = self.regions.as_mut() {
             g.remove_uncached(b);
@@ -112,20 +112,20 @@ impl BlockPool {
     pub(super) fn link_hash(&mut self, b: u32, h: BlockHash) {
         let bi = b as usize;
         self.hash[bi] = h;
-        self.has_hash[bi] = true;
-        self.hash_next[bi] = NIL;
+        self.m[bi].has_hash = true;
+        self.m[bi].hash_next = NIL;
         // One probe: the hash either is new or extends its chain.
         match self.index.probe(h, &self.hash) {
             Probe::Vacant(slot) => {
-                self.hash_prev[bi] = b;
+                self.m[bi].hash_prev = b;
                 self.index.insert_vacant(slot, h, b);
             }
             Probe::Found(slot) => {
                 let first = self.index.block_at(slot) as usize;
-                let last = self.hash_prev[first];
-                self.hash_prev[bi] = last;
-                self.hash_next[last as usize] = b;
-                self.hash_prev[first] = b;
+                let last = self.m[first].hash_prev;
+                self.m[bi].hash_prev = last;
+                self.m[last as usize].hash_next = b;
+                self.m[first].hash_prev = b;
             }
         }
     }
@@ -134,43 +134,43 @@ impl BlockPool {
     #[inline]
     pub(super) fn drop_hash(&mut self, b: u32) {
         let bi = b as usize;
-        if !self.has_hash[bi] {
+        if !self.m[bi].has_hash {
             return;
         }
         let h = self.hash[bi];
-        let (p, nx) = (self.hash_prev[bi], self.hash_next[bi]);
+        let (p, nx) = (self.m[bi].hash_prev, self.m[bi].hash_next);
         // The first block is the one whose `hash_prev` (the tail) does not link back.
-        let first = self.hash_next[p as usize] != b;
+        let first = self.m[p as usize].hash_next != b;
         if first {
             if let Probe::Found(slot) = self.index.probe(h, &self.hash) {
                 if nx == NIL {
                     self.index.remove_at(slot);
                 } else {
                     self.index.set_block(slot, nx);
-                    self.hash_prev[nx as usize] = p;
+                    self.m[nx as usize].hash_prev = p;
                 }
             }
         } else {
-            self.hash_next[p as usize] = nx;
+            self.m[p as usize].hash_next = nx;
             if nx != NIL {
-                self.hash_prev[nx as usize] = p;
+                self.m[nx as usize].hash_prev = p;
             } else if let Probe::Found(slot) = self.index.probe(h, &self.hash) {
                 // `b` was the tail: the first block now points at the new one.
                 let head = self.index.block_at(slot) as usize;
-                self.hash_prev[head] = p;
+                self.m[head].hash_prev = p;
             }
         }
-        self.hash_prev[bi] = NIL;
-        self.hash_next[bi] = NIL;
-        self.has_hash[bi] = false;
+        self.m[bi].hash_prev = NIL;
+        self.m[bi].hash_next = NIL;
+        self.m[bi].has_hash = false;
         // A zero-ref block is always linked in the free queue (allocation sets the
         // reference before it drops the hash).
-        if self.ref_cnt[bi] == 0 {
+        if self.m[bi].ref_cnt == 0 {
             self.num_cached_free -= 1;
         }
         if let Some(g) = self.regions.as_mut() {
             g.uncache(b);
-            if self.ref_cnt[bi] == 0 {
+            if self.m[bi].ref_cnt == 0 {
                 g.add_uncached(b);
             }
         }

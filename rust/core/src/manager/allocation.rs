@@ -38,7 +38,18 @@ impl Manager {
             });
         }
         let slots = self.reqs.resolve(ids).map_err(unresolved)?;
-        self.reqs.prefetch(&slots);
+        // A one-token step (decode) reads a request's token, table and hash-list ends
+        // only next to a block boundary (it allocates, caches, releases or hashes a
+        // block there); elsewhere it touches the record alone.
+        let sizes = &self.sizes;
+        self.reqs.prefetch_where(&slots, |i, r| {
+            num_new.get(i) != Some(&1)
+                || lookahead.get(i) != Some(&0)
+                || sizes.iter().any(|&bs| {
+                    let m = r.num_computed % bs.max(1);
+                    m <= 1 || m + 1 == bs
+                })
+        });
         for (i, &s) in slots.iter().enumerate() {
             if num_new[i] < 0 {
                 return Err(Error::NegativeCount {
@@ -131,6 +142,7 @@ impl Manager {
             r.dirty = false;
             let c = r.num_computed;
             self.release_unneeded(&mut r, c);
+            r.released_in = self.reqs.epoch();
             self.reqs.put(s, r);
         }
         self.dirty = dirty;
@@ -174,7 +186,11 @@ impl Manager {
     #[allow(clippy::needless_range_loop)] // `g` indexes groups, pools, tables and `need`
     fn allocate_one(&mut self, r: &mut Request, slot: u32, n: usize, la: usize) -> bool {
         let c = r.num_computed;
-        self.release_unneeded(r, c);
+        // Released at `c` already in this call (`release_finished_windows`, with
+        // nothing changed since): a second release would find nothing.
+        if r.released_in != self.reqs.epoch() {
+            self.release_unneeded(r, c);
+        }
         if n == 0 && la == 0 {
             return true;
         }

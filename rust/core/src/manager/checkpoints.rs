@@ -105,10 +105,17 @@ impl Manager {
         // The deepest cached checkpoint in `r`'s table, and the deepest one within its
         // prompt, found once: the loop below changes only entries at or below `k`, so
         // what lies past `k` is the same on every pass (one scan, not one per entry).
+        // Both are only compared with entries `k >= from`, where one below `from` acts
+        // as none (`d > k` false, `d <= k` true): so each scan stops at `from`, and a
+        // decode step's cost does not grow with the context (2,048 null entries at 32k).
         let cached = |b: BlockId| b != NULL_BLOCK && matches!(pool.block_hash(b), Ok(Some(_)));
-        let deepest = table.iter().rposition(|&b| cached(b));
+        let lo = from.min(table.len());
+        let deepest = table[lo..].iter().rposition(|&b| cached(b)).map(|d| d + lo);
         let prompt_blocks = (prompt_end / bs).min(table.len());
-        let deepest_in_prompt = table[..prompt_blocks].iter().rposition(|&b| cached(b));
+        let deepest_in_prompt = table[lo.min(prompt_blocks)..prompt_blocks]
+            .iter()
+            .rposition(|&b| cached(b))
+            .map(|d| d + lo.min(prompt_blocks));
         for (k, &b) in table.iter().enumerate().take(to).skip(from) {
             // A deeper checkpoint in `r`'s table (a prefill chunk ended on a boundary
             // past this one) makes this one interior: it is no pending tail.

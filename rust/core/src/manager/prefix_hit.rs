@@ -175,24 +175,15 @@ impl Manager {
                 k * bs
             }
             GroupKind::SlidingWindow { .. } | GroupKind::ChunkedLocal { .. } => {
-                let mut k = kmax;
-                'candidates: while k > 0 {
-                    let mut lo = cfg.first_needed_token(k * bs) / bs;
+                let lo_of = |k: usize| {
+                    let lo = cfg.first_needed_token(k * bs) / bs;
                     if backed {
-                        lo = lo.min(k - 1);
+                        lo.min(k - 1)
+                    } else {
+                        lo
                     }
-                    let mut j = k;
-                    while j > lo {
-                        j -= 1;
-                        if self.look(g, r, j) < 0 {
-                            // Every candidate whose window holds block j fails too.
-                            k = j;
-                            continue 'candidates;
-                        }
-                    }
-                    return k * bs;
-                }
-                0
+                };
+                longest_window(kmax, lo_of, |j| self.look(g, r, j) >= 0) * bs
             }
             GroupKind::State => {
                 if self.mode == MambaMode::None {
@@ -264,5 +255,109 @@ impl Manager {
         ids.iter()
             .map(|&id| self.request(id).map(|r| r.prefix_boundary as i64))
             .collect()
+    }
+}
+
+/// The largest `k <= kmax` whose window, blocks `[lo(k), k)`, are all cached (`hit`),
+/// or 0. `lo` must never decrease with `k` (a sliding window's or a local chunk's first
+/// needed block), so a miss at block `j` rules out every candidate whose window holds
+/// it: all of `(j, k]`. Each candidate's window is probed at its lowest block first (a
+/// miss there rules out a whole window's worth of candidates at once: an uncached tail
+/// costs one probe per window, not one per block), then at its highest; a hit below a
+/// miss is narrowed by bisection to a miss just above a hit, which rules out every
+/// candidate down to it. Only a window hit at both ends is checked block by block. The
+/// answer is that of a plain top-down scan (`hit` is a pure lookup: only the number of
+/// probes changes; `tests::window_scan_matches_a_plain_scan`).
+fn longest_window(
+    kmax: usize,
+    lo: impl Fn(usize) -> usize,
+    mut hit: impl FnMut(usize) -> bool,
+) -> usize {
+    let mut k = kmax;
+    'candidates: while k > 0 {
+        let lo = lo(k);
+        if lo < k && !hit(lo) {
+            k = lo;
+            continue;
+        }
+        if k - 1 > lo && !hit(k - 1) {
+            // hit(a), miss at b, a < b.
+            let (mut a, mut b) = (lo, k - 1);
+            while b - a > 1 {
+                let m = a + (b - a) / 2;
+                if hit(m) {
+                    a = m;
+                } else {
+                    b = m;
+                }
+            }
+            k = b;
+            continue;
+        }
+        let mut j = k - 1;
+        while j > lo + 1 {
+            j -= 1;
+            if !hit(j) {
+                // Every candidate whose window holds block j fails too.
+                k = j;
+                continue 'candidates;
+            }
+        }
+        return k;
+    }
+    0
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::longest_window;
+
+    /// The plain scan `longest_window` replaces: every candidate from the top, its
+    /// window checked block by block.
+    fn plain(kmax: usize, lo: impl Fn(usize) -> usize, hit: impl Fn(usize) -> bool) -> usize {
+        (1..=kmax)
+            .rev()
+            .find(|&k| (lo(k)..k).all(&hit))
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn window_scan_matches_a_plain_scan() {
+        let mut seed: u64 = 0x2545_F491;
+        let mut rnd = move |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        for _ in 0..20_000 {
+            let kmax = rnd(80) as usize;
+            let w = 1 + rnd(12) as usize;
+            let chunked = rnd(3) == 0;
+            let backed = rnd(2) == 0;
+            let density = rnd(101);
+            let cached: Vec<bool> = (0..kmax).map(|_| rnd(100) < density).collect();
+            // A window of `w` blocks, or local chunks of `w` blocks; `backed` keeps at
+            // least the block below `k`.
+            let lo = |k: usize| {
+                let l = if chunked {
+                    k / w * w
+                } else {
+                    k.saturating_sub(w)
+                };
+                if backed {
+                    l.min(k - 1)
+                } else {
+                    l
+                }
+            };
+            let mut probes = 0;
+            let fast = longest_window(kmax, lo, |j| {
+                probes += 1;
+                cached[j]
+            });
+            assert_eq!(fast, plain(kmax, lo, |j| cached[j]), "{cached:?} w={w}");
+            assert!(probes <= 3 * kmax + 8, "{probes} probes for {kmax} blocks");
+        }
     }
 }
