@@ -1,15 +1,16 @@
 """Stateful property test of the elastic arena and cross-group allocation.
 
 A hypothesis machine drives an elastic :class:`hybridkv.KVCacheManager` (full attention
-beside a state group and a sliding window, small pages, one arena) with random
+beside a state group and a sliding window, small pages, one arena; the full and window
+groups have equal pages, so they share one pool) with random
 admissions, steps, decodes, frees, preemptions and junk input, and checks it after
 every step against a plain-Python model of the arena (regions at multiples of
 ``region_bytes`` after the null area, ids lying wholly inside one region):
 
 - no byte belongs to two live blocks (every non-null block a table holds, mapped to its
   bytes, is disjoint from every other live block of any group);
-- every block id in a table lies in a region its group owns now (inside its view);
-- floors are always held (each bounded group backs at least its floor);
+- every block id in a table lies in a region its group's pool owns now (inside its view);
+- floors are always held (each pool backs at least the sum of its groups' floors);
 - blocks in use are never freed by a region move (reference counts equal the
   references the tables hold; the Rust invariant check);
 - bad input raises a HybridKVError and leaves every table and count unchanged.
@@ -160,8 +161,11 @@ class ElasticMachine(RuleBasedStateMachine):
         assert info is not None
         owners = info["owners"]
         present = self.m._core.present_blocks()
-        for g, f in enumerate(FLOORS):
-            assert present[g] >= f, f"group {g} below its floor"
+        pool = self.m.pool_of
+        assert pool == (0, 1, 0)
+        for g in range(len(FLOORS)):
+            floor = sum(f for h, f in enumerate(FLOORS) if pool[h] == pool[g])
+            assert present[g] >= floor, f"group {g}'s pool below its floor"
         ids = self.m.request_ids()
         live: list[tuple[int, int, int, int]] = []
         for g, page in enumerate(PAGES):
@@ -171,7 +175,7 @@ class ElasticMachine(RuleBasedStateMachine):
             for b in {int(x) for x in t.reshape(-1) if x != 0}:
                 r = region_of(page, b)
                 assert r is not None, f"group {g} block {b} straddles a region edge"
-                assert owners[r] == g, f"group {g} block {b} in region {r} of {owners[r]}"
+                assert owners[r] == pool[g], f"group {g} block {b} in region {r} of {owners[r]}"
                 live.append((b * page, (b + 1) * page, g, b))
         live.sort()
         for (_, e1, g1, b1), (s2, _, g2, b2) in itertools.pairwise(live):
@@ -195,6 +199,8 @@ def test_region_reference_matches_the_core() -> None:
     counts = m._core.pool_counts()
     for g, page in enumerate(PAGES):
         assert counts[g][0] == MEMORY // page  # the view spans the whole arena
-    # The floor regions were granted from the top.
+    # The state pool's floor regions were granted from the top, the pool of the full
+    # and window groups (a growing group in it) takes its floor from the bottom.
     owners = info["owners"]
-    assert owners[-1] in (1, 2) and owners[0] == -1
+    assert m.pool_of == (0, 1, 0)
+    assert owners[-1] == 1 and owners[0] == 0
