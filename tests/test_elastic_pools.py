@@ -35,6 +35,16 @@ def test_gpt_oss_plan_and_manager_share_one_pool() -> None:
     assert [g.floor_blocks for g in plan.groups] == list(plan.arena.floor_blocks)
 
 
+def test_plan_table_says_which_groups_share(capsys: pytest.CaptureFixture[str]) -> None:
+    from hybridkv.cli import main
+
+    assert main(["plan", "--model", "gpt-oss-20b", "--memory", "8GiB", "--layout", "elastic"]) == 0
+    out = capsys.readouterr().out
+    assert "groups 0+1 share one pool" in " ".join(out.split())
+    assert main(["plan", "--model", "qwen3-next-80b-a3b", "--memory", "32GiB"]) == 0
+    assert "one per group" in " ".join(capsys.readouterr().out.split())
+
+
 def test_distinct_pages_keep_their_own_pools() -> None:
     for name, mem in (("qwen3-next-80b-a3b", 16 << 30), ("gemma-3-27b-it", 16 << 30)):
         plan = plan_memory(load_model(name), memory_bytes=mem, **KW)
