@@ -158,3 +158,30 @@ def test_static_pool_of_is_checked() -> None:
             KVCacheManager(c, pool_of=p)
     with pytest.raises(InvalidArgumentError):
         KVCacheManager(cfg(full, win), pool_of=[0, 0], shared_pool=True)
+
+
+def test_scheduler_counts_a_shared_pool_and_holds_back_the_window_floor() -> None:
+    from hybridkv.serving.scheduler import Scheduler
+
+    plan = plan_memory(load_model("gpt-oss-20b"), memory_bytes=8 << 30, **KW)
+    m = KVCacheManager(plan)
+    s = Scheduler(m, max_num_batched_tokens=8192, max_num_seqs=64)
+    window = next(g for g in plan.groups if not g.grows)
+    # One admission row for the pool both groups share; the window's floor held back,
+    # at most 9 blocks (its last 127 tokens at block 16) per running request.
+    assert s._row_of is not None and s._row_of.tolist() == [0, 0]
+    assert s._reserve == [(0, window.floor_blocks, 16, 9)]
+    free = int(m.obtainable_blocks()[0])
+    none = np.zeros(0, dtype=np.int64)
+    room = s._room(none, none)
+    assert room is not None and room.tolist() == [free - window.floor_blocks]
+    # Two running requests at 100 and 1000 tokens, 16 new each: they hold 7 and 9 window
+    # blocks and need 1 + 1 full and 1 + 1 window blocks this step.
+    c = np.asarray([100, 1000], dtype=np.int64)
+    n = np.asarray([16, 16], dtype=np.int64)
+    room = s._room(c, n)
+    assert room is not None and room.tolist() == [free - 4 - (window.floor_blocks - 16)]
+    # Separate pools (Qwen3-Next): no shared row, nothing held back.
+    q = plan_memory(load_model("qwen3-next-80b-a3b"), memory_bytes=32 << 30, **KW)
+    sq = Scheduler(KVCacheManager(q), max_num_batched_tokens=8192, max_num_seqs=64)
+    assert sq._row_of is None and sq._reserve == []

@@ -45,6 +45,7 @@ class ChunkRules:
     _prefill_cap: int
     _shared: bool
     _row_of: I64 | None
+    _reserve: list[tuple[int, int, int, int]]
     _grow_idx: I64
     _grow_bs: I64
     _grow_blocks: I64
@@ -93,7 +94,8 @@ class ChunkRules:
 
     def _room(self, c: I64, n: I64) -> I64 | None:
         """Free growing-pool blocks after the running requests' growth this step (from
-        ``c`` computed by ``n`` tokens each), or ``None`` when the manager does not
+        ``c`` computed by ``n`` tokens each) and, in a shared elastic pool, beside the
+        floors its bounded groups do not hold yet; ``None`` when the manager does not
         report usage (no admission control)."""
         if self._grow_idx.size == 0 or not hasattr(self.manager, "usage"):
             return None
@@ -107,6 +109,10 @@ class ChunkRules:
                     self._row_of, weights=per_group, minlength=room.size
                 ).astype(np.int64)
             room -= per_group
+        for row, floor, bs, most in self._reserve:
+            # A bounded group's floor in a shared elastic pool, less what it holds.
+            held = int(np.minimum(-(-c // bs), most).sum()) if c.size else 0
+            room[row] -= max(floor - held, 0)
         return room
 
     def _vllm_split(self, r: Req, start: int, n: int) -> int:

@@ -178,7 +178,8 @@ class Scheduler(ChunkRules):
     With a manager whose groups share one pool (``manager.shared_pool``), admission
     control counts every group's new blocks against that pool's free count; likewise,
     in an elastic arena, for each pool the groups of one page class share
-    (``manager.pool_of``).
+    (``manager.pool_of``), where the floors of its bounded groups (less what their
+    running requests hold) are also held back from admission.
     """
 
     def __init__(
@@ -258,6 +259,22 @@ class Scheduler(ChunkRules):
             [1 if g.kind == "state" and not _grows(g) else 1 << 62 for _, g in grow],
             dtype=np.int64,
         )
+        # Elastic pools shared by a growing group and bounded ones: the bounded groups'
+        # floors, less what their running requests hold, are held back from admission
+        # (as their own pools held them before they shared one): (row, floor, block
+        # size, blocks one request holds at most between steps).
+        self._reserve: list[tuple[int, int, int, int]] = []
+        if self._row_of is not None and not self._shared:
+            for (_, g), row in zip(grow, self._row_of.tolist(), strict=True):
+                floor = int(getattr(g, "floor_blocks", 0) or 0)
+                most = getattr(g, "max_blocks_per_request", None)
+                if _grows(g) or floor <= 0 or not most:
+                    continue
+                most = int(most)
+                window = getattr(g, "window", None)
+                if window:  # between steps: the blocks of its last window - 1 tokens
+                    most = min(most, -(-(int(window) - 1) // int(g.block_size)) + 1)
+                self._reserve.append((row, floor, int(g.block_size), most))
         if self._row_of is not None and grow:
             # One row per pool: its first group's index and block count.
             first = np.unique(self._row_of, return_index=True)[1]
