@@ -2,7 +2,8 @@
 
 A hypothesis machine drives an elastic :class:`hybridkv.KVCacheManager` (full attention
 beside a state group and a sliding window, small pages, one arena; the full and window
-groups have equal pages, so they share one pool) with random
+groups have equal pages, so they share one pool; a second machine gives the window
+another page, three pools) with random
 admissions, steps, decodes, frees, preemptions and junk input, and checks it after
 every step against a plain-Python model of the arena (regions at multiples of
 ``region_bytes`` after the null area, ids lying wholly inside one region):
@@ -43,7 +44,7 @@ class _Plan:
     arena: ArenaPlan
 
 
-def _plan() -> _Plan:
+def _plan(pages: tuple[int, ...] = PAGES) -> _Plan:
     groups = (
         ManagerGroup("full_attention", 4, 1),
         ManagerGroup("state", 4, 1),
@@ -54,7 +55,7 @@ def _plan() -> _Plan:
         region_bytes=REGION,
         null_bytes=NULL,
         num_regions=-(-MEMORY // REGION) - NULL // REGION,
-        page_bytes=PAGES,
+        page_bytes=pages,
         floor_blocks=FLOORS,
         floor_regions=(0, 0, 0),
         growing_blocks=0,
@@ -84,9 +85,13 @@ def region_of(page: int, b: int) -> int | None:
 
 
 class ElasticMachine(RuleBasedStateMachine):
+    #: Page per group, and the pools the manager must make of them.
+    pages: tuple[int, ...] = PAGES
+    pools: tuple[int, ...] = (0, 1, 0)
+
     def __init__(self) -> None:
         super().__init__()
-        self.m = KVCacheManager(_plan(), enable_prefix_caching=True, hash_seed=0)
+        self.m = KVCacheManager(_plan(self.pages), enable_prefix_caching=True, hash_seed=0)
         self.reqs: dict[int, int] = {}  # id -> tokens known
         self.next_id = 1
 
@@ -162,13 +167,13 @@ class ElasticMachine(RuleBasedStateMachine):
         owners = info["owners"]
         present = self.m._core.present_blocks()
         pool = self.m.pool_of
-        assert pool == (0, 1, 0)
+        assert pool == self.pools
         for g in range(len(FLOORS)):
             floor = sum(f for h, f in enumerate(FLOORS) if pool[h] == pool[g])
             assert present[g] >= floor, f"group {g}'s pool below its floor"
         ids = self.m.request_ids()
         live: list[tuple[int, int, int, int]] = []
-        for g, page in enumerate(PAGES):
+        for g, page in enumerate(self.pages):
             if not len(ids):
                 break
             t = self.m.block_table(g, ids)
@@ -188,6 +193,20 @@ class ElasticMachine(RuleBasedStateMachine):
 
 ElasticMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
 TestElasticMachine = ElasticMachine.TestCase
+
+
+class MixedPagesMachine(ElasticMachine):
+    """The window at another page than full attention: three pools, regions move
+    between all of them."""
+
+    pages = (10, 40, 20)
+    pools = (0, 1, 2)
+
+
+MixedPagesMachine.TestCase.settings = settings(
+    max_examples=30, stateful_step_count=40, deadline=None
+)
+TestMixedPagesMachine = MixedPagesMachine.TestCase
 
 
 def test_region_reference_matches_the_core() -> None:
