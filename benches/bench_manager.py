@@ -245,13 +245,16 @@ class _ElasticConfig:
 def _elastic_config(cfg: Any) -> _ElasticConfig:
     """``cfg``'s groups in one elastic arena holding as many bytes as its static pools
     (bounded groups' pool sizes as floors; ``--elastic-vs-static``)."""
-    from hybridkv.cache.arena_plan import choose_region_bytes
+    from hybridkv.cache.arena_plan import choose_region_bytes, pool_classes
 
     pages = [_ELASTIC_PAGES[g.kind] for g in cfg.groups]
     growing = [g.kind == "full_attention" for g in cfg.groups]
     floors = [0 if gr else g.num_blocks - 1 for g, gr in zip(cfg.groups, growing, strict=True)]
     memory = sum(p * g.num_blocks for p, g in zip(pages, cfg.groups, strict=True))
-    arena = choose_region_bytes(memory, pages, floors, growing)
+    # Groups at equal pages share a pool, as the manager lays them out.
+    kinds = ["state" if g.kind == "state" else "attention" for g in cfg.groups]
+    pools = pool_classes(pages, [g.block_size for g in cfg.groups], kinds)
+    arena = choose_region_bytes(memory, pages, floors, growing, pools)
     return _ElasticConfig(cfg.groups, cfg.mamba_cache_mode, arena)
 
 

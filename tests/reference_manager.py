@@ -128,8 +128,12 @@ class RefManager:
         mode: str = "align",
         caching: bool = True,
         checkpoint_policy: str = "reuse",
+        pool_of: Sequence[int] | None = None,
     ) -> None:
         self.groups = list(groups)
+        # Per group: its pool (groups sharing one: one id space, one LRU queue, needs
+        # summed; keys carry the group, so lookups stay per group).
+        self.pool_of = list(pool_of) if pool_of is not None else list(range(len(groups)))
         self.mode = mode
         self.caching = caching
         # Align mode, "reuse": per state block, requests that moved past its checkpoint.
@@ -140,7 +144,9 @@ class RefManager:
         # Per group: each running request's pending tail (block, key): the deepest
         # checkpoint it moved past that only it had extended.
         self.tails: list[dict[int, tuple[int, Key]]] = [{} for _ in groups]
-        self.pools = [RefPool(g.num_blocks) for g in groups]
+        self.pools = [
+            RefPool(groups[self.pool_of.index(p)].num_blocks) for p in range(max(self.pool_of) + 1)
+        ]
         self.reqs: dict[int, RefRequest] = {}
         self.dirty: list[int] = []
         self.queries = 0
@@ -156,7 +162,7 @@ class RefManager:
         """Block ``k``'s identity at group ``g``'s block size: everything the chained hash
         covers (all tokens up to the block's end and the request's extra keys)."""
         bs = self.groups[g].block_size
-        return (bs, tuple(r.tokens[: (k + 1) * bs]), r.extra)
+        return (g, bs, tuple(r.tokens[: (k + 1) * bs]), r.extra)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -186,7 +192,7 @@ class RefManager:
         self._mark_branch(g, r.tables[g][k - 1], r, k * bs)
         for j in range(k - 1, max(k - 1024, 1) - 1, -1):
             key = self.key(r, g, j - 1)
-            b = self.pools[g].lookup(key)
+            b = self.pools[self.pool_of[g]].lookup(key)
             if b is not None:
                 self._mark_branch(g, b, r, j * bs)
                 self._drop_interior(g, (b, key))
@@ -208,7 +214,7 @@ class RefManager:
         """Drop the checkpoint ``tail`` if its block still holds it, nobody holds it and
         it is no fork point."""
         b, k = tail
-        pool = self.pools[g]
+        pool = self.pools[self.pool_of[g]]
         if self.extensions[g].get(b, 0) < 2 and pool.key[b] == k and pool.ref[b] == 0:
             pool._drop(b)
 
@@ -218,11 +224,11 @@ class RefManager:
             for g, table in enumerate(r.tables):
                 old = self.tails[g].pop(r.rid, None)
                 live = [b for b in table if b]
-                pool = self.pools[g]
+                pool = self.pools[self.pool_of[g]]
                 if old is not None and live and live[-1] != old[0] and pool.key[live[-1]]:
                     self._drop_interior(g, old)
         for g, table in enumerate(r.tables):
-            self.pools[g].free([b for b in reversed(table) if b])
+            self.pools[self.pool_of[g]].free([b for b in reversed(table) if b])
             table.clear()
             r.num_cached[g] = 0
 
@@ -248,7 +254,7 @@ class RefManager:
                 continue
             top = r.computed // grp.block_size
             for k in range(top, max(top - 1024, 1) - 1, -1):
-                b = self.pools[g].lookup(self.key(r, g, k - 1))
+                b = self.pools[self.pool_of[g]].lookup(self.key(r, g, k - 1))
                 if b is not None:
                     self.extensions[g][b] = max(self.extensions[g].get(b, 0), 2)
                     break
@@ -262,7 +268,7 @@ class RefManager:
             return True
         if h % bs:
             return False
-        pool = self.pools[g]
+        pool = self.pools[self.pool_of[g]]
         if grp.kind == "state":
             return self.mode != "none" and pool.lookup(self.key(r, g, h // bs - 1)) is not None
         lo = grp.first_needed(h) // bs
@@ -276,7 +282,9 @@ class RefManager:
             return True
         if grp.kind == "cross_attention" or not self.servable(r, g, h):
             return False
-        return self.pools[g].lookup(self.key(r, g, h // grp.block_size - 1)) is not None
+        return (
+            self.pools[self.pool_of[g]].lookup(self.key(r, g, h // grp.block_size - 1)) is not None
+        )
 
     def lookup(self, rids: Sequence[int]) -> list[int]:
         out = []
@@ -317,11 +325,11 @@ class RefManager:
                     lo = k - 1 if grp.kind == "state" else grp.first_needed(h) // bs
                     table = [0] * lo
                     for j in range(lo, k):
-                        b = self.pools[g].lookup(self.key(r, g, j))
+                        b = self.pools[self.pool_of[g]].lookup(self.key(r, g, j))
                         assert b is not None
                         table.append(b)
                     for b in table[lo:]:
-                        self.pools[g].touch(b)
+                        self.pools[self.pool_of[g]].touch(b)
                     r.tables[g] = table
                     r.num_cached[g] = k
                     if self.reuse and grp.kind == "state":
@@ -352,7 +360,7 @@ class RefManager:
                 if table[k]:
                     batch.append(table[k])
                     table[k] = 0
-            self.pools[g].free(batch)
+            self.pools[self.pool_of[g]].free(batch)
 
     def _pass_checkpoints(self, r: RefRequest, g: int, upto: int) -> None:
         """``r`` moved past its state entries below ``upto``: each cached checkpoint
@@ -362,7 +370,7 @@ class RefManager:
         tail it replaces loses its key if nobody holds it and it is still no fork
         point."""
         bs = self.groups[g].block_size
-        pool = self.pools[g]
+        pool = self.pools[self.pool_of[g]]
         for k in range(upto):
             b = r.tables[g][k]
             if not b or pool.key[b] is None:
@@ -431,7 +439,10 @@ class RefManager:
         if r.phase == "queried" and self._reads_state_of_this_step(r):
             return False
         need = [self._need(r, g, n, la) for g in range(len(self.groups))]
-        if any(need[g] > self.pools[g].num_free for g in range(len(self.groups))):
+        per_pool = [0] * len(self.pools)
+        for g, x in enumerate(need):
+            per_pool[self.pool_of[g]] += x
+        if any(x > p.num_free for x, p in zip(per_pool, self.pools, strict=True)):
             return False
         c, e = r.computed, r.computed + n
         for g, grp in enumerate(self.groups):
@@ -440,7 +451,7 @@ class RefManager:
             if grp.kind == "state" and self.mode != "all":
                 w = cdiv(e, grp.block_size) - 1
                 r.tables[g] = r.tables[g][:w] + [0] * (w - len(r.tables[g]))
-            r.tables[g].extend(self.pools[g].allocate(need[g]))
+            r.tables[g].extend(self.pools[self.pool_of[g]].allocate(need[g]))
         r.computed = e
         r.phase = "running"
         trims = any(
@@ -481,8 +492,8 @@ class RefManager:
                 ks = list(range(r.num_cached[g], e // bs))
             for k in ks:
                 b = r.tables[g][k]
-                if b and self.pools[g].key[b] is None:
-                    self.pools[g].cache(b, self.key(r, g, k))
+                if b and self.pools[self.pool_of[g]].key[b] is None:
+                    self.pools[self.pool_of[g]].cache(b, self.key(r, g, k))
                     if grp.kind == "state":
                         self.states_this_step[g].add(b)
                         # A checkpoint at the branch point a lookup found counts as

@@ -1,15 +1,17 @@
 """Stateful property test of the elastic arena and cross-group allocation.
 
 A hypothesis machine drives an elastic :class:`hybridkv.KVCacheManager` (full attention
-beside a state group and a sliding window, small pages, one arena) with random
+beside a state group and a sliding window, small pages, one arena; the full and window
+groups have equal pages, so they share one pool; a second machine gives the window
+another page, three pools) with random
 admissions, steps, decodes, frees, preemptions and junk input, and checks it after
 every step against a plain-Python model of the arena (regions at multiples of
 ``region_bytes`` after the null area, ids lying wholly inside one region):
 
 - no byte belongs to two live blocks (every non-null block a table holds, mapped to its
   bytes, is disjoint from every other live block of any group);
-- every block id in a table lies in a region its group owns now (inside its view);
-- floors are always held (each bounded group backs at least its floor);
+- every block id in a table lies in a region its group's pool owns now (inside its view);
+- floors are always held (each pool backs at least the sum of its groups' floors);
 - blocks in use are never freed by a region move (reference counts equal the
   references the tables hold; the Rust invariant check);
 - bad input raises a HybridKVError and leaves every table and count unchanged.
@@ -42,7 +44,7 @@ class _Plan:
     arena: ArenaPlan
 
 
-def _plan() -> _Plan:
+def _plan(pages: tuple[int, ...] = PAGES) -> _Plan:
     groups = (
         ManagerGroup("full_attention", 4, 1),
         ManagerGroup("state", 4, 1),
@@ -53,7 +55,7 @@ def _plan() -> _Plan:
         region_bytes=REGION,
         null_bytes=NULL,
         num_regions=-(-MEMORY // REGION) - NULL // REGION,
-        page_bytes=PAGES,
+        page_bytes=pages,
         floor_blocks=FLOORS,
         floor_regions=(0, 0, 0),
         growing_blocks=0,
@@ -83,9 +85,13 @@ def region_of(page: int, b: int) -> int | None:
 
 
 class ElasticMachine(RuleBasedStateMachine):
+    #: Page per group, and the pools the manager must make of them.
+    pages: tuple[int, ...] = PAGES
+    pools: tuple[int, ...] = (0, 1, 0)
+
     def __init__(self) -> None:
         super().__init__()
-        self.m = KVCacheManager(_plan(), enable_prefix_caching=True, hash_seed=0)
+        self.m = KVCacheManager(_plan(self.pages), enable_prefix_caching=True, hash_seed=0)
         self.reqs: dict[int, int] = {}  # id -> tokens known
         self.next_id = 1
 
@@ -160,18 +166,21 @@ class ElasticMachine(RuleBasedStateMachine):
         assert info is not None
         owners = info["owners"]
         present = self.m._core.present_blocks()
-        for g, f in enumerate(FLOORS):
-            assert present[g] >= f, f"group {g} below its floor"
+        pool = self.m.pool_of
+        assert pool == self.pools
+        for g in range(len(FLOORS)):
+            floor = sum(f for h, f in enumerate(FLOORS) if pool[h] == pool[g])
+            assert present[g] >= floor, f"group {g}'s pool below its floor"
         ids = self.m.request_ids()
         live: list[tuple[int, int, int, int]] = []
-        for g, page in enumerate(PAGES):
+        for g, page in enumerate(self.pages):
             if not len(ids):
                 break
             t = self.m.block_table(g, ids)
             for b in {int(x) for x in t.reshape(-1) if x != 0}:
                 r = region_of(page, b)
                 assert r is not None, f"group {g} block {b} straddles a region edge"
-                assert owners[r] == g, f"group {g} block {b} in region {r} of {owners[r]}"
+                assert owners[r] == pool[g], f"group {g} block {b} in region {r} of {owners[r]}"
                 live.append((b * page, (b + 1) * page, g, b))
         live.sort()
         for (_, e1, g1, b1), (s2, _, g2, b2) in itertools.pairwise(live):
@@ -186,6 +195,20 @@ ElasticMachine.TestCase.settings = settings(max_examples=40, stateful_step_count
 TestElasticMachine = ElasticMachine.TestCase
 
 
+class MixedPagesMachine(ElasticMachine):
+    """The window at another page than full attention: three pools, regions move
+    between all of them."""
+
+    pages = (10, 40, 20)
+    pools = (0, 1, 2)
+
+
+MixedPagesMachine.TestCase.settings = settings(
+    max_examples=30, stateful_step_count=40, deadline=None
+)
+TestMixedPagesMachine = MixedPagesMachine.TestCase
+
+
 def test_region_reference_matches_the_core() -> None:
     """The plain-Python region math agrees with the manager's views."""
     m = KVCacheManager(_plan(), enable_prefix_caching=True, hash_seed=0)
@@ -195,6 +218,8 @@ def test_region_reference_matches_the_core() -> None:
     counts = m._core.pool_counts()
     for g, page in enumerate(PAGES):
         assert counts[g][0] == MEMORY // page  # the view spans the whole arena
-    # The floor regions were granted from the top.
+    # The state pool's floor regions were granted from the top, the pool of the full
+    # and window groups (a growing group in it) takes its floor from the bottom.
     owners = info["owners"]
-    assert owners[-1] in (1, 2) and owners[0] == -1
+    assert m.pool_of == (0, 1, 0)
+    assert owners[-1] == 1 and owners[0] == 0

@@ -59,7 +59,19 @@ CONFIGS: list[tuple[tuple[RefGroup, ...], str]] = [
         ),
         "none",
     ),
+    # gpt-oss-like: full attention and a sliding window at one block size sharing one
+    # pool (``pool_of``), beside a state group with its own.
+    (
+        (
+            RefGroup("full_attention", 4, 40),
+            RefGroup("sliding_window", 4, 40, window=7),
+            RefGroup("state", 8, 12),
+        ),
+        "align",
+    ),
 ]
+#: Per config (by index): the groups' pools where some share one.
+POOLS: dict[int, tuple[int, ...]] = {5: (0, 0, 1)}
 # Extra hash keys a request may carry: none, a LoRA adapter, a cache salt.
 EXTRAS: list[tuple[int | None, str | None]] = [(None, None), (1, None), (None, "s")]
 PREFIXES = [list(range(1, 30)), [7] * 12 + list(range(40, 60)), [3, 1, 4, 1, 5, 9, 2, 6] * 3]
@@ -78,7 +90,8 @@ class ManagerMachine(RuleBasedStateMachine):
         groups, mode = CONFIGS[cfg]
         self.groups = groups
         self.advanced: set[int] = set()
-        self.ref = RefManager(groups, mode, caching or cfg % 2 == 0)
+        pool_of = POOLS.get(cfg)
+        self.ref = RefManager(groups, mode, caching or cfg % 2 == 0, pool_of=pool_of)
         plan = ManagerConfig(
             tuple(
                 ManagerGroup(
@@ -88,7 +101,9 @@ class ManagerMachine(RuleBasedStateMachine):
             ),
             mode,
         )
-        self.m = KVCacheManager(plan, enable_prefix_caching=self.ref.caching, hash_seed=11)
+        self.m = KVCacheManager(
+            plan, enable_prefix_caching=self.ref.caching, hash_seed=11, pool_of=pool_of
+        )
 
     # -- rules --------------------------------------------------------------------------
 
@@ -280,16 +295,21 @@ class ManagerMachine(RuleBasedStateMachine):
                 assert row[: len(want)] == want and not any(row[len(want) :]), (g, rid)
                 # Ids of this pool only.
                 assert all(0 <= b < grp.num_blocks for b in row)
-            pool = ref.pools[g]
+            pool = ref.pools[ref.pool_of[g]]
             assert m.ref_counts(g).tolist() == pool.ref
             assert m.free_queue(g).tolist() == list(pool.queue)
             cached_ids = sorted(m.cached_blocks(g)[0].tolist())
             assert cached_ids == sorted(b for b, k in enumerate(pool.key) if k is not None)
-            # Reference counts equal the references live tables hold.
+            # Reference counts equal the references live tables hold (those of every
+            # group sharing the pool).
             held = np.zeros(grp.num_blocks, dtype=np.int64)
-            for i in range(len(rids)):
-                nz = table[i][table[i] != 0]
-                np.add.at(held, nz, 1)
+            for h in range(len(self.groups)):
+                if ref.pool_of[h] != ref.pool_of[g]:
+                    continue
+                t = m.block_table(h, rids)
+                for i in range(len(rids)):
+                    nz = t[i][t[i] != 0]
+                    np.add.at(held, nz, 1)
             assert held.tolist() == m.ref_counts(g).tolist()
         s = m.stats()
         for g in range(len(self.groups)):

@@ -84,6 +84,7 @@ class KVCacheManager:
         arena: Any | None = None,
         shared_pool: bool | None = None,
         checkpoint_policy: str | None = None,
+        pool_of: Sequence[int] | None = None,
     ) -> None:
         """``groups``: objects with ``kind``, ``block_size``, ``num_blocks``, ``window``,
         ``chunk_size``, ``max_encoder_len`` (or ``(kind, block_size, num_blocks,
@@ -95,6 +96,8 @@ class KVCacheManager:
     def num_requests(self) -> int: ...
     @property
     def shared_pool(self) -> bool: ...
+    @property
+    def pool_of(self) -> list[int]: ...
     def add_requests(
         self,
         req_ids: IdsLike,

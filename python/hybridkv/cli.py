@@ -246,6 +246,25 @@ def run_plan(args: argparse.Namespace) -> int:
             f"floors:           {format_bytes(plan.bounded_bytes)} (held in "
             f"{sum(a.floor_regions)} regions); elastic remainder {format_bytes(a.elastic_bytes)}"
         )
+        pools = a.pool_of or tuple(range(len(plan.groups)))
+        shared = [
+            [g for g, q in enumerate(pools) if q == p]
+            for p in sorted(set(pools))
+            if list(pools).count(p) > 1
+        ]
+        lines.append(
+            "pools:            "
+            + (
+                "; ".join(
+                    f"groups {'+'.join(map(str, gs))} share one pool (equal "
+                    f"{format_bytes(plan.groups[gs[0]].page_size_bytes)} pages: one id space, "
+                    "one LRU)"
+                    for gs in shared
+                )
+                if shared
+                else "one per group (no two groups have equal pages)"
+            )
+        )
         lines.append(
             f"arena:            {a.num_regions} regions of {format_bytes(a.region_bytes)}, "
             f"null area {format_bytes(a.null_bytes)}; waste {format_bytes(a.waste_bytes)} "

@@ -11,8 +11,10 @@ with an arbitrary block stride). Inside one page the group's layers lie one afte
 another (``page_g / num_layers`` bytes each), and inside a layer's share its tensors
 (K then V, or conv then recurrent state) one after another, each aligned to its
 element size. Memory moving between groups needs nothing here: the manager only hands
-a group ids whose bytes lie in regions it owns, and a block is written before it is
-read.
+a group ids whose bytes lie in regions its pool owns, and a block is written before it
+is read. Groups sharing a pool (equal pages, ``plan.arena.pool_of``) get views over the
+same address space, block ``b`` at the same bytes for each: the pool hands an id to
+one group at a time, so their views alias only bytes no other group holds then.
 
 Needs ``torch`` (the ``kernels`` extra).
 """

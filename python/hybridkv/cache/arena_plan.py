@@ -10,9 +10,12 @@ many blocks the growing groups hold and how many bytes no group can use:
   block 0; after it the arena is cut at multiples of ``region_bytes`` into regions
   (the first and last may be shorter);
 - a group uses the ids lying wholly inside one region it owns;
-- floors are granted first, group by group in group order, each taking the highest
-  unowned regions that hold one of its ids until it has its floor; the growing groups
-  share every other region.
+- groups whose pages and block sizes are equal share one pool (:func:`pool_classes`):
+  one id space, so regions are owned by pools;
+- floors are granted first, pool by pool in pool order, each taking the highest
+  unowned regions that hold one of its ids (the lowest for a pool with a growing
+  group) until it has the sum of its groups' floors; the growing pools share every
+  other region.
 
 :func:`choose_region_bytes` picks the region size that loses the fewest bytes of
 token capacity (null area, floors rounded up to regions, region edges), among
@@ -44,7 +47,9 @@ I64 = npt.NDArray[np.int64]
 class ArenaPlan:
     """An elastic arena: its regions, floors and the growing groups' share.
 
-    ``floor_regions[g]``: regions granted to group ``g`` at start (for its floor).
+    Regions belong to pools (``pool_of[g]``: group ``g``'s pool; groups at equal pages
+    share one). ``floor_regions[p]``: regions granted to pool ``p`` at start (for the
+    sum of its groups' floors).
     ``growing_blocks``: blocks every growing group holds at once when the growing
     groups own every region not granted to a floor. ``waste_bytes``: bytes no group can
     use in that state (null area + region edges); ``worst_waste_bytes``: the most any
@@ -63,6 +68,8 @@ class ArenaPlan:
     elastic_bytes: int
     waste_bytes: int
     worst_waste_bytes: int
+    #: Per group: its pool (:func:`pool_classes`); empty: one pool per group.
+    pool_of: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape (``arena`` in ``hybridkv plan --json``)."""
@@ -70,6 +77,7 @@ class ArenaPlan:
             "region_bytes": self.region_bytes,
             "null_bytes": self.null_bytes,
             "num_regions": self.num_regions,
+            "pool_of": list(self.pool_of or range(len(self.page_bytes))),
             "floor_regions": list(self.floor_regions),
             "elastic_bytes": self.elastic_bytes,
             "waste_bytes": self.waste_bytes,
@@ -86,6 +94,28 @@ def _ids(starts: I64, ends: I64, page: int) -> I64:
     return out
 
 
+def pool_classes(
+    pages: Sequence[int], block_sizes: Sequence[int], kinds: Sequence[str]
+) -> tuple[int, ...]:
+    """Per group: its pool in the arena (``construct.rs`` ``page_classes``). Groups whose
+    natural pages are equal (same bytes, same block size) share one pool, as every group
+    does in vLLM's layout: one id space, one free queue, one prefix index keyed per
+    group; no page is padded, they are equal already. State groups keep a pool each.
+    Pools are numbered in the order of their first group."""
+    out: list[int] = []
+    for g, (p, b, k) in enumerate(zip(pages, block_sizes, kinds, strict=True)):
+        same = next(
+            (
+                out[h]
+                for h in range(g)
+                if k != "state" and kinds[h] != "state" and pages[h] == p and block_sizes[h] == b
+            ),
+            None,
+        )
+        out.append(max(out, default=-1) + 1 if same is None else same)
+    return tuple(out)
+
+
 def layout_arena(
     memory_bytes: int,
     region_bytes: int,
@@ -93,11 +123,27 @@ def layout_arena(
     pages: Sequence[int],
     floors: Sequence[int],
     growing: Sequence[bool],
+    pool_of: Sequence[int] | None = None,
 ) -> ArenaPlan:
     """Grant floors as the manager does and count what the growing groups get.
 
-    Raises :class:`PlanError` when the floors don't fit.
+    ``pages``, ``floors`` and ``growing`` are per group; ``pool_of`` maps groups to
+    pools (default: one each). Regions belong to pools: a pool's page is its groups'
+    page, its floor the sum of theirs; a pool with a growing group takes its floor
+    regions from the bottom, the others from the top, in pool order. Raises
+    :class:`PlanError` when the floors don't fit.
     """
+    pool_of = tuple(range(len(pages))) if pool_of is None else tuple(pool_of)
+    npools = max(pool_of) + 1
+    ppage = [0] * npools
+    pfloor = [0] * npools
+    bottom = [False] * npools
+    ngrow = [0] * npools
+    for g, p in enumerate(pool_of):
+        ppage[p] = pages[g]
+        pfloor[p] += floors[g]
+        bottom[p] = bottom[p] or floors[g] <= 0
+        ngrow[p] += bool(growing[g])
     if null_bytes < max(pages) or region_bytes < max(pages) or memory_bytes <= null_bytes:
         raise PlanError(
             f"arena of {memory_bytes} bytes with regions of {region_bytes} and a null area of "
@@ -108,48 +154,61 @@ def layout_arena(
     aligned = (first + np.arange(n, dtype=np.int64)) * region_bytes
     starts = np.maximum(aligned, null_bytes)
     ends = np.minimum(aligned + region_bytes, memory_bytes)
-    ids = [_ids(starts, ends, p) for p in pages]
+    ids = [_ids(starts, ends, p) for p in ppage]
     owner = np.full(n, -1, dtype=np.int64)
-    floor_regions = [0] * len(pages)
-    for g, f in enumerate(floors):
+    floor_regions = [0] * npools
+    for g, f in enumerate(pfloor):
         if f <= 0:
             continue
-        free = np.flatnonzero((owner < 0) & (ids[g] > 0))[::-1]  # highest first
+        free = np.flatnonzero((owner < 0) & (ids[g] > 0))
+        if not bottom[g]:
+            free = free[::-1]  # highest first
         got = np.cumsum(ids[g][free])
         k = int(np.searchsorted(got, f)) + 1  # regions needed to reach f
         if got.size == 0 or got[-1] < f:
             have = int(got[-1]) if got.size else 0
-            need = f * pages[g]
+            need = f * ppage[g]
+            who = [h for h, q in enumerate(pool_of) if q == g]
             raise PlanError(
-                f"floors do not fit: group {g} needs {f} blocks ({need} bytes) but only "
-                f"{have} fit in what the other floors leave of {memory_bytes} bytes"
+                f"floors do not fit: group{'s' * (len(who) > 1)} "
+                f"{', '.join(map(str, who))} need{'s' * (len(who) == 1)} {f} blocks "
+                f"({need} bytes) but only {have} fit in what the other floors leave of "
+                f"{memory_bytes} bytes"
             )
         owner[free[:k]] = g
         floor_regions[g] = k
     rest = owner < 0
-    grow = [g for g, gr in enumerate(growing) if gr]
+    grow = [p for p in range(npools) if ngrow[p]]
     if len(grow) == 1:
         g = grow[0]
-        blocks = int(ids[g][rest].sum())
+        # Beside the rest, the slack of the pool's own floor regions (its bounded groups
+        # share its blocks), split between its growing groups.
+        blocks = (int(ids[g][rest].sum()) + int(ids[g][owner == g].sum()) - pfloor[g]) // ngrow[g]
         owner[rest] = g
     elif grow:
-        # Several growing groups split the rest region by region; each needs the same
-        # number of blocks, so count bytes usable by all and keep one block of slack.
+        # Several growing pools split the rest region by region; each growing group
+        # needs the same number of blocks, so count bytes usable by all and keep one
+        # block of slack.
         span = ends - starts
-        usable = span - np.max([span - ids[g] * pages[g] for g in grow], axis=0)
-        per_token_page = sum(pages[g] for g in grow)
-        blocks = max(int(usable[rest].sum()) // per_token_page - len(grow), 0)
-        worst = int(np.argmax([pages[g] for g in grow]))
+        usable = span - np.max([span - ids[g] * ppage[g] for g in grow], axis=0)
+        per_token_page = sum(ppage[g] * ngrow[g] for g in grow)
+        blocks = max(int(usable[rest].sum()) // per_token_page - sum(ngrow), 0)
+        worst = int(np.argmax([ppage[g] for g in grow]))
         owner[rest] = grow[worst]
     else:
         blocks = 0
     span = ends - starts
     edge = np.zeros(n, dtype=np.int64)
-    for g in range(len(pages)):
+    for g in range(npools):
         mine = owner == g
-        edge[mine] = span[mine] - ids[g][mine] * pages[g]
-    worst_edge = np.max([span - ids[g] * pages[g] for g in range(len(pages))], axis=0)
-    floor_bytes = int(span[(owner >= 0) & ~rest].sum())
+        edge[mine] = span[mine] - ids[g][mine] * ppage[g]
+    worst_edge = np.max([span - ids[g] * ppage[g] for g in range(npools)], axis=0)
+    # Held for floors: whole floor regions, but only the floor blocks themselves in a
+    # pool with a growing group (its growing groups use the rest of those regions).
+    floor_bytes = sum(
+        pfloor[g] * ppage[g] if ngrow[g] else int(span[(owner == g) & ~rest].sum())
+        for g in range(npools)
+    )
     return ArenaPlan(
         memory_bytes=memory_bytes,
         region_bytes=region_bytes,
@@ -158,10 +217,11 @@ def layout_arena(
         page_bytes=tuple(int(p) for p in pages),
         floor_blocks=tuple(int(f) for f in floors),
         floor_regions=tuple(floor_regions),
-        growing_blocks=blocks,
+        growing_blocks=max(blocks, 0),
         elastic_bytes=memory_bytes - null_bytes - floor_bytes,
         waste_bytes=null_bytes + int(edge.sum()),
         worst_waste_bytes=null_bytes + int(worst_edge.sum()),
+        pool_of=pool_of,
     )
 
 
@@ -170,6 +230,7 @@ def choose_region_bytes(
     pages: Sequence[int],
     floors: Sequence[int],
     growing: Sequence[bool],
+    pool_of: Sequence[int] | None = None,
 ) -> ArenaPlan:
     """The arena layout that leaves the growing groups the most blocks (module docs)."""
     grow_pages = [p for p, g in zip(pages, growing, strict=True) if g]
@@ -195,7 +256,7 @@ def choose_region_bytes(
         if size < biggest or -(-memory_bytes // size) > MAX_REGIONS:
             continue
         try:
-            a = layout_arena(memory_bytes, size, null, pages, floors, growing)
+            a = layout_arena(memory_bytes, size, null, pages, floors, growing, pool_of)
         except PlanError as e:
             err = err or e
             continue
@@ -208,4 +269,4 @@ def choose_region_bytes(
     return best
 
 
-__all__ = ["MAX_REGIONS", "ArenaPlan", "choose_region_bytes", "layout_arena"]
+__all__ = ["MAX_REGIONS", "ArenaPlan", "choose_region_bytes", "layout_arena", "pool_classes"]

@@ -129,6 +129,14 @@ class KVCacheManager:
     count; prefix lookups stay per group), which is how vLLM lays out a hybrid model's
     cache at runtime. ``usage()`` and ``stats()`` then report that pool for every group.
 
+    ``pool_of`` (static pools only; default: one pool per group): per group, the pool it
+    draws from, pools numbered in the order of their first group. Groups sharing a pool
+    need the same ``num_blocks`` and none may be a state group; they share it as the
+    groups of a shared pool do (one id space, one LRU queue, needs summed, prefix
+    lookups per group) but release window blocks at the start of each step. An elastic
+    plan pools the groups whose pages and block sizes are equal itself (see
+    :attr:`pool_of`).
+
     ``checkpoint_policy`` (``mamba_cache_mode="align"``): which cached state checkpoints
     a state group evicts first. ``"reuse"`` (the default, except with a shared pool):
     checkpoints a request moved past that are neither its prompt end nor a fork point
@@ -162,6 +170,7 @@ class KVCacheManager:
         enable_kv_events: bool = False,
         shared_pool: bool | None = None,
         checkpoint_policy: str | None = None,
+        pool_of: Sequence[int] | None = None,
     ) -> None:
         if shared_pool is None:
             shared_pool = getattr(plan, "shared_pool", False)
@@ -176,6 +185,7 @@ class KVCacheManager:
             getattr(plan, "arena", None),
             shared_pool,
             checkpoint_policy,
+            None if pool_of is None else list(pool_of),
         )
         self.plan = plan
         self.group_kinds: tuple[str, ...] = tuple(str(g.kind) for g in plan.groups)
@@ -203,6 +213,13 @@ class KVCacheManager:
     def shared_pool(self) -> bool:
         """Whether every group draws from one shared pool (vLLM's runtime layout)."""
         return bool(self._core.shared_pool)
+
+    @property
+    def pool_of(self) -> tuple[int, ...]:
+        """Per group: the pool it draws from. Static pools: one per group; a shared pool
+        (vLLM's layout): all 0; an elastic arena: one per page class (groups whose pages
+        and block sizes are equal share a pool, :func:`hybridkv.cache.arena_plan.pool_classes`)."""
+        return tuple(int(p) for p in self._core.pool_of)
 
     @property
     def num_requests(self) -> int:
@@ -414,7 +431,8 @@ class KVCacheManager:
 
     def arena_info(self) -> dict[str, Any] | None:
         """The elastic arena now (``None`` for static pools): ``region_bytes``,
-        ``null_bytes``, ``num_regions``, ``owners`` (group per region, -1 unowned),
+        ``null_bytes``, ``num_regions``, ``owners`` (pool per region, -1 unowned; see
+        :attr:`pool_of`),
         ``waste_bytes`` (bytes no group can use under this ownership),
         ``worst_waste_bytes``, and the counters ``grants`` (regions taken from the
         remainder), ``moves`` (regions moved between groups) and ``evicted_blocks``

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hybridkv.cache.arena_plan import ArenaPlan, choose_region_bytes
+from hybridkv.cache.arena_plan import ArenaPlan, choose_region_bytes, pool_classes
 from hybridkv.errors import PlanError
 from hybridkv.models.model_spec import ModelSpec
 from hybridkv.models.specs import ChunkedLocalSpec, SlidingWindowSpec, StateSpec, cdiv
@@ -34,6 +34,11 @@ def _plan_elastic(
     b = limits.block_size
     pages = [g.page_size_bytes for g in pending]
     growing = [g.grows for g in pending]
+    pool_of = pool_classes(
+        pages,
+        [ckpt if isinstance(g.spec, StateSpec) and not g.grows else b for g in pending],
+        ["state" if isinstance(g.spec, StateSpec) else "attention" for g in pending],
+    )
     tight = [bounded[i][0] - 1 if i in bounded else 0 for i in range(len(pending))]
     windows = [
         i
@@ -45,7 +50,7 @@ def _plan_elastic(
         floors = [
             min(t, cap) if cap is not None and i in windows else t for i, t in enumerate(tight)
         ]
-        return choose_region_bytes(memory_bytes, pages, floors, growing)
+        return choose_region_bytes(memory_bytes, pages, floors, growing, pool_of)
 
     try:
         arena = layout(None)

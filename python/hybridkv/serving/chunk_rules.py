@@ -44,6 +44,8 @@ class ChunkRules:
     prompt_cut: int
     _prefill_cap: int
     _shared: bool
+    _row_of: I64 | None
+    _reserve: list[tuple[int, int, int, int]]
     _grow_idx: I64
     _grow_bs: I64
     _grow_blocks: I64
@@ -67,22 +69,24 @@ class ChunkRules:
 
     def _blocks_needed(self, c: int, n: int) -> I64:
         """Blocks each growing pool needs to go from ``c`` to ``c + n`` computed tokens
-        (a shared pool: the sum over its groups)."""
+        (a pool several groups share: the sum over its groups)."""
         need = _blocks_between(c, c + n, self._grow_bs, self._grow_cap)
-        if self._shared:
-            return np.asarray([need.sum()], dtype=np.int64)
+        if self._row_of is not None:
+            return np.bincount(self._row_of, weights=need, minlength=self._grow_idx.size).astype(
+                np.int64
+            )
         return need
 
     def _fit(self, h: int, room: I64) -> int:
         """The most computed tokens a request hit at ``h`` reaches within ``room``."""
         bs = self._grow_bs
-        if not self._shared:
+        if self._row_of is None:
             return int(np.min((-(-h // bs) + room) * bs))
-        # Shared pool: grow while the summed need fits (needs rise with the end).
-        lo, hi = h, h + int(room[0]) * int(bs.max()) + 1
+        # Shared pools: grow while every summed need fits (needs rise with the end).
+        lo, hi = h, h + max(int(room.max()), 0) * int(bs.max()) + 1
         while lo < hi:  # largest e with need(h, e - h) <= room
             mid = (lo + hi + 1) // 2
-            if int(self._blocks_needed(h, mid - h)[0]) <= int(room[0]):
+            if bool(np.all(self._blocks_needed(h, mid - h) <= room)):
                 lo = mid
             else:
                 hi = mid - 1
@@ -90,7 +94,8 @@ class ChunkRules:
 
     def _room(self, c: I64, n: I64) -> I64 | None:
         """Free growing-pool blocks after the running requests' growth this step (from
-        ``c`` computed by ``n`` tokens each), or ``None`` when the manager does not
+        ``c`` computed by ``n`` tokens each) and, in a shared elastic pool, beside the
+        floors its bounded groups do not hold yet; ``None`` when the manager does not
         report usage (no admission control)."""
         if self._grow_idx.size == 0 or not hasattr(self.manager, "usage"):
             return None
@@ -98,7 +103,16 @@ class ChunkRules:
         room = self._free_at_start.copy()
         if c.size:
             need = _blocks_between(c, c + n, self._grow_bs[:, None], self._grow_cap[:, None])
-            room -= need.sum() if self._shared else need.sum(axis=1)
+            per_group = need.sum(axis=1)
+            if self._row_of is not None:
+                per_group = np.bincount(
+                    self._row_of, weights=per_group, minlength=room.size
+                ).astype(np.int64)
+            room -= per_group
+        for row, floor, bs, most in self._reserve:
+            # A bounded group's floor in a shared elastic pool, less what it holds.
+            held = int(np.minimum(-(-c // bs), most).sum()) if c.size else 0
+            room[row] -= max(floor - held, 0)
         return room
 
     def _vllm_split(self, r: Req, start: int, n: int) -> int:

@@ -176,7 +176,10 @@ class Scheduler(ChunkRules):
     ``cut_at_shared_prefix``).
 
     With a manager whose groups share one pool (``manager.shared_pool``), admission
-    control counts every group's new blocks against that pool's free count.
+    control counts every group's new blocks against that pool's free count; likewise,
+    in an elastic arena, for each pool the groups of one page class share
+    (``manager.pool_of``), where the floors of its bounded groups (less what their
+    running requests hold) are also held back from admission.
     """
 
     def __init__(
@@ -225,14 +228,30 @@ class Scheduler(ChunkRules):
             sizes = [g.block_size for _, g in grow] or [16]
             block_size = min(sizes)
         self.block_size = int(block_size or 16)
-        # Growing pools, for admission control (block counts come from the plan). With
-        # one shared pool every group draws from it: one row, needs summed over groups
-        # (``_share`` maps groups to that row; a state group takes one block per new
-        # block boundary its request crosses).
+        # Growing pools, for admission control (block counts come from the plan): one
+        # row per pool holding a growing group. A pool several groups share (vLLM's
+        # shared pool: every group; an elastic arena: the groups of one page class)
+        # counts the new blocks of all its groups (``_row_of`` maps those groups to
+        # rows; a state group takes one block per new block boundary its request
+        # crosses).
         self._shared = bool(getattr(manager, "shared_pool", False)) and plan is not None
+        pool_of = getattr(manager, "pool_of", None) if plan is not None else None
+        self._row_of: I64 | None = None
         if self._shared:
             assert plan is not None
             grow = list(enumerate(plan.groups))
+            self._row_of = np.zeros(len(grow), dtype=np.int64)
+        elif pool_of is not None and len(set(pool_of)) < len(pool_of) and grow:
+            assert plan is not None
+            pools = sorted({pool_of[getattr(g, "index", i)] for i, g in grow})
+            grow = [
+                (i, g)
+                for i, g in enumerate(plan.groups)
+                if pool_of[getattr(g, "index", i)] in pools
+            ]
+            self._row_of = np.asarray(
+                [pools.index(pool_of[getattr(g, "index", i)]) for i, g in grow], dtype=np.int64
+            )
         self._grow_idx = np.asarray([getattr(g, "index", i) for i, g in grow], dtype=np.int64)
         self._grow_bs = np.asarray([g.block_size for _, g in grow], dtype=np.int64)
         self._grow_blocks = np.asarray([g.num_blocks for _, g in grow], dtype=np.int64)
@@ -240,9 +259,27 @@ class Scheduler(ChunkRules):
             [1 if g.kind == "state" and not _grows(g) else 1 << 62 for _, g in grow],
             dtype=np.int64,
         )
-        if self._shared and grow:
-            self._grow_idx = self._grow_idx[:1]
-            self._grow_blocks = self._grow_blocks[:1]
+        # Elastic pools shared by a growing group and bounded ones: the bounded groups'
+        # floors, less what their running requests hold, are held back from admission
+        # (as their own pools held them before they shared one): (row, floor, block
+        # size, blocks one request holds at most between steps).
+        self._reserve: list[tuple[int, int, int, int]] = []
+        if self._row_of is not None and not self._shared:
+            for (_, g), row in zip(grow, self._row_of.tolist(), strict=True):
+                floor = int(getattr(g, "floor_blocks", 0) or 0)
+                most = getattr(g, "max_blocks_per_request", None)
+                if _grows(g) or floor <= 0 or not most:
+                    continue
+                most = int(most)
+                window = getattr(g, "window", None)
+                if window:  # between steps: the blocks of its last window - 1 tokens
+                    most = min(most, -(-(int(window) - 1) // int(g.block_size)) + 1)
+                self._reserve.append((row, floor, int(g.block_size), most))
+        if self._row_of is not None and grow:
+            # One row per pool: its first group's index and block count.
+            first = np.unique(self._row_of, return_index=True)[1]
+            self._grow_idx = self._grow_idx[first]
+            self._grow_blocks = self._grow_blocks[first]
         self._free_at_start = np.zeros(len(self._grow_idx), dtype=np.int64)
         self.external = external
         if align_block_size is None and plan is not None:

@@ -45,9 +45,10 @@ impl PyManager {
     /// `region_bytes`, `null_bytes`, `page_bytes`, `floor_blocks`) or None.
     /// `shared_pool`: every group draws from one pool of the (common) `num_blocks`.
     /// `checkpoint_policy`: `"reuse"`, `"lru"` or None (`"lru"` with a shared pool,
-    /// else `"reuse"`). Every argument is checked here (`manager_args.rs`).
+    /// else `"reuse"`). `pool_of`: static pools only, per group the pool it draws from
+    /// (None: one each). Every argument is checked here (`manager_args.rs`).
     #[new]
-    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, arena=None, shared_pool=None, checkpoint_policy=None))]
+    #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, arena=None, shared_pool=None, checkpoint_policy=None, pool_of=None))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python constructor's keywords
     fn new(
         groups: &Bound<'_, PyAny>,
@@ -59,6 +60,7 @@ impl PyManager {
         arena: Option<&Bound<'_, PyAny>>,
         shared_pool: Option<&Bound<'_, PyAny>>,
         checkpoint_policy: Option<&Bound<'_, PyAny>>,
+        pool_of: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let groups = manager_args::group_configs(groups)?;
         let mode: String = mamba_cache_mode.extract().map_err(|_| {
@@ -83,6 +85,7 @@ impl PyManager {
             record_events: arrays::flag(record_events, "record_events")?,
             arena: manager_args::arena_config(arena)?,
             shared_pool,
+            pool_of: manager_args::pool_of(pool_of)?,
             checkpoint_policy: manager_args::checkpoint_policy(checkpoint_policy, shared_pool)?,
         };
         let inner = Manager::new(cfg).py_err()?;
@@ -455,8 +458,8 @@ impl PyManager {
         })
     }
 
-    /// The elastic arena (None for static pools): sizes, owners (-1: unowned), waste
-    /// and the counters of memory moves.
+    /// The elastic arena (None for static pools): sizes, owners (pool per region, -1:
+    /// unowned), waste and the counters of memory moves.
     fn arena_info<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         // Read under the lock, build the dict after it.
         let info = self.inner.with(py, |m| {
@@ -509,6 +512,12 @@ impl PyManager {
     #[getter]
     fn shared_pool(&self, py: Python<'_>) -> PyResult<bool> {
         self.inner.with(py, |m| m.shared_pool())
+    }
+
+    /// Per group: the pool it draws from (arena regions are owned by pools).
+    #[getter]
+    fn pool_of(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
+        self.inner.with(py, |m| m.pool_of().to_vec())
     }
 
     fn ref_counts<'py>(

@@ -404,6 +404,22 @@ fn u64_list(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u64>> {
     list.iter().map(|x| u64_arg(x, what)).collect()
 }
 
+/// Static pools' `pool_of` (per group, its pool), or None / empty: one pool per group.
+pub fn pool_of(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<usize>> {
+    let Some(o) = obj.filter(|o| !o.is_none()) else {
+        return Ok(Vec::new());
+    };
+    u64_list(o, "pool_of")?
+        .into_iter()
+        .map(|p| {
+            usize::try_from(p)
+                .ok()
+                .filter(|&p| p < u32::MAX as usize)
+                .ok_or_else(|| invalid_arg(format!("pool_of: pool {p} is out of range")))
+        })
+        .collect()
+}
+
 /// An elastic plan's arena (`plan.arena`: `memory_bytes`, `region_bytes`,
 /// `null_bytes`, `page_bytes`, `floor_blocks`), or None for static pools.
 pub fn arena_config(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<ArenaConfig>> {

@@ -1,5 +1,6 @@
 //! Elastic memory: one arena shared by every KV-cache group, each group at its natural
-//! page size.
+//! page size. The manager builds it over POOLS (`manager/construct.rs`: groups with
+//! equal pages share one pool): below, "group" is an arena group, i.e. a pool.
 //!
 //! ## Mechanism: regions owned by one group at a time
 //! The KV-cache memory is one byte arena of `bytes` bytes. Group `g` has page size

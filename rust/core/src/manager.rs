@@ -12,6 +12,15 @@
 //! (vLLM's `remove_skipped_blocks` inside `allocate_slots`), not at the start of every
 //! step: that is what makes the same pool run out at the same moment vLLM's does.
 //!
+//! ## Pools per page class (elastic)
+//! In an elastic arena the groups whose natural pages are equal (same bytes, same block
+//! size; not state groups) share one pool the same way (salted index, one id space, one
+//! LRU queue, a request fits when each pool's summed need does), and the arena's
+//! regions, floors and moves work per pool (a pool's floor: the sum of its groups'), so
+//! a sliding window's cached tails compete with full-attention blocks in one LRU
+//! instead of being capped at the window's floor. Window blocks are still released at
+//! the start of each step. Static pools may name such a sharing with `pool_of`.
+//!
 //! ## Per step
 //! A scheduler calls `get_computed_tokens` once for a request it admits (prefix hit),
 //! then `allocate_slots` once per step for all requests it schedules. Each request is
@@ -90,6 +99,11 @@ pub struct ManagerConfig {
     /// Every group draws from one pool (module docs); all groups must have the same
     /// `num_blocks`, which is that pool's size.
     pub shared_pool: bool,
+    /// Static pools only: per group, the pool it draws from (pools numbered in the order
+    /// of their first group; groups sharing one need the same `num_blocks` and no state
+    /// group shares). Empty: one pool per group. An elastic arena pools the groups of a
+    /// page class itself (`construct::page_classes`); a shared pool is all pool 0.
+    pub pool_of: Vec<usize>,
     /// One shared arena for all groups (elastic memory, `arena.rs`); `None`: one fixed
     /// pool per group of `num_blocks`. With an arena each group's `num_blocks` is its
     /// view of the whole arena, whatever the config says.
@@ -110,14 +124,19 @@ pub struct NewRequest {
 pub struct Manager {
     groups: Vec<GroupConfig>,
     pools: Vec<BlockPool>,
-    /// Group -> its pool in `pools` (the identity, or all 0 with a shared pool).
+    /// Group -> its pool in `pools`: the identity for static pools, all 0 with a shared
+    /// pool, one pool per page class in an elastic arena (`construct::page_classes`).
     pool_of: Vec<usize>,
+    /// Pool -> its groups, in group order.
+    pool_groups: Vec<Vec<usize>>,
+    /// vLLM's layout (`shared_pool`): one pool, window blocks released per request.
     shared: bool,
-    /// Per group: XOR-ed into its block hashes to key its pool's prefix index (all 0
-    /// without a shared pool, where each pool serves one group).
+    /// Per group: XOR-ed into its block hashes to key its pool's prefix index (0 for a
+    /// group alone in its pool).
     salt: Vec<BlockHash>,
-    /// Shared pool: the group whose hash each block carries (for `Removed` events).
-    owner: Vec<u32>,
+    /// Per pool serving several groups: the group whose hash each block carries (for
+    /// `Removed` events); empty for a pool of one group.
+    owner: Vec<Vec<u32>>,
     mode: MambaMode,
     caching: bool,
     root: BlockHash,
@@ -147,7 +166,7 @@ pub struct Manager {
     /// and per state group and block the anchoring attention hash (`elastic.rs`).
     anchor_group: Option<usize>,
     anchors: Vec<Vec<Option<BlockHash>>>,
-    /// Per group: takes regions from the bottom of the arena (else the top).
+    /// Per pool: takes regions from the bottom of the arena (else the top).
     bottom: Vec<bool>,
     elastic: ElasticStats,
     /// Where the next bounded orphan sweep resumes (state group, block id).
@@ -197,6 +216,10 @@ impl Manager {
     /// Whether every group draws from one shared pool.
     pub fn shared_pool(&self) -> bool {
         self.shared
+    }
+    /// Per group: the index of the pool it draws from (arena regions are owned by pools).
+    pub fn pool_of(&self) -> &[usize] {
+        &self.pool_of
     }
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -232,16 +232,25 @@ impl Manager {
                 }
             };
         }
+        // Blocks each pool gives: the sum over its groups (the request fits a pool
+        // several groups share when the sum does, vLLM's check for its shared pool).
+        let np = self.pools.len();
+        let mut pneed = [0usize; 8];
+        let mut pneed_vec;
+        let pneed: &mut [usize] = if np <= 8 {
+            &mut pneed[..np]
+        } else {
+            pneed_vec = vec![0usize; np];
+            &mut pneed_vec
+        };
         for g in 0..ng {
-            // Static pools: a count check. Elastic: may move whole free regions here. A
-            // shared pool checks the sum below instead.
-            if !self.shared && need[g] > 0 && !self.make_room(g, need[g], need) {
+            pneed[self.pool_of[g]] += need[g];
+        }
+        for p in 0..np {
+            // Static pools: a count check. Elastic: may move whole free regions here.
+            if pneed[p] > 0 && !self.make_room(p, pneed[p], pneed) {
                 return false;
             }
-        }
-        // One pool for all groups: the request fits when the sum does (vLLM's check).
-        if self.shared && need.iter().sum::<usize>() > self.pools[0].num_free() {
-            return false;
         }
         for g in 0..ng {
             if need[g] == 0 {
@@ -336,8 +345,8 @@ impl Manager {
                     // In use (held by this request) and unhashed. A shared pool's index
                     // is keyed per group (the group's salt).
                     pool.cache_held(b, h ^ self.salt[g]);
-                    if self.shared {
-                        self.owner[b as usize] = g as u32;
+                    if let Some(o) = self.owner[self.pool_of[g]].get_mut(b as usize) {
+                        *o = g as u32;
                     }
                     if cfg.kind == GroupKind::State {
                         self.states_this_step[g].insert(b);
@@ -350,7 +359,8 @@ impl Manager {
                         } else {
                             bs
                         };
-                        let _ = self.pools[g].set_block_value(b, v.min(u32::MAX as usize) as u32);
+                        let v = v.min(u32::MAX as usize) as u32;
+                        let _ = self.pools[self.pool_of[g]].set_block_value(b, v);
                         if cfg.kind == GroupKind::State {
                             self.anchor_checkpoint(r, g, b, (k + 1) * bs);
                         }

@@ -100,7 +100,7 @@ impl Manager {
         let Some(c) = self.ckpt.get_mut(g).and_then(Option::as_mut) else {
             return;
         };
-        let pool = &mut self.pools[g];
+        let pool = &mut self.pools[self.pool_of[g]];
         let table = &r.tables[g];
         // The deepest cached checkpoint in `r`'s table, and the deepest one within its
         // prompt, found once: the loop below changes only entries at or below `k`, so
@@ -168,7 +168,7 @@ impl Manager {
             let Some(c) = self.ckpt.get_mut(g).and_then(Option::as_mut) else {
                 continue;
             };
-            let pool = &mut self.pools[g];
+            let pool = &mut self.pools[self.pool_of[g]];
             let held = r.tables[g]
                 .iter()
                 .rev()
@@ -192,7 +192,7 @@ impl Manager {
                 continue;
             };
             let hs = &r.hashes[self.size_of[g]];
-            let pool = &self.pools[g];
+            let pool = &self.pools[self.pool_of[g]];
             let top = (r.num_computed / self.groups[g].block_size).min(hs.len());
             for k in (top.saturating_sub(SUPERSEDED_SCAN).max(1)..=top).rev() {
                 if let Some(b) = pool.lookup_one(hs[k - 1]) {
@@ -222,7 +222,7 @@ impl Manager {
         }
         let bs = self.groups[g].block_size;
         let hs = &r.hashes[self.size_of[g]];
-        let pool = &mut self.pools[g];
+        let pool = &mut self.pools[self.pool_of[g]];
         let lo = k.saturating_sub(SUPERSEDED_SCAN).max(1);
         for j in (lo..k.min(hs.len() + 1)).rev() {
             let h = hs[j - 1];

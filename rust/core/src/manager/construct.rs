@@ -1,11 +1,12 @@
 //! `Manager::new`: checks a `ManagerConfig` (groups, shared pool, arena, checkpoint
-//! policy) and builds the pools, the per-group bookkeeping and the arena's floors.
+//! policy), maps groups to pools (`page_classes`) and builds the pools, the per-group
+//! bookkeeping and the arena's floors (per pool).
 
 use super::{checkpoints, elastic, BlockSet, ElasticStats, Manager, ManagerConfig};
-use crate::arena::Arena;
+use crate::arena::{Arena, ArenaConfig};
 use crate::block_pool::{BlockHash, BlockPool};
 use crate::error::{Error, Result};
-use crate::group_policy::{CheckpointPolicy, GroupKind, MambaMode};
+use crate::group_policy::{CheckpointPolicy, GroupConfig, GroupKind, MambaMode};
 use crate::prefix_hash::root_hash;
 use crate::request::Requests;
 use crate::stats::Stats;
@@ -17,6 +18,97 @@ fn group_salt(g: usize) -> BlockHash {
     (g as u128).wrapping_mul(MIX)
 }
 
+/// Elastic arena: the pool of each group. Groups whose natural pages are equal (same
+/// bytes per block and same block size) share one pool, as every group does in vLLM's
+/// layout: one id space, one free queue, one prefix index keyed per group by its salt
+/// (their pages are the same size already, so nothing is padded). State groups keep a
+/// pool each: their checkpoint bookkeeping is per group and per block id. Pools are
+/// numbered in the order of their first group.
+pub(crate) fn page_classes(groups: &[GroupConfig], page_bytes: &[u64]) -> Vec<usize> {
+    let mut pool_of: Vec<usize> = Vec::with_capacity(groups.len());
+    let mut n_pools = 0;
+    for (g, gc) in groups.iter().enumerate() {
+        let same = (0..g).find(|&h| {
+            gc.kind != GroupKind::State
+                && groups[h].kind != GroupKind::State
+                && page_bytes[h] == page_bytes[g]
+                && groups[h].block_size == gc.block_size
+        });
+        match same {
+            Some(h) => pool_of.push(pool_of[h]),
+            None => {
+                pool_of.push(n_pools);
+                n_pools += 1;
+            }
+        }
+    }
+    pool_of
+}
+
+/// An explicit `pool_of` for static pools, checked: one entry per group, pools numbered
+/// in the order of their first group, groups sharing a pool of one `num_blocks` and none
+/// of them a state group.
+fn static_pools(cfg: &ManagerConfig) -> Result<Vec<usize>> {
+    let bad = |m: String| Err(Error::InvalidArgument(format!("pool_of: {m}")));
+    if cfg.shared_pool || cfg.arena.is_some() {
+        return bad(
+            "only for static pools (a shared pool is all one pool, an elastic arena pools \
+             groups with equal pages itself)"
+                .into(),
+        );
+    }
+    let p = &cfg.pool_of;
+    if p.len() != cfg.groups.len() {
+        return bad(format!(
+            "{} entries for {} groups",
+            p.len(),
+            cfg.groups.len()
+        ));
+    }
+    let mut next = 0;
+    for (g, &q) in p.iter().enumerate() {
+        if q > next {
+            return bad(format!(
+                "group {g} names pool {q}; pools are numbered in the order of their first group"
+            ));
+        }
+        if q == next {
+            next += 1;
+            continue;
+        }
+        let h = p.iter().position(|&x| x == q).unwrap_or(g);
+        let (a, b) = (&cfg.groups[h], &cfg.groups[g]);
+        if a.num_blocks != b.num_blocks {
+            return bad(format!(
+                "groups {h} and {g} share pool {q} but have {} and {} blocks",
+                a.num_blocks, b.num_blocks
+            ));
+        }
+        if a.kind == GroupKind::State || b.kind == GroupKind::State {
+            return bad(format!(
+                "group {h} or {g} is a state group: it cannot share pool {q}"
+            ));
+        }
+    }
+    Ok(p.clone())
+}
+
+/// The arena of pools: one page size per pool, its floor the sum of its groups' floors.
+fn pool_arena(a: ArenaConfig, pool_of: &[usize]) -> ArenaConfig {
+    let n_pools = pool_of.iter().max().map_or(0, |&p| p + 1);
+    let mut page_bytes = vec![0u64; n_pools];
+    let mut floor_blocks = vec![0usize; n_pools];
+    for (g, &p) in pool_of.iter().enumerate() {
+        page_bytes[p] = a.page_bytes[g];
+        floor_blocks[p] = floor_blocks[p].saturating_add(a.floor_blocks[g]);
+    }
+    ArenaConfig {
+        page_bytes,
+        floor_blocks,
+        ..a
+    }
+}
+
 impl Manager {
     pub fn new(cfg: ManagerConfig) -> Result<Self> {
         if cfg.groups.is_empty() {
@@ -25,19 +117,31 @@ impl Manager {
             ));
         }
         let mut cfg = cfg;
+        let n = cfg.groups.len();
+        // Which pool each group draws from: all one with a shared pool (vLLM's layout),
+        // one per page class in an elastic arena, else one per group.
+        let mut pool_of: Vec<usize> = (0..n)
+            .map(|g| if cfg.shared_pool { 0 } else { g })
+            .collect();
+        if !cfg.pool_of.is_empty() {
+            pool_of = static_pools(&cfg)?;
+        }
+        let mut group_floors = vec![0usize; n];
         let arena = match cfg.arena.take() {
             None => None,
             Some(a) => {
-                if a.page_bytes.len() != cfg.groups.len() {
+                if a.page_bytes.len() != n || a.floor_blocks.len() != n {
                     return Err(Error::InvalidArgument(format!(
-                        "arena has {} page sizes for {} groups",
+                        "arena has {} page sizes and {} floors for {n} groups",
                         a.page_bytes.len(),
-                        cfg.groups.len()
+                        a.floor_blocks.len()
                     )));
                 }
-                let arena = Arena::new(a)?;
+                pool_of = page_classes(&cfg.groups, &a.page_bytes);
+                group_floors.clone_from(&a.floor_blocks);
+                let arena = Arena::new(pool_arena(a, &pool_of))?;
                 for (g, gc) in cfg.groups.iter_mut().enumerate() {
-                    gc.num_blocks = arena.view_blocks(g);
+                    gc.num_blocks = arena.view_blocks(pool_of[g]);
                 }
                 Some(arena)
             }
@@ -78,23 +182,27 @@ impl Manager {
                     cfg.groups.len()
                 )));
             }
-            crate::block_pool::check_bookkeeping_fits([cfg.groups[0].num_blocks])?;
-        } else {
-            crate::block_pool::check_bookkeeping_fits(cfg.groups.iter().map(|g| g.num_blocks))?;
         }
-        let n_pools = if shared { 1 } else { cfg.groups.len() };
+        let n_pools = pool_of.iter().max().map_or(0, |&p| p + 1);
+        let mut pool_groups: Vec<Vec<usize>> = vec![Vec::new(); n_pools];
+        for (g, &p) in pool_of.iter().enumerate() {
+            pool_groups[p].push(g);
+        }
+        crate::block_pool::check_bookkeeping_fits(
+            pool_groups.iter().map(|gs| cfg.groups[gs[0]].num_blocks),
+        )?;
         let mut pools = Vec::with_capacity(n_pools);
         let mut sizes: Vec<usize> = Vec::new();
         let mut size_of = Vec::with_capacity(cfg.groups.len());
-        for (gi, g) in cfg.groups.iter().enumerate() {
-            if gi < n_pools {
-                let mut p = match arena.as_ref() {
-                    None => BlockPool::new(g.num_blocks)?,
-                    Some(a) => BlockPool::new_elastic(a.region_map(gi), a.num_regions())?,
-                };
-                p.set_record_events(cfg.record_events);
-                pools.push(p);
-            }
+        for (pi, gs) in pool_groups.iter().enumerate() {
+            let mut p = match arena.as_ref() {
+                None => BlockPool::new(cfg.groups[gs[0]].num_blocks)?,
+                Some(a) => BlockPool::new_elastic(a.region_map(pi), a.num_regions())?,
+            };
+            p.set_record_events(cfg.record_events);
+            pools.push(p);
+        }
+        for g in cfg.groups.iter() {
             let s = match sizes.iter().position(|&s| s == g.block_size) {
                 Some(i) => i,
                 None => {
@@ -117,18 +225,27 @@ impl Manager {
             GroupKind::State => cfg.mamba_mode != MambaMode::All,
             _ => false,
         });
-        let n = cfg.groups.len();
-        let pool_of = (0..n).map(|g| if shared { 0 } else { g }).collect();
+        // Groups sharing a pool key its prefix index with their salts and record which
+        // group each block's hash belongs to.
+        let multi = |g: usize| pool_groups[pool_of[g]].len() > 1;
         let salt = (0..n)
-            .map(|g| if shared { group_salt(g) } else { 0 })
+            .map(|g| if multi(g) { group_salt(g) } else { 0 })
             .collect();
-        let owner = if shared {
-            vec![0u32; cfg.groups[0].num_blocks]
-        } else {
-            Vec::new()
-        };
-        let bottom = (0..n)
-            .map(|g| elastic::from_bottom(arena.as_ref().map_or(0, |a| a.floor(g))))
+        let owner = pool_groups
+            .iter()
+            .enumerate()
+            .map(|(p, gs)| {
+                if gs.len() > 1 {
+                    vec![gs[0] as u32; pools[p].num_blocks()]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        // A pool takes regions from the bottom when one of its groups grows (floor 0).
+        let bottom = pool_groups
+            .iter()
+            .map(|gs| gs.iter().any(|&g| elastic::from_bottom(group_floors[g])))
             .collect();
         let anchor_group = cfg
             .groups
@@ -160,6 +277,7 @@ impl Manager {
             groups: cfg.groups,
             pools,
             pool_of,
+            pool_groups,
             shared,
             salt,
             owner,

@@ -33,7 +33,9 @@ pub(super) fn from_bottom(floor: usize) -> bool {
 }
 
 impl Manager {
-    /// Grant every bounded group regions from the top until it holds its floor.
+    /// Grant every pool with a floor regions until it holds its floor (from the top, or
+    /// from the bottom for a pool of a growing group). In this file `g`, `h` and
+    /// `from` index pools (a pool serves one group, or every group of a page class).
     pub(super) fn grant_floors(&mut self) -> Result<()> {
         let floors: Vec<usize> = match self.arena.as_ref() {
             None => return Ok(()),
@@ -43,7 +45,7 @@ impl Manager {
             while self.pools[g].num_present() < floor {
                 let Some(r) = self.unowned_region(g) else {
                     return Err(Error::InvalidArgument(format!(
-                        "arena cannot hold the floors: group {g} gets {} of its {floor} blocks",
+                        "arena cannot hold the floors: pool {g} gets {} of its {floor} blocks",
                         self.pools[g].num_present()
                     )));
                 };
@@ -170,7 +172,7 @@ impl Manager {
     /// of group `h` this request already counts on. Returns whether `g` has them now.
     pub(super) fn make_room(&mut self, g: usize, need: usize, keep: &[usize]) -> bool {
         if self.arena.is_none() {
-            return need <= self.pools[self.pool_of[g]].num_free();
+            return need <= self.pools[g].num_free();
         }
         if self.pools[g].num_uncached_free() >= need {
             return true;
@@ -240,7 +242,8 @@ impl Manager {
             let bs = cfg.block_size;
             let hs = &r.hashes[self.size_of[g]];
             let mut k = hs.len().min(r.num_computed / bs);
-            while k > 0 && self.pools[g].lookup_one(hs[k - 1]).is_none() {
+            let pool = &self.pools[self.pool_of[g]];
+            while k > 0 && pool.lookup_one(hs[k - 1] ^ self.salt[g]).is_none() {
                 k -= 1;
             }
             deepest = deepest.min(k * bs);
@@ -258,7 +261,7 @@ impl Manager {
             }
             let from = deepest / cfg.block_size;
             let table = &r.tables[g];
-            let pool = &mut self.pools[g];
+            let pool = &mut self.pools[self.pool_of[g]];
             for &b in table.iter().skip(from) {
                 // Only blocks this request alone holds: another holder may still grow
                 // a checkpoint past them.
@@ -307,7 +310,7 @@ impl Manager {
             let n = self.anchors[g].len();
             if b >= n {
                 if !dead.is_empty() {
-                    let _ = self.pools[g].evict(&dead);
+                    let _ = self.pools[self.pool_of[g]].evict(&dead);
                     self.elastic.orphans += dead.len() as u64;
                     dead.clear();
                 }
@@ -321,18 +324,19 @@ impl Manager {
             let Some(h) = self.anchors[g][i] else {
                 continue;
             };
-            let pool = &self.pools[g];
+            let pool = &self.pools[self.pool_of[g]];
             if !matches!(pool.block_hash(i as i32), Ok(Some(_))) {
                 self.anchors[g][i] = None; // the checkpoint itself is gone
                 continue;
             }
-            if pool.ref_count(i as i32) == Ok(0) && self.pools[a].lookup_one(h).is_none() {
+            let anchor = self.pools[self.pool_of[a]].lookup_one(h ^ self.salt[a]);
+            if pool.ref_count(i as i32) == Ok(0) && anchor.is_none() {
                 dead.push(i as i32);
                 self.anchors[g][i] = None;
             }
         }
         if !dead.is_empty() && g < ng {
-            let _ = self.pools[g].evict(&dead);
+            let _ = self.pools[self.pool_of[g]].evict(&dead);
             self.elastic.orphans += dead.len() as u64;
         }
         self.orphan_cursor = (g, b);
@@ -360,11 +364,12 @@ impl Manager {
                 .collect();
         };
         let ng = self.pools.len();
-        // Blocks each owner may still give away without dropping below its floor.
+        // Per pool (then reported for each of its groups): blocks each owner may still
+        // give away without dropping below its floor.
         let slack: Vec<usize> = (0..ng)
             .map(|h| self.pools[h].num_present().saturating_sub(arena.floor(h)))
             .collect();
-        (0..ng)
+        let per_pool: Vec<usize> = (0..ng)
             .map(|g| {
                 let mut spare = slack.clone();
                 let mut n = self.pools[g].num_free();
@@ -385,11 +390,12 @@ impl Manager {
                 }
                 n
             })
-            .collect()
+            .collect();
+        self.pool_of.iter().map(|&p| per_pool[p]).collect()
     }
 
     /// Elastic invariants: pools hold exactly the regions the arena says they own, every
-    /// present id lies inside a region its group owns, floors are held.
+    /// present id lies inside a region its pool owns, floors (per pool) are held.
     pub(super) fn check_arena(&self) -> std::result::Result<(), String> {
         let Some(arena) = self.arena.as_ref() else {
             return Ok(());
@@ -401,19 +407,19 @@ impl Manager {
                 let backed = p.region_blocks(r) as usize;
                 if owns != (backed > 0) && hi > lo {
                     return Err(format!(
-                        "region {r}: owner {:?} but group {g} backs {backed} blocks",
+                        "region {r}: owner {:?} but pool {g} backs {backed} blocks",
                         arena.owner(r)
                     ));
                 }
                 if owns && backed != (hi - lo) as usize {
-                    return Err(format!("region {r}: group {g} backs part of it"));
+                    return Err(format!("region {r}: pool {g} backs part of it"));
                 }
             }
         }
         for (g, p) in self.pools.iter().enumerate() {
             if p.num_present() < arena.floor(g) {
                 return Err(format!(
-                    "group {g} holds {} blocks, below its floor {}",
+                    "pool {g} holds {} blocks, below its floor {}",
                     p.num_present(),
                     arena.floor(g)
                 ));

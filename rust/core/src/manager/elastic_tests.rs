@@ -32,6 +32,7 @@ fn elastic(state_floor: usize) -> Manager {
         vocab_size: None,
         record_events: true,
         shared_pool: false,
+        pool_of: Vec::new(),
         checkpoint_policy: CheckpointPolicy::Reuse,
         arena: Some(ArenaConfig {
             bytes: 1000,
@@ -74,6 +75,7 @@ fn floors_are_granted_at_construction() {
     assert_eq!(m.pools()[1].num_blocks(), 25);
     assert!(Manager::new(ManagerConfig {
         shared_pool: false,
+        pool_of: Vec::new(),
         checkpoint_policy: CheckpointPolicy::Reuse,
         arena: Some(ArenaConfig {
             bytes: 1000,
@@ -107,6 +109,7 @@ fn cfg_like() -> ManagerConfig {
         vocab_size: None,
         record_events: false,
         shared_pool: false,
+        pool_of: Vec::new(),
         checkpoint_policy: CheckpointPolicy::Reuse,
         arena: None,
     }
@@ -316,5 +319,94 @@ fn checkpoints_whose_attention_is_gone_are_dropped() {
     }
     assert_eq!(m.pools()[1].num_cached(), 0);
     assert!(m.elastic_stats().orphans >= 1);
+    m.check_invariants().unwrap();
+}
+
+/// Full attention and a sliding window at the same page (10 B) and block size: one
+/// pool (gpt-oss, Gemma-3), its floor the window's. With `window_page` other than 10
+/// they keep a pool each.
+fn full_and_window(window_page: u64) -> Manager {
+    Manager::new(ManagerConfig {
+        groups: vec![
+            GroupConfig {
+                kind: GroupKind::Full,
+                block_size: 4,
+                num_blocks: 0,
+            },
+            GroupConfig {
+                kind: GroupKind::SlidingWindow { window: 8 },
+                block_size: 4,
+                num_blocks: 0,
+            },
+        ],
+        record_events: true,
+        arena: Some(ArenaConfig {
+            bytes: 1000,
+            region_bytes: 80,
+            null_bytes: 40,
+            page_bytes: vec![10, window_page],
+            floor_blocks: vec![0, 3],
+        }),
+        ..cfg_like()
+    })
+    .unwrap()
+}
+
+#[test]
+fn equal_pages_share_one_pool_and_one_lru() {
+    let mut m = full_and_window(10);
+    assert_eq!(m.pool_of(), &[0, 0]);
+    assert_eq!(m.pools().len(), 1);
+    let a = m.arena().unwrap();
+    assert_eq!((a.num_groups(), a.floor(0)), (1, 3));
+    // The pool grows (its full group has no floor): its floor from the bottom first,
+    // the region [40, 80) (4 ids), the rest on demand.
+    assert_eq!(m.pools()[0].num_present(), 4);
+    assert_eq!(owned(&m, 0), 1);
+    m.check_invariants().unwrap();
+    // A 40-token request caches 10 full blocks and, in the same pool, the window's
+    // blocks (keyed apart by the groups' salts although their hashes are equal).
+    let toks: Vec<i32> = (0..40).collect();
+    add(&mut m, 1, &toks);
+    m.get_computed_tokens(&[1]).unwrap();
+    assert!(m.allocate_slots(&[1], &[40], &[0], true).unwrap()[0]);
+    m.free(&[1]).unwrap();
+    let cached = m.pools()[0].num_cached();
+    assert!(
+        cached >= 12,
+        "both groups' blocks cached in one pool: {cached}"
+    );
+    // The same prompt hits through both groups.
+    add(&mut m, 2, &toks);
+    assert_eq!(m.get_computed_tokens(&[2]).unwrap(), vec![36]);
+    m.free(&[2]).unwrap();
+    m.take_events();
+    // A new request of 192 tokens needs all 96 blocks in one step (48 per group): every
+    // cached block of either group goes from the one queue, each event naming its group.
+    let long: Vec<i32> = (1000..1192).collect();
+    add(&mut m, 3, &long);
+    m.get_computed_tokens(&[3]).unwrap();
+    assert!(m.allocate_slots(&[3], &[192], &[0], true).unwrap()[0]);
+    assert_eq!(m.pools()[0].num_in_use(), 96);
+    m.check_invariants().unwrap();
+    let mut removed = [0usize; 2];
+    for e in m.take_events() {
+        if let KvEvent::Removed { group, hashes } = e {
+            removed[group] += hashes.len();
+        }
+    }
+    assert_eq!(removed[0], 10);
+    assert_eq!(removed[1] + removed[0], cached);
+    assert_eq!(m.elastic_stats().moves, 0);
+}
+
+#[test]
+fn different_pages_keep_their_own_pools() {
+    let m = full_and_window(20);
+    assert_eq!(m.pool_of(), &[0, 1]);
+    assert_eq!(m.pools().len(), 2);
+    let a = m.arena().unwrap();
+    assert_eq!((a.num_groups(), a.floor(1)), (2, 3));
+    assert!(m.pools()[1].num_present() >= 3);
     m.check_invariants().unwrap();
 }

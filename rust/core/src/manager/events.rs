@@ -9,16 +9,14 @@ use crate::kv_events::KvEvent;
 impl Manager {
     /// Move the pools' `Removed` / `AllCleared` events into the manager's log.
     pub(crate) fn drain_pool_events(&mut self) {
-        let ng = self.groups.len();
         for p in 0..self.pools.len() {
             for ev in self.pools[p].take_events() {
                 match ev {
                     PoolEvent::Removed { block, hash } => {
                         // A shared pool's block names its group; the key had its salt.
-                        let g = if self.shared {
-                            self.owner.get(block as usize).map_or(0, |&o| o as usize)
-                        } else {
-                            p
+                        let g = match self.owner[p].get(block as usize) {
+                            Some(&o) => o as usize,
+                            None => self.pool_groups[p][0],
                         };
                         let hash = hash ^ self.salt[g];
                         match self.events.last_mut() {
@@ -32,8 +30,7 @@ impl Manager {
                         }
                     }
                     PoolEvent::AllCleared => {
-                        let gs = if self.shared { 0..ng } else { p..p + 1 };
-                        for g in gs {
+                        for &g in &self.pool_groups[p] {
                             self.events.push(KvEvent::AllCleared { group: g });
                         }
                     }

@@ -19,6 +19,7 @@ fn mgr(groups: &[(GroupKind, usize)], mode: MambaMode) -> Manager {
         vocab_size: None,
         record_events: false,
         shared_pool: false,
+        pool_of: Vec::new(),
         checkpoint_policy: CheckpointPolicy::Reuse,
         arena: None,
     })
@@ -215,6 +216,7 @@ fn pools_beyond_memory_are_an_error_not_an_abort() {
         vocab_size: None,
         record_events: false,
         shared_pool: false,
+        pool_of: Vec::new(),
         checkpoint_policy: CheckpointPolicy::Reuse,
         arena: None,
     };
@@ -241,6 +243,7 @@ fn shared(groups: &[GroupKind], num_blocks: usize, events: bool) -> Manager {
         vocab_size: None,
         record_events: events,
         shared_pool: true,
+        pool_of: Vec::new(),
         checkpoint_policy: CheckpointPolicy::Lru,
         arena: None,
     })
@@ -341,6 +344,7 @@ fn shared_pool_needs_equal_block_counts() {
         vocab_size: None,
         record_events: false,
         shared_pool: true,
+        pool_of: Vec::new(),
         checkpoint_policy: CheckpointPolicy::Lru,
         arena: None,
     };
@@ -390,6 +394,7 @@ fn mgr_policy(policy: CheckpointPolicy) -> Manager {
             vocab_size: None,
             record_events: false,
             shared_pool: false,
+            pool_of: Vec::new(),
             checkpoint_policy: CheckpointPolicy::Lru,
             arena: None,
         })
