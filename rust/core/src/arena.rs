@@ -43,6 +43,8 @@
 //! the middle; allocation packs each group's live blocks into its preferred end (see
 //! `block_pool/regions.rs`), so its frontier regions are the ones that empty.
 
+use std::collections::BTreeSet;
+
 use crate::error::{Error, Result};
 
 /// No owner / no region.
@@ -72,8 +74,12 @@ pub struct Arena {
     first: u64,
     num_regions: usize,
     owner: Vec<u32>,
-    /// Regions with no owner.
-    unowned: usize,
+    /// Regions with no owner, in order (the manager takes the lowest or the highest).
+    unowned: BTreeSet<u32>,
+    /// Per group, per region: `ids_in` (computed once; read at every region scan).
+    ids: Vec<Vec<(u32, u32)>>,
+    /// Per group: the fewest ids it has in any region holding some.
+    min_ids: Vec<usize>,
 }
 
 impl Arena {
@@ -124,14 +130,28 @@ impl Arena {
             }
         }
         let n = num_regions as usize;
-        Ok(Arena {
+        let mut arena = Arena {
             cfg,
             base,
             first,
             num_regions: n,
             owner: vec![NONE; n],
-            unowned: n,
-        })
+            unowned: (0..n as u32).collect(),
+            ids: Vec::new(),
+            min_ids: Vec::new(),
+        };
+        arena.ids = (0..ng)
+            .map(|g| (0..n).map(|r| arena.compute_ids_in(g, r)).collect())
+            .collect();
+        arena.min_ids = arena
+            .ids
+            .iter()
+            .map(|ids| {
+                let counts = ids.iter().map(|&(lo, hi)| (hi - lo) as usize);
+                counts.filter(|&c| c > 0).min().unwrap_or(0)
+            })
+            .collect();
+        Ok(arena)
     }
 
     pub fn config(&self) -> &ArenaConfig {
@@ -169,7 +189,18 @@ impl Arena {
     }
 
     /// Group `g`'s ids `[lo, hi)` whose bytes lie wholly inside region `r`.
+    #[inline]
     pub fn ids_in(&self, g: usize, r: usize) -> (u32, u32) {
+        self.ids[g][r]
+    }
+
+    /// The fewest ids group `g` has in any region that holds some (a region it owns
+    /// backs at least this many blocks).
+    pub fn min_region_ids(&self, g: usize) -> usize {
+        self.min_ids[g]
+    }
+
+    fn compute_ids_in(&self, g: usize, r: usize) -> (u32, u32) {
         let p = self.cfg.page_bytes[g];
         let (s, e) = self.span(r);
         let lo = s.div_ceil(p);
@@ -210,15 +241,24 @@ impl Arena {
         let new = g.map_or(NONE, |g| g as u32);
         let old = std::mem::replace(&mut self.owner[r], new);
         match (old == NONE, new == NONE) {
-            (true, false) => self.unowned -= 1,
-            (false, true) => self.unowned += 1,
+            (true, false) => {
+                self.unowned.remove(&(r as u32));
+            }
+            (false, true) => {
+                self.unowned.insert(r as u32);
+            }
             _ => {}
         }
     }
 
     /// Regions no group owns now.
     pub fn num_unowned(&self) -> usize {
-        self.unowned
+        self.unowned.len()
+    }
+
+    /// The regions no group owns now, lowest first.
+    pub fn unowned_regions(&self) -> impl DoubleEndedIterator<Item = usize> + '_ {
+        self.unowned.iter().map(|&r| r as usize)
     }
 
     /// Bytes no group can use now: the null area plus the edges of owned regions.
