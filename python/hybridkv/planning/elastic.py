@@ -34,6 +34,8 @@ def _plan_elastic(
     b = limits.block_size
     pages = [g.page_size_bytes for g in pending]
     growing = [g.grows for g in pending]
+    # A state group's null block is never read or written: it need not be in the null area.
+    null_read = [not isinstance(g.spec, StateSpec) for g in pending]
     tight = [bounded[i][0] - 1 if i in bounded else 0 for i in range(len(pending))]
     windows = [
         i
@@ -45,7 +47,7 @@ def _plan_elastic(
         floors = [
             min(t, cap) if cap is not None and i in windows else t for i, t in enumerate(tight)
         ]
-        return choose_region_bytes(memory_bytes, pages, floors, growing)
+        return choose_region_bytes(memory_bytes, pages, floors, growing, null_read)
 
     try:
         arena = layout(None)

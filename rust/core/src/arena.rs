@@ -13,8 +13,12 @@
 //! The bytes after a null area are cut into regions at multiples of `region_bytes`
 //! (the first and last may be shorter). A region is owned by at most one group at a time, and a group uses only
 //! the ids whose bytes lie wholly inside ONE region it owns, so no byte ever belongs to
-//! two live blocks. The null area `[0, max_g p_g)` holds every group's null block 0
-//! (never written; tables point at it for released slots) and belongs to no region.
+//! two live blocks. The null area `[0, null_bytes)` belongs to no region and holds the
+//! null block 0 (never written; tables point at it for released slots) of every group
+//! whose null block a kernel may read: every attention kind (the manager checks it). A
+//! state group's block 0 is never read or written (a state kernel reads a checkpoint
+//! and writes a running state, never a null entry), so it may reach past the null
+//! area over other groups' ids, and its pages, often the largest, cost no null area.
 //! Memory moves between groups a region at a time, and only when the region holds no
 //! block in use: nothing live is ever copied or remapped. A region is granted to a
 //! group (its ids join that pool's free queue) and released by it (all its blocks free;
@@ -57,7 +61,8 @@ pub struct ArenaConfig {
     pub bytes: u64,
     /// Bytes of one region (the last region may be shorter).
     pub region_bytes: u64,
-    /// Bytes of the null area before the first region (at least the largest page).
+    /// Bytes of the null area before the first region (at least the largest page of
+    /// a group whose null block may be read: see the module docs).
     pub null_bytes: u64,
     /// Per group: bytes of one block (all of the group's layers).
     pub page_bytes: Vec<u64>,
@@ -78,8 +83,9 @@ pub struct Arena {
     unowned: BTreeSet<u32>,
     /// Per group, per region: `ids_in` (computed once; read at every region scan).
     ids: Vec<Vec<(u32, u32)>>,
-    /// Per group: the fewest ids it has in any region holding some.
+    /// Per group: the fewest ids it has in any region holding some, and the most.
     min_ids: Vec<usize>,
+    max_ids: Vec<usize>,
 }
 
 impl Arena {
@@ -98,9 +104,10 @@ impl Arena {
             )));
         }
         let biggest = cfg.page_bytes.iter().copied().max().unwrap_or(0);
-        if cfg.region_bytes < biggest || cfg.null_bytes < biggest {
+        if cfg.region_bytes < biggest || cfg.null_bytes == 0 {
             return Err(Error::InvalidArgument(format!(
-                "region_bytes {} and null_bytes {} must each hold the largest page ({biggest} bytes)",
+                "region_bytes {} must hold the largest page ({biggest} bytes) and null_bytes {} \
+                 must be positive",
                 cfg.region_bytes, cfg.null_bytes
             )));
         }
@@ -139,6 +146,7 @@ impl Arena {
             unowned: (0..n as u32).collect(),
             ids: Vec::new(),
             min_ids: Vec::new(),
+            max_ids: Vec::new(),
         };
         arena.ids = (0..ng)
             .map(|g| (0..n).map(|r| arena.compute_ids_in(g, r)).collect())
@@ -149,6 +157,16 @@ impl Arena {
             .map(|ids| {
                 let counts = ids.iter().map(|&(lo, hi)| (hi - lo) as usize);
                 counts.filter(|&c| c > 0).min().unwrap_or(0)
+            })
+            .collect();
+        arena.max_ids = arena
+            .ids
+            .iter()
+            .map(|ids| {
+                ids.iter()
+                    .map(|&(lo, hi)| (hi - lo) as usize)
+                    .max()
+                    .unwrap_or(0)
             })
             .collect();
         Ok(arena)
@@ -163,7 +181,7 @@ impl Arena {
     pub fn num_groups(&self) -> usize {
         self.cfg.page_bytes.len()
     }
-    /// Bytes of the null area (every group's block 0 lies in it).
+    /// Bytes of the null area (block 0 of every group but state groups lies in it).
     pub fn null_bytes(&self) -> u64 {
         self.base
     }
@@ -198,6 +216,11 @@ impl Arena {
     /// backs at least this many blocks).
     pub fn min_region_ids(&self, g: usize) -> usize {
         self.min_ids[g]
+    }
+
+    /// The most ids group `g` has in one region (a whole region of its pages).
+    pub fn max_region_ids(&self, g: usize) -> usize {
+        self.max_ids[g]
     }
 
     fn compute_ids_in(&self, g: usize, r: usize) -> (u32, u32) {

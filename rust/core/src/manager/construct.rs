@@ -35,6 +35,22 @@ impl Manager {
                         cfg.groups.len()
                     )));
                 }
+                // A kernel may read the null block of every kind but state: it must lie
+                // in the null area (see `arena.rs`).
+                let null = a.null_bytes;
+                if let Some((g, p)) = cfg
+                    .groups
+                    .iter()
+                    .zip(&a.page_bytes)
+                    .enumerate()
+                    .find(|(_, (gc, &p))| gc.kind != GroupKind::State && p > null)
+                    .map(|(g, (_, &p))| (g, p))
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "arena null_bytes {null} cannot hold the null block of group {g} \
+                         ({p}-byte pages; only a state group's may reach past the null area)"
+                    )));
+                }
                 let arena = Arena::new(a)?;
                 for (g, gc) in cfg.groups.iter_mut().enumerate() {
                     gc.num_blocks = arena.view_blocks(g);

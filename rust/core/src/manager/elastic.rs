@@ -63,27 +63,37 @@ impl Manager {
     }
 
     /// The unowned region group `g` should take next (one holding at least one of its
-    /// ids): the lowest for growing groups, the highest for bounded ones.
+    /// ids): the lowest for growing groups; for bounded ones the highest whole region
+    /// (holding as many of its ids as any region), else the highest partial one, so a
+    /// floor fills whole regions and a short top or bottom region stays with the
+    /// growing groups (`arena_plan.py` plans the same).
     fn unowned_region(&self, g: usize) -> Option<usize> {
         let arena = self.arena.as_ref()?;
-        let usable = |r: &usize| {
-            let (lo, hi) = arena.ids_in(g, *r);
-            hi > lo
+        let ids = |r: usize| {
+            let (lo, hi) = arena.ids_in(g, r);
+            (hi - lo) as usize
         };
         let got = if self.bottom[g] {
-            arena.unowned_regions().find(usable)
+            arena.unowned_regions().find(|&r| ids(r) > 0)
         } else {
-            arena.unowned_regions().rev().find(usable)
+            let whole = arena.max_region_ids(g);
+            let top = || arena.unowned_regions().rev();
+            top()
+                .find(|&r| ids(r) == whole)
+                .or_else(|| top().find(|&r| ids(r) > 0))
         };
         #[cfg(debug_assertions)]
         {
             // The definition: the first such region in a scan of every region.
-            let usable = |r: &usize| arena.owner(*r).is_none() && usable(r);
+            let free = |r: &usize| arena.owner(*r).is_none();
             let mut all = 0..arena.num_regions();
             let want = if self.bottom[g] {
-                all.find(usable)
+                all.find(|r| free(r) && ids(*r) > 0)
             } else {
-                all.rfind(usable)
+                let whole = arena.max_region_ids(g);
+                all.clone()
+                    .rfind(|r| free(r) && ids(*r) == whole)
+                    .or_else(|| all.rfind(|r| free(r) && ids(*r) > 0))
             };
             debug_assert_eq!(got, want);
         }
