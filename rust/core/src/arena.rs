@@ -27,11 +27,13 @@
 //! ## What it costs (measured by `hybridkv plan --json`, `arena` key)
 //! Waste is only at region edges: in a region owned by `g`, the bytes before its first
 //! whole page and after its last, less than `2 * p_g` per region (`0` when the region
-//! start and size are multiples of `p_g`), plus the null area. The planner picks
-//! `region_bytes` as a multiple of the growing group's page (so the growing group,
-//! which owns most regions, wastes nothing at its edges) that keeps the worst case
-//! under 1 % of memory; e.g. Qwen3-Next-80B at 16 GiB: regions of ~160 MB, 0.3 % worst
-//! case. Coarser regions waste less but move memory in bigger steps; finer ones the
+//! start and size are multiples of `p_g`), plus the null area. The planner picks the
+//! `region_bytes` (multiples of the growing group's page, of the largest page, of
+//! every page) that leaves the growing groups the most blocks, on a tie the coarsest
+//! giving at least 64 regions (`arena_plan.py`); e.g. Qwen3-Next-80B at 16 GiB: regions
+//! of ~158 MB, a multiple of both pages, so nothing is wasted at the edges the floors
+//! and the growing group own (0.4 % worst case, every region owned by the group
+//! wasting most of it). Coarser regions waste less but move memory in bigger steps; finer ones the
 //! reverse. Against CUDA virtual memory (reserve per group, map 2 MiB granules) this
 //! wastes a little more but runs on any allocator (CPU tensors in tests included) and
 //! keeps one base pointer for all groups; against unified large pages (vLLM, Jenga) no
