@@ -18,7 +18,8 @@ the issue's goals (``goals`` column): hit rate never below ``vllm`` or ``static`
 (``H``), at least 1.15x ``vllm`` on multi-turn traces unless that exceeds the ideal
 (``M``; ``M*`` when 1.15x ``vllm`` is above the ideal hit rate, so no cache can reach
 it), capacity at least ``vllm``'s and within one block per growing group of the
-physical limit (``C``), TTFT p50 and p99 no worse than ``vllm`` (``T``), output
+physical limit counted in whole blocks (``C``: a pool holds ``floor(limit / block)``
+blocks at most, and each growing group's null block is one of them), TTFT p50 and p99 no worse than ``vllm`` (``T``), output
 throughput at least ``vllm``'s (``X``), arena waste at most 1 % (``W``); a failed goal
 is shown in lower case.
 
@@ -97,7 +98,8 @@ def goals(r: dict[str, Any]) -> str:
         phys = e.get("physical_token_limit") or 0.0
         grow = [p for p in e["pools"] if p.get("grows")]
         slack = sum(p["block_size"] for p in grow) or e["block_size"]
-        ok = e["token_capacity"] >= v["token_capacity"] and e["token_capacity"] >= phys - slack
+        whole = phys // e["block_size"] * e["block_size"]  # the limit in whole blocks
+        ok = e["token_capacity"] >= v["token_capacity"] and e["token_capacity"] >= whole - slack
         out.append("C" if ok else "c")
         ok = e["ttft_p50"] <= v["ttft_p50"] + 1e-9 and e["ttft_p99"] <= v["ttft_p99"] + 1e-9
         out.append("T" if ok else "t")

@@ -69,9 +69,10 @@ def test_layout_arena_floors_per_pool() -> None:
     assert a.floor_regions == (2,)  # [40, 80) holds 4 ids, [80, 160) 8 more
     assert a.growing_blocks == 96 - 5
     assert a.elastic_bytes == 1000 - 40 - 5 * 10
-    # The same groups in two pools: the window's floor regions from the top.
+    # The same groups in two pools: the window's floor from the top, whole regions
+    # first ([880, 960) holds 8 ids; the short top region [960, 1000) stays growing).
     b = layout_arena(1000, 80, 40, [10, 10], [0, 5], [True, False])
-    assert b.floor_regions == (0, 2) and b.growing_blocks == 96 - 12  # 4 + 8 ids
+    assert b.floor_regions == (0, 1) and b.growing_blocks == 96 - 8
 
 
 def _plan(pages: tuple[int, int]) -> object:

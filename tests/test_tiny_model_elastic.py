@@ -23,8 +23,8 @@ from hybridkv.planner import plan_memory, plan_with_blocks
 from hybridkv.testing.tiny_model import TinyHybridLM, serve
 
 MAX_TOKENS = 8
-# Small enough that the groups contend for the arena's 14 regions.
-MEMORY = 280_000
+# Small enough that the groups contend for the arena's 8 regions.
+MEMORY = 330_000
 
 
 def _plan(model: TinyHybridLM) -> object:
@@ -73,7 +73,9 @@ def test_elastic_generation_matches_dense_with_memory_moving() -> None:
     model = TinyHybridLM(seed=0)
     plan = _plan(model)
     g = torch.Generator().manual_seed(1)
-    prefix = torch.randint(0, 256, (16,), generator=g).tolist()
+    # A 40-token shared prefix: enough attention KV that the groups contend for regions
+    # mid-run.
+    prefix = torch.randint(0, 256, (40,), generator=g).tolist()
     prompts = {r: prefix + torch.randint(0, 256, (2 + r,), generator=g).tolist() for r in range(6)}
     res = serve(
         model,

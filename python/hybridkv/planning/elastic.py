@@ -39,6 +39,8 @@ def _plan_elastic(
         [ckpt if isinstance(g.spec, StateSpec) and not g.grows else b for g in pending],
         ["state" if isinstance(g.spec, StateSpec) else "attention" for g in pending],
     )
+    # A state group's null block is never read or written: it need not be in the null area.
+    null_read = [not isinstance(g.spec, StateSpec) for g in pending]
     tight = [bounded[i][0] - 1 if i in bounded else 0 for i in range(len(pending))]
     windows = [
         i
@@ -50,7 +52,7 @@ def _plan_elastic(
         floors = [
             min(t, cap) if cap is not None and i in windows else t for i, t in enumerate(tight)
         ]
-        return choose_region_bytes(memory_bytes, pages, floors, growing, pool_of)
+        return choose_region_bytes(memory_bytes, pages, floors, growing, pool_of, null_read)
 
     try:
         arena = layout(None)

@@ -14,8 +14,12 @@
 //! The bytes after a null area are cut into regions at multiples of `region_bytes`
 //! (the first and last may be shorter). A region is owned by at most one group at a time, and a group uses only
 //! the ids whose bytes lie wholly inside ONE region it owns, so no byte ever belongs to
-//! two live blocks. The null area `[0, max_g p_g)` holds every group's null block 0
-//! (never written; tables point at it for released slots) and belongs to no region.
+//! two live blocks. The null area `[0, null_bytes)` belongs to no region and holds the
+//! null block 0 (never written; tables point at it for released slots) of every group
+//! whose null block a kernel may read: every attention kind (the manager checks it). A
+//! state group's block 0 is never read or written (a state kernel reads a checkpoint
+//! and writes a running state, never a null entry), so it may reach past the null
+//! area over other groups' ids, and its pages, often the largest, cost no null area.
 //! Memory moves between groups a region at a time, and only when the region holds no
 //! block in use: nothing live is ever copied or remapped. A region is granted to a
 //! group (its ids join that pool's free queue) and released by it (all its blocks free;
@@ -24,11 +28,13 @@
 //! ## What it costs (measured by `hybridkv plan --json`, `arena` key)
 //! Waste is only at region edges: in a region owned by `g`, the bytes before its first
 //! whole page and after its last, less than `2 * p_g` per region (`0` when the region
-//! start and size are multiples of `p_g`), plus the null area. The planner picks
-//! `region_bytes` as a multiple of the growing group's page (so the growing group,
-//! which owns most regions, wastes nothing at its edges) that keeps the worst case
-//! under 1 % of memory; e.g. Qwen3-Next-80B at 16 GiB: regions of ~160 MB, 0.3 % worst
-//! case. Coarser regions waste less but move memory in bigger steps; finer ones the
+//! start and size are multiples of `p_g`), plus the null area. The planner picks the
+//! `region_bytes` (multiples of the growing group's page, of the largest page, of
+//! every page) that leaves the growing groups the most blocks, on a tie the coarsest
+//! giving at least 64 regions (`arena_plan.py`); e.g. Qwen3-Next-80B at 16 GiB: regions
+//! of ~158 MB, a multiple of both pages, so nothing is wasted at the edges the floors
+//! and the growing group own (0.4 % worst case, every region owned by the group
+//! wasting most of it). Coarser regions waste less but move memory in bigger steps; finer ones the
 //! reverse. Against CUDA virtual memory (reserve per group, map 2 MiB granules) this
 //! wastes a little more but runs on any allocator (CPU tensors in tests included) and
 //! keeps one base pointer for all groups; against unified large pages (vLLM, Jenga) no
@@ -44,6 +50,8 @@
 //! the middle; allocation packs each group's live blocks into its preferred end (see
 //! `block_pool/regions.rs`), so its frontier regions are the ones that empty.
 
+use std::collections::BTreeSet;
+
 use crate::error::{Error, Result};
 
 /// No owner / no region.
@@ -56,7 +64,8 @@ pub struct ArenaConfig {
     pub bytes: u64,
     /// Bytes of one region (the last region may be shorter).
     pub region_bytes: u64,
-    /// Bytes of the null area before the first region (at least the largest page).
+    /// Bytes of the null area before the first region (at least the largest page of
+    /// a group whose null block may be read: see the module docs).
     pub null_bytes: u64,
     /// Per group: bytes of one block (all of the group's layers).
     pub page_bytes: Vec<u64>,
@@ -73,8 +82,13 @@ pub struct Arena {
     first: u64,
     num_regions: usize,
     owner: Vec<u32>,
-    /// Regions with no owner.
-    unowned: usize,
+    /// Regions with no owner, in order (the manager takes the lowest or the highest).
+    unowned: BTreeSet<u32>,
+    /// Per group, per region: `ids_in` (computed once; read at every region scan).
+    ids: Vec<Vec<(u32, u32)>>,
+    /// Per group: the fewest ids it has in any region holding some, and the most.
+    min_ids: Vec<usize>,
+    max_ids: Vec<usize>,
 }
 
 impl Arena {
@@ -93,9 +107,10 @@ impl Arena {
             )));
         }
         let biggest = cfg.page_bytes.iter().copied().max().unwrap_or(0);
-        if cfg.region_bytes < biggest || cfg.null_bytes < biggest {
+        if cfg.region_bytes < biggest || cfg.null_bytes == 0 {
             return Err(Error::InvalidArgument(format!(
-                "region_bytes {} and null_bytes {} must each hold the largest page ({biggest} bytes)",
+                "region_bytes {} must hold the largest page ({biggest} bytes) and null_bytes {} \
+                 must be positive",
                 cfg.region_bytes, cfg.null_bytes
             )));
         }
@@ -125,14 +140,39 @@ impl Arena {
             }
         }
         let n = num_regions as usize;
-        Ok(Arena {
+        let mut arena = Arena {
             cfg,
             base,
             first,
             num_regions: n,
             owner: vec![NONE; n],
-            unowned: n,
-        })
+            unowned: (0..n as u32).collect(),
+            ids: Vec::new(),
+            min_ids: Vec::new(),
+            max_ids: Vec::new(),
+        };
+        arena.ids = (0..ng)
+            .map(|g| (0..n).map(|r| arena.compute_ids_in(g, r)).collect())
+            .collect();
+        arena.min_ids = arena
+            .ids
+            .iter()
+            .map(|ids| {
+                let counts = ids.iter().map(|&(lo, hi)| (hi - lo) as usize);
+                counts.filter(|&c| c > 0).min().unwrap_or(0)
+            })
+            .collect();
+        arena.max_ids = arena
+            .ids
+            .iter()
+            .map(|ids| {
+                ids.iter()
+                    .map(|&(lo, hi)| (hi - lo) as usize)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        Ok(arena)
     }
 
     pub fn config(&self) -> &ArenaConfig {
@@ -144,7 +184,7 @@ impl Arena {
     pub fn num_groups(&self) -> usize {
         self.cfg.page_bytes.len()
     }
-    /// Bytes of the null area (every group's block 0 lies in it).
+    /// Bytes of the null area (block 0 of every group but state groups lies in it).
     pub fn null_bytes(&self) -> u64 {
         self.base
     }
@@ -170,7 +210,23 @@ impl Arena {
     }
 
     /// Group `g`'s ids `[lo, hi)` whose bytes lie wholly inside region `r`.
+    #[inline]
     pub fn ids_in(&self, g: usize, r: usize) -> (u32, u32) {
+        self.ids[g][r]
+    }
+
+    /// The fewest ids group `g` has in any region that holds some (a region it owns
+    /// backs at least this many blocks).
+    pub fn min_region_ids(&self, g: usize) -> usize {
+        self.min_ids[g]
+    }
+
+    /// The most ids group `g` has in one region (a whole region of its pages).
+    pub fn max_region_ids(&self, g: usize) -> usize {
+        self.max_ids[g]
+    }
+
+    fn compute_ids_in(&self, g: usize, r: usize) -> (u32, u32) {
         let p = self.cfg.page_bytes[g];
         let (s, e) = self.span(r);
         let lo = s.div_ceil(p);
@@ -211,15 +267,24 @@ impl Arena {
         let new = g.map_or(NONE, |g| g as u32);
         let old = std::mem::replace(&mut self.owner[r], new);
         match (old == NONE, new == NONE) {
-            (true, false) => self.unowned -= 1,
-            (false, true) => self.unowned += 1,
+            (true, false) => {
+                self.unowned.remove(&(r as u32));
+            }
+            (false, true) => {
+                self.unowned.insert(r as u32);
+            }
             _ => {}
         }
     }
 
     /// Regions no group owns now.
     pub fn num_unowned(&self) -> usize {
-        self.unowned
+        self.unowned.len()
+    }
+
+    /// The regions no group owns now, lowest first.
+    pub fn unowned_regions(&self) -> impl DoubleEndedIterator<Item = usize> + '_ {
+        self.unowned.iter().map(|&r| r as usize)
     }
 
     /// Bytes no group can use now: the null area plus the edges of owned regions.

@@ -275,36 +275,49 @@ impl BlockPool {
             });
         }
         out.reserve(n);
-        if self.regions.is_none() && n > 1 {
-            self.allocate_static_batch(n, out);
+        let mut n = n;
+        // An elastic pool packs: free uncached blocks of its best-ranked regions first,
+        // then the LRU head like a static pool (taking a block adds no free uncached
+        // one, so once there is none, every later block is the head).
+        while n > 0 {
+            let Some(b) = self.regions.as_ref().and_then(|g| g.best_uncached()) else {
+                break;
+            };
+            self.take_free(b, out);
+            n -= 1;
+        }
+        if n > 1 {
+            self.allocate_batch(n, out);
             return Ok(());
         }
         for _ in 0..n {
             // `n <= num_free` and the queue holds exactly `num_free` blocks, so the
-            // head is a real block here. An elastic pool packs: a free uncached block
-            // of its best-ranked region first, and only then the LRU cached head.
-            let b = match self.regions.as_ref().and_then(|g| g.best_uncached()) {
-                Some(b) => b,
-                None => self.head,
-            };
-            debug_assert_ne!(b, NIL);
-            self.unlink(b);
-            if let Some(g) = self.regions.as_mut() {
-                g.used(b);
-            }
-            self.m[b as usize].ref_cnt = 1;
-            self.drop_hash(b);
-            out.push(b as BlockId);
+            // head is a real block here.
+            self.take_free(self.head, out);
         }
         Ok(())
     }
 
-    /// `allocate_into` for a static pool (`n <= num_free`): the queue's first `n` blocks,
-    /// handed out in order exactly as one at a time, but in three passes so that their
-    /// cache misses overlap instead of following one another: walk the queue (the only
-    /// dependent loads) prefetching each block's bookkeeping, then prefetch the index
-    /// slots of the hashes they lose, then hand them out.
-    fn allocate_static_batch(&mut self, n: usize, out: &mut Vec<BlockId>) {
+    /// Hand out free block `b` (one reference; it loses its hash).
+    #[inline]
+    fn take_free(&mut self, b: u32, out: &mut Vec<BlockId>) {
+        debug_assert_ne!(b, NIL);
+        self.unlink(b);
+        if let Some(g) = self.regions.as_mut() {
+            g.used(b);
+        }
+        self.m[b as usize].ref_cnt = 1;
+        self.drop_hash(b);
+        out.push(b as BlockId);
+    }
+
+    /// `allocate_into` from the queue's head (`n <= num_free`; an elastic pool with no
+    /// free uncached block): the queue's first `n` blocks, handed out in order exactly
+    /// as one at a time, but in three passes so that their cache misses overlap instead
+    /// of following one another: walk the queue (the only dependent loads) prefetching
+    /// each block's bookkeeping, then prefetch the index slots of the hashes they lose,
+    /// then hand them out.
+    fn allocate_batch(&mut self, n: usize, out: &mut Vec<BlockId>) {
         let start = out.len();
         let mut b = self.head;
         for _ in 0..n {
@@ -313,6 +326,10 @@ impl BlockPool {
             };
             let bi = b as usize;
             prefetch_read(&self.hash[bi]);
+            if let Some(g) = self.regions.as_ref() {
+                prefetch_read(&g.region_of[bi]);
+                prefetch_read(&g.value[bi]);
+            }
             out.push(b as BlockId);
             b = nx;
         }
@@ -325,6 +342,9 @@ impl BlockPool {
         for &id in &out[start..] {
             let b = id as u32;
             self.unlink(b);
+            if let Some(g) = self.regions.as_mut() {
+                g.used(b);
+            }
             self.m[b as usize].ref_cnt = 1;
             self.drop_hash(b);
         }

@@ -57,6 +57,20 @@ impl BlockPool {
             .unwrap_or(0)
     }
 
+    /// Elastic pools: the regions this pool holds with no block in use, lowest first
+    /// (none for a static pool).
+    pub fn idle_regions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.regions.iter().flat_map(|g| g.idle_regions())
+    }
+
+    /// Elastic pools: `(cached value, region)` of the regions this pool holds with no
+    /// block in use, cheapest first (lowest region on a tie).
+    pub fn idle_regions_by_value(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.regions
+            .iter()
+            .flat_map(|g| g.idle_by_value.iter().map(|&(v, r)| (v, r as usize)))
+    }
+
     /// Elastic pools: present blocks of region `r` (0 unless this pool holds it).
     pub fn region_blocks(&self, r: usize) -> u32 {
         self.regions
@@ -124,6 +138,7 @@ impl BlockPool {
             g.present[b as usize] = true;
         }
         g.blocks[r] = hi - lo;
+        g.set_idle(r, hi > lo);
         for b in lo..hi {
             self.push_tail(b);
             if let Some(g) = self.regions.as_mut() {
@@ -152,6 +167,10 @@ impl BlockPool {
             return Err(Error::PoolInUse {
                 in_use: g.in_use[r] as usize,
             });
+        }
+        // Out of the idle set first, so dropping each block's hash leaves it alone.
+        if let Some(g) = self.regions.as_mut() {
+            g.set_idle(r, false);
         }
         for b in lo..hi {
             self.drop_hash(b);

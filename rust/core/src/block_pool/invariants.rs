@@ -170,9 +170,18 @@ impl BlockPool {
             if len != ucount[r] {
                 return Err(format!("region {r}: free-uncached list length {len}"));
             }
+            let idle = g.is_idle(r);
+            if idle != (blocks[r] > 0 && in_use[r] == 0)
+                || idle != g.idle_by_value.contains(&(value[r], r as u32))
+            {
+                return Err(format!("region {r}: idle set out of date"));
+            }
             if (ucount[r] > 0) != g.ready.contains(&(g.rank[r], r as u32)) {
                 return Err(format!("region {r}: ready set out of date"));
             }
+        }
+        if g.idle_by_value.len() != (0..nr).filter(|&r| g.is_idle(r)).count() {
+            return Err("idle set holds stale regions".into());
         }
         if g.ready.len() != ucount.iter().filter(|&&c| c > 0).count() {
             return Err("ready set holds stale regions".into());

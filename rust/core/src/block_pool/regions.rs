@@ -36,6 +36,11 @@ pub(crate) struct Regions {
     /// `(rank, region)` of every region with a free uncached block.
     pub ready: BTreeSet<(u32, u32)>,
     pub num_uncached_free: usize,
+    /// Bit `r`: region `r` is present with no block in use (the regions the manager may
+    /// hand to another group), so a search for one reads only these.
+    pub idle: Vec<u64>,
+    /// `(cached value, region)` of every idle region: the cheapest to empty first.
+    pub idle_by_value: BTreeSet<(u64, u32)>,
 }
 
 impl Regions {
@@ -70,7 +75,52 @@ impl Regions {
             range,
             ready: BTreeSet::new(),
             num_uncached_free: 0,
+            idle: vec![0; num_regions.div_ceil(64)],
+            idle_by_value: BTreeSet::new(),
         }
+    }
+
+    pub fn is_idle(&self, r: usize) -> bool {
+        self.idle[r / 64] >> (r % 64) & 1 == 1
+    }
+
+    /// Mark region `r` idle (present, nothing in use) or not.
+    pub fn set_idle(&mut self, r: usize, idle: bool) {
+        if self.is_idle(r) == idle {
+            return;
+        }
+        let (w, bit) = (r / 64, 1u64 << (r % 64));
+        let key = (self.cached_value[r], r as u32);
+        if idle {
+            self.idle[w] |= bit;
+            self.idle_by_value.insert(key);
+        } else {
+            self.idle[w] &= !bit;
+            self.idle_by_value.remove(&key);
+        }
+    }
+
+    /// Region `r`'s cached value becomes `v` (its key in `idle_by_value` follows).
+    fn set_cached_value(&mut self, r: usize, v: u64) {
+        let old = std::mem::replace(&mut self.cached_value[r], v);
+        if old != v && self.is_idle(r) {
+            self.idle_by_value.remove(&(old, r as u32));
+            self.idle_by_value.insert((v, r as u32));
+        }
+    }
+
+    /// The idle regions, lowest first.
+    pub fn idle_regions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.idle.iter().enumerate().flat_map(|(w, &bits)| {
+            let mut rest = bits;
+            std::iter::from_fn(move || {
+                (rest != 0).then(|| {
+                    let t = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    w * 64 + t
+                })
+            })
+        })
     }
 
     /// Put free uncached block `b` on its region's list.
@@ -130,14 +180,22 @@ impl Regions {
     pub fn used(&mut self, b: u32) {
         let r = self.region_of[b as usize];
         if r != NIL {
-            self.in_use[r as usize] += 1;
+            let ri = r as usize;
+            if self.in_use[ri] == 0 {
+                self.set_idle(ri, false);
+            }
+            self.in_use[ri] += 1;
         }
     }
 
     pub fn released(&mut self, b: u32) {
         let r = self.region_of[b as usize];
         if r != NIL {
-            self.in_use[r as usize] -= 1;
+            let ri = r as usize;
+            self.in_use[ri] -= 1;
+            if self.in_use[ri] == 0 {
+                self.set_idle(ri, true);
+            }
         }
     }
 
@@ -146,7 +204,8 @@ impl Regions {
         let r = self.region_of[b as usize];
         let v = std::mem::take(&mut self.value[b as usize]);
         if r != NIL {
-            self.cached_value[r as usize] -= v as u64;
+            let ri = r as usize;
+            self.set_cached_value(ri, self.cached_value[ri] - v as u64);
         }
     }
 
@@ -155,8 +214,8 @@ impl Regions {
         let r = self.region_of[b as usize];
         let old = std::mem::replace(&mut self.value[b as usize], v);
         if r != NIL {
-            let cv = &mut self.cached_value[r as usize];
-            *cv = *cv - old as u64 + v as u64;
+            let ri = r as usize;
+            self.set_cached_value(ri, self.cached_value[ri] - old as u64 + v as u64);
         }
     }
 }

@@ -137,6 +137,22 @@ impl Manager {
                         a.floor_blocks.len()
                     )));
                 }
+                // A kernel may read the null block of every kind but state: it must lie
+                // in the null area (see `arena.rs`).
+                let null = a.null_bytes;
+                if let Some((g, p)) = cfg
+                    .groups
+                    .iter()
+                    .zip(&a.page_bytes)
+                    .enumerate()
+                    .find(|(_, (gc, &p))| gc.kind != GroupKind::State && p > null)
+                    .map(|(g, (_, &p))| (g, p))
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "arena null_bytes {null} cannot hold the null block of group {g} \
+                         ({p}-byte pages; only a state group's may reach past the null area)"
+                    )));
+                }
                 pool_of = page_classes(&cfg.groups, &a.page_bytes);
                 group_floors.clone_from(&a.floor_blocks);
                 let arena = Arena::new(pool_arena(a, &pool_of))?;

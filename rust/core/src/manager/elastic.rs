@@ -65,22 +65,41 @@ impl Manager {
     }
 
     /// The unowned region group `g` should take next (one holding at least one of its
-    /// ids): the lowest for growing groups, the highest for bounded ones.
+    /// ids): the lowest for growing groups; for bounded ones the highest whole region
+    /// (holding as many of its ids as any region), else the highest partial one, so a
+    /// floor fills whole regions and a short top or bottom region stays with the
+    /// growing groups (`arena_plan.py` plans the same).
     fn unowned_region(&self, g: usize) -> Option<usize> {
         let arena = self.arena.as_ref()?;
-        if arena.num_unowned() == 0 {
-            return None;
-        }
-        let n = arena.num_regions();
-        let usable = |r: &usize| {
-            let (lo, hi) = arena.ids_in(g, *r);
-            arena.owner(*r).is_none() && hi > lo
+        let ids = |r: usize| {
+            let (lo, hi) = arena.ids_in(g, r);
+            (hi - lo) as usize
         };
-        if self.bottom[g] {
-            (0..n).find(usable)
+        let got = if self.bottom[g] {
+            arena.unowned_regions().find(|&r| ids(r) > 0)
         } else {
-            (0..n).rev().find(usable)
+            let whole = arena.max_region_ids(g);
+            let top = || arena.unowned_regions().rev();
+            top()
+                .find(|&r| ids(r) == whole)
+                .or_else(|| top().find(|&r| ids(r) > 0))
+        };
+        #[cfg(debug_assertions)]
+        {
+            // The definition: the first such region in a scan of every region.
+            let free = |r: &usize| arena.owner(*r).is_none();
+            let mut all = 0..arena.num_regions();
+            let want = if self.bottom[g] {
+                all.find(|r| free(r) && ids(*r) > 0)
+            } else {
+                let whole = arena.max_region_ids(g);
+                all.clone()
+                    .rfind(|r| free(r) && ids(*r) == whole)
+                    .or_else(|| all.rfind(|r| free(r) && ids(*r) > 0))
+            };
+            debug_assert_eq!(got, want);
         }
+        got
     }
 
     fn grant(&mut self, g: usize, r: usize) {
@@ -136,6 +155,59 @@ impl Manager {
         if !(0..self.pools.len()).any(gives) {
             return None;
         }
+        // Only regions with no block in use can move: each owner's idle regions,
+        // cheapest cached value first (lowest id on a tie). The lowest value per byte
+        // wins, the lowest region on a tie (as a scan of every region in order
+        // chooses). A region holds at most `region_bytes`, so once a value over that
+        // exceeds the best value per byte, no later region of that owner can match it.
+        let full = arena.config().region_bytes as f64;
+        let mut best: Option<(usize, usize, f64)> = None;
+        for (h, p) in self.pools.iter().enumerate() {
+            if !gives(h) {
+                continue;
+            }
+            let floor = arena.floor(h);
+            let kept = keep.get(h).copied().unwrap_or(0);
+            // No region of `h` can go without breaking its floor or the kept blocks.
+            let fewest = arena.min_region_ids(h);
+            if p.num_present() < floor + fewest || p.num_free() < kept + fewest {
+                continue;
+            }
+            for (value, r) in p.idle_regions_by_value() {
+                if best.is_some_and(|(_, _, v)| value as f64 / full > v) {
+                    break;
+                }
+                let (lo, hi) = arena.ids_in(g, r);
+                if hi == lo {
+                    continue;
+                }
+                let blocks = p.region_blocks(r) as usize;
+                if p.num_present() < floor + blocks || p.num_free() < kept + blocks {
+                    continue;
+                }
+                let (s, e) = arena.span(r);
+                let vpb = value as f64 / (e - s) as f64;
+                if best.is_none_or(|(_, br, v)| vpb < v || (vpb == v && r < br)) {
+                    best = Some((h, r, vpb));
+                }
+                // A whole region (value per byte at its lower bound): every later one
+                // of `h` holds more value (a larger quotient while values stay far
+                // below 2^52), or as much at a higher id. Done with `h`.
+                if vpb == value as f64 / full && value < 1 << 50 {
+                    break;
+                }
+            }
+        }
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(best, self.best_reclaim_by_scan(g, keep));
+        best
+    }
+
+    /// `best_reclaim` by reading every region in order (the definition it follows;
+    /// debug builds check every answer against it).
+    #[cfg(debug_assertions)]
+    fn best_reclaim_by_scan(&self, g: usize, keep: &[usize]) -> Option<(usize, usize, f64)> {
+        let arena = self.arena.as_ref()?;
         let mut best: Option<(usize, usize, f64)> = None;
         for r in 0..arena.num_regions() {
             let Some(h) = arena.owner(r) else { continue };
@@ -369,7 +441,50 @@ impl Manager {
         let slack: Vec<usize> = (0..ng)
             .map(|h| self.pools[h].num_present().saturating_sub(arena.floor(h)))
             .collect();
+        // Another owner's regions count only with no block in use (its idle set; a
+        // granted region always holds ids of its owner), lowest first while its slack
+        // lasts.
         let per_pool: Vec<usize> = (0..ng)
+            .map(|g| {
+                let ids = |r: usize| {
+                    let (lo, hi) = arena.ids_in(g, r);
+                    (hi - lo) as usize
+                };
+                let mut n = self.pools[g].num_free();
+                n += arena.unowned_regions().map(ids).sum::<usize>();
+                for (h, p) in self.pools.iter().enumerate() {
+                    if h == g {
+                        continue;
+                    }
+                    let mut spare = slack[h];
+                    for r in p.idle_regions() {
+                        let blocks = p.region_blocks(r) as usize;
+                        if spare >= blocks {
+                            spare -= blocks;
+                            n += ids(r);
+                        }
+                    }
+                }
+                n
+            })
+            .collect();
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(per_pool, self.obtainable_by_scan());
+        self.pool_of.iter().map(|&p| per_pool[p]).collect()
+    }
+
+    /// `obtainable_blocks` per pool by reading every region in order (debug builds
+    /// check it).
+    #[cfg(debug_assertions)]
+    fn obtainable_by_scan(&self) -> Vec<usize> {
+        let Some(arena) = self.arena.as_ref() else {
+            return vec![];
+        };
+        let ng = self.pools.len();
+        let slack: Vec<usize> = (0..ng)
+            .map(|h| self.pools[h].num_present().saturating_sub(arena.floor(h)))
+            .collect();
+        (0..ng)
             .map(|g| {
                 let mut spare = slack.clone();
                 let mut n = self.pools[g].num_free();
@@ -390,8 +505,7 @@ impl Manager {
                 }
                 n
             })
-            .collect();
-        self.pool_of.iter().map(|&p| per_pool[p]).collect()
+            .collect()
     }
 
     /// Elastic invariants: pools hold exactly the regions the arena says they own, every

@@ -64,11 +64,14 @@ fn owned(m: &Manager, g: usize) -> usize {
 #[test]
 fn floors_are_granted_at_construction() {
     let m = elastic(5);
-    // Regions sit at multiples of 80 B: [960, 1000) holds one state block of 40 B,
-    // [880, 960) and [800, 880) two each: 5 blocks in 3 regions.
-    assert_eq!(m.pools()[1].num_present(), 5);
+    // Regions sit at multiples of 80 B: whole regions first, from the top: [880, 960),
+    // [800, 880) and [720, 800) hold two state blocks of 40 B each: 6 blocks in 3
+    // regions. The short top region [960, 1000) (one state block) stays unowned for the
+    // growing group, which uses all of it.
+    assert_eq!(m.pools()[1].num_present(), 6);
     assert_eq!(owned(&m, 1), 3);
     assert_eq!(owned(&m, 0), 0);
+    assert_eq!(m.arena().unwrap().owner(12), None);
     m.check_invariants().unwrap();
     // Views span the whole arena at each group's page size.
     assert_eq!(m.pools()[0].num_blocks(), 100);
