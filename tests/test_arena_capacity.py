@@ -72,8 +72,7 @@ def test_manager_holds_what_the_plan_says(name: str, gib: int) -> None:
     # (equal pages), their floors too.
     pool_of = arena.pool_of or tuple(range(len(arena.floor_blocks)))
     shared = [
-        sum(f for h, f in enumerate(arena.floor_blocks) if pool_of[h] == pool_of[g])
-        for g in grow
+        sum(f for h, f in enumerate(arena.floor_blocks) if pool_of[h] == pool_of[g]) for g in grow
     ]
     assert [int(obtainable[g]) for g in grow] == [arena.growing_blocks + s for s in shared]
     info = m.arena_info()
