@@ -355,6 +355,13 @@ impl Manager {
         self.elastic
     }
 
+    /// Tokens a prompt must compute beyond its hit, up to its last checkpoint, for that
+    /// checkpoint to be kept (elastic arenas, `checkpoints.rs`; 0: always kept). A
+    /// scheduler need not end a prefill chunk there for a checkpoint otherwise.
+    pub fn prompt_keep_min(&self) -> usize {
+        self.prompt_keep_min
+    }
+
     /// Per group: blocks it could allocate now, counting memory it could take from the
     /// unowned remainder and from other groups' whole free regions above their floors.
     /// Equal to the pool's free count for static pools.
