@@ -417,3 +417,31 @@ fn a_region_holding_cached_blocks_stays_while_the_group_can_evict_its_own() {
     assert_eq!(m.elastic_stats().evicted_blocks, evicted);
     assert_eq!(m.elastic_stats().moves, moves);
 }
+
+#[test]
+fn prompt_keep_min_is_capped_at_one_default_prefill_step() {
+    // A state page of 100 kB beside 1-byte attention pages of 4 tokens: twice the page
+    // is 800,000 attention tokens, capped at 8,192.
+    let groups = [
+        GroupConfig {
+            kind: GroupKind::Full,
+            block_size: 4,
+            num_blocks: 0,
+        },
+        GroupConfig {
+            kind: GroupKind::State,
+            block_size: 4,
+            num_blocks: 0,
+        },
+    ];
+    let arena = crate::arena::Arena::new(ArenaConfig {
+        bytes: 1_000_000,
+        region_bytes: 100_000,
+        null_bytes: 100_000,
+        page_bytes: vec![1, 100_000],
+        floor_blocks: vec![0, 1],
+    })
+    .unwrap();
+    assert_eq!(checkpoints::prompt_keep_min(&groups, &arena), 8192);
+    assert_eq!(elastic(2).prompt_keep_min, 32);
+}
