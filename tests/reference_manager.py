@@ -119,6 +119,8 @@ class RefRequest:
     dirty: bool = False
     boundary: int = 0
     prompt_len: int = 0
+    # Tokens its last lookup served from the cache.
+    hit: int = 0
 
 
 class RefManager:
@@ -129,11 +131,15 @@ class RefManager:
         caching: bool = True,
         checkpoint_policy: str = "reuse",
         pool_of: Sequence[int] | None = None,
+        prompt_keep_min: int = 0,
     ) -> None:
         self.groups = list(groups)
         # Per group: its pool (groups sharing one: one id space, one LRU queue, needs
         # summed; keys carry the group, so lookups stay per group).
         self.pool_of = list(pool_of) if pool_of is not None else list(range(len(groups)))
+        # A prompt's last checkpoint is kept only when the prompt computed at least
+        # this many tokens up to it beyond its hit (the core sets it for elastic arenas).
+        self.prompt_keep_min = prompt_keep_min
         self.mode = mode
         self.caching = caching
         # Align mode, "reuse": per state block, requests that moved past its checkpoint.
@@ -335,6 +341,7 @@ class RefManager:
                     if self.reuse and grp.kind == "state":
                         self._superseded(r, g, k)
             r.computed = h
+            r.hit = h
             r.phase = "queried"
             out.append(h)
         return out
@@ -381,10 +388,13 @@ class RefManager:
                 self.next_token[g][b] = r.tokens[(k + 1) * bs]
             ext = self.extensions[g][b] = min(self.extensions[g].get(b, 0) + 1, 255)
             # The prompt's last checkpoint (the deepest cached one at or below the
-            # prompt's last block boundary in r's table) stays.
+            # prompt's last block boundary in r's table) stays, if r computed at least
+            # prompt_keep_min tokens up to it beyond its hit.
             pe = r.prompt_len // bs
-            prompt_last = k + 1 <= pe and not any(
-                d and pool.key[d] is not None for d in r.tables[g][k + 1 : pe]
+            prompt_last = (
+                k + 1 <= pe
+                and not any(d and pool.key[d] is not None for d in r.tables[g][k + 1 : pe])
+                and (k + 1) * bs >= r.hit + self.prompt_keep_min
             )
             keep = prompt_last or ext >= 2
             if not keep and pool.ref[b] == 1 and deeper_held:

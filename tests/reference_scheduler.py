@@ -8,7 +8,9 @@ chunk sizes, admissions and their hits, preemption victims, queue sizes). The ru
 
 - Rank ``(priority, arrival)``: smaller runs first and is preempted last.
 - Running requests first, in rank order: ``min(remaining, budget, chunk cap)`` tokens,
-  a prefill chunk cut back to end on a multiple of ``align`` when one lies inside it.
+  a prefill chunk cut back to end on a multiple of ``align`` when one lies inside it
+  (not when it ends the prompt and the manager would keep no checkpoint on the prompt's
+  last boundary: fewer than ``prompt_keep_min`` tokens computed up to it past the hit).
 - Then waiting requests in queue order (FIFO, preempted ones at the front; or by rank
   under ``"priority"``), looked up in rounds: a round takes as many as would fill the
   budget with no hit (at least one), at most ``admit_cap`` admissions a step (halved
@@ -51,6 +53,7 @@ class RefReq:
     running: bool = False
     lost: int = 0
     boundary: int = 0  # shared-prefix boundary from its last lookup (0: none or cut off)
+    hit: int = 0  # tokens hit at its last admission
 
     @property
     def num_tokens(self) -> int:
@@ -85,6 +88,7 @@ class RefScheduler:
         policy: str = "fcfs",
         chunk_cap: int | None = None,
         cut_at_shared_prefix: bool = False,
+        prompt_keep_min: int = 0,
     ) -> None:
         self.m = manager
         self.budget = budget
@@ -98,6 +102,9 @@ class RefScheduler:
         states = [grp.block_size for grp in groups if grp.kind == "state"]
         self.align = states[0] if states and manager.mode == "align" else 0
         self.cut = cut_at_shared_prefix
+        # A prefill ends a chunk on the prompt's last block boundary only when the
+        # manager keeps a checkpoint there (computed >= this beyond the hit; 0: always).
+        self.keep_min = prompt_keep_min if self.align else 0
         self.reqs: dict[int, RefReq] = {}
         self.running: list[RefReq] = []
         self.waiting: list[RefReq] = []
@@ -139,6 +146,13 @@ class RefScheduler:
         end = (c + n) // self.align * self.align
         return end - c if end > c else n
 
+    def chunk(self, r: RefReq, c: int, n: int) -> int:
+        n = self.cut_at(r.boundary, c, n)
+        last = len(r.prompt) // self.align * self.align
+        if self.keep_min and c + n >= len(r.prompt) and last - r.hit < self.keep_min:
+            return n  # the rest of the prompt runs whole: no kept checkpoint to cut for
+        return self.aligned(c, n)
+
     def free_blocks(self) -> list[int]:
         return [self.m.pools[g].num_free for g in self.growing]
 
@@ -164,7 +178,7 @@ class RefScheduler:
             if n <= 0:
                 continue
             if n > 1 and self.align:
-                n = self.aligned(r.computed, self.cut_at(r.boundary, r.computed, n))
+                n = self.chunk(r, r.computed, n)
             batch.append((r, n, r.computed))
             budget -= n
 
@@ -212,8 +226,9 @@ class RefScheduler:
                     leftovers.append(r)
                     continue
                 r.boundary = bound
+                r.hit = h
                 if n > 1 and self.align:
-                    n = self.aligned(h, self.cut_at(bound, h, n))
+                    n = self.chunk(r, h, n)
                 if room is not None:
                     need = self.blocks_needed(h, n)
                     if any(a > b for a, b in zip(need, room, strict=True)):

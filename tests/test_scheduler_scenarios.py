@@ -13,7 +13,7 @@ from hybridkv.errors import (
 )
 from hybridkv.manager import KVCacheManager
 from hybridkv.models import ModelSpec
-from hybridkv.planner import plan_with_blocks
+from hybridkv.planner import plan_memory, plan_with_blocks
 from hybridkv.scheduler import Scheduler, SchedulerError
 from hybridkv.specs import FullAttentionSpec, StateSpec
 
@@ -339,3 +339,59 @@ def test_prompt_cut_leaves_a_short_prefill_from_a_coarse_hit_alone() -> None:
             assert out.new_hit_tokens.tolist() == [256]
         s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
     assert chunks == [[4], [2]]
+
+
+class _KeepMinManager(KVCacheManager):
+    """A manager that keeps a prompt's last checkpoint only after ``keep`` tokens
+    computed beyond the hit (what an elastic arena reports as ``prompt_keep_min``)."""
+
+    keep = 0
+
+    @property
+    def prompt_keep_min(self) -> int:
+        return self.keep
+
+
+@pytest.mark.parametrize("keep", [0, 12, 40])
+def test_a_prompt_ends_its_prefill_on_a_block_boundary_only_where_the_checkpoint_stays(
+    keep: int,
+) -> None:
+    # A 30-token prompt with no hit: its last block boundary (28) lies 28 tokens past
+    # the hit. Where the manager keeps that checkpoint (28 >= keep) the prefill ends a
+    # chunk there and the last 2 tokens take another step; where it would not (keep 40)
+    # the prompt runs whole in one step.
+    full = FullAttentionSpec(num_kv_heads=1, head_size=8)
+    state = StateSpec(shapes=((2, 8),), dtypes=("fp32",))
+    plan = plan_with_blocks(
+        ModelSpec("h", (full, state)),
+        64,
+        block_size=BS,
+        max_num_seqs=2,
+        max_model_len=64,
+        max_num_batched_tokens=64,
+    )
+    m = _KeepMinManager(plan)
+    m.keep = keep
+    s = Scheduler(m, max_num_batched_tokens=64, max_num_seqs=2, max_model_len=64)
+    assert s.prompt_keep_min == keep
+    s.add_request(0, np.arange(1, 31, dtype=np.int32), 1)
+    chunks = []
+    while s.has_unfinished():
+        out = s.schedule()
+        chunks.append(out.num_new_tokens.tolist())
+        s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    assert chunks == ([[30]] if keep > 28 else [[28], [2]])
+
+
+def test_an_elastic_manager_reports_its_prompt_keep_min() -> None:
+    full = FullAttentionSpec(num_kv_heads=1, head_size=8)
+    state = StateSpec(shapes=((2, 8),), dtypes=("fp32",))
+    spec = ModelSpec("h", (full, state))
+    kw = dict(block_size=BS, max_num_seqs=2, max_model_len=64, max_num_batched_tokens=64)
+    elastic = plan_memory(spec, memory_bytes=200_000, layout="elastic", **kw)  # type: ignore[arg-type]
+    m = KVCacheManager(elastic)
+    # Twice the full-attention tokens a state page's bytes hold.
+    pages = {g.kind: g.page_size_bytes for g in elastic.groups}
+    per_token = pages["full_attention"] / BS
+    assert m.prompt_keep_min == -(-2 * pages["state"] // per_token)
+    assert KVCacheManager(plan_with_blocks(spec, 64, **kw)).prompt_keep_min == 0  # type: ignore[arg-type]

@@ -222,6 +222,14 @@ class KVCacheManager:
         return tuple(int(p) for p in self._core.pool_of)
 
     @property
+    def prompt_keep_min(self) -> int:
+        """Align mode, elastic arena: a prompt's last state checkpoint is kept only when
+        the prompt computed at least this many tokens up to it beyond its prefix hit
+        (twice the attention tokens a state page's bytes hold); 0: always kept. The
+        scheduler ends a prefill chunk on the prompt's last block boundary only then."""
+        return int(self._core.prompt_keep_min)
+
+    @property
     def num_requests(self) -> int:
         return int(self._core.num_requests)
 

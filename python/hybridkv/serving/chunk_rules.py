@@ -42,6 +42,7 @@ class ChunkRules:
     manager: Any
     align: int
     prompt_cut: int
+    prompt_keep_min: int
     _prefill_cap: int
     _shared: bool
     _row_of: I64 | None
@@ -139,7 +140,8 @@ class ChunkRules:
     def _chunk(self, r: Req, c: int, n: int) -> int:
         """Align-mode prefill chunk ``[c, c + n)`` of ``r`` (hybridkv's split): cut at
         the shared-prefix boundary, then at the coarse prompt cut, else on a block
-        boundary (``_aligned``)."""
+        boundary (``_aligned``), unless the chunk ends the prompt and the manager would
+        not keep a checkpoint on its last block boundary (``prompt_keep_min``)."""
         n = self._cut(r, c, n)
         g = self.prompt_cut
         if g:
@@ -151,6 +153,16 @@ class ChunkRules:
                 # The rest of a prompt whose state is checkpointed at its coarse cut
                 # runs whole (no extra step for a finer prompt-end checkpoint).
                 return n
+        keep = self.prompt_keep_min
+        if (
+            keep
+            and c + n >= r.prompt_len
+            and r.prompt_len // self.align * self.align - r.hit < keep
+        ):
+            # The rest of the prompt runs whole: the manager would not keep a checkpoint
+            # on its last block boundary (too little computed beyond the hit), so a cut
+            # there only costs the prompt a step (its turn's tail comes from decode).
+            return n
         return self._aligned(c, n)
 
     def _cut(self, r: Req, c: int, n: int) -> int:

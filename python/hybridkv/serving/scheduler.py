@@ -300,6 +300,10 @@ class Scheduler(ChunkRules):
         #: Align mode, hybridkv split: a long prefill ends a chunk on the prompt's last
         #: multiple of this (0: off; ``PROMPT_CUT_MIN``).
         self.prompt_cut = prompt_cut if self.align else 0
+        keep = getattr(manager, "prompt_keep_min", 0)
+        #: Align mode: a prefill ends a chunk on the prompt's last block boundary only
+        #: when the manager keeps the checkpoint there (``chunk_rules.ChunkRules._chunk``).
+        self.prompt_keep_min = keep if isinstance(keep, int) and self.align else 0
         self._prefill_cap = min(max_num_batched_tokens, self.chunk_cap)
         self._reqs: dict[int, _Req] = {}
         # Token counters by slot (``request_table.py``).

@@ -520,6 +520,11 @@ impl PyManager {
         self.inner.with(py, |m| m.pool_of().to_vec())
     }
 
+    #[getter]
+    fn prompt_keep_min(&self, py: Python<'_>) -> PyResult<usize> {
+        self.inner.with(py, |m| m.prompt_keep_min())
+    }
+
     fn ref_counts<'py>(
         &self,
         py: Python<'py>,

@@ -174,6 +174,10 @@ pub struct Manager {
     /// Per group: checkpoint retention of a state group under `CheckpointPolicy::Reuse`
     /// in align mode with caching (`None` otherwise).
     ckpt: Vec<Option<checkpoints::GroupCheckpoints>>,
+    /// Elastic arena: a prompt's last checkpoint is kept only when the prompt's
+    /// uncached part up to it is at least this many tokens (`checkpoints.rs`); 0 for
+    /// static pools.
+    prompt_keep_min: usize,
 }
 
 /// A set of block ids of one pool.

@@ -110,6 +110,8 @@ pub struct Request {
     /// Tokens it was added with (its prompt): where its prompt-end checkpoint lies.
     pub prompt_len: usize,
     pub num_computed: usize,
+    /// Tokens its last prefix lookup served from the cache.
+    pub hit_tokens: usize,
     pub phase: Phase,
     pub extra: ExtraKeys,
     /// Encoder tokens (cross-attention groups allocate blocks for them).
@@ -150,6 +152,7 @@ impl Request {
             prompt_len: tokens.len(),
             tokens,
             num_computed: 0,
+            hit_tokens: 0,
             phase: Phase::Waiting,
             extra,
             encoder_len,

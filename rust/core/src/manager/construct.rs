@@ -289,6 +289,9 @@ impl Manager {
                     .then(|| checkpoints::GroupCheckpoints::new(g.num_blocks))
             })
             .collect();
+        let prompt_keep_min = arena.as_ref().filter(|_| reuse).map_or(0, |a| {
+            checkpoints::prompt_keep_min(&cfg.groups, a, &pool_of, &group_floors)
+        });
         let mut m = Manager {
             groups: cfg.groups,
             pools,
@@ -321,6 +324,7 @@ impl Manager {
             elastic: ElasticStats::default(),
             orphan_cursor: (0, 0),
             ckpt,
+            prompt_keep_min,
         };
         m.grant_floors()?;
         Ok(m)

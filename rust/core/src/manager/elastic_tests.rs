@@ -413,3 +413,133 @@ fn different_pages_keep_their_own_pools() {
     assert!(m.pools()[1].num_present() >= 3);
     m.check_invariants().unwrap();
 }
+
+/// Request `id`: `prompt` computed (a chunk ending on its last block boundary, then the
+/// rest), then decoded one token per step up to
+/// `toks.len()` tokens (`toks` starts with `prompt`), then finished.
+fn run_turn_to(m: &mut Manager, id: i64, toks: &[i32], prompt: usize) -> i64 {
+    add(m, id, &toks[..prompt]);
+    let h = m.get_computed_tokens(&[id]).unwrap()[0];
+    // The scheduler ends a prefill chunk on the prompt's last block boundary.
+    let end = (prompt / 4 * 4) as i64;
+    for n in [end - h, prompt as i64 - end] {
+        if n > 0 {
+            assert!(m.allocate_slots(&[id], &[n], &[0], true).unwrap()[0]);
+        }
+    }
+    for i in prompt..toks.len() {
+        m.append_tokens(&[id], &toks[i..i + 1], &[0, 1]).unwrap();
+        assert!(m.allocate_slots(&[id], &[1], &[0], true).unwrap()[0]);
+        m.check_invariants().unwrap();
+    }
+    m.free(&[id]).unwrap();
+    h
+}
+
+fn hit_of(m: &mut Manager, id: i64, tokens: &[i32]) -> i64 {
+    add(m, id, tokens);
+    let h = m.get_computed_tokens(&[id]).unwrap()[0];
+    m.free(&[id]).unwrap();
+    h
+}
+
+#[test]
+fn a_prompt_end_is_kept_only_after_a_long_fresh_prefill() {
+    // A state page (40 B) holds 16 tokens of attention (10 B per 4 tokens): a prompt
+    // end is kept when the prompt computed at least 32 tokens beyond its hit.
+    let mut m = elastic(2);
+    assert_eq!(m.prompt_keep_min, 32);
+    let toks: Vec<i32> = (1..=80).collect();
+    // Turn 1: 40 fresh prompt tokens, decoded to 50: the prompt end (40) stays.
+    assert_eq!(run_turn_to(&mut m, 1, &toks[..50], 40), 0);
+    let retry1: Vec<i32> = toks[..40].iter().copied().chain([900, 901]).collect();
+    assert_eq!(hit_of(&mut m, 2, &retry1), 40);
+    // Turn 2 continues from turn 1's tail (48) and adds 8 tokens: its prompt end (56)
+    // computed 8 < 32 tokens beyond the hit, so only its tail (64) stays.
+    assert_eq!(run_turn_to(&mut m, 3, &toks[..66], 58), 48);
+    let retry2: Vec<i32> = toks[..56].iter().copied().chain([900, 901]).collect();
+    assert!(hit_of(&mut m, 4, &retry2) < 56);
+    let next: Vec<i32> = toks[..66].iter().copied().chain([902, 903]).collect();
+    assert_eq!(hit_of(&mut m, 5, &next), 64);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn a_region_holding_cached_blocks_stays_while_the_group_can_evict_its_own() {
+    let mut m = elastic(2);
+    // Four deep turns at once (40-token prompts): the state group grows past its floor,
+    // and their checkpoints (worth 40 tokens each) stay cached in its regions.
+    let ids: Vec<i64> = (1..=4).collect();
+    for &i in &ids {
+        let t: Vec<i32> = (0..41).map(|x| 1000 * i as i32 + x).collect();
+        add(&mut m, i, &t);
+    }
+    m.get_computed_tokens(&ids).unwrap();
+    assert!(m
+        .allocate_slots(&ids, &[40; 4], &[0; 4], true)
+        .unwrap()
+        .iter()
+        .all(|&ok| ok));
+    assert!(m
+        .allocate_slots(&ids, &[1; 4], &[0; 4], true)
+        .unwrap()
+        .iter()
+        .all(|&ok| ok));
+    m.free(&ids).unwrap();
+    assert!(m.pools()[1].num_cached() >= 4);
+    // Short requests fill every other region with cached attention blocks (each region
+    // worth 8 blocks x 4 tokens = 32 tokens per 80 B, under half of a 40-token
+    // checkpoint's 40 per 40 B), then keep coming: the state group evicts its own
+    // least recently used checkpoints instead of a region of cached attention blocks.
+    let mut id = 100;
+    let run = |m: &mut Manager, id: &mut i64| {
+        let t: Vec<i32> = (0..16).map(|x| 10_000 * *id as i32 + x).collect();
+        add(m, *id, &t);
+        m.get_computed_tokens(&[*id]).unwrap();
+        assert!(m.allocate_slots(&[*id], &[16], &[0], true).unwrap()[0]);
+        m.free(&[*id]).unwrap();
+        *id += 1;
+    };
+    while m.arena().unwrap().num_unowned() > 0 {
+        run(&mut m, &mut id);
+    }
+    let moves = m.elastic_stats().moves;
+    let evicted = m.elastic_stats().evicted_blocks;
+    for _ in 0..20 {
+        run(&mut m, &mut id);
+        m.check_invariants().unwrap();
+    }
+    assert_eq!(m.elastic_stats().evicted_blocks, evicted);
+    assert_eq!(m.elastic_stats().moves, moves);
+}
+
+#[test]
+fn prompt_keep_min_is_capped_at_one_default_prefill_step() {
+    // A state page of 100 kB beside 1-byte attention pages of 4 tokens: twice the page
+    // is 800,000 attention tokens, capped at 8,192.
+    let groups = [
+        GroupConfig {
+            kind: GroupKind::Full,
+            block_size: 4,
+            num_blocks: 0,
+        },
+        GroupConfig {
+            kind: GroupKind::State,
+            block_size: 4,
+            num_blocks: 0,
+        },
+    ];
+    let arena = crate::arena::Arena::new(ArenaConfig {
+        bytes: 1_000_000,
+        region_bytes: 100_000,
+        null_bytes: 100_000,
+        page_bytes: vec![1, 100_000],
+        floor_blocks: vec![0, 1],
+    })
+    .unwrap();
+    assert_eq!(
+        checkpoints::prompt_keep_min(&groups, &arena, &[0, 1], &[0, 1]),
+        8192
+    );
+    assert_eq!(elastic(2).prompt_keep_min, 32);
+}

@@ -64,6 +64,7 @@ impl Manager {
             }
             let h = self.find_and_take_hit(&mut r);
             r.num_computed = h;
+            r.hit_tokens = h;
             r.phase = Phase::Queried;
             out.push(h as i64);
             self.reqs.put(s, r);
