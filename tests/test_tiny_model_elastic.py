@@ -23,8 +23,8 @@ from hybridkv.planner import plan_memory, plan_with_blocks
 from hybridkv.testing.tiny_model import TinyHybridLM, serve
 
 MAX_TOKENS = 8
-# Small enough that the groups contend for the arena's 8 regions.
-MEMORY = 330_000
+# Small enough that the groups contend for the arena's 7 regions.
+MEMORY = 300_000
 
 
 def _plan(model: TinyHybridLM) -> object:
