@@ -276,6 +276,11 @@ impl Manager {
                 return true;
             }
             let short = pool.num_free() < need;
+            // The rule below keeps `g`'s regions as they are whatever `best_reclaim`
+            // finds when `g` can evict enough and its next victim is uncached: skip it.
+            if !short && pool.next_victim_value().unwrap_or(0) == 0 {
+                break;
+            }
             let Some((h, r, vpb)) = self.best_reclaim(g, keep) else {
                 break;
             };
