@@ -35,6 +35,8 @@ pub mod prefix_hash;
 pub mod registry;
 pub mod request;
 pub mod stats;
+#[cfg(test)]
+mod test_rng;
 
 pub use arena::{Arena, ArenaConfig};
 pub use block_pool::{BlockHash, BlockId, BlockPool, PoolEvent, NULL_BLOCK};

@@ -276,13 +276,7 @@ mod tests {
         let mut keys: Vec<BlockHash> = vec![0; 64];
         let mut idx = HashIndex::with_capacity(4);
         let mut model = std::collections::HashMap::new();
-        let mut seed: u64 = 0x9E37_79B9;
-        let mut rnd = move |m: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % m
-        };
+        let mut rnd = crate::test_rng::xorshift(0x9E37_79B9);
         for _ in 0..20_000 {
             let b = 1 + rnd(63) as usize;
             let h = rnd(40) as BlockHash;

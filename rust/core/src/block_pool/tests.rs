@@ -335,13 +335,7 @@ fn events_can_be_turned_off() {
 /// each step and that failures change nothing.
 #[test]
 fn random_walk_keeps_invariants() {
-    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut rnd = move |m: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % m
-    };
+    let mut rnd = crate::test_rng::xorshift(0x2545_F491_4F6C_DD1D);
     let mut p = BlockPool::new(17).unwrap();
     for step in 0..20_000 {
         let before = p.clone();

@@ -6,6 +6,7 @@
 
 #![cfg(test)]
 
+use super::tests::{add, hit_of};
 use super::*;
 use crate::arena::ArenaConfig;
 use crate::group_policy::{GroupConfig, GroupKind, MambaMode};
@@ -43,15 +44,6 @@ fn elastic(state_floor: usize) -> Manager {
         }),
     })
     .unwrap()
-}
-
-fn add(m: &mut Manager, id: i64, tokens: &[i32]) {
-    let new = vec![NewRequest {
-        id,
-        ..Default::default()
-    }];
-    m.add_requests(new, tokens, &[0, tokens.len() as i64])
-        .unwrap();
 }
 
 fn owned(m: &Manager, g: usize) -> usize {
@@ -217,13 +209,7 @@ fn floor_holds_under_adversarial_attention_load() {
 
 #[test]
 fn random_walk_keeps_elastic_invariants() {
-    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut rnd = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut rnd = crate::test_rng::xorshift(0x9E37_79B9_7F4A_7C15);
     let mut m = elastic(3);
     let mut live: Vec<i64> = Vec::new();
     let mut next = 1;
@@ -432,13 +418,6 @@ fn run_turn_to(m: &mut Manager, id: i64, toks: &[i32], prompt: usize) -> i64 {
         assert!(m.allocate_slots(&[id], &[1], &[0], true).unwrap()[0]);
         m.check_invariants().unwrap();
     }
-    m.free(&[id]).unwrap();
-    h
-}
-
-fn hit_of(m: &mut Manager, id: i64, tokens: &[i32]) -> i64 {
-    add(m, id, tokens);
-    let h = m.get_computed_tokens(&[id]).unwrap()[0];
     m.free(&[id]).unwrap();
     h
 }

@@ -324,13 +324,7 @@ mod window_tests {
 
     #[test]
     fn window_scan_matches_a_plain_scan() {
-        let mut seed: u64 = 0x2545_F491;
-        let mut rnd = move |m: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % m
-        };
+        let mut rnd = crate::test_rng::xorshift(0x2545_F491);
         for _ in 0..20_000 {
             let kmax = rnd(80) as usize;
             let w = 1 + rnd(12) as usize;

@@ -26,7 +26,7 @@ fn mgr(groups: &[(GroupKind, usize)], mode: MambaMode) -> Manager {
     .unwrap()
 }
 
-fn add(m: &mut Manager, id: i64, tokens: &[i32]) {
+pub(super) fn add(m: &mut Manager, id: i64, tokens: &[i32]) {
     let new = vec![NewRequest {
         id,
         ..Default::default()
@@ -419,7 +419,8 @@ fn run_turn(m: &mut Manager, toks: &[i32]) {
     m.free(&[1]).unwrap();
 }
 
-fn hit_of(m: &mut Manager, id: i64, tokens: &[i32]) -> i64 {
+/// Add request `id` with `tokens`, return its prefix hit, and free it.
+pub(super) fn hit_of(m: &mut Manager, id: i64, tokens: &[i32]) -> i64 {
     add(m, id, tokens);
     let h = m.get_computed_tokens(&[id]).unwrap()[0];
     m.free(&[id]).unwrap();
