@@ -276,8 +276,10 @@ impl Manager {
                 return true;
             }
             let short = pool.num_free() < need;
-            // The rule below keeps `g`'s regions as they are whatever `best_reclaim`
-            // finds when `g` can evict enough and its next victim is uncached: skip it.
+            // Not even an empty region moves while `g`'s next victim is uncached (`g`
+            // has uncached free blocks left): early moves make the groups trade empty
+            // regions back and forth (chat 0.860 vs 0.871 with the prompt-end rule of
+            // `checkpoints.rs`). Decided before the search: no region changes it.
             if !short && pool.next_victim_value().unwrap_or(0) == 0 {
                 break;
             }
@@ -292,11 +294,8 @@ impl Manager {
             // under it. Qwen3-Next, 16 GiB, whole traces: chat 0.726 -> 0.819, docqa
             // 0.953 -> 0.974 (the rule before: move when the region's value per byte
             // was under half of `g`'s next victim's; 192 moves evicted 17,224 blocks
-            // on chat). An empty region moves only once `g`'s next victim is cached
-            // (while `g` has uncached free blocks left, early moves make the groups
-            // trade empty regions back and forth: chat 0.860 vs 0.871 with the
-            // prompt-end rule of `checkpoints.rs`).
-            if !short && (vpb > 0.0 || pool.next_victim_value().unwrap_or(0) == 0) {
+            // on chat).
+            if !short && vpb > 0.0 {
                 break;
             }
             if !self.move_region(h, g, r) {
