@@ -3,6 +3,8 @@ priorities, stop tokens, and bad input (named errors, state unchanged)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hybridkv.errors import (
@@ -176,22 +178,35 @@ def test_request_that_never_fits_is_reported() -> None:
             s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
 
 
-def _hybrid_sched(cut: bool, budget: int = 64, like_vllm: bool = False) -> Scheduler:
+def _full_state_sched(
+    num_blocks: int, max_num_seqs: int, max_model_len: int, budget: int, **opts: Any
+) -> Scheduler:
+    """A scheduler over a full-attention + state model of `num_blocks` blocks each."""
     full = FullAttentionSpec(num_kv_heads=1, head_size=8)
     state = StateSpec(shapes=((2, 8),), dtypes=("fp32",))
     plan = plan_with_blocks(
         ModelSpec("h", (full, state)),
-        64,
+        num_blocks,
         block_size=BS,
-        max_num_seqs=4,
-        max_model_len=64,
-        max_num_batched_tokens=64,
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max_model_len,
     )
     return Scheduler(
         KVCacheManager(plan),
         max_num_batched_tokens=budget,
-        max_num_seqs=4,
-        max_model_len=64,
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+        **opts,
+    )
+
+
+def _hybrid_sched(cut: bool, budget: int = 64, like_vllm: bool = False) -> Scheduler:
+    return _full_state_sched(
+        64,
+        4,
+        64,
+        budget,
         cut_at_shared_prefix=cut,
         chunk_split="vllm" if like_vllm else "hybridkv",
     )
@@ -274,23 +289,7 @@ def test_shared_prefix_cut_applies_to_later_prefill_chunks() -> None:
 
 
 def _long_sched(prompt_cut: int) -> Scheduler:
-    full = FullAttentionSpec(num_kv_heads=1, head_size=8)
-    state = StateSpec(shapes=((2, 8),), dtypes=("fp32",))
-    plan = plan_with_blocks(
-        ModelSpec("h", (full, state)),
-        256,
-        block_size=BS,
-        max_num_seqs=2,
-        max_model_len=512,
-        max_num_batched_tokens=512,
-    )
-    return Scheduler(
-        KVCacheManager(plan),
-        max_num_batched_tokens=512,
-        max_num_seqs=2,
-        max_model_len=512,
-        prompt_cut=prompt_cut,
-    )
+    return _full_state_sched(256, 2, 512, 512, prompt_cut=prompt_cut)
 
 
 @pytest.mark.parametrize("prompt_cut", [0, 8])
