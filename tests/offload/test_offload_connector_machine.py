@@ -62,7 +62,9 @@ HOSTILE: dict[str, tuple[str, Any]] = {
 STATS = {"runs": 0, "hits": 0, "loads": 0, "stores": 0, "hostile": 0, "dropped_holds": 0}
 
 
-@settings(max_examples=50, stateful_step_count=50)
+# Derandomized: the coverage check below (every kind of event happened) must not
+# depend on which 50 examples a run happens to draw.
+@settings(max_examples=50, stateful_step_count=50, derandomize=True)
 class ConnectorAbuseMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
