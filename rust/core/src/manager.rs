@@ -19,7 +19,9 @@
 //! regions, floors and moves work per pool (a pool's floor: the sum of its groups'), so
 //! a sliding window's cached tails compete with full-attention blocks in one LRU
 //! instead of being capped at the window's floor. Window blocks are still released at
-//! the start of each step. Static pools may name such a sharing with `pool_of`.
+//! the start of each step. The plan says which groups share (`ManagerConfig::pool_of`;
+//! the planner keeps a window whose floor it capped in its own pool); without it, every
+//! page class shares. Static pools may name such a sharing with `pool_of` too.
 //!
 //! ## Per step
 //! A scheduler calls `get_computed_tokens` once for a request it admits (prefix hit),
