@@ -1,7 +1,9 @@
 """Elastic pools per page class: groups whose natural pages are equal (same bytes, same
 block size) share one pool in the arena, as vLLM's layout shares one for every group;
 groups with distinct pages keep their own (``construct.rs`` ``page_classes``,
-:func:`hybridkv.cache.arena_plan.pool_classes`)."""
+:func:`hybridkv.cache.arena_plan.pool_classes`), and so does a sliding window whose
+floor the planner capped (``hybridkv.planning.elastic``; the plan's ``arena.pool_of``
+goes to the manager)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,11 @@ def test_plan_table_says_which_groups_share(capsys: pytest.CaptureFixture[str]) 
     assert "groups 0+1 share one pool" in " ".join(out.split())
     assert main(["plan", "--model", "qwen3-next-80b-a3b", "--memory", "32GiB"]) == 0
     assert "one per group" in " ".join(capsys.readouterr().out.split())
+    # Gemma-2-9B: equal pages, but the window's floor is capped: its own pool.
+    assert main(["plan", "--model", "gemma-2-9b", "--memory", "32GiB", "--max-num-seqs", "64"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "group 0 keeps its own pool beside an equal page" in out
+    assert "share one pool" not in out
 
 
 def test_distinct_pages_keep_their_own_pools() -> None:
