@@ -1,7 +1,9 @@
 """Elastic pools per page class: groups whose natural pages are equal (same bytes, same
 block size) share one pool in the arena, as vLLM's layout shares one for every group;
 groups with distinct pages keep their own (``construct.rs`` ``page_classes``,
-:func:`hybridkv.cache.arena_plan.pool_classes`)."""
+:func:`hybridkv.cache.arena_plan.pool_classes`), and so does a sliding window whose
+floor the planner capped (``hybridkv.planning.elastic``; the plan's ``arena.pool_of``
+goes to the manager)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,11 @@ def test_plan_table_says_which_groups_share(capsys: pytest.CaptureFixture[str]) 
     assert "groups 0+1 share one pool" in " ".join(out.split())
     assert main(["plan", "--model", "qwen3-next-80b-a3b", "--memory", "32GiB"]) == 0
     assert "one per group" in " ".join(capsys.readouterr().out.split())
+    # Gemma-2-9B: equal pages, but the window's floor is capped: its own pool.
+    assert main(["plan", "--model", "gemma-2-9b", "--memory", "32GiB", "--max-num-seqs", "64"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "group 0 keeps its own pool beside an equal page" in out
+    assert "share one pool" not in out
 
 
 def test_distinct_pages_keep_their_own_pools() -> None:
@@ -186,3 +193,75 @@ def test_scheduler_counts_a_shared_pool_and_holds_back_the_window_floor() -> Non
     q = plan_memory(load_model("qwen3-next-80b-a3b"), memory_bytes=32 << 30, **KW)
     sq = Scheduler(KVCacheManager(q), max_num_batched_tokens=8192, max_num_seqs=64)
     assert sq._row_of is None and sq._reserve == []
+
+
+def test_capped_window_keeps_its_own_pool() -> None:
+    """The pooling rule (``hybridkv.planning.elastic``): a window whose floor the planner
+    caps at what the growing group holds keeps its own pool; an uncapped one shares."""
+    model = load_model("gemma-2-9b")
+    for gib, pooled in ((32, False), (160, False), (200, True)):
+        plan = plan_memory(model, memory_bytes=gib << 30, **KW)
+        assert plan.arena is not None
+        window = plan.groups[0]
+        assert window.kind == "sliding_window" and plan.groups[1].grows
+        assert plan.groups[0].page_size_bytes == plan.groups[1].page_size_bytes
+        # Capped exactly where the windows' tight bound exceeds the growing blocks.
+        assert (window.sizing == "capped") is (not pooled), gib
+        assert plan.arena.pool_of == ((0, 0) if pooled else (0, 1)), gib
+        m = KVCacheManager(plan)
+        assert m.pool_of == plan.arena.pool_of, gib
+        if not pooled:
+            # Its own pool holds its (capped) floor in regions of its own.
+            assert window.floor_blocks <= plan.arena.growing_blocks
+            info = m.arena_info()
+            assert info is not None and 0 in set(info["owners"])
+            assert m.stats().num_free[0] >= window.floor_blocks
+    # gpt-oss-20b's 128-token window is uncapped at every size: one pool.
+    for gib in (8, 16):
+        plan = plan_memory(load_model("gpt-oss-20b"), memory_bytes=gib << 30, **KW)
+        assert plan.groups[0].sizing != "capped" and plan.arena is not None
+        assert plan.arena.pool_of == (0, 0)
+
+
+def test_pool_classes_apart() -> None:
+    kinds = ["attention"] * 3
+    assert pool_classes([10, 10, 10], [4] * 3, kinds) == (0, 0, 0)
+    assert pool_classes([10, 10, 10], [4] * 3, kinds, apart=[0]) == (0, 1, 1)
+    assert pool_classes([10, 10, 10], [4] * 3, kinds, apart=[1]) == (0, 1, 0)
+    assert pool_classes([10, 10, 10], [4] * 3, kinds, apart=[0, 1, 2]) == (0, 1, 2)
+
+
+def test_arena_pool_of_is_checked() -> None:
+    """An arena's explicit ``pool_of`` (the plan's): sharing needs equal pages and block
+    sizes and no state group; one pool each is always allowed."""
+
+    class _P:
+        def __init__(self, pages: tuple[int, int], pool_of: tuple[int, ...]) -> None:
+            base = _plan(pages)
+            self.groups = base.groups  # type: ignore[attr-defined]
+            self.mamba_cache_mode = "align"
+            self.arena = ArenaPlan(
+                **{**base.arena.__dict__, "pool_of": pool_of}  # type: ignore[attr-defined]
+            )
+
+    assert KVCacheManager(_P((10, 10), (0, 1))).pool_of == (0, 1)
+    assert KVCacheManager(_P((10, 10), (0, 0))).pool_of == (0, 0)
+    assert KVCacheManager(_P((10, 20), (0, 1))).pool_of == (0, 1)
+    for pages, p in (((10, 20), (0, 0)), ((10, 10), (1, 0)), ((10, 10), (0,))):
+        with pytest.raises(InvalidArgumentError):
+            KVCacheManager(_P(pages, p))
+    # Separate pools in the arena: each keeps its own free queue.
+    m = KVCacheManager(_P((10, 10), (0, 1)), enable_prefix_caching=True)
+    assert _run(m, 1, np.arange(40, dtype=np.int32))
+    m.free([1])
+    assert m.free_queue(0).tolist() != m.free_queue(1).tolist()
+    m.check_invariants()
+
+
+def test_scheduler_with_a_window_in_its_own_pool() -> None:
+    from hybridkv.serving.scheduler import Scheduler
+
+    plan = plan_memory(load_model("gemma-2-9b"), memory_bytes=32 << 30, **KW)
+    s = Scheduler(KVCacheManager(plan), max_num_batched_tokens=8192, max_num_seqs=64)
+    # No shared admission row and no floor held back: the window's pool holds it.
+    assert s._row_of is None and s._reserve == []

@@ -252,18 +252,36 @@ def run_plan(args: argparse.Namespace) -> int:
             for p in sorted(set(pools))
             if list(pools).count(p) > 1
         ]
-        lines.append(
-            "pools:            "
-            + (
-                "; ".join(
-                    f"groups {'+'.join(map(str, gs))} share one pool (equal "
-                    f"{format_bytes(plan.groups[gs[0]].page_size_bytes)} pages: one id space, "
-                    "one LRU)"
-                    for gs in shared
-                )
-                if shared
-                else "one per group (no two groups have equal pages)"
+        # Windows with a capped floor keep their own pool beside an equal page
+        # (hybridkv.planning.elastic).
+        apart = [
+            g
+            for g, pg in enumerate(plan.groups)
+            if pg.sizing == "capped"
+            and any(
+                h != g
+                and q.page_size_bytes == pg.page_size_bytes
+                and q.block_size == pg.block_size
+                and q.kind != "state"
+                for h, q in enumerate(plan.groups)
             )
+        ]
+        text = "; ".join(
+            f"groups {'+'.join(map(str, gs))} share one pool (equal "
+            f"{format_bytes(plan.groups[gs[0]].page_size_bytes)} pages: one id space, "
+            "one LRU)"
+            for gs in shared
+        )
+        if apart:
+            many = len(apart) > 1
+            text += ("; " if text else "") + (
+                f"group{'s' * many} {', '.join(map(str, apart))} "
+                f"{'keep their' if many else 'keeps its'} own pool beside an equal page "
+                "(a capped window floor: sharing one LRU, the window and the growing "
+                "group would evict each other's cached blocks)"
+            )
+        lines.append(
+            "pools:            " + (text or "one per group (no two groups have equal pages)")
         )
         lines.append(
             f"arena:            {a.num_regions} regions of {format_bytes(a.region_bytes)}, "

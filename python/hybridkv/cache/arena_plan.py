@@ -13,8 +13,9 @@ many blocks the growing groups hold and how many bytes no group can use:
   other groups. After the null area the arena is cut at multiples of
   ``region_bytes`` into regions (the first and last may be shorter);
 - a group uses the ids lying wholly inside one region it owns;
-- groups whose pages and block sizes are equal share one pool (:func:`pool_classes`):
-  one id space, so regions are owned by pools;
+- groups whose pages and block sizes are equal share one pool (:func:`pool_classes`;
+  the planner keeps a window whose floor it capped apart): one id space, so regions
+  are owned by pools;
 - floors are granted first, pool by pool in pool order, each taking unowned regions
   that hold one of its ids until it has the sum of its groups' floors: the lowest for
   a pool with a growing group, else the highest whole regions (holding as many of its
@@ -32,7 +33,7 @@ giving at most :data:`MAX_REGIONS` regions.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,20 +105,31 @@ def _ids(starts: I64, ends: I64, page: int) -> I64:
 
 
 def pool_classes(
-    pages: Sequence[int], block_sizes: Sequence[int], kinds: Sequence[str]
+    pages: Sequence[int],
+    block_sizes: Sequence[int],
+    kinds: Sequence[str],
+    apart: Collection[int] = (),
 ) -> tuple[int, ...]:
     """Per group: its pool in the arena (``construct.rs`` ``page_classes``). Groups whose
     natural pages are equal (same bytes, same block size) share one pool, as every group
     does in vLLM's layout: one id space, one free queue, one prefix index keyed per
-    group; no page is padded, they are equal already. State groups keep a pool each.
-    Pools are numbered in the order of their first group."""
+    group; no page is padded, they are equal already. State groups keep a pool each, and
+    so do the groups in ``apart`` (the planner's capped windows:
+    :mod:`hybridkv.planning.elastic`). Pools are numbered in the order of their first
+    group."""
+    alone = {int(g) for g in apart}
     out: list[int] = []
     for g, (p, b, k) in enumerate(zip(pages, block_sizes, kinds, strict=True)):
         same = next(
             (
                 out[h]
                 for h in range(g)
-                if k != "state" and kinds[h] != "state" and pages[h] == p and block_sizes[h] == b
+                if k != "state"
+                and kinds[h] != "state"
+                and g not in alone
+                and h not in alone
+                and pages[h] == p
+                and block_sizes[h] == b
             ),
             None,
         )

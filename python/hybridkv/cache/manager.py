@@ -129,13 +129,14 @@ class KVCacheManager:
     count; prefix lookups stay per group), which is how vLLM lays out a hybrid model's
     cache at runtime. ``usage()`` and ``stats()`` then report that pool for every group.
 
-    ``pool_of`` (static pools only; default: one pool per group): per group, the pool it
-    draws from, pools numbered in the order of their first group. Groups sharing a pool
-    need the same ``num_blocks`` and none may be a state group; they share it as the
-    groups of a shared pool do (one id space, one LRU queue, needs summed, prefix
-    lookups per group) but release window blocks at the start of each step. An elastic
-    plan pools the groups whose pages and block sizes are equal itself (see
-    :attr:`pool_of`).
+    ``pool_of`` (static pools, or an elastic arena; default: one pool per group, or the
+    arena plan's ``pool_of``): per group, the pool it draws from, pools numbered in the
+    order of their first group. Groups sharing a pool need the same ``num_blocks`` (in
+    an arena: the same page and block size) and none may be a state group; they share
+    it as the groups of a shared pool do (one id space, one LRU queue, needs summed,
+    prefix lookups per group) but release window blocks at the start of each step. An
+    elastic plan says which of its groups share a pool (``plan.arena.pool_of``, see
+    :attr:`pool_of`); an arena without one pools every page class.
 
     ``checkpoint_policy`` (``mamba_cache_mode="align"``): which cached state checkpoints
     a state group evicts first. ``"reuse"`` (the default, except with a shared pool):
@@ -174,6 +175,9 @@ class KVCacheManager:
     ) -> None:
         if shared_pool is None:
             shared_pool = getattr(plan, "shared_pool", False)
+        arena = getattr(plan, "arena", None)
+        if pool_of is None and arena is not None and getattr(arena, "pool_of", None):
+            pool_of = arena.pool_of
         # The bindings check every argument (``rust/bindings/src/manager_args.rs``).
         self._core = _core.KVCacheManager(
             plan.groups,
@@ -182,7 +186,7 @@ class KVCacheManager:
             hash_seed,
             vocab_size,
             bool(enable_kv_events),
-            getattr(plan, "arena", None),
+            arena,
             shared_pool,
             checkpoint_policy,
             None if pool_of is None else list(pool_of),
@@ -217,8 +221,9 @@ class KVCacheManager:
     @property
     def pool_of(self) -> tuple[int, ...]:
         """Per group: the pool it draws from. Static pools: one per group; a shared pool
-        (vLLM's layout): all 0; an elastic arena: one per page class (groups whose pages
-        and block sizes are equal share a pool, :func:`hybridkv.cache.arena_plan.pool_classes`)."""
+        (vLLM's layout): all 0; an elastic arena: the plan's pools (groups whose pages
+        and block sizes are equal share one, but a window group whose floor the planner
+        capped keeps its own: :func:`hybridkv.cache.arena_plan.pool_classes`)."""
         return tuple(int(p) for p in self._core.pool_of)
 
     @property

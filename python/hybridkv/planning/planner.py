@@ -24,7 +24,8 @@ growing groups take it back region by region. ``token_capacity`` is what the gro
 groups hold when they own everything but the floors: memory minus floors, over growing
 bytes per token, less the arena's null area and region edges
 (:mod:`hybridkv.cache.arena_plan`). A plan whose static bounds don't fit but whose capped
-floors do, plans.
+floors do, plans. Groups with equal natural pages share one pool of the arena, except a
+window whose floor was capped (:mod:`hybridkv.planning.elastic`).
 """
 
 from __future__ import annotations

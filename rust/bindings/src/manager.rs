@@ -45,8 +45,9 @@ impl PyManager {
     /// `region_bytes`, `null_bytes`, `page_bytes`, `floor_blocks`) or None.
     /// `shared_pool`: every group draws from one pool of the (common) `num_blocks`.
     /// `checkpoint_policy`: `"reuse"`, `"lru"` or None (`"lru"` with a shared pool,
-    /// else `"reuse"`). `pool_of`: static pools only, per group the pool it draws from
-    /// (None: one each). Every argument is checked here (`manager_args.rs`).
+    /// else `"reuse"`). `pool_of`: static pools or an elastic arena, per group the pool
+    /// it draws from (None: one each; in an arena, one per page class). Every argument
+    /// is checked here (`manager_args.rs`).
     #[new]
     #[pyo3(signature = (groups, mamba_cache_mode, enable_caching, hash_seed, vocab_size, record_events, arena=None, shared_pool=None, checkpoint_policy=None, pool_of=None))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python constructor's keywords

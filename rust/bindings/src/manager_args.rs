@@ -404,7 +404,8 @@ fn u64_list(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u64>> {
     list.iter().map(|x| u64_arg(x, what)).collect()
 }
 
-/// Static pools' `pool_of` (per group, its pool), or None / empty: one pool per group.
+/// `pool_of` of static pools or an elastic arena (per group, its pool), or None /
+/// empty: one pool per group (an arena: one per page class).
 pub fn pool_of(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<usize>> {
     let Some(o) = obj.filter(|o| !o.is_none()) else {
         return Ok(Vec::new());

@@ -19,7 +19,9 @@
 //! regions, floors and moves work per pool (a pool's floor: the sum of its groups'), so
 //! a sliding window's cached tails compete with full-attention blocks in one LRU
 //! instead of being capped at the window's floor. Window blocks are still released at
-//! the start of each step. Static pools may name such a sharing with `pool_of`.
+//! the start of each step. The plan says which groups share (`ManagerConfig::pool_of`;
+//! the planner keeps a window whose floor it capped in its own pool); without it, every
+//! page class shares. Static pools may name such a sharing with `pool_of` too.
 //!
 //! ## Per step
 //! A scheduler calls `get_computed_tokens` once for a request it admits (prefix hit),
@@ -99,10 +101,11 @@ pub struct ManagerConfig {
     /// Every group draws from one pool (module docs); all groups must have the same
     /// `num_blocks`, which is that pool's size.
     pub shared_pool: bool,
-    /// Static pools only: per group, the pool it draws from (pools numbered in the order
-    /// of their first group; groups sharing one need the same `num_blocks` and no state
-    /// group shares). Empty: one pool per group. An elastic arena pools the groups of a
-    /// page class itself (`construct::page_classes`); a shared pool is all pool 0.
+    /// Per group, the pool it draws from (pools numbered in the order of their first
+    /// group; no state group shares). Static pools: groups sharing one need the same
+    /// `num_blocks`; empty: one pool per group. An elastic arena: groups sharing one need
+    /// the same page and block size; empty: the arena pools each page class
+    /// (`construct::page_classes`). A shared pool is all pool 0 (and takes none).
     pub pool_of: Vec<usize>,
     /// One shared arena for all groups (elastic memory, `arena.rs`); `None`: one fixed
     /// pool per group of `num_blocks`. With an arena each group's `num_blocks` is its
@@ -125,7 +128,8 @@ pub struct Manager {
     groups: Vec<GroupConfig>,
     pools: Vec<BlockPool>,
     /// Group -> its pool in `pools`: the identity for static pools, all 0 with a shared
-    /// pool, one pool per page class in an elastic arena (`construct::page_classes`).
+    /// pool, in an elastic arena the plan's pools (else one per page class:
+    /// `construct::page_classes`).
     pool_of: Vec<usize>,
     /// Pool -> its groups, in group order.
     pool_groups: Vec<Vec<usize>>,

@@ -45,17 +45,15 @@ pub(crate) fn page_classes(groups: &[GroupConfig], page_bytes: &[u64]) -> Vec<us
     pool_of
 }
 
-/// An explicit `pool_of` for static pools, checked: one entry per group, pools numbered
-/// in the order of their first group, groups sharing a pool of one `num_blocks` and none
-/// of them a state group.
-fn static_pools(cfg: &ManagerConfig) -> Result<Vec<usize>> {
+/// An explicit `pool_of` for static pools or an elastic arena, checked: one entry per
+/// group, pools numbered in the order of their first group, groups sharing a pool of one
+/// `num_blocks` (in an arena: of one page and block size, as `page_classes` pools them)
+/// and none of them a state group. The planner keeps a window group whose floor it had
+/// to cap out of its page class's pool (`python/hybridkv/planning/elastic.py`).
+fn explicit_pools(cfg: &ManagerConfig) -> Result<Vec<usize>> {
     let bad = |m: String| Err(Error::InvalidArgument(format!("pool_of: {m}")));
-    if cfg.shared_pool || cfg.arena.is_some() {
-        return bad(
-            "only for static pools (a shared pool is all one pool, an elastic arena pools \
-             groups with equal pages itself)"
-                .into(),
-        );
+    if cfg.shared_pool {
+        return bad("not with a shared pool (it is all one pool)".into());
     }
     let p = &cfg.pool_of;
     if p.len() != cfg.groups.len() {
@@ -78,7 +76,19 @@ fn static_pools(cfg: &ManagerConfig) -> Result<Vec<usize>> {
         }
         let h = p.iter().position(|&x| x == q).unwrap_or(g);
         let (a, b) = (&cfg.groups[h], &cfg.groups[g]);
-        if a.num_blocks != b.num_blocks {
+        if let Some(arena) = &cfg.arena {
+            let pages = &arena.page_bytes;
+            if pages.get(h) != pages.get(g) || a.block_size != b.block_size {
+                return bad(format!(
+                    "groups {h} and {g} share pool {q} but their pages differ ({:?} and {:?} \
+                     bytes, blocks of {} and {} tokens)",
+                    pages.get(h),
+                    pages.get(g),
+                    a.block_size,
+                    b.block_size
+                ));
+            }
+        } else if a.num_blocks != b.num_blocks {
             return bad(format!(
                 "groups {h} and {g} share pool {q} but have {} and {} blocks",
                 a.num_blocks, b.num_blocks
@@ -123,8 +133,9 @@ impl Manager {
         let mut pool_of: Vec<usize> = (0..n)
             .map(|g| if cfg.shared_pool { 0 } else { g })
             .collect();
-        if !cfg.pool_of.is_empty() {
-            pool_of = static_pools(&cfg)?;
+        let explicit = !cfg.pool_of.is_empty();
+        if explicit {
+            pool_of = explicit_pools(&cfg)?;
         }
         let mut group_floors = vec![0usize; n];
         let arena = match cfg.arena.take() {
@@ -153,7 +164,9 @@ impl Manager {
                          ({p}-byte pages; only a state group's may reach past the null area)"
                     )));
                 }
-                pool_of = page_classes(&cfg.groups, &a.page_bytes);
+                if !explicit {
+                    pool_of = page_classes(&cfg.groups, &a.page_bytes);
+                }
                 group_floors.clone_from(&a.floor_blocks);
                 let arena = Arena::new(pool_arena(a, &pool_of))?;
                 for (g, gc) in cfg.groups.iter_mut().enumerate() {

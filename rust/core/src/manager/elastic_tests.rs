@@ -400,6 +400,65 @@ fn different_pages_keep_their_own_pools() {
     m.check_invariants().unwrap();
 }
 
+/// The plan may keep an equal-page window in its own pool (a capped window floor:
+/// `planning/elastic.py`): `pool_of` with an arena, checked against the pages.
+#[test]
+fn explicit_pools_in_an_arena() {
+    let with = |window_page: u64, pool_of: Vec<usize>| {
+        let mut cfg = ManagerConfig {
+            pool_of,
+            ..cfg_like()
+        };
+        cfg.groups = vec![
+            GroupConfig {
+                kind: GroupKind::Full,
+                block_size: 4,
+                num_blocks: 0,
+            },
+            GroupConfig {
+                kind: GroupKind::SlidingWindow { window: 8 },
+                block_size: 4,
+                num_blocks: 0,
+            },
+        ];
+        cfg.arena = Some(ArenaConfig {
+            bytes: 1000,
+            region_bytes: 80,
+            null_bytes: 40,
+            page_bytes: vec![10, window_page],
+            floor_blocks: vec![0, 3],
+        });
+        Manager::new(cfg)
+    };
+    // Equal pages kept apart: two pools, the window's floor in its own regions.
+    let mut m = with(10, vec![0, 1]).unwrap();
+    assert_eq!(m.pool_of(), &[0, 1]);
+    assert_eq!(m.pools().len(), 2);
+    let a = m.arena().unwrap();
+    assert_eq!((a.num_groups(), a.floor(1)), (2, 3));
+    assert!(m.pools()[1].num_present() >= 3);
+    let toks: Vec<i32> = (0..40).collect();
+    add(&mut m, 1, &toks);
+    m.get_computed_tokens(&[1]).unwrap();
+    assert!(m.allocate_slots(&[1], &[40], &[0], true).unwrap()[0]);
+    m.free(&[1]).unwrap();
+    // Each pool caches its own group's blocks: the full group's 10, the window's tail.
+    assert_eq!(m.pools()[0].num_cached(), 10);
+    assert!(m.pools()[1].num_cached() >= 2);
+    add(&mut m, 2, &toks);
+    assert_eq!(m.get_computed_tokens(&[2]).unwrap(), vec![36]);
+    m.check_invariants().unwrap();
+    // Equal pages named as one pool: as without `pool_of`.
+    assert_eq!(with(10, vec![0, 0]).unwrap().pool_of(), &[0, 0]);
+    // Refused: pages differ, pools not numbered by first group, an entry short.
+    for (page, p) in [(20, vec![0, 0]), (10, vec![1, 0]), (10, vec![0])] {
+        assert!(
+            matches!(with(page, p.clone()), Err(Error::InvalidArgument(_))),
+            "{page} {p:?}"
+        );
+    }
+}
+
 /// Request `id`: `prompt` computed (a chunk ending on its last block boundary, then the
 /// rest), then decoded one token per step up to
 /// `toks.len()` tokens (`toks` starts with `prompt`), then finished.
