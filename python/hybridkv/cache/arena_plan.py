@@ -79,6 +79,10 @@ class ArenaPlan:
     worst_waste_bytes: int
     #: Per group: its pool (:func:`pool_classes`); empty: one pool per group.
     pool_of: tuple[int, ...] = ()
+    #: Per group: byte offset of its block 0 (block ``b`` is ``[base + b * page, ...)``).
+    bases: tuple[int, ...] = ()
+    #: Floor spans, lowest first: ``(pool, start, end)`` (the last regions, pinned).
+    floor_spans: tuple[tuple[int, int, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape (``arena`` in ``hybridkv plan --json``)."""
@@ -87,6 +91,8 @@ class ArenaPlan:
             "null_bytes": self.null_bytes,
             "num_regions": self.num_regions,
             "pool_of": list(self.pool_of or range(len(self.page_bytes))),
+            "bases": list(self.bases or (0,) * len(self.page_bytes)),
+            "floor_spans": [list(t) for t in self.floor_spans],
             "floor_regions": list(self.floor_regions),
             "elastic_bytes": self.elastic_bytes,
             "waste_bytes": self.waste_bytes,
@@ -96,9 +102,11 @@ class ArenaPlan:
         }
 
 
-def _ids(starts: I64, ends: I64, page: int) -> I64:
-    lo = -(-starts // page)
-    hi = np.maximum(ends // page, lo)
+def _ids(starts: I64, ends: I64, page: int, base: int = 0) -> I64:
+    """Per region: ids of a view of ``page``-byte pages from ``base`` lying wholly in
+    it (block 0, the null block, never counts)."""
+    lo = np.maximum(-(-(starts - base) // page), 1)
+    hi = np.maximum((ends - base) // page, lo)
     out: I64 = hi - lo
     return out
 
@@ -133,41 +141,83 @@ def layout_arena(
     floors: Sequence[int],
     growing: Sequence[bool],
     pool_of: Sequence[int] | None = None,
+    null_read: Sequence[bool] | None = None,
 ) -> ArenaPlan:
-    """Grant floors as the manager does and count what the growing groups get.
+    """Lay out spans and grid, grant floors as the manager does and count what the
+    growing groups get (``arena.rs`` ``Arena::with_roles``, ``construct.rs``).
 
-    ``pages``, ``floors`` and ``growing`` are per group; ``pool_of`` maps groups to
-    pools (default: one each). Regions belong to pools: a pool's page is its groups'
-    page, its floor the sum of theirs; a pool with a growing group takes its floor
-    regions from the bottom, the others from the top, in pool order. Raises
-    :class:`PlanError` when the floors don't fit.
+    ``pages``, ``floors``, ``growing`` and ``null_read`` (default: every group) are per
+    group; ``pool_of`` maps groups to pools (default: one each). Regions belong to
+    pools: a pool's page is its groups' page, its floor the sum of theirs. A pool
+    whose groups all have floors gets a floor span (in pool order, stacked down from
+    the top); a pool with a growing group takes its floor regions from the bottom of
+    the grid. Raises :class:`PlanError` when the floors don't fit.
     """
     pool_of = tuple(range(len(pages))) if pool_of is None else tuple(pool_of)
+    read = tuple(null_read) if null_read is not None else (True,) * len(pages)
     npools = max(pool_of) + 1
     ppage = [0] * npools
     pfloor = [0] * npools
     bottom = [False] * npools
     ngrow = [0] * npools
+    pread = [False] * npools
     for g, p in enumerate(pool_of):
         ppage[p] = pages[g]
         pfloor[p] += floors[g]
         bottom[p] = bottom[p] or floors[g] <= 0
         ngrow[p] += bool(growing[g])
-    if null_bytes < 1 or region_bytes < max(pages) or memory_bytes <= null_bytes:
+        pread[p] = pread[p] or bool(read[g])
+    if (
+        null_bytes < 1
+        or region_bytes < max(pages)
+        or memory_bytes <= null_bytes
+        or any(r and p > null_bytes for r, p in zip(read, pages, strict=True))
+    ):
         raise PlanError(
             f"arena of {memory_bytes} bytes with regions of {region_bytes} and a null area of "
             f"{null_bytes} cannot hold pages of up to {max(pages)} bytes"
         )
-    first = null_bytes // region_bytes
-    n = -(-memory_bytes // region_bytes) - first
-    aligned = (first + np.arange(n, dtype=np.int64)) * region_bytes
-    starts = np.maximum(aligned, null_bytes)
-    ends = np.minimum(aligned + region_bytes, memory_bytes)
-    ids = [_ids(starts, ends, p) for p in ppage]
+    # Floor spans from the top; a pool whose null block is read keeps block 0 in the
+    # null area (base <= null - page), lowering its span by under a page if needed.
+    bases = [null_bytes % p for p in ppage]
+    spans: list[tuple[int, int, int]] = []
+    top = memory_bytes
+    for g in range(npools):
+        f, p = pfloor[g], ppage[g]
+        if f <= 0 or bottom[g] or pread[g]:
+            continue
+        s = top - f * p
+        if pread[g] and s % p > null_bytes - p:
+            s -= s % p - (null_bytes - p)
+        if s < null_bytes:
+            who = [h for h, q in enumerate(pool_of) if q == g]
+            raise PlanError(
+                f"floors do not fit: group{'s' * (len(who) > 1)} "
+                f"{', '.join(map(str, who))} need{'s' * (len(who) == 1)} {f} blocks "
+                f"({f * p} bytes) but only {max(top - null_bytes, 0)} bytes lie between the "
+                f"null area and the other floors of {memory_bytes} bytes"
+            )
+        bases[g] = s % p
+        spans.append((g, s, top))
+        top = s
+    ngrid = -(-(top - null_bytes) // region_bytes)
+    gstarts = null_bytes + np.arange(ngrid, dtype=np.int64) * region_bytes
+    starts = np.concatenate([gstarts, np.array([s for _, s, _ in spans[::-1]], dtype=np.int64)])
+    ends = np.concatenate(
+        [
+            np.minimum(gstarts + region_bytes, top),
+            np.array([e for _, _, e in spans[::-1]], dtype=np.int64),
+        ]
+    )
+    n = int(starts.size)
+    ids = [_ids(starts, ends, ppage[g], bases[g]) for g in range(npools)]
     owner = np.full(n, -1, dtype=np.int64)
     floor_regions = [0] * npools
+    for i, (g, _, _) in enumerate(spans[::-1]):
+        owner[ngrid + i] = g
+        floor_regions[g] = 1
     for g, f in enumerate(pfloor):
-        if f <= 0:
+        if f <= 0 or floor_regions[g]:
             continue
         if bottom[g]:
             free = np.flatnonzero((owner < 0) & (ids[g] > 0))
@@ -175,18 +225,18 @@ def layout_arena(
             # Highest first, whole regions (the most ids) before partial ones (the
             # manager's order: rust/core/src/manager/elastic.rs, unowned_region).
             free = np.flatnonzero((owner < 0) & (ids[g] > 0))[::-1]
-            free = free[np.argsort(ids[g][free] < ids[g].max(), kind="stable")]
+            whole = ids[g][:ngrid].max(initial=0)
+            free = free[np.argsort(ids[g][free] < whole, kind="stable")]
         got = np.cumsum(ids[g][free])
         k = int(np.searchsorted(got, f)) + 1  # regions needed to reach f
         if got.size == 0 or got[-1] < f:
             have = int(got[-1]) if got.size else 0
-            need = f * ppage[g]
             who = [h for h, q in enumerate(pool_of) if q == g]
             raise PlanError(
                 f"floors do not fit: group{'s' * (len(who) > 1)} "
                 f"{', '.join(map(str, who))} need{'s' * (len(who) == 1)} {f} blocks "
-                f"({need} bytes) but only {have} fit in what the other floors leave of "
-                f"{memory_bytes} bytes"
+                f"({f * ppage[g]} bytes) but only {have} fit in what the other floors leave "
+                f"of {memory_bytes} bytes"
             )
         owner[free[:k]] = g
         floor_regions[g] = k
@@ -216,8 +266,9 @@ def layout_arena(
         mine = owner == g
         edge[mine] = span[mine] - ids[g][mine] * ppage[g]
     worst_edge = np.max([span - ids[g] * ppage[g] for g in range(npools)], axis=0)
-    # Held for floors: whole floor regions, but only the floor blocks themselves in a
-    # pool with a growing group (its growing groups use the rest of those regions).
+    worst_edge[ngrid:] = edge[ngrid:]  # a span only ever holds its own pool
+    # Held for floors: whole floor regions and spans, but only the floor blocks
+    # themselves in a pool with a growing group (its growing groups use the rest).
     floor_bytes = sum(
         pfloor[g] * ppage[g] if ngrow[g] else int(span[(owner == g) & ~rest].sum())
         for g in range(npools)
@@ -226,7 +277,7 @@ def layout_arena(
         memory_bytes=memory_bytes,
         region_bytes=region_bytes,
         null_bytes=null_bytes,
-        num_regions=int(n),
+        num_regions=n,
         page_bytes=tuple(int(p) for p in pages),
         floor_blocks=tuple(int(f) for f in floors),
         floor_regions=tuple(floor_regions),
@@ -235,6 +286,8 @@ def layout_arena(
         waste_bytes=null_bytes + int(edge.sum()),
         worst_waste_bytes=null_bytes + int(worst_edge.sum()),
         pool_of=pool_of,
+        bases=tuple(int(bases[p]) for p in pool_of),
+        floor_spans=tuple((g, int(s), int(e)) for g, s, e in spans[::-1]),
     )
 
 
@@ -260,12 +313,14 @@ def choose_region_bytes(
             f"memory_bytes {memory_bytes} does not exceed the arena's null area ({null} bytes)"
         )
     kmin = max(-(-biggest // unit), -(-memory_bytes // (MAX_REGIONS * unit)), 1)
-    # Regions just above the largest page, and about two or three of it (a region
-    # cut at multiples of its size holds a whole large page only if it is big enough).
+    # Multiples of the growing page only (its pages tile every grid region, which
+    # starts at the null area where its view's pages start): just above the largest
+    # page, and about two or three of it. Floors no longer need the grid to fit their
+    # pages: each bounded pool's floor is a span of exactly its pages.
     sizes = [k * unit for lo in (kmin, 2 * kmin, 3 * kmin) for k in range(lo, lo + CANDIDATES)]
-    # Multiples of the largest page: its edges waste nothing, the smaller pages' little.
+    # Multiples of the largest page: a window pool's grid floors waste nothing at edges.
     sizes += [j * biggest for j in range(1, 17)]
-    # A common multiple of every page wastes nothing at region edges.
+    # A common multiple of every page wastes nothing at any edge.
     lcm = math.lcm(*pages)
     sizes += [j * lcm for j in range(1, 9) if j * lcm * 8 <= memory_bytes]
     best: ArenaPlan | None = None
@@ -275,7 +330,9 @@ def choose_region_bytes(
         if size < biggest or -(-memory_bytes // size) > MAX_REGIONS:
             continue
         try:
-            a = layout_arena(memory_bytes, size, null, pages, floors, growing, pool_of)
+            a = layout_arena(
+                memory_bytes, size, null, pages, floors, growing, pool_of, null_read
+            )
         except PlanError as e:
             err = err or e
             continue

@@ -62,7 +62,7 @@ pub const NONE: u32 = u32::MAX;
 pub struct ArenaConfig {
     /// Bytes of the whole arena (the KV-cache memory).
     pub bytes: u64,
-    /// Bytes of one region (the last region may be shorter).
+    /// Bytes of one grid region (the last one may be shorter).
     pub region_bytes: u64,
     /// Bytes of the null area before the first region (at least the largest page of
     /// a group whose null block may be read: see the module docs).
@@ -73,32 +73,71 @@ pub struct ArenaConfig {
     pub floor_blocks: Vec<usize>,
 }
 
+/// Per group, how it lives in the arena (the manager derives both from the kinds of
+/// the groups in each pool: `manager/construct.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArenaRoles {
+    /// The group's floor is one floor span of exactly `floor_blocks` pages at the top
+    /// (a bounded pool with no growing group); otherwise floors come from the grid.
+    pub span: Vec<bool>,
+    /// A kernel may read the group's null block (every attention kind): block 0 must
+    /// lie in the null area.
+    pub null_read: Vec<bool>,
+}
+
+impl ArenaRoles {
+    /// Every group with a floor gets a span, every null block may be read.
+    pub fn default_for(cfg: &ArenaConfig) -> Self {
+        ArenaRoles {
+            span: cfg.floor_blocks.iter().map(|&f| f > 0).collect(),
+            null_read: vec![true; cfg.page_bytes.len()],
+        }
+    }
+}
+
 /// Region ownership and the id <-> byte mapping of every group's view.
 #[derive(Debug, Clone)]
 pub struct Arena {
     cfg: ArenaConfig,
-    base: u64,
-    /// Index (in multiples of `region_bytes` from byte 0) of the first region.
-    first: u64,
-    num_regions: usize,
+    /// Per group: byte offset of its block 0 (its view's base).
+    bases: Vec<u64>,
+    /// Bytes `[start, end)` of every region, lowest first: the grid, then the spans.
+    bounds: Vec<(u64, u64)>,
+    /// Grid regions (`0..num_grid`); the others are floor spans.
+    num_grid: usize,
+    /// Per group: its floor span's region, or `NONE`.
+    span_of: Vec<u32>,
     owner: Vec<u32>,
     /// Regions with no owner, in order (the manager takes the lowest or the highest).
     unowned: BTreeSet<u32>,
     /// Per group, per region: `ids_in` (computed once; read at every region scan).
     ids: Vec<Vec<(u32, u32)>>,
-    /// Per group: the fewest ids it has in any region holding some, and the most.
+    /// Per group: the fewest ids it has in any grid region holding some, and the most.
     min_ids: Vec<usize>,
     max_ids: Vec<usize>,
 }
 
 impl Arena {
+    /// An arena with [`ArenaRoles::default_for`] roles.
     pub fn new(cfg: ArenaConfig) -> Result<Self> {
+        let roles = ArenaRoles::default_for(&cfg);
+        Self::with_roles(cfg, roles)
+    }
+
+    pub fn with_roles(cfg: ArenaConfig, roles: ArenaRoles) -> Result<Self> {
         let ng = cfg.page_bytes.len();
-        if ng == 0 || cfg.floor_blocks.len() != ng {
+        if ng == 0
+            || cfg.floor_blocks.len() != ng
+            || roles.span.len() != ng
+            || roles.null_read.len() != ng
+        {
             return Err(Error::InvalidArgument(format!(
-                "arena needs one page size and one floor per group, got {} and {}",
+                "arena needs one page size, one floor and one role per group, got {}, {} \
+                 and {}/{}",
                 ng,
-                cfg.floor_blocks.len()
+                cfg.floor_blocks.len(),
+                roles.span.len(),
+                roles.null_read.len()
             )));
         }
         if let Some(g) = cfg.page_bytes.iter().position(|&p| p == 0) {
@@ -107,44 +146,99 @@ impl Arena {
             )));
         }
         let biggest = cfg.page_bytes.iter().copied().max().unwrap_or(0);
-        if cfg.region_bytes < biggest || cfg.null_bytes == 0 {
+        let null = cfg.null_bytes;
+        if cfg.region_bytes < biggest || null == 0 {
             return Err(Error::InvalidArgument(format!(
-                "region_bytes {} must hold the largest page ({biggest} bytes) and null_bytes {} \
-                 must be positive",
-                cfg.region_bytes, cfg.null_bytes
+                "region_bytes {} must hold the largest page ({biggest} bytes) and null_bytes \
+                 {null} must be positive",
+                cfg.region_bytes
             )));
         }
-        let base = cfg.null_bytes;
-        if cfg.bytes <= base {
+        if cfg.bytes <= null {
             return Err(Error::InvalidArgument(format!(
-                "arena of {} bytes holds nothing beyond its null area of {base} bytes",
+                "arena of {} bytes holds nothing beyond its null area of {null} bytes",
                 cfg.bytes
             )));
         }
-        // Regions are aligned to multiples of `region_bytes` from byte 0 (so a region
-        // size that is a multiple of every page wastes nothing at any edge); the first
-        // one starts after the null area and may be shorter.
-        let first = base / cfg.region_bytes;
-        let num_regions = cfg.bytes.div_ceil(cfg.region_bytes) - first;
-        if num_regions >= NONE as u64 {
+        if let Some(g) = (0..ng).find(|&g| roles.null_read[g] && cfg.page_bytes[g] > null) {
             return Err(Error::InvalidArgument(format!(
-                "{num_regions} regions are too many (raise region_bytes)"
+                "null_bytes {null} cannot hold the null block of group {g} ({}-byte pages)",
+                cfg.page_bytes[g]
+            )));
+        }
+        // Floor spans, stacked down from the top in group order, each exactly its floor
+        // pages (plus, for a group whose null block is read, the few bytes above that
+        // put block 0 in the null area: its base must be at most `null - p`).
+        let mut bases: Vec<u64> = cfg.page_bytes.iter().map(|&p| null % p).collect();
+        let mut spans: Vec<(usize, u64, u64)> = Vec::new();
+        let mut top = cfg.bytes;
+        for g in 0..ng {
+            let f = cfg.floor_blocks[g] as u64;
+            if !roles.span[g] || f == 0 {
+                continue;
+            }
+            let p = cfg.page_bytes[g];
+            let fits = f
+                .checked_mul(p)
+                .and_then(|need| top.checked_sub(need))
+                .filter(|&s| s >= null);
+            let Some(s0) = fits else {
+                return Err(Error::InvalidArgument(format!(
+                    "floors do not fit: group {g} needs {f} blocks of {p} bytes but only {} \
+                     bytes lie between the null area and the other floors",
+                    top - null
+                )));
+            };
+            let (s, base) = if roles.null_read[g] && s0 % p > null - p {
+                let lim = null - p;
+                (s0 - (s0 % p - lim), lim)
+            } else {
+                (s0, s0 % p)
+            };
+            if s < null {
+                return Err(Error::InvalidArgument(format!(
+                    "floors do not fit: group {g}'s span would start at {s}, inside the null \
+                     area"
+                )));
+            }
+            bases[g] = base;
+            spans.push((g, s, top));
+            top = s;
+        }
+        // The grid: `[null, top)` cut at multiples of `region_bytes` from the null area.
+        let num_grid = (top - null).div_ceil(cfg.region_bytes);
+        if num_grid + spans.len() as u64 >= NONE as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "{num_grid} regions are too many (raise region_bytes)"
             )));
         }
         for (g, &p) in cfg.page_bytes.iter().enumerate() {
-            if cfg.bytes / p > i32::MAX as u64 {
+            if (cfg.bytes - bases[g]) / p > i32::MAX as u64 {
                 return Err(Error::InvalidArgument(format!(
                     "group {g}: {} blocks of {p} bytes exceed the int32 block-id space",
                     cfg.bytes / p
                 )));
             }
         }
-        let n = num_regions as usize;
+        let num_grid = num_grid as usize;
+        let mut bounds: Vec<(u64, u64)> = (0..num_grid as u64)
+            .map(|i| {
+                let s = null + i * cfg.region_bytes;
+                (s, (s + cfg.region_bytes).min(top))
+            })
+            .collect();
+        let mut span_of = vec![NONE; ng];
+        for &(g, s, e) in spans.iter().rev() {
+            span_of[g] = bounds.len() as u32;
+            bounds.push((s, e));
+        }
+        let n = bounds.len();
         let mut arena = Arena {
             cfg,
-            base,
-            first,
-            num_regions: n,
+            bases,
+            bounds,
+            num_grid,
+            span_of,
             owner: vec![NONE; n],
             unowned: (0..n as u32).collect(),
             ids: Vec::new(),
@@ -154,23 +248,17 @@ impl Arena {
         arena.ids = (0..ng)
             .map(|g| (0..n).map(|r| arena.compute_ids_in(g, r)).collect())
             .collect();
-        arena.min_ids = arena
-            .ids
-            .iter()
-            .map(|ids| {
-                let counts = ids.iter().map(|&(lo, hi)| (hi - lo) as usize);
-                counts.filter(|&c| c > 0).min().unwrap_or(0)
-            })
+        let grid_counts = |g: usize| {
+            arena.ids[g][..num_grid]
+                .iter()
+                .map(|&(lo, hi)| (hi - lo) as usize)
+                .collect::<Vec<_>>()
+        };
+        arena.min_ids = (0..ng)
+            .map(|g| grid_counts(g).into_iter().filter(|&c| c > 0).min().unwrap_or(0))
             .collect();
-        arena.max_ids = arena
-            .ids
-            .iter()
-            .map(|ids| {
-                ids.iter()
-                    .map(|&(lo, hi)| (hi - lo) as usize)
-                    .max()
-                    .unwrap_or(0)
-            })
+        arena.max_ids = (0..ng)
+            .map(|g| grid_counts(g).into_iter().max().unwrap_or(0))
             .collect();
         Ok(arena)
     }
@@ -179,14 +267,19 @@ impl Arena {
         &self.cfg
     }
     pub fn num_regions(&self) -> usize {
-        self.num_regions
+        self.bounds.len()
+    }
+    /// Regions of the grid (`0..num_grid_regions()`); the rest are floor spans.
+    pub fn num_grid_regions(&self) -> usize {
+        self.num_grid
     }
     pub fn num_groups(&self) -> usize {
         self.cfg.page_bytes.len()
     }
-    /// Bytes of the null area (block 0 of every group but state groups lies in it).
+    /// Bytes of the null area (block 0 of every group whose null block may be read
+    /// lies in it).
     pub fn null_bytes(&self) -> u64 {
-        self.base
+        self.cfg.null_bytes
     }
     pub fn page(&self, g: usize) -> u64 {
         self.cfg.page_bytes[g]
@@ -194,19 +287,33 @@ impl Arena {
     pub fn floor(&self, g: usize) -> usize {
         self.cfg.floor_blocks[g]
     }
+    /// Byte offset of group `g`'s block 0: block `b` is `[base + b * p, base + (b + 1) * p)`.
+    pub fn base(&self, g: usize) -> u64 {
+        self.bases[g]
+    }
+    pub fn bases(&self) -> &[u64] {
+        &self.bases
+    }
+    /// Group `g`'s floor span (a region pinned to it), if it has one.
+    pub fn floor_span(&self, g: usize) -> Option<usize> {
+        match self.span_of[g] {
+            NONE => None,
+            r => Some(r as usize),
+        }
+    }
+    /// Whether region `r` is a floor span (it never changes owner once granted).
+    pub fn pinned(&self, r: usize) -> bool {
+        r >= self.num_grid
+    }
 
-    /// Ids in group `g`'s view of the whole arena (null block included).
+    /// Ids in group `g`'s view of the arena from its base (null block included).
     pub fn view_blocks(&self, g: usize) -> usize {
-        (self.cfg.bytes / self.cfg.page_bytes[g]) as usize
+        ((self.cfg.bytes - self.bases[g]) / self.cfg.page_bytes[g]) as usize
     }
 
     /// Bytes `[start, end)` of region `r`.
     pub fn span(&self, r: usize) -> (u64, u64) {
-        let s = (self.first + r as u64) * self.cfg.region_bytes;
-        (
-            s.max(self.base),
-            (s + self.cfg.region_bytes).min(self.cfg.bytes),
-        )
+        self.bounds[r]
     }
 
     /// Group `g`'s ids `[lo, hi)` whose bytes lie wholly inside region `r`.
@@ -215,29 +322,34 @@ impl Arena {
         self.ids[g][r]
     }
 
-    /// The fewest ids group `g` has in any region that holds some (a region it owns
-    /// backs at least this many blocks).
+    /// The fewest ids group `g` has in any grid region that holds some (a grid region
+    /// it owns backs at least this many blocks).
     pub fn min_region_ids(&self, g: usize) -> usize {
         self.min_ids[g]
     }
 
-    /// The most ids group `g` has in one region (a whole region of its pages).
+    /// The most ids group `g` has in one grid region (a whole region of its pages).
     pub fn max_region_ids(&self, g: usize) -> usize {
         self.max_ids[g]
     }
 
     fn compute_ids_in(&self, g: usize, r: usize) -> (u32, u32) {
         let p = self.cfg.page_bytes[g];
+        let base = self.bases[g];
         let (s, e) = self.span(r);
-        let lo = s.div_ceil(p);
-        let hi = (e / p).max(lo);
+        if e <= base {
+            return (1, 1);
+        }
+        // Block 0 is the null block: never an id of a region.
+        let lo = (s.saturating_sub(base)).div_ceil(p).max(1);
+        let hi = ((e - base) / p).max(lo);
         (lo as u32, hi as u32)
     }
 
     /// Per id of group `g`'s view: its region, or `NONE` (null area, region edge).
     pub fn region_map(&self, g: usize) -> Vec<u32> {
         let mut out = vec![NONE; self.view_blocks(g)];
-        for r in 0..self.num_regions {
+        for r in 0..self.num_regions() {
             let (lo, hi) = self.ids_in(g, r);
             for b in lo..hi {
                 out[b as usize] = r as u32;
@@ -289,22 +401,24 @@ impl Arena {
 
     /// Bytes no group can use now: the null area plus the edges of owned regions.
     pub fn waste_bytes(&self) -> u64 {
-        self.base
-            + (0..self.num_regions)
+        self.cfg.null_bytes
+            + (0..self.num_regions())
                 .filter_map(|r| self.owner(r).map(|g| self.edge_waste(g, r)))
                 .sum::<u64>()
     }
 
-    /// The most bytes any ownership can waste: the null area plus, per region, the
-    /// largest edge waste of any group.
+    /// The most bytes any ownership can waste: the null area plus, per grid region,
+    /// the largest edge waste of any group, and per floor span its own group's.
     pub fn worst_waste_bytes(&self) -> u64 {
-        self.base
-            + (0..self.num_regions)
-                .map(|r| {
-                    (0..self.num_groups())
+        let span_owner = |r: usize| self.span_of.iter().position(|&s| s as usize == r);
+        self.cfg.null_bytes
+            + (0..self.num_regions())
+                .map(|r| match span_owner(r) {
+                    Some(g) => self.edge_waste(g, r),
+                    None => (0..self.num_groups())
                         .map(|g| self.edge_waste(g, r))
                         .max()
-                        .unwrap_or(0)
+                        .unwrap_or(0),
                 })
                 .sum::<u64>()
     }
@@ -325,38 +439,106 @@ mod tests {
         .unwrap()
     }
 
+    /// Every id of every group lies wholly inside the region it is mapped to, every
+    /// id whose bytes fit one region is mapped, and the null block is never mapped.
+    fn check_mapping(a: &Arena) {
+        for g in 0..a.num_groups() {
+            let (p, base) = (a.page(g), a.base(g));
+            let map = a.region_map(g);
+            assert_eq!(map[0], NONE);
+            for b in 1..a.view_blocks(g) as u64 {
+                let (s, e) = (base + b * p, base + (b + 1) * p);
+                let inside = (0..a.num_regions()).find(|&r| {
+                    let (rs, re) = a.span(r);
+                    s >= rs && e <= re
+                });
+                assert_eq!(
+                    inside.map_or(NONE, |r| r as u32),
+                    map[b as usize],
+                    "group {g} id {b}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn ids_lie_inside_their_region() {
         let a = arena(1000, 96, &[7, 30]);
         assert_eq!(a.null_bytes(), 30);
-        assert_eq!(a.num_regions(), 11); // [30, 96), [96, 192), ..., [960, 1000)
-        assert_eq!(a.span(0), (30, 96));
-        for g in 0..2 {
-            let p = a.page(g);
-            let map = a.region_map(g);
-            assert_eq!(map[0], NONE);
-            for (b, &r) in map.iter().enumerate() {
-                if r == NONE {
-                    continue;
-                }
-                let (s, e) = a.span(r as usize);
-                assert!(b as u64 * p >= s && (b as u64 + 1) * p <= e);
-            }
-            // Every id whose bytes fit inside one region is mapped to it.
-            for b in 0..a.view_blocks(g) as u64 {
-                let inside = (0..a.num_regions()).any(|r| {
-                    let (s, e) = a.span(r);
-                    b * p >= s && (b + 1) * p <= e
-                });
-                assert_eq!(inside, map[b as usize] != NONE, "group {g} id {b}");
-            }
-        }
+        // The grid starts at the null area: [30, 126), [126, 222), ..., [990, 1000).
+        assert_eq!(a.num_regions(), 11);
+        assert_eq!(a.span(0), (30, 126));
+        assert_eq!(a.span(10), (990, 1000));
+        // Pages tile from the null area: base = null mod page.
+        assert_eq!(a.bases(), &[2, 0]);
+        check_mapping(&a);
         // Edge waste is below two pages per region, and zero where aligned.
         for r in 0..a.num_regions() {
             assert!(a.edge_waste(0, r) < 14);
+            assert!(a.edge_waste(1, r) < 60);
         }
         let b = arena(90 + 90 * 4, 90, &[30, 90]);
         assert_eq!(b.worst_waste_bytes(), 90);
+    }
+
+    #[test]
+    fn floor_spans_hold_exactly_their_floor() {
+        // Group 0 grows (page 20, null read), group 1 is state (page 33, floor 5),
+        // group 2 a window (page 30, floor 3, null read).
+        let cfg = ArenaConfig {
+            bytes: 1000,
+            region_bytes: 60,
+            null_bytes: 40,
+            page_bytes: vec![20, 33, 30],
+            floor_blocks: vec![0, 5, 3],
+        };
+        let roles = ArenaRoles {
+            span: vec![false, true, true],
+            null_read: vec![true, false, true],
+        };
+        let a = Arena::with_roles(cfg.clone(), roles.clone()).unwrap();
+        check_mapping(&a);
+        // State span: exactly 5 pages at the top, its pages tiling it (base 835 mod 33).
+        let s1 = a.floor_span(1).unwrap();
+        assert_eq!(a.span(s1), (835, 1000));
+        assert_eq!(a.base(1), 835 % 33);
+        assert_eq!(a.ids_in(1, s1).1 - a.ids_in(1, s1).0, 5);
+        assert_eq!(a.edge_waste(1, s1), 0);
+        // Window span below it: 3 pages, lowered so block 0 stays in the null area
+        // (base <= null - page = 10): [745, 835) has base 745 mod 30 = 25 > 10, so
+        // the span starts at 730 (base 10) and wastes 15 bytes at its top.
+        let s2 = a.floor_span(2).unwrap();
+        assert_eq!(a.span(s2), (730, 835));
+        assert_eq!(a.base(2), 10);
+        assert_eq!(a.ids_in(2, s2).1 - a.ids_in(2, s2).0, 3);
+        assert_eq!(a.edge_waste(2, s2), 15);
+        assert!(a.pinned(s1) && a.pinned(s2) && !a.pinned(0));
+        assert_eq!(a.num_grid_regions(), a.num_regions() - 2);
+        // The grid covers [40, 730) in regions of 60 (multiples of the growing page):
+        // the growing group wastes nothing at any full grid region.
+        assert_eq!(a.span(0), (40, 100));
+        assert_eq!(a.span(a.num_grid_regions() - 1), (700, 730));
+        for r in 0..a.num_grid_regions() - 1 {
+            assert_eq!(a.edge_waste(0, r), 0);
+        }
+        assert_eq!(a.base(0), 0);
+        assert_eq!(a.max_region_ids(1), 1); // a whole grid region holds 1 state page
+        // Waste counts the null area and the edges of owned regions only.
+        let mut w = a.clone();
+        w.set_owner(s1, Some(1));
+        w.set_owner(s2, Some(2));
+        assert_eq!(w.waste_bytes(), 40 + 15);
+        // Floors that do not fit above the null area are refused.
+        let mut big = cfg.clone();
+        big.floor_blocks[1] = 30;
+        assert!(Arena::with_roles(big, roles.clone()).is_err());
+        // A read null block larger than the null area is refused.
+        let mut r = roles;
+        r.null_read[1] = true;
+        assert!(Arena::with_roles(cfg.clone(), r.clone()).is_ok());
+        let mut c = cfg;
+        c.page_bytes[1] = 41;
+        assert!(Arena::with_roles(c, r).is_err());
     }
 
     #[test]
