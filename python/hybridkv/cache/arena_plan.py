@@ -265,7 +265,11 @@ def layout_arena(
     for g in range(npools):
         mine = owner == g
         edge[mine] = span[mine] - ids[g][mine] * ppage[g]
-    worst_edge = np.max([span - ids[g] * ppage[g] for g in range(npools)], axis=0)
+    # A region can only be owned by a pool with an id in it (none: all of it is lost).
+    worst_edge = np.max(
+        [np.where(ids[g] > 0, span - ids[g] * ppage[g], 0) for g in range(npools)], axis=0
+    )
+    worst_edge = np.where(np.any([ids[g] > 0 for g in range(npools)], axis=0), worst_edge, span)
     worst_edge[ngrid:] = edge[ngrid:]  # a span only ever holds its own pool
     # Held for floors: whole floor regions and spans, but only the floor blocks
     # themselves in a pool with a growing group (its growing groups use the rest).

@@ -408,17 +408,22 @@ impl Arena {
     }
 
     /// The most bytes any ownership can waste: the null area plus, per grid region,
-    /// the largest edge waste of any group, and per floor span its own group's.
+    /// the largest edge waste of a group that can own it (one with an id in it; all of
+    /// it if none can), and per floor span its own group's.
     pub fn worst_waste_bytes(&self) -> u64 {
         let span_owner = |r: usize| self.span_of.iter().position(|&s| s as usize == r);
         self.cfg.null_bytes
             + (0..self.num_regions())
                 .map(|r| match span_owner(r) {
                     Some(g) => self.edge_waste(g, r),
-                    None => (0..self.num_groups())
-                        .map(|g| self.edge_waste(g, r))
-                        .max()
-                        .unwrap_or(0),
+                    None => {
+                        let (s, e) = self.span(r);
+                        (0..self.num_groups())
+                            .filter(|&g| self.ids_in(g, r).1 > self.ids_in(g, r).0)
+                            .map(|g| self.edge_waste(g, r))
+                            .max()
+                            .unwrap_or(e - s)
+                    }
                 })
                 .sum::<u64>()
     }
