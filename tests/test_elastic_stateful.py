@@ -100,9 +100,7 @@ class Layout:
         self.regions = grid + [(s, e) for _, s, e in reversed(spans)]
         self.num_grid = len(grid)
         self.span_of = {q: len(self.regions) - 1 - i for i, (q, _, _) in enumerate(spans)}
-        self.spans = [
-            next(((s, e) for p, s, e in spans if p == q), None) for q in range(n)
-        ]
+        self.spans = [next(((s, e) for p, s, e in spans if p == q), None) for q in range(n)]
 
     def bytes_of(self, g: int, b: int) -> tuple[int, int]:
         q = self.pools[g]

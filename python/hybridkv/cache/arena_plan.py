@@ -1,32 +1,37 @@
-"""Planning the elastic arena: region size, floor regions, and what the growing groups get.
+"""Planning the elastic arena: region size, floors, and what the growing groups get.
 
-This mirrors the region math of ``rust/core/src/arena.rs`` (where the mechanism and its
+This mirrors the layout math of ``rust/core/src/arena.rs`` (where the mechanism and its
 trade-offs are documented) so a plan can say, before any manager exists, exactly how
 many blocks the growing groups hold and how many bytes no group can use:
 
-- the arena is ``memory`` bytes; group ``g`` sees it as ``memory // page_g`` blocks,
-  block ``b`` being bytes ``[b * page_g, (b + 1) * page_g)``;
+- the arena is ``memory`` bytes; group ``g`` sees it from its base ``base_g`` as
+  ``(memory - base_g) // page_g`` blocks, block ``b`` being bytes
+  ``[base_g + b * page_g, base_g + (b + 1) * page_g)``;
 - a null area of ``null_bytes`` holds block 0 of every group whose null block a
   kernel may read (attention kinds: released or padded table entries point at it);
   a state group's block 0, never read or written (a state kernel reads a checkpoint
-  and writes a running state, never a null entry), may reach past it over ids of
-  other groups. After the null area the arena is cut at multiples of
-  ``region_bytes`` into regions (the first and last may be shorter);
-- a group uses the ids lying wholly inside one region it owns;
+  and writes a running state, never a null entry), may lie anywhere;
 - groups whose pages and block sizes are equal share one pool (:func:`pool_classes`):
   one id space, so regions are owned by pools;
-- floors are granted first, pool by pool in pool order, each taking unowned regions
-  that hold one of its ids until it has the sum of its groups' floors: the lowest for
-  a pool with a growing group, else the highest whole regions (holding as many of its
-  ids as any region), then the highest partial ones; the growing pools share every
-  other region (a short first or last region included, which a floor would fill only
-  in part).
+- a pool whose groups all have floors and none of whose null blocks is read (a state
+  pool) holds its floor in a floor span: one region of exactly its floor pages,
+  stacked down from the top in pool order, pinned to it, its base ``span_start mod
+  page`` so its pages tile the span; every other pool's base is ``null_bytes mod
+  page``;
+- between the null area and the spans, the grid: regions at multiples of
+  ``region_bytes`` from the null area (the last may be shorter); a group uses the ids
+  lying wholly inside one region it owns;
+- any other floor is granted grid regions, pool by pool in pool order, until the pool
+  has the sum of its groups' floors: the lowest for a pool with a growing group, else
+  the highest whole regions (holding as many of its ids as any grid region), then the
+  highest partial ones; the growing pools share every other grid region.
 
 :func:`choose_region_bytes` picks the region size that loses the fewest bytes of
-token capacity (null area, floors rounded up to regions, region edges), on a tie the
-coarsest giving at least :data:`MIN_REGIONS` regions, among multiples of the growing page (so the growing group's edges waste
-nothing), of the largest page and of every page, no smaller than the largest page and
-giving at most :data:`MAX_REGIONS` regions.
+token capacity (null area, grid floors rounded up to regions, region edges), on a tie
+the coarsest giving at least :data:`MIN_REGIONS` regions, among multiples of the
+growing page (its pages then tile every full grid region), of the largest page and of
+every page, no smaller than the largest page and giving at most :data:`MAX_REGIONS`
+regions.
 """
 
 from __future__ import annotations
@@ -334,9 +339,7 @@ def choose_region_bytes(
         if size < biggest or -(-memory_bytes // size) > MAX_REGIONS:
             continue
         try:
-            a = layout_arena(
-                memory_bytes, size, null, pages, floors, growing, pool_of, null_read
-            )
+            a = layout_arena(memory_bytes, size, null, pages, floors, growing, pool_of, null_read)
         except PlanError as e:
             err = err or e
             continue

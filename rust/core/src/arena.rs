@@ -4,51 +4,81 @@
 //!
 //! ## Mechanism: regions owned by one group at a time
 //! The KV-cache memory is one byte arena of `bytes` bytes. Group `g` has page size
-//! `p_g` (all of its layers' bytes for one block) and sees the WHOLE arena as an array
-//! of `floor(bytes / p_g)` blocks: block id `b` of group `g` is the bytes
-//! `[b * p_g, (b + 1) * p_g)`. Each of the group's layers is then a plain strided view
-//! over the arena (block id x fixed stride `p_g`, plus the layer's offset inside the
-//! page), exactly what paged-attention kernels take (`[num_blocks, block_size, heads,
-//! head_dim]` with an arbitrary block stride); no page size is unified or padded.
+//! `p_g` (all of its layers' bytes for one block) and a base `base_g < bytes`: it sees
+//! the arena from its base as an array of `(bytes - base_g) / p_g` blocks, block id `b`
+//! being the bytes `[base_g + b * p_g, base_g + (b + 1) * p_g)`. Each of the group's
+//! layers is then a plain strided view over the arena (storage offset `base_g` plus
+//! the layer's offset inside the page, block id x fixed stride `p_g`), exactly what
+//! paged-attention kernels take (`[num_blocks, block_size, heads, head_dim]` with an
+//! arbitrary block stride); no page size is unified or padded.
 //!
-//! The bytes after a null area are cut into regions at multiples of `region_bytes`
-//! (the first and last may be shorter). A region is owned by at most one group at a time, and a group uses only
-//! the ids whose bytes lie wholly inside ONE region it owns, so no byte ever belongs to
-//! two live blocks. The null area `[0, null_bytes)` belongs to no region and holds the
-//! null block 0 (never written; tables point at it for released slots) of every group
-//! whose null block a kernel may read: every attention kind (the manager checks it). A
-//! state group's block 0 is never read or written (a state kernel reads a checkpoint
-//! and writes a running state, never a null entry), so it may reach past the null
-//! area over other groups' ids, and its pages, often the largest, cost no null area.
-//! Memory moves between groups a region at a time, and only when the region holds no
-//! block in use: nothing live is ever copied or remapped. A region is granted to a
-//! group (its ids join that pool's free queue) and released by it (all its blocks free;
-//! cached ones are evicted with `Removed` events).
+//! The arena is cut into regions with explicit bounds, lowest first:
+//! - the null area `[0, null_bytes)` (no region) holds the null block 0 (never
+//!   written; tables point at it for released slots) of every group whose null block
+//!   a kernel may read: every attention kind (the manager checks it). A state group's
+//!   block 0 is never read or written (a state kernel reads a checkpoint and writes a
+//!   running state, never a null entry), so it may lie anywhere, over other groups'
+//!   ids, and its pages, often the largest, cost no null area;
+//! - the grid: `[null_bytes, S)` cut at multiples of `region_bytes` from the null area
+//!   (the last region may be shorter);
+//! - floor spans `[S, bytes)`: per bounded pool whose groups all have floors and whose
+//!   null block is never read (a state pool), ONE region of exactly its floor pages,
+//!   stacked down from the top in pool order and pinned to it (see "Floors").
+//!
+//! Bases: a span pool's base is `span_start mod p_g`, so its pages tile its span
+//! exactly; every other group's is `null_bytes mod p_g` (its block 0 inside the null
+//! area, its pages tiling the grid from the null area on). A region is owned by at
+//! most one group at a time, and a group uses only the ids whose bytes lie wholly
+//! inside ONE region it owns (never block 0), so no byte ever belongs to two live
+//! blocks. Memory moves between groups a grid region at a time, and only when the
+//! region holds no block in use: nothing live is ever copied or remapped. A region is
+//! granted to a group (its ids join that pool's free queue) and released by it (all
+//! its blocks free; cached ones are evicted with `Removed` events). `ArenaRoles` says
+//! which groups get spans and whose null blocks may be read (the manager derives
+//! both from the groups' kinds, `manager/construct.rs`); `hybridkv plan --json` and
+//! the manager's `arena_info` expose the bases and spans.
 //!
 //! ## What it costs (measured by `hybridkv plan --json`, `arena` key)
-//! Waste is only at region edges: in a region owned by `g`, the bytes before its first
-//! whole page and after its last, less than `2 * p_g` per region (`0` when the region
-//! start and size are multiples of `p_g`), plus the null area. The planner picks the
-//! `region_bytes` (multiples of the growing group's page, of the largest page, of
-//! every page) that leaves the growing groups the most blocks, on a tie the coarsest
-//! giving at least 64 regions (`arena_plan.py`); e.g. Qwen3-Next-80B at 16 GiB: regions
-//! of ~158 MB, a multiple of both pages, so nothing is wasted at the edges the floors
-//! and the growing group own (0.4 % worst case, every region owned by the group
-//! wasting most of it). Coarser regions waste less but move memory in bigger steps; finer ones the
-//! reverse. Against CUDA virtual memory (reserve per group, map 2 MiB granules) this
-//! wastes a little more but runs on any allocator (CPU tensors in tests included) and
-//! keeps one base pointer for all groups; against unified large pages (vLLM, Jenga) no
-//! page is inflated.
+//! Waste is only at region edges and in the null area: in a region owned by `g`, the
+//! bytes before its first whole page and after its last, less than `2 * p_g` per
+//! region, `0` when the region's start and size are multiples of `p_g` from `base_g`.
+//! The planner picks `region_bytes` among multiples of the growing group's page (its
+//! pages tile every full grid region: it wastes nothing but the short last one), on a
+//! tie the coarsest giving at least 64 regions (`arena_plan.py`). A state floor span
+//! wastes nothing, whatever its page, so incommensurate pages cost the growing group
+//! nothing: capacity is the physical limit (memory minus floors over growing bytes
+//! per token) in whole blocks less the null block on every bundled state hybrid
+//! (Kimi-Linear at 80 GiB gained 114 blocks, Zamba2 at 32 GiB 49, over the earlier
+//! grid of regions at multiples of the state page). A state pool's memory beyond its
+//! floor (checkpoints) comes from grid regions, with edge waste below one state page
+//! per region. Coarser regions move memory in bigger steps; finer ones the reverse.
+//! Against CUDA virtual memory (reserve per group, map 2 MiB granules) this wastes a
+//! little more but runs on any allocator (CPU tensors in tests included) and keeps one
+//! base pointer for all groups; against unified large pages (vLLM, Jenga) no page is
+//! inflated.
 //!
 //! ## Floors
 //! A bounded group (state, sliding window, chunked local, cross attention) has a floor:
 //! blocks it can always get (the planner's bound for `max_num_seqs` running requests).
-//! At construction it is granted regions from the top of the arena until it holds its
-//! floor; another group may take a region from it only while it keeps its floor. So
-//! the floor is always obtainable, whatever the other groups do. Growing groups take
-//! regions from the bottom, bounded groups from the top, so contested regions sit in
-//! the middle; allocation packs each group's live blocks into its preferred end (see
+//! A state pool holds its floor in its span, granted at construction and never moved
+//! (the manager skips pinned regions when it reclaims memory). Any other pool with a
+//! floor is granted grid regions until it holds its floor, from the bottom for a pool
+//! with a growing group, else from the top (whole regions first); another group may
+//! take a grid region from it only while it keeps its floor. So every floor is always
+//! obtainable, whatever the other groups do. Growing groups take regions from the
+//! bottom, bounded groups from the top, so contested regions sit in the middle;
+//! allocation packs each group's live blocks into its preferred end (see
 //! `block_pool/regions.rs`), so its frontier regions are the ones that empty.
+//!
+//! A window pool gets no span, measured across the bundled models: its null block is
+//! read, so it must lie in the null area (which then holds one window page, more than
+//! the growing page) or at the start of its own span (one window page more: never
+//! better, since the null area then still holds the growing null block); its span
+//! would start at a multiple of its page from its base, wasting up to a page at its
+//! top; and the planner caps a window floor at what the growing groups hold, so a
+//! cheaper floor raises the cap and lowers capacity (Gemma-3-27B at 16 GiB: 33,856
+//! tokens with a span, 34,064 on the grid). `Arena` supports null-read spans (block 0
+//! kept in the null area), tested below; the manager does not use them.
 
 use std::collections::BTreeSet;
 
@@ -172,7 +202,7 @@ impl Arena {
         let mut bases: Vec<u64> = cfg.page_bytes.iter().map(|&p| null % p).collect();
         let mut spans: Vec<(usize, u64, u64)> = Vec::new();
         let mut top = cfg.bytes;
-        for g in 0..ng {
+        for (g, base_g) in bases.iter_mut().enumerate() {
             let f = cfg.floor_blocks[g] as u64;
             if !roles.span[g] || f == 0 {
                 continue;
@@ -201,7 +231,7 @@ impl Arena {
                      area"
                 )));
             }
-            bases[g] = base;
+            *base_g = base;
             spans.push((g, s, top));
             top = s;
         }
@@ -255,7 +285,13 @@ impl Arena {
                 .collect::<Vec<_>>()
         };
         arena.min_ids = (0..ng)
-            .map(|g| grid_counts(g).into_iter().filter(|&c| c > 0).min().unwrap_or(0))
+            .map(|g| {
+                grid_counts(g)
+                    .into_iter()
+                    .filter(|&c| c > 0)
+                    .min()
+                    .unwrap_or(0)
+            })
             .collect();
         arena.max_ids = (0..ng)
             .map(|g| grid_counts(g).into_iter().max().unwrap_or(0))
@@ -528,7 +564,7 @@ mod tests {
         }
         assert_eq!(a.base(0), 0);
         assert_eq!(a.max_region_ids(1), 1); // a whole grid region holds 1 state page
-        // Waste counts the null area and the edges of owned regions only.
+                                            // Waste counts the null area and the edges of owned regions only.
         let mut w = a.clone();
         w.set_owner(s1, Some(1));
         w.set_owner(s2, Some(2));

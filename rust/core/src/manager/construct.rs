@@ -120,7 +120,11 @@ fn pool_roles(groups: &[GroupConfig], pool_of: &[usize], floors: &[usize]) -> Ar
         bounded[p] &= !elastic::from_bottom(floors[g]);
         null_read[p] |= groups[g].kind != GroupKind::State;
     }
-    let span = bounded.iter().zip(&null_read).map(|(&b, &r)| b && !r).collect();
+    let span = bounded
+        .iter()
+        .zip(&null_read)
+        .map(|(&b, &r)| b && !r)
+        .collect();
     ArenaRoles { span, null_read }
 }
 
