@@ -90,13 +90,32 @@ class Layout:
         self.base = [NULL % self.ppage[q] for q in range(n)]
         spans: list[tuple[int, int, int]] = []
         top = MEMORY
+        anchor = next(self.ppage[q] for q in range(n) if not spanned[q])
+        phase = NULL
+        period = REGION + 1
         for q in range(n):
             if spanned[q]:
-                s = top - floor[q] * self.ppage[q]
-                self.base[q] = s % self.ppage[q]
+                p = self.ppage[q]
+                s = top - floor[q] * p
+                if not spans:
+                    # Lowered until some byte x >= NULL is a page edge of both the
+                    # anchor (pages from NULL) and this pool (pages from s): by search.
+                    def edge(x: int, s: int = s, p: int = p) -> bool:
+                        return (x - NULL) % anchor == 0 and (x - s) % p == 0
+
+                    while not any(edge(x) for x in range(NULL, NULL + anchor * p)):
+                        s -= 1
+                    phase = next(x for x in range(NULL, NULL + anchor * p) if edge(x))
+                    period = next(x for x in range(1, anchor * p + 1) if edge(phase + x))
+                    if period <= REGION:
+                        # The latest common edge within one region of the null area.
+                        phase = max(x for x in range(NULL + 1, NULL + REGION + 1) if edge(x))
+                self.base[q] = s % p
                 spans.append((q, s, top))
                 top = s
-        grid = [(s, min(s + REGION, top)) for s in range(NULL, top, REGION)]
+        # Grid cuts: NULL, then every x = phase (mod REGION) in (NULL, top).
+        cuts = [NULL] + [x for x in range(NULL + 1, top) if (x - phase) % REGION == 0]
+        grid = list(itertools.pairwise([*cuts, top]))
         self.regions = grid + [(s, e) for _, s, e in reversed(spans)]
         self.num_grid = len(grid)
         self.span_of = {q: len(self.regions) - 1 - i for i, (q, _, _) in enumerate(spans)}
@@ -258,9 +277,11 @@ def test_region_reference_matches_the_core() -> None:
     assert m.pool_of == (0, 1, 0)
     ref = Layout(PAGES, m.pool_of)
     # The state floor, 3 pages of 36 B, is the span [892, 1000) (base 892 mod 36 = 28);
-    # the grid of 80 B regions covers [40, 892): 10 whole regions and [840, 892).
+    # the grid of 80 B regions covers [40, 892), cut where a 10 B page edge (from 40)
+    # meets a 36 B one (from 28): at 100, so [40, 100), [100, 180), ..., [820, 892).
     assert ref.spans == [None, (892, 1000)] and ref.base == [0, 28]
-    assert ref.regions[ref.num_grid - 1] == (840, 892)
+    assert ref.regions[:2] == [(40, 100), (100, 180)]
+    assert ref.regions[ref.num_grid - 1] == (820, 892)
     assert info["num_regions"] == len(ref.regions) == 12
     assert list(info["bases"]) == ref.base
     counts = m._core.pool_counts()

@@ -199,18 +199,30 @@ impl Arena {
         // Floor spans, stacked down from the top in group order, each exactly its floor
         // pages (plus, for a group whose null block is read, the few bytes above that
         // put block 0 in the null area: its base must be at most `null - p`).
+        let spanned = |g: usize| roles.span[g] && cfg.floor_blocks[g] > 0;
+        // The grid's pages tile from the null area for the first group without a span
+        // (the growing one); the first span is lowered by under gcd(its page, that
+        // page) bytes so that some grid boundary lies on a page edge of both (`phase`).
+        let anchor = (0..ng).find(|&g| !spanned(g)).map(|g| cfg.page_bytes[g]);
         let mut bases: Vec<u64> = cfg.page_bytes.iter().map(|&p| null % p).collect();
         let mut spans: Vec<(usize, u64, u64)> = Vec::new();
         let mut top = cfg.bytes;
+        let mut phase = null;
+        let mut period: Option<u64> = None;
         for (g, base_g) in bases.iter_mut().enumerate() {
             let f = cfg.floor_blocks[g] as u64;
-            if !roles.span[g] || f == 0 {
+            if !spanned(g) {
                 continue;
             }
             let p = cfg.page_bytes[g];
+            let first = spans.is_empty();
             let fits = f
                 .checked_mul(p)
                 .and_then(|need| top.checked_sub(need))
+                .map(|s| match anchor {
+                    Some(a) if first => s.saturating_sub((s.saturating_sub(null)) % gcd(a, p)),
+                    _ => s,
+                })
                 .filter(|&s| s >= null);
             let Some(s0) = fits else {
                 return Err(Error::InvalidArgument(format!(
@@ -232,11 +244,28 @@ impl Arena {
                 )));
             }
             *base_g = base;
+            if let (Some(a), true) = (anchor, spans.is_empty()) {
+                phase = common_edge(null, a, s, p);
+                period = u64::try_from(a as u128 / gcd(a, p) as u128 * p as u128).ok();
+            }
             spans.push((g, s, top));
             top = s;
         }
-        // The grid: `[null, top)` cut at multiples of `region_bytes` from the null area.
-        let num_grid = (top - null).div_ceil(cfg.region_bytes);
+        // The grid: `[null, top)` cut at `phase + i * region_bytes`: every boundary is a
+        // page edge of the anchor group, and of the first span's group where the region
+        // size is a multiple of both pages.
+        let r = cfg.region_bytes;
+        let c1 = match null + (phase - null) % r {
+            c if c == null => null + r,
+            c => c,
+        };
+        // The latest common edge within one region of the null area (edges repeat
+        // every `period` bytes): the first region as long as it can be.
+        let c1 = match period {
+            Some(l) if l <= r => c1 + (null + r - c1) / l * l,
+            _ => c1,
+        };
+        let num_grid = 1 + if c1 < top { (top - c1).div_ceil(r) } else { 0 };
         if num_grid + spans.len() as u64 >= NONE as u64 {
             return Err(Error::InvalidArgument(format!(
                 "{num_grid} regions are too many (raise region_bytes)"
@@ -251,11 +280,12 @@ impl Arena {
             }
         }
         let num_grid = num_grid as usize;
-        let mut bounds: Vec<(u64, u64)> = (0..num_grid as u64)
-            .map(|i| {
-                let s = null + i * cfg.region_bytes;
-                (s, (s + cfg.region_bytes).min(top))
-            })
+        let cut = |i: usize| match i {
+            0 => null,
+            i => c1 + (i as u64 - 1) * r,
+        };
+        let mut bounds: Vec<(u64, u64)> = (0..num_grid)
+            .map(|i| (cut(i), if i + 1 < num_grid { cut(i + 1) } else { top }))
             .collect();
         let mut span_of = vec![NONE; ng];
         for &(g, s, e) in spans.iter().rev() {
@@ -465,6 +495,34 @@ impl Arena {
     }
 }
 
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The least `x >= null` with `x = null (mod a)` and `x = s (mod p)`, or `null` when
+/// there is none (`s - null` not a multiple of `gcd(a, p)`).
+fn common_edge(null: u64, a: u64, s: u64, p: u64) -> u64 {
+    let g = gcd(a, p);
+    let d = (s as i128 - null as i128).rem_euclid(p as i128);
+    if d % g as i128 != 0 {
+        return null;
+    }
+    // k * a = d (mod p): k = (d / g) * inverse(a / g) mod (p / g).
+    let (a2, m) = ((a / g) as i128, (p / g) as i128);
+    let (mut r0, mut r1, mut t0, mut t1) = (a2.rem_euclid(m.max(1)), m, 1i128, 0i128);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    let k = ((d / g as i128) % m.max(1) * t0.rem_euclid(m.max(1))).rem_euclid(m.max(1));
+    null + (k as u64) * a
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,6 +578,79 @@ mod tests {
         }
         let b = arena(90 + 90 * 4, 90, &[30, 90]);
         assert_eq!(b.worst_waste_bytes(), 90);
+    }
+
+    #[test]
+    fn the_grid_is_cut_where_growing_and_state_page_edges_meet() {
+        // Growing page 10 (from the null area, 40), state page 36 with a floor of 3:
+        // the span [892, 1000) (base 28); 10 B edges (40 + 10k) meet 36 B ones
+        // (28 + 36j) at 100, so the grid is cut at 100 + 180i: full regions of 180 B
+        // (the least common multiple) hold exactly 18 growing pages and 5 state pages.
+        let cfg = ArenaConfig {
+            bytes: 1000,
+            region_bytes: 180,
+            null_bytes: 40,
+            page_bytes: vec![10, 36],
+            floor_blocks: vec![0, 3],
+        };
+        let roles = ArenaRoles {
+            span: vec![false, true],
+            null_read: vec![true, false],
+        };
+        let a = Arena::with_roles(cfg, roles.clone()).unwrap();
+        check_mapping(&a);
+        assert_eq!(a.bases(), &[0, 28]);
+        assert_eq!(a.span(a.floor_span(1).unwrap()), (892, 1000));
+        assert_eq!((a.span(0), a.span(1)), ((40, 100), (100, 280)));
+        assert_eq!(a.num_grid_regions(), 6);
+        assert_eq!(a.span(5), (820, 892));
+        for r in 1..5 {
+            assert_eq!(a.edge_waste(0, r), 0);
+            assert_eq!(a.edge_waste(1, r), 0);
+        }
+        // Regions of two common periods: the first cut is the latest common edge within
+        // one region of the null area, 280 (not 100).
+        let mut c2 = a.config().clone();
+        c2.region_bytes = 360;
+        let b = Arena::with_roles(c2, roles.clone()).unwrap();
+        check_mapping(&b);
+        assert_eq!(
+            (b.span(0), b.span(1), b.span(2)),
+            ((40, 280), (280, 640), (640, 892))
+        );
+        // No common edge unless the span start is lowered to the null area's residue
+        // mod gcd(4, 6) = 2: 1001 - 30 = 971 becomes 970 (1 byte lost above the span).
+        let odd = Arena::with_roles(
+            ArenaConfig {
+                bytes: 1001,
+                region_bytes: 24,
+                null_bytes: 40,
+                page_bytes: vec![4, 6],
+                floor_blocks: vec![0, 5],
+            },
+            roles,
+        )
+        .unwrap();
+        check_mapping(&odd);
+        let sp = odd.floor_span(1).unwrap();
+        assert_eq!(odd.span(sp), (970, 1001));
+        assert_eq!(odd.ids_in(1, sp).1 - odd.ids_in(1, sp).0, 5);
+        assert_eq!((odd.span(1).0 - odd.base(1)) % 6, 0);
+    }
+
+    #[test]
+    fn common_edge_matches_a_search() {
+        for a in 1..12u64 {
+            for p in 1..15u64 {
+                for s in 40..40 + 2 * p {
+                    let want = (0..a * p)
+                        .map(|k| 40 + k * a)
+                        .find(|&x| (x + p * 100 - s) % p == 0)
+                        .unwrap_or(40);
+                    assert_eq!(common_edge(40, a, s, p), want, "a {a} p {p} s {s}");
+                }
+            }
+        }
     }
 
     #[test]
