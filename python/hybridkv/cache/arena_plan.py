@@ -18,17 +18,21 @@ many blocks the growing groups hold and how many bytes no group can use:
   stacked down from the top in pool order, pinned to it, its base ``span_start mod
   page`` so its pages tile the span; every other pool's base is ``null_bytes mod
   page``;
-- between the null area and the spans, the grid: regions at multiples of
-  ``region_bytes`` from the null area (the last may be shorter); a group uses the ids
-  lying wholly inside one region it owns;
+- between the null area and the spans, the grid: regions of ``region_bytes`` (the
+  first and last may be shorter), cut on page edges of the first pool without a span
+  (pages from the null area) and of the first span's pool (that span lowered by under
+  the gcd of the two pages so common edges exist; the first cut the latest one within
+  a region of the null area); a group uses the ids lying wholly inside one region it
+  owns;
 - any other floor is granted grid regions, pool by pool in pool order, until the pool
   has the sum of its groups' floors: the lowest for a pool with a growing group, else
   the highest whole regions (holding as many of its ids as any grid region), then the
   highest partial ones; the growing pools share every other grid region.
 
 :func:`choose_region_bytes` picks the region size that loses the fewest bytes of
-token capacity (null area, grid floors rounded up to regions, region edges), on a tie
-the coarsest giving at least :data:`MIN_REGIONS` regions, among multiples of the
+token capacity (null area, grid floors rounded up to regions, region edges), then one
+where a state pool's pages cover at least :data:`MIN_SPAN_FIT` of a full grid region,
+on a tie the coarsest giving at least :data:`MIN_REGIONS` regions, among multiples of the
 growing page (its pages then tile every full grid region), of the largest page and of
 every page, no smaller than the largest page and giving at most :data:`MAX_REGIONS`
 regions.

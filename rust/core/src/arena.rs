@@ -19,8 +19,13 @@
 //!   block 0 is never read or written (a state kernel reads a checkpoint and writes a
 //!   running state, never a null entry), so it may lie anywhere, over other groups'
 //!   ids, and its pages, often the largest, cost no null area;
-//! - the grid: `[null_bytes, S)` cut at multiples of `region_bytes` from the null area
-//!   (the last region may be shorter);
+//! - the grid: `[null_bytes, S)` cut every `region_bytes` (the first and last regions
+//!   may be shorter). The cuts fall on page edges of the first group without a span
+//!   (the growing one; its pages tile from the null area) and, when a span exists, on
+//!   page edges of the first span's group too: that span is lowered by under
+//!   `gcd(p_anchor, p_span)` bytes so that such common edges exist, and the first cut
+//!   is the latest common edge within one region of the null area. With `region_bytes`
+//!   a multiple of both pages, every full region holds whole pages of both;
 //! - floor spans `[S, bytes)`: per bounded pool whose groups all have floors and whose
 //!   null block is never read (a state pool), ONE region of exactly its floor pages,
 //!   stacked down from the top in pool order and pinned to it (see "Floors").
@@ -43,15 +48,20 @@
 //! bytes before its first whole page and after its last, less than `2 * p_g` per
 //! region, `0` when the region's start and size are multiples of `p_g` from `base_g`.
 //! The planner picks `region_bytes` among multiples of the growing group's page (its
-//! pages tile every full grid region: it wastes nothing but the short last one), on a
-//! tie the coarsest giving at least 64 regions (`arena_plan.py`). A state floor span
-//! wastes nothing, whatever its page, so incommensurate pages cost the growing group
-//! nothing: capacity is the physical limit (memory minus floors over growing bytes
-//! per token) in whole blocks less the null block on every bundled state hybrid
-//! (Kimi-Linear at 80 GiB gained 114 blocks, Zamba2 at 32 GiB 49, over the earlier
-//! grid of regions at multiples of the state page). A state pool's memory beyond its
-//! floor (checkpoints) comes from grid regions, with edge waste below one state page
-//! per region. Coarser regions move memory in bigger steps; finer ones the reverse.
+//! pages tile every grid region: it wastes nothing but the end of the short last
+//! one), then among those where a state pool's whole pages cover at least 95 % of a
+//! full grid region (its checkpoints beyond its floor live there: regions of 1.1
+//! state pages, most holding none, cut Nemotron-Nano-9B-v2's chat hit rate from 0.78
+//! to 0.37), on a tie the coarsest giving at least 64 regions (`arena_plan.py`). A
+//! state floor span wastes at most the few bytes it is lowered by (under one growing
+//! page), whatever its page, so incommensurate pages cost the growing group nothing:
+//! capacity is the physical limit (memory minus floors over growing bytes per token)
+//! in whole blocks less the null block on every bundled state hybrid (Kimi-Linear at
+//! 80 GiB gained 114 blocks, Zamba2 at 32 GiB 48, over the earlier grid of regions at
+//! multiples of the state page). A state pool's memory beyond its floor (checkpoints)
+//! comes from grid regions, with edge waste below one state page per region (none
+//! when the region size is a multiple of its page). Coarser regions move memory in
+//! bigger steps; finer ones the reverse.
 //! Against CUDA virtual memory (reserve per group, map 2 MiB granules) this wastes a
 //! little more but runs on any allocator (CPU tensors in tests included) and keeps one
 //! base pointer for all groups; against unified large pages (vLLM, Jenga) no page is
@@ -77,7 +87,8 @@
 //! would start at a multiple of its page from its base, wasting up to a page at its
 //! top; and the planner caps a window floor at what the growing groups hold, so a
 //! cheaper floor raises the cap and lowers capacity (Gemma-3-27B at 16 GiB: 33,856
-//! tokens with a span, 34,064 on the grid). `Arena` supports null-read spans (block 0
+//! tokens with a span, 34,080 on the grid). The window null page is why the window
+//! models stay a few blocks short of issue 11's capacity goal (`benches/RESULTS.md`). `Arena` supports null-read spans (block 0
 //! kept in the null area), tested below; the manager does not use them.
 
 use std::collections::BTreeSet;
