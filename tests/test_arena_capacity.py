@@ -21,13 +21,19 @@ from hybridkv.models import load_model
 from hybridkv.planning.planner import plan_memory
 
 #: (model, GiB, blocks short of the whole-block limit beyond one null block per growing
-#: group). Nemotron's state page is 547.6 attention pages, so only regions of 32 state
-#: pages (4.6 GB) align with both; the planner's 16-page regions (2.3 GB) cut an
-#: attention page at each of their edges the growing group owns: 3 blocks.
+#: group). A state pool's floor is one span of exactly its pages at the top and the grid
+#: below is cut in multiples of the growing page from the null area, so incommensurate
+#: pages cost nothing: Nemotron (state page 547.6 attention pages) lost 3 blocks at
+#: region edges, Kimi-Linear 114 and Zamba2 49 before the spans.
 RUNS = [
     ("qwen3-next-80b-a3b", 16, 0),
     ("qwen3-next-80b-a3b", 32, 0),
-    ("nemotron-nano-9b-v2", 32, 3),
+    ("nemotron-nano-9b-v2", 32, 0),
+    ("kimi-linear-48b-a3b", 80, 0),
+    ("bamba-9b", 32, 0),
+    ("zamba2-2.7b", 32, 0),
+    ("ling-3.0-flash", 32, 0),
+    ("lfm2-1.2b", 80, 0),
     ("gpt-oss-20b", 8, 0),
     ("gpt-oss-20b", 16, 0),
     ("gpt-oss-20b", 32, 0),
@@ -61,7 +67,10 @@ def test_capacity_within_one_block_per_growing_group(name: str, gib: int, edges:
     assert arena.null_bytes == max(attn)
 
 
-@pytest.mark.parametrize(("name", "gib"), [("qwen3-next-80b-a3b", 32), ("gpt-oss-20b", 16)])
+@pytest.mark.parametrize(
+    ("name", "gib"),
+    [("qwen3-next-80b-a3b", 32), ("gpt-oss-20b", 16), ("kimi-linear-48b-a3b", 80)],
+)
 def test_manager_holds_what_the_plan_says(name: str, gib: int) -> None:
     plan = _plan(name, gib)
     m = KVCacheManager(plan, enable_prefix_caching=True, hash_seed=0)
@@ -83,6 +92,16 @@ def test_manager_holds_what_the_plan_says(name: str, gib: int) -> None:
     present = m._core.present_blocks()
     for g, f in enumerate(arena.floor_blocks):
         assert present[g] >= f
+    # The same layout: per pool its view's base and floor span, the same regions.
+    assert info["num_regions"] == arena.num_regions  # type: ignore[index]
+    bases = {pool_of[g]: b for g, b in enumerate(arena.bases)}
+    assert list(info["bases"]) == [bases[p] for p in range(len(bases))]  # type: ignore[index]
+    spans = [tuple(s) if s is not None else None for s in info["floor_spans"]]  # type: ignore[index]
+    assert spans == [
+        next(((s, e) for q, s, e in arena.floor_spans if q == p), None) for p in range(len(bases))
+    ]
+    assert owners[info["num_grid_regions"] :] == [q for q, _, _ in arena.floor_spans]  # type: ignore[index]
+    assert info["worst_waste_bytes"] == arena.worst_waste_bytes  # type: ignore[index]
 
 
 @dataclass(frozen=True)

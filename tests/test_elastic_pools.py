@@ -73,11 +73,12 @@ def test_layout_arena_floors_per_pool() -> None:
     # Window floor 5 beside a growing full group at the same page: one pool, floor from
     # the bottom, the growing group holds everything but the window's floor.
     a = layout_arena(1000, 80, 40, [10, 10], [0, 5], [True, False], (0, 0))
-    assert a.floor_regions == (2,)  # [40, 80) holds 4 ids, [80, 160) 8 more
+    assert a.floor_regions == (1,)  # the grid starts at the null area: [40, 120), 8 ids
     assert a.growing_blocks == 96 - 5
     assert a.elastic_bytes == 1000 - 40 - 5 * 10
-    # The same groups in two pools: the window's floor from the top, whole regions
-    # first ([880, 960) holds 8 ids; the short top region [960, 1000) stays growing).
+    # The same groups in two pools: the window's floor from the top of the grid, whole
+    # regions first ([920, 1000) holds 8 ids; a window pool gets no span: its null
+    # block is read, see arena_plan's module docs).
     b = layout_arena(1000, 80, 40, [10, 10], [0, 5], [True, False])
     assert b.floor_regions == (0, 1) and b.growing_blocks == 96 - 8
 

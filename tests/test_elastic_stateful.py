@@ -5,13 +5,17 @@ beside a state group and a sliding window, small pages, one arena; the full and 
 groups have equal pages, so they share one pool; a second machine gives the window
 another page, three pools) with random
 admissions, steps, decodes, frees, preemptions and junk input, and checks it after
-every step against a plain-Python model of the arena (regions at multiples of
-``region_bytes`` after the null area, ids lying wholly inside one region):
+every step against a plain-Python model of the arena (:class:`Layout`: the state
+pool's floor one span of exactly its pages at the top, its view's base chosen so its
+pages tile that span; below it a grid of regions at multiples of ``region_bytes`` from
+the null area; every other pool's view based at ``null mod page``; ids lying wholly
+inside one region, block 0 never in one):
 
 - no byte belongs to two live blocks (every non-null block a table holds, mapped to its
-  bytes, is disjoint from every other live block of any group);
+  bytes from its group's base, is disjoint from every other live block of any group);
 - every block id in a table lies in a region its group's pool owns now (inside its view);
-- floors are always held (each pool backs at least the sum of its groups' floors);
+- floors are always held (each pool backs at least the sum of its groups' floors) and a
+  floor span never leaves its pool;
 - blocks in use are never freed by a region move (reference counts equal the
   references the tables hold; the Rust invariant check);
 - bad input raises a HybridKVError and leaves every table and count unchanged.
@@ -30,7 +34,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-PAGES = (10, 40, 10)
+#: The state page (36 B) divides neither the region nor the arena: its span's base is
+#: not 0 and its pages cut grid regions unevenly.
+PAGES = (10, 36, 10)
+KINDS = ("full_attention", "state", "sliding_window")
 REGION = 80
 NULL = 40
 MEMORY = 1000
@@ -54,7 +61,7 @@ def _plan(pages: tuple[int, ...] = PAGES) -> _Plan:
         memory_bytes=MEMORY,
         region_bytes=REGION,
         null_bytes=NULL,
-        num_regions=-(-MEMORY // REGION) - NULL // REGION,
+        num_regions=0,
         page_bytes=pages,
         floor_blocks=FLOORS,
         floor_regions=(0, 0, 0),
@@ -66,22 +73,65 @@ def _plan(pages: tuple[int, ...] = PAGES) -> _Plan:
     return _Plan(groups, "align", arena)
 
 
-def region_span(r: int) -> tuple[int, int]:
-    """Reference region math: cut at multiples of REGION, after the null area."""
-    first = NULL // REGION
-    s = (first + r) * REGION
-    return max(s, NULL), min(s + REGION, MEMORY)
+class Layout:
+    """Reference arena layout for pages ``pages`` in pools ``pools`` (plain Python)."""
 
+    def __init__(self, pages: tuple[int, ...], pools: tuple[int, ...]) -> None:
+        n = max(pools) + 1
+        self.pools = pools
+        self.ppage = {pools[g]: p for g, p in enumerate(pages)}
+        floor = [sum(f for g, f in enumerate(FLOORS) if pools[g] == q) for q in range(n)]
+        # A span for a pool of state groups only, all with floors (nothing reads their
+        # null blocks); stacked down from the top in pool order.
+        spanned = [
+            all(KINDS[g] == "state" and FLOORS[g] > 0 for g in range(len(pools)) if pools[g] == q)
+            for q in range(n)
+        ]
+        self.base = [NULL % self.ppage[q] for q in range(n)]
+        spans: list[tuple[int, int, int]] = []
+        top = MEMORY
+        anchor = next(self.ppage[q] for q in range(n) if not spanned[q])
+        phase = NULL
+        period = REGION + 1
+        for q in range(n):
+            if spanned[q]:
+                p = self.ppage[q]
+                s = top - floor[q] * p
+                if not spans:
+                    # Lowered until some byte x >= NULL is a page edge of both the
+                    # anchor (pages from NULL) and this pool (pages from s): by search.
+                    def edge(x: int, s: int = s, p: int = p) -> bool:
+                        return (x - NULL) % anchor == 0 and (x - s) % p == 0
 
-def region_of(page: int, b: int) -> int | None:
-    """The region holding all of block ``b``'s bytes, or None (edge or null area)."""
-    lo, hi = b * page, (b + 1) * page
-    n = -(-MEMORY // REGION) - NULL // REGION
-    for r in range(n):
-        s, e = region_span(r)
-        if s <= lo and hi <= e:
-            return r
-    return None
+                    while not any(edge(x) for x in range(NULL, NULL + anchor * p)):
+                        s -= 1
+                    phase = next(x for x in range(NULL, NULL + anchor * p) if edge(x))
+                    period = next(x for x in range(1, anchor * p + 1) if edge(phase + x))
+                    if period <= REGION:
+                        # The latest common edge within one region of the null area.
+                        phase = max(x for x in range(NULL + 1, NULL + REGION + 1) if edge(x))
+                self.base[q] = s % p
+                spans.append((q, s, top))
+                top = s
+        # Grid cuts: NULL, then every x = phase (mod REGION) in (NULL, top).
+        cuts = [NULL] + [x for x in range(NULL + 1, top) if (x - phase) % REGION == 0]
+        grid = list(itertools.pairwise([*cuts, top]))
+        self.regions = grid + [(s, e) for _, s, e in reversed(spans)]
+        self.num_grid = len(grid)
+        self.span_of = {q: len(self.regions) - 1 - i for i, (q, _, _) in enumerate(spans)}
+        self.spans = [next(((s, e) for p, s, e in spans if p == q), None) for q in range(n)]
+
+    def bytes_of(self, g: int, b: int) -> tuple[int, int]:
+        q = self.pools[g]
+        s = self.base[q] + b * self.ppage[q]
+        return s, s + self.ppage[q]
+
+    def region_of(self, g: int, b: int) -> int | None:
+        """The region holding all of block ``b``'s bytes, or None (edge, null block)."""
+        if b == 0:
+            return None
+        lo, hi = self.bytes_of(g, b)
+        return next((r for r, (s, e) in enumerate(self.regions) if s <= lo and hi <= e), None)
 
 
 class ElasticMachine(RuleBasedStateMachine):
@@ -168,20 +218,30 @@ class ElasticMachine(RuleBasedStateMachine):
         present = self.m._core.present_blocks()
         pool = self.m.pool_of
         assert pool == self.pools
+        ref = Layout(self.pages, pool)
+        assert info["num_regions"] == len(ref.regions)
+        assert info["num_grid_regions"] == ref.num_grid
+        assert list(info["bases"]) == ref.base
+        assert [tuple(x) if x else None for x in info["floor_spans"]] == ref.spans
+        for q, r in ref.span_of.items():
+            assert owners[r] == q, f"pool {q}'s floor span {r} left it"
         for g in range(len(FLOORS)):
             floor = sum(f for h, f in enumerate(FLOORS) if pool[h] == pool[g])
             assert present[g] >= floor, f"group {g}'s pool below its floor"
+        counts = self.m._core.pool_counts()
         ids = self.m.request_ids()
         live: list[tuple[int, int, int, int]] = []
-        for g, page in enumerate(self.pages):
+        for g in range(len(self.pages)):
             if not len(ids):
                 break
             t = self.m.block_table(g, ids)
             for b in {int(x) for x in t.reshape(-1) if x != 0}:
-                r = region_of(page, b)
+                assert b < counts[g][0], f"group {g} block {b} outside its view"
+                r = ref.region_of(g, b)
                 assert r is not None, f"group {g} block {b} straddles a region edge"
                 assert owners[r] == pool[g], f"group {g} block {b} in region {r} of {owners[r]}"
-                live.append((b * page, (b + 1) * page, g, b))
+                lo, hi = ref.bytes_of(g, b)
+                live.append((lo, hi, g, b))
         live.sort()
         for (_, e1, g1, b1), (s2, _, g2, b2) in itertools.pairwise(live):
             assert e1 <= s2, f"block {b1} of group {g1} overlaps block {b2} of group {g2}"
@@ -210,18 +270,27 @@ TestMixedPagesMachine = MixedPagesMachine.TestCase
 
 
 def test_region_reference_matches_the_core() -> None:
-    """The plain-Python region math agrees with the manager's views."""
+    """The plain-Python layout agrees with the manager's views."""
     m = KVCacheManager(_plan(), enable_prefix_caching=True, hash_seed=0)
     info = m.arena_info()
     assert info is not None
-    assert info["num_regions"] == -(-MEMORY // REGION) - NULL // REGION
+    assert m.pool_of == (0, 1, 0)
+    ref = Layout(PAGES, m.pool_of)
+    # The state floor, 3 pages of 36 B, is the span [892, 1000) (base 892 mod 36 = 28);
+    # the grid of 80 B regions covers [40, 892), cut where a 10 B page edge (from 40)
+    # meets a 36 B one (from 28): at 100, so [40, 100), [100, 180), ..., [820, 892).
+    assert ref.spans == [None, (892, 1000)] and ref.base == [0, 28]
+    assert ref.regions[:2] == [(40, 100), (100, 180)]
+    assert ref.regions[ref.num_grid - 1] == (820, 892)
+    assert info["num_regions"] == len(ref.regions) == 12
+    assert list(info["bases"]) == ref.base
     counts = m._core.pool_counts()
     for g, page in enumerate(PAGES):
-        assert counts[g][0] == MEMORY // page  # the view spans the whole arena
+        q = m.pool_of[g]
+        assert counts[g][0] == (MEMORY - ref.base[q]) // page  # the view from its base
     # The pool of the full and window groups (a growing group in it) takes its floor
-    # from the bottom ([40, 80) holds its 4 blocks of 10 B); the state pool's from the
-    # top, whole regions first: [880, 960) and [800, 880) for its 3 blocks of 40 B; the
-    # short top region [960, 1000) stays for the growing pool.
+    # from the bottom of the grid ([40, 120) holds 8 blocks of 10 B); the state pool
+    # holds exactly its span.
     owners = info["owners"]
-    assert m.pool_of == (0, 1, 0)
-    assert list(owners[-3:]) == [1, 1, -1] and owners[0] == 0
+    assert list(owners) == [0] + [-1] * 10 + [1]
+    assert m._core.present_blocks()[1] == 3

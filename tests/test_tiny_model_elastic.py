@@ -53,6 +53,18 @@ def test_arena_views_share_one_tensor() -> None:
     changed = (arena.bytes != 0xFF).nonzero().flatten()
     assert changed.min().item() >= 3 * g.page_size_bytes
     assert changed.max().item() < 4 * g.page_size_bytes
+    # A state pool's view starts at its base (its floor span's pages tile the span):
+    # block 1 of group 2 is bytes [base + page, base + 2 * page).
+    st = plan.groups[2]  # type: ignore[attr-defined]
+    base = plan.arena.bases[2]  # type: ignore[attr-defined]
+    assert st.kind == "state" and base > 0
+    s = arena.block_view(2, 0, (4,), torch.float32)
+    assert s.shape[0] == (MEMORY - base) // st.page_size_bytes
+    arena.bytes.fill_(0xFF)
+    s[1].fill_(1.0)
+    changed = (arena.bytes != 0xFF).nonzero().flatten()
+    assert changed.min().item() == base + st.page_size_bytes
+    assert changed.max().item() < base + st.page_size_bytes + 16
     with pytest.raises(InvalidArgumentError):
         arena.layer_views(0, 5, [((4,), torch.float32)])
     with pytest.raises(InvalidArgumentError):

@@ -2,9 +2,11 @@
 
 An elastic :class:`~hybridkv.planning.planner.MemoryPlan` (``layout="elastic"``) puts every
 KV-cache group in one arena (``rust/core/src/arena.rs``): block ``b`` of group ``g`` is
-bytes ``[b * page_g, (b + 1) * page_g)``. :class:`TorchArena` allocates those bytes
-once (CPU or CUDA) and hands out, per layer, tensors of shape
-``[num_blocks, *block_shape]`` whose block stride is the group's page (in elements):
+bytes ``[base_g + b * page_g, base_g + (b + 1) * page_g)`` (``base_g``:
+``plan.arena.bases[g]``, chosen so the group's pages tile its regions and floor span).
+:class:`TorchArena` allocates those bytes once (CPU or CUDA) and hands out, per layer,
+tensors of shape ``[(memory - base_g) // page_g, *block_shape]`` whose storage offset is
+``base_g`` plus the layer's offset and whose block stride is the group's page (in elements):
 plain strided views, the layout paged-attention kernels take (hybridkv's Triton
 kernels; FlashAttention/FlashInfer-style ``[num_blocks, block_size, heads, head_dim]``
 with an arbitrary block stride). Inside one page the group's layers lie one after
@@ -49,21 +51,25 @@ class TorchArena:
 
     def block_view(self, group: int, offset: int, block_shape: Sequence[int], dtype: Any) -> Any:
         """Group ``group``'s tensor at byte ``offset`` of every page: shape
-        ``[num_blocks, *block_shape]``, block stride one page, the rest contiguous."""
+        ``[num_blocks, *block_shape]``, block 0 at the group's base, block stride one
+        page, the rest contiguous."""
         import torch
 
         g = self.plan.groups[group]
         page = int(g.page_size_bytes)
+        bases = tuple(getattr(self.plan.arena, "bases", ()) or ())
+        base = int(bases[group]) if bases else 0
         item = torch.empty((), dtype=dtype).element_size()
         need = math.prod(block_shape) * item
-        if page % item or offset % item or offset < 0 or offset + need > page:
+        if page % item or base % item or offset % item or offset < 0 or offset + need > page:
             raise InvalidArgumentError(
                 f"group {group}: a {tuple(block_shape)} {dtype} tensor at offset {offset} "
-                f"does not fit an aligned {page}-byte page"
+                f"does not fit an aligned {page}-byte page at base {base}"
             )
         usable = self.memory_bytes // item * item
         typed = self.bytes[:usable].view(dtype)
-        num_blocks = self.memory_bytes // page
+        num_blocks = (self.memory_bytes - base) // page
+        offset += base
         inner: list[int] = []
         step = 1
         for d in reversed(block_shape):

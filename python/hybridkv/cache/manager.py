@@ -445,7 +445,9 @@ class KVCacheManager:
     def arena_info(self) -> dict[str, Any] | None:
         """The elastic arena now (``None`` for static pools): ``region_bytes``,
         ``null_bytes``, ``num_regions``, ``owners`` (pool per region, -1 unowned; see
-        :attr:`pool_of`),
+        :attr:`pool_of`), ``num_grid_regions`` (the regions after those are floor
+        spans, pinned), per pool ``bases`` (byte offset of its block 0) and
+        ``floor_spans`` (its span's ``(start, end)`` bytes, or ``None``),
         ``waste_bytes`` (bytes no group can use under this ownership),
         ``worst_waste_bytes``, and the counters ``grants`` (regions taken from the
         remainder), ``moves`` (regions moved between groups) and ``evicted_blocks``

@@ -119,7 +119,7 @@ def _plan_elastic(
         )
     plans = []
     for i, g in enumerate(pending):
-        view = memory_bytes // g.page_size_bytes
+        view = (memory_bytes - arena.bases[i]) // g.page_size_bytes
         floor = arena.floor_blocks[i]
         if g.grows:
             sizing, held = "growing", growing_blocks

@@ -460,7 +460,8 @@ impl PyManager {
     }
 
     /// The elastic arena (None for static pools): sizes, owners (pool per region, -1:
-    /// unowned), waste and the counters of memory moves.
+    /// unowned), per pool its view's base and its floor span (or None), waste and the
+    /// counters of memory moves.
     fn arena_info<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         // Read under the lock, build the dict after it.
         let info = self.inner.with(py, |m| {
@@ -469,6 +470,9 @@ impl PyManager {
             let owners: Vec<i64> = (0..a.num_regions())
                 .map(|r| a.owner(r).map_or(-1, |g| g as i64))
                 .collect();
+            let spans: Vec<Option<(u64, u64)>> = (0..a.num_groups())
+                .map(|g| a.floor_span(g).map(|r| a.span(r)))
+                .collect();
             Some((
                 (
                     a.config().bytes,
@@ -476,12 +480,18 @@ impl PyManager {
                     a.null_bytes(),
                     a.num_regions(),
                 ),
-                owners,
+                (owners, a.bases().to_vec(), spans, a.num_grid_regions()),
                 (a.waste_bytes(), a.worst_waste_bytes()),
                 (st.grants, st.moves, st.evicted_blocks, st.orphans),
             ))
         })?;
-        let Some(((bytes, region, null, regions), owners, (waste, worst), counts)) = info else {
+        let Some((
+            (bytes, region, null, regions),
+            (owners, bases, spans, grid),
+            (waste, worst),
+            counts,
+        )) = info
+        else {
             return Ok(None);
         };
         let d = PyDict::new(py);
@@ -490,6 +500,9 @@ impl PyManager {
         d.set_item("null_bytes", null)?;
         d.set_item("num_regions", regions)?;
         d.set_item("owners", owners)?;
+        d.set_item("num_grid_regions", grid)?;
+        d.set_item("bases", bases)?;
+        d.set_item("floor_spans", spans)?;
         d.set_item("waste_bytes", waste)?;
         d.set_item("worst_waste_bytes", worst)?;
         d.set_item("grants", counts.0)?;

@@ -3,7 +3,7 @@
 //! bookkeeping and the arena's floors (per pool).
 
 use super::{checkpoints, elastic, BlockSet, ElasticStats, Manager, ManagerConfig};
-use crate::arena::{Arena, ArenaConfig};
+use crate::arena::{Arena, ArenaConfig, ArenaRoles};
 use crate::block_pool::{BlockHash, BlockPool};
 use crate::error::{Error, Result};
 use crate::group_policy::{CheckpointPolicy, GroupConfig, GroupKind, MambaMode};
@@ -119,6 +119,25 @@ fn pool_arena(a: ArenaConfig, pool_of: &[usize]) -> ArenaConfig {
     }
 }
 
+/// Per pool: whether a kernel may read its null block (any group but state), and a
+/// floor span for a bounded pool whose null block is never read (a state pool with
+/// no growing group; window pools keep grid floors: `arena.rs`, "Floors").
+fn pool_roles(groups: &[GroupConfig], pool_of: &[usize], floors: &[usize]) -> ArenaRoles {
+    let n_pools = pool_of.iter().max().map_or(0, |&p| p + 1);
+    let mut bounded = vec![true; n_pools];
+    let mut null_read = vec![false; n_pools];
+    for (g, &p) in pool_of.iter().enumerate() {
+        bounded[p] &= !elastic::from_bottom(floors[g]);
+        null_read[p] |= groups[g].kind != GroupKind::State;
+    }
+    let span = bounded
+        .iter()
+        .zip(&null_read)
+        .map(|(&b, &r)| b && !r)
+        .collect();
+    ArenaRoles { span, null_read }
+}
+
 impl Manager {
     pub fn new(cfg: ManagerConfig) -> Result<Self> {
         if cfg.groups.is_empty() {
@@ -168,7 +187,10 @@ impl Manager {
                     pool_of = page_classes(&cfg.groups, &a.page_bytes);
                 }
                 group_floors.clone_from(&a.floor_blocks);
-                let arena = Arena::new(pool_arena(a, &pool_of))?;
+                let arena = Arena::with_roles(
+                    pool_arena(a, &pool_of),
+                    pool_roles(&cfg.groups, &pool_of, &group_floors),
+                )?;
                 for (g, gc) in cfg.groups.iter_mut().enumerate() {
                     gc.num_blocks = arena.view_blocks(pool_of[g]);
                 }

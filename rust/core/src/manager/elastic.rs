@@ -42,6 +42,10 @@ impl Manager {
             Some(a) => (0..a.num_groups()).map(|g| a.floor(g)).collect(),
         };
         for (g, &floor) in floors.iter().enumerate() {
+            // A bounded pool's floor span holds exactly its floor (`arena.rs`).
+            if let Some(r) = self.arena.as_ref().and_then(|a| a.floor_span(g)) {
+                self.grant(g, r);
+            }
             while self.pools[g].num_present() < floor {
                 let Some(r) = self.unowned_region(g) else {
                     return Err(Error::InvalidArgument(format!(
@@ -177,6 +181,9 @@ impl Manager {
                 if best.is_some_and(|(_, _, v)| value as f64 / full > v) {
                     break;
                 }
+                if arena.pinned(r) {
+                    continue; // a floor span never moves
+                }
                 let (lo, hi) = arena.ids_in(g, r);
                 if hi == lo {
                     continue;
@@ -211,7 +218,7 @@ impl Manager {
         let mut best: Option<(usize, usize, f64)> = None;
         for r in 0..arena.num_regions() {
             let Some(h) = arena.owner(r) else { continue };
-            if h == g {
+            if h == g || arena.pinned(r) {
                 continue;
             }
             let (lo, hi) = arena.ids_in(g, r);
@@ -474,7 +481,7 @@ impl Manager {
                         continue;
                     }
                     let mut spare = slack[h];
-                    for r in p.idle_regions() {
+                    for r in p.idle_regions().filter(|&r| !arena.pinned(r)) {
                         let blocks = p.region_blocks(r) as usize;
                         if spare >= blocks {
                             spare -= blocks;

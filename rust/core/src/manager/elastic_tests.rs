@@ -56,14 +56,20 @@ fn owned(m: &Manager, g: usize) -> usize {
 #[test]
 fn floors_are_granted_at_construction() {
     let m = elastic(5);
-    // Regions sit at multiples of 80 B: whole regions first, from the top: [880, 960),
-    // [800, 880) and [720, 800) hold two state blocks of 40 B each: 6 blocks in 3
-    // regions. The short top region [960, 1000) (one state block) stays unowned for the
-    // growing group, which uses all of it.
-    assert_eq!(m.pools()[1].num_present(), 6);
-    assert_eq!(owned(&m, 1), 3);
+    // The state floor is one span of exactly 5 pages of 40 B at the top, [800, 1000),
+    // pinned to it; the grid of 80 B regions covers [40, 800) (10 regions, the last
+    // [760, 800) short) and stays unowned for the growing group.
+    let a = m.arena().unwrap();
+    assert_eq!(m.pools()[1].num_present(), 5);
+    assert_eq!(owned(&m, 1), 1);
     assert_eq!(owned(&m, 0), 0);
-    assert_eq!(m.arena().unwrap().owner(12), None);
+    assert_eq!(a.num_regions(), 11);
+    assert_eq!(a.floor_span(1), Some(10));
+    assert_eq!(a.span(10), (800, 1000));
+    assert!(a.pinned(10));
+    assert_eq!(a.owner(10), Some(1));
+    assert_eq!(a.span(9), (760, 800));
+    assert_eq!(a.owner(9), None);
     m.check_invariants().unwrap();
     // Views span the whole arena at each group's page size.
     assert_eq!(m.pools()[0].num_blocks(), 100);
@@ -348,9 +354,9 @@ fn equal_pages_share_one_pool_and_one_lru() {
     assert_eq!(m.pools().len(), 1);
     let a = m.arena().unwrap();
     assert_eq!((a.num_groups(), a.floor(0)), (1, 3));
-    // The pool grows (its full group has no floor): its floor from the bottom first,
-    // the region [40, 80) (4 ids), the rest on demand.
-    assert_eq!(m.pools()[0].num_present(), 4);
+    // The pool grows (its full group has no floor): its floor from the bottom of the
+    // grid first, the region [40, 120) (8 ids), the rest on demand.
+    assert_eq!(m.pools()[0].num_present(), 8);
     assert_eq!(owned(&m, 0), 1);
     m.check_invariants().unwrap();
     // A 40-token request caches 10 full blocks and, in the same pool, the window's
