@@ -389,12 +389,14 @@ class RefManager:
             ext = self.extensions[g][b] = min(self.extensions[g].get(b, 0) + 1, 255)
             # The prompt's last checkpoint (the deepest cached one at or below the
             # prompt's last block boundary in r's table) stays, if r computed at least
-            # prompt_keep_min tokens up to it beyond its hit.
+            # prompt_keep_min tokens up to it beyond its base: its hit, or the fork
+            # point at its shared-prefix boundary (block-floored) when deeper.
             pe = r.prompt_len // bs
+            base = max(r.hit, r.boundary // bs * bs)
             prompt_last = (
                 k + 1 <= pe
                 and not any(d and pool.key[d] is not None for d in r.tables[g][k + 1 : pe])
-                and (k + 1) * bs >= r.hit + self.prompt_keep_min
+                and (k + 1) * bs >= base + self.prompt_keep_min
             )
             keep = prompt_last or ext >= 2
             if not keep and pool.ref[b] == 1 and deeper_held:

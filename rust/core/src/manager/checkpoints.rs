@@ -26,7 +26,13 @@
 //!   conversation turn that hit its history and added a short message (its tail serves
 //!   the next turn; the prompt end only a retry). Qwen3-Next, 16 GiB, whole traces, with
 //!   the region rule of `elastic.rs`: chat 0.819 -> 0.871, agentic 0.852 -> 0.883,
-//!   docqa 0.9744 -> 0.9756; not keeping prompt ends at all: docqa 0.966.
+//!   docqa 0.9744 -> 0.9756; not keeping prompt ends at all: docqa 0.966. The tokens
+//!   count from the request's *base*: its hit, or the shared-prefix boundary its lookup
+//!   discovered (block-floored) when deeper, since the scheduler ends a chunk there and
+//!   that fork point stays: a prompt end a few tokens past it saves only those. Which
+//!   boundary the prompt end is (the scheduler's coarse cut before a short final
+//!   segment, or where its last prefill chunk started) is the scheduler's choice
+//!   (`chunk_rules.py`).
 //! - Every other checkpoint a request moves past is *interior*: only a request branching
 //!   at exactly that block could use it, and a decode crossing a block boundary every
 //!   `block_size` tokens makes many. Interior checkpoints lose their hash when their
@@ -107,6 +113,7 @@ impl Manager {
     pub(super) fn checkpoints_passed(&mut self, r: &Request, g: usize, from: usize, to: usize) {
         let bs = self.groups[g].block_size;
         let prompt_end = r.prompt_len / bs * bs;
+        let base = r.hit_tokens.max(r.prefix_boundary / bs * bs);
         let Some(c) = self.ckpt.get_mut(g).and_then(Option::as_mut) else {
             return;
         };
@@ -152,10 +159,11 @@ impl Manager {
             // prompt's last block boundary that `r` cached or passed (the boundary
             // itself, or where a coarse prompt cut or a prefill chunk ended when the
             // rest of the prompt ran off a boundary), if the prompt computed at least
-            // `prompt_keep_min` tokens up to it beyond its own hit (elastic arenas).
+            // `prompt_keep_min` tokens up to it beyond its base (elastic arenas): its own
+            // hit or the fork point at its shared-prefix boundary, whichever is deeper.
             let prompt_last = (k + 1) * bs <= prompt_end
                 && deepest_in_prompt.is_none_or(|d| d <= k)
-                && (k + 1) * bs >= r.hit_tokens + self.prompt_keep_min;
+                && (k + 1) * bs >= base + self.prompt_keep_min;
             let keep = prompt_last || *e >= 2;
             if !keep && pool.ref_count(b) == Ok(1) && deeper_held {
                 // In use by `r` (it stays so until the caller frees it): the block then
