@@ -150,6 +150,7 @@ class RefManager:
         # Per group: each running request's pending tail (block, key): the deepest
         # checkpoint it moved past that only it had extended.
         self.tails: list[dict[int, tuple[int, Key]]] = [{} for _ in groups]
+        self.chunk_ends: list[dict[int, list[tuple[int, Key]]]] = [{} for _ in groups]
         self.pools = [
             RefPool(groups[self.pool_of.index(p)].num_blocks) for p in range(max(self.pool_of) + 1)
         ]
@@ -233,6 +234,9 @@ class RefManager:
                 pool = self.pools[self.pool_of[g]]
                 if old is not None and live and live[-1] != old[0] and pool.key[live[-1]]:
                     self._drop_interior(g, old)
+                # Its prompt chunk end kept while it ran is interior now.
+                for end in self.chunk_ends[g].pop(r.rid, []):
+                    self._drop_interior(g, end)
         for g, table in enumerate(r.tables):
             self.pools[self.pool_of[g]].free([b for b in reversed(table) if b])
             table.clear()
@@ -389,14 +393,31 @@ class RefManager:
             ext = self.extensions[g][b] = min(self.extensions[g].get(b, 0) + 1, 255)
             # The prompt's last checkpoint (the deepest cached one at or below the
             # prompt's last block boundary in r's table) stays, if r computed at least
-            # prompt_keep_min tokens up to it beyond its hit.
+            # prompt_keep_min tokens up to it beyond its base: its hit, or the fork
+            # point at its shared-prefix boundary (block-floored) when deeper.
             pe = r.prompt_len // bs
+            base = max(r.hit, r.boundary // bs * bs)
             prompt_last = (
                 k + 1 <= pe
                 and not any(d and pool.key[d] is not None for d in r.tables[g][k + 1 : pe])
-                and (k + 1) * bs >= r.hit + self.prompt_keep_min
+                and (k + 1) * bs >= base + self.prompt_keep_min
             )
-            keep = prompt_last or ext >= 2
+            # While r runs, its deepest prompt chunk end at least prompt_keep_min past
+            # the base and before the prompt's last boundary stays (elastic arenas).
+            chunk_end = (
+                not prompt_last
+                and ext < 2
+                and self.prompt_keep_min > 0
+                and (k + 1) * bs + self.prompt_keep_min <= pe * bs
+                and (k + 1) * bs >= base + self.prompt_keep_min
+            )
+            if chunk_end:
+                for end in self.chunk_ends[g].pop(r.rid, []):
+                    self._drop_interior(g, end)
+                key = pool.key[b]
+                assert key is not None
+                self.chunk_ends[g][r.rid] = [(b, key)]
+            keep = prompt_last or chunk_end or ext >= 2
             if not keep and pool.ref[b] == 1 and deeper_held:
                 pool._drop(b)
             elif not keep and pool.ref[b] == 1:

@@ -10,7 +10,10 @@ chunk sizes, admissions and their hits, preemption victims, queue sizes). The ru
 - Running requests first, in rank order: ``min(remaining, budget, chunk cap)`` tokens,
   a prefill chunk cut back to end on a multiple of ``align`` when one lies inside it
   (not when it ends the prompt and the manager would keep no checkpoint on the prompt's
-  last boundary: fewer than ``prompt_keep_min`` tokens computed up to it past the hit).
+  last boundary: fewer than ``prompt_keep_min`` tokens computed up to it past the base,
+  the hit or the block-floored shared-prefix boundary; nor when it ends the prompt and
+  starts on a block boundary at least ``prompt_keep_min`` past the base and less than
+  that before the prompt's last boundary: its start is the prompt-end checkpoint).
 - Then waiting requests in queue order (FIFO, preempted ones at the front; or by rank
   under ``"priority"``), looked up in rounds: a round takes as many as would fill the
   budget with no hit (at least one), at most ``admit_cap`` admissions a step (halved
@@ -148,9 +151,14 @@ class RefScheduler:
 
     def chunk(self, r: RefReq, c: int, n: int) -> int:
         n = self.cut_at(r.boundary, c, n)
-        last = len(r.prompt) // self.align * self.align
-        if self.keep_min and c + n >= len(r.prompt) and last - r.hit < self.keep_min:
-            return n  # the rest of the prompt runs whole: no kept checkpoint to cut for
+        a, keep = self.align, self.keep_min
+        last = len(r.prompt) // a * a
+        base = max(r.hit, r.boundary // a * a)
+        if keep and c + n >= len(r.prompt):
+            if last - base < keep:
+                return n  # the rest of the prompt runs whole: no kept checkpoint to cut for
+            if c > r.hit and c % a == 0 and c - base >= keep and last - c < keep:
+                return n  # the chunk's start is the prompt-end checkpoint
         return self.aligned(c, n)
 
     def free_blocks(self) -> list[int]:

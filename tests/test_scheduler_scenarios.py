@@ -394,3 +394,83 @@ def test_an_elastic_manager_reports_its_prompt_keep_min() -> None:
     per_token = pages["full_attention"] / BS
     assert m.prompt_keep_min == -(-2 * pages["state"] // per_token)
     assert KVCacheManager(plan_with_blocks(spec, 64, **kw)).prompt_keep_min == 0  # type: ignore[arg-type]
+
+
+def _keep_sched(keep: int, budget: int, prompt_cut: int = 8) -> Scheduler:
+    """A full + state scheduler (align mode, 4-token blocks) over a manager that reports
+    ``keep`` as its ``prompt_keep_min``, cutting prompts at multiples of ``prompt_cut``."""
+    full = FullAttentionSpec(num_kv_heads=1, head_size=8)
+    state = StateSpec(shapes=((2, 8),), dtypes=("fp32",))
+    plan = plan_with_blocks(
+        ModelSpec("h", (full, state)),
+        64,
+        block_size=BS,
+        max_num_seqs=2,
+        max_model_len=64,
+        max_num_batched_tokens=64,
+    )
+    m = _KeepMinManager(plan)
+    m.keep = keep
+    return Scheduler(
+        m,
+        max_num_batched_tokens=budget,
+        max_num_seqs=2,
+        max_model_len=64,
+        prompt_cut=prompt_cut,
+        cut_at_shared_prefix=True,
+    )
+
+
+def _run_chunks(s: Scheduler, rid: int, prompt: Any) -> tuple[list[list[int]], list[int]]:
+    """Run request ``rid`` to its end alone: its chunk sizes per step and its hit."""
+    s.add_request(rid, np.asarray(prompt, dtype=np.int32), 1)
+    chunks: list[list[int]] = []
+    hits: list[int] = []
+    while s.has_unfinished():
+        out = s.schedule()
+        chunks.append(out.num_new_tokens.tolist())
+        hits += out.new_hit_tokens.tolist()
+        s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    return chunks, hits
+
+
+@pytest.mark.parametrize("keep", [12, 40])
+def test_a_kept_prompt_end_lies_on_the_coarse_cut_before_the_final_segment(keep: int) -> None:
+    # A 30-token prompt with no hit: its last multiple of prompt_cut (24) lies 24 >= 12
+    # tokens past the hit, so with keep 12 the prefill ends a chunk there (not on the
+    # last block boundary, 28) and a prompt sharing its first 26 tokens hits 24. With
+    # keep 40 nothing is kept: the prompt runs whole and that prompt hits nothing.
+    s = _keep_sched(keep, budget=64)
+    shared = np.arange(1, 27)
+    chunks, _ = _run_chunks(s, 0, np.concatenate([shared, [7, 7, 7, 7]]))
+    assert chunks == ([[24], [6]] if keep == 12 else [[30]])
+    _, hits = _run_chunks(s, 1, np.concatenate([shared, [9, 9]]))
+    assert hits == [24 if keep == 12 else 0]
+
+
+@pytest.mark.parametrize("keep", [12, 20])
+def test_a_last_chunk_starting_near_the_coarse_cut_runs_the_prompt_whole(keep: int) -> None:
+    # A 30-token prompt at a 16-token budget: its first chunk ends at 16. With keep 12
+    # that chunk end lies >= 12 past the hit and less than 12 before the coarse cut
+    # (24): it is the prompt-end checkpoint, and the rest (14) runs whole, one step
+    # sooner. With keep 20 it is too shallow: the prefill ends a chunk at 24 instead.
+    s = _keep_sched(keep, budget=16)
+    shared = np.arange(1, 27)
+    chunks, _ = _run_chunks(s, 0, np.concatenate([shared, [7, 7, 7, 7]]))
+    assert chunks == ([[16], [14]] if keep == 12 else [[16], [8], [6]])
+    _, hits = _run_chunks(s, 1, np.concatenate([shared, [9, 9]]))
+    assert hits == [16 if keep == 12 else 24]
+
+
+def test_a_prompt_end_counts_from_the_shared_prefix_boundary() -> None:
+    # Request 0 caches 40 tokens (attention blocks, and a state checkpoint at 40 only).
+    # Request 1 shares its first 20 tokens: no checkpoint there (hit 0), so its first
+    # chunk ends at that boundary (a fork point). Its prompt (30) then has no coarse cut
+    # 12 tokens past the fork point (24 - 20 < 12) and the rest runs whole: no step for
+    # a prompt end that would save the 8 tokens past the fork.
+    s = _keep_sched(12, budget=64)
+    shared = np.arange(1, 21)
+    chunks, _ = _run_chunks(s, 0, np.concatenate([shared, np.arange(100, 120)]))
+    assert chunks == [[40]]
+    chunks, hits = _run_chunks(s, 1, np.concatenate([shared, np.arange(200, 210)]))
+    assert hits == [0] and chunks == [[20], [10]]

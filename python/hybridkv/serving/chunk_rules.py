@@ -139,30 +139,54 @@ class ChunkRules:
 
     def _chunk(self, r: Req, c: int, n: int) -> int:
         """Align-mode prefill chunk ``[c, c + n)`` of ``r`` (hybridkv's split): cut at
-        the shared-prefix boundary, then at the coarse prompt cut, else on a block
-        boundary (``_aligned``), unless the chunk ends the prompt and the manager would
-        not keep a checkpoint on its last block boundary (``prompt_keep_min``)."""
+        the shared-prefix boundary, then at the prompt-end checkpoint, else on a block
+        boundary (``_aligned``).
+
+        Where the manager keeps prompt ends only past ``prompt_keep_min`` (elastic
+        arenas), the prompt-end checkpoint lies on the prompt's last multiple of
+        ``prompt_cut`` (its last block boundary when 0), kept only when the prompt
+        computes at least ``prompt_keep_min`` tokens up to it beyond its *base*: its hit
+        or its shared-prefix boundary (block-floored), where a fork checkpoint lies
+        already. Else the rest of the prompt runs whole (no cut costs it a step). A
+        prefill that ended a chunk on a block boundary already kept-worthy (past the
+        base by ``prompt_keep_min``) and less than ``prompt_keep_min`` before that cut
+        runs the rest whole too: the chunk end is its prompt-end checkpoint, one step
+        sooner. The coarse cut puts the checkpoint before the prompt's short final
+        segment (a question after a document, a new message), where later prompts that
+        share all but that segment branch: a finer one lies past their branch point.
+        Qwen3-Next 16 GiB (at the prompt's last block boundary before): docqa hit 0.9756
+        -> 0.9775, TTFT p99 0.0329 -> 0.0233 s (vllm 0.0240); agentic 0.8577 -> 0.8611;
+        the Mooncake hour's first 3,000 requests 0.0386 -> 0.0394 (static 0.0388).
+
+        Otherwise (static pools), a prefill computing at least ``PROMPT_CUT_MIN``
+        multiples of ``prompt_cut`` past its hit and boundary ends a chunk on the
+        prompt's last multiple of it and runs the rest whole."""
         n = self._cut(r, c, n)
         g = self.prompt_cut
+        keep = self.prompt_keep_min
+        ends = c + n >= r.prompt_len
+        if keep:
+            a = self.align
+            base = max(r.hit, r.boundary // a * a)
+            q = r.prompt_len // (g or a) * (g or a)
+            if ends and q - base < keep:
+                return n  # no prompt-end checkpoint kept: nothing to cut for
+            if ends and c > r.hit and c % a == 0 and c - base >= keep and q - c < keep:
+                return n  # this chunk's start is the prompt-end checkpoint
+            if q - base >= keep and c < q < c + n:
+                return q - c
+            if ends and c == q:
+                return n
+            return self._aligned(c, n)
         if g:
             q = r.prompt_len // g * g
             long = q - max(r.hit, r.boundary) >= PROMPT_CUT_MIN * g
             if long and c < q < c + n:
                 return q - c
-            if long and c == q and c + n >= r.prompt_len:
+            if long and c == q and ends:
                 # The rest of a prompt whose state is checkpointed at its coarse cut
                 # runs whole (no extra step for a finer prompt-end checkpoint).
                 return n
-        keep = self.prompt_keep_min
-        if (
-            keep
-            and c + n >= r.prompt_len
-            and r.prompt_len // self.align * self.align - r.hit < keep
-        ):
-            # The rest of the prompt runs whole: the manager would not keep a checkpoint
-            # on its last block boundary (too little computed beyond the hit), so a cut
-            # there only costs the prompt a step (its turn's tail comes from decode).
-            return n
         return self._aligned(c, n)
 
     def _cut(self, r: Req, c: int, n: int) -> int:

@@ -105,8 +105,9 @@ def _elastic(cfg: SimConfig, plan: MemoryPlan) -> LayoutSetup:
         else None
     )
     # Align mode: a prefill chunk crossing the branch point a lookup found ends there,
-    # so the state checkpoints the shared prefix (checkpoint policy); a long prefill
-    # ends a chunk on the prompt's last multiple of the static checkpoint interval.
+    # so the state checkpoints the shared prefix (checkpoint policy); a prompt whose
+    # prompt-end checkpoint the manager keeps has it on the prompt's last multiple of
+    # the static checkpoint interval (or where its last chunk started, if close).
     sched: dict[str, Any] = (
         {"cut_at_shared_prefix": True, "prompt_cut": cfg.state_checkpoint_tokens or 0}
         if plan.mamba_cache_mode == "align"

@@ -158,11 +158,15 @@ class Scheduler(ChunkRules):
     cost a step of latency per admission and, in a state pool with no spare slots,
     evicted more checkpoints than it made useful (chat: 0.475 -> 0.416).
 
-    ``prompt_cut`` (align mode, hybridkv's split; 0: off): a prefill computing at least
-    ``PROMPT_CUT_MIN`` multiples of it past both its hit and its shared-prefix boundary
-    ends a chunk on the prompt's last multiple of it and runs the rest of the prompt
-    whole, so its prompt-end checkpoint lies before a short final segment (a question
-    after a long document) where later prompts sharing all but that segment branch.
+    ``prompt_cut`` (align mode, hybridkv's split; 0: off): a prefill ends a chunk on the
+    prompt's last multiple of it and runs the rest of the prompt whole, so its
+    prompt-end checkpoint lies before a short final segment (a question after a long
+    document) where later prompts sharing all but that segment branch: with a manager
+    that keeps prompt ends only past ``prompt_keep_min`` (elastic arenas), where it
+    keeps that one (or at the start of the prefill's last chunk when that lies close
+    before it; ``chunk_rules.ChunkRules._chunk``), else when the prefill computes at
+    least ``PROMPT_CUT_MIN`` multiples of it past both its hit and its shared-prefix
+    boundary.
 
     ``chunk_split="vllm"`` cuts align-mode prefill chunks by vLLM 0.33's rule
     (``Scheduler._mamba_block_aligned_split``, default path: no fine-grained hits, no

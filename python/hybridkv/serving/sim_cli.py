@@ -130,7 +130,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_positive,
         default=256,
         help="static layout, align mode: state checkpoint interval in tokens (elastic: "
-        "long prefills end a chunk on the prompt's last multiple of it)",
+        "a kept prompt-end checkpoint lies on the prompt's last multiple of it)",
     )
     p.add_argument(
         "--elastic-checkpoint-tokens",

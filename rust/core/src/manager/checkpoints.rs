@@ -26,7 +26,25 @@
 //!   conversation turn that hit its history and added a short message (its tail serves
 //!   the next turn; the prompt end only a retry). Qwen3-Next, 16 GiB, whole traces, with
 //!   the region rule of `elastic.rs`: chat 0.819 -> 0.871, agentic 0.852 -> 0.883,
-//!   docqa 0.9744 -> 0.9756; not keeping prompt ends at all: docqa 0.966.
+//!   docqa 0.9744 -> 0.9756; not keeping prompt ends at all: docqa 0.966. The tokens
+//!   count from the request's *base*: its hit, or the shared-prefix boundary its lookup
+//!   discovered (block-floored) when deeper, since the scheduler ends a chunk there and
+//!   that fork point stays: a prompt end a few tokens past it saves only those. Which
+//!   boundary the prompt end is (the scheduler's coarse cut before a short final
+//!   segment, or where its last prefill chunk started) is the scheduler's choice
+//!   (`chunk_rules.py`).
+//! - While its request runs, a prompt's deepest prefill chunk end that lies at least
+//!   `prompt_keep_min` past its base and as far before the prompt's last boundary stays
+//!   too (elastic arenas): a request sharing the prompt's body that arrives meanwhile
+//!   (a second question on a document while the first is still running) hits it where
+//!   the prompt end lies past their branch point, then ends a chunk on that branch
+//!   point. It is interior once its request releases it (unless it became a fork
+//!   point). Jamba-1.5-Mini, 16 GiB, docqa: hit 0.9756 -> 0.9765, TTFT p99 0.211 ->
+//!   0.169 s (vllm 0.179); Qwen3-Next rows unchanged. Measured alternatives (Jamba docqa
+//!   0.9781 and the same p99 in each): every such chunk end kept until evicted: Qwen3-Next
+//!   docqa 0.9775 -> 0.9792 but agentic 0.8611 -> 0.8567; kept while running, also
+//!   those closer to the prompt end than `prompt_keep_min`: agentic 0.8575 (the state
+//!   memory they hold costs a few sessions their tails).
 //! - Every other checkpoint a request moves past is *interior*: only a request branching
 //!   at exactly that block could use it, and a decode crossing a block boundary every
 //!   `block_size` tokens makes many. Interior checkpoints lose their hash when their
@@ -62,6 +80,9 @@ pub(super) struct GroupCheckpoints {
     /// that only it had extended (block and hash: the block may be evicted and reused
     /// meanwhile, so the hash tells whether it still holds that checkpoint).
     tails: IdMap<(BlockId, BlockHash)>,
+    /// Per running request: the chunk ends of its prompt it keeps while it runs (elastic
+    /// arenas; see `checkpoints_passed`), dropped as interior when it releases.
+    chunk_ends: IdMap<Vec<(BlockId, BlockHash)>>,
 }
 
 impl GroupCheckpoints {
@@ -70,6 +91,7 @@ impl GroupCheckpoints {
             extensions: vec![0; num_blocks],
             next_token: vec![NO_TOKEN; num_blocks],
             tails: IdMap::default(),
+            chunk_ends: IdMap::default(),
         }
     }
 }
@@ -99,14 +121,16 @@ impl Manager {
 
     /// `r`'s running state moved past entries `from..to` of its state table in group
     /// `g` (they are released next): count one extension on each cached checkpoint among
-    /// them. One only `r` holds that is neither `r`'s prompt end nor a fork point is
-    /// interior when `r` holds a deeper checkpoint already (it loses its hash now);
+    /// them. One only `r` holds that is neither `r`'s prompt end, its kept prompt chunk
+    /// end (module docs) nor a fork point is interior when `r` holds a deeper checkpoint
+    /// already (it loses its hash now);
     /// otherwise it becomes `r`'s pending tail, and the tail it replaces (interior now)
     /// loses its hash if nobody holds it and it is still not a fork point. Another
     /// holder decides when it releases it.
     pub(super) fn checkpoints_passed(&mut self, r: &Request, g: usize, from: usize, to: usize) {
         let bs = self.groups[g].block_size;
         let prompt_end = r.prompt_len / bs * bs;
+        let base = r.hit_tokens.max(r.prefix_boundary / bs * bs);
         let Some(c) = self.ckpt.get_mut(g).and_then(Option::as_mut) else {
             return;
         };
@@ -148,15 +172,36 @@ impl Manager {
                 }
             }
             *e = e.saturating_add(1);
+            let ext = *e;
             // The prompt's last checkpoint stays: the deepest one at or below the
             // prompt's last block boundary that `r` cached or passed (the boundary
             // itself, or where a coarse prompt cut or a prefill chunk ended when the
             // rest of the prompt ran off a boundary), if the prompt computed at least
-            // `prompt_keep_min` tokens up to it beyond its own hit (elastic arenas).
+            // `prompt_keep_min` tokens up to it beyond its base (elastic arenas): its own
+            // hit or the fork point at its shared-prefix boundary, whichever is deeper.
             let prompt_last = (k + 1) * bs <= prompt_end
                 && deepest_in_prompt.is_none_or(|d| d <= k)
-                && (k + 1) * bs >= r.hit_tokens + self.prompt_keep_min;
-            let keep = prompt_last || *e >= 2;
+                && (k + 1) * bs >= base + self.prompt_keep_min;
+            // A prefill chunk's end inside the prompt, as deep past the base as a kept
+            // prompt end must be, stays while `r` runs (elastic arenas): a request that
+            // shares the prompt's body and arrives meanwhile hits it when `r`'s prompt
+            // end lies past their branch point. Interior once `r` releases.
+            let chunk_end = !prompt_last
+                && ext < 2
+                && self.prompt_keep_min > 0
+                && (k + 1) * bs + self.prompt_keep_min <= prompt_end
+                && (k + 1) * bs >= base + self.prompt_keep_min;
+            if chunk_end {
+                // Only the deepest one: it supersedes the one before.
+                let ends = c.chunk_ends.entry(r.id).or_default();
+                for old in ends.drain(..) {
+                    if drop_interior(pool, &c.extensions, old) {
+                        self.stats.interior_checkpoints_dropped += 1;
+                    }
+                }
+                ends.push((b, h));
+            }
+            let keep = prompt_last || chunk_end || ext >= 2;
             if !keep && pool.ref_count(b) == Ok(1) && deeper_held {
                 // In use by `r` (it stays so until the caller frees it): the block then
                 // joins the free queue's head, uncached, like any unhashed block.
@@ -174,7 +219,8 @@ impl Manager {
 
     /// `r` releases all its blocks (finished or preempted): its pending tail stays
     /// cached, unless `r` holds a deeper checkpoint (its state ends on a block boundary
-    /// now), which is then its tail and makes the pending one interior.
+    /// now), which is then its tail and makes the pending one interior. The prompt chunk
+    /// end it kept while running is interior now.
     pub(super) fn checkpoints_released(&mut self, r: &Request) {
         for g in 0..self.groups.len() {
             let Some(c) = self.ckpt.get_mut(g).and_then(Option::as_mut) else {
@@ -188,6 +234,11 @@ impl Manager {
                 .is_some_and(|&b| matches!(pool.block_hash(b), Ok(Some(_))));
             if let Some(old) = c.tails.remove(&r.id) {
                 if held && drop_interior(pool, &c.extensions, old) {
+                    self.stats.interior_checkpoints_dropped += 1;
+                }
+            }
+            for end in c.chunk_ends.remove(&r.id).unwrap_or_default() {
+                if drop_interior(pool, &c.extensions, end) {
                     self.stats.interior_checkpoints_dropped += 1;
                 }
             }

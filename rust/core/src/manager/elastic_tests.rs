@@ -509,6 +509,64 @@ fn a_prompt_end_is_kept_only_after_a_long_fresh_prefill() {
 }
 
 #[test]
+fn a_prompt_end_counts_from_the_fork_point_at_the_shared_prefix_boundary() {
+    // prompt_keep_min 32 (see above). Request 1 caches 40 fresh tokens; request 2
+    // shares its first 20 (no checkpoint there: hit 0, boundary 20), ends a chunk on
+    // that boundary (a fork point, kept), then its prompt end at 48: 48 tokens past its
+    // hit but only 28 past the fork point, so it is not kept (its tail moves on to 60,
+    // where it finishes), and a retry of its first 48 tokens hits the fork point.
+    let mut m = elastic(2);
+    let shared: Vec<i32> = (1..=20).collect();
+    let t1: Vec<i32> = shared.iter().copied().chain(100..121).collect();
+    assert_eq!(run_turn_to(&mut m, 1, &t1, 40), 0);
+    let t2: Vec<i32> = shared.iter().copied().chain(200..240).collect();
+    add(&mut m, 2, &t2[..50]);
+    assert_eq!(m.get_computed_tokens(&[2]).unwrap(), vec![0]);
+    assert_eq!(m.shared_prefix_boundary(&[2]).unwrap(), vec![20]);
+    for n in [20, 28, 2] {
+        assert!(m.allocate_slots(&[2], &[n], &[0], true).unwrap()[0]);
+    }
+    for i in 50..60 {
+        m.append_tokens(&[2], &t2[i..i + 1], &[0, 1]).unwrap();
+        assert!(m.allocate_slots(&[2], &[1], &[0], true).unwrap()[0]);
+    }
+    m.free(&[2]).unwrap();
+    m.check_invariants().unwrap();
+    let retry: Vec<i32> = t2[..48].iter().copied().chain([900, 901]).collect();
+    assert_eq!(hit_of(&mut m, 3, &retry), 20);
+    let next: Vec<i32> = t2[..60].iter().copied().chain([902, 903]).collect();
+    assert_eq!(hit_of(&mut m, 4, &next), 60);
+}
+
+#[test]
+fn a_prompt_chunk_end_serves_hits_while_its_request_runs() {
+    // prompt_keep_min 32. Request 1 computes an 80-token prompt in two chunks (40, 40):
+    // its prompt end (80) stays, and its chunk end at 40 (40 past its hit, 40 before the
+    // prompt end) stays while it runs: a request sharing its first 60 tokens hits 40
+    // then, and nothing once request 1 has finished (the chunk end is interior then).
+    // A chunk end less than 32 tokens before the prompt end (60 of 80) adds little
+    // beside the prompt end: not kept.
+    for (first, want) in [(40usize, 40i64), (60, 0)] {
+        let mut m = elastic(2);
+        let toks: Vec<i32> = (1..=80).collect();
+        add(&mut m, 1, &toks);
+        assert_eq!(m.get_computed_tokens(&[1]).unwrap(), vec![0]);
+        for n in [first, 80 - first] {
+            assert!(m.allocate_slots(&[1], &[n as i64], &[0], true).unwrap()[0]);
+        }
+        m.append_tokens(&[1], &[500], &[0, 1]).unwrap();
+        assert!(m.allocate_slots(&[1], &[1], &[0], true).unwrap()[0]);
+        let sibling: Vec<i32> = toks[..60].iter().copied().chain([900, 901]).collect();
+        assert_eq!(hit_of(&mut m, 2, &sibling), want);
+        m.free(&[1]).unwrap();
+        m.check_invariants().unwrap();
+        assert_eq!(hit_of(&mut m, 3, &sibling), 0);
+        let retry: Vec<i32> = toks.iter().copied().chain([902]).collect();
+        assert_eq!(hit_of(&mut m, 4, &retry), 80);
+    }
+}
+
+#[test]
 fn a_region_holding_cached_blocks_stays_while_the_group_can_evict_its_own() {
     let mut m = elastic(2);
     // Four deep turns at once (40-token prompts): the state group grows past its floor,
