@@ -1,9 +1,11 @@
 """Elastic token capacity against the physical limit (issue 11: within one block per
 growing group), and the manager holding exactly what the plan says.
 
-The physical limit is memory minus floors over growing bytes per token; a pool of
-whole blocks holds at most ``floor(limit / block_size)`` blocks of it, one of which is
-the growing group's null block. The null area holds only the null blocks a kernel may
+The physical limit is memory minus what bounded groups hold (their floors, and the
+part of the null area their read null blocks take beyond the growing group's null
+page, as in the static layout) over growing bytes per token; a pool of whole blocks
+holds at most ``floor(limit / block_size)`` blocks of it, one of which is the growing
+group's null block. The null area holds only the null blocks a kernel may
 read (attention kinds); a state group's null block, never read or written, reaches past
 it, and floors fill whole regions first, so a short top region goes to the growing
 group.
@@ -37,6 +39,11 @@ RUNS = [
     ("gpt-oss-20b", 8, 0),
     ("gpt-oss-20b", 16, 0),
     ("gpt-oss-20b", 32, 0),
+    # Windows and chunks whose pages are larger than the growing page: their null page
+    # fills the null area (bounded bytes), their floors take grid regions.
+    ("gemma-3-27b-it", 16, 0),
+    ("olmo-3-7b", 16, 0),
+    ("llama-4-scout-17b-16e", 16, 0),
 ]
 
 

@@ -148,7 +148,14 @@ def _plan_elastic(
         state_checkpoint_tokens=ckpt,
     )
     growing_page = sum(p for p, gr in zip(pages, growing, strict=True) if gr)
-    floors_bytes = sum(f * p for f, p in zip(arena.floor_blocks, pages, strict=True))
+    # Bounded groups hold their floors and, where a kernel reads it (a window's table
+    # entries behind the window point at it), their null block: the null area is the
+    # largest such page, and what it takes beyond the growing groups' own null page is
+    # theirs, as a bounded pool's null block is part of its bytes in the static layout.
+    grow_null = max((p for p, gr in zip(pages, growing, strict=True) if gr), default=0)
+    floors_bytes = sum(f * p for f, p in zip(arena.floor_blocks, pages, strict=True)) + max(
+        arena.null_bytes - grow_null, 0
+    )
     if growing_page:
         capacity = growing_blocks * b
         concurrency = min(float(limits.max_num_seqs), growing_blocks / need)

@@ -137,7 +137,10 @@ class MemoryPlan:
     fit at once, at most ``max_num_seqs`` (the bounded pools are sized for that many).
     ``physical_token_limit``: ``(memory - bounded bytes - growing null blocks) /
     growing bytes per token`` (``None`` without growing groups); ``token_capacity``
-    falls short of it by less than one block. With no growing group, capacity is
+    falls short of it by less than one block. In the elastic layout ``bounded_bytes``
+    is the floors plus the null-area bytes that bounded groups' read null blocks take
+    beyond the growing group's null page, and the limit leaves the growing null block
+    in (the arena's capacity is within one block per growing group of it). With no growing group, capacity is
     ``max_num_seqs * max_model_len``. ``state_cache_slots``: spare blocks every bounded
     state group's pool got beyond its running states (see :func:`plan_memory`).
     ``state_checkpoint_tokens``: the bounded state groups' block size, i.e. where
