@@ -363,13 +363,11 @@ class Scheduler(ChunkRules):
         if rid in self._reqs:
             raise DuplicateRequestError(f"request {rid} is already queued or running")
         prompt = self._check_prompt(rid, prompt_token_ids)
-        mt = _int_arg(max_tokens, f"request {rid}: max_tokens")
+        mt = _int_arg(max_tokens, "max_tokens", rid)
         if mt < 1:
             raise InvalidArgumentError(f"request {rid}: max_tokens must be >= 1, got {mt}")
-        prio = _int_arg(priority, f"request {rid}: priority")
-        eos = (
-            None if eos_token_id is None else _int_arg(eos_token_id, f"request {rid}: eos_token_id")
-        )
+        prio = _int_arg(priority, "priority", rid)
+        eos = None if eos_token_id is None else _int_arg(eos_token_id, "eos_token_id", rid)
         if isinstance(arrival_time, bool) or not isinstance(
             arrival_time, (int, float, np.integer, np.floating)
         ):
@@ -659,8 +657,9 @@ class Scheduler(ChunkRules):
         if not all_kept:
             batch = [*(running[i] for i in run_sel.tolist()), *admitted]
             preempted = self._handle_failures(batch, n_arr, ok, admitted)
-        else:
-            self._handle_failures([], n_arr, ok, admitted)
+        else:  # every row allocated (``_handle_failures``' first case, inline)
+            self._hold_admissions = False
+            self._admit_cap = min(self.max_num_seqs, 2 * self._admit_cap)
 
         keep = ok
         n_kept = n_arr if all_kept else n_arr[keep]
@@ -955,7 +954,7 @@ class Scheduler(ChunkRules):
         done: list[FinishedRequest] = []
         if any_done:
             reqs = self._reqs
-            rows = np.flatnonzero(fin).tolist()
+            rows = fin.nonzero()[0].tolist()
             for rid, length in zip(
                 sample_ids[rows].tolist(), by_length[rows].tolist(), strict=True
             ):

@@ -14,6 +14,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
+from hybridkv._core import first_bad_token
 from hybridkv.errors import HybridKVError, InvalidArgumentError, InvalidTokenError
 
 I64 = npt.NDArray[np.int64]
@@ -110,14 +111,18 @@ def _is_int(x: object) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
-def _int_arg(x: object, what: str) -> int:
+def _int_arg(x: object, what: str, rid: int | None = None) -> int:
     """An int64 from a Python or numpy integer; a bool, float or string is refused
-    (a float request id 1.5 would otherwise act on request 1)."""
+    (a float request id 1.5 would otherwise act on request 1). The error names
+    ``what`` (of request ``rid`` when given; the message is only built then)."""
+    if type(x) is int and _I64_MIN <= x <= _I64_MAX:  # the usual case, checked first
+        return x
     if _is_int(x):
         v = int(cast("int | np.integer[Any]", x))
         if _I64_MIN <= v <= _I64_MAX:
             return v
-    raise InvalidArgumentError(f"{what} must be an int in the int64 range, got {x!r}")
+    name = what if rid is None else f"request {rid}: {what}"
+    raise InvalidArgumentError(f"{name} must be an int in the int64 range, got {x!r}")
 
 
 def check_prompt(rid: int, prompt_token_ids: npt.ArrayLike, hi: int) -> I32:
@@ -147,6 +152,15 @@ def check_prompt(rid: int, prompt_token_ids: npt.ArrayLike, hi: int) -> I32:
         raise InvalidArgumentError(
             f"request {rid}: prompt token ids must be integers, got dtype {a.dtype}"
         )
+    if a.dtype == np.int32:
+        # The usual prompt: one pass in Rust finds the first bad id, if any.
+        pos = first_bad_token(a, hi)
+        if pos >= 0:
+            raise InvalidTokenError(
+                f"request {rid}: token id {int(a[pos])} at position {pos} is out of range "
+                f"(0 <= id < {hi})"
+            )
+        return np.array(a, dtype=np.int32)  # a copy (as below)
     # Two reductions find whether any id is out of range; only then is the first
     # bad position located.
     if (a.dtype.kind == "i" and int(a.min()) < 0) or int(a.max()) >= hi:
