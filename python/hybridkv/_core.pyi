@@ -211,6 +211,3 @@ def running_plan(
 def block_growth(computed: IdsLike, new: IdsLike, block_sizes: IdsLike, caps: IdsLike) -> list[int]:
     """Per group: the blocks it adds when each row goes from ``computed`` to
     ``computed + new`` tokens, each row's share capped at the group's cap."""
-
-def first_bad_token(tokens: npt.NDArray[np.int32], end: int) -> int:
-    """The position of the first id outside ``0 .. end - 1`` of a 1-D int32 array, or -1."""

@@ -14,7 +14,6 @@ from typing import Any, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
-from hybridkv._core import first_bad_token
 from hybridkv.errors import HybridKVError, InvalidArgumentError, InvalidTokenError
 
 I64 = npt.NDArray[np.int64]
@@ -152,15 +151,6 @@ def check_prompt(rid: int, prompt_token_ids: npt.ArrayLike, hi: int) -> I32:
         raise InvalidArgumentError(
             f"request {rid}: prompt token ids must be integers, got dtype {a.dtype}"
         )
-    if a.dtype == np.int32:
-        # The usual prompt: one pass in Rust finds the first bad id, if any.
-        pos = first_bad_token(a, hi)
-        if pos >= 0:
-            raise InvalidTokenError(
-                f"request {rid}: token id {int(a[pos])} at position {pos} is out of range "
-                f"(0 <= id < {hi})"
-            )
-        return np.array(a, dtype=np.int32)  # a copy (as below)
     # Two reductions find whether any id is out of range; only then is the first
     # bad position located.
     if (a.dtype.kind == "i" and int(a.min()) < 0) or int(a.max()) >= hi:

@@ -39,6 +39,5 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sched_step::PyTokenLists>()?;
     m.add_function(wrap_pyfunction!(sched_step::running_plan, m)?)?;
     m.add_function(wrap_pyfunction!(sched_step::block_growth, m)?)?;
-    m.add_function(wrap_pyfunction!(sched_step::first_bad_token, m)?)?;
     Ok(())
 }

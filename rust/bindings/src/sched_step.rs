@@ -1,5 +1,5 @@
 //! The scheduler's per-step loops (`hybridkv_core::sched_step`): `running_plan`,
-//! `block_growth`, `TokenLists` and `first_bad_token`, for `python/hybridkv/serving/scheduler.py` and
+//! `block_growth` and `TokenLists`, for `python/hybridkv/serving/scheduler.py` and
 //! `request_table.py`.
 //!
 //! Each is one call per step over the ~256 running rows: microseconds of work, so the
@@ -93,23 +93,6 @@ pub fn block_growth(
             sched_step::block_growth(c, n, &bs, &caps).py_err()
         })
     })
-}
-
-/// `first_bad_token(tokens, end)`: the position of the first id of a 1-D int32 array
-/// outside `0..end`, or -1 (another dtype is refused: the caller converts first).
-#[pyfunction]
-pub fn first_bad_token(tokens: &Bound<'_, PyAny>, end: i64) -> PyResult<i64> {
-    let a = tokens
-        .cast::<PyArray1<i32>>()
-        .map_err(|_| invalid_arg("tokens must be a 1-D int32 array"))?;
-    let ro = a
-        .try_readonly()
-        .map_err(|_| invalid_arg("tokens: the array is being written elsewhere"))?;
-    let pos = match ro.as_slice() {
-        Ok(s) => sched_step::first_bad_token(s, end),
-        Err(_) => sched_step::first_bad_token(&ro.as_array().to_vec(), end),
-    };
-    Ok(pos.map_or(-1, |p| p as i64))
 }
 
 /// `hybridkv._core.TokenLists`: the tokens each request sampled, by table slot

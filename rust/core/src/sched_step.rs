@@ -11,8 +11,7 @@
 //! - [`block_growth`]: the blocks each growing group gains when every row goes from
 //!   `computed` to `computed + new` tokens (admission control's room);
 //! - [`TokenLists`]: each request's sampled tokens by slot, one append per step for
-//!   the whole batch;
-//! - [`first_bad_token`]: a new prompt's range check, one pass.
+//!   the whole batch.
 //!
 //! Every function checks its whole input before it changes anything.
 
@@ -131,12 +130,6 @@ pub fn block_growth(
             sum.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
         })
         .collect())
-}
-
-/// The position of the first token outside `0..end`, if any: a prompt's check at
-/// admission (one pass, where numpy took a minimum and a maximum).
-pub fn first_bad_token(tokens: &[i32], end: i64) -> Option<usize> {
-    tokens.iter().position(|&t| t < 0 || i64::from(t) >= end)
 }
 
 /// The tokens each live request sampled, by table slot: one append per step for the
@@ -267,15 +260,6 @@ mod tests {
         assert!(block_growth(&c, &n, &[0], &[1]).is_err());
         assert!(block_growth(&c, &n[..2], &[16], &[1]).is_err());
         assert!(block_growth(&c, &n, &[16, 8], &[1]).is_err());
-    }
-
-    #[test]
-    fn first_bad_token_finds_the_first_out_of_range_id() {
-        assert_eq!(first_bad_token(&[0, 5, 9], 10), None);
-        assert_eq!(first_bad_token(&[0, 10, -1], 10), Some(1));
-        assert_eq!(first_bad_token(&[3, -1, 10], 10), Some(1));
-        assert_eq!(first_bad_token(&[i32::MAX], 1 << 31), None);
-        assert_eq!(first_bad_token(&[], 0), None);
     }
 
     #[test]
