@@ -193,6 +193,19 @@ class TokenLists:
     def get(self, slot: int) -> list[int]: ...
     def len_of(self, slot: int) -> int: ...
     def take(self, slot: int) -> list[int]: ...
+    def sample(
+        self,
+        slots: IdsLike,
+        tokens: IdsLike,
+        counts: npt.NDArray[np.int64],
+        length_at: IdsLike,
+        stop: npt.NDArray[np.bool_] | None,
+        token_end: int,
+    ) -> tuple[list[int], list[bool], int]:
+        """Record a step's sampled tokens (row ``i``: slot ``slots[i]`` sampled
+        ``tokens[i]``; ``counts`` grows by one per row): ``(finished rows, by length,
+        -1)``, or ``([], [], row)`` with nothing changed for the first continuing row
+        whose token is outside ``0 .. token_end - 1``."""
 
 def running_plan(
     computed: IdsLike, tokens: IdsLike, slots: IdsLike

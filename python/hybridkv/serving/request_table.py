@@ -89,19 +89,17 @@ class RequestTable:
         self.outs.reserve_slots(new)
         self._free.extend(range(new - 1, old - 1, -1))
 
-    def finishing(self, slots: I64, toks: I64) -> tuple[BoolArray, BoolArray]:
-        """For requests sampling ``toks`` now: ``(finished, by length)``. A request
-        finishes when it has ``max_tokens`` outputs or samples its ``eos`` token."""
-        length = self.num_tokens[slots] >= self.length_at[slots]
-        if not self.num_eos:
-            return length, length
-        stop = self.has_eos[slots] & (toks == self.eos[slots])
-        return length | stop, length
-
-    def append_sampled(self, slots: I64, toks: I64) -> None:
-        """One sampled token more for each slot (its list and its token count)."""
-        self.outs.append(slots, toks)
-        self.num_tokens[slots] += 1
+    def record_sampled(
+        self, slots: I64, toks: I64, token_end: int
+    ) -> tuple[list[int], list[bool], int]:
+        """The slots' requests sampled ``toks`` (one each): ``(finished rows, by length,
+        bad row)``. A request finishes when it has ``max_tokens`` outputs or samples its
+        ``eos`` token; every other must have sampled a token below ``token_end``, else
+        its row comes back as ``bad`` (-1: none) and nothing changes. Otherwise each
+        token joins its slot's list and each token count grows by one (one Rust call:
+        ``TokenLists.sample``)."""
+        stop = self.has_eos[slots] & (toks == self.eos[slots]) if self.num_eos else None
+        return self.outs.sample(slots, toks, self.num_tokens, self.length_at, stop, token_end)
 
 
 def keep_rows(items: list[Any], mask: BoolArray) -> list[Any]:

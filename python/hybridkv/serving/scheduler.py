@@ -52,11 +52,12 @@ transfer instead of compute.
 
 Layout (issue 16): this module is the step itself, ``schedule`` (admission rounds,
 the single allocation, failure handling and preemption) and ``update_from_output``,
-over one shared state; kept whole (about 870 lines with these docs) because the
+over one shared state; kept whole (about 1,000 lines with these docs) because the
 admission, failure and preemption paths read and requeue the same queues and must be
 read together. Apart: the public types and argument checks (``scheduler_api.py``),
-the admission arithmetic and chunk rules (``chunk_rules.py``) and the per-request
-counters by slot (``request_table.py``).
+the admission arithmetic and chunk rules (``chunk_rules.py``), the per-request
+counters by slot (``request_table.py``) and the passes over every running row
+(``rust/core/src/sched_step.rs``, through ``hybridkv._core``).
 """
 
 from __future__ import annotations
@@ -929,39 +930,29 @@ class Scheduler(ChunkRules):
             except OverflowError:
                 bad = next(t for t in toks if not _I64_MIN <= t <= _I64_MAX)
                 raise InvalidTokenError(f"sampled token id {bad} is out of range") from None
-        fin, by_length = self._table.finishing(slots, tok_arr)
-        any_done = bool(fin.any())
-        cont_ids, cont_toks = sample_ids, tok_arr
-        if any_done:
-            cont = ~fin
-            cont_ids, cont_toks = sample_ids[cont], tok_arr[cont]
-        # The continuing requests' tokens go to the manager: checked first, so a bad
-        # one changes nothing (two reductions over all sampled tokens; only when one
-        # is out of range are the continuing ones searched).
+        # One Rust pass: which requests finish (by length, or by their stop token),
+        # the continuing ones' tokens checked (they go to the manager: a bad one
+        # changes nothing), then every token recorded and every count advanced.
         hi = self._token_end()
-        if tok_arr.shape[0] and (int(tok_arr.min()) < 0 or int(tok_arr.max()) >= hi):
-            bad_mask = (cont_toks < 0) | (cont_toks >= hi)
-        else:
-            bad_mask = None
-        if bad_mask is not None and bool(bad_mask.any()):
-            i = int(np.argmax(bad_mask))
+        fin_rows, by_length, bad = self._table.record_sampled(slots, tok_arr, hi)
+        if bad >= 0:
             raise InvalidTokenError(
-                f"request {int(cont_ids[i])}: sampled token id {int(cont_toks[i])} is out of "
-                f"range (0 <= id < {hi})"
+                f"request {int(sample_ids[bad])}: sampled token id {int(tok_arr[bad])} is "
+                f"out of range (0 <= id < {hi})"
             )
         self._last = None
-        self._table.append_sampled(slots, tok_arr)
         done: list[FinishedRequest] = []
-        if any_done:
+        cont_ids, cont_toks = sample_ids, tok_arr
+        if fin_rows:
             reqs = self._reqs
-            rows = fin.nonzero()[0].tolist()
-            for rid, length in zip(
-                sample_ids[rows].tolist(), by_length[rows].tolist(), strict=True
-            ):
+            for rid, length in zip(sample_ids[fin_rows].tolist(), by_length, strict=True):
                 r = reqs[rid]
                 reason = "length" if length else "stop"
                 output = self._table.outs.take(r.slot)
                 done.append(FinishedRequest(rid, output, r.prompt_len, r.num_preemptions, reason))
+            cont = np.ones(sample_ids.shape[0], dtype=bool)
+            cont[fin_rows] = False
+            cont_ids, cont_toks = sample_ids[cont], tok_arr[cont]
         if cont_ids.shape[0]:
             n = cont_ids.shape[0]
             self.manager.append_tokens(

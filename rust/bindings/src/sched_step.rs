@@ -8,7 +8,7 @@
 //! array-like converted once (`arrays::int_vec`); bad input raises
 //! `InvalidArgumentError` and changes nothing.
 
-use hybridkv_core::sched_step::{self, TokenLists};
+use hybridkv_core::sched_step::{self, Sampled, TokenLists};
 use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -154,6 +154,54 @@ impl PyTokenLists {
         self.inner
             .with(py, |t| t.get(slot).map(<[i64]>::len))?
             .py_err()
+    }
+
+    /// A step's sampled tokens (`hybridkv_core::sched_step::TokenLists::sample`):
+    /// `counts` (a writable int64 array by slot) grows by one per row. Returns
+    /// `(finished rows, by length, bad row)`: the rows that finish and whether each
+    /// did by length, and -1, or `([], [], row)` for the first continuing row whose
+    /// token is outside `0..token_end`, when nothing changed.
+    #[pyo3(signature = (slots, tokens, counts, length_at, stop, token_end))]
+    fn sample(
+        &self,
+        slots: &Bound<'_, PyAny>,
+        tokens: &Bound<'_, PyAny>,
+        counts: &Bound<'_, PyArray1<i64>>,
+        length_at: &Bound<'_, PyAny>,
+        stop: Option<&Bound<'_, PyArray1<bool>>>,
+        token_end: i64,
+    ) -> PyResult<(Vec<usize>, Vec<bool>, i64)> {
+        let py = slots.py();
+        let busy = |what: &str| invalid_arg(format!("{what}: the array is being used elsewhere"));
+        let stop_ro = stop
+            .map(|a| a.try_readonly().map_err(|_| busy("stop")))
+            .transpose()?;
+        let stop_v: Vec<bool> = match &stop_ro {
+            Some(ro) => ro.as_array().to_vec(),
+            None => Vec::new(),
+        };
+        let mut counts_rw = counts.try_readwrite().map_err(|_| busy("counts"))?;
+        let counts_s = counts_rw
+            .as_slice_mut()
+            .map_err(|_| invalid_arg("counts must be a contiguous int64 array"))?;
+        let out = with_i64(slots, "slots", |s| {
+            with_i64(tokens, "tokens", |t| {
+                with_i64(length_at, "length_at", |l| {
+                    self.inner
+                        .with(py, |lists| {
+                            lists.sample(s, t, counts_s, l, &stop_v, token_end)
+                        })?
+                        .py_err()
+                })
+            })
+        })?;
+        Ok(match out {
+            Sampled::Done {
+                finished,
+                by_length,
+            } => (finished, by_length, -1),
+            Sampled::BadToken { row } => (Vec::new(), Vec::new(), row as i64),
+        })
     }
 
     /// `slot`'s tokens as a list of ints, leaving its list empty.

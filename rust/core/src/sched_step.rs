@@ -193,6 +193,79 @@ impl TokenLists {
         let s = slot_of(slot, self.lists.len())?;
         Ok(std::mem::take(&mut self.lists[s]))
     }
+
+    /// A step's sampled tokens: row `i`'s request (table slot `slots[i]`) sampled
+    /// `tokens[i]`. It finishes by length when its known-token count `counts[slot]`
+    /// has reached `length_at[slot]`, or by its stop token where `stop[i]` (empty:
+    /// no row has one). Every row that does not finish must have sampled a token in
+    /// `0..token_end` (it goes on to the manager): the first that did not is returned
+    /// as [`Sampled::BadToken`] and nothing changes. Otherwise every row's token joins
+    /// its list and its count grows by one.
+    pub fn sample(
+        &mut self,
+        slots: &[i64],
+        tokens: &[i64],
+        counts: &mut [i64],
+        length_at: &[i64],
+        stop: &[bool],
+        token_end: i64,
+    ) -> Result<Sampled> {
+        if slots.len() != tokens.len() || (!stop.is_empty() && stop.len() != slots.len()) {
+            return Err(Error::LengthMismatch {
+                what: "slots, tokens and stop flags",
+                left: slots.len(),
+                right: if stop.is_empty() {
+                    tokens.len()
+                } else {
+                    stop.len()
+                },
+            });
+        }
+        if counts.len() != length_at.len() {
+            return Err(Error::LengthMismatch {
+                what: "token counts and length limits",
+                left: counts.len(),
+                right: length_at.len(),
+            });
+        }
+        let width = self.lists.len().min(counts.len());
+        let idx = slots
+            .iter()
+            .map(|&s| slot_of(s, width))
+            .collect::<Result<Vec<usize>>>()?;
+        let mut finished = Vec::new();
+        let mut by_length = Vec::new();
+        for (row, &s) in idx.iter().enumerate() {
+            let length = counts[s] >= length_at[s];
+            if length || stop.get(row).copied().unwrap_or(false) {
+                finished.push(row);
+                by_length.push(length);
+            } else if !(0..token_end).contains(&tokens[row]) {
+                return Ok(Sampled::BadToken { row });
+            }
+        }
+        for (&s, &t) in idx.iter().zip(tokens) {
+            self.lists[s].push(t);
+            counts[s] += 1;
+        }
+        Ok(Sampled::Done {
+            finished,
+            by_length,
+        })
+    }
+}
+
+/// What [`TokenLists::sample`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sampled {
+    /// Recorded; these rows finished (ascending), each by length or else by its stop
+    /// token.
+    Done {
+        finished: Vec<usize>,
+        by_length: Vec<bool>,
+    },
+    /// Nothing recorded: this row continues with a token outside `0..token_end`.
+    BadToken { row: usize },
 }
 
 #[cfg(test)]
@@ -260,6 +333,72 @@ mod tests {
         assert!(block_growth(&c, &n, &[0], &[1]).is_err());
         assert!(block_growth(&c, &n[..2], &[16], &[1]).is_err());
         assert!(block_growth(&c, &n, &[16, 8], &[1]).is_err());
+    }
+
+    #[test]
+    fn sample_records_tokens_and_reports_finished_rows() {
+        let mut t = TokenLists::new();
+        t.reserve_slots(4);
+        // Slots 0..4: counts 10, 20, 30, 40; slot 1 reaches its length now.
+        let mut counts = [10, 20, 30, 40];
+        let length_at = [15, 20, 99, 99];
+        let got = t
+            .sample(&[3, 1, 0], &[5, 6, 7], &mut counts, &length_at, &[], 100)
+            .unwrap();
+        assert_eq!(
+            got,
+            Sampled::Done {
+                finished: vec![1],
+                by_length: vec![true]
+            }
+        );
+        assert_eq!(counts, [11, 21, 30, 41]);
+        assert_eq!(t.get(3).unwrap(), &[5]);
+        assert_eq!(t.get(1).unwrap(), &[6]);
+        // A stop token finishes a row (not by length); a finishing row may carry any
+        // token, a continuing one must be below the end.
+        let got = t
+            .sample(
+                &[0, 2],
+                &[-4, 8],
+                &mut counts,
+                &length_at,
+                &[true, false],
+                100,
+            )
+            .unwrap();
+        assert_eq!(
+            got,
+            Sampled::Done {
+                finished: vec![0],
+                by_length: vec![false]
+            }
+        );
+        assert_eq!(t.get(0).unwrap(), &[7, -4]);
+        // A continuing row with a bad token: its row, and nothing changes.
+        let before = counts;
+        for bad in [100, -1] {
+            let got = t
+                .sample(&[2, 3], &[1, bad], &mut counts, &length_at, &[], 100)
+                .unwrap();
+            assert_eq!(got, Sampled::BadToken { row: 1 });
+        }
+        assert_eq!(counts, before);
+        assert_eq!(t.get(2).unwrap(), &[8]);
+        // Bad slots and lengths are refused, nothing changed.
+        assert!(t
+            .sample(&[4], &[1], &mut counts, &length_at, &[], 100)
+            .is_err());
+        assert!(t
+            .sample(&[0], &[1, 2], &mut counts, &length_at, &[], 100)
+            .is_err());
+        assert!(t
+            .sample(&[0], &[1], &mut counts, &length_at, &[true, true], 100)
+            .is_err());
+        assert!(t
+            .sample(&[0], &[1], &mut counts, &length_at[..3], &[], 100)
+            .is_err());
+        assert_eq!(counts, before);
     }
 
     #[test]
