@@ -10,8 +10,9 @@
 //!   no chunk rule applies) and those with more (their chunks are Python's to cut);
 //! - [`block_growth`]: the blocks each growing group gains when every row goes from
 //!   `computed` to `computed + new` tokens (admission control's room);
-//! - [`TokenLists`]: each request's sampled tokens by slot, one append per step for
-//!   the whole batch.
+//! - [`TokenLists`]: each request's sampled tokens by slot; [`TokenLists::sample`]
+//!   takes a whole step's (which requests finish, the continuing ones' tokens
+//!   range-checked, every token recorded and every count advanced) in one pass.
 //!
 //! Every function checks its whole input before it changes anything.
 
