@@ -184,3 +184,49 @@ def hash_token_blocks(
 def int64_array(value: IdsLike, what: str) -> npt.NDArray[np.int64]:
     """A 1-D int64 array from an integer array-like (a scalar is a batch of one);
     ``InvalidArgumentError`` naming ``what`` otherwise."""
+
+# The scheduler's per-step loops (``rust/core/src/sched_step.rs``).
+
+class TokenLists:
+    """The tokens each request sampled, by table slot."""
+
+    def __init__(self) -> None: ...
+    @property
+    def num_slots(self) -> int: ...
+    def reserve_slots(self, num_slots: int) -> None: ...
+    def clear(self, slot: int) -> None: ...
+    def append(self, slots: IdsLike, tokens: IdsLike) -> None: ...
+    def get(self, slot: int) -> list[int]: ...
+    def len_of(self, slot: int) -> int: ...
+    def take(self, slot: int) -> list[int]: ...
+    def sample(
+        self,
+        slots: IdsLike,
+        tokens: IdsLike,
+        counts: npt.NDArray[np.int64],
+        length_at: IdsLike,
+        stop: npt.NDArray[np.bool_] | None,
+        token_end: int,
+    ) -> tuple[list[int], list[bool], int]:
+        """Record a step's sampled tokens (row ``i``: slot ``slots[i]`` sampled
+        ``tokens[i]``; ``counts`` grows by one per row): ``(finished rows, by length,
+        -1)``, or ``([], [], row)`` with nothing changed for the first continuing row
+        whose token is outside ``0 .. token_end - 1``."""
+
+def running_plan(
+    computed: IdsLike, tokens: IdsLike, slots: IdsLike
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    list[int],
+    list[int],
+    int,
+]:
+    """For the running rows in table ``slots``: ``(computed, tokens, one, multi,
+    ones_before, ones)``: their counters, 1 where one token is left, the rows with
+    more (ascending), the one-token rows before each of those, and all of them."""
+
+def block_growth(computed: IdsLike, new: IdsLike, block_sizes: IdsLike, caps: IdsLike) -> list[int]:
+    """Per group: the blocks it adds when each row goes from ``computed`` to
+    ``computed + new`` tokens, each row's share capped at the group's cap."""

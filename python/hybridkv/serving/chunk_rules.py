@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hybridkv._core import block_growth
 from hybridkv.serving.request_table import Req
 
 I64 = npt.NDArray[np.int64]
@@ -52,6 +53,8 @@ class ChunkRules:
     _grow_blocks: I64
     _grow_cap: I64
     _free_at_start: I64
+    _grow_pairs: list[tuple[int, int]]
+    _rows: list[int] | None
 
     def _free_blocks(self) -> I64:
         """Free blocks of each growing pool (from ``manager.usage()``; an elastic
@@ -78,6 +81,18 @@ class ChunkRules:
             )
         return need
 
+    def _need(self, c: int, e: int) -> list[int]:
+        """``_blocks_needed(c, e - c)`` as plain ints (admission works on one to three
+        pools: Python arithmetic beats numpy there)."""
+        need = [min(-(-e // bs) + (-c // bs), cap) for bs, cap in self._grow_pairs]
+        rows = self._rows
+        if rows is None:
+            return need
+        out = [0] * self._grow_idx.shape[0]
+        for row, k in zip(rows, need, strict=True):
+            out[row] += k
+        return out
+
     def _fit(self, h: int, room: I64) -> int:
         """The most computed tokens a request hit at ``h`` reaches within ``room``."""
         bs = self._grow_bs
@@ -103,13 +118,14 @@ class ChunkRules:
         self._free_at_start = self._free_blocks()
         room = self._free_at_start.copy()
         if c.size:
-            need = _blocks_between(c, c + n, self._grow_bs[:, None], self._grow_cap[:, None])
-            per_group = need.sum(axis=1)
-            if self._row_of is not None:
-                per_group = np.bincount(
-                    self._row_of, weights=per_group, minlength=room.size
-                ).astype(np.int64)
-            room -= per_group
+            # Each growing group's new blocks over every running row: one pass in Rust.
+            per_group = block_growth(c, n, self._grow_bs, self._grow_cap)
+            rows = self._rows
+            if rows is None:
+                room -= np.asarray(per_group, dtype=np.int64)
+            else:
+                for row, k in zip(rows, per_group, strict=True):
+                    room[row] -= k
         for row, floor, bs, most in self._reserve:
             # A bounded group's floor in a shared elastic pool, less what it holds.
             held = int(np.minimum(-(-c // bs), most).sum()) if c.size else 0
@@ -119,23 +135,30 @@ class ChunkRules:
     def _vllm_split(self, r: Req, start: int, n: int) -> int:
         """vLLM 0.33's align-mode prefill chunk from ``start`` (class docstring)."""
         bs = self.align
-        prefill_end = max(r.prompt_len, r.num_tokens - 1)
+        num_tokens = r.num_tokens
+        prefill_end = max(r.prompt_len, num_tokens - 1)
         if start >= prefill_end:
             return n
-        last_cache = max((r.num_tokens - 1) // bs * bs, 0)
         end = start + n
         if end < prefill_end:
             aligned = end // bs * bs
             if aligned > start or bs <= self._prefill_cap:
                 end = aligned
+        # The chunk stops at the first of these stops inside ``(start, end)``: the next
+        # block boundary (a chunk starting mid-block), the last block boundary before
+        # the final token, and the shared-prefix junction of the last lookup (floored).
+        cut = end
+        if start % bs:
+            cut = min(cut, (start // bs + 1) * bs)
+        last_cache = max((num_tokens - 1) // bs * bs, 0)
+        if start < last_cache < cut:
+            cut = last_cache
         junction = r.boundary
-        stops = (
-            (start // bs + 1) * bs if start % bs else 0,
-            last_cache,
-            start + (junction - start) // bs * bs if start < junction < end else 0,
-        )
-        end = min((x for x in stops if start < x < end), default=end)
-        return max(end - start, 0)
+        if start < junction < end:
+            x = start + (junction - start) // bs * bs
+            if start < x < cut:
+                cut = x
+        return max(cut - start, 0)
 
     def _chunk(self, r: Req, c: int, n: int) -> int:
         """Align-mode prefill chunk ``[c, c + n)`` of ``r`` (hybridkv's split): cut at

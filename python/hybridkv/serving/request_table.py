@@ -10,9 +10,9 @@ preemption) still reads ``r.num_computed`` / ``r.num_tokens``: they are properti
 over these arrays (:class:`Req`).
 
 A slot is taken when a request is queued and given back when it finishes; a preempted
-request keeps its slot. Sampled tokens are kept per request in a plain list (the
-request's ``output``, also held here by slot so a step appends to all of them in one
-C-level pass).
+request keeps its slot. Sampled tokens are kept by slot in Rust
+(:class:`hybridkv._core.TokenLists`): a step appends the whole batch's in one call,
+a finished request's list is handed back once (``Req.output`` reads a copy).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from hybridkv._core import TokenLists
 
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
@@ -39,13 +41,19 @@ class RequestTable:
         self.num_tokens = np.zeros(cap, dtype=np.int64)
         self.prompt_len = np.zeros(cap, dtype=np.int64)
         self.max_tokens = np.zeros(cap, dtype=np.int64)
+        #: The token count at which sampling one more token reaches ``max_tokens``
+        #: (``prompt_len + max_tokens - 1``, capped at the int64 maximum).
+        self.length_at = np.zeros(cap, dtype=np.int64)
         self.eos = np.zeros(cap, dtype=np.int64)
         self.has_eos = np.zeros(cap, dtype=bool)
-        #: The output list of the request in each slot (None: a free slot).
-        self.outs: list[list[int] | None] = [None] * cap
+        #: Live slots with an ``eos`` token (none: finish checks skip the stop test).
+        self.num_eos = 0
+        #: The tokens the request in each slot sampled (Rust lists: one append per step).
+        self.outs = TokenLists()
+        self.outs.reserve_slots(cap)
         self._free: list[int] = list(range(cap - 1, -1, -1))
 
-    def take(self, prompt_len: int, max_tokens: int, eos: int | None, output: list[int]) -> int:
+    def take(self, prompt_len: int, max_tokens: int, eos: int | None) -> int:
         """A slot for a new request (its counters set: nothing computed yet)."""
         if not self._free:
             self._grow()
@@ -54,43 +62,44 @@ class RequestTable:
         self.num_tokens[s] = prompt_len
         self.prompt_len[s] = prompt_len
         self.max_tokens[s] = max_tokens
+        self.length_at[s] = min(prompt_len + max_tokens - 1, (1 << 63) - 1)
         self.has_eos[s] = eos is not None
+        self.num_eos += eos is not None
         self.eos[s] = 0 if eos is None else eos
-        self.outs[s] = output
+        self.outs.clear(s)
         return s
 
     def give_back(self, slot: int) -> None:
         """Free a finished request's slot."""
-        self.outs[slot] = None
+        self.outs.clear(slot)
+        if self.has_eos[slot]:
+            self.has_eos[slot] = False
+            self.num_eos -= 1
         self._free.append(slot)
 
     def _grow(self) -> None:
         old = self.num_computed.shape[0]
         new = 2 * old
-        for name in ("num_computed", "num_tokens", "prompt_len", "max_tokens", "eos", "has_eos"):
+        names = ("num_computed", "num_tokens", "prompt_len", "max_tokens", "length_at", "eos")
+        for name in (*names, "has_eos"):
             a = getattr(self, name)
             b = np.zeros(new, dtype=a.dtype)
             b[:old] = a
             setattr(self, name, b)
-        self.outs.extend([None] * old)
+        self.outs.reserve_slots(new)
         self._free.extend(range(new - 1, old - 1, -1))
 
-    def finishing(self, slots: I64, toks: I64) -> tuple[BoolArray, BoolArray]:
-        """For requests sampling ``toks`` now: ``(finished, by length)``. A request
-        finishes when it has ``max_tokens`` outputs or samples its ``eos`` token."""
-        k = self.num_tokens[slots] + 1 - self.prompt_len[slots]
-        length = k >= self.max_tokens[slots]
-        stop = self.has_eos[slots] & (toks == self.eos[slots])
-        return length | stop, length
-
-    def append_sampled(self, slots: I64, toks: list[int]) -> None:
-        """One sampled token more for each slot (its list and its token count)."""
-        self.num_tokens[slots] += 1
-        outs = self.outs
-        for s, t in zip(slots.tolist(), toks, strict=True):
-            out = outs[s]
-            if out is not None:
-                out.append(t)
+    def record_sampled(
+        self, slots: I64, toks: I64, token_end: int
+    ) -> tuple[list[int], list[bool], int]:
+        """The slots' requests sampled ``toks`` (one each): ``(finished rows, by length,
+        bad row)``. A request finishes when it has ``max_tokens`` outputs or samples its
+        ``eos`` token; every other must have sampled a token below ``token_end``, else
+        its row comes back as ``bad`` (-1: none) and nothing changes. Otherwise each
+        token joins its slot's list and each token count grows by one (one Rust call:
+        ``TokenLists.sample``)."""
+        stop = self.has_eos[slots] & (toks == self.eos[slots]) if self.num_eos else None
+        return self.outs.sample(slots, toks, self.num_tokens, self.length_at, stop, token_end)
 
 
 def keep_rows(items: list[Any], mask: BoolArray) -> list[Any]:
@@ -111,7 +120,6 @@ class Req:
         "lost",
         "max_tokens",
         "num_preemptions",
-        "output",
         "priority",
         "prompt",
         "prompt_len",
@@ -145,7 +153,6 @@ class Req:
         self.eos = eos
         self.arrival = arrival
         self.num_preemptions = 0
-        self.output: list[int] = []
         self.status = WAITING
         self.known = False  # added to the manager yet
         self.started = False  # kept in a step's output at least once
@@ -153,7 +160,7 @@ class Req:
         self.boundary = 0  # shared-prefix boundary from its last prefix lookup
         self.hit = 0  # tokens hit (cache and external) at its last admission
         self.table = table
-        self.slot = table.take(self.prompt_len, max_tokens, eos, self.output)
+        self.slot = table.take(self.prompt_len, max_tokens, eos)
 
     @property
     def num_computed(self) -> int:
@@ -163,6 +170,11 @@ class Req:
     @num_computed.setter
     def num_computed(self, v: int) -> None:
         self.table.num_computed[self.slot] = v
+
+    @property
+    def output(self) -> list[int]:
+        """The tokens sampled so far (a copy)."""
+        return self.table.outs.get(self.slot)
 
     @property
     def num_tokens(self) -> int:

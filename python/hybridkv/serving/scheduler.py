@@ -33,12 +33,15 @@ even when they are empty raises :class:`SchedulerError`.
 In ``mamba_cache_mode="align"`` a state group only checkpoints where a step ends on a
 block boundary, so prefill chunks are cut to end on one (see ``align_block_size``).
 
-No Python loop runs over blocks: the requests' token counters live in numpy arrays by
-slot (``request_table.py``), so per step the Python work is a few numpy passes over
-the running requests (those with one token left, decoding, are planned in bulk; the
-chunk rules run one by one only for those with more; computed counts advance in one
-vectorised update), one loop appending each sampled token to its request's output,
-one ``get_computed_tokens`` call per admission round (usually one), one
+No Python loop runs over blocks or over the running requests: their token counters
+live in numpy arrays by slot (``request_table.py``), and the passes over every running
+row run in Rust, one call each (``hybridkv._core.running_plan``: the rows' counters,
+the one-token rows, decoding, planned in bulk, and the rows with more, which alone go
+through the chunk rules one by one; ``block_growth``: the blocks the running rows add
+per growing pool, for admission control; ``TokenLists.append``: each sampled token
+onto its request's output). Computed counts advance in one vectorised update; the
+admission arithmetic on one to three pools is plain ints. Per step: one
+``get_computed_tokens`` call per admission round (usually one), one
 ``allocate_slots``, one ``append_tokens`` and one ``free``.
 
 ``external`` is the hook for a tier below the device cache (issue 8's offload): on
@@ -49,11 +52,12 @@ transfer instead of compute.
 
 Layout (issue 16): this module is the step itself, ``schedule`` (admission rounds,
 the single allocation, failure handling and preemption) and ``update_from_output``,
-over one shared state; kept whole (about 870 lines with these docs) because the
+over one shared state; kept whole (about 1,000 lines with these docs) because the
 admission, failure and preemption paths read and requeue the same queues and must be
 read together. Apart: the public types and argument checks (``scheduler_api.py``),
-the admission arithmetic and chunk rules (``chunk_rules.py``) and the per-request
-counters by slot (``request_table.py``).
+the admission arithmetic and chunk rules (``chunk_rules.py``), the per-request
+counters by slot (``request_table.py``) and the passes over every running row
+(``rust/core/src/sched_step.rs``, through ``hybridkv._core``).
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hybridkv._core import running_plan
 from hybridkv.errors import (
     DuplicateRequestError,
     InvalidArgumentError,
@@ -285,6 +290,9 @@ class Scheduler(ChunkRules):
             self._grow_idx = self._grow_idx[first]
             self._grow_blocks = self._grow_blocks[first]
         self._free_at_start = np.zeros(len(self._grow_idx), dtype=np.int64)
+        # The same as plain ints, for the admission arithmetic (``ChunkRules._need``).
+        self._grow_pairs = list(zip(self._grow_bs.tolist(), self._grow_cap.tolist(), strict=True))
+        self._rows = None if self._row_of is None else self._row_of.tolist()
         self.external = external
         if align_block_size is None and plan is not None:
             states = [g.block_size for g in plan.groups if g.kind == "state" and not _grows(g)]
@@ -318,6 +326,7 @@ class Scheduler(ChunkRules):
         self._run_ids = _EMPTY
         # The slots of the last step's sampling rows, in row order.
         self._sample_slots = _EMPTY
+        self._sample_ids = _EMPTY  # and their ids
         self._waiting_fifo: deque[_Req] = deque()
         self._waiting_heap: list[tuple[int, int, int]] = []
         self._seq = 0
@@ -359,13 +368,11 @@ class Scheduler(ChunkRules):
         if rid in self._reqs:
             raise DuplicateRequestError(f"request {rid} is already queued or running")
         prompt = self._check_prompt(rid, prompt_token_ids)
-        mt = _int_arg(max_tokens, f"request {rid}: max_tokens")
+        mt = _int_arg(max_tokens, "max_tokens", rid)
         if mt < 1:
             raise InvalidArgumentError(f"request {rid}: max_tokens must be >= 1, got {mt}")
-        prio = _int_arg(priority, f"request {rid}: priority")
-        eos = (
-            None if eos_token_id is None else _int_arg(eos_token_id, f"request {rid}: eos_token_id")
-        )
+        prio = _int_arg(priority, "priority", rid)
+        eos = None if eos_token_id is None else _int_arg(eos_token_id, "eos_token_id", rid)
         if isinstance(arrival_time, bool) or not isinstance(
             arrival_time, (int, float, np.integer, np.floating)
         ):
@@ -430,7 +437,7 @@ class Scheduler(ChunkRules):
         return self._run_ids.copy()
 
     def num_output_tokens(self, req_id: int) -> int:
-        return len(self._get(req_id).output)
+        return self._table.outs.len_of(self._get(req_id).slot)
 
     def _set_running(self, running: list[_Req]) -> None:
         """Replace the running list (rank order), its slots and ids with it."""
@@ -445,12 +452,26 @@ class Scheduler(ChunkRules):
         self._run_slots = self._run_slots[keep]
         self._run_ids = self._run_ids[keep]
 
-    def _insert_running(self, r: _Req) -> None:
-        """Insert ``r`` at its rank (the list stays in rank order: no re-sort)."""
-        i = bisect.bisect_right(self._running, r.rank_key, key=_RANK)
-        self._running.insert(i, r)
-        self._run_slots = _inserted(self._run_slots, i, r.slot)
-        self._run_ids = _inserted(self._run_ids, i, r.req_id)
+    def _insert_running(self, joined: list[_Req]) -> None:
+        """Insert the requests ``joined`` at their ranks (the list stays in rank order:
+        no re-sort). Usually they rank after every running request (new arrivals under
+        ``"fcfs"``): then the list and its arrays are extended once."""
+        running = self._running
+        joined = sorted(joined, key=_RANK)
+        if not running or running[-1].rank_key < joined[0].rank_key:
+            running.extend(joined)
+            self._run_slots = np.concatenate(
+                [self._run_slots, np.array([r.slot for r in joined], dtype=np.int64)]
+            )
+            self._run_ids = np.concatenate(
+                [self._run_ids, np.array([r.req_id for r in joined], dtype=np.int64)]
+            )
+            return
+        for r in joined:
+            i = bisect.bisect_right(running, r.rank_key, key=_RANK)
+            running.insert(i, r)
+            self._run_slots = _inserted(self._run_slots, i, r.slot)
+            self._run_ids = _inserted(self._run_ids, i, r.req_id)
 
     def _get(self, req_id: int) -> _Req:
         r = self._reqs.get(int(req_id))
@@ -484,7 +505,12 @@ class Scheduler(ChunkRules):
         # Free blocks per growing pool left once the running requests have grown.
         if not self.num_waiting:
             slots = 0
-        room = self._room(run_c, run_n) if slots > 0 and budget > 0 else None
+        room_arr = self._room(run_c, run_n) if slots > 0 and budget > 0 else None
+        # Plain ints from here on (one entry per growing pool: numpy on one to three
+        # entries costs more than the arithmetic); ``start``: the free counts ``room``
+        # was last brought up to date with.
+        room = None if room_arr is None else room_arr.tolist()
+        start = self._free_at_start.tolist()
         full = False
         per_round = slots  # lowered to 1 when other candidates' pins crowd out the head
         while budget > 0 and slots > 0 and not full:
@@ -514,9 +540,9 @@ class Scheduler(ChunkRules):
                     r.known = True
             hits = np.asarray(self.manager.get_computed_tokens(ids), dtype=np.int64)
             ext = (
-                np.asarray(self.external.lookup(ids, hits), dtype=np.int64)
+                np.asarray(self.external.lookup(ids, hits), dtype=np.int64).tolist()
                 if self.external is not None
-                else np.zeros_like(hits)
+                else [0] * len(cands)
             )
             # Align mode: where a single group could serve more than the agreed hit,
             # the prefix is shared but the state has no checkpoint there yet. Ending
@@ -531,12 +557,12 @@ class Scheduler(ChunkRules):
             )
             if room is not None:
                 # The lookups just pinned hit blocks that were free: count them out.
-                now = self._free_blocks()
-                room = room + (now - self._free_at_start)
-                self._free_at_start = now
+                now = self._free_blocks().tolist()
+                room = [a + b - f for a, b, f in zip(room, now, start, strict=True)]
+                start = now
             leftovers: list[_Req] = []
             head_blocked = False
-            for r, h, x, b in zip(cands, hits.tolist(), ext.tolist(), bounds, strict=True):
+            for r, h, x, b in zip(cands, hits.tolist(), ext, bounds, strict=True):
                 # At least the last token is computed: its logits give the next token.
                 x = max(0, min(x, r.num_tokens - 1 - h))
                 n = min(r.num_tokens - h - x, budget, cap)
@@ -555,12 +581,12 @@ class Scheduler(ChunkRules):
                 elif n > 1 and self.align:
                     n = self._chunk(r, h + x, n)
                 if room is not None:
-                    need = self._blocks_needed(h, n + x)
-                    if np.any(need > room):
+                    need = self._need(h, h + n + x)
+                    if any(a > f for a, f in zip(need, room, strict=True)):
                         # Shrink the chunk to what fits; if nothing does, admission
                         # stops here (strict queue order: a large request is not
                         # starved by smaller ones behind it).
-                        fit = self._fit(h, room) - h - x
+                        fit = self._fit(h, np.asarray(room, dtype=np.int64)) - h - x
                         if fit >= 1 and self.align and self.chunk_split == "vllm":
                             fit = self._vllm_split(r, h + x, fit)
                         elif fit >= 1 and self.align and fit > 1:
@@ -571,8 +597,8 @@ class Scheduler(ChunkRules):
                             leftovers.append(r)
                             continue
                         n = min(n, fit)
-                        need = self._blocks_needed(h, n + x)
-                    room = room - need
+                        need = self._need(h, h + n + x)
+                    room = [f - a for f, a in zip(room, need, strict=True)]
                 r.num_computed = h
                 new_tokens.append(n + x)
                 computed.append(h)
@@ -593,9 +619,9 @@ class Scheduler(ChunkRules):
                     per_round = 1
                     full = False
                     assert room is not None
-                    now = self._free_blocks()
-                    room = room + (now - self._free_at_start)
-                    self._free_at_start = now
+                    now = self._free_blocks().tolist()
+                    room = [a + b - f for a, b, f in zip(room, now, start, strict=True)]
+                    start = now
                     continue
                 if head_blocked and not n_run and not admitted and not self._running:
                     head = cands[0]
@@ -605,11 +631,27 @@ class Scheduler(ChunkRules):
                     )
                 break
 
-        ids = np.concatenate([self._run_ids[run_sel], _i64(r.req_id for r in admitted)])
-        slots_arr = np.concatenate([self._run_slots[run_sel], _i64(r.slot for r in admitted)])
-        n_arr = np.concatenate([run_n, np.asarray(new_tokens, dtype=np.int64)])
-        c_arr = np.concatenate([run_c, np.asarray(computed, dtype=np.int64)])
-        t_arr = np.concatenate([run_t, _i64(r.num_tokens for r in admitted)])
+        every = n_run == len(running)  # every running request runs (the usual step)
+        ids = self._run_ids.copy() if every else self._run_ids[run_sel]  # the output's own
+        slots_arr = self._run_slots if every else self._run_slots[run_sel]
+        n_arr, c_arr, t_arr = run_n, run_c, run_t
+        if admitted:
+            # The admitted rows follow the running ones: one conversion for all columns.
+            adm = np.array(
+                [
+                    [r.req_id for r in admitted],
+                    [r.slot for r in admitted],
+                    new_tokens,
+                    computed,
+                    [r.num_tokens for r in admitted],
+                ],
+                dtype=np.int64,
+            )
+            ids = np.concatenate([ids, adm[0]])
+            slots_arr = np.concatenate([slots_arr, adm[1]])
+            n_arr = np.concatenate([n_arr, adm[2]])
+            c_arr = np.concatenate([c_arr, adm[3]])
+            t_arr = np.concatenate([t_arr, adm[4]])
         ok = (
             np.asarray(self.manager.allocate_slots(ids, n_arr), dtype=bool)
             if ids.shape[0]
@@ -620,8 +662,9 @@ class Scheduler(ChunkRules):
         if not all_kept:
             batch = [*(running[i] for i in run_sel.tolist()), *admitted]
             preempted = self._handle_failures(batch, n_arr, ok, admitted)
-        else:
-            self._handle_failures([], n_arr, ok, admitted)
+        else:  # every row allocated (``_handle_failures``' first case, inline)
+            self._hold_admissions = False
+            self._admit_cap = min(self.max_num_seqs, 2 * self._admit_cap)
 
         keep = ok
         n_kept = n_arr if all_kept else n_arr[keep]
@@ -629,7 +672,9 @@ class Scheduler(ChunkRules):
         # Computed counts advance by the step's tokens (slots are unique in a batch).
         self._table.num_computed[kept_slots] += n_kept
         samples = (c_arr + n_arr == t_arr)[keep]
+        out_ids = ids if all_kept else ids[keep]
         self._sample_slots = kept_slots[samples]
+        self._sample_ids = out_ids[samples]
 
         new_ids: list[int] = []
         new_lens: list[int] = []
@@ -638,12 +683,12 @@ class Scheduler(ChunkRules):
         res_hits: list[int] = []
         # Admitted requests are the batch's last rows: only their outcomes matter here.
         adm_ok = ok[n_run:].tolist()
+        joined: list[_Req] = []
         for r, h, good in zip(admitted, admit_hits, adm_ok, strict=True):
             if not good:
                 continue
             r.status = _RUNNING
-            # The running list stays in rank order (an insertion, not a re-sort).
-            self._insert_running(r)
+            joined.append(r)
             if r.started:
                 res_ids.append(r.req_id)
                 res_hits.append(h)
@@ -652,17 +697,24 @@ class Scheduler(ChunkRules):
                 new_ids.append(r.req_id)
                 new_lens.append(r.prompt_len)
                 new_hits.append(h)
-        for r, good in zip(admitted, adm_ok, strict=True):
-            r.started = r.started or good
+            r.started = True
+        if joined:
+            # The running list stays in rank order (insertions, not a re-sort).
+            self._insert_running(joined)
 
+        ext_arr = (
+            np.concatenate(
+                [np.zeros(run_n.shape[0], dtype=np.int64), np.asarray(external, dtype=np.int64)]
+            )[keep]
+            if any(external)
+            else np.zeros(n_kept.shape[0], dtype=np.int64)
+        )
         out = SchedulerOutput(
             step=self._step,
-            req_ids=ids[keep],
+            req_ids=out_ids,
             num_new_tokens=n_kept,
-            num_computed_before=c_arr[keep],
-            num_external_tokens=np.concatenate(
-                [np.zeros(run_n.shape[0], dtype=np.int64), np.asarray(external, dtype=np.int64)]
-            )[keep],
+            num_computed_before=c_arr if all_kept else c_arr[keep],
+            num_external_tokens=ext_arr,
             samples=samples,
             new_req_ids=_i64(new_ids),
             new_prompt_lens=_i64(new_lens),
@@ -689,32 +741,30 @@ class Scheduler(ChunkRules):
         bulk and only the others go through the rules one by one."""
         running = self._running
         nr = len(running)
-        slots = self._run_slots
-        c = self._table.num_computed[slots]
-        t = self._table.num_tokens[slots]
-        left = t - c
-        n = (left == 1).astype(np.int64)
-        # ones[i]: one-token requests among rows [0, i).
-        ones_arr = np.concatenate([[0], np.cumsum(n)])
-        ones = ones_arr.tolist()
+        # One pass in Rust over the running rows: their counters, the one-token rows
+        # (n[i] = 1) and the rows with more, with the one-token rows before each.
+        table = self._table
+        c, t, n, multi, ones_before, ones = running_plan(
+            table.num_computed, table.num_tokens, self._run_slots
+        )
         stop = nr  # rows from here on get nothing (the budget ran out before them)
-        pos = 0
-        multi = np.flatnonzero(left > 1)
-        multi_c = c[multi].tolist()
-        multi_left = left[multi].tolist()
+        pos = 0  # the first row not yet counted off
+        counted = 0  # one-token rows before ``pos``
         vllm_split = self.align and self.chunk_split == "vllm"
-        for j, i in enumerate([*multi.tolist(), nr]):
-            k = ones[i] - ones[pos]
+        for i, before in zip([*multi, nr], [*ones_before, ones], strict=True):
+            k = before - counted  # one-token rows in [pos, i)
             if k >= budget:
-                # The budget runs out inside this run of one-token requests.
-                stop = pos + int(np.searchsorted(ones_arr[pos:], ones[pos] + budget, "left"))
+                # The budget runs out inside this run of one-token rows: the last to
+                # run is the budget-th of them.
+                stop = pos + int((n[pos:i] == 1).nonzero()[0][budget - 1]) + 1
                 budget = 0
                 break
             budget -= k
+            counted = before
             if i == nr:
                 break
-            ci = multi_c[j]
-            m = min(multi_left[j], budget, self.chunk_cap)
+            ci = int(c[i])
+            m = min(int(t[i]) - ci, budget, self.chunk_cap)
             if vllm_split:
                 m = self._vllm_split(running[i], ci, m)
             elif m > 1 and self.align:
@@ -726,12 +776,15 @@ class Scheduler(ChunkRules):
             if budget == 0:
                 stop = pos
                 break
-        n[stop:] = 0
-        rows = np.flatnonzero(n)
+        if stop < nr:
+            n[stop:] = 0
+        rows = n.nonzero()[0]
+        if rows.shape[0] == nr:  # every running request runs (the usual step)
+            return rows, n, c, t, budget
         return rows, n[rows], c[rows], t[rows], budget
 
     def _tokens(self, r: _Req) -> I32:
-        if not r.output:
+        if not self._table.outs.len_of(r.slot):
             return r.prompt
         return np.concatenate([r.prompt, np.asarray(r.output, dtype=np.int32)])
 
@@ -857,7 +910,8 @@ class Scheduler(ChunkRules):
         out = self._last
         if out is None:
             raise InvalidArgumentError("update_from_output() without a schedule()")
-        sample_ids = out.sample_req_ids
+        sample_ids = self._sample_ids
+        tok_arr: I64 | None = None
         if isinstance(sampled_token_ids, Mapping):
             try:
                 toks = [int(sampled_token_ids[i]) for i in sample_ids.tolist()]
@@ -869,40 +923,40 @@ class Scheduler(ChunkRules):
                 raise InvalidArgumentError(
                     f"{arr.shape[0]} sampled tokens for {sample_ids.shape[0]} sampling requests"
                 )
-            toks = arr.tolist() if arr.dtype.kind in "iu" else [int(t) for t in arr.tolist()]
+            if arr.dtype.kind == "i":  # the usual case: no value can leave int64
+                tok_arr = arr.astype(np.int64)
+            else:
+                toks = arr.tolist() if arr.dtype.kind == "u" else [int(t) for t in arr.tolist()]
         slots = self._sample_slots
-        try:
-            tok_arr = np.asarray(toks, dtype=np.int64)
-        except OverflowError:
-            bad = next(t for t in toks if not _I64_MIN <= t <= _I64_MAX)
-            raise InvalidTokenError(f"sampled token id {bad} is out of range") from None
-        fin, by_length = self._table.finishing(slots, tok_arr)
-        cont = ~fin
-        any_done = bool(fin.any())
-        cont_ids = sample_ids[cont] if any_done else sample_ids
-        cont_toks = tok_arr[cont] if any_done else tok_arr
-        # The continuing requests' tokens go to the manager: checked first, so a bad
-        # one changes nothing.
+        if tok_arr is None:
+            try:
+                tok_arr = np.asarray(toks, dtype=np.int64)
+            except OverflowError:
+                bad = next(t for t in toks if not _I64_MIN <= t <= _I64_MAX)
+                raise InvalidTokenError(f"sampled token id {bad} is out of range") from None
+        # One Rust pass: which requests finish (by length, or by their stop token),
+        # the continuing ones' tokens checked (they go to the manager: a bad one
+        # changes nothing), then every token recorded and every count advanced.
         hi = self._token_end()
-        bad_mask = (cont_toks < 0) | (cont_toks >= hi)
-        if bool(bad_mask.any()):
-            i = int(np.argmax(bad_mask))
+        fin_rows, by_length, bad = self._table.record_sampled(slots, tok_arr, hi)
+        if bad >= 0:
             raise InvalidTokenError(
-                f"request {int(cont_ids[i])}: sampled token id {int(cont_toks[i])} is out of "
-                f"range (0 <= id < {hi})"
+                f"request {int(sample_ids[bad])}: sampled token id {int(tok_arr[bad])} is "
+                f"out of range (0 <= id < {hi})"
             )
         self._last = None
-        self._table.append_sampled(slots, toks)
         done: list[FinishedRequest] = []
-        if any_done:
+        cont_ids, cont_toks = sample_ids, tok_arr
+        if fin_rows:
             reqs = self._reqs
-            rows = np.flatnonzero(fin).tolist()
-            for rid, length in zip(
-                sample_ids[rows].tolist(), by_length[rows].tolist(), strict=True
-            ):
+            for rid, length in zip(sample_ids[fin_rows].tolist(), by_length, strict=True):
                 r = reqs[rid]
                 reason = "length" if length else "stop"
-                done.append(FinishedRequest(rid, r.output, r.prompt_len, r.num_preemptions, reason))
+                output = self._table.outs.take(r.slot)
+                done.append(FinishedRequest(rid, output, r.prompt_len, r.num_preemptions, reason))
+            cont = np.ones(sample_ids.shape[0], dtype=bool)
+            cont[fin_rows] = False
+            cont_ids, cont_toks = sample_ids[cont], tok_arr[cont]
         if cont_ids.shape[0]:
             n = cont_ids.shape[0]
             self.manager.append_tokens(

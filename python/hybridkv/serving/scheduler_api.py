@@ -110,14 +110,18 @@ def _is_int(x: object) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
-def _int_arg(x: object, what: str) -> int:
+def _int_arg(x: object, what: str, rid: int | None = None) -> int:
     """An int64 from a Python or numpy integer; a bool, float or string is refused
-    (a float request id 1.5 would otherwise act on request 1)."""
+    (a float request id 1.5 would otherwise act on request 1). The error names
+    ``what`` (of request ``rid`` when given; the message is only built then)."""
+    if type(x) is int and _I64_MIN <= x <= _I64_MAX:  # the usual case, checked first
+        return x
     if _is_int(x):
         v = int(cast("int | np.integer[Any]", x))
         if _I64_MIN <= v <= _I64_MAX:
             return v
-    raise InvalidArgumentError(f"{what} must be an int in the int64 range, got {x!r}")
+    name = what if rid is None else f"request {rid}: {what}"
+    raise InvalidArgumentError(f"{name} must be an int in the int64 range, got {x!r}")
 
 
 def check_prompt(rid: int, prompt_token_ids: npt.ArrayLike, hi: int) -> I32:

@@ -25,6 +25,7 @@ mod manager;
 mod manager_args;
 mod prefix_hash;
 mod registry;
+mod sched_step;
 mod shared;
 
 #[pymodule]
@@ -35,5 +36,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<manager::PyManager>()?;
     m.add_function(wrap_pyfunction!(prefix_hash::hash_token_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(arrays::int64_array, m)?)?;
+    m.add_class::<sched_step::PyTokenLists>()?;
+    m.add_function(wrap_pyfunction!(sched_step::running_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(sched_step::block_growth, m)?)?;
     Ok(())
 }

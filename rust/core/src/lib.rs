@@ -34,6 +34,7 @@ pub mod manager;
 pub mod prefix_hash;
 pub mod registry;
 pub mod request;
+pub mod sched_step;
 pub mod stats;
 #[cfg(test)]
 mod test_rng;
