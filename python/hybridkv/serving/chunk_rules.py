@@ -52,6 +52,11 @@ class ChunkRules:
     _grow_blocks: I64
     _grow_cap: I64
     _free_at_start: I64
+    _win: list[tuple[int, int, int, int]]
+    _floors: I64
+    _row_page: I64
+    _table: Any
+    max_num_batched_tokens: int
 
     def _free_blocks(self) -> I64:
         """Free blocks of each growing pool (from ``manager.usage()``; an elastic
@@ -115,6 +120,49 @@ class ChunkRules:
             held = int(np.minimum(-(-c // bs), most).sum()) if c.size else 0
             room[row] -= max(floor - held, 0)
         return room
+
+    def _window_floors(self, slots: I64) -> list[int]:
+        """Per capped window group (``_win``): the blocks the requests in ``slots``
+        can still hold at once, at most its planned floor.
+
+        A request that computed ``c`` of ``t`` tokens (``T`` = prompt + max_tokens at
+        most) holds, in a step of ``n`` new tokens, at most ``min(cdiv(A + n, b),
+        cdiv(T, b))`` window blocks (``models/window_bound.py``: ``A`` = the reach). One
+        decoding (``c + 1 >= t``) only ever adds ``n = 1``: ``min(cdiv(A + 1, b),
+        cdiv(T, b))``, its base. A prefilling one may add chunks; chunks of one step sum
+        to at most ``B = max_num_batched_tokens``, and each adds at most ``cdiv(n - 1,
+        b) <= (n - 1) // b + 1`` blocks past the base: at most ``P + B // b`` in all
+        (``P`` prefilling requests), and no more than their ``cdiv(T, b)`` allow."""
+        t = self._table
+        c = t.num_computed[slots]
+        total = t.prompt_len[slots] + t.max_tokens[slots]
+        pre = c + 1 < t.num_tokens[slots]
+        budget = self.max_num_batched_tokens
+        out: list[int] = []
+        for idx, reach, bs, _page in self._win:
+            most = -(-total // bs)
+            base = np.minimum(-(-(reach + 1) // bs), most)
+            slack = int((most - base)[pre].sum())
+            extra = min(slack, int(pre.sum()) + budget // bs)
+            out.append(min(int(base.sum()) + extra, int(self._floors[idx])))
+        return out
+
+    def _floor_needs(self, wins: list[int]) -> I64:
+        """Per group: its planned floor, the capped windows' effective ones in place."""
+        needs = self._floors.copy()
+        for (idx, _r, _b, _p), e in zip(self._win, wins, strict=True):
+            needs[idx] = e
+        return needs
+
+    def _window_cost(self, before: list[int], after: list[int]) -> I64:
+        """Growing-pool blocks (per row) the windows' floors rising from ``before`` to
+        ``after`` can take (their bytes over the row's page, rounded up)."""
+        grown = sum(
+            max(a - b, 0) * page
+            for (_i, _r, _b, page), b, a in zip(self._win, before, after, strict=True)
+        )
+        cost: I64 = -(-grown // self._row_page)
+        return cost
 
     def _vllm_split(self, r: Req, start: int, n: int) -> int:
         """vLLM 0.33's align-mode prefill chunk from ``start`` (class docstring)."""

@@ -279,11 +279,50 @@ class Scheduler(ChunkRules):
                 if window:  # between steps: the blocks of its last window - 1 tokens
                     most = min(most, -(-(int(window) - 1) // int(g.block_size)) + 1)
                 self._reserve.append((row, floor, int(g.block_size), most))
+        # Elastic: a sliding-window (or chunked-local) group in a pool of its own (its
+        # floor was capped) gets an effective floor each step: what its running and
+        # admitted requests can still hold at once (``ChunkRules._window_floors``), so
+        # the growing groups may use the rest of its planned floor. (group index,
+        # reach: tokens one decode step's blocks span, block size, page bytes.)
+        self._win: list[tuple[int, int, int, int]] = []
+        self._floors = _EMPTY
+        self._row_page = _EMPTY
+        if (
+            getattr(manager, "elastic", False)
+            and hasattr(manager, "set_floor_needs")
+            and plan is not None
+            and pool_of is not None
+            and not self._shared
+        ):
+            pools = list(pool_of)
+            floors = [int(getattr(g, "floor_blocks", 0) or 0) for g in plan.groups]
+            for i, g in enumerate(plan.groups):
+                idx = int(getattr(g, "index", i))
+                if _grows(g) or floors[i] <= 0 or pools.count(pools[idx]) != 1:
+                    continue
+                bs = int(g.block_size)
+                window = getattr(g, "window", None)
+                chunk = getattr(g, "chunk_size", None)
+                if window:
+                    reach = int(window) + bs - 2
+                elif chunk:
+                    reach = int(chunk) - 1 + bs - math.gcd(int(chunk), bs)
+                else:
+                    continue
+                self._win.append((idx, reach, bs, int(g.page_size_bytes)))
+            if self._win:
+                self._floors = _i64(floors)
         if self._row_of is not None and grow:
             # One row per pool: its first group's index and block count.
             first = np.unique(self._row_of, return_index=True)[1]
             self._grow_idx = self._grow_idx[first]
             self._grow_blocks = self._grow_blocks[first]
+        if self._win:
+            assert plan is not None
+            # Per growing pool row: its page bytes (a window's blocks cost it this much).
+            self._row_page = _i64(
+                int(plan.groups[int(k)].page_size_bytes) for k in self._grow_idx.tolist()
+            )
         self._free_at_start = np.zeros(len(self._grow_idx), dtype=np.int64)
         self.external = external
         if align_block_size is None and plan is not None:
@@ -484,6 +523,13 @@ class Scheduler(ChunkRules):
         # Free blocks per growing pool left once the running requests have grown.
         if not self.num_waiting:
             slots = 0
+        win_now: list[int] = []
+        adm_slots: list[int] = []
+        if self._win:
+            # The running requests' effective window floors (never above last step's:
+            # the same requests or fewer), before the room counts what they leave.
+            win_now = self._window_floors(self._run_slots)
+            self.manager.set_floor_needs(self._floor_needs(win_now))
         room = self._room(run_c, run_n) if slots > 0 and budget > 0 else None
         full = False
         per_round = slots  # lowered to 1 when other candidates' pins crowd out the head
@@ -554,7 +600,17 @@ class Scheduler(ChunkRules):
                         continue
                 elif n > 1 and self.align:
                     n = self._chunk(r, h + x, n)
+                win_cost: I64 | int = 0
+                if self._win:
+                    # A window floor rising for this request takes memory the growing
+                    # pools could otherwise use: count it against their room.
+                    r.num_computed = h
+                    win_next = self._window_floors(
+                        np.concatenate([self._run_slots, _i64([*adm_slots, r.slot])])
+                    )
+                    win_cost = self._window_cost(win_now, win_next)
                 if room is not None:
+                    room = room - win_cost
                     need = self._blocks_needed(h, n + x)
                     if np.any(need > room):
                         # Shrink the chunk to what fits; if nothing does, admission
@@ -569,11 +625,15 @@ class Scheduler(ChunkRules):
                             full = True
                             head_blocked = not leftovers and r is cands[0]
                             leftovers.append(r)
+                            room = room + win_cost
                             continue
                         n = min(n, fit)
                         need = self._blocks_needed(h, n + x)
                     room = room - need
                 r.num_computed = h
+                if self._win:
+                    win_now = win_next
+                    adm_slots.append(r.slot)
                 new_tokens.append(n + x)
                 computed.append(h)
                 external.append(x)
@@ -604,6 +664,20 @@ class Scheduler(ChunkRules):
                         "KV-cache pools even when they are empty"
                     )
                 break
+
+        if self._win and admitted:
+            # Raise the window floors for the admitted requests; where a pool cannot
+            # reach its floor, the last admitted requests wait (no running request may
+            # starve for its window).
+            while admitted and not self.manager.set_floor_needs(self._floor_needs(win_now)):
+                r = admitted.pop()
+                adm_slots.pop()
+                for lst in (new_tokens, computed, external, admit_hits):
+                    lst.pop()
+                self.manager.preempt(_i64([r.req_id]))
+                r.num_computed = 0
+                self._push_waiting(r, front=True)
+                win_now = self._window_floors(np.concatenate([self._run_slots, _i64(adm_slots)]))
 
         ids = np.concatenate([self._run_ids[run_sel], _i64(r.req_id for r in admitted)])
         slots_arr = np.concatenate([self._run_slots[run_sel], _i64(r.slot for r in admitted)])
