@@ -121,30 +121,40 @@ class ChunkRules:
             room[row] -= max(floor - held, 0)
         return room
 
-    def _window_floors(self, slots: I64) -> list[int]:
-        """Per capped window group (``_win``): the blocks the requests in ``slots``
-        can still hold at once, at most its planned floor.
+    def _window_floors(self, slots: I64, n: I64) -> list[int]:
+        """Per capped window group (``_win``): the blocks the requests in ``slots`` can
+        hold at once this step, with ``n`` new tokens each (0: not scheduled), at most
+        the group's planned floor.
 
-        A request that computed ``c`` of ``t`` tokens (``T`` = prompt + max_tokens at
-        most) holds, in a step of ``n`` new tokens, at most ``min(cdiv(A + n, b),
-        cdiv(T, b))`` window blocks (``models/window_bound.py``: ``A`` = the reach). One
-        decoding (``c + 1 >= t``) only ever adds ``n = 1``: ``min(cdiv(A + 1, b),
-        cdiv(T, b))``, its base. A prefilling one may add chunks; chunks of one step sum
-        to at most ``B = max_num_batched_tokens``, and each adds at most ``cdiv(n - 1,
-        b) <= (n - 1) // b + 1`` blocks past the base: at most ``P + B // b`` in all
-        (``P`` prefilling requests), and no more than their ``cdiv(T, b)`` allow."""
+        A request that takes ``n`` tokens holds at most ``min(cdiv(A + n, b), cdiv(T,
+        b))`` window blocks (``models/window_bound.py``: ``A`` the reach, ``T`` its
+        prompt plus ``max_tokens``). Unscheduled ones count as ``n = 1``: that *base*
+        covers every later step of one token each, so the floor never has to rise for
+        a running request to make progress (``_fit_window_chunks``)."""
         t = self._table
-        c = t.num_computed[slots]
         total = t.prompt_len[slots] + t.max_tokens[slots]
-        pre = c + 1 < t.num_tokens[slots]
-        budget = self.max_num_batched_tokens
+        step = np.maximum(n, 1)
         out: list[int] = []
         for idx, reach, bs, _page in self._win:
             most = -(-total // bs)
+            held = np.minimum(-(-(reach + step) // bs), most)
+            out.append(min(int(held.sum()), int(self._floors[idx])))
+        return out
+
+    def _fit_window_chunks(self, slots: I64, n: I64) -> I64:
+        """``n`` with every chunk cut to what the window blocks of its base cover (at
+        least one token): then the running requests' floors never exceed the ones
+        already held, whatever else the arena holds."""
+        t = self._table
+        total = t.prompt_len[slots] + t.max_tokens[slots]
+        out = n.copy()
+        for _idx, reach, bs, _page in self._win:
+            most = -(-total // bs)
             base = np.minimum(-(-(reach + 1) // bs), most)
-            slack = int((most - base)[pre].sum())
-            extra = min(slack, int(pre.sum()) + budget // bs)
-            out.append(min(int(base.sum()) + extra, int(self._floors[idx])))
+            # cdiv(A + n, b) <= base  <=>  n <= b * base - A; a request whose whole
+            # length fits its base is never cut.
+            lim = np.where(base < most, np.maximum(bs * base - reach, 1), out)
+            out = np.minimum(out, lim)
         return out
 
     def _floor_needs(self, wins: list[int]) -> I64:

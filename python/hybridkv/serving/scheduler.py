@@ -331,6 +331,10 @@ class Scheduler(ChunkRules):
                 align_block_size = states[0]
         #: Prefill chunks end on multiples of this (0: no alignment).
         self.align = int(align_block_size or 0)
+        if self.align:
+            # Effective window floors may cut prefill chunks (``_fit_window_chunks``),
+            # which align mode's checkpoint cuts do not allow: planned floors there.
+            self._win = []
         self.chunk_split = chunk_split
         self.cut_at_shared_prefix = bool(cut_at_shared_prefix) or chunk_split == "vllm"
         if isinstance(prompt_cut, bool) or not isinstance(prompt_cut, int) or prompt_cut < 0:
@@ -524,12 +528,22 @@ class Scheduler(ChunkRules):
         if not self.num_waiting:
             slots = 0
         win_now: list[int] = []
-        adm_slots: list[int] = []
+        adm_slots: list[int] = []  # admitted requests' slots and tokens (window floors)
+        adm_n: list[int] = []
+        run_all = _EMPTY
         if self._win:
-            # The running requests' effective window floors (never above last step's:
-            # the same requests or fewer), before the room counts what they leave.
-            win_now = self._window_floors(self._run_slots)
-            self.manager.set_floor_needs(self._floor_needs(win_now))
+            # The running requests' effective window floors for this step's chunks,
+            # before the room counts what they leave. Where a pool cannot reach them,
+            # the prefill chunks shrink to what the floors already held cover (each
+            # request's base: at most last step's floors), so nobody starves.
+            run_all = np.zeros(self._run_slots.shape[0], dtype=np.int64)
+            run_all[run_sel] = run_n
+            win_now = self._window_floors(self._run_slots, run_all)
+            if not self.manager.set_floor_needs(self._floor_needs(win_now)):
+                run_n = self._fit_window_chunks(self._run_slots[run_sel], run_n)
+                run_all[run_sel] = run_n
+                win_now = self._window_floors(self._run_slots, run_all)
+                self.manager.set_floor_needs(self._floor_needs(win_now))
         room = self._room(run_c, run_n) if slots > 0 and budget > 0 else None
         full = False
         per_round = slots  # lowered to 1 when other candidates' pins crowd out the head
@@ -604,9 +618,9 @@ class Scheduler(ChunkRules):
                 if self._win:
                     # A window floor rising for this request takes memory the growing
                     # pools could otherwise use: count it against their room.
-                    r.num_computed = h
                     win_next = self._window_floors(
-                        np.concatenate([self._run_slots, _i64([*adm_slots, r.slot])])
+                        np.concatenate([self._run_slots, _i64([*adm_slots, r.slot])]),
+                        np.concatenate([run_all, _i64([*adm_n, n + x])]),
                     )
                     win_cost = self._window_cost(win_now, win_next)
                 if room is not None:
@@ -634,6 +648,7 @@ class Scheduler(ChunkRules):
                 if self._win:
                     win_now = win_next
                     adm_slots.append(r.slot)
+                    adm_n.append(n + x)
                 new_tokens.append(n + x)
                 computed.append(h)
                 external.append(x)
@@ -672,12 +687,16 @@ class Scheduler(ChunkRules):
             while admitted and not self.manager.set_floor_needs(self._floor_needs(win_now)):
                 r = admitted.pop()
                 adm_slots.pop()
+                adm_n.pop()
                 for lst in (new_tokens, computed, external, admit_hits):
                     lst.pop()
                 self.manager.preempt(_i64([r.req_id]))
                 r.num_computed = 0
                 self._push_waiting(r, front=True)
-                win_now = self._window_floors(np.concatenate([self._run_slots, _i64(adm_slots)]))
+                win_now = self._window_floors(
+                    np.concatenate([self._run_slots, _i64(adm_slots)]),
+                    np.concatenate([run_all, _i64(adm_n)]),
+                )
 
         ids = np.concatenate([self._run_ids[run_sel], _i64(r.req_id for r in admitted)])
         slots_arr = np.concatenate([self._run_slots[run_sel], _i64(r.slot for r in admitted)])
