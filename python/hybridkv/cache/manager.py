@@ -456,6 +456,12 @@ class KVCacheManager:
         :meth:`set_floor_needs`; empty for static pools)."""
         return list(self._core.effective_floors())
 
+    def held_spare(self) -> list[int]:
+        """Per pool: blocks it holds above its effective floor that no other pool could
+        take now (free blocks beside blocks in use): its floor can rise by that much
+        without taking memory from another pool (all 0 for static pools)."""
+        return list(self._core.held_spare())
+
     def arena_info(self) -> dict[str, Any] | None:
         """The elastic arena now (``None`` for static pools): ``region_bytes``,
         ``null_bytes``, ``num_regions``, ``owners`` (pool per region, -1 unowned; see

@@ -54,6 +54,8 @@ class ChunkRules:
     _free_at_start: I64
     _win: list[tuple[int, int, int, int]]
     _floors: I64
+    _win_start: list[int]
+    _win_spare: list[int]
     _row_page: I64
     _table: Any
     max_num_batched_tokens: int
@@ -166,11 +168,13 @@ class ChunkRules:
 
     def _window_cost(self, before: list[int], after: list[int]) -> I64:
         """Growing-pool blocks (per row) the windows' floors rising from ``before`` to
-        ``after`` can take (their bytes over the row's page, rounded up)."""
-        grown = sum(
-            max(a - b, 0) * page
-            for (_i, _r, _b, page), b, a in zip(self._win, before, after, strict=True)
-        )
+        ``after`` can take from the growing pools' room: the rise past what each window
+        pool already holds beyond this step's start floors where nobody else could take
+        it (``held_spare``), its bytes over the row's page, rounded up."""
+        grown = 0
+        for k, (_i, _r, _b, page) in enumerate(self._win):
+            free = self._win_start[k] + self._win_spare[k]
+            grown += (max(after[k] - free, 0) - max(before[k] - free, 0)) * page
         cost: I64 = -(-grown // self._row_page)
         return cost
 

@@ -285,6 +285,11 @@ class Scheduler(ChunkRules):
         # the growing groups may use the rest of its planned floor. (group index,
         # reach: tokens one decode step's blocks span, block size, page bytes.)
         self._win: list[tuple[int, int, int, int]] = []
+        self._win_pool: list[int] = []  # their pools
+        # This step's floors after the running requests' call, and per window the
+        # blocks its pool holds above them that no other pool could take.
+        self._win_start: list[int] = []
+        self._win_spare: list[int] = []
         self._floors = _EMPTY
         self._row_page = _EMPTY
         if (
@@ -312,6 +317,7 @@ class Scheduler(ChunkRules):
                 self._win.append((idx, reach, bs, int(g.page_size_bytes)))
             if self._win:
                 self._floors = _i64(floors)
+                self._win_pool = [pools[idx] for idx, _r, _b, _p in self._win]
         if self._row_of is not None and grow:
             # One row per pool: its first group's index and block count.
             first = np.unique(self._row_of, return_index=True)[1]
@@ -544,6 +550,9 @@ class Scheduler(ChunkRules):
                 run_all[run_sel] = run_n
                 win_now = self._window_floors(self._run_slots, run_all)
                 self.manager.set_floor_needs(self._floor_needs(win_now))
+            self._win_start = win_now
+            held = self.manager.held_spare()
+            self._win_spare = [int(held[self._win_pool[k]]) for k in range(len(self._win))]
         room = self._room(run_c, run_n) if slots > 0 and budget > 0 else None
         full = False
         per_round = slots  # lowered to 1 when other candidates' pins crowd out the head

@@ -445,6 +445,11 @@ impl PyManager {
         self.inner.detached(py, |m| m.set_floor_needs(&needs))?.py_err()
     }
 
+    /// Per pool: blocks above its effective floor no other pool could take now.
+    fn held_spare(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
+        self.inner.with(py, |m| m.held_spare())
+    }
+
     /// Per pool: its effective floor (elastic; empty for static pools).
     fn effective_floors(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
         self.inner.with(py, |m| m.effective_floors().to_vec())

@@ -151,6 +151,30 @@ impl Manager {
         Ok(true)
     }
 
+    /// Per pool: blocks it holds above its effective floor that no other pool could
+    /// take now (free blocks in regions with a block in use, pinned regions, or beyond
+    /// its slack): its floor may rise by this many blocks without taking memory from
+    /// anyone. `obtainable_blocks` counts the rest of its slack for the other pools.
+    pub fn held_spare(&self) -> Vec<usize> {
+        let Some(arena) = self.arena.as_ref() else {
+            return vec![0; self.pools.len()];
+        };
+        (0..self.pools.len())
+            .map(|h| {
+                let p = &self.pools[h];
+                let slack = p.num_present().saturating_sub(self.eff_floor[h]);
+                let mut spare = slack;
+                for r in p.idle_regions().filter(|&r| !arena.pinned(r)) {
+                    let blocks = p.region_blocks(r) as usize;
+                    if spare >= blocks {
+                        spare -= blocks;
+                    }
+                }
+                spare
+            })
+            .collect()
+    }
+
     /// Per pool: its effective floor (`set_floor_needs`; the planned floor until set).
     pub fn effective_floors(&self) -> &[usize] {
         &self.eff_floor
