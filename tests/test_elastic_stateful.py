@@ -203,8 +203,12 @@ class ElasticMachine(RuleBasedStateMachine):
     def set_needs(self, data: st.DataObject) -> None:
         needs = [data.draw(st.integers(0, f)) for f in FLOORS]
         before = self.snapshot()
-        want = [sum(x for g, x in enumerate(needs) if self.pools[g] == q) for q in range(len(self.eff))]
-        short = [q for q, w in enumerate(want) if self.m._core.present_blocks()[self.pools.index(q)] < w]
+        want = [
+            sum(x for g, x in enumerate(needs) if self.pools[g] == q) for q in range(len(self.eff))
+        ]
+        short = [
+            q for q, w in enumerate(want) if self.m._core.present_blocks()[self.pools.index(q)] < w
+        ]
         if self.m.set_floor_needs(np.asarray(needs, dtype=np.int64)):
             self.eff = want
         else:

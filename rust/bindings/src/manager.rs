@@ -442,7 +442,9 @@ impl PyManager {
     /// `Manager::set_floor_needs`); False, nothing changed, when a pool cannot reach it.
     fn set_floor_needs(&self, py: Python<'_>, needs: &Bound<'_, PyAny>) -> PyResult<bool> {
         let needs = manager_args::floor_needs(needs)?;
-        self.inner.detached(py, |m| m.set_floor_needs(&needs))?.py_err()
+        self.inner
+            .detached(py, |m| m.set_floor_needs(&needs))?
+            .py_err()
     }
 
     /// Per pool: blocks above its effective floor no other pool could take now.

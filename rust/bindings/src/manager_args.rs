@@ -409,8 +409,7 @@ pub fn floor_needs(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
     u64_list(obj, "floor needs")?
         .into_iter()
         .map(|x| {
-            usize::try_from(x)
-                .map_err(|_| invalid_arg(format!("floor needs: {x} is out of range")))
+            usize::try_from(x).map_err(|_| invalid_arg(format!("floor needs: {x} is out of range")))
         })
         .collect()
 }

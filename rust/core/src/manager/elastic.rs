@@ -584,7 +584,11 @@ impl Manager {
         // Per pool (then reported for each of its groups): blocks each owner may still
         // give away without dropping below its floor.
         let slack: Vec<usize> = (0..ng)
-            .map(|h| self.pools[h].num_present().saturating_sub(self.eff_floor[h]))
+            .map(|h| {
+                self.pools[h]
+                    .num_present()
+                    .saturating_sub(self.eff_floor[h])
+            })
             .collect();
         // Another owner's regions count only with no block in use (its idle set; a
         // granted region always holds ids of its owner), lowest first while its slack
@@ -627,7 +631,11 @@ impl Manager {
         };
         let ng = self.pools.len();
         let slack: Vec<usize> = (0..ng)
-            .map(|h| self.pools[h].num_present().saturating_sub(self.eff_floor[h]))
+            .map(|h| {
+                self.pools[h]
+                    .num_present()
+                    .saturating_sub(self.eff_floor[h])
+            })
             .collect();
         (0..ng)
             .map(|g| {
