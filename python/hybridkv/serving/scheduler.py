@@ -184,6 +184,18 @@ class Scheduler(ChunkRules):
     in an elastic arena, for each pool the groups of one page class share
     (``manager.pool_of``), where the floors of its bounded groups (less what their
     running requests hold) are also held back from admission.
+
+    A sliding-window (or chunked-local) group in an elastic pool of its own (the
+    planner capped its floor) gets an *effective* floor every step
+    (``manager.set_floor_needs``): per running or admitted request, the window blocks
+    it holds with this step's chunk (at least one token), at most ``cdiv(prompt +
+    max_tokens, block)``, summed and capped at the planned floor. The growing groups
+    may use the rest. A request is admitted only while the growing pools' room covers
+    what its window floor takes beyond the window pool's spare (``held_spare``), and
+    only if the floor can then be reached (else the last admitted requests wait);
+    where the running requests' floor cannot rise, their prefill chunks shrink to what
+    the floor already held covers (one decode step always fits), so no running
+    request starves. Off in align mode (state checkpoints fix the chunk ends there).
     """
 
     def __init__(
