@@ -456,6 +456,11 @@ class KVCacheManager:
         :meth:`set_floor_needs`; empty for static pools)."""
         return list(self._core.effective_floors())
 
+    def present_blocks(self) -> I64:
+        """Per group: non-null blocks backed by memory now in the pool it draws from
+        (elastic pools grow and shrink; static ones hold all theirs)."""
+        return np.asarray(self._core.present_blocks(), dtype=np.int64)
+
     def held_spare(self) -> list[int]:
         """Per pool: blocks it holds above its effective floor that no other pool could
         take now (free blocks beside blocks in use): its floor can rise by that much

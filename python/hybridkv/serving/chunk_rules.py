@@ -143,20 +143,31 @@ class ChunkRules:
             out.append(min(int(held.sum()), int(self._floors[idx])))
         return out
 
-    def _fit_window_chunks(self, slots: I64, n: I64) -> I64:
-        """``n`` with every chunk cut to what the window blocks of its base cover (at
-        least one token): then the running requests' floors never exceed the ones
-        already held, whatever else the arena holds."""
+    def _fit_window_chunks(self, slots: I64, n: I64, reach: list[int] | None) -> I64:
+        """``n`` (rows in rank order) with chunks cut so each window's floor stays
+        within ``reach`` blocks (what its pool can hold now): every request keeps its
+        base (one token: at most the floor already held), then rows in rank order keep
+        their whole chunk while the blocks past their bases fit, the first that does
+        not gets what is left, the later ones their base (at least one token). With
+        ``reach`` None every chunk is cut to its base."""
         t = self._table
         total = t.prompt_len[slots] + t.max_tokens[slots]
         out = n.copy()
-        for _idx, reach, bs, _page in self._win:
+        for k, (_idx, reach_t, bs, _page) in enumerate(self._win):
             most = -(-total // bs)
-            base = np.minimum(-(-(reach + 1) // bs), most)
-            # cdiv(A + n, b) <= base  <=>  n <= b * base - A; a request whose whole
-            # length fits its base is never cut.
-            lim = np.where(base < most, np.maximum(bs * base - reach, 1), out)
-            out = np.minimum(out, lim)
+            base = np.minimum(-(-(reach_t + 1) // bs), most)
+            held = np.minimum(-(-(reach_t + np.maximum(out, 1)) // bs), most)
+            left = 0 if reach is None else reach[k] - int(base.sum())
+            extra = held - base
+            # cdiv(A + m, b) <= base + e  <=>  m <= b * (base + e) - A.
+            for i in range(out.shape[0]):
+                e = int(extra[i])
+                if e <= left:
+                    left -= e
+                    continue
+                e = max(left, 0)
+                left -= e
+                out[i] = max(min(int(out[i]), bs * (int(base[i]) + e) - reach_t), 1)
         return out
 
     def _floor_needs(self, wins: list[int]) -> I64:

@@ -558,10 +558,26 @@ class Scheduler(ChunkRules):
             run_all[run_sel] = run_n
             win_now = self._window_floors(self._run_slots, run_all)
             if not self.manager.set_floor_needs(self._floor_needs(win_now)):
-                run_n = self._fit_window_chunks(self._run_slots[run_sel], run_n)
-                run_all[run_sel] = run_n
-                win_now = self._window_floors(self._run_slots, run_all)
-                self.manager.set_floor_needs(self._floor_needs(win_now))
+                # What each window pool can reach now: what it holds plus what it
+                # could take (``obtainable_blocks`` less its free blocks); the
+                # unscheduled running requests' bases come off first.
+                got = self.manager.obtainable_blocks()
+                free = self.manager.free_blocks()
+                present = self.manager.present_blocks()
+                idle = np.ones(self._run_slots.shape[0], dtype=bool)
+                idle[run_sel] = False
+                rest = self._window_floors(self._run_slots[idle], run_all[idle])
+                reach = [
+                    int(present[i] + got[i] - free[i]) - r
+                    for (i, _a, _b, _p), r in zip(self._win, rest, strict=True)
+                ]
+                sel = self._run_slots[run_sel]
+                for cut in (reach, None):
+                    run_n = self._fit_window_chunks(sel, run_n, cut)
+                    run_all[run_sel] = run_n
+                    win_now = self._window_floors(self._run_slots, run_all)
+                    if self.manager.set_floor_needs(self._floor_needs(win_now)):
+                        break
             self._win_start = win_now
             held = self.manager.held_spare()
             self._win_spare = [int(held[self._win_pool[k]]) for k in range(len(self._win))]
