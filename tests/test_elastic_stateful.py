@@ -18,6 +18,11 @@ inside one region, block 0 never in one):
   floor span never leaves its pool;
 - blocks in use are never freed by a region move (reference counts equal the
   references the tables hold; the Rust invariant check);
+- effective floors (``set_floor_needs``: per group a need up to its floor, a pool's
+  effective floor the sum over its groups) are always held: a pool backs at least its
+  effective floor, so a request counted in it never starves; a call that cannot reach
+  a floor returns False and changes nothing; bad needs (above a floor, a need for a
+  growing group, the wrong length, negative) raise and change nothing;
 - bad input raises a HybridKVError and leaves every table and count unchanged.
 """
 
@@ -144,6 +149,9 @@ class ElasticMachine(RuleBasedStateMachine):
         self.m = KVCacheManager(_plan(self.pages), enable_prefix_caching=True, hash_seed=0)
         self.reqs: dict[int, int] = {}  # id -> tokens known
         self.next_id = 1
+        # Per pool: the effective floor the model expects (the planned floor at first).
+        n = max(self.pools) + 1
+        self.eff = [sum(f for g, f in enumerate(FLOORS) if self.pools[g] == q) for q in range(n)]
 
     def snapshot(self) -> tuple[object, ...]:
         ids = self.m.request_ids()
@@ -153,6 +161,8 @@ class ElasticMachine(RuleBasedStateMachine):
             tuple(self.m.num_computed_tokens(ids).tolist()),
             tuple(self.m.stats().num_in_use),
             tuple(self.m.arena_info()["owners"]),  # type: ignore[index]
+            tuple(self.m.effective_floors()),
+            tuple(self.m._core.present_blocks()),
         )
 
     @rule(n=st.integers(1, 60), base=st.integers(0, 2))
@@ -188,6 +198,46 @@ class ElasticMachine(RuleBasedStateMachine):
         rid = data.draw(st.sampled_from(sorted(self.reqs)))
         self.m.preempt([rid])
         self.m.get_computed_tokens([rid])
+
+    @rule(data=st.data())
+    def set_needs(self, data: st.DataObject) -> None:
+        needs = [data.draw(st.integers(0, f)) for f in FLOORS]
+        before = self.snapshot()
+        want = [
+            sum(x for g, x in enumerate(needs) if self.pools[g] == q) for q in range(len(self.eff))
+        ]
+        short = [
+            q for q, w in enumerate(want) if self.m._core.present_blocks()[self.pools.index(q)] < w
+        ]
+        if self.m.set_floor_needs(np.asarray(needs, dtype=np.int64)):
+            self.eff = want
+        else:
+            assert short, "refused though every pool already held its new floor"
+            assert self.snapshot() == before
+
+    @rule(
+        kind=st.sampled_from(["above_floor", "growing_need", "short_list", "negative"]),
+        data=st.data(),
+    )
+    def bad_needs(self, kind: str, data: st.DataObject) -> None:
+        needs: list[int] = list(FLOORS)
+        if kind == "above_floor":
+            g = data.draw(st.sampled_from([1, 2]))
+            needs[g] = FLOORS[g] + data.draw(st.integers(1, 5))
+        elif kind == "growing_need":
+            needs[0] = 1
+        elif kind == "short_list":
+            needs = needs[:2]
+        else:
+            needs[2] = -1
+        before = self.snapshot()
+        try:
+            self.m.set_floor_needs(needs)
+        except HybridKVError:
+            pass
+        else:
+            raise AssertionError(f"{kind} was accepted")
+        assert self.snapshot() == before
 
     @rule(kind=st.sampled_from(["free_unknown", "alloc_negative", "alloc_unknown", "dup_add"]))
     def bad_input(self, kind: str) -> None:
@@ -225,9 +275,13 @@ class ElasticMachine(RuleBasedStateMachine):
         assert [tuple(x) if x else None for x in info["floor_spans"]] == ref.spans
         for q, r in ref.span_of.items():
             assert owners[r] == q, f"pool {q}'s floor span {r} left it"
+        eff = self.m.effective_floors()
+        assert eff == self.eff
         for g in range(len(FLOORS)):
             floor = sum(f for h, f in enumerate(FLOORS) if pool[h] == pool[g])
-            assert present[g] >= floor, f"group {g}'s pool below its floor"
+            assert eff[pool[g]] <= floor
+            # The effective floor is held: what its requests were promised is there.
+            assert present[g] >= eff[pool[g]], f"group {g}'s pool below its effective floor"
         counts = self.m._core.pool_counts()
         ids = self.m.request_ids()
         live: list[tuple[int, int, int, int]] = []

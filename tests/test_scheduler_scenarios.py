@@ -17,7 +17,7 @@ from hybridkv.manager import KVCacheManager
 from hybridkv.models import ModelSpec
 from hybridkv.planner import plan_memory, plan_with_blocks
 from hybridkv.scheduler import Scheduler, SchedulerError
-from hybridkv.specs import FullAttentionSpec, StateSpec
+from hybridkv.specs import FullAttentionSpec, SlidingWindowSpec, StateSpec
 
 BS = 4
 
@@ -474,3 +474,79 @@ def test_a_prompt_end_counts_from_the_shared_prefix_boundary() -> None:
     assert chunks == [[40]]
     chunks, hits = _run_chunks(s, 1, np.concatenate([shared, np.arange(200, 210)]))
     assert hits == [0] and chunks == [[20], [10]]
+
+
+def _window_sched() -> tuple[Scheduler, KVCacheManager, int, int]:
+    """An elastic arena whose sliding window's floor the planner capped (a pool of its
+    own, 61 blocks of 256 B beside a full-attention group holding 63 of 128 B)."""
+    model = ModelSpec(
+        "w",
+        (
+            FullAttentionSpec(num_kv_heads=1, head_size=8),
+            SlidingWindowSpec(num_kv_heads=2, head_size=8, window=48),
+        ),
+    )
+    plan = plan_memory(
+        model,
+        memory_bytes=24_000,
+        layout="elastic",
+        block_size=4,
+        max_num_seqs=8,
+        max_model_len=128,
+        max_num_batched_tokens=32,
+    )
+    assert plan.groups[1].sizing == "capped" and plan.arena is not None
+    m = KVCacheManager(plan, enable_prefix_caching=True, hash_seed=0)
+    s = Scheduler(m, max_num_batched_tokens=32, max_num_seqs=8, max_model_len=128)
+    return s, m, plan.groups[1].floor_blocks, plan.arena.growing_blocks
+
+
+def _run_checked(s: Scheduler, m: KVCacheManager) -> tuple[int, int, int]:
+    """Run to the end, checking every step that the window pool holds its effective
+    floor; returns (peak full-pool blocks, peak running, peak window floor)."""
+    full = running = eff_peak = 0
+    for _ in range(500):
+        if not s.has_unfinished():
+            return full, running, eff_peak
+        out = s.schedule()
+        m.check_invariants()
+        present = m._core.present_blocks()
+        eff = m.effective_floors()
+        assert present[1] >= eff[1]
+        full, running = max(full, present[0]), max(running, out.num_running)
+        eff_peak = max(eff_peak, eff[1])
+        s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    raise AssertionError("did not finish")
+
+
+def test_long_requests_use_the_windows_idle_floor_and_short_ones_get_it_back() -> None:
+    """Long requests (past the window) hold 13 window blocks each, far below the capped
+    floor: the full group takes the rest and all three run at once, with no preemption
+    (the planned floor would leave it 63 blocks, two such requests). Then short
+    requests (their whole length inside the window) raise the window's effective floor
+    again (7 blocks each): nobody starves, every request finishes, no preemption."""
+    s, m, floor, growing = _window_sched()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        s.add_request(i, rng.integers(1, 1000, 100).astype(np.int32), 8)
+    full, running, eff_peak = _run_checked(s, m)
+    assert running == 3 and s.num_preemptions == 0
+    assert full > growing  # the full group held memory of the window's planned floor
+    assert eff_peak < floor
+    for i in range(10, 18):
+        s.add_request(i, rng.integers(1, 1000, 20).astype(np.int32), 8)
+    _, running, eff_peak = _run_checked(s, m)
+    assert running == 8 and s.num_preemptions == 0
+    assert eff_peak == 8 * 7  # every short request's whole length in window blocks
+    assert len(s.finished) == 11
+
+
+def test_set_floor_needs_refuses_bad_needs_and_changes_nothing() -> None:
+    _, m, floor, _ = _window_sched()
+    before = m.effective_floors()
+    for bad in ([0, floor + 1], [1, 0], [0], [0, -1]):
+        with pytest.raises(InvalidArgumentError):
+            m.set_floor_needs(bad)
+        assert m.effective_floors() == before
+    assert m.set_floor_needs([0, 5])
+    assert m.effective_floors() == [0, 5]

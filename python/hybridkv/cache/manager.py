@@ -442,6 +442,31 @@ class KVCacheManager:
         (unowned regions, other groups' whole free regions above their floors)."""
         return np.asarray(self._core.obtainable_blocks(), dtype=np.int64)
 
+    def set_floor_needs(self, needs: npt.ArrayLike) -> bool:
+        """Elastic: per group, the blocks its running requests (and those being
+        admitted) can still hold at once, at most its planned floor (0 for growing
+        groups). A pool's effective floor is the sum over its groups: other pools take
+        its idle regions only above it, and a pool below it takes regions now. Returns
+        False, changing nothing, when some pool cannot reach its new floor; bad input
+        raises :class:`~hybridkv.errors.InvalidArgumentError`, nothing changed."""
+        return bool(self._core.set_floor_needs(needs))
+
+    def effective_floors(self) -> list[int]:
+        """Per pool: its effective floor (the planned floor until
+        :meth:`set_floor_needs`; empty for static pools)."""
+        return list(self._core.effective_floors())
+
+    def present_blocks(self) -> I64:
+        """Per group: non-null blocks backed by memory now in the pool it draws from
+        (elastic pools grow and shrink; static ones hold all theirs)."""
+        return np.asarray(self._core.present_blocks(), dtype=np.int64)
+
+    def held_spare(self) -> list[int]:
+        """Per pool: blocks it holds above its effective floor that no other pool could
+        take now (free blocks beside blocks in use): its floor can rise by that much
+        without taking memory from another pool (all 0 for static pools)."""
+        return list(self._core.held_spare())
+
     def arena_info(self) -> dict[str, Any] | None:
         """The elastic arena now (``None`` for static pools): ``region_bytes``,
         ``null_bytes``, ``num_regions``, ``owners`` (pool per region, -1 unowned; see

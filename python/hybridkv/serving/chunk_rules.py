@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridkv._core import block_growth
-from hybridkv.serving.request_table import Req
+from hybridkv.serving.request_table import Req, RequestTable
 
 I64 = npt.NDArray[np.int64]
 
@@ -55,6 +55,13 @@ class ChunkRules:
     _free_at_start: I64
     _grow_pairs: list[tuple[int, int]]
     _rows: list[int] | None
+    _win: list[tuple[int, int, int, int]]
+    _floors: I64
+    _win_start: list[int]
+    _win_spare: list[int]
+    _row_page: I64
+    _table: RequestTable
+    max_num_batched_tokens: int
 
     def _free_blocks(self) -> I64:
         """Free blocks of each growing pool (from ``manager.usage()``; an elastic
@@ -131,6 +138,72 @@ class ChunkRules:
             held = int(np.minimum(-(-c // bs), most).sum()) if c.size else 0
             room[row] -= max(floor - held, 0)
         return room
+
+    def _window_floors(self, slots: I64, n: I64) -> list[int]:
+        """Per capped window group (``_win``): the blocks the requests in ``slots`` can
+        hold at once this step, with ``n`` new tokens each (0: not scheduled), at most
+        the group's planned floor.
+
+        A request that takes ``n`` tokens holds at most ``min(cdiv(A + n, b), cdiv(T,
+        b))`` window blocks (``models/window_bound.py``: ``A`` the reach, ``T`` its
+        prompt plus ``max_tokens``). Unscheduled ones count as ``n = 1``: that *base*
+        covers every later step of one token each, so the floor never has to rise for
+        a running request to make progress (``_fit_window_chunks``)."""
+        t = self._table
+        total = t.prompt_len[slots] + t.max_tokens[slots]
+        step = np.maximum(n, 1)
+        out: list[int] = []
+        for idx, reach, bs, _page in self._win:
+            most = -(-total // bs)
+            held = np.minimum(-(-(reach + step) // bs), most)
+            out.append(min(int(held.sum()), int(self._floors[idx])))
+        return out
+
+    def _fit_window_chunks(self, slots: I64, n: I64, reach: list[int] | None) -> I64:
+        """``n`` (rows in rank order) with chunks cut so each window's floor stays
+        within ``reach`` blocks (what its pool can hold now): every request keeps its
+        base (one token: at most the floor already held), then rows in rank order keep
+        their whole chunk while the blocks past their bases fit, the first that does
+        not gets what is left, the later ones their base (at least one token). With
+        ``reach`` None every chunk is cut to its base."""
+        t = self._table
+        total = t.prompt_len[slots] + t.max_tokens[slots]
+        out = n.copy()
+        for k, (_idx, reach_t, bs, _page) in enumerate(self._win):
+            most = -(-total // bs)
+            base = np.minimum(-(-(reach_t + 1) // bs), most)
+            held = np.minimum(-(-(reach_t + np.maximum(out, 1)) // bs), most)
+            left = 0 if reach is None else reach[k] - int(base.sum())
+            extra = held - base
+            # cdiv(A + m, b) <= base + e  <=>  m <= b * (base + e) - A.
+            for i in range(out.shape[0]):
+                e = int(extra[i])
+                if e <= left:
+                    left -= e
+                    continue
+                e = max(left, 0)
+                left -= e
+                out[i] = max(min(int(out[i]), bs * (int(base[i]) + e) - reach_t), 1)
+        return out
+
+    def _floor_needs(self, wins: list[int]) -> I64:
+        """Per group: its planned floor, the capped windows' effective ones in place."""
+        needs = self._floors.copy()
+        for (idx, _r, _b, _p), e in zip(self._win, wins, strict=True):
+            needs[idx] = e
+        return needs
+
+    def _window_cost(self, before: list[int], after: list[int]) -> I64:
+        """Growing-pool blocks (per row) the windows' floors rising from ``before`` to
+        ``after`` can take from the growing pools' room: the rise past what each window
+        pool already holds beyond this step's start floors where nobody else could take
+        it (``held_spare``), its bytes over the row's page, rounded up."""
+        grown = 0
+        for k, (_i, _r, _b, page) in enumerate(self._win):
+            free = self._win_start[k] + self._win_spare[k]
+            grown += (max(after[k] - free, 0) - max(before[k] - free, 0)) * page
+        cost: I64 = -(-grown // self._row_page)
+        return cost
 
     def _vllm_split(self, r: Req, start: int, n: int) -> int:
         """vLLM 0.33's align-mode prefill chunk from ``start`` (class docstring)."""

@@ -135,6 +135,11 @@ def _i64(values: Iterable[int]) -> I64:
     return np.fromiter(values, dtype=np.int64)
 
 
+def _ints(cost: I64 | int) -> list[int]:
+    """Per-row growing-pool blocks as plain ints (admission works on one to three pools)."""
+    return [int(c) for c in np.atleast_1d(cost)]
+
+
 _EMPTY = np.zeros(0, dtype=np.int64)
 _REQ_ID = operator.attrgetter("req_id")
 _SLOT = operator.attrgetter("slot")
@@ -189,6 +194,18 @@ class Scheduler(ChunkRules):
     in an elastic arena, for each pool the groups of one page class share
     (``manager.pool_of``), where the floors of its bounded groups (less what their
     running requests hold) are also held back from admission.
+
+    A sliding-window (or chunked-local) group in an elastic pool of its own (the
+    planner capped its floor) gets an *effective* floor every step
+    (``manager.set_floor_needs``): per running or admitted request, the window blocks
+    it holds with this step's chunk (at least one token), at most ``cdiv(prompt +
+    max_tokens, block)``, summed and capped at the planned floor. The growing groups
+    may use the rest. A request is admitted only while the growing pools' room covers
+    what its window floor takes beyond the window pool's spare (``held_spare``), and
+    only if the floor can then be reached (else the last admitted requests wait);
+    where the running requests' floor cannot rise, their prefill chunks shrink to what
+    the floor already held covers (one decode step always fits), so no running
+    request starves. Off in align mode (state checkpoints fix the chunk ends there).
     """
 
     def __init__(
@@ -284,11 +301,56 @@ class Scheduler(ChunkRules):
                 if window:  # between steps: the blocks of its last window - 1 tokens
                     most = min(most, -(-(int(window) - 1) // int(g.block_size)) + 1)
                 self._reserve.append((row, floor, int(g.block_size), most))
+        # Elastic: a sliding-window (or chunked-local) group in a pool of its own (its
+        # floor was capped) gets an effective floor each step: what its running and
+        # admitted requests can still hold at once (``ChunkRules._window_floors``), so
+        # the growing groups may use the rest of its planned floor. (group index,
+        # reach: tokens one decode step's blocks span, block size, page bytes.)
+        self._win: list[tuple[int, int, int, int]] = []
+        self._win_pool: list[int] = []  # their pools
+        # This step's floors after the running requests' call, and per window the
+        # blocks its pool holds above them that no other pool could take.
+        self._win_start: list[int] = []
+        self._win_spare: list[int] = []
+        self._floors = _EMPTY
+        self._row_page = _EMPTY
+        if (
+            getattr(manager, "elastic", False)
+            and hasattr(manager, "set_floor_needs")
+            and plan is not None
+            and pool_of is not None
+            and not self._shared
+        ):
+            pools = list(pool_of)
+            floors = [int(getattr(g, "floor_blocks", 0) or 0) for g in plan.groups]
+            for i, g in enumerate(plan.groups):
+                idx = int(getattr(g, "index", i))
+                if _grows(g) or floors[i] <= 0 or pools.count(pools[idx]) != 1:
+                    continue
+                bs = int(g.block_size)
+                window = getattr(g, "window", None)
+                chunk = getattr(g, "chunk_size", None)
+                if window:
+                    reach = int(window) + bs - 2
+                elif chunk:
+                    reach = int(chunk) - 1 + bs - math.gcd(int(chunk), bs)
+                else:
+                    continue
+                self._win.append((idx, reach, bs, int(g.page_size_bytes)))
+            if self._win:
+                self._floors = _i64(floors)
+                self._win_pool = [pools[idx] for idx, _r, _b, _p in self._win]
         if self._row_of is not None and grow:
             # One row per pool: its first group's index and block count.
             first = np.unique(self._row_of, return_index=True)[1]
             self._grow_idx = self._grow_idx[first]
             self._grow_blocks = self._grow_blocks[first]
+        if self._win:
+            assert plan is not None
+            # Per growing pool row: its page bytes (a window's blocks cost it this much).
+            self._row_page = _i64(
+                int(plan.groups[int(k)].page_size_bytes) for k in self._grow_idx.tolist()
+            )
         self._free_at_start = np.zeros(len(self._grow_idx), dtype=np.int64)
         # The same as plain ints, for the admission arithmetic (``ChunkRules._need``).
         self._grow_pairs = list(zip(self._grow_bs.tolist(), self._grow_cap.tolist(), strict=True))
@@ -300,6 +362,10 @@ class Scheduler(ChunkRules):
                 align_block_size = states[0]
         #: Prefill chunks end on multiples of this (0: no alignment).
         self.align = int(align_block_size or 0)
+        if self.align:
+            # Effective window floors may cut prefill chunks (``_fit_window_chunks``),
+            # which align mode's checkpoint cuts do not allow: planned floors there.
+            self._win = []
         self.chunk_split = chunk_split
         self.cut_at_shared_prefix = bool(cut_at_shared_prefix) or chunk_split == "vllm"
         if isinstance(prompt_cut, bool) or not isinstance(prompt_cut, int) or prompt_cut < 0:
@@ -505,6 +571,42 @@ class Scheduler(ChunkRules):
         # Free blocks per growing pool left once the running requests have grown.
         if not self.num_waiting:
             slots = 0
+        win_now: list[int] = []
+        adm_slots: list[int] = []  # admitted requests' slots and tokens (window floors)
+        adm_n: list[int] = []
+        run_all = _EMPTY
+        if self._win:
+            # The running requests' effective window floors for this step's chunks,
+            # before the room counts what they leave. Where a pool cannot reach them,
+            # the prefill chunks shrink to what the floors already held cover (each
+            # request's base: at most last step's floors), so nobody starves.
+            run_all = np.zeros(self._run_slots.shape[0], dtype=np.int64)
+            run_all[run_sel] = run_n
+            win_now = self._window_floors(self._run_slots, run_all)
+            if not self.manager.set_floor_needs(self._floor_needs(win_now)):
+                # What each window pool can reach now: what it holds plus what it
+                # could take (``obtainable_blocks`` less its free blocks); the
+                # unscheduled running requests' bases come off first.
+                got = self.manager.obtainable_blocks()
+                free = self.manager.free_blocks()
+                present = self.manager.present_blocks()
+                idle = np.ones(self._run_slots.shape[0], dtype=bool)
+                idle[run_sel] = False
+                rest = self._window_floors(self._run_slots[idle], run_all[idle])
+                reach = [
+                    int(present[i] + got[i] - free[i]) - r
+                    for (i, _a, _b, _p), r in zip(self._win, rest, strict=True)
+                ]
+                sel = self._run_slots[run_sel]
+                for cut in (reach, None):
+                    run_n = self._fit_window_chunks(sel, run_n, cut)
+                    run_all[run_sel] = run_n
+                    win_now = self._window_floors(self._run_slots, run_all)
+                    if self.manager.set_floor_needs(self._floor_needs(win_now)):
+                        break
+            self._win_start = win_now
+            held = self.manager.held_spare()
+            self._win_spare = [int(held[self._win_pool[k]]) for k in range(len(self._win))]
         room_arr = self._room(run_c, run_n) if slots > 0 and budget > 0 else None
         # Plain ints from here on (one entry per growing pool: numpy on one to three
         # entries costs more than the arithmetic); ``start``: the free counts ``room``
@@ -580,7 +682,18 @@ class Scheduler(ChunkRules):
                         continue
                 elif n > 1 and self.align:
                     n = self._chunk(r, h + x, n)
+                win_cost: I64 | int = 0
+                if self._win:
+                    # A window floor rising for this request takes memory the growing
+                    # pools could otherwise use: count it against their room.
+                    win_next = self._window_floors(
+                        np.concatenate([self._run_slots, _i64([*adm_slots, r.slot])]),
+                        np.concatenate([run_all, _i64([*adm_n, n + x])]),
+                    )
+                    win_cost = self._window_cost(win_now, win_next)
                 if room is not None:
+                    if self._win:
+                        room = [f - w for f, w in zip(room, _ints(win_cost), strict=True)]
                     need = self._need(h, h + n + x)
                     if any(a > f for a, f in zip(need, room, strict=True)):
                         # Shrink the chunk to what fits; if nothing does, admission
@@ -595,11 +708,17 @@ class Scheduler(ChunkRules):
                             full = True
                             head_blocked = not leftovers and r is cands[0]
                             leftovers.append(r)
+                            if self._win:
+                                room = [f + w for f, w in zip(room, _ints(win_cost), strict=True)]
                             continue
                         n = min(n, fit)
                         need = self._need(h, h + n + x)
                     room = [f - a for f, a in zip(room, need, strict=True)]
                 r.num_computed = h
+                if self._win:
+                    win_now = win_next
+                    adm_slots.append(r.slot)
+                    adm_n.append(n + x)
                 new_tokens.append(n + x)
                 computed.append(h)
                 external.append(x)
@@ -630,6 +749,24 @@ class Scheduler(ChunkRules):
                         "KV-cache pools even when they are empty"
                     )
                 break
+
+        if self._win and admitted:
+            # Raise the window floors for the admitted requests; where a pool cannot
+            # reach its floor, the last admitted requests wait (no running request may
+            # starve for its window).
+            while admitted and not self.manager.set_floor_needs(self._floor_needs(win_now)):
+                r = admitted.pop()
+                adm_slots.pop()
+                adm_n.pop()
+                for lst in (new_tokens, computed, external, admit_hits):
+                    lst.pop()
+                self.manager.preempt(_i64([r.req_id]))
+                r.num_computed = 0
+                self._push_waiting(r, front=True)
+                win_now = self._window_floors(
+                    np.concatenate([self._run_slots, _i64(adm_slots)]),
+                    np.concatenate([run_all, _i64(adm_n)]),
+                )
 
         every = n_run == len(running)  # every running request runs (the usual step)
         ids = self._run_ids.copy() if every else self._run_ids[run_sel]  # the output's own

@@ -438,6 +438,25 @@ impl PyManager {
         self.inner.with(py, |m| m.obtainable_blocks())
     }
 
+    /// Elastic: set every pool's effective floor from per-group needs (core
+    /// `Manager::set_floor_needs`); False, nothing changed, when a pool cannot reach it.
+    fn set_floor_needs(&self, py: Python<'_>, needs: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let needs = manager_args::floor_needs(needs)?;
+        self.inner
+            .detached(py, |m| m.set_floor_needs(&needs))?
+            .py_err()
+    }
+
+    /// Per pool: blocks above its effective floor no other pool could take now.
+    fn held_spare(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
+        self.inner.with(py, |m| m.held_spare())
+    }
+
+    /// Per pool: its effective floor (elastic; empty for static pools).
+    fn effective_floors(&self, py: Python<'_>) -> PyResult<Vec<usize>> {
+        self.inner.with(py, |m| m.effective_floors().to_vec())
+    }
+
     /// Per group: free blocks (cached or not) of the pool it draws from, as int64.
     fn free_blocks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let v = self.inner.with(py, |m| {

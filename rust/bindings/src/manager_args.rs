@@ -404,6 +404,16 @@ fn u64_list(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u64>> {
     list.iter().map(|x| u64_arg(x, what)).collect()
 }
 
+/// Per group, blocks of `set_floor_needs` (non-negative ints, a sequence or array).
+pub fn floor_needs(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    u64_list(obj, "floor needs")?
+        .into_iter()
+        .map(|x| {
+            usize::try_from(x).map_err(|_| invalid_arg(format!("floor needs: {x} is out of range")))
+        })
+        .collect()
+}
+
 /// `pool_of` of static pools or an elastic arena (per group, its pool), or None /
 /// empty: one pool per group (an arena: one per page class).
 pub fn pool_of(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<usize>> {

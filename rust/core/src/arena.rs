@@ -75,7 +75,11 @@
 //! floor is granted grid regions until it holds its floor, from the bottom for a pool
 //! with a growing group, else from the top (whole regions first); another group may
 //! take a grid region from it only while it keeps its floor. So every floor is always
-//! obtainable, whatever the other groups do. Growing groups take regions from the
+//! obtainable, whatever the other groups do. The manager may lower a pool's floor to an
+//! *effective* floor (`Manager::set_floor_needs`, never above this planned one: what
+//! its running requests can still hold, set by the scheduler every step); other groups
+//! then take its regions above that, and raising it takes unowned or idle regions back
+//! at once (or is refused, changing nothing). Growing groups take regions from the
 //! bottom, bounded groups from the top, so contested regions sit in the middle;
 //! allocation packs each group's live blocks into its preferred end (see
 //! `block_pool/regions.rs`), so its frontier regions are the ones that empty.

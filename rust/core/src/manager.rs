@@ -182,6 +182,12 @@ pub struct Manager {
     /// uncached part up to it is at least this many tokens (`checkpoints.rs`); 0 for
     /// static pools.
     prompt_keep_min: usize,
+    /// Per group: its planned floor (0 for growing groups and static pools).
+    group_floor: Vec<usize>,
+    /// Per pool: its effective floor, at most the arena's planned floor: what its
+    /// running requests can still need (`elastic.rs`, `set_floor_needs`). Other pools
+    /// take its regions only above it; the pool always holds at least this many blocks.
+    eff_floor: Vec<usize>,
 }
 
 /// A set of block ids of one pool.

@@ -327,7 +327,12 @@ impl Manager {
         let prompt_keep_min = arena.as_ref().filter(|_| reuse).map_or(0, |a| {
             checkpoints::prompt_keep_min(&cfg.groups, a, &pool_of, &group_floors)
         });
+        let eff_floor: Vec<usize> = arena.as_ref().map_or_else(Vec::new, |a| {
+            (0..a.num_groups()).map(|p| a.floor(p)).collect()
+        });
         let mut m = Manager {
+            group_floor: group_floors.clone(),
+            eff_floor,
             groups: cfg.groups,
             pools,
             pool_of,

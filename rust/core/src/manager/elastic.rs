@@ -59,6 +59,127 @@ impl Manager {
         Ok(())
     }
 
+    /// Set every pool's effective floor from per-group needs: `needs[g]` blocks that
+    /// group `g`'s running requests (and those being admitted) can still hold at once,
+    /// at most its planned floor (0 for a growing group). A pool's effective floor is
+    /// the sum over its groups. Other pools take its grid regions only above it (the
+    /// move rules of `make_room`), and it always holds at least that many blocks, so a
+    /// request counted in it never starves for its blocks. A pool below its new floor
+    /// takes unowned regions, then other pools' idle regions above their (new) floors,
+    /// now (cached blocks there are evicted). Returns `Ok(false)`, changing nothing,
+    /// when some pool cannot reach its new floor; bad input (wrong length, a need above
+    /// the planned floor, a manager without an arena) is an error, nothing changed.
+    pub fn set_floor_needs(&mut self, needs: &[usize]) -> Result<bool> {
+        let Some(arena) = self.arena.as_ref() else {
+            return Err(Error::InvalidArgument(
+                "effective floors need an elastic manager (an arena)".into(),
+            ));
+        };
+        let n = self.groups.len();
+        if needs.len() != n {
+            return Err(Error::InvalidArgument(format!(
+                "set_floor_needs takes one need per group ({n}), got {}",
+                needs.len()
+            )));
+        }
+        if let Some(g) = (0..n).find(|&g| needs[g] > self.group_floor[g]) {
+            return Err(Error::InvalidArgument(format!(
+                "group {g}: need of {} blocks exceeds its planned floor of {}",
+                needs[g], self.group_floor[g]
+            )));
+        }
+        let np = self.pools.len();
+        let mut want = vec![0usize; np];
+        for (g, &need) in needs.iter().enumerate() {
+            want[self.pool_of[g]] += need;
+        }
+        let present = |h: usize| self.pools[h].num_present();
+        let short: Vec<usize> = (0..np).filter(|&h| present(h) < want[h]).collect();
+        // Feasibility before anything changes: each short pool takes unowned regions
+        // and idle grid regions of pools that are not short, above their new floors,
+        // each region once.
+        if !short.is_empty() {
+            let mut spare: Vec<usize> = (0..np)
+                .map(|h| present(h).saturating_sub(want[h]))
+                .collect();
+            let mut taken = vec![false; arena.num_regions()];
+            for &p in &short {
+                let mut gap = want[p] - present(p);
+                for (r, took) in taken.iter_mut().enumerate() {
+                    if gap == 0 {
+                        break;
+                    }
+                    let (lo, hi) = arena.ids_in(p, r);
+                    if *took || hi == lo || arena.pinned(r) {
+                        continue;
+                    }
+                    match arena.owner(r) {
+                        None => {}
+                        Some(h) if h != p && !short.contains(&h) => {
+                            let pool = &self.pools[h];
+                            let blocks = pool.region_blocks(r) as usize;
+                            if pool.region_in_use(r) > 0 || spare[h] < blocks {
+                                continue;
+                            }
+                            spare[h] -= blocks;
+                        }
+                        Some(_) => continue,
+                    }
+                    *took = true;
+                    gap = gap.saturating_sub((hi - lo) as usize);
+                }
+                if gap > 0 {
+                    return Ok(false);
+                }
+            }
+        }
+        self.eff_floor = want;
+        for &p in &short {
+            while self.pools[p].num_present() < self.eff_floor[p] {
+                if let Some(r) = self.unowned_region(p) {
+                    self.grant(p, r);
+                    self.elastic.grants += 1;
+                    continue;
+                }
+                match self.best_reclaim(p, &[]) {
+                    Some((h, r, _)) if self.move_region(h, p, r) => {}
+                    _ => break,
+                }
+            }
+            debug_assert!(self.pools[p].num_present() >= self.eff_floor[p]);
+        }
+        Ok(true)
+    }
+
+    /// Per pool: blocks it holds above its effective floor that no other pool could
+    /// take now (free blocks in regions with a block in use, pinned regions, or beyond
+    /// its slack): its floor may rise by this many blocks without taking memory from
+    /// anyone. `obtainable_blocks` counts the rest of its slack for the other pools.
+    pub fn held_spare(&self) -> Vec<usize> {
+        let Some(arena) = self.arena.as_ref() else {
+            return vec![0; self.pools.len()];
+        };
+        (0..self.pools.len())
+            .map(|h| {
+                let p = &self.pools[h];
+                let slack = p.num_present().saturating_sub(self.eff_floor[h]);
+                let mut spare = slack;
+                for r in p.idle_regions().filter(|&r| !arena.pinned(r)) {
+                    let blocks = p.region_blocks(r) as usize;
+                    if spare >= blocks {
+                        spare -= blocks;
+                    }
+                }
+                spare
+            })
+            .collect()
+    }
+
+    /// Per pool: its effective floor (`set_floor_needs`; the planned floor until set).
+    pub fn effective_floors(&self) -> &[usize] {
+        &self.eff_floor
+    }
+
     /// Rank of region `r` for group `g`'s allocation (lower is used first).
     fn rank_for(&self, g: usize, r: usize, n: usize) -> u32 {
         if self.bottom[g] {
@@ -153,7 +274,7 @@ impl Manager {
         let gives = |h: usize| {
             let p = &self.pools[h];
             h != g
-                && p.num_present() > arena.floor(h)
+                && p.num_present() > self.eff_floor[h]
                 && p.num_free() > keep.get(h).copied().unwrap_or(0)
         };
         if !(0..self.pools.len()).any(gives) {
@@ -170,7 +291,7 @@ impl Manager {
             if !gives(h) {
                 continue;
             }
-            let floor = arena.floor(h);
+            let floor = self.eff_floor[h];
             let kept = keep.get(h).copied().unwrap_or(0);
             // No region of `h` can go without breaking its floor or the kept blocks.
             let fewest = arena.min_region_ids(h);
@@ -230,7 +351,7 @@ impl Manager {
                 continue;
             }
             let blocks = p.region_blocks(r) as usize;
-            if p.num_present() < arena.floor(h) + blocks
+            if p.num_present() < self.eff_floor[h] + blocks
                 || p.num_free() < keep.get(h).copied().unwrap_or(0) + blocks
             {
                 continue;
@@ -463,7 +584,11 @@ impl Manager {
         // Per pool (then reported for each of its groups): blocks each owner may still
         // give away without dropping below its floor.
         let slack: Vec<usize> = (0..ng)
-            .map(|h| self.pools[h].num_present().saturating_sub(arena.floor(h)))
+            .map(|h| {
+                self.pools[h]
+                    .num_present()
+                    .saturating_sub(self.eff_floor[h])
+            })
             .collect();
         // Another owner's regions count only with no block in use (its idle set; a
         // granted region always holds ids of its owner), lowest first while its slack
@@ -506,7 +631,11 @@ impl Manager {
         };
         let ng = self.pools.len();
         let slack: Vec<usize> = (0..ng)
-            .map(|h| self.pools[h].num_present().saturating_sub(arena.floor(h)))
+            .map(|h| {
+                self.pools[h]
+                    .num_present()
+                    .saturating_sub(self.eff_floor[h])
+            })
             .collect();
         (0..ng)
             .map(|g| {
@@ -555,11 +684,18 @@ impl Manager {
             }
         }
         for (g, p) in self.pools.iter().enumerate() {
-            if p.num_present() < arena.floor(g) {
+            if self.eff_floor[g] > arena.floor(g) {
+                return Err(format!(
+                    "pool {g}: effective floor {} above its planned floor {}",
+                    self.eff_floor[g],
+                    arena.floor(g)
+                ));
+            }
+            if p.num_present() < self.eff_floor[g] {
                 return Err(format!(
                     "pool {g} holds {} blocks, below its floor {}",
                     p.num_present(),
-                    arena.floor(g)
+                    self.eff_floor[g]
                 ));
             }
         }

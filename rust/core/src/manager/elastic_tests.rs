@@ -645,3 +645,79 @@ fn prompt_keep_min_is_capped_at_one_default_prefill_step() {
     );
     assert_eq!(elastic(2).prompt_keep_min, 32);
 }
+
+/// A window floor of 20 blocks of 20 B (400 of the arena's 960 B beyond the null area)
+/// beside full attention (10 B pages): the full group takes the window's regions above
+/// its effective floor, and raising the floor takes them back once they are idle.
+#[test]
+fn effective_floor_lends_the_window_floor_and_takes_it_back() {
+    let mut m = Manager::new(ManagerConfig {
+        groups: vec![
+            GroupConfig {
+                kind: GroupKind::Full,
+                block_size: 4,
+                num_blocks: 0,
+            },
+            GroupConfig {
+                kind: GroupKind::SlidingWindow { window: 8 },
+                block_size: 4,
+                num_blocks: 0,
+            },
+        ],
+        arena: Some(ArenaConfig {
+            bytes: 1000,
+            region_bytes: 80,
+            null_bytes: 40,
+            page_bytes: vec![10, 20],
+            floor_blocks: vec![0, 20],
+        }),
+        ..cfg_like()
+    })
+    .unwrap();
+    assert_eq!(m.effective_floors(), &[0, 20]);
+    assert!(m.pools()[1].num_present() >= 20);
+    // 280 tokens: 70 full blocks, more than the 56 the grid holds beside the planned
+    // window floor; refused while the floor is the planned one.
+    let toks: Vec<i32> = (0..280).collect();
+    add(&mut m, 1, &toks);
+    m.get_computed_tokens(&[1]).unwrap();
+    assert!(!m.allocate_slots(&[1], &[280], &[0], true).unwrap()[0]);
+    // In chunks of 8 tokens its window holds at most cdiv(8 + 8 - 2, 4) = 4 blocks:
+    // with that floor the full group takes the window's idle regions.
+    assert!(m.set_floor_needs(&[0, 4]).unwrap());
+    assert_eq!(m.effective_floors(), &[0, 4]);
+    for _ in 0..35 {
+        assert!(m.allocate_slots(&[1], &[8], &[0], true).unwrap()[0]);
+        assert!(m.pools()[1].num_in_use() <= 4);
+    }
+    m.check_invariants().unwrap();
+    let lent = m.pools()[1].num_present();
+    assert!((4..20).contains(&lent), "window pool holds {lent}");
+    // The floor cannot rise while the full group's blocks fill those regions: refused,
+    // nothing changed; a need above the planned floor, one for the growing group, or
+    // the wrong length is an error, nothing changed.
+    assert!(!m.set_floor_needs(&[0, 20]).unwrap());
+    assert_eq!(m.effective_floors(), &[0, 4]);
+    for bad in [vec![0, 21], vec![1, 0], vec![0]] {
+        assert!(m.set_floor_needs(&bad).is_err());
+        assert_eq!(m.effective_floors(), &[0, 4]);
+    }
+    assert_eq!(m.pools()[1].num_present(), lent);
+    // Held spare: what the window holds above its floor beside blocks in use.
+    let spare = m.held_spare();
+    assert!(spare[1] <= lent - 4);
+    // Once the request is gone its regions are idle (cached): the floor rises again,
+    // taking them back (their cached blocks evicted).
+    m.free(&[1]).unwrap();
+    assert!(m.set_floor_needs(&[0, 20]).unwrap());
+    assert!(m.pools()[1].num_present() >= 20);
+    assert_eq!(m.effective_floors(), &[0, 20]);
+    m.check_invariants().unwrap();
+    // A manager without an arena has no effective floors.
+    let mut cfg = cfg_like();
+    for g in &mut cfg.groups {
+        g.num_blocks = 16;
+    }
+    let mut plain = Manager::new(cfg).unwrap();
+    assert!(plain.set_floor_needs(&[0, 0]).is_err());
+}
