@@ -357,6 +357,15 @@ impl BlockPool {
         self.index.prefetch(h);
     }
 
+    /// Start loading block `id`'s bookkeeping (reference count, queue and chain links)
+    /// for a caller about to release it. A hint: no effect on results.
+    #[inline]
+    pub(crate) fn prefetch_block(&self, id: BlockId) {
+        if let Some(m) = self.m.get(id as usize) {
+            prefetch_read(m);
+        }
+    }
+
     /// Drop one reference from each id (an id may repeat). Blocks reaching zero keep
     /// their hashes; in the order they reach zero, hashed ones join the tail of the free
     /// queue and unhashed ones the head (the first of them becomes the head).

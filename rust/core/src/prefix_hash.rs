@@ -85,6 +85,14 @@ pub fn hash_blocks_into(
     }
     let nblocks = tokens.len() / block_size;
     let mut parent = parent;
+    if is_plain(extra, block_size) {
+        out.reserve(nblocks.saturating_sub(first_block));
+        for k in first_block..nblocks {
+            parent = plain_block_hash(parent, &tokens[k * block_size..(k + 1) * block_size]);
+            out.push(parent);
+        }
+        return;
+    }
     for k in first_block..nblocks {
         let h = hash_one_block(
             parent,
@@ -95,6 +103,109 @@ pub fn hash_blocks_into(
         );
         out.push(h);
         parent = h;
+    }
+}
+
+/// Whether a block's bytes are its parent, count and tokens alone (no LoRA, salt or
+/// media record) at a block size `plain_block_hash` covers.
+#[inline]
+pub fn is_plain(extra: &ExtraKeys, block_size: usize) -> bool {
+    extra.lora_id.is_none()
+        && extra.cache_salt.is_none()
+        && extra.media.is_empty()
+        && block_size >= 3
+}
+
+/// `hash_one_block` of a plain block (`is_plain`): MurmurHash3 of the same bytes,
+/// read as the little-endian 32-bit words they are (the parent's four, the count, the
+/// tokens) straight from the token slice, with no byte buffer in between. Same value.
+#[inline(always)]
+fn plain_block_hash(parent: BlockHash, block: &[i32]) -> BlockHash {
+    let n = block.len();
+    debug_assert!(n >= 3);
+    let w = |i: usize| block[i] as u32 as u64;
+    // 16-byte rounds: the parent, then (count, t0, t1, t2), then four tokens each.
+    let mut h1 = 0u64;
+    let mut h2 = 0u64;
+    let round = |h1: &mut u64, h2: &mut u64, k1: u64, k2: u64| {
+        *h1 = mix(*h1 ^ scramble(k1, false), 27, *h2, 0x52dc_e729);
+        *h2 = mix(*h2 ^ scramble(k2, true), 31, *h1, 0x3849_5ab5);
+    };
+    round(&mut h1, &mut h2, parent as u64, (parent >> 64) as u64);
+    round(
+        &mut h1,
+        &mut h2,
+        n as u32 as u64 | w(0) << 32,
+        w(1) | w(2) << 32,
+    );
+    // Words after the parent: 1 + n; tokens from index 3 on, in rounds of four.
+    let full = (1 + n) / 4;
+    for c in 1..full {
+        let j = 4 * c - 1;
+        round(
+            &mut h1,
+            &mut h2,
+            w(j) | w(j + 1) << 32,
+            w(j + 2) | w(j + 3) << 32,
+        );
+    }
+    let j = 4 * full - 1;
+    let tail_words = (1 + n) % 4;
+    if tail_words == 3 {
+        h2 ^= scramble(w(j + 2), true);
+    }
+    if tail_words > 0 {
+        let k1 = w(j) | if tail_words > 1 { w(j + 1) << 32 } else { 0 };
+        h1 ^= scramble(k1, false);
+    }
+    let len = (20 + 4 * n) as u64;
+    h1 ^= len;
+    h2 ^= len;
+    h1 = h1.wrapping_add(h2);
+    h2 = h2.wrapping_add(h1);
+    h1 = fmix64(h1);
+    h2 = fmix64(h2);
+    h1 = h1.wrapping_add(h2);
+    h2 = h2.wrapping_add(h1);
+    (h1 as u128) | ((h2 as u128) << 64)
+}
+
+/// One chain's part of `hash_plain_pair`: the full blocks of `tokens` from block
+/// `first` on, after `parent`, appended to `out`.
+pub struct PlainChain<'a> {
+    pub tokens: &'a [i32],
+    pub first: usize,
+    pub parent: BlockHash,
+    pub out: &'a mut Vec<BlockHash>,
+}
+
+/// `hash_blocks_into` of two plain chains (`is_plain`) at once, block by block in
+/// lockstep: each block's hash waits on the one before it (a chain of dependent
+/// multiplies), so one chain alone leaves the multiplier idle most of the time; two
+/// independent chains fill those waits. Exactly the values of hashing each alone.
+pub fn hash_plain_pair(a: PlainChain<'_>, b: PlainChain<'_>, block_size: usize) {
+    debug_assert!(block_size >= 3);
+    let bs = block_size;
+    let (na, nb) = (a.tokens.len() / bs, b.tokens.len() / bs);
+    let (mut pa, mut pb) = (a.parent, b.parent);
+    a.out.reserve(na.saturating_sub(a.first));
+    b.out.reserve(nb.saturating_sub(b.first));
+    let (mut ka, mut kb) = (a.first, b.first);
+    while ka < na && kb < nb {
+        pa = plain_block_hash(pa, &a.tokens[ka * bs..(ka + 1) * bs]);
+        pb = plain_block_hash(pb, &b.tokens[kb * bs..(kb + 1) * bs]);
+        a.out.push(pa);
+        b.out.push(pb);
+        ka += 1;
+        kb += 1;
+    }
+    for k in ka..na {
+        pa = plain_block_hash(pa, &a.tokens[k * bs..(k + 1) * bs]);
+        a.out.push(pa);
+    }
+    for k in kb..nb {
+        pb = plain_block_hash(pb, &b.tokens[k * bs..(k + 1) * bs]);
+        b.out.push(pb);
     }
 }
 
@@ -269,6 +380,54 @@ mod tests {
             murmur3_x64_128(b"abcdefghij", 0),
             0xa24d85dc8c651ac9b6c15b0d772f8c99
         );
+    }
+
+    /// The word-wise hash of a plain block (and two chains in lockstep) gives
+    /// exactly the bytes-buffer hash, at every block size and tail length.
+    #[test]
+    fn plain_hash_matches_buffered() {
+        let none = ExtraKeys::default();
+        let mut buf = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 200_000) as i32
+        };
+        for bs in 3..=40usize {
+            let toks: Vec<i32> = (0..bs * 5 + 2).map(|_| next()).collect();
+            let parent = root_hash(bs as u64);
+            for k in 0..5 {
+                let blk = &toks[k * bs..(k + 1) * bs];
+                assert_eq!(
+                    plain_block_hash(parent, blk),
+                    hash_one_block(parent, blk, k, &none, &mut buf),
+                    "block size {bs}"
+                );
+            }
+            let alone = hash_token_blocks(&toks, bs, 1, Some(parent), &none);
+            let other: Vec<i32> = toks[..bs * 3].iter().map(|t| t ^ 5).collect();
+            let other_alone = hash_token_blocks(&other, bs, 1, None, &none);
+            let (mut oa, mut ob) = (vec![alone[0]], Vec::new());
+            hash_plain_pair(
+                PlainChain {
+                    tokens: &toks,
+                    first: 1,
+                    parent: alone[0],
+                    out: &mut oa,
+                },
+                PlainChain {
+                    tokens: &other,
+                    first: 0,
+                    parent: root_hash(1),
+                    out: &mut ob,
+                },
+                bs,
+            );
+            assert_eq!(oa, alone);
+            assert_eq!(ob, other_alone);
+        }
     }
 
     #[test]

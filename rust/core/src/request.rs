@@ -2,7 +2,7 @@
 //! one positional block table per group.
 
 use crate::block_pool::{prefetch_read, BlockHash, BlockId, FastMap};
-use crate::prefix_hash::{hash_blocks_into, ExtraKeys};
+use crate::prefix_hash::{hash_blocks_into, ExtraKeys, PlainChain};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -193,6 +193,27 @@ impl Request {
             buf,
             hs,
         );
+    }
+
+    /// The part of its chain at `block_size` (slot `size_idx`) that `ensure_hashes`
+    /// up to `upto_tokens` would hash, for `hash_plain_pair` (the caller checked that
+    /// its extra keys are plain: `prefix_hash::is_plain`).
+    pub fn plain_chain(
+        &mut self,
+        size_idx: usize,
+        block_size: usize,
+        upto_tokens: usize,
+        root: BlockHash,
+    ) -> PlainChain<'_> {
+        let hs = &mut self.hashes[size_idx];
+        let first = hs.len();
+        let upto = (upto_tokens.min(self.tokens.len()) / block_size).max(first);
+        PlainChain {
+            tokens: &self.tokens[..upto * block_size],
+            first,
+            parent: hs.last().copied().unwrap_or(root),
+            out: hs,
+        }
     }
 
     /// Whether the request holds any block in any group.

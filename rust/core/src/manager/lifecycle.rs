@@ -210,6 +210,16 @@ impl Manager {
         if self.ckpt.iter().any(Option::is_some) {
             self.checkpoints_released(r);
         }
+        // Every block's record is read below, one after another: start loading them
+        // all first (a finished request holds hundreds), so their misses overlap.
+        for (g, table) in r.tables.iter().enumerate() {
+            let pool = &self.pools[self.pool_of[g]];
+            for &b in &table[r.first_live[g].min(table.len())..] {
+                if b != NULL_BLOCK {
+                    pool.prefetch_block(b);
+                }
+            }
+        }
         let mut batch = std::mem::take(&mut self.release_buf);
         for (g, table) in r.tables.iter_mut().enumerate() {
             let pool = &mut self.pools[self.pool_of[g]];
