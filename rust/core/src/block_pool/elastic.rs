@@ -105,6 +105,35 @@ impl BlockPool {
         Some(self.block_value(b as BlockId))
     }
 
+    /// Elastic pools: the clock that stamps blocks becoming free while cached from now
+    /// on (the manager's, shared by its pools, so recency compares across groups). It
+    /// should not go back. No-op on a static pool.
+    pub fn set_clock(&mut self, t: u64) {
+        if let Some(g) = self.regions.as_mut() {
+            g.clock = t;
+        }
+    }
+
+    /// Elastic pools: when the cached block allocation would evict next (the free
+    /// queue's head) became free, if the head is a cached block.
+    pub fn next_victim_stamp(&self) -> Option<u64> {
+        let b = self.head;
+        if b == NIL || !self.m[b as usize].has_hash {
+            return None;
+        }
+        self.regions.as_ref().map(|g| g.stamp[b as usize])
+    }
+
+    /// Elastic pools: the latest clock at which a block of region `r` became free while
+    /// cached, since the region was granted (0: none did): no cached block of `r` is
+    /// more recently used.
+    pub fn region_newest(&self, r: usize) -> u64 {
+        self.regions
+            .as_ref()
+            .and_then(|g| g.newest.get(r).copied())
+            .unwrap_or(0)
+    }
+
     /// Record what cached block `id` is worth (tokens of recompute a hit on it saves),
     /// for choosing which region to empty. No-op on a static pool or an uncached block.
     pub fn set_block_value(&mut self, id: BlockId, value: u32) -> Result<()> {
@@ -134,6 +163,7 @@ impl BlockPool {
             )));
         }
         g.rank[r] = rank;
+        g.newest[r] = 0;
         for b in lo..hi {
             g.present[b as usize] = true;
         }

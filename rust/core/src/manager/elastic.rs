@@ -302,14 +302,66 @@ impl Manager {
             // 0.953 -> 0.974 (the rule before: move when the region's value per byte
             // was under half of `g`'s next victim's; 192 moves evicted 17,224 blocks
             // on chat).
-            if !short && vpb > 0.0 {
-                break;
-            }
+            let (h, r) = if short || vpb == 0.0 {
+                (h, r)
+            } else {
+                // Unless every cached block of the region became free before `g`'s
+                // next victim did: then the move evicts only blocks less recently used
+                // than any `g` would evict instead (in both directions: a state region
+                // of superseded checkpoints goes to attention, an attention region
+                // older than every free checkpoint serves no hit a checkpoint could
+                // end). Qwen3-Next 16 GiB agentic --seed 1: see RESULTS.md.
+                let before = pool.next_victim_stamp().unwrap_or(0);
+                match self.stale_reclaim(g, keep, before) {
+                    Some(hr) => hr,
+                    None => break,
+                }
+            };
             if !self.move_region(h, g, r) {
                 break;
             }
         }
         need <= self.pools[g].num_free()
+    }
+
+    /// Advance the clock the pools stamp released cached blocks with (once per request
+    /// released: the blocks a request frees together share their recency).
+    pub(super) fn tick_clock(&mut self) {
+        self.clock += 1;
+        for p in &mut self.pools {
+            p.set_clock(self.clock);
+        }
+    }
+
+    /// The idle region of another group that `g` may take now (the owner keeping its
+    /// floor and the `keep` free blocks this request counts on) whose cached blocks all
+    /// became free before `before` (`g`'s next victim did): the least recently used
+    /// first, the lowest id on a tie.
+    fn stale_reclaim(&self, g: usize, keep: &[usize], before: u64) -> Option<(usize, usize)> {
+        let arena = self.arena.as_ref()?;
+        let mut best: Option<(u64, usize, usize)> = None;
+        for (h, p) in self.pools.iter().enumerate() {
+            let kept = keep.get(h).copied().unwrap_or(0);
+            if h == g || p.num_present() <= arena.floor(h) || p.num_free() <= kept {
+                continue;
+            }
+            for r in p.idle_regions() {
+                let t = p.region_newest(r);
+                if t >= before || best.is_some_and(|(bt, _, _)| bt <= t) || arena.pinned(r) {
+                    continue;
+                }
+                let (lo, hi) = arena.ids_in(g, r);
+                let blocks = p.region_blocks(r) as usize;
+                if hi == lo
+                    || p.num_present() < arena.floor(h) + blocks
+                    || p.num_free() < kept + blocks
+                {
+                    continue;
+                }
+                best = Some((t, h, r));
+            }
+        }
+        best.map(|(_, h, r)| (h, r))
     }
 
     /// Before `r` releases its blocks: in a model with checkpointing state groups, its
