@@ -57,6 +57,14 @@ impl BlockPool {
             .unwrap_or(0)
     }
 
+    /// Elastic pools: free uncached blocks in region `r` (0 for a static pool).
+    pub fn region_uncached(&self, r: usize) -> u32 {
+        self.regions
+            .as_ref()
+            .and_then(|g| g.ucount.get(r).copied())
+            .unwrap_or(0)
+    }
+
     /// Elastic pools: the regions this pool holds with no block in use, lowest first
     /// (none for a static pool).
     pub fn idle_regions(&self) -> impl Iterator<Item = usize> + '_ {
@@ -122,6 +130,31 @@ impl BlockPool {
             return None;
         }
         self.regions.as_ref().map(|g| g.stamp[b as usize])
+    }
+
+    /// Elastic pools: free cached block `b` counts as used now (its stamp and its
+    /// region's latest stamp become the clock). Anything else is left alone.
+    pub fn restamp(&mut self, b: BlockId) {
+        let ok = b > 0
+            && self
+                .m
+                .get(b as usize)
+                .is_some_and(|m| m.ref_cnt == 0 && m.has_hash);
+        if let Some(g) = self.regions.as_mut().filter(|_| ok) {
+            g.stamp[b as usize] = g.clock;
+            if let Some(&r) = g.region_of.get(b as usize).filter(|&&r| r != NIL) {
+                g.newest[r as usize] = g.clock;
+            }
+        }
+    }
+
+    /// Elastic pools: the clock when block `b` last became free while cached (0 when it
+    /// never did, or for a static pool).
+    pub fn block_stamp(&self, b: BlockId) -> u64 {
+        self.regions
+            .as_ref()
+            .and_then(|g| g.stamp.get(b as usize).copied())
+            .unwrap_or(0)
     }
 
     /// Elastic pools: the latest clock at which a block of region `r` became free while

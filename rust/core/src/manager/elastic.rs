@@ -317,6 +317,19 @@ impl Manager {
                     None => break,
                 }
             };
+            // Nor an empty region whose free uncached blocks this request counts on in
+            // `h` (a pool whose room was made first, or is made next): `h` would evict
+            // cached blocks for them instead, or take the region straight back.
+            let kept = keep.get(h).copied().unwrap_or(0);
+            let (hp, lost) = (&self.pools[h], self.pools[h].region_uncached(r) as usize);
+            if !short
+                && kept > 0
+                && hp.region_value(r) == 0
+                && lost > 0
+                && hp.num_uncached_free() < kept + lost
+            {
+                break;
+            }
             if !self.move_region(h, g, r) {
                 break;
             }
