@@ -1,6 +1,8 @@
 //! Elastic memory in the manager: granting floors, finding room for a group's blocks
-//! (unowned regions first, then whole free regions of other groups, cheapest value per
-//! byte first), and what an elastic manager reports. The mechanism and its trade-offs
+//! (unowned regions first, then whole free regions of other groups: empty ones, ones
+//! whose cached blocks are all less recently used than the group's own next victim
+//! (the pools' release stamps, `tick_clock`), and, when the group cannot evict enough
+//! of its own, the cheapest value per byte), and what an elastic manager reports. The mechanism and its trade-offs
 //! are in `arena.rs`.
 
 use super::Manager;
@@ -246,10 +248,11 @@ impl Manager {
 
     /// Make `need` blocks of group `g` allocatable, moving memory if the arena allows:
     /// unowned regions first (so nothing cached is evicted while memory is idle), then
-    /// whole free regions of other groups that hold nothing cached; regions holding
-    /// cached blocks only when `g` cannot free enough blocks of its own (cheapest value
-    /// per byte first). `keep[h]`: free blocks of group `h` this request already counts
-    /// on. Returns whether `g` has them now.
+    /// whole free regions of other groups that hold nothing cached or only blocks less
+    /// recently used than `g`'s next victim (the least recently used such region
+    /// first); any region holding cached blocks when `g` cannot free enough blocks of
+    /// its own (cheapest value per byte first). `keep[h]`: free blocks of group `h` this
+    /// request already counts on. Returns whether `g` has them now.
     pub(super) fn make_room(&mut self, g: usize, need: usize, keep: &[usize]) -> bool {
         if self.arena.is_none() {
             return need <= self.pools[g].num_free();
@@ -307,10 +310,14 @@ impl Manager {
             } else {
                 // Unless every cached block of the region became free before `g`'s
                 // next victim did: then the move evicts only blocks less recently used
-                // than any `g` would evict instead (in both directions: a state region
-                // of superseded checkpoints goes to attention, an attention region
-                // older than every free checkpoint serves no hit a checkpoint could
-                // end). Qwen3-Next 16 GiB agentic --seed 1: see RESULTS.md.
+                // than any `g` would evict instead. Both ways: a state region of
+                // checkpoints nobody resumed goes to attention before attention cuts a
+                // younger path; an attention region older than every free checkpoint
+                // lies under none of them (a checkpoint's path is released with it or
+                // later: a hit on it touches the path), so it serves no hybrid hit.
+                // Qwen3-Next 16 GiB agentic --seed 1: 0.8585 -> 0.8958 (vllm 0.8860),
+                // the state group no longer keeping half the arena; chat 0.8611 ->
+                // 0.8597 (RESULTS.md, "Recency across groups").
                 let before = pool.next_victim_stamp().unwrap_or(0);
                 match self.stale_reclaim(g, keep, before) {
                     Some(hr) => hr,
