@@ -412,7 +412,7 @@ impl BlockPool {
                 continue;
             }
             if let Some(g) = self.regions.as_mut() {
-                g.released(b);
+                g.released(b, self.m[b as usize].has_hash);
                 if !self.m[b as usize].has_hash {
                     g.add_uncached(b);
                 }

@@ -175,6 +175,9 @@ pub struct Manager {
     elastic: ElasticStats,
     /// Where the next bounded orphan sweep resumes (state group, block id).
     orphan_cursor: (usize, usize),
+    /// Elastic managers: requests released so far, the clock every pool stamps a cached
+    /// block with when it becomes free (`make_room` compares recency across groups).
+    clock: u64,
     /// Per group: checkpoint retention of a state group under `CheckpointPolicy::Reuse`
     /// in align mode with caching (`None` otherwise).
     ckpt: Vec<Option<checkpoints::GroupCheckpoints>>,

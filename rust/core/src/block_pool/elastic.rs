@@ -57,6 +57,14 @@ impl BlockPool {
             .unwrap_or(0)
     }
 
+    /// Elastic pools: free uncached blocks in region `r` (0 for a static pool).
+    pub fn region_uncached(&self, r: usize) -> u32 {
+        self.regions
+            .as_ref()
+            .and_then(|g| g.ucount.get(r).copied())
+            .unwrap_or(0)
+    }
+
     /// Elastic pools: the regions this pool holds with no block in use, lowest first
     /// (none for a static pool).
     pub fn idle_regions(&self) -> impl Iterator<Item = usize> + '_ {
@@ -105,6 +113,60 @@ impl BlockPool {
         Some(self.block_value(b as BlockId))
     }
 
+    /// Elastic pools: the clock that stamps blocks becoming free while cached from now
+    /// on (the manager's, shared by its pools, so recency compares across groups). It
+    /// should not go back. No-op on a static pool.
+    pub fn set_clock(&mut self, t: u64) {
+        if let Some(g) = self.regions.as_mut() {
+            g.clock = t;
+        }
+    }
+
+    /// Elastic pools: when the cached block allocation would evict next (the free
+    /// queue's head) became free, if the head is a cached block.
+    pub fn next_victim_stamp(&self) -> Option<u64> {
+        let b = self.head;
+        if b == NIL || !self.m[b as usize].has_hash {
+            return None;
+        }
+        self.regions.as_ref().map(|g| g.stamp[b as usize])
+    }
+
+    /// Elastic pools: free cached block `b` counts as used now (its stamp and its
+    /// region's latest stamp become the clock). Anything else is left alone.
+    pub fn restamp(&mut self, b: BlockId) {
+        let ok = b > 0
+            && self
+                .m
+                .get(b as usize)
+                .is_some_and(|m| m.ref_cnt == 0 && m.has_hash);
+        if let Some(g) = self.regions.as_mut().filter(|_| ok) {
+            g.stamp[b as usize] = g.clock;
+            if let Some(&r) = g.region_of.get(b as usize).filter(|&&r| r != NIL) {
+                g.newest[r as usize] = g.clock;
+            }
+        }
+    }
+
+    /// Elastic pools: the clock when block `b` last became free while cached (0 when it
+    /// never did, or for a static pool).
+    pub fn block_stamp(&self, b: BlockId) -> u64 {
+        self.regions
+            .as_ref()
+            .and_then(|g| g.stamp.get(b as usize).copied())
+            .unwrap_or(0)
+    }
+
+    /// Elastic pools: the latest clock at which a block of region `r` became free while
+    /// cached, since the region was granted (0: none did): no cached block of `r` is
+    /// more recently used.
+    pub fn region_newest(&self, r: usize) -> u64 {
+        self.regions
+            .as_ref()
+            .and_then(|g| g.newest.get(r).copied())
+            .unwrap_or(0)
+    }
+
     /// Record what cached block `id` is worth (tokens of recompute a hit on it saves),
     /// for choosing which region to empty. No-op on a static pool or an uncached block.
     pub fn set_block_value(&mut self, id: BlockId, value: u32) -> Result<()> {
@@ -134,6 +196,7 @@ impl BlockPool {
             )));
         }
         g.rank[r] = rank;
+        g.newest[r] = 0;
         for b in lo..hi {
             g.present[b as usize] = true;
         }

@@ -142,6 +142,11 @@ impl BlockPool {
             }
             if self.m[b].has_hash {
                 value[r] += g.value[b] as u64;
+                if self.m[b].ref_cnt == 0 && g.stamp[b] > g.newest[r] {
+                    return Err(format!(
+                        "region {r}: block {b} freed after its newest stamp"
+                    ));
+                }
             } else if g.value[b] != 0 {
                 return Err(format!("uncached block {b} keeps a value"));
             }

@@ -41,6 +41,13 @@ pub(crate) struct Regions {
     pub idle: Vec<u64>,
     /// `(cached value, region)` of every idle region: the cheapest to empty first.
     pub idle_by_value: BTreeSet<(u64, u32)>,
+    /// The owner's clock (`BlockPool::set_clock`): release stamps are read from it.
+    pub clock: u64,
+    /// Per block: the clock when it last became free while cached (its recency).
+    pub stamp: Vec<u64>,
+    /// Per region: the latest such stamp of any of its blocks since it was granted (an
+    /// upper bound on the recency of the cached blocks it holds).
+    pub newest: Vec<u64>,
 }
 
 impl Regions {
@@ -77,6 +84,9 @@ impl Regions {
             num_uncached_free: 0,
             idle: vec![0; num_regions.div_ceil(64)],
             idle_by_value: BTreeSet::new(),
+            clock: 0,
+            stamp: vec![0; n],
+            newest: vec![0; num_regions],
         }
     }
 
@@ -188,10 +198,17 @@ impl Regions {
         }
     }
 
-    pub fn released(&mut self, b: u32) {
+    /// Block `b` became free; `cached`: it keeps a hash (its release is stamped).
+    pub fn released(&mut self, b: u32, cached: bool) {
         let r = self.region_of[b as usize];
+        if cached {
+            self.stamp[b as usize] = self.clock;
+        }
         if r != NIL {
             let ri = r as usize;
+            if cached {
+                self.newest[ri] = self.clock;
+            }
             self.in_use[ri] -= 1;
             if self.in_use[ri] == 0 {
                 self.set_idle(ri, true);

@@ -235,6 +235,11 @@ impl Manager {
             if let Some(old) = c.tails.remove(&r.id) {
                 if held && drop_interior(pool, &c.extensions, old) {
                     self.stats.interior_checkpoints_dropped += 1;
+                } else {
+                    // It stays: the checkpoint `r`'s conversation resumes from. It was
+                    // freed when `r` passed it, but it is as recent as `r`'s path (an
+                    // elastic pool's recency, `make_room`).
+                    pool.restamp(old.0);
                 }
             }
             for end in c.chunk_ends.remove(&r.id).unwrap_or_default() {

@@ -363,6 +363,7 @@ impl Manager {
             bottom,
             elastic: ElasticStats::default(),
             orphan_cursor: (0, 0),
+            clock: 0,
             ckpt,
             prompt_keep_min,
         };

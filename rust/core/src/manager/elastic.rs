@@ -1,6 +1,8 @@
 //! Elastic memory in the manager: granting floors, finding room for a group's blocks
-//! (unowned regions first, then whole free regions of other groups, cheapest value per
-//! byte first), and what an elastic manager reports. The mechanism and its trade-offs
+//! (unowned regions first, then whole free regions of other groups: empty ones, ones
+//! whose cached blocks are all less recently used than the group's own next victim
+//! (the pools' release stamps, `tick_clock`), and, when the group cannot evict enough
+//! of its own, the cheapest value per byte), and what an elastic manager reports. The mechanism and its trade-offs
 //! are in `arena.rs`.
 
 use super::Manager;
@@ -367,10 +369,11 @@ impl Manager {
 
     /// Make `need` blocks of group `g` allocatable, moving memory if the arena allows:
     /// unowned regions first (so nothing cached is evicted while memory is idle), then
-    /// whole free regions of other groups that hold nothing cached; regions holding
-    /// cached blocks only when `g` cannot free enough blocks of its own (cheapest value
-    /// per byte first). `keep[h]`: free blocks of group `h` this request already counts
-    /// on. Returns whether `g` has them now.
+    /// whole free regions of other groups that hold nothing cached or only blocks less
+    /// recently used than `g`'s next victim (the least recently used such region
+    /// first); any region holding cached blocks when `g` cannot free enough blocks of
+    /// its own (cheapest value per byte first). `keep[h]`: free blocks of group `h` this
+    /// request already counts on. Returns whether `g` has them now.
     pub(super) fn make_room(&mut self, g: usize, need: usize, keep: &[usize]) -> bool {
         if self.arena.is_none() {
             return need <= self.pools[g].num_free();
@@ -423,7 +426,36 @@ impl Manager {
             // 0.953 -> 0.974 (the rule before: move when the region's value per byte
             // was under half of `g`'s next victim's; 192 moves evicted 17,224 blocks
             // on chat).
-            if !short && vpb > 0.0 {
+            let (h, r) = if short || vpb == 0.0 {
+                (h, r)
+            } else {
+                // Unless every cached block of the region became free before `g`'s
+                // next victim did: then the move evicts only blocks less recently used
+                // than any `g` would evict instead. Both ways: a state region of
+                // checkpoints nobody resumed goes to attention before attention cuts a
+                // younger path; an attention region older than every free checkpoint
+                // lies under none of them (a checkpoint's path is released with it or
+                // later: a hit on it touches the path), so it serves no hybrid hit.
+                // Qwen3-Next 16 GiB agentic --seed 1: 0.8585 -> 0.8958 (vllm 0.8860),
+                // the state group no longer keeping half the arena; chat 0.8611 ->
+                // 0.8597 (RESULTS.md, "Recency across groups").
+                let before = pool.next_victim_stamp().unwrap_or(0);
+                match self.stale_reclaim(g, keep, before) {
+                    Some(hr) => hr,
+                    None => break,
+                }
+            };
+            // Nor an empty region whose free uncached blocks this request counts on in
+            // `h` (a pool whose room was made first, or is made next): `h` would evict
+            // cached blocks for them instead, or take the region straight back.
+            let kept = keep.get(h).copied().unwrap_or(0);
+            let (hp, lost) = (&self.pools[h], self.pools[h].region_uncached(r) as usize);
+            if !short
+                && kept > 0
+                && hp.region_value(r) == 0
+                && lost > 0
+                && hp.num_uncached_free() < kept + lost
+            {
                 break;
             }
             if !self.move_region(h, g, r) {
@@ -431,6 +463,46 @@ impl Manager {
             }
         }
         need <= self.pools[g].num_free()
+    }
+
+    /// Advance the clock the pools stamp released cached blocks with (once per request
+    /// released: the blocks a request frees together share their recency).
+    pub(super) fn tick_clock(&mut self) {
+        self.clock += 1;
+        for p in &mut self.pools {
+            p.set_clock(self.clock);
+        }
+    }
+
+    /// The idle region of another group that `g` may take now (the owner keeping its
+    /// floor and the `keep` free blocks this request counts on) whose cached blocks all
+    /// became free before `before` (`g`'s next victim did): the least recently used
+    /// first, the lowest id on a tie.
+    fn stale_reclaim(&self, g: usize, keep: &[usize], before: u64) -> Option<(usize, usize)> {
+        let arena = self.arena.as_ref()?;
+        let mut best: Option<(u64, usize, usize)> = None;
+        for (h, p) in self.pools.iter().enumerate() {
+            let kept = keep.get(h).copied().unwrap_or(0);
+            if h == g || p.num_present() <= self.eff_floor[h] || p.num_free() <= kept {
+                continue;
+            }
+            for r in p.idle_regions() {
+                let t = p.region_newest(r);
+                if t >= before || best.is_some_and(|(bt, _, _)| bt <= t) || arena.pinned(r) {
+                    continue;
+                }
+                let (lo, hi) = arena.ids_in(g, r);
+                let blocks = p.region_blocks(r) as usize;
+                if hi == lo
+                    || p.num_present() < self.eff_floor[h] + blocks
+                    || p.num_free() < kept + blocks
+                {
+                    continue;
+                }
+                best = Some((t, h, r));
+            }
+        }
+        best.map(|(_, h, r)| (h, r))
     }
 
     /// Before `r` releases its blocks: in a model with checkpointing state groups, its

@@ -566,8 +566,30 @@ fn a_prompt_chunk_end_serves_hits_while_its_request_runs() {
     }
 }
 
+/// Short request `j` of the tests below (16 tokens, a checkpoint at 16), probed with
+/// one more token: whether its checkpoint is cached, and the hit.
+fn probe_short(m: &mut Manager, j: i64) -> (bool, i64) {
+    let t: Vec<i32> = (0..16).map(|x| 10_000 * j as i32 + x).chain([7]).collect();
+    let pid = 1_000_000 + j;
+    add(m, pid, &t);
+    let h = m.get_computed_tokens(&[pid]).unwrap()[0];
+    let hs = m.block_hashes(1, pid).unwrap();
+    let cached = m.pools()[1].lookup_one(hs[3] ^ m.salt[1]).is_some();
+    m.free(&[pid]).unwrap();
+    (cached, h)
+}
+
+fn run_short(m: &mut Manager, id: &mut i64) {
+    let t: Vec<i32> = (0..16).map(|x| 10_000 * *id as i32 + x).collect();
+    add(m, *id, &t);
+    m.get_computed_tokens(&[*id]).unwrap();
+    assert!(m.allocate_slots(&[*id], &[16], &[0], true).unwrap()[0]);
+    m.free(&[*id]).unwrap();
+    *id += 1;
+}
+
 #[test]
-fn a_region_holding_cached_blocks_stays_while_the_group_can_evict_its_own() {
+fn a_state_move_never_cuts_a_path_under_a_cached_checkpoint() {
     let mut m = elastic(2);
     // Four deep turns at once (40-token prompts): the state group grows past its floor,
     // and their checkpoints (worth 40 tokens each) stay cached in its regions.
@@ -589,30 +611,32 @@ fn a_region_holding_cached_blocks_stays_while_the_group_can_evict_its_own() {
         .all(|&ok| ok));
     m.free(&ids).unwrap();
     assert!(m.pools()[1].num_cached() >= 4);
-    // Short requests fill every other region with cached attention blocks (each region
-    // worth 8 blocks x 4 tokens = 32 tokens per 80 B, under half of a 40-token
-    // checkpoint's 40 per 40 B), then keep coming: the state group evicts its own
-    // least recently used checkpoints instead of a region of cached attention blocks.
-    let mut id = 100;
-    let run = |m: &mut Manager, id: &mut i64| {
-        let t: Vec<i32> = (0..16).map(|x| 10_000 * *id as i32 + x).collect();
-        add(m, *id, &t);
-        m.get_computed_tokens(&[*id]).unwrap();
-        assert!(m.allocate_slots(&[*id], &[16], &[0], true).unwrap()[0]);
-        m.free(&[*id]).unwrap();
-        *id += 1;
-    };
+    // Short requests fill every other region with cached attention blocks, then keep
+    // coming. The state group evicts its own least recently used checkpoints, or takes
+    // a region of attention blocks that all became free before its next victim did:
+    // those lie under no cached checkpoint (a checkpoint's path is released with it or
+    // later), so every short request whose checkpoint is still cached still hits it.
+    let first = 100;
+    let mut id = first;
     while m.arena().unwrap().num_unowned() > 0 {
-        run(&mut m, &mut id);
+        run_short(&mut m, &mut id);
     }
     let moves = m.elastic_stats().moves;
     let evicted = m.elastic_stats().evicted_blocks;
     for _ in 0..20 {
-        run(&mut m, &mut id);
+        run_short(&mut m, &mut id);
         m.check_invariants().unwrap();
+        for j in first..id {
+            let (cached, hit) = probe_short(&mut m, j);
+            assert!(
+                !cached || hit == 16,
+                "request {j}: checkpoint cached, hit {hit}"
+            );
+        }
     }
-    assert_eq!(m.elastic_stats().evicted_blocks, evicted);
-    assert_eq!(m.elastic_stats().moves, moves);
+    // Such regions did move, evicting (unreachable) cached attention blocks.
+    assert!(m.elastic_stats().moves > moves);
+    assert!(m.elastic_stats().evicted_blocks > evicted);
 }
 
 #[test]
@@ -720,4 +744,57 @@ fn effective_floor_lends_the_window_floor_and_takes_it_back() {
     }
     let mut plain = Manager::new(cfg).unwrap();
     assert!(plain.set_floor_needs(&[0, 0]).is_err());
+}
+
+#[test]
+fn a_state_region_of_stale_checkpoints_goes_to_attention_before_a_live_path() {
+    let mut m = elastic(2);
+    let conv = |i: i32| -> Vec<i32> { (0..50).map(|x| 1000 * i + x).collect() };
+    let (a1, a2, a3, b) = (conv(1), conv(2), conv(3), conv(4));
+    // Four conversations, one turn each: checkpoints at 40 (prompt end) and 48 (tail).
+    run_turn_to(&mut m, 1, &a1, 40);
+    run_turn_to(&mut m, 2, &a2, 40);
+    run_turn_to(&mut m, 3, &a3, 40);
+    run_turn_to(&mut m, 4, &b, 40);
+    assert_eq!(m.pools()[1].num_cached(), 8);
+    // A1's and A2's attention paths are read again (as siblings reading them without
+    // their checkpoints would): their checkpoints are now the least recently used
+    // memory, older than conversation B's path, attention's least recently used.
+    for (k, t) in [(11, &a1), (12, &a2), (13, &a3)] {
+        add(&mut m, k, &t[..48]);
+        let hs = m.block_hashes(0, k).unwrap();
+        m.free(&[k]).unwrap();
+        let ids: Vec<i32> = hs
+            .iter()
+            .filter_map(|&h| m.pools()[0].lookup_one(h ^ m.salt[0]))
+            .collect();
+        assert_eq!(ids.len(), 12);
+        m.tick_clock();
+        m.pools[0].touch(&ids).unwrap();
+        m.pools[0].free(&ids).unwrap();
+    }
+    // A long request (steps ending off block boundaries: no checkpoints of its own)
+    // needs attention memory until a region holding cached blocks moves.
+    let big: Vec<i32> = (0..300).map(|x| 50_000 + x).collect();
+    add(&mut m, 900, &big);
+    m.get_computed_tokens(&[900]).unwrap();
+    assert!(m.allocate_slots(&[900], &[2], &[0], true).unwrap()[0]);
+    let mut n = 2;
+    while m.elastic_stats().evicted_blocks == 0 && n < 290 {
+        assert!(m.allocate_slots(&[900], &[4], &[0], true).unwrap()[0]);
+        n += 4;
+        m.check_invariants().unwrap();
+    }
+    assert!(
+        m.elastic_stats().evicted_blocks > 0,
+        "no stale state region moved"
+    );
+    // B's path and checkpoints are all there; one of A1's or A2's checkpoints is not.
+    let probe = |m: &mut Manager, t: &[i32], pid: i64| {
+        let p: Vec<i32> = t[..48].iter().copied().chain([9]).collect();
+        hit_of(m, pid, &p)
+    };
+    assert_eq!(probe(&mut m, &b, 100), 48);
+    let hs = [&a1, &a2, &a3].map(|t| probe(&mut m, t, 200 + t[0] as i64));
+    assert!(hs.iter().any(|&h| h < 48), "{hs:?}");
 }

@@ -206,6 +206,7 @@ impl Manager {
     pub(super) fn release_all(&mut self, r: &mut Request) {
         if self.arena.is_some() {
             self.drop_unreachable_blocks(r);
+            self.tick_clock();
         }
         if self.ckpt.iter().any(Option::is_some) {
             self.checkpoints_released(r);
