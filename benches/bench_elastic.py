@@ -9,7 +9,7 @@ group could use) with the regions moved.
 
     .venv/bin/python benches/bench_elastic.py [--jobs 2] [--json out.json]
         [--models M ...] [--traces T ...] [--mooncake-end-s S] [--max-requests N]
-        [--quick]
+        [--quick] [--sizes MODEL=GIB[,GIB] ...]
 
 Traces: the three bundled ones, ``mooncake`` (the Mooncake conversation trace at
 ``--mooncake-path``, the first ``--mooncake-end-s`` seconds; 0 = the whole hour) and
@@ -155,10 +155,26 @@ def main() -> None:
         "--max-requests", type=int, help="run only each trace's first N requests (all: default)"
     )
     ap.add_argument("--quick", action="store_true", help="one small run")
+    ap.add_argument(
+        "--sizes",
+        nargs="*",
+        default=[],
+        metavar="MODEL=GIB[,GIB]",
+        help="run MODEL at these sizes (any bundled model; replaces its default sizes)",
+    )
     args = ap.parse_args()
+    table = dict(DEFAULT_RUNS)
+    for item in args.sizes:
+        model, _, gibs = item.partition("=")
+        if not model or not gibs:
+            ap.error(f"--sizes takes MODEL=GIB[,GIB], got {item!r}")
+        try:
+            table[model] = tuple(int(g) for g in gibs.split(","))
+        except ValueError:
+            ap.error(f"--sizes: GiB must be whole numbers, got {gibs!r}")
     runs = [
         (m, g, t)
-        for m, gibs in DEFAULT_RUNS
+        for m, gibs in table.items()
         if not args.models or m in args.models
         for g in gibs
         for t in args.traces
