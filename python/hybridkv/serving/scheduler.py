@@ -206,6 +206,7 @@ class Scheduler(ChunkRules):
         cut_at_shared_prefix: bool = False,
         chunk_split: str = "hybridkv",
         prompt_cut: int = 0,
+        reserve_full_prompt: bool = True,
     ) -> None:
         for name, v in (
             ("max_num_batched_tokens", max_num_batched_tokens),
@@ -224,6 +225,7 @@ class Scheduler(ChunkRules):
         if max_model_len is not None and max_model_len < 1:
             raise InvalidArgumentError("max_model_len must be >= 1")
         self.manager = manager
+        self.reserve_full_prompt = bool(reserve_full_prompt)
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.policy = policy
@@ -582,6 +584,13 @@ class Scheduler(ChunkRules):
                     n = self._chunk(r, h + x, n)
                 if room is not None:
                     need = self._need(h, h + n + x)
+                    if self.reserve_full_prompt and any(
+                        a > f for a, f in zip(self._need(h, r.num_tokens), room, strict=True)
+                    ):
+                        full = True
+                        head_blocked = not leftovers and r is cands[0]
+                        leftovers.append(r)
+                        continue
                     if any(a > f for a, f in zip(need, room, strict=True)):
                         # Shrink the chunk to what fits; if nothing does, admission
                         # stops here (strict queue order: a large request is not
