@@ -207,6 +207,7 @@ class Scheduler(ChunkRules):
         chunk_split: str = "hybridkv",
         prompt_cut: int = 0,
         reserve_full_prompt: bool = True,
+        reserve_running_prompts: bool = True,
     ) -> None:
         for name, v in (
             ("max_num_batched_tokens", max_num_batched_tokens),
@@ -226,6 +227,7 @@ class Scheduler(ChunkRules):
             raise InvalidArgumentError("max_model_len must be >= 1")
         self.manager = manager
         self.reserve_full_prompt = bool(reserve_full_prompt)
+        self.reserve_running_prompts = bool(reserve_running_prompts)
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.policy = policy
@@ -512,6 +514,10 @@ class Scheduler(ChunkRules):
         # entries costs more than the arithmetic); ``start``: the free counts ``room``
         # was last brought up to date with.
         room = None if room_arr is None else room_arr.tolist()
+        # What the running prefills still need past this step (their prompts' rest):
+        # held back from the whole-sequence check, not from the chunk itself.
+        hold_rest = room is not None and self.reserve_full_prompt and self.reserve_running_prompts
+        pend = self._pending(run_sel, run_n) if hold_rest else [0] * self._grow_idx.shape[0]
         start = self._free_at_start.tolist()
         full = False
         per_round = slots  # lowered to 1 when other candidates' pins crowd out the head
@@ -585,7 +591,8 @@ class Scheduler(ChunkRules):
                 if room is not None:
                     need = self._need(h, h + n + x)
                     if self.reserve_full_prompt and any(
-                        a > f for a, f in zip(self._need(h, r.num_tokens), room, strict=True)
+                        a + p > f
+                        for a, p, f in zip(self._need(h, r.num_tokens), pend, room, strict=True)
                     ):
                         full = True
                         head_blocked = not leftovers and r is cands[0]
@@ -608,6 +615,9 @@ class Scheduler(ChunkRules):
                         n = min(n, fit)
                         need = self._need(h, h + n + x)
                     room = [f - a for f, a in zip(room, need, strict=True)]
+                    if hold_rest:  # its own rest is held back from later admissions
+                        rest = self._need(h + n + x, r.num_tokens)
+                        pend = [p + k for p, k in zip(pend, rest, strict=True)]
                 r.num_computed = h
                 new_tokens.append(n + x)
                 computed.append(h)
