@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridkv._core import block_growth
-from hybridkv.serving.request_table import Req
+from hybridkv.serving.request_table import Req, RequestTable
 
 I64 = npt.NDArray[np.int64]
 
@@ -55,7 +55,7 @@ class ChunkRules:
     _free_at_start: I64
     _grow_pairs: list[tuple[int, int]]
     _rows: list[int] | None
-    _table: Any
+    _table: RequestTable
     _run_slots: I64
 
     def _free_blocks(self) -> I64:
