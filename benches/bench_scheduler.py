@@ -171,6 +171,9 @@ class HybridSide(Side):
             cut_at_shared_prefix=True,
             # And cuts prefill chunks for the Mamba checkpoints by vLLM's rule.
             chunk_split="vllm",
+            # And admits by vLLM's whole-sequence check alone (no hold-back for the
+            # running prefills' rest, hybridkv's default).
+            reserve_running_prompts=False,
         )
 
     def add(self, rid: int, prompt: np.ndarray, max_tokens: int) -> None:

@@ -20,9 +20,13 @@ chunk sizes, admissions and their hits, preemption victims, queue sizes). The ru
   after a failed admission, doubled back after a clean step), none in the step after
   a running request failed (its victims' blocks are for it). Admission control:
   free blocks of each growing pool, minus what the running requests grow by, minus what
-  earlier admissions take; a chunk shrinks to fit, and the first request that fits not
-  even one token stops admission (when it is a round's head and others were looked up
-  with it, their pins may be the cause: it is looked up again alone). Requests looked
+  earlier admissions take. A request is admitted only when its whole sequence (from its
+  hit to its token count) fits that room less what the running requests and the step's
+  earlier admissions still add past this step up to their own token counts (the rest
+  of their prompts); then its chunk
+  shrinks to fit. The first request that fails either stops admission (when it is a
+  round's head and others were looked up with it, their pins may be the cause: it is
+  looked up again alone). Requests looked
   up but not admitted give their hit back and return to the front.
 - One allocation for the whole batch. A failed admission waits at the front. For a
   failed running request, victims are taken lowest rank first among the running and
@@ -201,6 +205,14 @@ class RefScheduler:
             room = list(start)
             for _r, n, c in batch:
                 room = [x - need for x, need in zip(room, self.blocks_needed(c, n), strict=True)]
+        # What the running requests still add past this step (the rest of their prompts).
+        pend = [0] * len(self.growing)
+        if room is not None:
+            stepped = {r.rid: n for r, n, _ in batch}
+            for r in self.running:
+                after = r.computed + stepped.get(r.rid, 0)
+                more = self.blocks_needed(after, max(r.num_tokens - after, 0))
+                pend = [a + b for a, b in zip(pend, more, strict=True)]
         full = False
         per_round = slots
         while budget > 0 and slots > 0 and not full:
@@ -238,6 +250,12 @@ class RefScheduler:
                 if n > 1 and self.align:
                     n = self.chunk(r, h, n)
                 if room is not None:
+                    whole = self.blocks_needed(h, r.num_tokens - h)
+                    if any(a + p > b for a, p, b in zip(whole, pend, room, strict=True)):
+                        full = True
+                        head_blocked = not leftovers and r is cands[0]
+                        leftovers.append(r)
+                        continue
                     need = self.blocks_needed(h, n)
                     if any(a > b for a, b in zip(need, room, strict=True)):
                         fit = (
@@ -258,6 +276,8 @@ class RefScheduler:
                         n = min(n, fit)
                         need = self.blocks_needed(h, n)
                     room = [a - b for a, b in zip(room, need, strict=True)]
+                    rest = self.blocks_needed(h + n, max(r.num_tokens - h - n, 0))
+                    pend = [a + b for a, b in zip(pend, rest, strict=True)]
                 r.computed = h
                 batch.append((r, n, h))
                 admitted.append((r, h))

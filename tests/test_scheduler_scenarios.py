@@ -178,6 +178,36 @@ def test_request_that_never_fits_is_reported() -> None:
             s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
 
 
+@pytest.mark.parametrize(
+    ("whole", "running", "storm"),
+    [(True, True, False), (True, False, True), (False, False, True), (False, True, True)],
+)
+def test_admission_checks_the_whole_prompt_against_what_running_prefills_still_need(
+    whole: bool, running: bool, storm: bool
+) -> None:
+    # 16 usable blocks; two 40-token prompts (10 blocks each) prefilled 8 tokens a
+    # step. Admitting the second on its first chunk alone (2 blocks) lets both grow
+    # until one is preempted; checking its whole prompt (10 blocks) against the 14
+    # left after the first's chunk still admits it (vLLM's full-sequence check), and
+    # a running prefill then starves; also holding back the first's rest (8 blocks)
+    # keeps it waiting until the first finishes: no preemption, nothing recomputed.
+    s = _sched(
+        17,
+        budget=16,
+        long_prefill_token_threshold=8,
+        reserve_full_prompt=whole,
+        reserve_running_prompts=running,
+    )
+    for rid in range(2):
+        s.add_request(rid, np.arange(1 + 50 * rid, 41 + 50 * rid, dtype=np.int32), 1)
+    first = s.schedule()
+    assert first.req_ids.tolist() == ([0] if not storm else [0, 1])
+    s.update_from_output(np.full(first.sample_req_ids.shape[0], 3))
+    assert sorted(_finish_all(s)) == [0, 1]
+    assert (s.num_preemptions > 0) == storm
+    assert (s.recomputed_tokens > 0) == storm
+
+
 def _full_state_sched(
     num_blocks: int, max_num_seqs: int, max_model_len: int, budget: int, **opts: Any
 ) -> Scheduler:

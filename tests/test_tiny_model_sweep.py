@@ -202,7 +202,8 @@ ISSUE_13 = Scenario(
     seed=0,
 )
 # Three requests sharing a 12-token prefix over a full-attention pool that holds one
-# of them plus a block: the later ones hit the prefix and at least one is preempted.
+# of them plus a block: the later ones hit the prefix and at least one is preempted
+# (as their outputs grow: admission checks their whole prompts, so 8 output tokens).
 PREEMPTING = Scenario(
     layers=(FULL, SLIDING, MAMBA2, CHUNKED),
     block_size=3,
@@ -215,7 +216,7 @@ PREEMPTING = Scenario(
     max_seqs=3,
     prompts=tuple(tuple(range(12)) + tuple(range(40, 43 + r)) for r in range(3)),
     arrivals=(0, 2, 2),
-    max_tokens=4,
+    max_tokens=8,
     full_slack=1,
     seed=1,
 )

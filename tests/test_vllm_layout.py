@@ -157,20 +157,24 @@ def test_shared_pool_exhaustion_by_hand() -> None:
     m.check_invariants()
 
 
-def test_scheduler_admits_on_the_shared_free_count() -> None:
-    # A pool of 8 usable blocks and requests whose first chunk needs 1 attention + 3
-    # state blocks each: admission control lets exactly two in (8 blocks); the third
-    # waits instead of failing an allocation.
+@pytest.mark.parametrize("whole", [True, False])
+def test_scheduler_admits_on_the_shared_free_count(whole: bool) -> None:
+    # A pool of 8 usable blocks and 600-token requests whose first chunk needs 1
+    # attention + 3 state blocks each. Checking only the chunk, admission control lets
+    # exactly two in (8 blocks); the third waits instead of failing an allocation.
+    # Checking the whole sequence (the default, as vLLM 0.33's
+    # scheduler_reserve_full_isl: 2 attention + 3 state blocks; vLLM counts at least
+    # that), the second waits too: 5 > the 4 blocks left after the first's chunk.
     p = vllm_plan()
     from dataclasses import replace
 
     small = replace(p, groups=tuple(replace(g, num_blocks=9) for g in p.groups))
-    s = vllm_scheduler(small, long_prefill_token_threshold=B)
+    s = vllm_scheduler(small, long_prefill_token_threshold=B, reserve_full_prompt=whole)
     for rid in range(3):
         s.add_request(rid, np.arange(1 + 2000 * rid, 1 + 2000 * rid + 600, dtype=np.int32), 1)
     out = s.schedule()
-    assert out.req_ids.tolist() == [0, 1]
-    assert out.num_new_tokens.tolist() == [544, 544]
+    assert out.req_ids.tolist() == ([0] if whole else [0, 1])
+    assert out.num_new_tokens.tolist() == ([544] if whole else [544, 544])
     assert out.preempted_req_ids.size == 0
 
 

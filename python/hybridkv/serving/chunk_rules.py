@@ -62,6 +62,7 @@ class ChunkRules:
     _row_page: I64
     _table: RequestTable
     max_num_batched_tokens: int
+    _run_slots: I64
 
     def _free_blocks(self) -> I64:
         """Free blocks of each growing pool (from ``manager.usage()``; an elastic
@@ -204,6 +205,24 @@ class ChunkRules:
             grown += (max(after[k] - free, 0) - max(before[k] - free, 0)) * page
         cost: I64 = -(-grown // self._row_page)
         return cost
+
+    def _pending(self, run_sel: I64, run_n: I64) -> list[int]:
+        """Blocks per growing pool the running requests still add after this step
+        (rows ``run_sel`` of the running list take ``run_n`` tokens now) up to their
+        current token counts: the rest of their prompts (decoding rows add nothing)."""
+        table = self._table
+        c = table.num_computed[self._run_slots]  # a copy (fancy indexing)
+        t = table.num_tokens[self._run_slots]
+        c[run_sel] += run_n
+        rest = np.maximum(t - c, 0)
+        per_group = block_growth(c, rest, self._grow_bs, self._grow_cap)
+        rows = self._rows
+        if rows is None:
+            return [int(k) for k in per_group]
+        out = [0] * self._grow_idx.shape[0]
+        for row, k in zip(rows, per_group, strict=True):
+            out[row] += int(k)
+        return out
 
     def _vllm_split(self, r: Req, start: int, n: int) -> int:
         """vLLM 0.33's align-mode prefill chunk from ``start`` (class docstring)."""

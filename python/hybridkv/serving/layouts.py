@@ -165,7 +165,9 @@ def _vllm_setup(vplan: MemoryPlan) -> LayoutSetup:
 
         return KVCacheManager(p, enable_prefix_caching=caching, hash_seed=0)
 
-    return LayoutSetup(vplan, manager, {"chunk_split": "vllm"})
+    # vLLM 0.33's admission checks a waiting request's whole sequence against the free
+    # blocks, not what running prefills will still take (hybridkv's default).
+    return LayoutSetup(vplan, manager, {"chunk_split": "vllm", "reserve_running_prompts": False})
 
 
 register_layout(

@@ -55,7 +55,9 @@ when their request is next allocated). Prefix hits and state checkpoints land on
 inflated block (a prompt shorter than one block gets no hit). The scheduler cuts
 align-mode prefill chunks by vLLM's rule (``chunk_split="vllm"``: a state is cached
 only where a chunk ends on a block boundary; chunks stop at the last block boundary
-before the prompt's end and at the shared-prefix boundary). ``benches/
+before the prompt's end and at the shared-prefix boundary) and admits by vLLM's
+whole-sequence check alone (``reserve_running_prompts=False``: hybridkv's layouts also
+hold back what running prefills still need, see the scheduler's docs). ``benches/
 bench_vllm_layout.py`` checks this model against vLLM's own ``KVCacheManager``.
 
 Offload hook: ``offload`` (see :class:`hybridkv.serving.scheduler.ExternalPrefixSource`) is
