@@ -174,7 +174,9 @@ def test_scheduler_counts_a_shared_pool_and_holds_back_the_window_floor() -> Non
 
     plan = plan_memory(load_model("gpt-oss-20b"), memory_bytes=8 << 30, **KW)
     m = KVCacheManager(plan)
-    s = Scheduler(m, max_num_batched_tokens=8192, max_num_seqs=64)
+    # Without the whole-sequence check (vLLM's scheduler_reserve_full_isl, on by
+    # default) admission holds the window's floor back, less what running requests hold.
+    s = Scheduler(m, max_num_batched_tokens=8192, max_num_seqs=64, reserve_full_prompt=False)
     window = next(g for g in plan.groups if not g.grows)
     # One admission row for the pool both groups share; the window's floor held back,
     # at most 9 blocks (its last 127 tokens at block 16) per running request.
@@ -190,6 +192,14 @@ def test_scheduler_counts_a_shared_pool_and_holds_back_the_window_floor() -> Non
     n = np.asarray([16, 16], dtype=np.int64)
     room = s._room(c, n)
     assert room is not None and room.tolist() == [free - 4 - (window.floor_blocks - 16)]
+    # With it, a new request's own window blocks are in its whole-sequence need (as many
+    # as its full group's): nothing more is held back for requests not yet running.
+    d = Scheduler(KVCacheManager(plan), max_num_batched_tokens=8192, max_num_seqs=64)
+    assert d.reserve_full_prompt and d._reserve == s._reserve
+    room = d._room(none, none)
+    assert room is not None and room.tolist() == [free]
+    room = d._room(c, n)
+    assert room is not None and room.tolist() == [free - 4]
     # Separate pools (Qwen3-Next): no shared row, nothing held back.
     q = plan_memory(load_model("qwen3-next-80b-a3b"), memory_bytes=32 << 30, **KW)
     sq = Scheduler(KVCacheManager(q), max_num_batched_tokens=8192, max_num_seqs=64)

@@ -55,6 +55,7 @@ class ChunkRules:
     _free_at_start: I64
     _grow_pairs: list[tuple[int, int]]
     _rows: list[int] | None
+    reserve_full_prompt: bool
     _win: list[tuple[int, int, int, int]]
     _floors: I64
     _win_start: list[int]
@@ -134,8 +135,13 @@ class ChunkRules:
             else:
                 for row, k in zip(rows, per_group, strict=True):
                     room[row] -= k
-        for row, floor, bs, most in self._reserve:
-            # A bounded group's floor in a shared elastic pool, less what it holds.
+        # A bounded group's floor in a shared elastic pool, less what it holds; not with
+        # the whole-sequence check, which already counts a new request's window blocks
+        # (as many as its full group's, more than a window holds): holding the floor of
+        # requests not yet running back on top made gpt-oss-20b (window and full in one
+        # pool) at 8 GiB on the Mooncake hour wait 27.9/59.3 s (TTFT p50/p99) where the
+        # vllm layout, the same pool without the hold, waits 9.8/27.9 s.
+        for row, floor, bs, most in [] if self.reserve_full_prompt else self._reserve:
             held = int(np.minimum(-(-c // bs), most).sum()) if c.size else 0
             room[row] -= max(floor - held, 0)
         return room
