@@ -717,17 +717,12 @@ class Scheduler(ChunkRules):
                     if self._win:
                         room = [f - w for f, w in zip(room, _ints(win_cost), strict=True)]
                     need = self._need(h, h + n + x)
-                    if self.reserve_full_prompt and any(
+                    # Its whole sequence must fit beside what running prefills still need.
+                    refused = self.reserve_full_prompt and any(
                         a + p > f
                         for a, p, f in zip(self._need(h, r.num_tokens), pend, room, strict=True)
-                    ):
-                        full = True
-                        head_blocked = not leftovers and r is cands[0]
-                        leftovers.append(r)
-                        if self._win:
-                            room = [f + w for f, w in zip(room, _ints(win_cost), strict=True)]
-                        continue
-                    if any(a > f for a, f in zip(need, room, strict=True)):
+                    )
+                    if not refused and any(a > f for a, f in zip(need, room, strict=True)):
                         # Shrink the chunk to what fits; if nothing does, admission
                         # stops here (strict queue order: a large request is not
                         # starved by smaller ones behind it).
@@ -736,15 +731,17 @@ class Scheduler(ChunkRules):
                             fit = self._vllm_split(r, h + x, fit)
                         elif fit >= 1 and self.align and fit > 1:
                             fit = self._aligned(h + x, fit)
-                        if fit < 1:
-                            full = True
-                            head_blocked = not leftovers and r is cands[0]
-                            leftovers.append(r)
-                            if self._win:
-                                room = [f + w for f, w in zip(room, _ints(win_cost), strict=True)]
-                            continue
-                        n = min(n, fit)
-                        need = self._need(h, h + n + x)
+                        refused = fit < 1
+                        if not refused:
+                            n = min(n, fit)
+                            need = self._need(h, h + n + x)
+                    if refused:
+                        full = True
+                        head_blocked = not leftovers and r is cands[0]
+                        leftovers.append(r)
+                        if self._win:  # its window floor's rise does not happen
+                            room = [f + w for f, w in zip(room, _ints(win_cost), strict=True)]
+                        continue
                     room = [f - a for f, a in zip(room, need, strict=True)]
                     if hold_rest:  # its own rest is held back from later admissions
                         rest = self._need(h + n + x, r.num_tokens)

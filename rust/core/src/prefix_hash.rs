@@ -158,16 +158,7 @@ fn plain_block_hash(parent: BlockHash, block: &[i32]) -> BlockHash {
         let k1 = w(j) | if tail_words > 1 { w(j + 1) << 32 } else { 0 };
         h1 ^= scramble(k1, false);
     }
-    let len = (20 + 4 * n) as u64;
-    h1 ^= len;
-    h2 ^= len;
-    h1 = h1.wrapping_add(h2);
-    h2 = h2.wrapping_add(h1);
-    h1 = fmix64(h1);
-    h2 = fmix64(h2);
-    h1 = h1.wrapping_add(h2);
-    h2 = h2.wrapping_add(h1);
-    (h1 as u128) | ((h2 as u128) << 64)
+    finish(h1, h2, (20 + 4 * n) as u64)
 }
 
 /// One chain's part of `hash_plain_pair`: the full blocks of `tokens` from block
@@ -343,8 +334,14 @@ pub fn murmur3_x64_128(data: &[u8], seed: u32) -> u128 {
     if !tail.is_empty() {
         h1 ^= scramble(k1, false);
     }
-    h1 ^= len as u64;
-    h2 ^= len as u64;
+    finish(h1, h2, len as u64)
+}
+
+/// MurmurHash3 x64-128's finalization of the two lanes over `len` input bytes.
+#[inline(always)]
+fn finish(mut h1: u64, mut h2: u64, len: u64) -> u128 {
+    h1 ^= len;
+    h2 ^= len;
     h1 = h1.wrapping_add(h2);
     h2 = h2.wrapping_add(h1);
     h1 = fmix64(h1);
