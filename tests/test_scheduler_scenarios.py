@@ -389,26 +389,9 @@ def test_a_prompt_ends_its_prefill_on_a_block_boundary_only_where_the_checkpoint
     # the hit. Where the manager keeps that checkpoint (28 >= keep) the prefill ends a
     # chunk there and the last 2 tokens take another step; where it would not (keep 40)
     # the prompt runs whole in one step.
-    full = FullAttentionSpec(num_kv_heads=1, head_size=8)
-    state = StateSpec(shapes=((2, 8),), dtypes=("fp32",))
-    plan = plan_with_blocks(
-        ModelSpec("h", (full, state)),
-        64,
-        block_size=BS,
-        max_num_seqs=2,
-        max_model_len=64,
-        max_num_batched_tokens=64,
-    )
-    m = _KeepMinManager(plan)
-    m.keep = keep
-    s = Scheduler(m, max_num_batched_tokens=64, max_num_seqs=2, max_model_len=64)
+    s = _keep_sched(keep, budget=64, prompt_cut=0, cut_at_shared_prefix=False)
     assert s.prompt_keep_min == keep
-    s.add_request(0, np.arange(1, 31, dtype=np.int32), 1)
-    chunks = []
-    while s.has_unfinished():
-        out = s.schedule()
-        chunks.append(out.num_new_tokens.tolist())
-        s.update_from_output(np.full(out.sample_req_ids.shape[0], 3))
+    chunks, _ = _run_chunks(s, 0, np.arange(1, 31))
     assert chunks == ([[30]] if keep > 28 else [[28], [2]])
 
 
@@ -426,7 +409,9 @@ def test_an_elastic_manager_reports_its_prompt_keep_min() -> None:
     assert KVCacheManager(plan_with_blocks(spec, 64, **kw)).prompt_keep_min == 0  # type: ignore[arg-type]
 
 
-def _keep_sched(keep: int, budget: int, prompt_cut: int = 8) -> Scheduler:
+def _keep_sched(
+    keep: int, budget: int, prompt_cut: int = 8, cut_at_shared_prefix: bool = True
+) -> Scheduler:
     """A full + state scheduler (align mode, 4-token blocks) over a manager that reports
     ``keep`` as its ``prompt_keep_min``, cutting prompts at multiples of ``prompt_cut``."""
     full = FullAttentionSpec(num_kv_heads=1, head_size=8)
@@ -447,7 +432,7 @@ def _keep_sched(keep: int, budget: int, prompt_cut: int = 8) -> Scheduler:
         max_num_seqs=2,
         max_model_len=64,
         prompt_cut=prompt_cut,
-        cut_at_shared_prefix=True,
+        cut_at_shared_prefix=cut_at_shared_prefix,
     )
 
 

@@ -121,6 +121,18 @@ class ArenaPlan:
         }
 
 
+def _floors_do_not_fit(
+    pool_of: Sequence[int], pool: int, blocks: int, nbytes: int, only: str
+) -> PlanError:
+    """The error for pool ``pool`` whose floor of ``blocks`` blocks cannot be placed."""
+    who = [h for h, q in enumerate(pool_of) if q == pool]
+    return PlanError(
+        f"floors do not fit: group{'s' * (len(who) > 1)} "
+        f"{', '.join(map(str, who))} need{'s' * (len(who) == 1)} {blocks} blocks "
+        f"({nbytes} bytes) but only {only}"
+    )
+
+
 def _ids(starts: I64, ends: I64, page: int, base: int = 0) -> I64:
     """Per region: ids of a view of ``page``-byte pages from ``base`` lying wholly in
     it (block 0, the null block, never counts)."""
@@ -241,12 +253,13 @@ def layout_arena(
         if pread[g] and s % p > null_bytes - p:
             s -= s % p - (null_bytes - p)
         if s < null_bytes:
-            who = [h for h, q in enumerate(pool_of) if q == g]
-            raise PlanError(
-                f"floors do not fit: group{'s' * (len(who) > 1)} "
-                f"{', '.join(map(str, who))} need{'s' * (len(who) == 1)} {f} blocks "
-                f"({f * p} bytes) but only {max(top - null_bytes, 0)} bytes lie between the "
-                f"null area and the other floors of {memory_bytes} bytes"
+            raise _floors_do_not_fit(
+                pool_of,
+                g,
+                f,
+                f * p,
+                f"{max(top - null_bytes, 0)} bytes lie between the null area and the other "
+                f"floors of {memory_bytes} bytes",
             )
         bases[g] = s % p
         if anchor is not None and not spans:
@@ -297,12 +310,12 @@ def layout_arena(
         k = int(np.searchsorted(got, f)) + 1  # regions needed to reach f
         if got.size == 0 or got[-1] < f:
             have = int(got[-1]) if got.size else 0
-            who = [h for h, q in enumerate(pool_of) if q == g]
-            raise PlanError(
-                f"floors do not fit: group{'s' * (len(who) > 1)} "
-                f"{', '.join(map(str, who))} need{'s' * (len(who) == 1)} {f} blocks "
-                f"({f * ppage[g]} bytes) but only {have} fit in what the other floors leave "
-                f"of {memory_bytes} bytes"
+            raise _floors_do_not_fit(
+                pool_of,
+                g,
+                f,
+                f * ppage[g],
+                f"{have} fit in what the other floors leave of {memory_bytes} bytes",
             )
         owner[free[:k]] = g
         floor_regions[g] = k

@@ -60,7 +60,7 @@ class ChunkRules:
     _floors: I64
     _win_start: list[int]
     _win_spare: list[int]
-    _row_page: I64
+    _row_page: list[int]
     _table: RequestTable
     max_num_batched_tokens: int
     _run_slots: I64
@@ -146,10 +146,10 @@ class ChunkRules:
             room[row] -= max(floor - held, 0)
         return room
 
-    def _window_floors(self, slots: I64, n: I64) -> list[int]:
+    def _window_holds(self, slots: I64, n: I64) -> list[int]:
         """Per capped window group (``_win``): the blocks the requests in ``slots`` can
-        hold at once this step, with ``n`` new tokens each (0: not scheduled), at most
-        the group's planned floor.
+        hold at once this step, with ``n`` new tokens each (0: not scheduled); a sum
+        over requests, so admissions add theirs (``_window_floors`` caps it).
 
         A request that takes ``n`` tokens holds at most ``min(cdiv(A + n, b), cdiv(T,
         b))`` window blocks (``models/window_bound.py``: ``A`` the reach, ``T`` its
@@ -160,11 +160,17 @@ class ChunkRules:
         total = t.prompt_len[slots] + t.max_tokens[slots]
         step = np.maximum(n, 1)
         out: list[int] = []
-        for idx, reach, bs, _page in self._win:
+        for _idx, reach, bs, _page in self._win:
             most = -(-total // bs)
-            held = np.minimum(-(-(reach + step) // bs), most)
-            out.append(min(int(held.sum()), int(self._floors[idx])))
+            out.append(int(np.minimum(-(-(reach + step) // bs), most).sum()))
         return out
+
+    def _window_floors(self, holds: list[int]) -> list[int]:
+        """``_window_holds`` sums as effective floors: at most each group's planned one."""
+        return [
+            min(h, int(self._floors[idx]))
+            for (idx, _r, _b, _p), h in zip(self._win, holds, strict=True)
+        ]
 
     def _fit_window_chunks(self, slots: I64, n: I64, reach: list[int] | None) -> I64:
         """``n`` (rows in rank order) with chunks cut so each window's floor stays
@@ -200,7 +206,7 @@ class ChunkRules:
             needs[idx] = e
         return needs
 
-    def _window_cost(self, before: list[int], after: list[int]) -> I64:
+    def _window_cost(self, before: list[int], after: list[int]) -> list[int]:
         """Growing-pool blocks (per row) the windows' floors rising from ``before`` to
         ``after`` can take from the growing pools' room: the rise past what each window
         pool already holds beyond this step's start floors where nobody else could take
@@ -209,8 +215,7 @@ class ChunkRules:
         for k, (_i, _r, _b, page) in enumerate(self._win):
             free = self._win_start[k] + self._win_spare[k]
             grown += (max(after[k] - free, 0) - max(before[k] - free, 0)) * page
-        cost: I64 = -(-grown // self._row_page)
-        return cost
+        return [-(-grown // page) for page in self._row_page]
 
     def _pending(self, run_sel: I64, run_n: I64) -> list[int]:
         """Blocks per growing pool the running requests still add after this step

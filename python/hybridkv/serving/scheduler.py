@@ -142,11 +142,6 @@ def _i64(values: Iterable[int]) -> I64:
     return np.fromiter(values, dtype=np.int64)
 
 
-def _ints(cost: I64 | int) -> list[int]:
-    """Per-row growing-pool blocks as plain ints (admission works on one to three pools)."""
-    return [int(c) for c in np.atleast_1d(cost)]
-
-
 _EMPTY = np.zeros(0, dtype=np.int64)
 _REQ_ID = operator.attrgetter("req_id")
 _SLOT = operator.attrgetter("slot")
@@ -331,7 +326,7 @@ class Scheduler(ChunkRules):
         self._win_start: list[int] = []
         self._win_spare: list[int] = []
         self._floors = _EMPTY
-        self._row_page = _EMPTY
+        self._row_page: list[int] = []
         if (
             getattr(manager, "elastic", False)
             and hasattr(manager, "set_floor_needs")
@@ -366,9 +361,9 @@ class Scheduler(ChunkRules):
         if self._win:
             assert plan is not None
             # Per growing pool row: its page bytes (a window's blocks cost it this much).
-            self._row_page = _i64(
+            self._row_page = [
                 int(plan.groups[int(k)].page_size_bytes) for k in self._grow_idx.tolist()
-            )
+            ]
         self._free_at_start = np.zeros(len(self._grow_idx), dtype=np.int64)
         # The same as plain ints, for the admission arithmetic (``ChunkRules._need``).
         self._grow_pairs = list(zip(self._grow_bs.tolist(), self._grow_cap.tolist(), strict=True))
@@ -589,10 +584,9 @@ class Scheduler(ChunkRules):
         # Free blocks per growing pool left once the running requests have grown.
         if not self.num_waiting:
             slots = 0
-        win_now: list[int] = []
-        adm_slots: list[int] = []  # admitted requests' slots and tokens (window floors)
-        adm_n: list[int] = []
-        run_all = _EMPTY
+        win_now: list[int] = []  # the capped windows' effective floors
+        win_held: list[int] = []  # what running and admitted requests hold (uncapped)
+        adm_holds: list[list[int]] = []  # each admitted request's share of it
         if self._win:
             # The running requests' effective window floors for this step's chunks,
             # before the room counts what they leave. Where a pool cannot reach them,
@@ -600,7 +594,8 @@ class Scheduler(ChunkRules):
             # request's base: at most last step's floors), so nobody starves.
             run_all = np.zeros(self._run_slots.shape[0], dtype=np.int64)
             run_all[run_sel] = run_n
-            win_now = self._window_floors(self._run_slots, run_all)
+            win_held = self._window_holds(self._run_slots, run_all)
+            win_now = self._window_floors(win_held)
             if not self.manager.set_floor_needs(self._floor_needs(win_now)):
                 # What each window pool can reach now: what it holds plus what it
                 # could take (``obtainable_blocks`` less its free blocks); the
@@ -610,7 +605,7 @@ class Scheduler(ChunkRules):
                 present = self.manager.present_blocks()
                 idle = np.ones(self._run_slots.shape[0], dtype=bool)
                 idle[run_sel] = False
-                rest = self._window_floors(self._run_slots[idle], run_all[idle])
+                rest = self._window_floors(self._window_holds(self._run_slots[idle], run_all[idle]))
                 reach = [
                     int(present[i] + got[i] - free[i]) - r
                     for (i, _a, _b, _p), r in zip(self._win, rest, strict=True)
@@ -619,7 +614,8 @@ class Scheduler(ChunkRules):
                 for cut in (reach, None):
                     run_n = self._fit_window_chunks(sel, run_n, cut)
                     run_all[run_sel] = run_n
-                    win_now = self._window_floors(self._run_slots, run_all)
+                    win_held = self._window_holds(self._run_slots, run_all)
+                    win_now = self._window_floors(win_held)
                     if self.manager.set_floor_needs(self._floor_needs(win_now)):
                         break
             self._win_start = win_now
@@ -704,18 +700,17 @@ class Scheduler(ChunkRules):
                         continue
                 elif n > 1 and self.align:
                     n = self._chunk(r, h + x, n)
-                win_cost: I64 | int = 0
+                win_cost: list[int] = []
                 if self._win:
                     # A window floor rising for this request takes memory the growing
                     # pools could otherwise use: count it against their room.
-                    win_next = self._window_floors(
-                        np.concatenate([self._run_slots, _i64([*adm_slots, r.slot])]),
-                        np.concatenate([run_all, _i64([*adm_n, n + x])]),
-                    )
+                    mine = self._window_holds(_i64([r.slot]), _i64([n + x]))
+                    held_next = [a + b for a, b in zip(win_held, mine, strict=True)]
+                    win_next = self._window_floors(held_next)
                     win_cost = self._window_cost(win_now, win_next)
                 if room is not None:
                     if self._win:
-                        room = [f - w for f, w in zip(room, _ints(win_cost), strict=True)]
+                        room = [f - w for f, w in zip(room, win_cost, strict=True)]
                     need = self._need(h, h + n + x)
                     # Its whole sequence must fit beside what running prefills still need.
                     refused = self.reserve_full_prompt and any(
@@ -740,7 +735,7 @@ class Scheduler(ChunkRules):
                         head_blocked = not leftovers and r is cands[0]
                         leftovers.append(r)
                         if self._win:  # its window floor's rise does not happen
-                            room = [f + w for f, w in zip(room, _ints(win_cost), strict=True)]
+                            room = [f + w for f, w in zip(room, win_cost, strict=True)]
                         continue
                     room = [f - a for f, a in zip(room, need, strict=True)]
                     if hold_rest:  # its own rest is held back from later admissions
@@ -748,9 +743,8 @@ class Scheduler(ChunkRules):
                         pend = [p + k for p, k in zip(pend, rest, strict=True)]
                 r.num_computed = h
                 if self._win:
-                    win_now = win_next
-                    adm_slots.append(r.slot)
-                    adm_n.append(n + x)
+                    win_now, win_held = win_next, held_next
+                    adm_holds.append(mine)
                 new_tokens.append(n + x)
                 computed.append(h)
                 external.append(x)
@@ -788,17 +782,13 @@ class Scheduler(ChunkRules):
             # starve for its window).
             while admitted and not self.manager.set_floor_needs(self._floor_needs(win_now)):
                 r = admitted.pop()
-                adm_slots.pop()
-                adm_n.pop()
+                win_held = [a - b for a, b in zip(win_held, adm_holds.pop(), strict=True)]
+                win_now = self._window_floors(win_held)
                 for lst in (new_tokens, computed, external, admit_hits):
                     lst.pop()
                 self.manager.preempt(_i64([r.req_id]))
                 r.num_computed = 0
                 self._push_waiting(r, front=True)
-                win_now = self._window_floors(
-                    np.concatenate([self._run_slots, _i64(adm_slots)]),
-                    np.concatenate([run_all, _i64(adm_n)]),
-                )
 
         every = n_run == len(running)  # every running request runs (the usual step)
         ids = self._run_ids.copy() if every else self._run_ids[run_sel]  # the output's own

@@ -163,18 +163,38 @@ impl Manager {
         };
         (0..self.pools.len())
             .map(|h| {
-                let p = &self.pools[h];
-                let slack = p.num_present().saturating_sub(self.eff_floor[h]);
-                let mut spare = slack;
-                for r in p.idle_regions().filter(|&r| !arena.pinned(r)) {
-                    let blocks = p.region_blocks(r) as usize;
-                    if spare >= blocks {
-                        spare -= blocks;
-                    }
-                }
-                spare
+                let lent: usize = self
+                    .lendable_regions(arena, h)
+                    .iter()
+                    .map(|&r| self.pools[h].region_blocks(r) as usize)
+                    .sum();
+                self.floor_slack(h) - lent
             })
             .collect()
+    }
+
+    /// Blocks pool `h` holds above its effective floor.
+    fn floor_slack(&self, h: usize) -> usize {
+        self.pools[h]
+            .num_present()
+            .saturating_sub(self.eff_floor[h])
+    }
+
+    /// The regions other pools may take from pool `h` now: idle (no block in use), not
+    /// pinned, in its idle order, each while what it still holds above its effective
+    /// floor covers the region's blocks.
+    fn lendable_regions(&self, arena: &Arena, h: usize) -> Vec<usize> {
+        let p = &self.pools[h];
+        let mut spare = self.floor_slack(h);
+        let mut out = Vec::new();
+        for r in p.idle_regions().filter(|&r| !arena.pinned(r)) {
+            let blocks = p.region_blocks(r) as usize;
+            if spare >= blocks {
+                spare -= blocks;
+                out.push(r);
+            }
+        }
+        out
     }
 
     /// Per pool: its effective floor (`set_floor_needs`; the planned floor until set).
@@ -653,18 +673,10 @@ impl Manager {
                 .collect();
         };
         let ng = self.pools.len();
-        // Per pool (then reported for each of its groups): blocks each owner may still
-        // give away without dropping below its floor.
-        let slack: Vec<usize> = (0..ng)
-            .map(|h| {
-                self.pools[h]
-                    .num_present()
-                    .saturating_sub(self.eff_floor[h])
-            })
-            .collect();
         // Another owner's regions count only with no block in use (its idle set; a
-        // granted region always holds ids of its owner), lowest first while its slack
-        // lasts.
+        // granted region always holds ids of its owner), lowest first while what it
+        // holds above its floor lasts.
+        let lendable: Vec<Vec<usize>> = (0..ng).map(|h| self.lendable_regions(arena, h)).collect();
         let per_pool: Vec<usize> = (0..ng)
             .map(|g| {
                 let ids = |r: usize| {
@@ -673,17 +685,9 @@ impl Manager {
                 };
                 let mut n = self.pools[g].num_free();
                 n += arena.unowned_regions().map(ids).sum::<usize>();
-                for (h, p) in self.pools.iter().enumerate() {
-                    if h == g {
-                        continue;
-                    }
-                    let mut spare = slack[h];
-                    for r in p.idle_regions().filter(|&r| !arena.pinned(r)) {
-                        let blocks = p.region_blocks(r) as usize;
-                        if spare >= blocks {
-                            spare -= blocks;
-                            n += ids(r);
-                        }
+                for (h, regions) in lendable.iter().enumerate() {
+                    if h != g {
+                        n += regions.iter().map(|&r| ids(r)).sum::<usize>();
                     }
                 }
                 n
@@ -702,13 +706,7 @@ impl Manager {
             return vec![];
         };
         let ng = self.pools.len();
-        let slack: Vec<usize> = (0..ng)
-            .map(|h| {
-                self.pools[h]
-                    .num_present()
-                    .saturating_sub(self.eff_floor[h])
-            })
-            .collect();
+        let slack: Vec<usize> = (0..ng).map(|h| self.floor_slack(h)).collect();
         (0..ng)
             .map(|g| {
                 let mut spare = slack.clone();

@@ -318,10 +318,10 @@ fn checkpoints_whose_attention_is_gone_are_dropped() {
 }
 
 /// Full attention and a sliding window at the same page (10 B) and block size: one
-/// pool (gpt-oss, Gemma-3), its floor the window's. With `window_page` other than 10
-/// they keep a pool each.
-fn full_and_window(window_page: u64) -> Manager {
-    Manager::new(ManagerConfig {
+/// pool (gpt-oss, Gemma-3), its floor the window's (`window_floor` blocks). With
+/// `window_page` other than 10 they keep a pool each.
+fn full_and_window_cfg(window_page: u64, window_floor: usize) -> ManagerConfig {
+    ManagerConfig {
         groups: vec![
             GroupConfig {
                 kind: GroupKind::Full,
@@ -340,16 +340,19 @@ fn full_and_window(window_page: u64) -> Manager {
             region_bytes: 80,
             null_bytes: 40,
             page_bytes: vec![10, window_page],
-            floor_blocks: vec![0, 3],
+            floor_blocks: vec![0, window_floor],
         }),
         ..cfg_like()
-    })
-    .unwrap()
+    }
+}
+
+fn full_and_window(window_page: u64, window_floor: usize) -> Manager {
+    Manager::new(full_and_window_cfg(window_page, window_floor)).unwrap()
 }
 
 #[test]
 fn equal_pages_share_one_pool_and_one_lru() {
-    let mut m = full_and_window(10);
+    let mut m = full_and_window(10, 3);
     assert_eq!(m.pool_of(), &[0, 0]);
     assert_eq!(m.pools().len(), 1);
     let a = m.arena().unwrap();
@@ -397,7 +400,7 @@ fn equal_pages_share_one_pool_and_one_lru() {
 
 #[test]
 fn different_pages_keep_their_own_pools() {
-    let m = full_and_window(20);
+    let m = full_and_window(20, 3);
     assert_eq!(m.pool_of(), &[0, 1]);
     assert_eq!(m.pools().len(), 2);
     let a = m.arena().unwrap();
@@ -411,30 +414,10 @@ fn different_pages_keep_their_own_pools() {
 #[test]
 fn explicit_pools_in_an_arena() {
     let with = |window_page: u64, pool_of: Vec<usize>| {
-        let mut cfg = ManagerConfig {
+        Manager::new(ManagerConfig {
             pool_of,
-            ..cfg_like()
-        };
-        cfg.groups = vec![
-            GroupConfig {
-                kind: GroupKind::Full,
-                block_size: 4,
-                num_blocks: 0,
-            },
-            GroupConfig {
-                kind: GroupKind::SlidingWindow { window: 8 },
-                block_size: 4,
-                num_blocks: 0,
-            },
-        ];
-        cfg.arena = Some(ArenaConfig {
-            bytes: 1000,
-            region_bytes: 80,
-            null_bytes: 40,
-            page_bytes: vec![10, window_page],
-            floor_blocks: vec![0, 3],
-        });
-        Manager::new(cfg)
+            ..full_and_window_cfg(window_page, 3)
+        })
     };
     // Equal pages kept apart: two pools, the window's floor in its own regions.
     let mut m = with(10, vec![0, 1]).unwrap();
@@ -675,29 +658,7 @@ fn prompt_keep_min_is_capped_at_one_default_prefill_step() {
 /// its effective floor, and raising the floor takes them back once they are idle.
 #[test]
 fn effective_floor_lends_the_window_floor_and_takes_it_back() {
-    let mut m = Manager::new(ManagerConfig {
-        groups: vec![
-            GroupConfig {
-                kind: GroupKind::Full,
-                block_size: 4,
-                num_blocks: 0,
-            },
-            GroupConfig {
-                kind: GroupKind::SlidingWindow { window: 8 },
-                block_size: 4,
-                num_blocks: 0,
-            },
-        ],
-        arena: Some(ArenaConfig {
-            bytes: 1000,
-            region_bytes: 80,
-            null_bytes: 40,
-            page_bytes: vec![10, 20],
-            floor_blocks: vec![0, 20],
-        }),
-        ..cfg_like()
-    })
-    .unwrap();
+    let mut m = full_and_window(20, 20);
     assert_eq!(m.effective_floors(), &[0, 20]);
     assert!(m.pools()[1].num_present() >= 20);
     // 280 tokens: 70 full blocks, more than the 56 the grid holds beside the planned
